@@ -1,0 +1,75 @@
+// Philox4x32-10 and the counter layout shared by every dspark_sgl kernel.
+//
+// Must match dspark_sgl/rng.py exactly:
+//   key     = (seed & 0xffffffff, seed >> 32)
+//   counter = (col / 4, row, position | stream << 8 | (offset >> 32 & 0xffff) << 16,
+//              offset & 0xffffffff), output lane = col % 4
+//   uniform = float(((x >> 9) << 1) | 1) * 2^-24, strictly inside (0, 1)
+#pragma once
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define DSPARK_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define DSPARK_HOST_DEVICE inline
+#endif
+
+namespace dspark_sgl {
+
+struct Philox4x32 {
+  uint32_t x, y, z, w;
+};
+
+DSPARK_HOST_DEVICE void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
+  const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  hi = static_cast<uint32_t>(product >> 32);
+  lo = static_cast<uint32_t>(product);
+}
+
+DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo32(kM0, ctr.x, hi0, lo0);
+    mulhilo32(kM1, ctr.z, hi1, lo1);
+    ctr = Philox4x32{hi1 ^ ctr.y ^ k0, lo1, hi0 ^ ctr.w ^ k1, lo0};
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return ctr;
+}
+
+// The (seed, offset) of one launch. Either may be read from device memory so a
+// captured CUDA graph draws fresh numbers on every replay.
+struct PhiloxArgs {
+  uint64_t seed_value;
+  const int64_t* seed_ptr;
+  uint64_t offset_value;
+  const int64_t* offset_ptr;
+
+#ifdef __CUDACC__
+  __device__ __forceinline__ void resolve(uint64_t& seed, uint64_t& offset) const {
+    seed = seed_ptr ? static_cast<uint64_t>(*seed_ptr) : seed_value;
+    offset = offset_ptr ? static_cast<uint64_t>(*offset_ptr) : offset_value;
+  }
+#endif
+};
+
+// Four consecutive uniform draws for columns [4 * block, 4 * block + 4).
+DSPARK_HOST_DEVICE Philox4x32 philox_block(uint64_t seed, uint64_t offset, uint32_t stream,
+                                           uint64_t row, uint32_t position, uint32_t block) {
+  const Philox4x32 ctr{block, static_cast<uint32_t>(row),
+                       (position & 0xFFu) | (stream << 8) |
+                           (static_cast<uint32_t>((offset >> 32) & 0xFFFFu) << 16),
+                       static_cast<uint32_t>(offset)};
+  return philox4x32_10(ctr, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+DSPARK_HOST_DEVICE float bits_to_unit_float(uint32_t bits) {
+  return static_cast<float>(((bits >> 9) << 1) | 1u) * 5.9604644775390625e-08f;  // 2^-24
+}
+
+}  // namespace dspark_sgl

@@ -1,0 +1,14 @@
+// dspark_sgl._C: the pybind11 module collecting every kernel's binding.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace dspark_sgl {
+void bind_philox_uniform(py::module_& m);
+}  // namespace dspark_sgl
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "dspark_sgl CUDA kernels (raw-pointer launchers; use the dspark_sgl Python API)";
+  m.attr("cuda_archs") = DSPARK_SGL_CUDA_ARCHS;
+  dspark_sgl::bind_philox_uniform(m);
+}

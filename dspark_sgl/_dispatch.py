@@ -1,0 +1,85 @@
+"""Run-time choice between the CUDA extension ``dspark_sgl._C`` and the PyTorch reference.
+
+A kernel runs when the extension loaded, the inputs are on a CUDA device and the
+environment does not force the reference (``DSPARK_SGL_FORCE_REFERENCE=1``). The
+first call of each op logs which path it takes (and why), once per op and path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+logger = logging.getLogger("dspark_sgl")
+
+_extension: Optional[ModuleType] = None
+_extension_error: Optional[str] = None
+_extension_tried = False
+_logged: set[tuple[str, str]] = set()
+
+
+def load_extension() -> Optional[ModuleType]:
+    """Import ``dspark_sgl._C`` once; return it, or None with the reason remembered."""
+    global _extension, _extension_error, _extension_tried
+    if not _extension_tried:
+        _extension_tried = True
+        try:
+            _extension = importlib.import_module("dspark_sgl._C")
+        except ImportError as exc:
+            _extension_error = f"extension dspark_sgl._C not available ({exc})"
+    return _extension
+
+
+def extension_error() -> Optional[str]:
+    """Why the extension could not be loaded, or None if it loaded."""
+    load_extension()
+    return _extension_error
+
+
+def force_reference() -> bool:
+    return os.environ.get("DSPARK_SGL_FORCE_REFERENCE", "0") not in ("", "0")
+
+
+def _log_once(op: str, path: str, reason: str) -> None:
+    if (op, path) in _logged:
+        return
+    _logged.add((op, path))
+    logger.info("dspark_sgl: %s runs the %s (%s)", op, path, reason)
+
+
+def kernel_path(op: str, device: torch.device) -> tuple[bool, str]:
+    """(use the CUDA kernel?, reason) for ``op`` on ``device``; no logging."""
+    if device.type != "cuda":
+        return False, f"inputs on {device.type}"
+    if force_reference():
+        return False, "DSPARK_SGL_FORCE_REFERENCE is set"
+    ext = load_extension()
+    if ext is None:
+        return False, _extension_error or "extension not loaded"
+    if not hasattr(ext, op):
+        return False, f"the extension has no kernel {op!r}"
+    return True, f"dspark_sgl._C.{op}"
+
+
+def use_kernel(op: str, device: torch.device) -> bool:
+    """Whether ``op`` runs its CUDA kernel on ``device``; logs the choice once."""
+    use, reason = kernel_path(op, device)
+    _log_once(op, "CUDA kernel" if use else "PyTorch reference", reason)
+    return use
+
+
+def kernel(op: str):
+    """The bound kernel launcher ``dspark_sgl._C.<op>`` (call only after ``use_kernel``)."""
+    ext = load_extension()
+    assert ext is not None
+    return getattr(ext, op)
+
+
+def current_stream_handle(device: torch.device) -> int:
+    """The raw ``cudaStream_t`` of PyTorch's current stream on ``device``."""
+    return int(torch.cuda.current_stream(device).cuda_stream)

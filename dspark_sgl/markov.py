@@ -1,0 +1,405 @@
+"""The sequential stage of DSpark: Markov heads, the confidence head and block sampling.
+
+For k = 1..g, left to right: ``logits_k = U_k + B(x_{k-1})`` with ``x_0`` = anchor,
+``x_k ~ softmax(logits_k / T)`` (argmax when ``T == 0``). The draft distribution that
+verification must use is exactly ``q_k = softmax(logits_k / T)``; ``DraftBlock.logits``
+holds ``logits_k`` (before the temperature).
+
+Weights are stored as in DeepSpec checkpoints: ``w1`` = ``markov_head.markov_w1.weight``
+``[V, r]`` (an embedding) and ``w2`` = ``markov_head.markov_w2.weight`` ``[V, r]`` (a
+``Linear(r, V)``), so the paper's ``B(x) = W1[x] @ W2`` is ``w1[x] @ w2.T``.
+
+Sampling uses the Gumbel-max trick with :mod:`dspark_sgl.rng` (stream ``DRAFT``, row =
+batch row, position = k - 1): ``x_k = argmax(logits_k / T + G)``; ``argmax`` breaks ties
+towards the smallest token id. All arithmetic is float32.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from dspark_sgl import _checks, rng
+
+__all__ = [
+    "ConfidenceHead",
+    "DraftBlock",
+    "GatedMarkovHead",
+    "MarkovHead",
+    "RnnMarkovHead",
+    "VanillaMarkovHead",
+    "markov_bias",
+    "sample_block",
+    "sample_block_with_head",
+    "sample_from_logits",
+]
+
+
+@dataclass
+class DraftBlock:
+    """One drafted block for R rows and g positions.
+
+    tokens: [R, g] int64, the sampled draft tokens.
+    logits: [R, g, V] float32, the Markov-corrected logits the tokens were drawn from.
+    confidence: [R, g] float32 in (0, 1), STS-calibrated ``c_k``, or None without a head.
+    confidence_logits: [R, g] float32, the raw head output ``z_k`` (before STS), or None.
+    """
+
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    confidence: Optional[torch.Tensor] = None
+    confidence_logits: Optional[torch.Tensor] = None
+
+
+def _check_markov_weights(w1: torch.Tensor, w2: torch.Tensor) -> tuple[int, int]:
+    _checks.tensor("w1", w1, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    _checks.tensor("w2", w2, dtypes=_checks.FLOAT_DTYPES, ndim=2, device=w1.device)
+    if w1.shape[1] != w2.shape[1]:
+        raise ValueError(
+            f"w1 and w2 must share the Markov rank r: w1 is {list(w1.shape)}, w2 is {list(w2.shape)}"
+        )
+    _checks.finite("w1", w1)
+    _checks.finite("w2", w2)
+    return w2.shape[0], w1.shape[1]
+
+
+def markov_bias(w1: torch.Tensor, w2: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    """Vanilla transition bias ``w1[prev] @ w2.T``.
+
+    w1: [V1, r], w2: [V, r] (float32/bf16/fp16), prev: [N] int64 token ids in [0, V1).
+    Returns [N, V] float32 (products of the stored values, accumulated in float32).
+    """
+    vocab, _ = _check_markov_weights(w1, w2)
+    _checks.tensor("prev", prev, dtypes=(torch.int64,), ndim=1, device=w1.device)
+    _checks.in_range("prev", prev, 0, w1.shape[0])
+    return _vanilla_bias(w1, w2.float(), prev)
+
+
+def _vanilla_bias(w1: torch.Tensor, w2_f32: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    return w1[prev].float() @ w2_f32.T
+
+
+class MarkovHead(abc.ABC):
+    """A sequential head: given the previous token (and hidden state), a [N, V] bias.
+
+    ``w1`` [V, r] and ``w2`` [V, r] are shared by every variant; ``state`` is the
+    recurrent state (None for stateless heads).
+    """
+
+    def __init__(self, w1: torch.Tensor, w2: torch.Tensor) -> None:
+        self.vocab_size, self.rank = _check_markov_weights(w1, w2)
+        if w1.shape[0] != w2.shape[0]:
+            raise ValueError(f"w1 {list(w1.shape)} and w2 {list(w2.shape)} must have the same vocabulary")
+        self.w1 = w1
+        self.w2 = w2
+        self._w2_f32 = w2.float()
+
+    @property
+    def needs_hidden(self) -> bool:
+        return False
+
+    def prev_embedding(self, prev: torch.Tensor) -> torch.Tensor:
+        """``W1[prev]`` as float32, [N, r]."""
+        return self.w1[prev].float()
+
+    def initial_state(self, rows: int) -> Optional[torch.Tensor]:
+        return None
+
+    @abc.abstractmethod
+    def step(
+        self, prev: torch.Tensor, hidden: Optional[torch.Tensor], state: Optional[torch.Tensor]
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(bias [N, V] float32, next state) for previous tokens ``prev`` [N]."""
+
+
+class VanillaMarkovHead(MarkovHead):
+    """``B = W1[prev] @ W2``: a rank-r first-order transition bias."""
+
+    def step(self, prev, hidden, state):
+        return _vanilla_bias(self.w1, self._w2_f32, prev), None
+
+
+def _check_linear(name: str, weight: torch.Tensor, bias: torch.Tensor, out_dim: int, in_dim: int,
+                  device: torch.device) -> None:
+    _checks.tensor(f"{name}.weight", weight, dtypes=_checks.FLOAT_DTYPES, shape=(out_dim, in_dim), device=device)
+    _checks.tensor(f"{name}.bias", bias, dtypes=_checks.FLOAT_DTYPES, shape=(out_dim,), device=device)
+    _checks.finite(f"{name}.weight", weight)
+    _checks.finite(f"{name}.bias", bias)
+
+
+class GatedMarkovHead(MarkovHead):
+    """``B = W2(g * W1[prev])``, ``g = sigmoid(gate_proj([h_k; W1[prev]]))``.
+
+    gate_weight: [r, H + r], gate_bias: [r] (DeepSpec ``markov_head.gate_proj``).
+    """
+
+    def __init__(self, w1, w2, gate_weight: torch.Tensor, gate_bias: torch.Tensor) -> None:
+        super().__init__(w1, w2)
+        hidden_size = gate_weight.shape[-1] - self.rank if gate_weight.dim() == 2 else -1
+        if hidden_size < 1:
+            raise ValueError(f"gate_proj.weight must be [r, H + r] with r={self.rank}, got {list(gate_weight.shape)}")
+        _check_linear("gate_proj", gate_weight, gate_bias, self.rank, hidden_size + self.rank, w1.device)
+        self.hidden_size = hidden_size
+        self.gate_weight = gate_weight.float()
+        self.gate_bias = gate_bias.float()
+
+    @property
+    def needs_hidden(self) -> bool:
+        return True
+
+    def step(self, prev, hidden, state):
+        emb = self.prev_embedding(prev)
+        gate = torch.sigmoid(torch.cat([hidden.float(), emb], dim=-1) @ self.gate_weight.T + self.gate_bias)
+        return (gate * emb) @ self._w2_f32.T, None
+
+
+class RnnMarkovHead(MarkovHead):
+    """Gated recurrent head (paper eq. 6).
+
+    ``z = [s_{k-1}; W1[prev]; h_k]``, ``joint_proj(z)`` split into gate, candidate and
+    output (each r wide), ``s_k = sig(g) s_{k-1} + (1 - sig(g)) tanh(c)``,
+    ``B = W2(tanh(o))``, ``s_0 = 0``. joint_weight: [3r, 2r + H], joint_bias: [3r].
+    """
+
+    def __init__(self, w1, w2, joint_weight: torch.Tensor, joint_bias: torch.Tensor) -> None:
+        super().__init__(w1, w2)
+        hidden_size = joint_weight.shape[-1] - 2 * self.rank if joint_weight.dim() == 2 else -1
+        if hidden_size < 1:
+            raise ValueError(
+                f"joint_proj.weight must be [3r, 2r + H] with r={self.rank}, got {list(joint_weight.shape)}"
+            )
+        _check_linear("joint_proj", joint_weight, joint_bias, 3 * self.rank, hidden_size + 2 * self.rank,
+                      w1.device)
+        self.hidden_size = hidden_size
+        self.joint_weight = joint_weight.float()
+        self.joint_bias = joint_bias.float()
+
+    @property
+    def needs_hidden(self) -> bool:
+        return True
+
+    def initial_state(self, rows: int) -> torch.Tensor:
+        return torch.zeros(rows, self.rank, dtype=torch.float32, device=self.w1.device)
+
+    def step(self, prev, hidden, state):
+        z = torch.cat([state, self.prev_embedding(prev), hidden.float()], dim=-1)
+        gate, cand, out = (z @ self.joint_weight.T + self.joint_bias).split(self.rank, dim=-1)
+        g = torch.sigmoid(gate)
+        new_state = g * state + (1.0 - g) * torch.tanh(cand)
+        return torch.tanh(out) @ self._w2_f32.T, new_state
+
+
+class ConfidenceHead:
+    """``c_k = sigmoid((w . [h_k; W1[x_{k-1}]] + b) / T_k)``.
+
+    weight: [H + r] (with the Markov feature) or [H]; bias: a float or one-element
+    tensor; sts_temperatures: [g] positive float32 (STS), or None for T_k = 1.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: Union[float, torch.Tensor] = 0.0,
+        sts_temperatures: Optional[torch.Tensor] = None,
+    ) -> None:
+        _checks.tensor("conf_weight", weight, dtypes=_checks.FLOAT_DTYPES)
+        self.weight = weight.reshape(-1).float()
+        _checks.finite("conf_weight", self.weight)
+        if isinstance(bias, torch.Tensor):
+            _checks.tensor("conf_bias", bias, dtypes=_checks.FLOAT_DTYPES, device=weight.device)
+            if bias.numel() != 1:
+                raise ValueError(f"conf_bias must hold one value, got shape {list(bias.shape)}")
+            bias = bias.reshape(()).float()
+            _checks.finite("conf_bias", bias)
+        elif not isinstance(bias, (int, float)):
+            raise TypeError(f"conf_bias must be a float or a tensor, got {type(bias).__name__}")
+        self.bias = bias
+        if sts_temperatures is not None:
+            _checks.tensor("sts_temperatures", sts_temperatures, dtypes=(torch.float32,), ndim=1,
+                           device=weight.device)
+            if _checks.values_checkable(sts_temperatures) and not bool(
+                (torch.isfinite(sts_temperatures) & (sts_temperatures > 0)).all()
+            ):
+                raise ValueError("sts_temperatures must be finite and > 0")
+        self.sts_temperatures = sts_temperatures
+
+    def uses_markov_feature(self, hidden_size: int, rank: int) -> bool:
+        n = self.weight.numel()
+        if n == hidden_size + rank:
+            return True
+        if n == hidden_size:
+            return False
+        raise ValueError(
+            f"conf_weight must have H + r = {hidden_size + rank} or H = {hidden_size} elements, got {n}"
+        )
+
+    def logit(self, hidden_k: torch.Tensor, prev_emb: Optional[torch.Tensor]) -> torch.Tensor:
+        """Raw logit ``z`` [N] from hidden [N, H] and (optionally) W1[prev] [N, r]."""
+        features = hidden_k.float() if prev_emb is None else torch.cat([hidden_k.float(), prev_emb], dim=-1)
+        return features @ self.weight + self.bias
+
+    def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Apply STS to [R, g] raw logits: sigmoid(z / T_k)."""
+        if self.sts_temperatures is None:
+            return torch.sigmoid(logits)
+        if self.sts_temperatures.numel() != logits.shape[-1]:
+            raise ValueError(
+                f"sts_temperatures has {self.sts_temperatures.numel()} entries for a block of {logits.shape[-1]}"
+            )
+        return torch.sigmoid(logits / self.sts_temperatures)
+
+
+def sample_from_logits(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    *,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    stream: rng.Stream,
+    position: Union[int, torch.Tensor],
+) -> torch.Tensor:
+    """Gumbel-max sample of ``softmax(logits / T)`` per row; argmax where ``T == 0``.
+
+    logits: [R, V] float32, temperature: [R] float32, position: int or [R] int64.
+    Returns [R] int64. Draw noise is ``rng.gumbel(seed, offset, stream, row, position)``.
+    """
+    rows, vocab = logits.shape
+    device = logits.device
+    row_ids = torch.arange(rows, device=device)
+    pos = torch.as_tensor(position, dtype=torch.int64, device=device).expand(rows)
+    noise = rng.gumbel(seed, offset, stream, row_ids, pos, vocab)
+    sampled_rows = temperature > 0
+    safe_t = torch.where(sampled_rows, temperature, torch.ones_like(temperature))
+    scores = torch.where(sampled_rows[:, None], logits / safe_t[:, None] + noise, logits)
+    return scores.argmax(dim=-1)
+
+
+def _check_block_inputs(
+    base_logits: torch.Tensor, anchor: torch.Tensor, temperature: torch.Tensor, vocab_size: int
+) -> tuple[int, int, int]:
+    _checks.tensor("base_logits", base_logits, dtypes=_checks.FLOAT_DTYPES, ndim=3)
+    rows, gamma, vocab = base_logits.shape
+    device = base_logits.device
+    if vocab != vocab_size:
+        raise ValueError(f"base_logits has vocabulary {vocab} but the Markov head has {vocab_size}")
+    if gamma < 1:
+        raise ValueError(f"base_logits must hold at least one draft position, got shape {list(base_logits.shape)}")
+    rng.check_position(gamma - 1)
+    _checks.tensor("anchor", anchor, dtypes=(torch.int64,), shape=(rows,), device=device)
+    _checks.in_range("anchor", anchor, 0, vocab)
+    _checks.temperature("temperature", temperature, rows, device)
+    _checks.not_nan("base_logits", base_logits)
+    return rows, gamma, vocab
+
+
+def sample_block_with_head(
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    head: MarkovHead,
+    temperature: torch.Tensor,
+    *,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    hidden: Optional[torch.Tensor] = None,
+    confidence_head: Optional[ConfidenceHead] = None,
+    logit_softcap: Optional[float] = None,
+) -> DraftBlock:
+    """Draft a block with any Markov head (PyTorch reference).
+
+    base_logits: [R, g, V] backbone logits U_k; anchor: [R] int64 (x_0);
+    temperature: [R] float32 (0 = greedy); hidden: [R, g, H] backbone states (needed by
+    gated/RNN heads and by the confidence head); logit_softcap: Gemma's cap applied to
+    U_k before the bias. Returns a :class:`DraftBlock`.
+    """
+    if not isinstance(head, MarkovHead):
+        raise TypeError(f"head must be a MarkovHead, got {type(head).__name__}")
+    rows, gamma, vocab = _check_block_inputs(base_logits, anchor, temperature, head.vocab_size)
+    device = base_logits.device
+    if head.w1.device != device:
+        raise ValueError(f"the Markov head is on {head.w1.device} but base_logits is on {device}")
+    rng.check_seed_offset(seed, offset, device)
+    needs_hidden = head.needs_hidden or confidence_head is not None
+    if hidden is not None or needs_hidden:
+        if hidden is None:
+            raise ValueError("hidden [R, g, H] is required by this Markov head or the confidence head")
+        _checks.tensor("hidden", hidden, dtypes=_checks.FLOAT_DTYPES, ndim=3, device=device)
+        if hidden.shape[:2] != (rows, gamma):
+            raise ValueError(f"hidden must have shape [{rows}, {gamma}, H], got {list(hidden.shape)}")
+        _checks.finite("hidden", hidden)
+        if head.needs_hidden and hidden.shape[2] != head.hidden_size:
+            raise ValueError(f"hidden has H={hidden.shape[2]} but the Markov head expects {head.hidden_size}")
+    use_markov_feature = False
+    if confidence_head is not None:
+        use_markov_feature = confidence_head.uses_markov_feature(hidden.shape[2], head.rank)
+        sts = confidence_head.sts_temperatures
+        if sts is not None and sts.numel() != gamma:
+            raise ValueError(f"sts_temperatures must have {gamma} entries, got {sts.numel()}")
+    if logit_softcap is not None and not logit_softcap > 0:
+        raise ValueError(f"logit_softcap must be > 0, got {logit_softcap}")
+
+    tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
+    logits = torch.empty(rows, gamma, vocab, dtype=torch.float32, device=device)
+    conf_logits = torch.empty(rows, gamma, dtype=torch.float32, device=device) if confidence_head else None
+    prev = anchor
+    state = head.initial_state(rows)
+    for k in range(gamma):
+        hidden_k = hidden[:, k] if hidden is not None else None
+        bias, state = head.step(prev, hidden_k, state)
+        base = base_logits[:, k].float()
+        if logit_softcap is not None:
+            base = logit_softcap * torch.tanh(base / logit_softcap)
+        logits_k = base + bias
+        logits[:, k] = logits_k
+        if conf_logits is not None:
+            emb = head.prev_embedding(prev) if use_markov_feature else None
+            conf_logits[:, k] = confidence_head.logit(hidden_k, emb)
+        prev = sample_from_logits(
+            logits_k, temperature, seed=seed, offset=offset, stream=rng.Stream.DRAFT, position=k
+        )
+        tokens[:, k] = prev
+    confidence = confidence_head.calibrate(conf_logits) if confidence_head is not None else None
+    return DraftBlock(tokens=tokens, logits=logits, confidence=confidence, confidence_logits=conf_logits)
+
+
+def sample_block(
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    temperature: torch.Tensor,
+    *,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    hidden: Optional[torch.Tensor] = None,
+    conf_weight: Optional[torch.Tensor] = None,
+    conf_bias: Union[float, torch.Tensor, None] = None,
+    sts_temperatures: Optional[torch.Tensor] = None,
+    logit_softcap: Optional[float] = None,
+) -> DraftBlock:
+    """Draft a block with the vanilla Markov head ``w1[prev] @ w2.T``.
+
+    base_logits: [R, g, V] float32/bf16/fp16; anchor: [R] int64; w1, w2: [V, r];
+    temperature: [R] float32 (0 = greedy, rows may mix). With ``conf_weight``
+    ([H + r] or [H]), ``conf_bias`` and ``hidden`` [R, g, H] the block carries
+    ``confidence`` [R, g]; ``sts_temperatures`` [g] applies STS.
+    """
+    head = VanillaMarkovHead(w1, w2)
+    confidence_head = None
+    if conf_weight is not None:
+        confidence_head = ConfidenceHead(conf_weight, 0.0 if conf_bias is None else conf_bias, sts_temperatures)
+    elif conf_bias is not None or sts_temperatures is not None:
+        raise ValueError("conf_bias / sts_temperatures given without conf_weight")
+    return sample_block_with_head(
+        base_logits,
+        anchor,
+        head,
+        temperature,
+        seed=seed,
+        offset=offset,
+        hidden=hidden,
+        confidence_head=confidence_head,
+        logit_softcap=logit_softcap,
+    )
