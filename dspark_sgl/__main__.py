@@ -1,0 +1,30 @@
+"""Command-line entry: ``python -m dspark_sgl <command>`` (``dspark-sgl`` when installed)."""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "demo": "decoding rounds of the reference path on a seeded synthetic model pair",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: python -m dspark_sgl <command> [options]\n\ncommands:")
+        for name, text in COMMANDS.items():
+            print(f"  {name:<8} {text}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    if argv[0] == "demo":
+        from dspark_sgl import demo
+
+        return demo.main(argv[1:])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
