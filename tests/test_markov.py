@@ -1,0 +1,158 @@
+"""Markov heads, the confidence head and block sampling against hand-written formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import record_p_value
+from scipy import stats
+
+from dspark_sgl import markov, rng
+
+
+def make_inputs(rows=6, gamma=5, vocab=37, rank=7, hidden=9, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    return dict(
+        base=torch.randn(rows, gamma, vocab, generator=gen).to(dtype),
+        anchor=torch.randint(0, vocab, (rows,), generator=gen),
+        w1=torch.randn(vocab, rank, generator=gen).to(dtype),
+        w2=torch.randn(vocab, rank, generator=gen).to(dtype),
+        hidden=torch.randn(rows, gamma, hidden, generator=gen).to(dtype),
+        conf_weight=torch.randn(hidden + rank, generator=gen),
+        temperature=torch.rand(rows, generator=gen) + 0.3,
+    )
+
+
+def test_markov_bias_is_w1_prev_times_w2_transposed():
+    x = make_inputs(dtype=torch.bfloat16)
+    prev = torch.tensor([0, 5, 36, 5])
+    bias = markov.markov_bias(x["w1"], x["w2"], prev)
+    expected = x["w1"][prev].double() @ x["w2"].double().T
+    assert bias.dtype == torch.float32 and bias.shape == (4, 37)
+    assert torch.allclose(bias.double(), expected, atol=1e-4)
+
+
+def test_sample_block_logits_tokens_and_confidence_follow_the_definition():
+    x = make_inputs()
+    block = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"], seed=3, offset=8,
+                                hidden=x["hidden"], conf_weight=x["conf_weight"], conf_bias=0.25)
+    rows, gamma, vocab = x["base"].shape
+    prev = x["anchor"]
+    for k in range(gamma):
+        logits_k = x["base"][:, k] + x["w1"][prev] @ x["w2"].T
+        assert torch.allclose(block.logits[:, k], logits_k, atol=1e-5)
+        noise = rng.gumbel(3, 8, rng.Stream.DRAFT, torch.arange(rows), torch.full((rows,), k), vocab)
+        assert torch.equal(block.tokens[:, k], (block.logits[:, k] / x["temperature"][:, None] + noise).argmax(-1))
+        z = torch.cat([x["hidden"][:, k], x["w1"][prev]], dim=-1) @ x["conf_weight"] + 0.25
+        assert torch.allclose(block.confidence[:, k], torch.sigmoid(z), atol=1e-6)
+        assert torch.allclose(block.confidence_logits[:, k], z, atol=1e-5)
+        prev = block.tokens[:, k]
+    assert block.tokens.dtype == torch.int64 and block.logits.dtype == torch.float32
+
+
+def test_greedy_rows_take_the_argmax_and_mix_with_sampled_rows():
+    x = make_inputs(rows=8)
+    temperature = torch.tensor([0.0, 1.0] * 4)
+    block = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], temperature, seed=1, offset=0)
+    greedy = block.logits[0::2].argmax(-1)
+    assert torch.equal(block.tokens[0::2], greedy)
+    assert not torch.equal(block.tokens[1::2], block.logits[1::2].argmax(-1))
+
+
+def test_sts_temperatures_and_markov_free_confidence():
+    x = make_inputs()
+    sts = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5])
+    with_sts = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"], seed=0, offset=0,
+                                   hidden=x["hidden"], conf_weight=x["conf_weight"], conf_bias=0.1,
+                                   sts_temperatures=sts)
+    assert torch.allclose(with_sts.confidence, torch.sigmoid(with_sts.confidence_logits / sts))
+    h_only = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"], seed=0, offset=0,
+                                 hidden=x["hidden"], conf_weight=x["conf_weight"][:9], conf_bias=0.1)
+    assert torch.allclose(h_only.confidence_logits, x["hidden"] @ x["conf_weight"][:9] + 0.1, atol=1e-5)
+
+
+def test_logit_softcap_is_applied_to_the_base_before_the_bias():
+    x = make_inputs()
+    block = markov.sample_block(x["base"] * 20, x["anchor"], x["w1"], x["w2"], x["temperature"], seed=0,
+                                offset=0, logit_softcap=15.0)
+    bias0 = x["w1"][x["anchor"]] @ x["w2"].T
+    expected = 15.0 * torch.tanh(x["base"][:, 0] * 20 / 15.0) + bias0
+    assert torch.allclose(block.logits[:, 0], expected, atol=1e-5)
+
+
+def test_sampled_tokens_follow_q():
+    rows, vocab = 30000, 6
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(1, 1, vocab, generator=gen).expand(rows, 1, vocab)
+    w1, w2 = torch.randn(vocab, 2, generator=gen), torch.randn(vocab, 2, generator=gen)
+    anchor = torch.full((rows,), 3)
+    temperature = torch.full((rows,), 0.8)
+    block = markov.sample_block(base, anchor, w1, w2, temperature, seed=2, offset=0)
+    q = torch.softmax(block.logits[0, 0].double() / 0.8, -1)
+    counts = torch.bincount(block.tokens[:, 0], minlength=vocab).double()
+    p_value = stats.chisquare(counts.numpy(), (q * rows).numpy()).pvalue
+    record_p_value("Markov sampler", "tokens ~ q", p_value)
+    assert p_value > 1e-3
+
+
+def test_same_seed_and_offset_reproduce_and_other_offsets_differ():
+    x = make_inputs()
+    args = (x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"])
+    a = markov.sample_block(*args, seed=4, offset=1)
+    b = markov.sample_block(*args, seed=4, offset=1)
+    c = markov.sample_block(*args, seed=4, offset=2)
+    d = markov.sample_block(*args, seed=torch.tensor(4), offset=torch.tensor(1))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.tokens, d.tokens)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_vanilla_head_class_matches_sample_block():
+    x = make_inputs()
+    head = markov.VanillaMarkovHead(x["w1"], x["w2"])
+    a = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"], seed=1, offset=1)
+    b = markov.sample_block_with_head(x["base"], x["anchor"], head, x["temperature"], seed=1, offset=1)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.logits, b.logits)
+
+
+def test_gated_head_formula():
+    x = make_inputs()
+    gen = torch.Generator().manual_seed(9)
+    rank, hidden = 7, 9
+    gw, gb = torch.randn(rank, hidden + rank, generator=gen), torch.randn(rank, generator=gen)
+    head = markov.GatedMarkovHead(x["w1"], x["w2"], gw, gb)
+    block = markov.sample_block_with_head(x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0,
+                                          hidden=x["hidden"])
+    prev = x["anchor"]
+    for k in range(x["base"].shape[1]):
+        emb = x["w1"][prev]
+        gate = torch.sigmoid(torch.cat([x["hidden"][:, k], emb], -1) @ gw.T + gb)
+        assert torch.allclose(block.logits[:, k], x["base"][:, k] + (gate * emb) @ x["w2"].T, atol=1e-5)
+        prev = block.tokens[:, k]
+
+
+def test_rnn_head_formula():
+    x = make_inputs()
+    gen = torch.Generator().manual_seed(10)
+    rank, hidden = 7, 9
+    jw, jb = torch.randn(3 * rank, 2 * rank + hidden, generator=gen) * 0.3, torch.randn(3 * rank, generator=gen)
+    head = markov.RnnMarkovHead(x["w1"], x["w2"], jw, jb)
+    block = markov.sample_block_with_head(x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0,
+                                          hidden=x["hidden"])
+    prev, state = x["anchor"], torch.zeros(6, rank)
+    for k in range(x["base"].shape[1]):
+        z = torch.cat([state, x["w1"][prev], x["hidden"][:, k]], -1)
+        g, c, o = (z @ jw.T + jb).split(rank, -1)
+        state = torch.sigmoid(g) * state + (1 - torch.sigmoid(g)) * torch.tanh(c)
+        assert torch.allclose(block.logits[:, k], x["base"][:, k] + torch.tanh(o) @ x["w2"].T, atol=1e-5)
+        prev = block.tokens[:, k]
+
+
+def test_heads_that_need_hidden_say_so():
+    x = make_inputs()
+    head = markov.GatedMarkovHead(x["w1"], x["w2"], torch.randn(7, 16), torch.randn(7))
+    with pytest.raises(ValueError, match="hidden"):
+        markov.sample_block_with_head(x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0)
+    with pytest.raises(ValueError, match="gate_proj"):
+        markov.GatedMarkovHead(x["w1"], x["w2"], torch.randn(5, 16), torch.randn(5))
+    with pytest.raises(ValueError, match="joint_proj"):
+        markov.RnnMarkovHead(x["w1"], x["w2"], torch.randn(21, 23), torch.randn(20))
