@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+ANY_FLOAT_DTYPES = (torch.float64, *FLOAT_DTYPES)
 INT_DTYPES = (torch.int64, torch.int32)
 
 

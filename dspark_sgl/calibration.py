@@ -36,7 +36,7 @@ __all__ = [
 
 
 def _check_pred_label(pred: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    _checks.tensor("pred", pred, dtypes=_checks.FLOAT_DTYPES)
+    _checks.tensor("pred", pred, dtypes=_checks.ANY_FLOAT_DTYPES)
     if not isinstance(label, torch.Tensor):
         raise TypeError(f"label must be a torch.Tensor, got {type(label).__name__}")
     if label.shape != pred.shape:
@@ -105,8 +105,8 @@ def prefix_accept_labels(accepted_len: torch.Tensor, gamma: int) -> torch.Tensor
 
 def apply_sts(conf_logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Tensor:
     """Calibrated confidences ``sigmoid(z / T_k)``: conf_logits [..., g], temperatures [g] > 0."""
-    _checks.tensor("conf_logits", conf_logits, dtypes=_checks.FLOAT_DTYPES)
-    _checks.tensor("temperatures", temperatures, dtypes=_checks.FLOAT_DTYPES, ndim=1)
+    _checks.tensor("conf_logits", conf_logits, dtypes=_checks.ANY_FLOAT_DTYPES)
+    _checks.tensor("temperatures", temperatures, dtypes=_checks.ANY_FLOAT_DTYPES, ndim=1)
     if conf_logits.dim() == 0 or conf_logits.shape[-1] != temperatures.numel():
         raise ValueError(
             f"conf_logits last dim {list(conf_logits.shape)} must equal the number of temperatures "
@@ -114,7 +114,8 @@ def apply_sts(conf_logits: torch.Tensor, temperatures: torch.Tensor) -> torch.Te
         )
     if not bool((torch.isfinite(temperatures) & (temperatures > 0)).all()):
         raise ValueError("temperatures must be finite and > 0")
-    return torch.sigmoid(conf_logits.float() / temperatures.to(conf_logits.device).float())
+    dtype = torch.float64 if conf_logits.dtype == torch.float64 else torch.float32
+    return torch.sigmoid(conf_logits.to(dtype) / temperatures.to(device=conf_logits.device, dtype=dtype))
 
 
 def _default_grid() -> torch.Tensor:
@@ -124,7 +125,7 @@ def _default_grid() -> torch.Tensor:
 def _check_sts_inputs(
     conf_logits: torch.Tensor, accepted_len: torch.Tensor, verified_len: Optional[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _checks.tensor("conf_logits", conf_logits, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    _checks.tensor("conf_logits", conf_logits, dtypes=_checks.ANY_FLOAT_DTYPES, ndim=2)
     n, gamma = conf_logits.shape
     _checks.tensor("accepted_len", accepted_len, dtypes=_checks.INT_DTYPES, shape=(n,))
     z = conf_logits.detach().double().cpu()
@@ -201,7 +202,7 @@ def sts_report(
     gamma = z.shape[1]
     labels = prefix_accept_labels(acc, gamma)
     before = torch.cumprod(torch.sigmoid(z), dim=1)
-    after = torch.cumprod(apply_sts(z, temperatures.double()).double(), dim=1)
+    after = torch.cumprod(apply_sts(z, temperatures.double()), dim=1)
     report: dict[str, list[float]] = {"ece_before": [], "ece_after": [], "auroc_before": [], "auroc_after": []}
     for k in range(gamma):
         rows = ver > k
