@@ -47,8 +47,7 @@ class CMakeBuild(build_ext):
         if mode == "0" or (mode == "auto" and nvcc is None):
             why = "DSPARK_SGL_BUILD_CUDA=0" if mode == "0" else "nvcc was not found"
             print(
-                f"dspark-sgl: {why}; installing the pure-Python package "
-                "(PyTorch reference kernels only)",
+                f"dspark-sgl: {why}; installing the pure-Python package (PyTorch reference kernels only)",
                 file=sys.stderr,
             )
             return

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Optional
 
 import torch
 
@@ -24,22 +23,24 @@ def tensor(
     value: object,
     *,
     dtypes: Sequence[torch.dtype],
-    ndim: Optional[int] = None,
-    shape: Optional[Sequence[Optional[int]]] = None,
-    device: Optional[torch.device] = None,
+    ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """Check one tensor argument; ``None`` in ``shape`` matches any size."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if value.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
-        raise TypeError(f"{name} must have dtype in ({allowed}), got {str(value.dtype).replace('torch.', '')}")
+        raise TypeError(
+            f"{name} must have dtype in ({allowed}), got {str(value.dtype).replace('torch.', '')}"
+        )
     if ndim is not None and value.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(value.shape)}")
     if shape is not None:
         expected = tuple(shape)
         if len(expected) != value.dim() or any(
-            e is not None and e != s for e, s in zip(expected, value.shape)
+            e is not None and e != s for e, s in zip(expected, value.shape, strict=True)
         ):
             want = "[" + ", ".join("*" if e is None else str(e) for e in expected) + "]"
             raise ValueError(f"{name} must have shape {want}, got {list(value.shape)}")

@@ -11,19 +11,18 @@ import importlib
 import logging
 import os
 from types import ModuleType
-from typing import Optional
 
 import torch
 
 logger = logging.getLogger("dspark_sgl")
 
-_extension: Optional[ModuleType] = None
-_extension_error: Optional[str] = None
+_extension: ModuleType | None = None
+_extension_error: str | None = None
 _extension_tried = False
 _logged: set[tuple[str, str]] = set()
 
 
-def load_extension() -> Optional[ModuleType]:
+def load_extension() -> ModuleType | None:
     """Import ``dspark_sgl._C`` once; return it, or None with the reason remembered."""
     global _extension, _extension_error, _extension_tried
     if not _extension_tried:
@@ -35,7 +34,7 @@ def load_extension() -> Optional[ModuleType]:
     return _extension
 
 
-def extension_error() -> Optional[str]:
+def extension_error() -> str | None:
     """Why the extension could not be loaded, or None if it loaded."""
     load_extension()
     return _extension_error

@@ -18,7 +18,6 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 import torch
 
@@ -62,7 +61,6 @@ def expected_calibration_error(pred: torch.Tensor, label: torch.Tensor, bins: in
         raise ValueError(f"bins must be >= 1, got {bins}")
     pred, label = _check_pred_label(pred, label)
     index = (pred * bins).floor().long().clamp(0, bins - 1)
-    count = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, torch.ones_like(pred))
     pred_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, pred)
     label_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, index, label)
     return float((pred_sum - label_sum).abs().sum() / pred.numel())
@@ -123,7 +121,7 @@ def _default_grid() -> torch.Tensor:
 
 
 def _check_sts_inputs(
-    conf_logits: torch.Tensor, accepted_len: torch.Tensor, verified_len: Optional[torch.Tensor]
+    conf_logits: torch.Tensor, accepted_len: torch.Tensor, verified_len: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _checks.tensor("conf_logits", conf_logits, dtypes=_checks.ANY_FLOAT_DTYPES, ndim=2)
     n, gamma = conf_logits.shape
@@ -149,8 +147,8 @@ def fit_sts(
     conf_logits: torch.Tensor,
     accepted_len: torch.Tensor,
     *,
-    verified_len: Optional[torch.Tensor] = None,
-    grid: Optional[torch.Tensor] = None,
+    verified_len: torch.Tensor | None = None,
+    grid: torch.Tensor | None = None,
     bins: int = 20,
 ) -> torch.Tensor:
     """Sequential Temperature Scaling: temperatures [g] float32.
@@ -189,7 +187,7 @@ def sts_report(
     accepted_len: torch.Tensor,
     temperatures: torch.Tensor,
     *,
-    verified_len: Optional[torch.Tensor] = None,
+    verified_len: torch.Tensor | None = None,
     bins: int = 20,
 ) -> dict[str, list[float]]:
     """Per-position ECE of the prefix products before (T = 1) and after STS, and AUROC.
@@ -203,7 +201,12 @@ def sts_report(
     labels = prefix_accept_labels(acc, gamma)
     before = torch.cumprod(torch.sigmoid(z), dim=1)
     after = torch.cumprod(apply_sts(z, temperatures.double()), dim=1)
-    report: dict[str, list[float]] = {"ece_before": [], "ece_after": [], "auroc_before": [], "auroc_after": []}
+    report: dict[str, list[float]] = {
+        "ece_before": [],
+        "ece_after": [],
+        "auroc_before": [],
+        "auroc_after": [],
+    }
     for k in range(gamma):
         rows = ver > k
         if int(rows.sum()) == 0:
@@ -215,8 +218,10 @@ def sts_report(
         # Conditional label: accepted at k among rounds that reached k.
         reached = rows & (acc >= k)
         cond = (acc[reached] > k).double()
-        for key, conf in (("auroc_before", torch.sigmoid(z[reached, k])),
-                          ("auroc_after", torch.sigmoid(z[reached, k] / float(temperatures[k])))):
+        for key, conf in (
+            ("auroc_before", torch.sigmoid(z[reached, k])),
+            ("auroc_after", torch.sigmoid(z[reached, k] / float(temperatures[k]))),
+        ):
             try:
                 report[key].append(auroc(conf, cond))
             except ValueError:
@@ -241,7 +246,7 @@ class StsCalibration:
         if not all(math.isfinite(t) and t > 0 for t in self.temperatures):
             raise ValueError(f"StsCalibration temperatures must be finite and > 0, got {self.temperatures}")
 
-    def tensor(self, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+    def tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
         return torch.tensor(self.temperatures, dtype=torch.float32, device=device)
 
     def to_json(self) -> str:
@@ -269,11 +274,11 @@ class StsCalibration:
             raise ValueError(f"STS JSON has unknown keys {sorted(unknown)}")
         return cls(**data)
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike]) -> StsCalibration:
+    def load(cls, path: str | os.PathLike) -> StsCalibration:
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read())

@@ -66,7 +66,9 @@ def make_synthetic_pair(vocab: int, gamma: int, rank: int, seed: int, device: to
     return SyntheticPair(logits.to(device), torch.stack(marginals).to(device), w1.to(device), w2.to(device))
 
 
-def exact_acceptance(target_logits: torch.Tensor, draft_logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+def exact_acceptance(
+    target_logits: torch.Tensor, draft_logits: torch.Tensor, temperature: torch.Tensor
+) -> torch.Tensor:
     """sum_v min(p, q) per position: [R, g] from [R, g, V] logits (greedy rows: 1 if argmaxes match)."""
     safe_t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None, None]
     p = torch.softmax(target_logits / safe_t, dim=-1)
@@ -86,8 +88,9 @@ class PolicyStats:
     seconds: float = 0.0
 
 
-def run_round(pair: SyntheticPair, anchor: torch.Tensor, temperature: torch.Tensor, policy: str,
-              seed: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def run_round(
+    pair: SyntheticPair, anchor: torch.Tensor, temperature: torch.Tensor, policy: str, seed: int, offset: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One round for R requests: (verify_lens [R], accept_lens [R], out_tokens [R, g+1])."""
     base = pair.marginal_logits[:, anchor].transpose(0, 1)  # [R, g, V]
     block = markov.sample_block(base, anchor, pair.w1, pair.w2, temperature, seed=seed, offset=offset)
@@ -98,8 +101,9 @@ def run_round(pair: SyntheticPair, anchor: torch.Tensor, temperature: torch.Tens
         lens = torch.full_like(anchor, pair.gamma, dtype=torch.int32)
     else:
         lens = scheduler.schedule_causal(confidence, LIGHT_SPS if policy == "light" else HEAVY_SPS)
-    accept, out = verify.chain_verify(target, block.logits, block.tokens, lens, temperature,
-                                      seed=seed, offset=offset)
+    accept, out = verify.chain_verify(
+        target, block.logits, block.tokens, lens, temperature, seed=seed, offset=offset
+    )
     return lens, accept, out
 
 
@@ -137,11 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     pair = make_synthetic_pair(args.vocab, args.gamma, args.rank, args.seed, device)
     temperature = torch.full((args.requests,), args.temperature, device=device)
 
-    print(f"DSpark demo: synthetic bigram target, V={args.vocab}, gamma={args.gamma}, Markov rank={args.rank}, "
-          f"R={args.requests} requests, T={args.temperature}, device={device}")
+    print(
+        f"DSpark demo: synthetic bigram target, V={args.vocab}, gamma={args.gamma}, Markov rank={args.rank}, "
+        f"R={args.requests} requests, T={args.temperature}, device={device}"
+    )
     print(f"light SPS table: {LIGHT_SPS}\nheavy SPS table: {HEAVY_SPS}\n")
-    policies = {name: PolicyStats(name, LIGHT_SPS if name != "heavy" else HEAVY_SPS)
-                for name in ("full", "light", "heavy")}
+    policies = {
+        name: PolicyStats(name, LIGHT_SPS if name != "heavy" else HEAVY_SPS)
+        for name in ("full", "light", "heavy")
+    }
     anchors = {name: torch.arange(args.requests, device=device) % args.vocab for name in policies}
     start = time.perf_counter()
     for rnd in range(args.rounds):
@@ -156,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             stats.seconds += 1.0 / stats.sps(batch_tokens)
             anchors[name] = out.gather(1, accept.to(torch.int64)[:, None]).squeeze(1)
             label = {"full": "full block     ", "light": "causal, light  ", "heavy": "causal, heavy  "}[name]
-            print(f"  {label} verify {lens.tolist()}  accepted {accept.tolist()}  "
-                  f"tokens this round {int(emitted.sum())} ({int(emitted.sum()) / args.requests:.2f}/request)")
+            print(
+                f"  {label} verify {lens.tolist()}  accepted {accept.tolist()}  "
+                f"tokens this round {int(emitted.sum())} ({int(emitted.sum()) / args.requests:.2f}/request)"
+            )
     elapsed = time.perf_counter() - start
 
     print("\nsummary (tokens/s simulated from each policy's SPS table)")
@@ -165,12 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, stats in policies.items():
         tau = stats.emitted / (stats.rounds * args.requests)
         label = {"full": "full block", "light": "causal", "heavy": "causal"}[name]
-        print(f"{label:<16}{'heavy' if name == 'heavy' else 'light':<11}{tau:>12.2f}"
-              f"{stats.verified / (stats.rounds * args.requests):>17.2f}{stats.emitted / stats.seconds:>10.0f}")
+        print(
+            f"{label:<16}{'heavy' if name == 'heavy' else 'light':<11}{tau:>12.2f}"
+            f"{stats.verified / (stats.rounds * args.requests):>17.2f}{stats.emitted / stats.seconds:>10.0f}"
+        )
     full_heavy = sum(1.0 / HEAVY_SPS(args.requests * (args.gamma + 1)) for _ in range(args.rounds))
-    print(f"{'full block':<16}{'heavy':<11}{policies['full'].emitted / (args.rounds * args.requests):>12.2f}"
-          f"{float(args.gamma):>17.2f}{policies['full'].emitted / full_heavy:>10.0f}")
+    print(
+        f"{'full block':<16}{'heavy':<11}{policies['full'].emitted / (args.rounds * args.requests):>12.2f}"
+        f"{float(args.gamma):>17.2f}{policies['full'].emitted / full_heavy:>10.0f}"
+    )
     ok = greedy_check(pair, args.requests, 4, device)
-    print(f"\ngreedy check (T=0): speculative output equals the target's greedy chain: {'OK' if ok else 'MISMATCH'}")
+    print(
+        "\ngreedy check (T=0): speculative output equals the target's greedy chain: "
+        + ("OK" if ok else "MISMATCH")
+    )
     print(f"wall time {elapsed:.2f} s for {args.rounds} rounds x 3 policies on {device}")
     return 0 if ok else 1

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 
@@ -50,8 +49,8 @@ class DraftBlock:
 
     tokens: torch.Tensor
     logits: torch.Tensor
-    confidence: Optional[torch.Tensor] = None
-    confidence_logits: Optional[torch.Tensor] = None
+    confidence: torch.Tensor | None = None
+    confidence_logits: torch.Tensor | None = None
 
 
 def _check_markov_weights(w1: torch.Tensor, w2: torch.Tensor) -> tuple[int, int]:
@@ -72,7 +71,7 @@ def markov_bias(w1: torch.Tensor, w2: torch.Tensor, prev: torch.Tensor) -> torch
     w1: [V1, r], w2: [V, r] (float32/bf16/fp16), prev: [N] int64 token ids in [0, V1).
     Returns [N, V] float32 (products of the stored values, accumulated in float32).
     """
-    vocab, _ = _check_markov_weights(w1, w2)
+    _check_markov_weights(w1, w2)
     _checks.tensor("prev", prev, dtypes=(torch.int64,), ndim=1, device=w1.device)
     _checks.in_range("prev", prev, 0, w1.shape[0])
     return _vanilla_bias(w1, w2.float(), prev)
@@ -105,13 +104,13 @@ class MarkovHead(abc.ABC):
         """``W1[prev]`` as float32, [N, r]."""
         return self.w1[prev].float()
 
-    def initial_state(self, rows: int) -> Optional[torch.Tensor]:
+    def initial_state(self, rows: int) -> torch.Tensor | None:
         return None
 
     @abc.abstractmethod
     def step(
-        self, prev: torch.Tensor, hidden: Optional[torch.Tensor], state: Optional[torch.Tensor]
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(bias [N, V] float32, next state) for previous tokens ``prev`` [N]."""
 
 
@@ -122,9 +121,12 @@ class VanillaMarkovHead(MarkovHead):
         return _vanilla_bias(self.w1, self._w2_f32, prev), None
 
 
-def _check_linear(name: str, weight: torch.Tensor, bias: torch.Tensor, out_dim: int, in_dim: int,
-                  device: torch.device) -> None:
-    _checks.tensor(f"{name}.weight", weight, dtypes=_checks.FLOAT_DTYPES, shape=(out_dim, in_dim), device=device)
+def _check_linear(
+    name: str, weight: torch.Tensor, bias: torch.Tensor, out_dim: int, in_dim: int, device: torch.device
+) -> None:
+    _checks.tensor(
+        f"{name}.weight", weight, dtypes=_checks.FLOAT_DTYPES, shape=(out_dim, in_dim), device=device
+    )
     _checks.tensor(f"{name}.bias", bias, dtypes=_checks.FLOAT_DTYPES, shape=(out_dim,), device=device)
     _checks.finite(f"{name}.weight", weight)
     _checks.finite(f"{name}.bias", bias)
@@ -140,7 +142,9 @@ class GatedMarkovHead(MarkovHead):
         super().__init__(w1, w2)
         hidden_size = gate_weight.shape[-1] - self.rank if gate_weight.dim() == 2 else -1
         if hidden_size < 1:
-            raise ValueError(f"gate_proj.weight must be [r, H + r] with r={self.rank}, got {list(gate_weight.shape)}")
+            raise ValueError(
+                f"gate_proj.weight must be [r, H + r] with r={self.rank}, got {list(gate_weight.shape)}"
+            )
         _check_linear("gate_proj", gate_weight, gate_bias, self.rank, hidden_size + self.rank, w1.device)
         self.hidden_size = hidden_size
         self.gate_weight = gate_weight.float()
@@ -171,8 +175,9 @@ class RnnMarkovHead(MarkovHead):
             raise ValueError(
                 f"joint_proj.weight must be [3r, 2r + H] with r={self.rank}, got {list(joint_weight.shape)}"
             )
-        _check_linear("joint_proj", joint_weight, joint_bias, 3 * self.rank, hidden_size + 2 * self.rank,
-                      w1.device)
+        _check_linear(
+            "joint_proj", joint_weight, joint_bias, 3 * self.rank, hidden_size + 2 * self.rank, w1.device
+        )
         self.hidden_size = hidden_size
         self.joint_weight = joint_weight.float()
         self.joint_bias = joint_bias.float()
@@ -202,8 +207,8 @@ class ConfidenceHead:
     def __init__(
         self,
         weight: torch.Tensor,
-        bias: Union[float, torch.Tensor] = 0.0,
-        sts_temperatures: Optional[torch.Tensor] = None,
+        bias: float | torch.Tensor = 0.0,
+        sts_temperatures: torch.Tensor | None = None,
     ) -> None:
         _checks.tensor("conf_weight", weight, dtypes=_checks.FLOAT_DTYPES)
         self.weight = weight.reshape(-1).float()
@@ -218,8 +223,9 @@ class ConfidenceHead:
             raise TypeError(f"conf_bias must be a float or a tensor, got {type(bias).__name__}")
         self.bias = bias
         if sts_temperatures is not None:
-            _checks.tensor("sts_temperatures", sts_temperatures, dtypes=(torch.float32,), ndim=1,
-                           device=weight.device)
+            _checks.tensor(
+                "sts_temperatures", sts_temperatures, dtypes=(torch.float32,), ndim=1, device=weight.device
+            )
             if _checks.values_checkable(sts_temperatures) and not bool(
                 (torch.isfinite(sts_temperatures) & (sts_temperatures > 0)).all()
             ):
@@ -236,7 +242,7 @@ class ConfidenceHead:
             f"conf_weight must have H + r = {hidden_size + rank} or H = {hidden_size} elements, got {n}"
         )
 
-    def logit(self, hidden_k: torch.Tensor, prev_emb: Optional[torch.Tensor]) -> torch.Tensor:
+    def logit(self, hidden_k: torch.Tensor, prev_emb: torch.Tensor | None) -> torch.Tensor:
         """Raw logit ``z`` [N] from hidden [N, H] and (optionally) W1[prev] [N, r]."""
         features = hidden_k.float() if prev_emb is None else torch.cat([hidden_k.float(), prev_emb], dim=-1)
         return features @ self.weight + self.bias
@@ -247,7 +253,8 @@ class ConfidenceHead:
             return torch.sigmoid(logits)
         if self.sts_temperatures.numel() != logits.shape[-1]:
             raise ValueError(
-                f"sts_temperatures has {self.sts_temperatures.numel()} entries for a block of {logits.shape[-1]}"
+                f"sts_temperatures has {self.sts_temperatures.numel()} entries "
+                f"for a block of {logits.shape[-1]}"
             )
         return torch.sigmoid(logits / self.sts_temperatures)
 
@@ -259,7 +266,7 @@ def sample_from_logits(
     seed: rng.SeedLike,
     offset: rng.SeedLike,
     stream: rng.Stream,
-    position: Union[int, torch.Tensor],
+    position: int | torch.Tensor,
 ) -> torch.Tensor:
     """Gumbel-max sample of ``softmax(logits / T)`` per row; argmax where ``T == 0``.
 
@@ -286,7 +293,9 @@ def _check_block_inputs(
     if vocab != vocab_size:
         raise ValueError(f"base_logits has vocabulary {vocab} but the Markov head has {vocab_size}")
     if gamma < 1:
-        raise ValueError(f"base_logits must hold at least one draft position, got shape {list(base_logits.shape)}")
+        raise ValueError(
+            f"base_logits must hold at least one draft position, got shape {list(base_logits.shape)}"
+        )
     rng.check_position(gamma - 1)
     _checks.tensor("anchor", anchor, dtypes=(torch.int64,), shape=(rows,), device=device)
     _checks.in_range("anchor", anchor, 0, vocab)
@@ -303,9 +312,9 @@ def sample_block_with_head(
     *,
     seed: rng.SeedLike,
     offset: rng.SeedLike,
-    hidden: Optional[torch.Tensor] = None,
-    confidence_head: Optional[ConfidenceHead] = None,
-    logit_softcap: Optional[float] = None,
+    hidden: torch.Tensor | None = None,
+    confidence_head: ConfidenceHead | None = None,
+    logit_softcap: float | None = None,
 ) -> DraftBlock:
     """Draft a block with any Markov head (PyTorch reference).
 
@@ -373,11 +382,11 @@ def sample_block(
     *,
     seed: rng.SeedLike,
     offset: rng.SeedLike,
-    hidden: Optional[torch.Tensor] = None,
-    conf_weight: Optional[torch.Tensor] = None,
-    conf_bias: Union[float, torch.Tensor, None] = None,
-    sts_temperatures: Optional[torch.Tensor] = None,
-    logit_softcap: Optional[float] = None,
+    hidden: torch.Tensor | None = None,
+    conf_weight: torch.Tensor | None = None,
+    conf_bias: float | torch.Tensor | None = None,
+    sts_temperatures: torch.Tensor | None = None,
+    logit_softcap: float | None = None,
 ) -> DraftBlock:
     """Draft a block with the vanilla Markov head ``w1[prev] @ w2.T``.
 
@@ -389,7 +398,9 @@ def sample_block(
     head = VanillaMarkovHead(w1, w2)
     confidence_head = None
     if conf_weight is not None:
-        confidence_head = ConfidenceHead(conf_weight, 0.0 if conf_bias is None else conf_bias, sts_temperatures)
+        confidence_head = ConfidenceHead(
+            conf_weight, 0.0 if conf_bias is None else conf_bias, sts_temperatures
+        )
     elif conf_bias is not None or sts_temperatures is not None:
         raise ValueError("conf_bias / sts_temperatures given without conf_weight")
     return sample_block_with_head(

@@ -26,24 +26,23 @@ synchronisation, with products split into 16-bit halves so nothing overflows.
 from __future__ import annotations
 
 import enum
-from typing import Union
 
 import torch
 
 from dspark_sgl import _dispatch
 
 __all__ = [
-    "Stream",
+    "MAX_OFFSET",
     "SeedLike",
+    "Stream",
+    "check_seed_offset",
+    "gumbel",
     "philox4x32",
     "uniform",
     "uniform_scalar",
-    "gumbel",
-    "check_seed_offset",
-    "MAX_OFFSET",
 ]
 
-SeedLike = Union[int, torch.Tensor]
+SeedLike = int | torch.Tensor
 
 _MASK32 = 0xFFFFFFFF
 _PHILOX_M0 = 0xD2511F53
@@ -158,9 +157,7 @@ def _uniform_reference(
     batch_shape = torch.broadcast_shapes(c1.shape, c2.shape)
     num_blocks = (vocab_size + 3) // 4
     c0 = torch.arange(num_blocks, dtype=torch.int64, device=device)
-    words = philox4x32(
-        (c0, c1.unsqueeze(-1), c2.unsqueeze(-1), c3), (key[0], key[1])
-    )
+    words = philox4x32((c0, c1.unsqueeze(-1), c2.unsqueeze(-1), c3), (key[0], key[1]))
     words = [w.expand(*batch_shape, num_blocks) for w in words]
     bits = torch.stack(words, dim=-1).reshape(*batch_shape, num_blocks * 4)
     return _bits_to_unit_float(bits[..., :vocab_size])

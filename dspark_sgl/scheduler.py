@@ -26,7 +26,6 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from typing import Optional, Union
 
 import torch
 
@@ -61,7 +60,7 @@ class SpsTable:
         self,
         points: Sequence[tuple[int, float]],
         *,
-        max_batch_tokens: Optional[int] = None,
+        max_batch_tokens: int | None = None,
         require_non_increasing: bool = True,
     ) -> None:
         points = [tuple(p) for p in points]
@@ -73,7 +72,9 @@ class SpsTable:
             if len(point) != 2:
                 raise ValueError(f"SpsTable point {i} must be (tokens, steps_per_sec), got {point!r}")
             b, s = point
-            if isinstance(b, bool) or not isinstance(b, int) and not (isinstance(b, float) and b.is_integer()):
+            if isinstance(b, bool) or (
+                not isinstance(b, int) and not (isinstance(b, float) and b.is_integer())
+            ):
                 raise TypeError(f"SpsTable point {i}: tokens must be an integer, got {b!r}")
             b, s = int(b), float(s)
             if b < 1:
@@ -81,7 +82,9 @@ class SpsTable:
             if not (math.isfinite(s) and s > 0):
                 raise ValueError(f"SpsTable point {i}: steps_per_sec must be finite and > 0, got {s}")
             if tokens and b <= tokens[-1]:
-                raise ValueError(f"SpsTable tokens must be strictly increasing: {tokens[-1]} then {b} at point {i}")
+                raise ValueError(
+                    f"SpsTable tokens must be strictly increasing: {tokens[-1]} then {b} at point {i}"
+                )
             if require_non_increasing and speeds and s > speeds[-1]:
                 raise ValueError(
                     f"SpsTable steps_per_sec must not increase with tokens: {speeds[-1]} at {tokens[-1]} "
@@ -93,7 +96,9 @@ class SpsTable:
         self.steps_per_sec = speeds
         self.max_batch_tokens = int(max_batch_tokens) if max_batch_tokens is not None else tokens[-1]
         if self.max_batch_tokens < tokens[-1]:
-            raise ValueError(f"max_batch_tokens {self.max_batch_tokens} is below the largest probe {tokens[-1]}")
+            raise ValueError(
+                f"max_batch_tokens {self.max_batch_tokens} is below the largest probe {tokens[-1]}"
+            )
         self._device_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -106,9 +111,9 @@ class SpsTable:
         return cls(cleaned, **kwargs)
 
     def __repr__(self) -> str:
-        return f"SpsTable({list(zip(self.tokens, self.steps_per_sec))})"
+        return f"SpsTable({list(zip(self.tokens, self.steps_per_sec, strict=True))})"
 
-    def __call__(self, batch_tokens: Union[int, float]) -> float:
+    def __call__(self, batch_tokens: int | float) -> float:
         """SPS at one batch size (Python float)."""
         xs, ys = self.tokens, self.steps_per_sec
         x = float(batch_tokens)
@@ -166,19 +171,19 @@ class SpsTable:
         xs, ys = data["sample_batch_tokens"], data["sample_steps_per_sec"]
         if not isinstance(xs, list) or not isinstance(ys, list) or len(xs) != len(ys):
             raise ValueError("sample_batch_tokens and sample_steps_per_sec must be lists of equal length")
-        return cls(list(zip(xs, ys)), max_batch_tokens=data.get("max_batch_tokens"), **kwargs)
+        return cls(list(zip(xs, ys, strict=True)), max_batch_tokens=data.get("max_batch_tokens"), **kwargs)
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
+    def save(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: Union[str, os.PathLike], **kwargs) -> SpsTable:
+    def load(cls, path: str | os.PathLike, **kwargs) -> SpsTable:
         with open(path, encoding="utf-8") as f:
             return cls.from_json(f.read(), **kwargs)
 
 
-def _check_confidence(name: str, confidence: torch.Tensor, device: Optional[torch.device] = None) -> None:
+def _check_confidence(name: str, confidence: torch.Tensor, device: torch.device | None = None) -> None:
     _checks.tensor(name, confidence, dtypes=_checks.FLOAT_DTYPES, ndim=2, device=device)
     _checks.probabilities(name, confidence)
 
@@ -254,7 +259,7 @@ def verify_budget(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
     return torch.argmax(_theta_path(ranked, valid, confidence.shape[0], sps))
 
 
-def schedule_topk(confidence: torch.Tensor, budget: Union[int, torch.Tensor]) -> torch.Tensor:
+def schedule_topk(confidence: torch.Tensor, budget: int | torch.Tensor) -> torch.Tensor:
     """Admit the ``budget`` highest-ranked candidates with ``a > 0``: lengths [R] int32.
 
     budget: int or 0-D/1-element integer tensor (stays on device: no host sync).
@@ -298,7 +303,9 @@ def expected_throughput(confidence: torch.Tensor, verify_lens: torch.Tensor, sps
     """Theta = tau * SPS(B) (0-D float64) of given verify lengths [R] under ``confidence`` [R, g]."""
     _check_confidence("confidence", confidence)
     rows, gamma = confidence.shape
-    _checks.tensor("verify_lens", verify_lens, dtypes=_checks.INT_DTYPES, shape=(rows,), device=confidence.device)
+    _checks.tensor(
+        "verify_lens", verify_lens, dtypes=_checks.INT_DTYPES, shape=(rows,), device=confidence.device
+    )
     _checks.in_range("verify_lens", verify_lens, 0, gamma + 1)
     survival = prefix_survival(confidence).to(torch.float64)
     mask = torch.arange(gamma, device=confidence.device)[None, :] < verify_lens[:, None]

@@ -37,7 +37,9 @@ def _check_inputs(
     device = target_logits.device
     gamma = g_plus_1 - 1
     if gamma < 0:
-        raise ValueError(f"target_logits must have g + 1 >= 1 positions, got shape {list(target_logits.shape)}")
+        raise ValueError(
+            f"target_logits must have g + 1 >= 1 positions, got shape {list(target_logits.shape)}"
+        )
     rng.check_position(gamma)
     _checks.tensor(
         "draft_logits", draft_logits, dtypes=_checks.FLOAT_DTYPES, shape=(rows, gamma, vocab), device=device
@@ -109,7 +111,9 @@ def chain_verify(
     if gamma > 0:
         draft_stop_index = stop.clamp(max=gamma - 1)[:, None, None].expand(rows, 1, vocab)
         p_stop = torch.softmax(logits_stop, dim=-1)
-        q_stop = torch.softmax(draft_logits.float().gather(1, draft_stop_index).squeeze(1) / safe_t[:, 0], dim=-1)
+        q_stop = torch.softmax(
+            draft_logits.float().gather(1, draft_stop_index).squeeze(1) / safe_t[:, 0], dim=-1
+        )
         residual = (p_stop - q_stop).clamp(min=0.0)
         has_residual = rejected & (residual > 0).any(dim=-1)
         score = torch.where(has_residual[:, None], torch.log(residual) + noise, bonus_score)

@@ -35,5 +35,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"{test:<40} {what:<34} p = {p:.4g}{note}")
     lossless = [p for _, _, p, ok in _P_VALUES if ok]
     if lossless:
-        terminalreporter.write_line(f"smallest p-value of the lossless checks: {min(lossless):.4f} "
-                                    f"(of {len(lossless)})")
+        terminalreporter.write_line(
+            f"smallest p-value of the lossless checks: {min(lossless):.4f} (of {len(lossless)})"
+        )

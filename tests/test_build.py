@@ -14,8 +14,10 @@ from dspark_sgl import _dispatch, rng
 BUILD_DISABLED = os.environ.get("DSPARK_SGL_BUILD_CUDA", "auto") == "0"
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None or BUILD_DISABLED,
-                    reason="nvcc absent or DSPARK_SGL_BUILD_CUDA=0: the pure-Python package is installed")
+@pytest.mark.skipif(
+    shutil.which("nvcc") is None or BUILD_DISABLED,
+    reason="nvcc absent or DSPARK_SGL_BUILD_CUDA=0: the pure-Python package is installed",
+)
 def test_extension_is_built_and_loads_when_nvcc_is_present():
     ext = _dispatch.load_extension()
     assert ext is not None, _dispatch.extension_error()
@@ -40,6 +42,9 @@ def test_cuda_inputs_choose_the_kernel_unless_forced_or_missing(monkeypatch):
         assert not use and "not available" in reason
     else:
         assert use and reason == "dspark_sgl._C.philox_uniform"
-        assert _dispatch.kernel_path("no_such_kernel", cuda) == (False, "the extension has no kernel 'no_such_kernel'")
+        assert _dispatch.kernel_path("no_such_kernel", cuda) == (
+            False,
+            "the extension has no kernel 'no_such_kernel'",
+        )
     monkeypatch.setenv("DSPARK_SGL_FORCE_REFERENCE", "1")
     assert _dispatch.kernel_path("philox_uniform", cuda) == (False, "DSPARK_SGL_FORCE_REFERENCE is set")

@@ -17,7 +17,9 @@ def test_ece_hand_computed():
     # bins of width 0.05: {0.11, 0.13}, {0.92}, {0.97, 1.0} (1.0 falls in the last bin)
     expected = (abs(0.24 - 1) + abs(0.92 - 1) + abs(1.97 - 1)) / 5
     assert calibration.expected_calibration_error(pred, label) == pytest.approx(expected, abs=1e-6)
-    assert calibration.expected_calibration_error(pred, label, bins=1) == pytest.approx(abs(3.13 - 3) / 5, abs=1e-6)
+    assert calibration.expected_calibration_error(pred, label, bins=1) == pytest.approx(
+        abs(3.13 - 3) / 5, abs=1e-6
+    )
 
 
 def test_auroc_matches_pairwise_counting_with_ties():
@@ -79,12 +81,19 @@ def test_apply_sts():
 
 
 def test_sts_file_round_trip_in_sglang_format(tmp_path):
-    sts = StsCalibration([1.5, 2.0, 2.5], dataset="gsm8k", num_samples=128, ece_before=[0.05], ece_after=[0.01])
+    sts = StsCalibration(
+        [1.5, 2.0, 2.5], dataset="gsm8k", num_samples=128, ece_before=[0.05], ece_after=[0.01]
+    )
     path = tmp_path / "sts.json"
     sts.save(path)
     data = json.loads(path.read_text())
-    assert data == {"temperatures": [1.5, 2.0, 2.5], "dataset": "gsm8k", "num_samples": 128,
-                    "ece_before": [0.05], "ece_after": [0.01]}
+    assert data == {
+        "temperatures": [1.5, 2.0, 2.5],
+        "dataset": "gsm8k",
+        "num_samples": 128,
+        "ece_before": [0.05],
+        "ece_after": [0.01],
+    }
     assert StsCalibration.load(path) == sts
     assert json.loads(StsCalibration([1.0]).to_json()) == {"temperatures": [1.0]}
     assert torch.equal(sts.tensor(), torch.tensor([1.5, 2.0, 2.5]))
@@ -92,8 +101,14 @@ def test_sts_file_round_trip_in_sglang_format(tmp_path):
 
 @pytest.mark.parametrize(
     "text, match",
-    [("{}", "temperatures"), ('{"temperatures": []}', "at least one"), ('{"temperatures": [0.0]}', "> 0"),
-     ('{"temperatures": [1.0], "extra": 1}', "unknown"), ("[1]", "temperatures"), ("nope", "JSON")],
+    [
+        ("{}", "temperatures"),
+        ('{"temperatures": []}', "at least one"),
+        ('{"temperatures": [0.0]}', "> 0"),
+        ('{"temperatures": [1.0], "extra": 1}', "unknown"),
+        ("[1]", "temperatures"),
+        ("nope", "JSON"),
+    ],
 )
 def test_bad_sts_files(text, match):
     with pytest.raises(ValueError, match=match):
@@ -102,10 +117,12 @@ def test_bad_sts_files(text, match):
 
 @pytest.mark.parametrize(
     "pred, label, match",
-    [(torch.tensor([0.5, 1.5]), torch.tensor([1.0, 0.0]), "pred"),
-     (torch.tensor([0.5, float("nan")]), torch.tensor([1.0, 0.0]), "pred"),
-     (torch.tensor([0.5, 0.2]), torch.tensor([1.0]), "shape"),
-     (torch.tensor([0.5]), torch.tensor([2.0]), "label")],
+    [
+        (torch.tensor([0.5, 1.5]), torch.tensor([1.0, 0.0]), "pred"),
+        (torch.tensor([0.5, float("nan")]), torch.tensor([1.0, 0.0]), "pred"),
+        (torch.tensor([0.5, 0.2]), torch.tensor([1.0]), "shape"),
+        (torch.tensor([0.5]), torch.tensor([2.0]), "label"),
+    ],
 )
 def test_ece_bad_input(pred, label, match):
     with pytest.raises(ValueError, match=match):

@@ -7,7 +7,9 @@ import sys
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dspark_sgl", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dspark_sgl", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_demo_runs_and_reports_every_policy():

@@ -58,16 +58,21 @@ def test_reference_round_runs_on_the_gpu_and_matches_the_cpu():
     temperature = torch.rand(rows, generator=gen) + 0.5
     temperature[::3] = 0.0
     cpu = markov.sample_block(base, anchor, w1, w2, temperature, seed=1, offset=2)
-    gpu = markov.sample_block(base.cuda(), anchor.cuda(), w1.cuda(), w2.cuda(), temperature.cuda(), seed=1, offset=2)
+    gpu = markov.sample_block(
+        base.cuda(), anchor.cuda(), w1.cuda(), w2.cuda(), temperature.cuda(), seed=1, offset=2
+    )
     assert torch.allclose(gpu.logits.cpu(), cpu.logits, atol=1e-4)
     # Tokens agree unless the top two perturbed scores are within float rounding.
     assert (gpu.tokens.cpu() == cpu.tokens).float().mean() > 0.98
     target = torch.randn(rows, gamma + 1, vocab, generator=gen)
     lens = torch.randint(0, gamma + 1, (rows,), generator=gen)
-    acc_c, out_c = verify.chain_verify(target, cpu.logits, cpu.tokens, lens, temperature, seed=1, offset=2)
-    acc_g, out_g = verify.chain_verify(target.cuda(), cpu.logits.cuda(), cpu.tokens.cuda(), lens.cuda(),
-                                       temperature.cuda(), seed=1, offset=2)
+    acc_c, _ = verify.chain_verify(target, cpu.logits, cpu.tokens, lens, temperature, seed=1, offset=2)
+    acc_g, _ = verify.chain_verify(
+        target.cuda(), cpu.logits.cuda(), cpu.tokens.cuda(), lens.cuda(), temperature.cuda(), seed=1, offset=2
+    )
     assert (acc_g.cpu() == acc_c).float().mean() > 0.9
     conf = torch.rand(rows, gamma, generator=gen)
     sps = scheduler.SpsTable([(1, 100.0), (32, 60.0), (96, 20.0)])
-    assert torch.equal(scheduler.schedule_causal(conf.cuda(), sps).cpu(), scheduler.schedule_causal(conf, sps))
+    assert torch.equal(
+        scheduler.schedule_causal(conf.cuda(), sps).cpu(), scheduler.schedule_causal(conf, sps)
+    )

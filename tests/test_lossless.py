@@ -46,7 +46,9 @@ class World:
         t = self.temperature if self.temperature > 0 else 1.0
         return torch.softmax(self.target[0 if prev is None else prev] / t, dim=-1).double()
 
-    def draft(self, anchor: torch.Tensor, temperature: torch.Tensor, seed: int, offset: int) -> markov.DraftBlock:
+    def draft(
+        self, anchor: torch.Tensor, temperature: torch.Tensor, seed: int, offset: int
+    ) -> markov.DraftBlock:
         rows = anchor.numel()
         return markov.sample_block(
             self.base.expand(rows, GAMMA, VOCAB),
@@ -62,8 +64,15 @@ class World:
         )
 
 
-def generate(world: World, policy: str, *, seed: int, rows: int = TRIALS, rounds: int = POSITIONS,
-             temperature: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def generate(
+    world: World,
+    policy: str,
+    *,
+    seed: int,
+    rows: int = TRIALS,
+    rounds: int = POSITIONS,
+    temperature: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Emitted tokens [rows, rounds] (first `rounds` positions) and all verify lengths used."""
     if temperature is None:
         temperature = torch.full((rows,), world.temperature)
@@ -92,8 +101,9 @@ def generate(world: World, policy: str, *, seed: int, rows: int = TRIALS, rounds
         else:
             raise AssertionError(policy)
         used_lens.append(lens)
-        accept, out = verify.chain_verify(target_logits, block.logits, block.tokens, lens, temperature,
-                                          seed=seed, offset=rnd)
+        accept, out = verify.chain_verify(
+            target_logits, block.logits, block.tokens, lens, temperature, seed=seed, offset=rnd
+        )
         n_out = accept.to(torch.int64) + 1
         cols = torch.arange(GAMMA + 1)
         valid = cols[None, :] < n_out[:, None]
@@ -129,7 +139,7 @@ def check_iid_p(name: str, tokens: torch.Tensor, p: torch.Tensor) -> None:
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_lossless_full_block(temperature):
     world = World(seed=11, temperature=temperature)
-    tokens, lens = generate(world, "full", seed=3)
+    tokens, _ = generate(world, "full", seed=3)
     check_iid_p(f"full block T={temperature}", tokens, world.p())
 
 
@@ -179,8 +189,9 @@ def _generate_from_anchor(world: World, rows: int, anchor_token: int, seed: int)
         block = world.draft(anchor, temperature, seed, rnd)
         chain = torch.cat([anchor[:, None], block.tokens], dim=1)
         lens = torch.randint(0, GAMMA + 1, (rows,), generator=gen, dtype=torch.int32)
-        accept, out = verify.chain_verify(world.target[chain], block.logits, block.tokens, lens, temperature,
-                                          seed=seed, offset=rnd)
+        accept, out = verify.chain_verify(
+            world.target[chain], block.logits, block.tokens, lens, temperature, seed=seed, offset=rnd
+        )
         if rnd == 0:
             first = out[:, 0]
             second = torch.where(accept > 0, out[:, 1], second)

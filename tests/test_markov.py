@@ -34,15 +34,27 @@ def test_markov_bias_is_w1_prev_times_w2_transposed():
 
 def test_sample_block_logits_tokens_and_confidence_follow_the_definition():
     x = make_inputs()
-    block = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"], seed=3, offset=8,
-                                hidden=x["hidden"], conf_weight=x["conf_weight"], conf_bias=0.25)
+    block = markov.sample_block(
+        x["base"],
+        x["anchor"],
+        x["w1"],
+        x["w2"],
+        x["temperature"],
+        seed=3,
+        offset=8,
+        hidden=x["hidden"],
+        conf_weight=x["conf_weight"],
+        conf_bias=0.25,
+    )
     rows, gamma, vocab = x["base"].shape
     prev = x["anchor"]
     for k in range(gamma):
         logits_k = x["base"][:, k] + x["w1"][prev] @ x["w2"].T
         assert torch.allclose(block.logits[:, k], logits_k, atol=1e-5)
         noise = rng.gumbel(3, 8, rng.Stream.DRAFT, torch.arange(rows), torch.full((rows,), k), vocab)
-        assert torch.equal(block.tokens[:, k], (block.logits[:, k] / x["temperature"][:, None] + noise).argmax(-1))
+        assert torch.equal(
+            block.tokens[:, k], (block.logits[:, k] / x["temperature"][:, None] + noise).argmax(-1)
+        )
         z = torch.cat([x["hidden"][:, k], x["w1"][prev]], dim=-1) @ x["conf_weight"] + 0.25
         assert torch.allclose(block.confidence[:, k], torch.sigmoid(z), atol=1e-6)
         assert torch.allclose(block.confidence_logits[:, k], z, atol=1e-5)
@@ -62,19 +74,40 @@ def test_greedy_rows_take_the_argmax_and_mix_with_sampled_rows():
 def test_sts_temperatures_and_markov_free_confidence():
     x = make_inputs()
     sts = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5])
-    with_sts = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"], seed=0, offset=0,
-                                   hidden=x["hidden"], conf_weight=x["conf_weight"], conf_bias=0.1,
-                                   sts_temperatures=sts)
+    with_sts = markov.sample_block(
+        x["base"],
+        x["anchor"],
+        x["w1"],
+        x["w2"],
+        x["temperature"],
+        seed=0,
+        offset=0,
+        hidden=x["hidden"],
+        conf_weight=x["conf_weight"],
+        conf_bias=0.1,
+        sts_temperatures=sts,
+    )
     assert torch.allclose(with_sts.confidence, torch.sigmoid(with_sts.confidence_logits / sts))
-    h_only = markov.sample_block(x["base"], x["anchor"], x["w1"], x["w2"], x["temperature"], seed=0, offset=0,
-                                 hidden=x["hidden"], conf_weight=x["conf_weight"][:9], conf_bias=0.1)
+    h_only = markov.sample_block(
+        x["base"],
+        x["anchor"],
+        x["w1"],
+        x["w2"],
+        x["temperature"],
+        seed=0,
+        offset=0,
+        hidden=x["hidden"],
+        conf_weight=x["conf_weight"][:9],
+        conf_bias=0.1,
+    )
     assert torch.allclose(h_only.confidence_logits, x["hidden"] @ x["conf_weight"][:9] + 0.1, atol=1e-5)
 
 
 def test_logit_softcap_is_applied_to_the_base_before_the_bias():
     x = make_inputs()
-    block = markov.sample_block(x["base"] * 20, x["anchor"], x["w1"], x["w2"], x["temperature"], seed=0,
-                                offset=0, logit_softcap=15.0)
+    block = markov.sample_block(
+        x["base"] * 20, x["anchor"], x["w1"], x["w2"], x["temperature"], seed=0, offset=0, logit_softcap=15.0
+    )
     bias0 = x["w1"][x["anchor"]] @ x["w2"].T
     expected = 15.0 * torch.tanh(x["base"][:, 0] * 20 / 15.0) + bias0
     assert torch.allclose(block.logits[:, 0], expected, atol=1e-5)
@@ -120,8 +153,9 @@ def test_gated_head_formula():
     rank, hidden = 7, 9
     gw, gb = torch.randn(rank, hidden + rank, generator=gen), torch.randn(rank, generator=gen)
     head = markov.GatedMarkovHead(x["w1"], x["w2"], gw, gb)
-    block = markov.sample_block_with_head(x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0,
-                                          hidden=x["hidden"])
+    block = markov.sample_block_with_head(
+        x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0, hidden=x["hidden"]
+    )
     prev = x["anchor"]
     for k in range(x["base"].shape[1]):
         emb = x["w1"][prev]
@@ -134,10 +168,14 @@ def test_rnn_head_formula():
     x = make_inputs()
     gen = torch.Generator().manual_seed(10)
     rank, hidden = 7, 9
-    jw, jb = torch.randn(3 * rank, 2 * rank + hidden, generator=gen) * 0.3, torch.randn(3 * rank, generator=gen)
+    jw, jb = (
+        torch.randn(3 * rank, 2 * rank + hidden, generator=gen) * 0.3,
+        torch.randn(3 * rank, generator=gen),
+    )
     head = markov.RnnMarkovHead(x["w1"], x["w2"], jw, jb)
-    block = markov.sample_block_with_head(x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0,
-                                          hidden=x["hidden"])
+    block = markov.sample_block_with_head(
+        x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0, hidden=x["hidden"]
+    )
     prev, state = x["anchor"], torch.zeros(6, rank)
     for k in range(x["base"].shape[1]):
         z = torch.cat([state, x["w1"][prev], x["hidden"][:, k]], -1)

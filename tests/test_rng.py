@@ -14,8 +14,11 @@ from dspark_sgl.rng import Stream
 KAT = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
 ]
 
 
@@ -37,8 +40,12 @@ def _philox_numpy(counter, key):
     for i in range(10):
         p0 = np.uint64(0xD2511F53) * c[0]
         p1 = np.uint64(0xCD9E8D57) * c[2]
-        c = [((p1 >> np.uint64(32)) ^ c[1] ^ k0) & mask, p1 & mask, ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & mask,
-             p0 & mask]
+        c = [
+            ((p1 >> np.uint64(32)) ^ c[1] ^ k0) & mask,
+            p1 & mask,
+            ((p0 >> np.uint64(32)) ^ c[3] ^ k1) & mask,
+            p0 & mask,
+        ]
         if i < 9:
             k0, k1 = (k0 + np.uint64(0x9E3779B9)) & mask, (k1 + np.uint64(0xBB67AE85)) & mask
     return [int(x) for x in c]
@@ -78,15 +85,27 @@ def test_uniform_is_uniform_and_streams_are_independent():
 def test_every_key_and_counter_field_changes_the_draws(change):
     base = dict(seed=5, offset=17, stream=Stream.DRAFT, row=2, position=3)
     other = dict(base)
-    other.update({
-        "seed_low": {"seed": 6}, "seed_high": {"seed": 5 + (1 << 40)}, "offset_low": {"offset": 18},
-        "offset_high": {"offset": 17 + (1 << 33)}, "stream": {"stream": Stream.ACCEPT},
-        "row": {"row": 9}, "position": {"position": 4},
-    }[change])
+    other.update(
+        {
+            "seed_low": {"seed": 6},
+            "seed_high": {"seed": 5 + (1 << 40)},
+            "offset_low": {"offset": 18},
+            "offset_high": {"offset": 17 + (1 << 33)},
+            "stream": {"stream": Stream.ACCEPT},
+            "row": {"row": 9},
+            "position": {"position": 4},
+        }[change]
+    )
 
     def draw(cfg):
-        return rng.uniform(cfg["seed"], cfg["offset"], cfg["stream"], torch.tensor([cfg["row"]]),
-                           torch.tensor([cfg["position"]]), 16)
+        return rng.uniform(
+            cfg["seed"],
+            cfg["offset"],
+            cfg["stream"],
+            torch.tensor([cfg["row"]]),
+            torch.tensor([cfg["position"]]),
+            16,
+        )
 
     assert torch.equal(draw(base), draw(dict(base)))
     assert not torch.equal(draw(base), draw(other))

@@ -24,7 +24,9 @@ def test_sps_table_interpolates_linearly_and_clamps():
     assert table(13) == pytest.approx(40.0)
     assert table(0) == 100.0 and table(1000) == 20.0
     looked = table.lookup(torch.tensor([0, 1, 5, 9, 13, 17, 99]))
-    assert torch.allclose(looked, torch.tensor([100.0, 100.0, 80.0, 60.0, 40.0, 20.0, 20.0], dtype=torch.float64))
+    assert torch.allclose(
+        looked, torch.tensor([100.0, 100.0, 80.0, 60.0, 40.0, 20.0, 20.0], dtype=torch.float64)
+    )
 
 
 def test_sps_table_single_point_is_constant():
@@ -38,8 +40,11 @@ def test_sps_table_json_round_trip_in_sglang_format(tmp_path):
     path = tmp_path / "sps.json"
     table.save(path)
     data = json.loads(path.read_text())
-    assert data == {"sample_batch_tokens": [1, 16, 64], "sample_steps_per_sec": [50.0, 45.5, 30.25],
-                    "max_batch_tokens": 128}
+    assert data == {
+        "sample_batch_tokens": [1, 16, 64],
+        "sample_steps_per_sec": [50.0, 45.5, 30.25],
+        "max_batch_tokens": 128,
+    }
     loaded = SpsTable.load(path)
     assert loaded.tokens == table.tokens and loaded.steps_per_sec == table.steps_per_sec
     assert loaded.max_batch_tokens == 128
@@ -50,8 +55,10 @@ def test_sps_table_reads_a_file_written_like_sglang():
     table = SpsTable.from_json(text)
     assert table.tokens == [8, 32, 128] and table.max_batch_tokens == 256
     with pytest.raises(ValueError, match="additive"):
-        SpsTable.from_json('{"bias_seconds": 0.01, "bs_probes": [1], "alpha_seconds": [0.0], '
-                           '"m_probes": [1], "theta_seconds": [0.0]}')
+        SpsTable.from_json(
+            '{"bias_seconds": 0.01, "bs_probes": [1], "alpha_seconds": [0.0], '
+            '"m_probes": [1], "theta_seconds": [0.0]}'
+        )
     with pytest.raises(ValueError, match="lacks"):
         SpsTable.from_json('{"sample_batch_tokens": [1]}')
     with pytest.raises(ValueError, match="JSON"):
@@ -133,7 +140,7 @@ def retrospective(conf: torch.Tensor, sps: SpsTable) -> list[int]:
 def random_table(gen: torch.Generator, max_tokens: int) -> SpsTable:
     xs = sorted(set([1, *torch.randint(2, max_tokens + 1, (4,), generator=gen).tolist()]))
     drops = torch.rand(len(xs), generator=gen).sort(descending=True).values
-    return SpsTable([(x, float(10 * d + 0.1)) for x, d in zip(xs, drops)])
+    return SpsTable([(x, float(10 * d + 0.1)) for x, d in zip(xs, drops, strict=True)])
 
 
 def random_confidence(gen: torch.Generator, rows: int, gamma: int) -> torch.Tensor:
@@ -147,7 +154,10 @@ def test_schedule_causal_equals_a_literal_algorithm1_and_prefixes_are_contiguous
     gen = torch.Generator().manual_seed(0)
     nontrivial = 0
     for _ in range(300):
-        rows, gamma = int(torch.randint(1, 7, (1,), generator=gen)), int(torch.randint(1, 8, (1,), generator=gen))
+        rows, gamma = (
+            int(torch.randint(1, 7, (1,), generator=gen)),
+            int(torch.randint(1, 8, (1,), generator=gen)),
+        )
         conf = random_confidence(gen, rows, gamma)
         sps = random_table(gen, rows * (gamma + 1))
         expected, admitted = algorithm1(conf, sps)
@@ -162,7 +172,10 @@ def test_schedule_causal_equals_a_literal_algorithm1_and_prefixes_are_contiguous
 def test_schedule_causal_never_below_verifying_nothing():
     gen = torch.Generator().manual_seed(1)
     for _ in range(200):
-        rows, gamma = int(torch.randint(1, 9, (1,), generator=gen)), int(torch.randint(1, 9, (1,), generator=gen))
+        rows, gamma = (
+            int(torch.randint(1, 9, (1,), generator=gen)),
+            int(torch.randint(1, 9, (1,), generator=gen)),
+        )
         conf = random_confidence(gen, rows, gamma)
         sps = random_table(gen, rows * (gamma + 1))
         lens = scheduler.schedule_causal(conf, sps)
@@ -183,7 +196,10 @@ def test_schedule_causal_is_the_exact_optimum_when_theta_is_unimodal():
     gen = torch.Generator().manual_seed(2)
     checked = 0
     for _ in range(150):
-        rows, gamma = int(torch.randint(1, 4, (1,), generator=gen)), int(torch.randint(1, 4, (1,), generator=gen))
+        rows, gamma = (
+            int(torch.randint(1, 4, (1,), generator=gen)),
+            int(torch.randint(1, 4, (1,), generator=gen)),
+        )
         conf = torch.rand(rows, gamma, generator=gen) ** 0.5
         t0, t1 = 1.0, float(torch.rand(1, generator=gen)) * 0.6
         sps = SpsTable([(b, 1.0 / (t0 + t1 * b)) for b in range(1, rows * (gamma + 1) + 1)])
@@ -207,7 +223,10 @@ def test_schedule_causal_is_the_exact_optimum_when_theta_is_unimodal():
 def test_verify_budget_and_topk_match_a_literal_global_search():
     gen = torch.Generator().manual_seed(3)
     for _ in range(200):
-        rows, gamma = int(torch.randint(1, 7, (1,), generator=gen)), int(torch.randint(1, 8, (1,), generator=gen))
+        rows, gamma = (
+            int(torch.randint(1, 7, (1,), generator=gen)),
+            int(torch.randint(1, 8, (1,), generator=gen)),
+        )
         conf = random_confidence(gen, rows, gamma)
         sps = random_table(gen, rows * (gamma + 1))
         expected = retrospective(conf, sps)
@@ -219,7 +238,10 @@ def test_verify_budget_and_topk_match_a_literal_global_search():
 def test_schedule_topk_is_prefix_contiguous_and_respects_the_budget():
     gen = torch.Generator().manual_seed(4)
     for _ in range(100):
-        rows, gamma = int(torch.randint(1, 7, (1,), generator=gen)), int(torch.randint(1, 8, (1,), generator=gen))
+        rows, gamma = (
+            int(torch.randint(1, 7, (1,), generator=gen)),
+            int(torch.randint(1, 8, (1,), generator=gen)),
+        )
         conf = random_confidence(gen, rows, gamma)
         valid = sum(1 for _ in ranked(conf))
         for budget in (0, 1, rows, rows * gamma, 10 * rows * gamma):
@@ -270,12 +292,25 @@ def appendix_a_rounds(policy: str, trials: int, seed: int) -> tuple[torch.Tensor
     hidden = torch.tensor([[logit(0.8 / 0.2)], [logit(0.9 / 0.1)]]).expand(rows, 2, 1)
     anchor = torch.zeros(rows, dtype=torch.int64)  # x0 = A, W1[x0] = 0
     temperature = torch.ones(rows)
-    block = markov.sample_block(torch.zeros(rows, 2, 2), anchor, w1, w2, temperature, seed=seed, offset=0,
-                                hidden=hidden, conf_weight=torch.tensor([1.0, 1.0]), conf_bias=0.0)
+    block = markov.sample_block(
+        torch.zeros(rows, 2, 2),
+        anchor,
+        w1,
+        w2,
+        temperature,
+        seed=seed,
+        offset=0,
+        hidden=hidden,
+        conf_weight=torch.tensor([1.0, 1.0]),
+        conf_bias=0.0,
+    )
     sps = SpsTable([(1, 1.0), (2, 0.5), (3, 0.45)])
     # One scheduling decision per trial (R = 1); the two possible confidence rows are cached.
-    decide = scheduler.schedule_causal if policy == "causal" else (
-        lambda c, s: scheduler.schedule_topk(c, scheduler.verify_budget(c, s)))
+    decide = (
+        scheduler.schedule_causal
+        if policy == "causal"
+        else (lambda c, s: scheduler.schedule_topk(c, scheduler.verify_budget(c, s)))
+    )
     cache: dict[tuple[float, ...], int] = {}
     lens = torch.empty(rows, dtype=torch.int32)
     for i in range(rows):
@@ -292,9 +327,18 @@ def test_appendix_a_confidences_are_as_in_the_paper():
     rows = 64
     w1 = torch.tensor([[0.0], [-40.0]])
     hidden = torch.tensor([[math.log(4.0)], [math.log(9.0)]]).expand(rows, 2, 1)
-    block = markov.sample_block(torch.zeros(rows, 2, 2), torch.zeros(rows, dtype=torch.int64), w1,
-                                torch.zeros(2, 1), torch.ones(rows), seed=0, offset=0, hidden=hidden,
-                                conf_weight=torch.tensor([1.0, 1.0]), conf_bias=0.0)
+    block = markov.sample_block(
+        torch.zeros(rows, 2, 2),
+        torch.zeros(rows, dtype=torch.int64),
+        w1,
+        torch.zeros(2, 1),
+        torch.ones(rows),
+        seed=0,
+        offset=0,
+        hidden=hidden,
+        conf_weight=torch.tensor([1.0, 1.0]),
+        conf_bias=0.0,
+    )
     assert torch.allclose(block.confidence[:, 0], torch.tensor(0.8))
     is_a = block.tokens[:, 0] == 0
     assert torch.allclose(block.confidence[is_a, 1], torch.tensor(0.9))
@@ -312,8 +356,12 @@ def test_appendix_a_retrospective_search_is_biased_towards_085():
     p_target = stats.chisquare(counts, [0.7 * trials, 0.3 * trials]).pvalue
     p_biased = stats.chisquare(counts, [0.85 * trials, 0.15 * trials]).pvalue
     record_p_value("Appendix A retrospective", f"vs (0.85, 0.15), P(A)={freq_a:.4f}", p_biased)
-    record_p_value("Appendix A retrospective", f"vs target (0.7, 0.3), P(A)={freq_a:.4f}", p_target,
-                   expect_lossless=False)
+    record_p_value(
+        "Appendix A retrospective",
+        f"vs target (0.7, 0.3), P(A)={freq_a:.4f}",
+        p_target,
+        expect_lossless=False,
+    )
     assert p_target < 1e-12 and p_biased > 1e-3
 
 

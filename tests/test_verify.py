@@ -32,9 +32,11 @@ def test_output_layout_accepted_prefix_then_one_token_then_padding():
 def test_identical_draft_and_target_accept_everything():
     target, _, _ = _random_case()
     draft_logits = target[:, :4].clone()
-    tokens = torch.stack([torch.multinomial(torch.softmax(draft_logits[r], -1), 1).squeeze(-1) for r in range(5)])
+    tokens = torch.stack(
+        [torch.multinomial(torch.softmax(draft_logits[r], -1), 1).squeeze(-1) for r in range(5)]
+    )
     lens = torch.tensor([4, 3, 2, 1, 0], dtype=torch.int32)
-    accept, out = verify.chain_verify(target, draft_logits, tokens, lens, torch.ones(5), seed=0, offset=0)
+    accept, _ = verify.chain_verify(target, draft_logits, tokens, lens, torch.ones(5), seed=0, offset=0)
     assert accept.tolist() == lens.tolist()
 
 
@@ -42,7 +44,9 @@ def test_zero_probability_draft_token_is_always_rejected():
     target, draft, tokens = _random_case(rows=3)
     target[:, 0, 7] = float("-inf")
     tokens[:, 0] = 7
-    accept, out = verify.chain_verify(target, draft, tokens, torch.full((3,), 4), torch.ones(3), seed=5, offset=0)
+    accept, out = verify.chain_verify(
+        target, draft, tokens, torch.full((3,), 4), torch.ones(3), seed=5, offset=0
+    )
     assert accept.tolist() == [0, 0, 0]
     assert bool((out[:, 0] != 7).all())  # the correction never picks a token p gives 0
 
@@ -50,8 +54,9 @@ def test_zero_probability_draft_token_is_always_rejected():
 def test_accept_decision_is_u_times_q_below_p():
     target, draft, tokens = _random_case(rows=64, gamma=1, vocab=4, seed=3)
     temperature = torch.full((64,), 0.9)
-    accept, _ = verify.chain_verify(target, draft, tokens, torch.ones(64, dtype=torch.int64), temperature,
-                                    seed=7, offset=3)
+    accept, _ = verify.chain_verify(
+        target, draft, tokens, torch.ones(64, dtype=torch.int64), temperature, seed=7, offset=3
+    )
     p = torch.softmax(target[:, 0] / 0.9, -1).gather(1, tokens).squeeze(1)
     q = torch.softmax(draft[:, 0] / 0.9, -1).gather(1, tokens).squeeze(1)
     u = rng.uniform_scalar(7, 3, rng.Stream.ACCEPT, torch.arange(64), torch.zeros(64, dtype=torch.int64))
@@ -74,7 +79,9 @@ def test_greedy_rows_exact_match_then_target_argmax():
         target[:, j, tok] = 5.0
     tokens = torch.tensor([[1, 2, 0], [1, 2, 3]])
     draft = torch.randn(2, 3, vocab)
-    accept, out = verify.chain_verify(target, draft, tokens, torch.tensor([3, 2]), torch.zeros(2), seed=0, offset=0)
+    accept, out = verify.chain_verify(
+        target, draft, tokens, torch.tensor([3, 2]), torch.zeros(2), seed=0, offset=0
+    )
     assert accept.tolist() == [2, 2]
     assert out.tolist() == [[1, 2, 3, -1], [1, 2, 3, -1]]
 
@@ -85,16 +92,23 @@ def test_positions_beyond_the_verify_length_are_never_accepted():
     target[0, :, 2] = 10.0
     tokens = torch.full((1, 3), 2)
     for length in range(4):
-        accept, out = verify.chain_verify(target, torch.randn(1, 3, vocab), tokens, torch.tensor([length]),
-                                          torch.zeros(1), seed=0, offset=0)
+        accept, out = verify.chain_verify(
+            target, torch.randn(1, 3, vocab), tokens, torch.tensor([length]), torch.zeros(1), seed=0, offset=0
+        )
         assert int(accept[0]) == length and int(out[0, length]) == 2
 
 
 def test_gamma_zero_emits_one_bonus_token():
     target = torch.randn(3, 1, 7)
-    accept, out = verify.chain_verify(target, torch.empty(3, 0, 7), torch.empty(3, 0, dtype=torch.int64),
-                                      torch.zeros(3, dtype=torch.int32), torch.tensor([0.0, 1.0, 2.0]),
-                                      seed=1, offset=1)
+    accept, out = verify.chain_verify(
+        target,
+        torch.empty(3, 0, 7),
+        torch.empty(3, 0, dtype=torch.int64),
+        torch.zeros(3, dtype=torch.int32),
+        torch.tensor([0.0, 1.0, 2.0]),
+        seed=1,
+        offset=1,
+    )
     assert accept.tolist() == [0, 0, 0] and out.shape == (3, 1)
     assert int(out[0, 0]) == int(target[0, 0].argmax())
 
@@ -102,7 +116,10 @@ def test_gamma_zero_emits_one_bonus_token():
 def test_bf16_inputs_are_accepted_and_computed_in_fp32():
     target, draft, tokens = _random_case()
     lens = torch.full((5,), 4)
-    a32 = verify.chain_verify(target.bfloat16().float(), draft.bfloat16().float(), tokens, lens, torch.ones(5),
-                              seed=3, offset=0)
-    a16 = verify.chain_verify(target.bfloat16(), draft.bfloat16(), tokens, lens, torch.ones(5), seed=3, offset=0)
+    a32 = verify.chain_verify(
+        target.bfloat16().float(), draft.bfloat16().float(), tokens, lens, torch.ones(5), seed=3, offset=0
+    )
+    a16 = verify.chain_verify(
+        target.bfloat16(), draft.bfloat16(), tokens, lens, torch.ones(5), seed=3, offset=0
+    )
     assert torch.equal(a32[0], a16[0]) and torch.equal(a32[1], a16[1])
