@@ -26,7 +26,7 @@ import torch
 from dspark_sgl import markov, scheduler, verify
 
 LIGHT_SPS = scheduler.SpsTable([(1, 100.0), (64, 98.0), (256, 92.0), (1024, 70.0), (4096, 30.0)])
-HEAVY_SPS = scheduler.SpsTable([(1, 100.0), (8, 80.0), (16, 50.0), (32, 28.0), (64, 14.5), (128, 7.4)])
+HEAVY_SPS = scheduler.SpsTable([(1, 100.0), (8, 90.0), (16, 72.0), (32, 46.0), (64, 25.0), (128, 13.0)])
 
 
 @dataclass
