@@ -80,55 +80,62 @@ def main() -> None:
     for vocab in vocabs:
         for rows in rows_list:
             for gamma in gammas:
-                row_ids = torch.arange(rows * gamma, device=device)
-                pos = torch.zeros_like(row_ids)
-                out_bytes = rows * gamma * vocab * 4
-                nb = n_buffers(out_bytes) if on_gpu else 1
-
-                def ours(i: int) -> object:
-                    return rng.uniform(1, i, rng.Stream.DRAFT, row_ids, pos, vocab)
-
-                def ref(i: int) -> object:
-                    return rng._uniform_reference(1, i, rng.Stream.DRAFT, row_ids, pos, vocab)
-
-                use_kernel, _ = _dispatch.kernel_path("philox_uniform", device)
-                t_ours = median_time(ours, device, nb) if use_kernel else None
-                t_ref = median_time(ref, device, nb, reps=5)
-                floor = out_bytes / bandwidth if bandwidth else None
-                print_row("philox_uniform", vocab, rows, gamma, t_ours, t_ref, floor)
-
-                gen = torch.Generator().manual_seed(0)
-                rank = 256
-                base = torch.randn(rows, gamma, vocab, generator=gen).to(device, torch.bfloat16)
-                w1 = (0.02 * torch.randn(vocab, rank, generator=gen)).to(device, torch.bfloat16)
-                w2 = (0.02 * torch.randn(vocab, rank, generator=gen)).to(device, torch.bfloat16)
-                anchor = torch.randint(0, vocab, (rows,), generator=gen).to(device)
-                temp = torch.ones(rows, device=device)
-                t_block = median_time(
-                    lambda i: markov.sample_block(base, anchor, w1, w2, temp, seed=1, offset=i),
-                    device,
-                    1,
-                    reps=3,
-                )
-                print_row("sample_block", vocab, rows, gamma, None, t_block, None)
-                block = markov.sample_block(base, anchor, w1, w2, temp, seed=1, offset=0)
-                target = torch.randn(rows, gamma + 1, vocab, generator=gen).to(device, torch.bfloat16)
-                lens = torch.full((rows,), gamma, device=device)
-                t_verify = median_time(
-                    lambda i: verify.chain_verify(
-                        target, block.logits, block.tokens, lens, temp, seed=1, offset=i
-                    ),
-                    device,
-                    1,
-                    reps=3,
-                )
-                print_row("chain_verify", vocab, rows, gamma, None, t_verify, None)
+                bench_shape(device, vocab, rows, gamma, bandwidth)
     sps = scheduler.SpsTable([(1, 100.0), (512, 80.0), (4096, 20.0), (8704, 9.0)])
     for rows in (1, 64, 256, 512):
-        conf = torch.rand(rows, 16, device=device)
-        t_sched = median_time(lambda _: scheduler.schedule_causal(conf, sps), device, 1)
-        print_row("schedule_causal", 0, rows, 16, None, t_sched, None)
+        bench_schedule(device, rows, 16, sps)
     print("# '-' = no CUDA kernel for this op yet (issue 4) or no GPU in this run")
+
+
+def bench_shape(device: torch.device, vocab: int, rows: int, gamma: int, bandwidth: float | None) -> None:
+    """philox_uniform (kernel vs reference vs floor), then the reference sample_block and chain_verify."""
+    on_gpu = device.type == "cuda"
+    row_ids = torch.arange(rows * gamma, device=device)
+    pos = torch.zeros_like(row_ids)
+    out_bytes = rows * gamma * vocab * 4
+    nb = n_buffers(out_bytes) if on_gpu else 1
+
+    def ours(i: int) -> object:
+        return rng.uniform(1, i, rng.Stream.DRAFT, row_ids, pos, vocab)
+
+    def ref(i: int) -> object:
+        return rng._uniform_reference(1, i, rng.Stream.DRAFT, row_ids, pos, vocab)
+
+    use_kernel, _ = _dispatch.kernel_path("philox_uniform", device)
+    t_ours = median_time(ours, device, nb) if use_kernel else None
+    t_ref = median_time(ref, device, nb, reps=5)
+    floor = out_bytes / bandwidth if bandwidth else None
+    print_row("philox_uniform", vocab, rows, gamma, t_ours, t_ref, floor)
+
+    gen = torch.Generator().manual_seed(0)
+    rank = 256
+    base = torch.randn(rows, gamma, vocab, generator=gen).to(device, torch.bfloat16)
+    w1 = (0.02 * torch.randn(vocab, rank, generator=gen)).to(device, torch.bfloat16)
+    w2 = (0.02 * torch.randn(vocab, rank, generator=gen)).to(device, torch.bfloat16)
+    anchor = torch.randint(0, vocab, (rows,), generator=gen).to(device)
+    temp = torch.ones(rows, device=device)
+
+    def draft(i: int) -> object:
+        return markov.sample_block(base, anchor, w1, w2, temp, seed=1, offset=i)
+
+    print_row("sample_block", vocab, rows, gamma, None, median_time(draft, device, 1, reps=3), None)
+    block = markov.sample_block(base, anchor, w1, w2, temp, seed=1, offset=0)
+    target = torch.randn(rows, gamma + 1, vocab, generator=gen).to(device, torch.bfloat16)
+    lens = torch.full((rows,), gamma, device=device)
+
+    def check(i: int) -> object:
+        return verify.chain_verify(target, block.logits, block.tokens, lens, temp, seed=1, offset=i)
+
+    print_row("chain_verify", vocab, rows, gamma, None, median_time(check, device, 1, reps=3), None)
+
+
+def bench_schedule(device: torch.device, rows: int, gamma: int, sps: scheduler.SpsTable) -> None:
+    conf = torch.rand(rows, gamma, device=device)
+
+    def schedule(_: int) -> object:
+        return scheduler.schedule_causal(conf, sps)
+
+    print_row("schedule_causal", 0, rows, gamma, None, median_time(schedule, device, 1), None)
 
 
 def print_row(op: str, vocab: int, rows: int, gamma: int, ours, ref, floor) -> None:
