@@ -117,7 +117,9 @@ class MarkovHead(abc.ABC):
 class VanillaMarkovHead(MarkovHead):
     """``B = W1[prev] @ W2``: a rank-r first-order transition bias."""
 
-    def step(self, prev, hidden, state):
+    def step(
+        self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         return _vanilla_bias(self.w1, self._w2_f32, prev), None
 
 
@@ -138,7 +140,9 @@ class GatedMarkovHead(MarkovHead):
     gate_weight: [r, H + r], gate_bias: [r] (DeepSpec ``markov_head.gate_proj``).
     """
 
-    def __init__(self, w1, w2, gate_weight: torch.Tensor, gate_bias: torch.Tensor) -> None:
+    def __init__(
+        self, w1: torch.Tensor, w2: torch.Tensor, gate_weight: torch.Tensor, gate_bias: torch.Tensor
+    ) -> None:
         super().__init__(w1, w2)
         hidden_size = gate_weight.shape[-1] - self.rank if gate_weight.dim() == 2 else -1
         if hidden_size < 1:
@@ -154,7 +158,9 @@ class GatedMarkovHead(MarkovHead):
     def needs_hidden(self) -> bool:
         return True
 
-    def step(self, prev, hidden, state):
+    def step(
+        self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         emb = self.prev_embedding(prev)
         gate = torch.sigmoid(torch.cat([hidden.float(), emb], dim=-1) @ self.gate_weight.T + self.gate_bias)
         return (gate * emb) @ self._w2_f32.T, None
@@ -168,7 +174,9 @@ class RnnMarkovHead(MarkovHead):
     ``B = W2(tanh(o))``, ``s_0 = 0``. joint_weight: [3r, 2r + H], joint_bias: [3r].
     """
 
-    def __init__(self, w1, w2, joint_weight: torch.Tensor, joint_bias: torch.Tensor) -> None:
+    def __init__(
+        self, w1: torch.Tensor, w2: torch.Tensor, joint_weight: torch.Tensor, joint_bias: torch.Tensor
+    ) -> None:
         super().__init__(w1, w2)
         hidden_size = joint_weight.shape[-1] - 2 * self.rank if joint_weight.dim() == 2 else -1
         if hidden_size < 1:
@@ -186,10 +194,12 @@ class RnnMarkovHead(MarkovHead):
     def needs_hidden(self) -> bool:
         return True
 
-    def initial_state(self, rows: int) -> torch.Tensor:
+    def initial_state(self, rows: int) -> torch.Tensor | None:
         return torch.zeros(rows, self.rank, dtype=torch.float32, device=self.w1.device)
 
-    def step(self, prev, hidden, state):
+    def step(
+        self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         z = torch.cat([state, self.prev_embedding(prev), hidden.float()], dim=-1)
         gate, cand, out = (z @ self.joint_weight.T + self.joint_bias).split(self.rank, dim=-1)
         g = torch.sigmoid(gate)

@@ -237,6 +237,8 @@ def uniform_scalar(
 
     ``row``/``position`` broadcast to ``S``; returns ``[*S]`` float32.
     """
+    if not isinstance(stream, Stream):
+        raise TypeError(f"stream must be a dspark_sgl.rng.Stream, got {stream!r}")
     check_seed_offset(seed, offset, row.device)
     device = row.device
     key, c1, c2, c3 = _counters(seed, offset, stream, row, position, device)
