@@ -229,6 +229,12 @@ def _theta_path(ranked: torch.Tensor, valid: torch.Tensor, rows: int, sps: SpsTa
     return torch.where(admissible, theta, torch.full_like(theta, -math.inf))
 
 
+def _causal_take(ranked: torch.Tensor, valid: torch.Tensor, rows: int, sps: SpsTable) -> torch.Tensor:
+    """How many ranked candidates Algorithm 1 admits: the leading run of strict Theta gains."""
+    theta = _theta_path(ranked, valid, rows, sps)
+    return (theta[1:] > theta[:-1]).to(torch.int64).cumprod(0).sum()
+
+
 def schedule_causal(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
     """Algorithm 1 with the early-stop break: verify lengths [R] int32 in [0, g].
 
@@ -240,10 +246,7 @@ def schedule_causal(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
     _check_sps(sps)
     rows = confidence.shape[0]
     ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
-    theta = _theta_path(ranked, valid, rows, sps)
-    improves = theta[1:] > theta[:-1]
-    take = improves.to(torch.int64).cumprod(0).sum()
-    return _lengths_from_prefix(request, take, rows)
+    return _lengths_from_prefix(request, _causal_take(ranked, valid, rows, sps), rows)
 
 
 def verify_budget(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
@@ -282,12 +285,21 @@ def schedule_topk(confidence: torch.Tensor, budget: int | torch.Tensor) -> torch
     return _lengths_from_prefix(request, take, rows)
 
 
-def schedule_async(confidence: torch.Tensor, budget_confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
+def schedule_async(
+    confidence: torch.Tensor,
+    budget_confidence: torch.Tensor,
+    sps: SpsTable,
+    *,
+    causal_prune: bool = False,
+) -> torch.Tensor:
     """Asynchronous scheduler (paper 5.2): lengths [R] int32.
 
     budget_confidence: [R, g] stale confidences (e.g. two steps earlier; pass ones for
     requests without history) that fix the budget K by :func:`verify_budget`; the
     current ``confidence`` [R, g] then picks the top-K candidates (:func:`schedule_topk`).
+    With ``causal_prune`` the current candidates are admitted in ranked order only while
+    both fewer than K are taken and each admission still raises Theta under the current
+    confidences (Algorithm 1's break inside the budget; still lossless).
     """
     _check_confidence("confidence", confidence)
     _check_confidence("budget_confidence", budget_confidence, device=confidence.device)
@@ -296,7 +308,13 @@ def schedule_async(confidence: torch.Tensor, budget_confidence: torch.Tensor, sp
             f"budget_confidence must have the shape of confidence {list(confidence.shape)}, "
             f"got {list(budget_confidence.shape)}"
         )
-    return schedule_topk(confidence, verify_budget(budget_confidence, sps))
+    budget = verify_budget(budget_confidence, sps)
+    if not causal_prune:
+        return schedule_topk(confidence, budget)
+    rows = confidence.shape[0]
+    ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
+    take = torch.minimum(_causal_take(ranked, valid, rows, sps), budget)
+    return _lengths_from_prefix(request, take, rows)
 
 
 def expected_throughput(confidence: torch.Tensor, verify_lens: torch.Tensor, sps: SpsTable) -> torch.Tensor:

@@ -95,8 +95,10 @@ def generate(
             lens = torch.randint(0, GAMMA + 1, (rows,), generator=gen, dtype=torch.int32)
         elif policy == "causal":
             lens = scheduler.schedule_causal(block.confidence, sps)
-        elif policy == "async":
-            lens = scheduler.schedule_async(block.confidence, stale[0], sps)
+        elif policy in ("async", "async_prune"):
+            lens = scheduler.schedule_async(
+                block.confidence, stale[0], sps, causal_prune=policy == "async_prune"
+            )
             stale = [stale[1], block.confidence]
         else:
             raise AssertionError(policy)
@@ -163,6 +165,13 @@ def test_lossless_schedule_async_in_the_loop():
     tokens, lens = generate(world, "async", seed=6)
     assert 0.3 < lens.float().mean() < GAMMA - 0.3 and lens.unique().numel() >= 3
     check_iid_p("schedule_async in the loop", tokens, world.p())
+
+
+def test_lossless_schedule_async_with_causal_prune_in_the_loop():
+    world = World(seed=18, temperature=1.0)
+    tokens, lens = generate(world, "async_prune", seed=10)
+    assert 0.3 < lens.float().mean() < GAMMA - 0.3 and lens.unique().numel() >= 3
+    check_iid_p("schedule_async + causal prune", tokens, world.p())
 
 
 def test_lossless_bigram_target_pairs():

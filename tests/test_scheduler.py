@@ -373,3 +373,22 @@ def test_appendix_a_causal_scheduler_recovers_the_target():
     p_target = stats.chisquare(counts, [0.7 * trials, 0.3 * trials]).pvalue
     record_p_value("Appendix A causal", f"vs target (0.7, 0.3), P(A)={counts[0] / trials:.4f}", p_target)
     assert p_target > 1e-3
+
+
+def test_async_causal_prune_is_the_smaller_of_the_budget_and_algorithm1():
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(150):
+        rows, gamma = (
+            int(torch.randint(1, 7, (1,), generator=gen)),
+            int(torch.randint(1, 8, (1,), generator=gen)),
+        )
+        conf, stale = random_confidence(gen, rows, gamma), random_confidence(gen, rows, gamma)
+        sps = random_table(gen, rows * (gamma + 1))
+        budget = sum(retrospective(stale, sps))
+        causal, _ = algorithm1(conf, sps)
+        take = min(budget, sum(causal))
+        expected = [0] * rows
+        for _, j, r in ranked(conf)[:take]:
+            expected[r] = j + 1
+        got = scheduler.schedule_async(conf, stale, sps, causal_prune=True)
+        assert got.tolist() == expected
