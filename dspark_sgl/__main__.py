@@ -6,6 +6,7 @@ import sys
 
 COMMANDS = {
     "demo": "decoding rounds of the reference path on a seeded synthetic model pair",
+    "simulate": "continuous-batching serving simulation: the throughput/interactivity frontier",
 }
 
 
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from dspark_sgl import demo
 
         return demo.main(argv[1:])
+    if argv[0] == "simulate":
+        from dspark_sgl import simulate
+
+        return simulate.main(argv[1:])
     return 2
 
 

@@ -1,0 +1,588 @@
+"""Discrete-event model of a continuous-batching decode engine with speculative decoding.
+
+Every engine step drafts for the running requests, lets a policy choose verify lengths,
+and runs one target forward over ``B = sum_r (1 + l_r)`` tokens. The step takes
+``t_draft + t_target(B)`` seconds. The scheduling policies call the real functions of
+:mod:`dspark_sgl.scheduler`; the target's speed comes from an :class:`~dspark_sgl.scheduler.SpsTable`
+(a measured one, or :class:`GpuStepModel`, a parametric GPU with jagged tile steps).
+
+Acceptance model (:class:`DraftProfile`): each domain has a per-position *conditional*
+acceptance curve (the paper's figure 2, read by eye for Qwen3-4B; DFlash decays along the
+block, DSpark holds). In each round request r has the true conditional acceptance
+``c*_k = sigmoid(m_k + delta_r + eps_k)`` (request difficulty ``delta_r``, round noise
+``eps_k``, ``m_k`` chosen so that the mean of ``c*_k`` is the curve), a draft at k is
+accepted with probability ``c*_k`` once drafts 1..k-1 were, and the confidence head
+reports ``sigmoid(logit c*_k + eta_k)``. All draws come from :mod:`dspark_sgl.rng` keyed
+by (request id, round of that request), so every policy sees the same requests and the
+same luck: common random numbers.
+
+Not modelled: prefill, KV-cache limits, request-count-dependent attention cost (the
+step time depends on B only, as in the paper's SPS(B)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from dspark_sgl import rng, scheduler
+from dspark_sgl.scheduler import SpsTable
+
+__all__ = [
+    "POLICIES",
+    "DraftProfile",
+    "GpuStepModel",
+    "SimConfig",
+    "SimResult",
+    "frontier",
+    "simulate",
+    "throughput_at_interactivity",
+    "user_speed_at_throughput",
+]
+
+DOMAINS = ("math", "code", "chat")
+
+
+@dataclass(frozen=True)
+class GpuStepModel:
+    """Parametric target step time for B tokens from R requests:
+    ``t = overhead + max(memory + R * kv_per_request, per_token * tile * ceil(B / tile))``.
+
+    ``memory`` streams the weights once; ``kv_per_request`` reads one request's KV cache;
+    ``per_token`` is the compute per token once compute-bound; rounding B up to whole
+    tiles gives the jagged steps real GPUs show. Defaults: a large MoE target on one
+    decode node (12 ms weight floor, 0.05 ms of KV per request, 20 us/token compute,
+    64-token tiles, 0.6 ms launch overhead).
+    """
+
+    overhead_s: float = 0.6e-3
+    memory_s: float = 12e-3
+    kv_per_request_s: float = 0.05e-3
+    per_token_s: float = 20e-6
+    tile: int = 64
+
+    def step_seconds(self, batch_tokens: int, requests: int = 0) -> float:
+        padded = self.tile * math.ceil(max(batch_tokens, 1) / self.tile)
+        return self.overhead_s + max(
+            self.memory_s + requests * self.kv_per_request_s, self.per_token_s * padded
+        )
+
+    def sps_table(self, max_tokens: int, requests: int) -> SpsTable:
+        """Profile at every batch size 1..max_tokens for ``requests`` running requests."""
+        return SpsTable([(b, 1.0 / self.step_seconds(b, requests)) for b in range(1, max_tokens + 1)])
+
+    def coarse_step_table(self, max_tokens: int, requests: int) -> SpsTable:
+        """An offline table probed at powers of two and read as a step function (SGLang's lookup).
+
+        Encoded for linear interpolation with an extra point just before each probe.
+        """
+        probes = [1]
+        while probes[-1] < max_tokens:
+            probes.append(probes[-1] * 2)
+        points: list[tuple[int, float]] = []
+        for i, b in enumerate(probes):
+            sps = 1.0 / self.step_seconds(b, requests)
+            points.append((b, sps))
+            if i + 1 < len(probes) and probes[i + 1] - 1 > b:
+                points.append((probes[i + 1] - 1, sps))
+        return SpsTable(points)
+
+
+# Conditional acceptance per draft position 1..7, per domain (figure 2, Qwen3-4B, by eye).
+_DFLASH_CURVES = (
+    (0.88, 0.86, 0.84, 0.83, 0.82, 0.81, 0.80),
+    (0.87, 0.85, 0.83, 0.81, 0.80, 0.79, 0.78),
+    (0.72, 0.70, 0.68, 0.67, 0.65, 0.64, 0.63),
+)
+_DSPARK_CURVES = (
+    (0.90, 0.91, 0.92, 0.92, 0.92, 0.93, 0.93),
+    (0.89, 0.89, 0.89, 0.89, 0.89, 0.89, 0.89),
+    (0.74, 0.74, 0.74, 0.75, 0.75, 0.75, 0.75),
+)
+# MTP-1 predicts the next token from the target's state, like a parallel drafter's slot 1.
+_MTP_CURVES = ((0.88,), (0.87,), (0.72,))
+
+
+@dataclass(frozen=True)
+class DraftProfile:
+    """A drafter: acceptance curves [domain][position], whether it has a confidence head,
+    and its cost as a fraction of the target's layers, applied to the target's step time
+    for ``R * gamma`` tokens without KV reads (drafters attend to a short window)."""
+
+    name: str
+    curves: tuple[tuple[float, ...], ...]
+    has_confidence: bool
+    cost_fraction: float
+
+    @property
+    def gamma(self) -> int:
+        return len(self.curves[0])
+
+
+DFLASH = DraftProfile("dflash", _DFLASH_CURVES, has_confidence=False, cost_fraction=3 / 43)
+DSPARK = DraftProfile("dspark", _DSPARK_CURVES, has_confidence=True, cost_fraction=3 / 43 * 1.01)
+MTP1 = DraftProfile("mtp1", _MTP_CURVES, has_confidence=False, cost_fraction=1 / 43)
+
+# policy name -> (draft profile or None, how verify lengths are chosen)
+POLICIES: dict[str, tuple[DraftProfile | None, str]] = {
+    "no-spec": (None, "none"),
+    "mtp-1": (MTP1, "full"),
+    "dflash full": (DFLASH, "full"),
+    "dspark full": (DSPARK, "full"),
+    "sglang async": (DSPARK, "sglang"),
+    "causal": (DSPARK, "causal"),
+    "async": (DSPARK, "async"),
+    "async+prune": (DSPARK, "async_prune"),
+    "async-round": (DSPARK, "async_round"),
+}
+
+
+@dataclass
+class SimConfig:
+    """Workload and engine. ``sync_bubble_s``: host stall per step for policies whose batch
+    size is only known after the current drafts (``causal``)."""
+
+    output_len: int = 512
+    gamma: int = 7  # block size of the DFlash/DSpark drafters (curves truncated; at most 7)
+    warmup_steps: int = 60
+    measure_steps: int = 300
+    request_sigma: float = 0.8
+    round_sigma: float = 1.2
+    confidence_sigma: float = 0.5
+    domain_weights: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    sync_bubble_s: float = 0.3e-3
+    draft_cost_scale: float = 1.0  # multiplies every drafter's cost (0 = free drafting)
+    gpu: GpuStepModel = field(default_factory=GpuStepModel)
+    sps_table: SpsTable | None = None  # measured table; default: profiled from `gpu`
+    zero_acceptance: bool = False  # every draft is rejected and confidences are ~0 (tests)
+
+
+@dataclass
+class SimResult:
+    policy: str
+    concurrency: int
+    total_tokens_per_s: float
+    tokens_per_s_per_user: float
+    mean_verify_len: float
+    mean_tokens_per_round: float
+    steps: int
+    trace: list[dict] = field(default_factory=list)
+
+
+def _logit(p: torch.Tensor) -> torch.Tensor:
+    return torch.log(p) - torch.log1p(-p)
+
+
+def _mean_matched_logits(curve: torch.Tensor, sigma: float) -> torch.Tensor:
+    """m with E[sigmoid(m + N(0, sigma^2))] = curve (Gauss-Hermite, bisection)."""
+    nodes, weights = [torch.tensor(x, dtype=torch.float64) for x in _gauss_hermite(40)]
+    lo = torch.full_like(curve, -30.0)
+    hi = torch.full_like(curve, 30.0)
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        mean = (torch.sigmoid(mid[..., None] + math.sqrt(2) * sigma * nodes) * weights).sum(-1) / math.sqrt(
+            math.pi
+        )
+        lo = torch.where(mean < curve, mid, lo)
+        hi = torch.where(mean < curve, hi, mid)
+    return (lo + hi) / 2
+
+
+def _gauss_hermite(n: int) -> tuple[list[float], list[float]]:
+    """Nodes and weights of n-point Gauss-Hermite quadrature (Golub-Welsch)."""
+    k = torch.arange(1, n, dtype=torch.float64)
+    off = torch.sqrt(k / 2)
+    jacobi = torch.diag(off, 1) + torch.diag(off, -1)
+    nodes, vecs = torch.linalg.eigh(jacobi)
+    weights = math.sqrt(math.pi) * vecs[0] ** 2
+    return nodes.tolist(), weights.tolist()
+
+
+class _Draws:
+    """Counter-based draws per (request id, round of that request)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def request(self, ids: torch.Tensor) -> torch.Tensor:
+        """[n, 2] uniforms: domain choice, difficulty."""
+        return rng.uniform(self.seed, 0, rng.Stream.DRAFT, ids << 12, torch.zeros_like(ids), 2)
+
+    def round(self, ids: torch.Tensor, rounds: torch.Tensor, gamma: int) -> torch.Tensor:
+        """[n, 3 * gamma] uniforms: round noise, confidence noise, acceptance."""
+        return rng.uniform(
+            self.seed,
+            0,
+            rng.Stream.ACCEPT,
+            (ids << 12) | rounds.clamp(max=4095),
+            torch.zeros_like(ids),
+            3 * gamma,
+        )
+
+
+def simulate(
+    policy: str,
+    concurrency: int,
+    config: SimConfig | None = None,
+    *,
+    seed: int = 0,
+    record_trace: bool = False,
+) -> SimResult:
+    """Closed-loop simulation: ``concurrency`` users, each sending a new request of
+    ``config.output_len`` tokens as soon as the previous one finishes.
+
+    Returns throughput over ``measure_steps`` steps after ``warmup_steps``; per-user speed
+    is total tokens/s divided by the number of users. With ``record_trace`` every step's
+    scheduler inputs and chosen lengths are kept (for tests).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    cfg = config or SimConfig()
+    if cfg.output_len < 1 or cfg.output_len > 4096:
+        raise ValueError(f"output_len must be in [1, 4096], got {cfg.output_len}")
+    profile, mode = POLICIES[policy]
+    if not 1 <= cfg.gamma <= DSPARK.gamma:
+        raise ValueError(f"gamma must be in [1, {DSPARK.gamma}], got {cfg.gamma}")
+    gamma = 0 if profile is None else min(profile.gamma, cfg.gamma)
+    max_tokens = concurrency * (gamma + 1)
+    table = cfg.sps_table or cfg.gpu.sps_table(max(max_tokens, 64), concurrency)
+    coarse = cfg.gpu.coarse_step_table(max(max_tokens, 2), concurrency) if mode == "sglang" else None
+    schedule_table = table
+    if mode == "async_round":
+        # A profile of the whole round (draft + verify) at this engine's number of requests.
+        round_draft_s = (
+            cfg.draft_cost_scale * profile.cost_fraction * cfg.gpu.step_seconds(concurrency * gamma)
+        )
+        schedule_table = SpsTable(
+            [(b, 1.0 / (round_draft_s + 1.0 / table(b))) for b in range(1, max_tokens + 1)]
+        )
+    draws = _Draws(seed)
+    weights = torch.tensor(cfg.domain_weights, dtype=torch.float64).cumsum(0)
+    weights = weights / weights[-1]
+    curves = torch.tensor(profile.curves, dtype=torch.float64)[:, :gamma] if profile else None
+    base_logits = (
+        _mean_matched_logits(curves, math.hypot(cfg.request_sigma, cfg.round_sigma)) if profile else None
+    )
+
+    n = concurrency
+    ids = torch.arange(n, dtype=torch.int64)
+    next_id = n
+    # Stagger the initial requests so finishes are spread out from the first step.
+    start_progress = (torch.arange(n, dtype=torch.int64) * cfg.output_len) // n
+    remaining = cfg.output_len - start_progress
+    rounds = torch.zeros(n, dtype=torch.int64)
+    stale = [torch.ones(n, max(gamma, 1)), torch.ones(n, max(gamma, 1))]
+    domain, difficulty = _request_features(draws, ids, weights, cfg.request_sigma)
+
+    clock = 0.0
+    measured_tokens = measured_time = 0.0
+    verify_total = rounds_total = tokens_total = 0
+    trace: list[dict] = []
+    for step in range(cfg.warmup_steps + cfg.measure_steps):
+        if profile is None:
+            lens = torch.zeros(n, dtype=torch.int32)
+            emitted = torch.ones(n, dtype=torch.int64)
+            draft_s = 0.0
+        else:
+            u = draws.round(ids, rounds, gamma).double()
+            normal = torch.special.ndtri(u)
+            true_logit = base_logits[domain] + difficulty[:, None] + cfg.round_sigma * normal[:, :gamma]
+            true_conf = torch.sigmoid(true_logit)
+            conf = torch.sigmoid(true_logit + cfg.confidence_sigma * normal[:, gamma : 2 * gamma]).float()
+            if cfg.zero_acceptance:
+                true_conf = torch.zeros_like(true_conf)
+                conf = torch.zeros_like(conf)
+            lens = _choose_lengths(mode, conf, stale[0], schedule_table, coarse, gamma)
+            if record_trace:
+                trace.append(
+                    {
+                        "confidence": conf.clone(),
+                        "budget_confidence": stale[0].clone(),
+                        "verify_lens": lens.clone(),
+                    }
+                )
+            stale = [stale[1], conf]
+            accepted_each = u[:, 2 * gamma :] < true_conf
+            accepted_each &= torch.arange(gamma)[None, :] < lens[:, None]
+            accepted = accepted_each.to(torch.int64).cumprod(1).sum(1)
+            emitted = accepted + 1
+            draft_s = cfg.draft_cost_scale * profile.cost_fraction * cfg.gpu.step_seconds(n * gamma)
+        batch = int(lens.sum()) + n
+        step_s = draft_s + 1.0 / table(batch)
+        if mode == "causal":
+            step_s += cfg.sync_bubble_s
+        emitted = torch.minimum(emitted, remaining)
+        clock += step_s
+        if step >= cfg.warmup_steps:
+            measured_tokens += float(emitted.sum())
+            measured_time += step_s
+            verify_total += int(lens.sum())
+            rounds_total += n
+            tokens_total += int(emitted.sum())
+        remaining = remaining - emitted
+        rounds = rounds + 1
+        done = remaining <= 0
+        if bool(done.any()):
+            count = int(done.sum())
+            new_ids = torch.arange(next_id, next_id + count, dtype=torch.int64)
+            next_id += count
+            ids = ids.clone()
+            ids[done] = new_ids
+            remaining[done] = cfg.output_len
+            rounds[done] = 0
+            for s in stale:
+                s[done] = 1.0
+            dom_new, diff_new = _request_features(draws, new_ids, weights, cfg.request_sigma)
+            domain[done], difficulty[done] = dom_new, diff_new
+    total = measured_tokens / measured_time
+    return SimResult(
+        policy=policy,
+        concurrency=concurrency,
+        total_tokens_per_s=total,
+        tokens_per_s_per_user=total / n,
+        mean_verify_len=verify_total / max(rounds_total, 1),
+        mean_tokens_per_round=tokens_total / max(rounds_total, 1),
+        steps=cfg.warmup_steps + cfg.measure_steps,
+        trace=trace,
+    )
+
+
+def _request_features(draws: _Draws, ids: torch.Tensor, cumulative: torch.Tensor, sigma: float):
+    u = draws.request(ids).double()
+    domain = torch.bucketize(u[:, 0].contiguous(), cumulative, right=True).clamp(max=len(DOMAINS) - 1)
+    difficulty = sigma * torch.special.ndtri(u[:, 1])
+    return domain, difficulty
+
+
+def _choose_lengths(
+    mode: str, conf: torch.Tensor, stale: torch.Tensor, table: SpsTable, coarse: SpsTable | None, gamma: int
+) -> torch.Tensor:
+    n = conf.shape[0]
+    if mode == "full":
+        return torch.full((n,), gamma, dtype=torch.int32)
+    if mode == "causal":
+        return scheduler.schedule_causal(conf, table)
+    if mode in ("async", "async_round"):
+        return scheduler.schedule_async(conf, stale, table)
+    if mode == "async_prune":
+        return scheduler.schedule_async(conf, stale, table, causal_prune=True)
+    if mode == "sglang":
+        return scheduler.schedule_async(conf, stale, coarse)
+    raise AssertionError(mode)
+
+
+def frontier(
+    policies: Sequence[str],
+    concurrencies: Sequence[int],
+    config: SimConfig | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, list[SimResult]]:
+    """Simulate every policy at every concurrency (same seed: common random numbers)."""
+    out: dict[str, list[SimResult]] = {}
+    total = len(policies) * len(concurrencies)
+    done = 0
+    for policy in policies:
+        out[policy] = []
+        for c in concurrencies:
+            out[policy].append(simulate(policy, c, config, seed=seed))
+            done += 1
+            if progress:
+                print(
+                    f"\r  simulating {done}/{total} ({policy}, concurrency {c})" + " " * 10,
+                    end="",
+                    flush=True,
+                )
+    if progress:
+        print()
+    return out
+
+
+def throughput_at_interactivity(results: Sequence[SimResult], target: float) -> float:
+    """Highest total tokens/s on the policy's frontier with tokens/s/user >= ``target``.
+
+    Linear interpolation between neighbouring concurrency points; 0.0 if never reached.
+    """
+    points = sorted(((r.tokens_per_s_per_user, r.total_tokens_per_s) for r in results), reverse=True)
+    best = 0.0
+    for (s0, t0), (s1, t1) in itertools.pairwise(points):
+        if s0 >= target:
+            best = max(best, t0)
+            if s1 < target:
+                best = max(best, t0 + (t1 - t0) * (s0 - target) / (s0 - s1))
+    if points and points[-1][0] >= target:
+        best = max(best, points[-1][1])
+    return best
+
+
+def user_speed_at_throughput(results: Sequence[SimResult], throughput: float) -> float:
+    """Highest tokens/s/user on the frontier at total throughput >= ``throughput`` (0.0 if none)."""
+    points = sorted(((r.total_tokens_per_s, r.tokens_per_s_per_user) for r in results), reverse=True)
+    best = 0.0
+    for (t0, s0), (t1, s1) in itertools.pairwise(points):
+        if t0 >= throughput:
+            best = max(best, s0)
+            if t1 < throughput:
+                best = max(best, s0 + (s1 - s0) * (t0 - throughput) / (t0 - t1))
+    if points and points[-1][0] >= throughput:
+        best = max(best, points[-1][1])
+    return best
+
+
+def format_table(results: dict[str, list[SimResult]]) -> str:
+    """Markdown table: per concurrency, total tok/s and tok/s/user for every policy."""
+    policies = list(results)
+    concurrencies = [r.concurrency for r in results[policies[0]]]
+    head = "| concurrency | " + " | ".join(policies) + " |"
+    rule = "|---:|" + "---:|" * len(policies)
+    lines = [head, rule]
+    for i, c in enumerate(concurrencies):
+        cells = [
+            f"{results[p][i].total_tokens_per_s:,.0f} / {results[p][i].tokens_per_s_per_user:.0f}"
+            for p in policies
+        ]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summarize(results: dict[str, list[SimResult]], targets: Sequence[float], reference: str = "mtp-1") -> str:
+    """Throughput at interactivity targets, and tok/s/user at MTP-1's throughput levels."""
+    lines = [
+        "| policy | " + " | ".join(f"tok/s at {t:g} tok/s/user" for t in targets) + " |",
+        "|---|" + "---:|" * len(targets),
+    ]
+    for policy, res in results.items():
+        cells = []
+        for t in targets:
+            value = throughput_at_interactivity(res, t)
+            base = throughput_at_interactivity(results[reference], t) if reference in results else 0.0
+            gain = f" ({value / base - 1:+.0%})" if base > 0 and policy != reference else ""
+            # ">=": even the highest concurrency simulated was still faster than the target.
+            bound = ">= " if min(r.tokens_per_s_per_user for r in res) >= t else ""
+            cells.append(f"{bound}{value:,.0f}{gain}" if value > 0 else "unreachable")
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    if reference in results:
+        ref_max = max(r.total_tokens_per_s for r in results[reference])
+        levels = [0.5 * ref_max, 0.8 * ref_max]
+        lines += [
+            "",
+            "| policy | " + " | ".join(f"tok/s/user at {lv:,.0f} tok/s" for lv in levels) + " |",
+            "|---|" + "---:|" * len(levels),
+        ]
+        for policy, res in results.items():
+            cells = []
+            for lv in levels:
+                speed = user_speed_at_throughput(res, lv)
+                base = user_speed_at_throughput(results[reference], lv)
+                gain = f" ({speed / base - 1:+.0%})" if base > 0 and speed > 0 and policy != reference else ""
+                cells.append(f"{speed:.0f}{gain}" if speed > 0 else "unreachable")
+            lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_frontier(results: dict[str, list[SimResult]], path: Path, targets: Sequence[float]) -> None:
+    """PNG of total tok/s against tok/s/user, one line per policy (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    for policy, res in results.items():
+        xs = [r.tokens_per_s_per_user for r in res]
+        ys = [r.total_tokens_per_s for r in res]
+        ax.plot(
+            xs, ys, marker="o", markersize=3, label=policy, linewidth=2 if policy.startswith("async") else 1.2
+        )
+    for t in targets:
+        ax.axvline(t, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("tokens/s per user")
+    ax.set_ylabel("total tokens/s")
+    ax.set_title("Simulated serving frontier (closed loop, concurrency 1..256)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m dspark_sgl simulate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated, from: " + ", ".join(POLICIES)
+    )
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64,128,192,256")
+    parser.add_argument("--output-len", type=int, default=512)
+    parser.add_argument("--gamma", type=int, default=7, help="DFlash/DSpark block size (1..7)")
+    parser.add_argument("--domain-weights", default="1,1,1", help="mix of math,code,chat requests")
+    parser.add_argument("--warmup-steps", type=int, default=60)
+    parser.add_argument("--measure-steps", type=int, default=300)
+    parser.add_argument("--targets", default="80,120", help="interactivity targets, tok/s/user")
+    parser.add_argument(
+        "--sps-table", help="measured SPS table JSON (SGLang format); default: the parametric GPU"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default=".", help="where frontier.png and frontier.json go")
+    args = parser.parse_args(argv)
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        parser.error(f"unknown policies {unknown}; choose from {list(POLICIES)}")
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    targets = [float(t) for t in args.targets.split(",")]
+    weights = tuple(float(w) for w in args.domain_weights.split(","))
+    if len(weights) != len(DOMAINS) or min(weights) < 0 or sum(weights) <= 0:
+        parser.error("--domain-weights needs three non-negative numbers (math,code,chat)")
+    config = SimConfig(
+        output_len=args.output_len,
+        gamma=args.gamma,
+        warmup_steps=args.warmup_steps,
+        measure_steps=args.measure_steps,
+        domain_weights=weights,
+    )
+    if args.sps_table:
+        config.sps_table = SpsTable.load(args.sps_table)
+    print(
+        f"simulate: {len(policies)} policies x {len(concurrencies)} concurrency levels, "
+        f"output {args.output_len} tokens, gamma {args.gamma}, "
+        f"domain mix (math, code, chat) {weights}, seed {args.seed}"
+    )
+    print(f"GPU model: {config.gpu}" if not args.sps_table else f"SPS table: {args.sps_table}")
+    results = frontier(policies, concurrencies, config, seed=args.seed, progress=True)
+    print("\ntotal tok/s / tok/s/user\n")
+    print(format_table(results))
+    print()
+    print(summarize(results, targets))
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        p: [{k: v for k, v in asdict(r).items() if k != "trace"} for r in res] for p, res in results.items()
+    }
+    (out_dir / "frontier.json").write_text(
+        json.dumps(
+            {
+                "config": {**asdict(config), "gpu": asdict(config.gpu), "sps_table": args.sps_table},
+                "results": data,
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    try:
+        plot_frontier(results, out_dir / "frontier.png", targets)
+        print(f"\nwrote {out_dir / 'frontier.png'} and {out_dir / 'frontier.json'}")
+    except ImportError:
+        print(f"\nwrote {out_dir / 'frontier.json'} (install matplotlib for frontier.png)")
+    return 0

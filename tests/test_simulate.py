@@ -1,0 +1,158 @@
+"""The serving simulator: determinism, degenerate cases, and that it schedules with the real functions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dspark_sgl import scheduler, simulate
+from dspark_sgl.scheduler import SpsTable
+from dspark_sgl.simulate import POLICIES, SimConfig, SimResult
+
+SPECULATIVE = [p for p in POLICIES if p != "no-spec"]
+SCHEDULED = ["sglang async", "causal", "async", "async+prune", "async-round"]
+
+
+def small(**changes) -> SimConfig:
+    return replace(SimConfig(output_len=64, warmup_steps=5, measure_steps=40), **changes)
+
+
+def numbers(result: SimResult) -> tuple:
+    return (
+        result.total_tokens_per_s,
+        result.tokens_per_s_per_user,
+        result.mean_verify_len,
+        result.mean_tokens_per_round,
+    )
+
+
+@pytest.mark.parametrize("policy", ["async", "causal", "dflash full"])
+def test_simulation_is_deterministic_for_a_seed(policy):
+    a = simulate.simulate(policy, 12, small(), seed=3)
+    b = simulate.simulate(policy, 12, small(), seed=3)
+    c = simulate.simulate(policy, 12, small(), seed=4)
+    assert numbers(a) == numbers(b)
+    assert numbers(a) != numbers(c)
+
+
+@pytest.mark.parametrize("policy", SPECULATIVE)
+def test_zero_acceptance_reduces_every_speculative_policy_to_no_speculation(policy):
+    cfg = small(zero_acceptance=True, draft_cost_scale=0.0, sync_bubble_s=0.0)
+    baseline = simulate.simulate("no-spec", 16, cfg, seed=1)
+    result = simulate.simulate(policy, 16, cfg, seed=1)
+    assert result.mean_tokens_per_round == baseline.mean_tokens_per_round == 1.0
+    if policy in SCHEDULED:
+        # Zero confidence: nothing is scheduled, so the engine runs exactly as without drafts.
+        assert result.mean_verify_len == 0.0
+        assert result.total_tokens_per_s == pytest.approx(baseline.total_tokens_per_s, rel=1e-12)
+    else:
+        assert result.total_tokens_per_s <= baseline.total_tokens_per_s
+
+
+def test_flat_sps_verifying_more_never_loses():
+    cfg = small(sps_table=SpsTable([(1, 50.0)]), draft_cost_scale=0.0, sync_bubble_s=0.0)
+    full = simulate.simulate("dspark full", 24, cfg, seed=2)
+    for policy in SCHEDULED:
+        result = simulate.simulate(policy, 24, cfg, seed=2)
+        assert result.mean_verify_len == pytest.approx(full.mean_verify_len)  # everything is verified
+        assert numbers(result) == pytest.approx(numbers(full))
+    by_gamma = [
+        simulate.simulate("dspark full", 24, replace(cfg, gamma=g), seed=2).total_tokens_per_s
+        for g in (1, 3, 5, 7)
+    ]
+    none = simulate.simulate("no-spec", 24, cfg, seed=2).total_tokens_per_s
+    assert none <= by_gamma[0] <= by_gamma[1] <= by_gamma[2] <= by_gamma[3]
+
+
+@pytest.mark.parametrize("policy", SCHEDULED)
+def test_simulated_verify_lengths_equal_the_scheduler_functions(policy):
+    concurrency = 48
+    cfg = small(gpu=simulate.GpuStepModel(per_token_s=80e-6))  # compute-bound above ~160 tokens
+    result = simulate.simulate(policy, concurrency, cfg, seed=5, record_trace=True)
+    gamma = cfg.gamma
+    table = cfg.gpu.sps_table(concurrency * (gamma + 1), concurrency)
+    if policy == "async-round":
+        draft_s = simulate.DSPARK.cost_fraction * cfg.gpu.step_seconds(concurrency * gamma)
+        table = SpsTable(
+            [(b, 1.0 / (draft_s + 1.0 / table(b))) for b in range(1, concurrency * (gamma + 1) + 1)]
+        )
+    coarse = cfg.gpu.coarse_step_table(concurrency * (gamma + 1), concurrency)
+    assert len(result.trace) == cfg.warmup_steps + cfg.measure_steps
+    pruned = 0
+    for step in result.trace:
+        conf, stale = step["confidence"], step["budget_confidence"]
+        if policy == "causal":
+            expected = scheduler.schedule_causal(conf, table)
+        elif policy == "sglang async":
+            expected = scheduler.schedule_async(conf, stale, coarse)
+        else:
+            expected = scheduler.schedule_async(conf, stale, table, causal_prune=policy == "async+prune")
+        assert torch.equal(step["verify_lens"], expected)
+        pruned += int((step["verify_lens"] < gamma).sum())
+    assert result.mean_verify_len <= gamma
+    if policy != "sglang async":
+        assert pruned > 0  # at this load the schedulers do prune
+
+
+def test_interactivity_and_throughput_interpolation():
+    res = [SimResult("p", c, total, total / c, 0, 0, 0) for c, total in ((1, 200.0), (2, 360.0), (4, 480.0))]
+    # speeds 200, 180, 120 tok/s/user
+    assert simulate.throughput_at_interactivity(res, 150) == pytest.approx(360 + (480 - 360) * 30 / 60)
+    assert simulate.throughput_at_interactivity(res, 100) == 480.0
+    assert simulate.throughput_at_interactivity(res, 250) == 0.0
+    assert simulate.user_speed_at_throughput(res, 420) == pytest.approx(180 + (120 - 180) * 0.5)
+    assert simulate.user_speed_at_throughput(res, 100) == 200.0
+    assert simulate.user_speed_at_throughput(res, 500) == 0.0
+
+
+def test_gpu_step_model_has_jagged_steps_and_a_monotone_table():
+    gpu = simulate.GpuStepModel()
+    assert gpu.step_seconds(640) < gpu.step_seconds(641)  # crossing a tile boundary when compute-bound
+    assert gpu.step_seconds(10, requests=100) > gpu.step_seconds(10, requests=0)
+    table = gpu.sps_table(1024, 64)
+    assert table(700) == pytest.approx(1 / gpu.step_seconds(700, 64))
+    coarse = gpu.coarse_step_table(1024, 64)
+    assert coarse(700) == pytest.approx(1 / gpu.step_seconds(512, 64))  # floor lookup
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="policy"):
+        simulate.simulate("nope", 4)
+    with pytest.raises(ValueError, match="concurrency"):
+        simulate.simulate("async", 0)
+    with pytest.raises(ValueError, match="gamma"):
+        simulate.simulate("async", 4, small(gamma=9))
+
+
+def test_cli_writes_table_json_and_png(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dspark_sgl",
+            "simulate",
+            "--concurrency",
+            "1,4",
+            "--warmup-steps",
+            "3",
+            "--measure-steps",
+            "10",
+            "--policies",
+            "no-spec,mtp-1,async",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "| concurrency | no-spec | mtp-1 | async |" in proc.stdout
+    assert "tok/s at 80 tok/s/user" in proc.stdout
+    assert (tmp_path / "frontier.json").exists()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
