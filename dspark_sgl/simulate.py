@@ -136,7 +136,7 @@ POLICIES: dict[str, tuple[DraftProfile | None, str]] = {
     "mtp-1": (MTP1, "full"),
     "dflash full": (DFLASH, "full"),
     "dspark full": (DSPARK, "full"),
-    "sglang async": (DSPARK, "sglang"),
+    "sglang async (pow2 table)": (DSPARK, "sglang"),
     "causal": (DSPARK, "causal"),
     "async": (DSPARK, "async"),
     "async+prune": (DSPARK, "async_prune"),
@@ -153,6 +153,8 @@ class SimConfig:
     gamma: int = 7  # block size of the DFlash/DSpark drafters (curves truncated; at most 7)
     warmup_steps: int = 60
     measure_steps: int = 300
+    min_requests: int = 32  # keep measuring past measure_steps until this many requests finished
+    max_steps: int = 100_000
     request_sigma: float = 0.8
     round_sigma: float = 1.2
     confidence_sigma: float = 0.5
@@ -238,7 +240,8 @@ def simulate(
     """Closed-loop simulation: ``concurrency`` users, each sending a new request of
     ``config.output_len`` tokens as soon as the previous one finishes.
 
-    Returns throughput over ``measure_steps`` steps after ``warmup_steps``; per-user speed
+    Returns throughput over at least ``measure_steps`` steps after ``warmup_steps`` (longer
+    until ``min_requests`` requests finished, at most ``max_steps`` in all); per-user speed
     is total tokens/s divided by the number of users. With ``record_trace`` every step's
     scheduler inputs and chosen lengths are kept (for tests).
     """
@@ -287,7 +290,15 @@ def simulate(
     measured_tokens = measured_time = 0.0
     verify_total = rounds_total = tokens_total = 0
     trace: list[dict] = []
-    for step in range(cfg.warmup_steps + cfg.measure_steps):
+    finished = 0
+    step = -1
+    while True:
+        step += 1
+        measuring = step >= cfg.warmup_steps
+        if measuring and step >= cfg.warmup_steps + cfg.measure_steps and finished >= cfg.min_requests:
+            break
+        if step >= cfg.max_steps:
+            break
         if profile is None:
             lens = torch.zeros(n, dtype=torch.int32)
             emitted = torch.ones(n, dtype=torch.int64)
@@ -322,7 +333,7 @@ def simulate(
             step_s += cfg.sync_bubble_s
         emitted = torch.minimum(emitted, remaining)
         clock += step_s
-        if step >= cfg.warmup_steps:
+        if measuring:
             measured_tokens += float(emitted.sum())
             measured_time += step_s
             verify_total += int(lens.sum())
@@ -333,6 +344,7 @@ def simulate(
         done = remaining <= 0
         if bool(done.any()):
             count = int(done.sum())
+            finished += count if measuring else 0
             new_ids = torch.arange(next_id, next_id + count, dtype=torch.int64)
             next_id += count
             ids = ids.clone()
@@ -351,7 +363,7 @@ def simulate(
         tokens_per_s_per_user=total / n,
         mean_verify_len=verify_total / max(rounds_total, 1),
         mean_tokens_per_round=tokens_total / max(rounds_total, 1),
-        steps=cfg.warmup_steps + cfg.measure_steps,
+        steps=step,
         trace=trace,
     )
 
@@ -529,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domain-weights", default="1,1,1", help="mix of math,code,chat requests")
     parser.add_argument("--warmup-steps", type=int, default=60)
     parser.add_argument("--measure-steps", type=int, default=300)
+    parser.add_argument(
+        "--min-requests", type=int, default=32, help="measure until this many requests finished"
+    )
     parser.add_argument("--targets", default="80,120", help="interactivity targets, tok/s/user")
     parser.add_argument(
         "--sps-table", help="measured SPS table JSON (SGLang format); default: the parametric GPU"
@@ -546,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(weights) != len(DOMAINS) or min(weights) < 0 or sum(weights) <= 0:
         parser.error("--domain-weights needs three non-negative numbers (math,code,chat)")
     config = SimConfig(
+        min_requests=args.min_requests,
         output_len=args.output_len,
         gamma=args.gamma,
         warmup_steps=args.warmup_steps,

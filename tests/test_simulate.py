@@ -14,11 +14,11 @@ from dspark_sgl.scheduler import SpsTable
 from dspark_sgl.simulate import POLICIES, SimConfig, SimResult
 
 SPECULATIVE = [p for p in POLICIES if p != "no-spec"]
-SCHEDULED = ["sglang async", "causal", "async", "async+prune", "async-round"]
+SCHEDULED = ["sglang async (pow2 table)", "causal", "async", "async+prune", "async-round"]
 
 
 def small(**changes) -> SimConfig:
-    return replace(SimConfig(output_len=64, warmup_steps=5, measure_steps=40), **changes)
+    return replace(SimConfig(output_len=64, warmup_steps=5, measure_steps=40, min_requests=0), **changes)
 
 
 def numbers(result: SimResult) -> tuple:
@@ -81,20 +81,20 @@ def test_simulated_verify_lengths_equal_the_scheduler_functions(policy):
             [(b, 1.0 / (draft_s + 1.0 / table(b))) for b in range(1, concurrency * (gamma + 1) + 1)]
         )
     coarse = cfg.gpu.coarse_step_table(concurrency * (gamma + 1), concurrency)
-    assert len(result.trace) == cfg.warmup_steps + cfg.measure_steps
+    assert len(result.trace) == cfg.warmup_steps + cfg.measure_steps == result.steps
     pruned = 0
     for step in result.trace:
         conf, stale = step["confidence"], step["budget_confidence"]
         if policy == "causal":
             expected = scheduler.schedule_causal(conf, table)
-        elif policy == "sglang async":
+        elif policy == "sglang async (pow2 table)":
             expected = scheduler.schedule_async(conf, stale, coarse)
         else:
             expected = scheduler.schedule_async(conf, stale, table, causal_prune=policy == "async+prune")
         assert torch.equal(step["verify_lens"], expected)
         pruned += int((step["verify_lens"] < gamma).sum())
     assert result.mean_verify_len <= gamma
-    if policy != "sglang async":
+    if policy != "sglang async (pow2 table)":
         assert pruned > 0  # at this load the schedulers do prune
 
 
