@@ -78,22 +78,6 @@ class GpuStepModel:
         """Profile at every batch size 1..max_tokens for ``requests`` running requests."""
         return SpsTable([(b, 1.0 / self.step_seconds(b, requests)) for b in range(1, max_tokens + 1)])
 
-    def coarse_step_table(self, max_tokens: int, requests: int) -> SpsTable:
-        """An offline table probed at powers of two and read as a step function (SGLang's lookup).
-
-        Encoded for linear interpolation with an extra point just before each probe.
-        """
-        probes = [1]
-        while probes[-1] < max_tokens:
-            probes.append(probes[-1] * 2)
-        points: list[tuple[int, float]] = []
-        for i, b in enumerate(probes):
-            sps = 1.0 / self.step_seconds(b, requests)
-            points.append((b, sps))
-            if i + 1 < len(probes) and probes[i + 1] - 1 > b:
-                points.append((probes[i + 1] - 1, sps))
-        return SpsTable(points)
-
 
 # Conditional acceptance per draft position 1..7, per domain (figure 2, Qwen3-4B, by eye).
 _DFLASH_CURVES = (
@@ -175,6 +159,8 @@ class SimResult:
     mean_verify_len: float
     mean_tokens_per_round: float
     steps: int
+    arrival_rate: float | None = None  # requests/s for Poisson runs, None for closed loop
+    mean_running: float = 0.0  # time-averaged number of running requests
     trace: list[dict] = field(default_factory=list)
 
 
@@ -229,26 +215,79 @@ class _Draws:
         )
 
 
+class _Tables:
+    """Per number of running requests R: the timing table, the table the scheduler uses,
+    and (for SGLang's policy) the power-of-two step-function table. Cached."""
+
+    def __init__(self, cfg: SimConfig, profile: DraftProfile | None, mode: str, gamma: int) -> None:
+        self.cfg, self.profile, self.mode, self.gamma = cfg, profile, mode, gamma
+        self._cache: dict[int, tuple[SpsTable, SpsTable, SpsTable | None]] = {}
+
+    def draft_seconds(self, requests: int) -> float:
+        if self.profile is None:
+            return 0.0
+        cost = self.cfg.draft_cost_scale * self.profile.cost_fraction
+        return cost * self.cfg.gpu.step_seconds(requests * self.gamma)
+
+    def get(self, requests: int) -> tuple[SpsTable, SpsTable, SpsTable | None]:
+        if requests not in self._cache:
+            max_tokens = requests * (self.gamma + 1)
+            timing = self.cfg.sps_table or self.cfg.gpu.sps_table(max(max_tokens, 64), requests)
+            schedule = timing
+            if self.mode == "async_round":
+                # A profile of the whole round (draft + verify) at this number of requests.
+                draft_s = self.draft_seconds(requests)
+                schedule = SpsTable(
+                    [(b, 1.0 / (draft_s + 1.0 / timing(b))) for b in range(1, max_tokens + 1)]
+                )
+            coarse = step_function_table(timing, max(max_tokens, 2)) if self.mode == "sglang" else None
+            self._cache[requests] = (timing, schedule, coarse)
+        return self._cache[requests]
+
+
+def step_function_table(table: SpsTable, max_tokens: int) -> SpsTable:
+    """``table`` probed at powers of two and read as a step function (SGLang's floor lookup),
+    encoded for linear interpolation with an extra point just before each probe."""
+    probes = [1]
+    while probes[-1] < max_tokens:
+        probes.append(probes[-1] * 2)
+    points: list[tuple[int, float]] = []
+    for i, b in enumerate(probes):
+        sps = table(b)
+        points.append((b, sps))
+        if i + 1 < len(probes) and probes[i + 1] - 1 > b:
+            points.append((probes[i + 1] - 1, sps))
+    return SpsTable(points)
+
+
 def simulate(
     policy: str,
     concurrency: int,
     config: SimConfig | None = None,
     *,
     seed: int = 0,
+    arrival_rate: float | None = None,
     record_trace: bool = False,
 ) -> SimResult:
-    """Closed-loop simulation: ``concurrency`` users, each sending a new request of
-    ``config.output_len`` tokens as soon as the previous one finishes.
+    """Simulate one policy under one load.
 
-    Returns throughput over at least ``measure_steps`` steps after ``warmup_steps`` (longer
-    until ``min_requests`` requests finished, at most ``max_steps`` in all); per-user speed
-    is total tokens/s divided by the number of users. With ``record_trace`` every step's
-    scheduler inputs and chosen lengths are kept (for tests).
+    Closed loop (``arrival_rate`` None): ``concurrency`` users, each sending a new request
+    of ``config.output_len`` tokens as soon as the previous one finishes; per-user speed is
+    total tokens/s divided by the number of users. Poisson (``arrival_rate`` requests/s):
+    at most ``concurrency`` requests run, the rest queue; per-user speed is the mean over
+    finished requests of output_len / decode time (queueing excluded).
+
+    Throughput is measured over at least ``measure_steps`` steps after ``warmup_steps``
+    (longer until ``min_requests`` requests finished, at most ``max_steps`` in all), idle
+    time included. With ``record_trace`` every step's scheduler inputs, the number of
+    running requests and the chosen lengths are kept (for tests).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose from {sorted(POLICIES)}")
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if arrival_rate is not None and not arrival_rate > 0:
+        raise ValueError(f"arrival_rate must be > 0 requests/s, got {arrival_rate}")
     cfg = config or SimConfig()
     if cfg.output_len < 1 or cfg.output_len > 4096:
         raise ValueError(f"output_len must be in [1, 4096], got {cfg.output_len}")
@@ -256,18 +295,7 @@ def simulate(
     if not 1 <= cfg.gamma <= DSPARK.gamma:
         raise ValueError(f"gamma must be in [1, {DSPARK.gamma}], got {cfg.gamma}")
     gamma = 0 if profile is None else min(profile.gamma, cfg.gamma)
-    max_tokens = concurrency * (gamma + 1)
-    table = cfg.sps_table or cfg.gpu.sps_table(max(max_tokens, 64), concurrency)
-    coarse = cfg.gpu.coarse_step_table(max(max_tokens, 2), concurrency) if mode == "sglang" else None
-    schedule_table = table
-    if mode == "async_round":
-        # A profile of the whole round (draft + verify) at this engine's number of requests.
-        round_draft_s = (
-            cfg.draft_cost_scale * profile.cost_fraction * cfg.gpu.step_seconds(concurrency * gamma)
-        )
-        schedule_table = SpsTable(
-            [(b, 1.0 / (round_draft_s + 1.0 / table(b))) for b in range(1, max_tokens + 1)]
-        )
+    tables = _Tables(cfg, profile, mode, gamma)
     draws = _Draws(seed)
     weights = torch.tensor(cfg.domain_weights, dtype=torch.float64).cumsum(0)
     weights = weights / weights[-1]
@@ -276,21 +304,47 @@ def simulate(
         _mean_matched_logits(curves, math.hypot(cfg.request_sigma, cfg.round_sigma)) if profile else None
     )
 
-    n = concurrency
-    ids = torch.arange(n, dtype=torch.int64)
-    next_id = n
-    # Stagger the initial requests so finishes are spread out from the first step.
-    start_progress = (torch.arange(n, dtype=torch.int64) * cfg.output_len) // n
-    remaining = cfg.output_len - start_progress
-    rounds = torch.zeros(n, dtype=torch.int64)
-    stale = [torch.ones(n, max(gamma, 1)), torch.ones(n, max(gamma, 1))]
-    domain, difficulty = _request_features(draws, ids, weights, cfg.request_sigma)
+    cap = concurrency
+    closed_loop = arrival_rate is None
+    width = max(gamma, 1)
+    slot_id = torch.zeros(cap, dtype=torch.int64)
+    remaining = torch.zeros(cap, dtype=torch.int64)
+    rounds = torch.zeros(cap, dtype=torch.int64)
+    start_time = torch.zeros(cap, dtype=torch.float64)
+    domain = torch.zeros(cap, dtype=torch.int64)
+    difficulty = torch.zeros(cap, dtype=torch.float64)
+    stale_old, stale_new = torch.ones(cap, width), torch.ones(cap, width)
+    active = torch.zeros(cap, dtype=torch.bool)
+    next_id = 0
+
+    def admit(slots: torch.Tensor, now: float, progress: torch.Tensor | None = None) -> None:
+        nonlocal next_id
+        count = slots.numel()
+        new_ids = torch.arange(next_id, next_id + count, dtype=torch.int64)
+        next_id += count
+        slot_id[slots] = new_ids
+        remaining[slots] = cfg.output_len - (progress if progress is not None else 0)
+        rounds[slots] = 0
+        start_time[slots] = now
+        stale_old[slots] = 1.0
+        stale_new[slots] = 1.0
+        domain[slots], difficulty[slots] = _request_features(draws, new_ids, weights, cfg.request_sigma)
+        active[slots] = True
+
+    queue: list[float] = []
+    arrivals = 0
+    next_arrival = math.inf
+    if closed_loop:
+        # Stagger the first requests so finishes are spread out from the first step.
+        admit(torch.arange(cap), 0.0, (torch.arange(cap, dtype=torch.int64) * cfg.output_len) // cap)
+    else:
+        next_arrival = _exponential(seed, 0) / arrival_rate
 
     clock = 0.0
-    measured_tokens = measured_time = 0.0
-    verify_total = rounds_total = tokens_total = 0
+    measured_tokens = measured_time = busy_requests = 0.0
+    verify_total = rounds_total = tokens_total = finished = 0
+    user_speeds: list[float] = []
     trace: list[dict] = []
-    finished = 0
     step = -1
     while True:
         step += 1
@@ -299,73 +353,100 @@ def simulate(
             break
         if step >= cfg.max_steps:
             break
+        if not closed_loop:
+            while next_arrival <= clock:
+                queue.append(next_arrival)
+                arrivals += 1
+                next_arrival += _exponential(seed, arrivals) / arrival_rate
+            free = (~active).nonzero().squeeze(1)
+            take = min(len(queue), free.numel())
+            if take:
+                del queue[:take]
+                admit(free[:take], clock)
+            if not bool(active.any()):
+                idle = next_arrival - clock
+                clock = next_arrival
+                if measuring:
+                    measured_time += idle
+                continue
+        idx = active.nonzero().squeeze(1)
+        n = idx.numel()
+        timing, schedule_table, coarse = tables.get(n)
         if profile is None:
             lens = torch.zeros(n, dtype=torch.int32)
             emitted = torch.ones(n, dtype=torch.int64)
-            draft_s = 0.0
         else:
-            u = draws.round(ids, rounds, gamma).double()
+            u = draws.round(slot_id[idx], rounds[idx], gamma).double()
             normal = torch.special.ndtri(u)
-            true_logit = base_logits[domain] + difficulty[:, None] + cfg.round_sigma * normal[:, :gamma]
+            true_logit = (
+                base_logits[domain[idx]] + difficulty[idx, None] + cfg.round_sigma * normal[:, :gamma]
+            )
             true_conf = torch.sigmoid(true_logit)
             conf = torch.sigmoid(true_logit + cfg.confidence_sigma * normal[:, gamma : 2 * gamma]).float()
             if cfg.zero_acceptance:
                 true_conf = torch.zeros_like(true_conf)
                 conf = torch.zeros_like(conf)
-            lens = _choose_lengths(mode, conf, stale[0], schedule_table, coarse, gamma)
+            budget_conf = stale_old[idx]
+            lens = _choose_lengths(mode, conf, budget_conf, schedule_table, coarse, gamma)
             if record_trace:
                 trace.append(
                     {
+                        "requests": n,
                         "confidence": conf.clone(),
-                        "budget_confidence": stale[0].clone(),
+                        "budget_confidence": budget_conf.clone(),
                         "verify_lens": lens.clone(),
                     }
                 )
-            stale = [stale[1], conf]
-            accepted_each = u[:, 2 * gamma :] < true_conf
-            accepted_each &= torch.arange(gamma)[None, :] < lens[:, None]
-            accepted = accepted_each.to(torch.int64).cumprod(1).sum(1)
-            emitted = accepted + 1
-            draft_s = cfg.draft_cost_scale * profile.cost_fraction * cfg.gpu.step_seconds(n * gamma)
-        batch = int(lens.sum()) + n
-        step_s = draft_s + 1.0 / table(batch)
+            stale_old[idx] = stale_new[idx]
+            stale_new[idx] = conf
+            accepted_each = (u[:, 2 * gamma :] < true_conf) & (torch.arange(gamma)[None, :] < lens[:, None])
+            emitted = accepted_each.to(torch.int64).cumprod(1).sum(1) + 1
+        step_s = tables.draft_seconds(n) + 1.0 / timing(int(lens.sum()) + n)
         if mode == "causal":
             step_s += cfg.sync_bubble_s
-        emitted = torch.minimum(emitted, remaining)
+        emitted = torch.minimum(emitted, remaining[idx])
         clock += step_s
         if measuring:
             measured_tokens += float(emitted.sum())
             measured_time += step_s
+            busy_requests += n * step_s
             verify_total += int(lens.sum())
             rounds_total += n
             tokens_total += int(emitted.sum())
-        remaining = remaining - emitted
-        rounds = rounds + 1
-        done = remaining <= 0
-        if bool(done.any()):
-            count = int(done.sum())
-            finished += count if measuring else 0
-            new_ids = torch.arange(next_id, next_id + count, dtype=torch.int64)
-            next_id += count
-            ids = ids.clone()
-            ids[done] = new_ids
-            remaining[done] = cfg.output_len
-            rounds[done] = 0
-            for s in stale:
-                s[done] = 1.0
-            dom_new, diff_new = _request_features(draws, new_ids, weights, cfg.request_sigma)
-            domain[done], difficulty[done] = dom_new, diff_new
-    total = measured_tokens / measured_time
+        remaining[idx] -= emitted
+        rounds[idx] += 1
+        done = idx[remaining[idx] <= 0]
+        if done.numel():
+            if measuring:
+                finished += done.numel()
+                user_speeds += (cfg.output_len / (clock - start_time[done])).tolist()
+            if closed_loop:
+                admit(done, clock)
+            else:
+                active[done] = False
+    total = measured_tokens / measured_time if measured_time > 0 else 0.0
+    if closed_loop:
+        per_user = total / cap
+    else:
+        per_user = sum(user_speeds) / len(user_speeds) if user_speeds else math.nan
     return SimResult(
         policy=policy,
-        concurrency=concurrency,
+        concurrency=cap,
         total_tokens_per_s=total,
-        tokens_per_s_per_user=total / n,
+        tokens_per_s_per_user=per_user,
         mean_verify_len=verify_total / max(rounds_total, 1),
         mean_tokens_per_round=tokens_total / max(rounds_total, 1),
         steps=step,
+        arrival_rate=arrival_rate,
+        mean_running=busy_requests / measured_time if measured_time > 0 else 0.0,
         trace=trace,
     )
+
+
+def _exponential(seed: int, index: int) -> float:
+    """The index-th standard exponential inter-arrival draw of this seed."""
+    u = rng.uniform_scalar(seed, 1, rng.Stream.RESAMPLE, torch.tensor(index), torch.tensor(0))
+    return -math.log(float(u))
 
 
 def _request_features(draws: _Draws, ids: torch.Tensor, cumulative: torch.Tensor, sigma: float):
@@ -394,26 +475,34 @@ def _choose_lengths(
 
 def frontier(
     policies: Sequence[str],
-    concurrencies: Sequence[int],
+    loads: Sequence[float],
     config: SimConfig | None = None,
     *,
     seed: int = 0,
+    poisson_max_running: int | None = None,
     progress: bool = False,
 ) -> dict[str, list[SimResult]]:
-    """Simulate every policy at every concurrency (same seed: common random numbers)."""
+    """Simulate every policy at every load (same seed: common random numbers).
+
+    ``loads`` are closed-loop concurrencies, or, with ``poisson_max_running``, Poisson
+    arrival rates in requests/s with at most that many running requests.
+    """
     out: dict[str, list[SimResult]] = {}
-    total = len(policies) * len(concurrencies)
+    total = len(policies) * len(loads)
     done = 0
     for policy in policies:
         out[policy] = []
-        for c in concurrencies:
-            out[policy].append(simulate(policy, c, config, seed=seed))
+        for load in loads:
+            if poisson_max_running is None:
+                out[policy].append(simulate(policy, int(load), config, seed=seed))
+            else:
+                out[policy].append(
+                    simulate(policy, poisson_max_running, config, seed=seed, arrival_rate=load)
+                )
             done += 1
             if progress:
                 print(
-                    f"\r  simulating {done}/{total} ({policy}, concurrency {c})" + " " * 10,
-                    end="",
-                    flush=True,
+                    f"\r  simulating {done}/{total} ({policy}, load {load:g})" + " " * 10, end="", flush=True
                 )
     if progress:
         print()
@@ -452,10 +541,12 @@ def user_speed_at_throughput(results: Sequence[SimResult], throughput: float) ->
 
 
 def format_table(results: dict[str, list[SimResult]]) -> str:
-    """Markdown table: per concurrency, total tok/s and tok/s/user for every policy."""
+    """Markdown table: per load, total tok/s and tok/s/user for every policy."""
     policies = list(results)
-    concurrencies = [r.concurrency for r in results[policies[0]]]
-    head = "| concurrency | " + " | ".join(policies) + " |"
+    first = results[policies[0]]
+    poisson = first[0].arrival_rate is not None
+    concurrencies = [f"{r.arrival_rate:g}" if poisson else str(r.concurrency) for r in first]
+    head = f"| {'arrivals/s' if poisson else 'concurrency'} | " + " | ".join(policies) + " |"
     rule = "|---:|" + "---:|" * len(policies)
     lines = [head, rule]
     for i, c in enumerate(concurrencies):
@@ -535,7 +626,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--policies", default=",".join(POLICIES), help="comma-separated, from: " + ", ".join(POLICIES)
     )
-    parser.add_argument("--concurrency", default="1,2,4,8,16,32,64,128,192,256")
+    parser.add_argument(
+        "--concurrency",
+        default="1,2,4,8,16,32,64,128,192,256",
+        help="closed-loop users per run (ignored with --arrival-rates)",
+    )
+    parser.add_argument("--arrival-rates", help="Poisson arrival rates in requests/s, comma-separated")
+    parser.add_argument(
+        "--max-running", type=int, default=256, help="running-request cap with Poisson arrivals"
+    )
     parser.add_argument("--output-len", type=int, default=512)
     parser.add_argument("--gamma", type=int, default=7, help="DFlash/DSpark block size (1..7)")
     parser.add_argument("--domain-weights", default="1,1,1", help="mix of math,code,chat requests")
@@ -555,7 +654,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         parser.error(f"unknown policies {unknown}; choose from {list(POLICIES)}")
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    if args.arrival_rates:
+        loads = [float(r) for r in args.arrival_rates.split(",")]
+        cap = args.max_running
+    else:
+        loads = [int(c) for c in args.concurrency.split(",")]
+        cap = None
+    if min(loads) <= 0 or (cap is not None and cap < 1):
+        parser.error("loads and --max-running must be positive")
     targets = [float(t) for t in args.targets.split(",")]
     weights = tuple(float(w) for w in args.domain_weights.split(","))
     if len(weights) != len(DOMAINS) or min(weights) < 0 or sum(weights) <= 0:
@@ -571,12 +677,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.sps_table:
         config.sps_table = SpsTable.load(args.sps_table)
     print(
-        f"simulate: {len(policies)} policies x {len(concurrencies)} concurrency levels, "
+        f"simulate: {len(policies)} policies x {len(loads)} "
+        f"{'Poisson arrival rates' if cap else 'closed-loop concurrency levels'}, "
         f"output {args.output_len} tokens, gamma {args.gamma}, "
         f"domain mix (math, code, chat) {weights}, seed {args.seed}"
     )
     print(f"GPU model: {config.gpu}" if not args.sps_table else f"SPS table: {args.sps_table}")
-    results = frontier(policies, concurrencies, config, seed=args.seed, progress=True)
+    results = frontier(policies, loads, config, seed=args.seed, poisson_max_running=cap, progress=True)
     print("\ntotal tok/s / tok/s/user\n")
     print(format_table(results))
     print()

@@ -80,10 +80,11 @@ def test_simulated_verify_lengths_equal_the_scheduler_functions(policy):
         table = SpsTable(
             [(b, 1.0 / (draft_s + 1.0 / table(b))) for b in range(1, concurrency * (gamma + 1) + 1)]
         )
-    coarse = cfg.gpu.coarse_step_table(concurrency * (gamma + 1), concurrency)
+    coarse = simulate.step_function_table(table, concurrency * (gamma + 1))
     assert len(result.trace) == cfg.warmup_steps + cfg.measure_steps == result.steps
     pruned = 0
     for step in result.trace:
+        assert step["requests"] == concurrency
         conf, stale = step["confidence"], step["budget_confidence"]
         if policy == "causal":
             expected = scheduler.schedule_causal(conf, table)
@@ -115,8 +116,9 @@ def test_gpu_step_model_has_jagged_steps_and_a_monotone_table():
     assert gpu.step_seconds(10, requests=100) > gpu.step_seconds(10, requests=0)
     table = gpu.sps_table(1024, 64)
     assert table(700) == pytest.approx(1 / gpu.step_seconds(700, 64))
-    coarse = gpu.coarse_step_table(1024, 64)
+    coarse = simulate.step_function_table(table, 1024)
     assert coarse(700) == pytest.approx(1 / gpu.step_seconds(512, 64))  # floor lookup
+    assert coarse(1024) == pytest.approx(1 / gpu.step_seconds(1024, 64))
 
 
 def test_bad_arguments():
@@ -126,6 +128,8 @@ def test_bad_arguments():
         simulate.simulate("async", 0)
     with pytest.raises(ValueError, match="gamma"):
         simulate.simulate("async", 4, small(gamma=9))
+    with pytest.raises(ValueError, match="arrival_rate"):
+        simulate.simulate("async", 4, small(), arrival_rate=0.0)
 
 
 def test_cli_writes_table_json_and_png(tmp_path):
@@ -141,6 +145,10 @@ def test_cli_writes_table_json_and_png(tmp_path):
             "3",
             "--measure-steps",
             "10",
+            "--min-requests",
+            "2",
+            "--output-len",
+            "64",
             "--policies",
             "no-spec,mtp-1,async",
             "--out-dir",
@@ -156,3 +164,32 @@ def test_cli_writes_table_json_and_png(tmp_path):
     assert (tmp_path / "frontier.json").exists()
     pytest.importorskip("matplotlib")
     assert (tmp_path / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_poisson_arrivals_are_deterministic_and_load_dependent():
+    cfg = small(output_len=32, min_requests=8)
+    light = simulate.simulate("async", 64, cfg, seed=1, arrival_rate=20.0)
+    again = simulate.simulate("async", 64, cfg, seed=1, arrival_rate=20.0)
+    heavy = simulate.simulate("async", 64, cfg, seed=1, arrival_rate=2000.0)
+    assert numbers(light) == numbers(again)
+    assert light.arrival_rate == 20.0 and light.mean_running < heavy.mean_running <= 64
+    assert light.total_tokens_per_s < heavy.total_tokens_per_s
+    assert light.tokens_per_s_per_user > heavy.tokens_per_s_per_user
+
+
+def test_poisson_zero_acceptance_matches_no_speculation():
+    cfg = small(output_len=32, min_requests=8, zero_acceptance=True, draft_cost_scale=0.0)
+    base = simulate.simulate("no-spec", 32, cfg, seed=2, arrival_rate=300.0)
+    for policy in ("async", "causal", "async+prune"):
+        result = simulate.simulate(policy, 32, replace(cfg, sync_bubble_s=0.0), seed=2, arrival_rate=300.0)
+        assert numbers(result) == pytest.approx(numbers(base), rel=1e-12)
+
+
+def test_poisson_trace_uses_the_table_of_the_running_count():
+    cfg = small(output_len=32, gpu=simulate.GpuStepModel(per_token_s=80e-6))
+    result = simulate.simulate("causal", 48, cfg, seed=3, arrival_rate=900.0, record_trace=True)
+    counts = {step["requests"] for step in result.trace}
+    assert len(counts) > 3  # the running set really varies
+    for step in result.trace:
+        table = cfg.gpu.sps_table(max(step["requests"] * (cfg.gamma + 1), 64), step["requests"])
+        assert torch.equal(step["verify_lens"], scheduler.schedule_causal(step["confidence"], table))
