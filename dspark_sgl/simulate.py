@@ -16,8 +16,10 @@ reports ``sigmoid(logit c*_k + eta_k)``. All draws come from :mod:`dspark_sgl.rn
 by (request id, round of that request), so every policy sees the same requests and the
 same luck: common random numbers.
 
-Not modelled: prefill, KV-cache limits, request-count-dependent attention cost (the
-step time depends on B only, as in the paper's SPS(B)).
+Loads: closed-loop concurrency (each user sends its next request when the last one
+finishes) or Poisson arrivals with a cap on running requests. The step time depends on B
+and on the number of running requests R (their KV reads); the scheduler gets the table
+profiled at the current R. Not modelled: prefill, KV-cache capacity, preemption.
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class SimConfig:
     draft_cost_scale: float = 1.0  # multiplies every drafter's cost (0 = free drafting)
     gpu: GpuStepModel = field(default_factory=GpuStepModel)
     sps_table: SpsTable | None = None  # measured table; default: profiled from `gpu`
-    zero_acceptance: bool = False  # every draft is rejected and confidences are ~0 (tests)
+    zero_acceptance: bool = False  # every draft is rejected and every confidence is 0 (tests)
 
 
 @dataclass
@@ -162,10 +164,6 @@ class SimResult:
     arrival_rate: float | None = None  # requests/s for Poisson runs, None for closed loop
     mean_running: float = 0.0  # time-averaged number of running requests
     trace: list[dict] = field(default_factory=list)
-
-
-def _logit(p: torch.Tensor) -> torch.Tensor:
-    return torch.log(p) - torch.log1p(-p)
 
 
 def _mean_matched_logits(curve: torch.Tensor, sigma: float) -> torch.Tensor:
