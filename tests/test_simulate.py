@@ -193,3 +193,40 @@ def test_poisson_trace_uses_the_table_of_the_running_count():
     for step in result.trace:
         table = cfg.gpu.sps_table(max(step["requests"] * (cfg.gamma + 1), 64), step["requests"])
         assert torch.equal(step["verify_lens"], scheduler.schedule_causal(step["confidence"], table))
+
+
+def test_a_measured_sps_table_file_drives_the_simulation(tmp_path):
+    path = tmp_path / "sps.json"
+    SpsTable([(1, 80.0), (64, 75.0), (128, 40.0), (512, 10.0)]).save(path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dspark_sgl",
+            "simulate",
+            "--concurrency",
+            "16",
+            "--warmup-steps",
+            "2",
+            "--measure-steps",
+            "8",
+            "--min-requests",
+            "0",
+            "--output-len",
+            "32",
+            "--policies",
+            "no-spec,causal",
+            "--sps-table",
+            str(path),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"SPS table: {path}" in proc.stdout
+    cfg = small(sps_table=SpsTable.load(path), draft_cost_scale=0.0)
+    result = simulate.simulate("no-spec", 16, cfg)
+    assert result.total_tokens_per_s == pytest.approx(16 * SpsTable.load(path)(16))
