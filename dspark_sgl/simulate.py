@@ -39,6 +39,7 @@ from dspark_sgl.scheduler import SpsTable
 
 __all__ = [
     "POLICIES",
+    "AcceptanceTrace",
     "DraftProfile",
     "GpuStepModel",
     "SimConfig",
@@ -116,6 +117,89 @@ DFLASH = DraftProfile("dflash", _DFLASH_CURVES, has_confidence=False, cost_fract
 DSPARK = DraftProfile("dspark", _DSPARK_CURVES, has_confidence=True, cost_fraction=3 / 43 * 1.01)
 MTP1 = DraftProfile("mtp1", _MTP_CURVES, has_confidence=False, cost_fraction=1 / 43)
 
+
+@dataclass(frozen=True)
+class AcceptanceTrace:
+    """Recorded fixed-block rounds of one drafter, replayed instead of the parametric model.
+
+    File format (JSON lines, one round each, as ``dspark_sgl eval`` is to write them):
+    ``{"dataset": str, "accepted": int, "confidence": [c_1, ..., c_g]}`` where ``accepted``
+    counts the drafts accepted with the whole block verified and ``confidence`` (optional,
+    required for scheduled policies) is the calibrated head output of that round. Verifying
+    only ``l`` drafts of that round would have accepted ``min(accepted, l)``: acceptance is
+    a prefix, so replaying a recorded round under any verify length is exact.
+
+    confidence: [N, g] float32 or None; accepted: [N] int64; dataset: [N] int64 indexes
+    into ``datasets``. Requests draw a dataset uniformly (a macro average, as the paper
+    reports), then each round draws one of that dataset's recorded rounds.
+    """
+
+    confidence: torch.Tensor | None
+    accepted: torch.Tensor
+    dataset: torch.Tensor
+    datasets: tuple[str, ...]
+    gamma: int
+
+    @classmethod
+    def load(cls, path: str | Path) -> AcceptanceTrace:
+        names: dict[str, int] = {}
+        confidence: list[list[float]] = []
+        accepted: list[int] = []
+        dataset: list[int] = []
+        gamma = None
+        has_confidence = None
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
+                if not isinstance(record, dict) or "accepted" not in record or "dataset" not in record:
+                    raise ValueError(f"{path}:{number}: a round needs 'dataset' and 'accepted'")
+                conf = record.get("confidence")
+                width = len(conf) if isinstance(conf, list) else record.get("gamma")
+                if conf is not None and not (
+                    isinstance(conf, list)
+                    and conf
+                    and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in conf)
+                ):
+                    raise ValueError(
+                        f"{path}:{number}: confidence must be a non-empty list of values in [0, 1]"
+                    )
+                if conf is None and not isinstance(width, int):
+                    raise ValueError(f"{path}:{number}: give 'confidence' or 'gamma' (the block size)")
+                gamma = width if gamma is None else gamma
+                if width != gamma:
+                    raise ValueError(
+                        f"{path}:{number}: block size {width} differs from earlier rounds' {gamma}"
+                    )
+                if has_confidence is None:
+                    has_confidence = conf is not None
+                elif has_confidence != (conf is not None):
+                    raise ValueError(f"{path}:{number}: either every round has 'confidence' or none does")
+                acc = record["accepted"]
+                if isinstance(acc, bool) or not isinstance(acc, int) or not 0 <= acc <= gamma:
+                    raise ValueError(
+                        f"{path}:{number}: accepted must be an integer in [0, {gamma}], got {acc!r}"
+                    )
+                accepted.append(acc)
+                dataset.append(names.setdefault(str(record["dataset"]), len(names)))
+                if conf is not None:
+                    confidence.append([float(c) for c in conf])
+        if not accepted:
+            raise ValueError(f"{path}: no rounds")
+        order = torch.argsort(torch.tensor(dataset), stable=True)
+        return cls(
+            confidence=torch.tensor(confidence, dtype=torch.float32)[order] if confidence else None,
+            accepted=torch.tensor(accepted, dtype=torch.int64)[order],
+            dataset=torch.tensor(dataset, dtype=torch.int64)[order],
+            datasets=tuple(names),
+            gamma=int(gamma),
+        )
+
+
 # policy name -> (draft profile or None, how verify lengths are chosen)
 POLICIES: dict[str, tuple[DraftProfile | None, str]] = {
     "no-spec": (None, "none"),
@@ -150,6 +234,7 @@ class SimConfig:
     gpu: GpuStepModel = field(default_factory=GpuStepModel)
     sps_table: SpsTable | None = None  # measured table; default: profiled from `gpu`
     zero_acceptance: bool = False  # every draft is rejected and every confidence is 0 (tests)
+    traces: dict[str, AcceptanceTrace] = field(default_factory=dict)  # drafter name -> recorded rounds
 
 
 @dataclass
@@ -290,17 +375,31 @@ def simulate(
     if cfg.output_len < 1 or cfg.output_len > 4096:
         raise ValueError(f"output_len must be in [1, 4096], got {cfg.output_len}")
     profile, mode = POLICIES[policy]
-    if not 1 <= cfg.gamma <= DSPARK.gamma:
-        raise ValueError(f"gamma must be in [1, {DSPARK.gamma}], got {cfg.gamma}")
-    gamma = 0 if profile is None else min(profile.gamma, cfg.gamma)
+    trace = cfg.traces.get(profile.name) if profile is not None else None
+    if cfg.gamma < 1 or (trace is None and cfg.gamma > DSPARK.gamma):
+        raise ValueError(f"gamma must be in [1, {DSPARK.gamma}] (any >= 1 with a trace), got {cfg.gamma}")
+    if profile is None:
+        gamma = 0
+    elif trace is not None:
+        gamma = min(trace.gamma, cfg.gamma) if profile.gamma > 1 else 1
+        if mode != "full" and trace.confidence is None:
+            raise ValueError(
+                f"policy {policy!r} schedules by confidence but the {profile.name} trace has none"
+            )
+    else:
+        gamma = min(profile.gamma, cfg.gamma)
     tables = _Tables(cfg, profile, mode, gamma)
     draws = _Draws(seed)
     weights = torch.tensor(cfg.domain_weights, dtype=torch.float64).cumsum(0)
     weights = weights / weights[-1]
-    curves = torch.tensor(profile.curves, dtype=torch.float64)[:, :gamma] if profile else None
+    parametric = profile is not None and trace is None
+    curves = torch.tensor(profile.curves, dtype=torch.float64)[:, :gamma] if parametric else None
     base_logits = (
-        _mean_matched_logits(curves, math.hypot(cfg.request_sigma, cfg.round_sigma)) if profile else None
+        _mean_matched_logits(curves, math.hypot(cfg.request_sigma, cfg.round_sigma)) if parametric else None
     )
+    if trace is not None:
+        trace_counts = torch.bincount(trace.dataset, minlength=len(trace.datasets))
+        trace_starts = torch.cumsum(trace_counts, 0) - trace_counts
 
     cap = concurrency
     closed_loop = arrival_rate is None
@@ -327,6 +426,9 @@ def simulate(
         stale_old[slots] = 1.0
         stale_new[slots] = 1.0
         domain[slots], difficulty[slots] = _request_features(draws, new_ids, weights, cfg.request_sigma)
+        if trace is not None:
+            u = draws.request(new_ids)[:, 0].double()
+            domain[slots] = (u * len(trace.datasets)).long().clamp(max=len(trace.datasets) - 1)
         active[slots] = True
 
     queue: list[float] = []
@@ -342,7 +444,7 @@ def simulate(
     measured_tokens = measured_time = busy_requests = 0.0
     verify_total = rounds_total = tokens_total = finished = 0
     user_speeds: list[float] = []
-    trace: list[dict] = []
+    trace_log: list[dict] = []
     step = -1
     while True:
         step += 1
@@ -373,6 +475,29 @@ def simulate(
         if profile is None:
             lens = torch.zeros(n, dtype=torch.int32)
             emitted = torch.ones(n, dtype=torch.int64)
+        elif trace is not None:
+            group = domain[idx]
+            pick = (draws.round(slot_id[idx], rounds[idx], 1)[:, 0].double() * trace_counts[group]).long()
+            record = trace_starts[group] + torch.minimum(pick, trace_counts[group] - 1)
+            accepted_full = trace.accepted[record].clamp(max=gamma)
+            conf = trace.confidence[record, :gamma] if trace.confidence is not None else torch.ones(n, gamma)
+            if cfg.zero_acceptance:
+                accepted_full = torch.zeros_like(accepted_full)
+                conf = torch.zeros_like(conf)
+            budget_conf = stale_old[idx]
+            lens = _choose_lengths(mode, conf, budget_conf, schedule_table, coarse, gamma)
+            if record_trace:
+                trace_log.append(
+                    {
+                        "requests": n,
+                        "confidence": conf.clone(),
+                        "budget_confidence": budget_conf.clone(),
+                        "verify_lens": lens.clone(),
+                    }
+                )
+            stale_old[idx] = stale_new[idx]
+            stale_new[idx] = conf
+            emitted = torch.minimum(accepted_full, lens.to(torch.int64)) + 1
         else:
             u = draws.round(slot_id[idx], rounds[idx], gamma).double()
             normal = torch.special.ndtri(u)
@@ -387,7 +512,7 @@ def simulate(
             budget_conf = stale_old[idx]
             lens = _choose_lengths(mode, conf, budget_conf, schedule_table, coarse, gamma)
             if record_trace:
-                trace.append(
+                trace_log.append(
                     {
                         "requests": n,
                         "confidence": conf.clone(),
@@ -437,7 +562,7 @@ def simulate(
         steps=step,
         arrival_rate=arrival_rate,
         mean_running=busy_requests / measured_time if measured_time > 0 else 0.0,
-        trace=trace,
+        trace=trace_log,
     )
 
 
@@ -645,6 +770,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sps-table", help="measured SPS table JSON (SGLang format); default: the parametric GPU"
     )
+    parser.add_argument(
+        "--trace",
+        action="append",
+        default=[],
+        metavar="DRAFTER=FILE",
+        help="replay recorded rounds (JSON lines) for a drafter: dspark, dflash or mtp1",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=".", help="where frontier.png and frontier.json go")
     args = parser.parse_args(argv)
@@ -674,6 +806,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.sps_table:
         config.sps_table = SpsTable.load(args.sps_table)
+    drafters = {DSPARK.name, DFLASH.name, MTP1.name}
+    for item in args.trace:
+        name, _, path = item.partition("=")
+        if name not in drafters or not path:
+            parser.error(f"--trace takes DRAFTER=FILE with DRAFTER in {sorted(drafters)}, got {item!r}")
+        config.traces[name] = AcceptanceTrace.load(path)
     print(
         f"simulate: {len(policies)} policies x {len(loads)} "
         f"{'Poisson arrival rates' if cap else 'closed-loop concurrency levels'}, "

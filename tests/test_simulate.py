@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -230,3 +231,125 @@ def test_a_measured_sps_table_file_drives_the_simulation(tmp_path):
     cfg = small(sps_table=SpsTable.load(path), draft_cost_scale=0.0)
     result = simulate.simulate("no-spec", 16, cfg)
     assert result.total_tokens_per_s == pytest.approx(16 * SpsTable.load(path)(16))
+
+
+def write_trace(path, rounds):
+    path.write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (["{not json"], "not JSON"),
+        ([{"dataset": "a"}], "needs"),
+        ([{"dataset": "a", "accepted": 6, "confidence": [0.5] * 5}], "accepted"),
+        ([{"dataset": "a", "accepted": 1, "confidence": [1.5, 0.5]}], "confidence"),
+        (
+            [
+                {"dataset": "a", "accepted": 1, "confidence": [0.5, 0.5]},
+                {"dataset": "a", "accepted": 1, "gamma": 2},
+            ],
+            "every round",
+        ),
+        (
+            [
+                {"dataset": "a", "accepted": 1, "confidence": [0.5, 0.5]},
+                {"dataset": "a", "accepted": 1, "confidence": [0.5, 0.5, 0.5]},
+            ],
+            "block size",
+        ),
+        ([{"dataset": "a", "accepted": 1}], "gamma"),
+        ([], "no rounds"),
+    ],
+)
+def test_bad_trace_files_name_the_line(tmp_path, lines, match):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines))
+    with pytest.raises(ValueError, match=match):
+        simulate.AcceptanceTrace.load(path)
+
+
+def test_replayed_rounds_accept_min_of_recorded_and_verified(tmp_path):
+    rounds = [
+        {"dataset": "d", "accepted": a, "confidence": [0.9, 0.8, 0.7, 0.6, 0.5]} for a in (0, 2, 5, 5, 3)
+    ]
+    trace = simulate.AcceptanceTrace.load(write_trace(tmp_path / "t.jsonl", rounds))
+    assert trace.gamma == 5 and trace.datasets == ("d",) and trace.accepted.tolist() == [0, 2, 5, 5, 3]
+    cfg = small(traces={"dspark": trace}, output_len=4096, warmup_steps=0, measure_steps=50)
+    full = simulate.simulate("dspark full", 8, cfg, seed=1)
+    assert full.mean_verify_len == 5
+    assert full.mean_tokens_per_round == pytest.approx(1 + 3.0, abs=0.6)  # mean of accepted is 3
+    zero = simulate.simulate("async", 8, replace(cfg, zero_acceptance=True), seed=1)
+    assert zero.mean_tokens_per_round == 1.0 and zero.mean_verify_len == 0.0
+    flat = replace(cfg, sps_table=SpsTable([(1, 10.0)]))
+    everything = simulate.simulate("causal", 8, flat, seed=1)
+    assert numbers(everything)[2:] == numbers(simulate.simulate("dspark full", 8, flat, seed=1))[2:]
+
+
+def test_trace_without_confidence_serves_static_policies_only(tmp_path):
+    trace = simulate.AcceptanceTrace.load(
+        write_trace(tmp_path / "t.jsonl", [{"dataset": "d", "accepted": 2, "gamma": 3}])
+    )
+    cfg = small(traces={"dflash": trace, "dspark": trace})
+    assert simulate.simulate("dflash full", 4, cfg).mean_verify_len == 3
+    with pytest.raises(ValueError, match="confidence"):
+        simulate.simulate("async", 4, cfg)
+
+
+def test_trace_driven_lengths_equal_the_scheduler_functions(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    rounds = []
+    for i in range(200):
+        conf = torch.rand(6, generator=gen).clamp(0.05, 0.99).tolist()
+        rounds.append(
+            {
+                "dataset": "ab"[i % 2],
+                "accepted": int(torch.randint(0, 7, (1,), generator=gen)),
+                "confidence": conf,
+            }
+        )
+    trace = simulate.AcceptanceTrace.load(write_trace(tmp_path / "t.jsonl", rounds))
+    cfg = small(traces={"dspark": trace}, gpu=simulate.GpuStepModel(per_token_s=80e-6))
+    result = simulate.simulate("async+prune", 40, cfg, seed=2, record_trace=True)
+    table = cfg.gpu.sps_table(40 * 7, 40)
+    for step in result.trace:
+        expected = scheduler.schedule_async(
+            step["confidence"], step["budget_confidence"], table, causal_prune=True
+        )
+        assert torch.equal(step["verify_lens"], expected)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dspark_sgl",
+            "simulate",
+            "--concurrency",
+            "4",
+            "--warmup-steps",
+            "2",
+            "--measure-steps",
+            "5",
+            "--min-requests",
+            "0",
+            "--output-len",
+            "32",
+            "--policies",
+            "dspark full,async",
+            "--trace",
+            f"dspark={tmp_path / 't.jsonl'}",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "dspark_sgl", "simulate", "--trace", "eagle=x.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "DRAFTER=FILE" in bad.stderr
