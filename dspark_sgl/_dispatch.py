@@ -1,8 +1,9 @@
-"""Run-time choice between the CUDA extension ``dspark_sgl._C`` and the PyTorch reference.
+"""Choice between the CUDA extension ``dspark_sgl._C`` and the PyTorch reference.
 
-A kernel runs when the extension loaded, the inputs are on a CUDA device and the
-environment does not force the reference (``DSPARK_SGL_FORCE_REFERENCE=1``). The
-first call of each op logs which path it takes (and why), once per op and path.
+The extension is imported once, when this module is imported. Per call, a kernel runs
+when the extension loaded, the inputs are on a CUDA device and the environment does not
+force the reference (``DSPARK_SGL_FORCE_REFERENCE=1``). The first call of each op logs
+which path it takes (and why), once per op and path.
 """
 
 from __future__ import annotations
@@ -79,6 +80,18 @@ def kernel(op: str):
     return getattr(ext, op)
 
 
+def describe() -> str:
+    """One line on the extension: its SM targets, or why it is not available."""
+    ext = load_extension()
+    if ext is None:
+        return f"PyTorch reference only: {_extension_error}"
+    ops = sorted(name for name in dir(ext) if not name.startswith("_") and callable(getattr(ext, name)))
+    return f"dspark_sgl._C loaded (sm {ext.cuda_archs}; kernels: {', '.join(ops)})"
+
+
 def current_stream_handle(device: torch.device) -> int:
     """The raw ``cudaStream_t`` of PyTorch's current stream on ``device``."""
     return int(torch.cuda.current_stream(device).cuda_stream)
+
+
+load_extension()

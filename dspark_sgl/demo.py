@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dspark_sgl import markov, scheduler, verify
+from dspark_sgl import _dispatch, markov, scheduler, verify
 
 LIGHT_SPS = scheduler.SpsTable([(1, 100.0), (64, 98.0), (256, 92.0), (1024, 70.0), (4096, 30.0)])
 HEAVY_SPS = scheduler.SpsTable([(1, 100.0), (8, 90.0), (16, 72.0), (32, 46.0), (64, 25.0), (128, 13.0)])
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"DSpark demo: synthetic bigram target, V={args.vocab}, gamma={args.gamma}, Markov rank={args.rank}, "
         f"R={args.requests} requests, T={args.temperature}, device={device}"
     )
+    print(f"kernels: {_dispatch.describe()}")
     print(f"light SPS table: {LIGHT_SPS}\nheavy SPS table: {HEAVY_SPS}\n")
     policies = {
         name: PolicyStats(name, LIGHT_SPS if name != "heavy" else HEAVY_SPS)

@@ -24,6 +24,7 @@ def test_extension_is_built_and_loads_when_nvcc_is_present():
     assert callable(ext.philox_uniform)
     expected_archs = os.environ.get("DSPARK_SGL_CUDA_ARCHS", "90a;90").replace(";", ",")
     assert ext.cuda_archs == expected_archs
+    assert _dispatch.describe() == f"dspark_sgl._C loaded (sm {expected_archs}; kernels: philox_uniform)"
 
 
 def test_cpu_inputs_run_the_reference_and_the_choice_is_logged_once(caplog):
@@ -48,3 +49,9 @@ def test_cuda_inputs_choose_the_kernel_unless_forced_or_missing(monkeypatch):
         )
     monkeypatch.setenv("DSPARK_SGL_FORCE_REFERENCE", "1")
     assert _dispatch.kernel_path("philox_uniform", cuda) == (False, "DSPARK_SGL_FORCE_REFERENCE is set")
+
+
+def test_describe_says_why_the_extension_is_missing(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_extension", None)
+    monkeypatch.setattr(_dispatch, "_extension_error", "extension dspark_sgl._C not available (test)")
+    assert _dispatch.describe() == "PyTorch reference only: extension dspark_sgl._C not available (test)"
