@@ -475,12 +475,25 @@ def simulate(
         if profile is None:
             lens = torch.zeros(n, dtype=torch.int32)
             emitted = torch.ones(n, dtype=torch.int64)
-        elif trace is not None:
-            group = domain[idx]
-            pick = (draws.round(slot_id[idx], rounds[idx], 1)[:, 0].double() * trace_counts[group]).long()
-            record = trace_starts[group] + torch.minimum(pick, trace_counts[group] - 1)
-            accepted_full = trace.accepted[record].clamp(max=gamma)
-            conf = trace.confidence[record, :gamma] if trace.confidence is not None else torch.ones(n, gamma)
+        else:
+            # conf: the head's confidences; accepted_full: drafts accepted if all gamma were verified.
+            if trace is not None:
+                group = domain[idx]
+                pick = (draws.round(slot_id[idx], rounds[idx], 1)[:, 0].double() * trace_counts[group]).long()
+                record = trace_starts[group] + torch.minimum(pick, trace_counts[group] - 1)
+                accepted_full = trace.accepted[record].clamp(max=gamma)
+                conf = (
+                    trace.confidence[record, :gamma] if trace.confidence is not None else torch.ones(n, gamma)
+                )
+            else:
+                u = draws.round(slot_id[idx], rounds[idx], gamma).double()
+                normal = torch.special.ndtri(u)
+                true_logit = (
+                    base_logits[domain[idx]] + difficulty[idx, None] + cfg.round_sigma * normal[:, :gamma]
+                )
+                conf = torch.sigmoid(true_logit + cfg.confidence_sigma * normal[:, gamma : 2 * gamma]).float()
+                survived = u[:, 2 * gamma :] < torch.sigmoid(true_logit)
+                accepted_full = survived.to(torch.int64).cumprod(1).sum(1)
             if cfg.zero_acceptance:
                 accepted_full = torch.zeros_like(accepted_full)
                 conf = torch.zeros_like(conf)
@@ -497,33 +510,8 @@ def simulate(
                 )
             stale_old[idx] = stale_new[idx]
             stale_new[idx] = conf
+            # Acceptance is a prefix: verifying l drafts accepts min(accepted_full, l).
             emitted = torch.minimum(accepted_full, lens.to(torch.int64)) + 1
-        else:
-            u = draws.round(slot_id[idx], rounds[idx], gamma).double()
-            normal = torch.special.ndtri(u)
-            true_logit = (
-                base_logits[domain[idx]] + difficulty[idx, None] + cfg.round_sigma * normal[:, :gamma]
-            )
-            true_conf = torch.sigmoid(true_logit)
-            conf = torch.sigmoid(true_logit + cfg.confidence_sigma * normal[:, gamma : 2 * gamma]).float()
-            if cfg.zero_acceptance:
-                true_conf = torch.zeros_like(true_conf)
-                conf = torch.zeros_like(conf)
-            budget_conf = stale_old[idx]
-            lens = _choose_lengths(mode, conf, budget_conf, schedule_table, coarse, gamma)
-            if record_trace:
-                trace_log.append(
-                    {
-                        "requests": n,
-                        "confidence": conf.clone(),
-                        "budget_confidence": budget_conf.clone(),
-                        "verify_lens": lens.clone(),
-                    }
-                )
-            stale_old[idx] = stale_new[idx]
-            stale_new[idx] = conf
-            accepted_each = (u[:, 2 * gamma :] < true_conf) & (torch.arange(gamma)[None, :] < lens[:, None])
-            emitted = accepted_each.to(torch.int64).cumprod(1).sum(1) + 1
         step_s = tables.draft_seconds(n) + 1.0 / timing(int(lens.sum()) + n)
         if mode == "causal":
             step_s += cfg.sync_bubble_s
