@@ -22,6 +22,7 @@ Everything runs as tensor ops on the confidences' device, with no host synchroni
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -121,7 +122,7 @@ class SpsTable:
             return ys[0]
         if x >= xs[-1]:
             return ys[-1]
-        hi = next(i for i, t in enumerate(xs) if t > x)
+        hi = bisect.bisect_right(xs, x)
         frac = (x - xs[hi - 1]) / (xs[hi] - xs[hi - 1])
         return ys[hi - 1] + frac * (ys[hi] - ys[hi - 1])
 

@@ -425,10 +425,10 @@ def simulate(
         start_time[slots] = now
         stale_old[slots] = 1.0
         stale_new[slots] = 1.0
-        domain[slots], difficulty[slots] = _request_features(draws, new_ids, weights, cfg.request_sigma)
-        if trace is not None:
-            u = draws.request(new_ids)[:, 0].double()
-            domain[slots] = (u * len(trace.datasets)).long().clamp(max=len(trace.datasets) - 1)
+        groups = len(trace.datasets) if trace is not None else None
+        domain[slots], difficulty[slots] = _request_features(
+            draws, new_ids, weights, cfg.request_sigma, groups
+        )
         active[slots] = True
 
     queue: list[float] = []
@@ -560,11 +560,17 @@ def _exponential(seed: int, index: int) -> float:
     return -math.log(float(u))
 
 
-def _request_features(draws: _Draws, ids: torch.Tensor, cumulative: torch.Tensor, sigma: float):
+def _request_features(
+    draws: _Draws, ids: torch.Tensor, cumulative: torch.Tensor, sigma: float, trace_groups: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(domain, difficulty) of new requests: the domain by the mix's cumulative weights, or
+    one of ``trace_groups`` recorded datasets uniformly when replaying a trace."""
     u = draws.request(ids).double()
-    domain = torch.bucketize(u[:, 0].contiguous(), cumulative, right=True).clamp(max=len(DOMAINS) - 1)
-    difficulty = sigma * torch.special.ndtri(u[:, 1])
-    return domain, difficulty
+    if trace_groups is None:
+        domain = torch.bucketize(u[:, 0].contiguous(), cumulative, right=True).clamp(max=len(DOMAINS) - 1)
+    else:
+        domain = (u[:, 0] * trace_groups).long().clamp(max=trace_groups - 1)
+    return domain, sigma * torch.special.ndtri(u[:, 1])
 
 
 def _choose_lengths(
@@ -625,28 +631,28 @@ def throughput_at_interactivity(results: Sequence[SimResult], target: float) -> 
 
     Linear interpolation between neighbouring concurrency points; 0.0 if never reached.
     """
-    points = sorted(((r.tokens_per_s_per_user, r.total_tokens_per_s) for r in results), reverse=True)
-    best = 0.0
-    for (s0, t0), (s1, t1) in itertools.pairwise(points):
-        if s0 >= target:
-            best = max(best, t0)
-            if s1 < target:
-                best = max(best, t0 + (t1 - t0) * (s0 - target) / (s0 - s1))
-    if points and points[-1][0] >= target:
-        best = max(best, points[-1][1])
-    return best
+    return _best_above(((r.tokens_per_s_per_user, r.total_tokens_per_s) for r in results), target)
 
 
 def user_speed_at_throughput(results: Sequence[SimResult], throughput: float) -> float:
     """Highest tokens/s/user on the frontier at total throughput >= ``throughput`` (0.0 if none)."""
-    points = sorted(((r.total_tokens_per_s, r.tokens_per_s_per_user) for r in results), reverse=True)
+    return _best_above(((r.total_tokens_per_s, r.tokens_per_s_per_user) for r in results), throughput)
+
+
+def _best_above(pairs, threshold: float) -> float:
+    """Highest y on the piecewise-linear curve through (x, y) points where x >= threshold.
+
+    Points are taken in order of decreasing x; the segment crossing ``threshold`` is
+    interpolated. 0.0 if no point reaches it.
+    """
+    points = sorted(pairs, reverse=True)
     best = 0.0
-    for (t0, s0), (t1, s1) in itertools.pairwise(points):
-        if t0 >= throughput:
-            best = max(best, s0)
-            if t1 < throughput:
-                best = max(best, s0 + (s1 - s0) * (t0 - throughput) / (t0 - t1))
-    if points and points[-1][0] >= throughput:
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 >= threshold:
+            best = max(best, y0)
+            if x1 < threshold:
+                best = max(best, y0 + (y1 - y0) * (x0 - threshold) / (x0 - x1))
+    if points and points[-1][0] >= threshold:
         best = max(best, points[-1][1])
     return best
 
