@@ -137,6 +137,12 @@ def retrospective(conf: torch.Tensor, sps: SpsTable) -> list[int]:
     return best_lengths
 
 
+def random_shape(gen: torch.Generator, rows_below: int, gamma_below: int) -> tuple[int, int]:
+    """(rows, gamma) drawn uniformly from [1, rows_below) x [1, gamma_below)."""
+    rows = int(torch.randint(1, rows_below, (1,), generator=gen))
+    return rows, int(torch.randint(1, gamma_below, (1,), generator=gen))
+
+
 def random_table(gen: torch.Generator, max_tokens: int) -> SpsTable:
     xs = sorted(set([1, *torch.randint(2, max_tokens + 1, (4,), generator=gen).tolist()]))
     drops = torch.rand(len(xs), generator=gen).sort(descending=True).values
@@ -154,10 +160,7 @@ def test_schedule_causal_equals_a_literal_algorithm1_and_prefixes_are_contiguous
     gen = torch.Generator().manual_seed(0)
     nontrivial = 0
     for _ in range(300):
-        rows, gamma = (
-            int(torch.randint(1, 7, (1,), generator=gen)),
-            int(torch.randint(1, 8, (1,), generator=gen)),
-        )
+        rows, gamma = random_shape(gen, 7, 8)
         conf = random_confidence(gen, rows, gamma)
         sps = random_table(gen, rows * (gamma + 1))
         expected, admitted = algorithm1(conf, sps)
@@ -172,10 +175,7 @@ def test_schedule_causal_equals_a_literal_algorithm1_and_prefixes_are_contiguous
 def test_schedule_causal_never_below_verifying_nothing():
     gen = torch.Generator().manual_seed(1)
     for _ in range(200):
-        rows, gamma = (
-            int(torch.randint(1, 9, (1,), generator=gen)),
-            int(torch.randint(1, 9, (1,), generator=gen)),
-        )
+        rows, gamma = random_shape(gen, 9, 9)
         conf = random_confidence(gen, rows, gamma)
         sps = random_table(gen, rows * (gamma + 1))
         lens = scheduler.schedule_causal(conf, sps)
@@ -196,10 +196,7 @@ def test_schedule_causal_is_the_exact_optimum_when_theta_is_unimodal():
     gen = torch.Generator().manual_seed(2)
     checked = 0
     for _ in range(150):
-        rows, gamma = (
-            int(torch.randint(1, 4, (1,), generator=gen)),
-            int(torch.randint(1, 4, (1,), generator=gen)),
-        )
+        rows, gamma = random_shape(gen, 4, 4)
         conf = torch.rand(rows, gamma, generator=gen) ** 0.5
         t0, t1 = 1.0, float(torch.rand(1, generator=gen)) * 0.6
         sps = SpsTable([(b, 1.0 / (t0 + t1 * b)) for b in range(1, rows * (gamma + 1) + 1)])
@@ -223,10 +220,7 @@ def test_schedule_causal_is_the_exact_optimum_when_theta_is_unimodal():
 def test_verify_budget_and_topk_match_a_literal_global_search():
     gen = torch.Generator().manual_seed(3)
     for _ in range(200):
-        rows, gamma = (
-            int(torch.randint(1, 7, (1,), generator=gen)),
-            int(torch.randint(1, 8, (1,), generator=gen)),
-        )
+        rows, gamma = random_shape(gen, 7, 8)
         conf = random_confidence(gen, rows, gamma)
         sps = random_table(gen, rows * (gamma + 1))
         expected = retrospective(conf, sps)
@@ -238,10 +232,7 @@ def test_verify_budget_and_topk_match_a_literal_global_search():
 def test_schedule_topk_is_prefix_contiguous_and_respects_the_budget():
     gen = torch.Generator().manual_seed(4)
     for _ in range(100):
-        rows, gamma = (
-            int(torch.randint(1, 7, (1,), generator=gen)),
-            int(torch.randint(1, 8, (1,), generator=gen)),
-        )
+        rows, gamma = random_shape(gen, 7, 8)
         conf = random_confidence(gen, rows, gamma)
         valid = sum(1 for _ in ranked(conf))
         for budget in (0, 1, rows, rows * gamma, 10 * rows * gamma):
@@ -378,10 +369,7 @@ def test_appendix_a_causal_scheduler_recovers_the_target():
 def test_async_causal_prune_is_the_smaller_of_the_budget_and_algorithm1():
     gen = torch.Generator().manual_seed(5)
     for _ in range(150):
-        rows, gamma = (
-            int(torch.randint(1, 7, (1,), generator=gen)),
-            int(torch.randint(1, 8, (1,), generator=gen)),
-        )
+        rows, gamma = random_shape(gen, 7, 8)
         conf, stale = random_confidence(gen, rows, gamma), random_confidence(gen, rows, gamma)
         sps = random_table(gen, rows * (gamma + 1))
         budget = sum(retrospective(stale, sps))

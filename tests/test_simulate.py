@@ -18,6 +18,13 @@ SPECULATIVE = [p for p in POLICIES if p != "no-spec"]
 SCHEDULED = ["sglang async (pow2 table)", "causal", "async", "async+prune", "async-round"]
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m dspark_sgl simulate ARGS`` in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "dspark_sgl", "simulate", *args], capture_output=True, text=True, timeout=300
+    )
+
+
 def small(**changes) -> SimConfig:
     return replace(SimConfig(output_len=64, warmup_steps=5, measure_steps=40, min_requests=0), **changes)
 
@@ -134,30 +141,21 @@ def test_bad_arguments():
 
 
 def test_cli_writes_table_json_and_png(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dspark_sgl",
-            "simulate",
-            "--concurrency",
-            "1,4",
-            "--warmup-steps",
-            "3",
-            "--measure-steps",
-            "10",
-            "--min-requests",
-            "2",
-            "--output-len",
-            "64",
-            "--policies",
-            "no-spec,mtp-1,async",
-            "--out-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_cli(
+        "--concurrency",
+        "1,4",
+        "--warmup-steps",
+        "3",
+        "--measure-steps",
+        "10",
+        "--min-requests",
+        "2",
+        "--output-len",
+        "64",
+        "--policies",
+        "no-spec,mtp-1,async",
+        "--out-dir",
+        str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     assert "| concurrency | no-spec | mtp-1 | async |" in proc.stdout
@@ -199,32 +197,23 @@ def test_poisson_trace_uses_the_table_of_the_running_count():
 def test_a_measured_sps_table_file_drives_the_simulation(tmp_path):
     path = tmp_path / "sps.json"
     SpsTable([(1, 80.0), (64, 75.0), (128, 40.0), (512, 10.0)]).save(path)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dspark_sgl",
-            "simulate",
-            "--concurrency",
-            "16",
-            "--warmup-steps",
-            "2",
-            "--measure-steps",
-            "8",
-            "--min-requests",
-            "0",
-            "--output-len",
-            "32",
-            "--policies",
-            "no-spec,causal",
-            "--sps-table",
-            str(path),
-            "--out-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_cli(
+        "--concurrency",
+        "16",
+        "--warmup-steps",
+        "2",
+        "--measure-steps",
+        "8",
+        "--min-requests",
+        "0",
+        "--output-len",
+        "32",
+        "--policies",
+        "no-spec,causal",
+        "--sps-table",
+        str(path),
+        "--out-dir",
+        str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     assert f"SPS table: {path}" in proc.stdout
@@ -318,38 +307,24 @@ def test_trace_driven_lengths_equal_the_scheduler_functions(tmp_path):
             step["confidence"], step["budget_confidence"], table, causal_prune=True
         )
         assert torch.equal(step["verify_lens"], expected)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dspark_sgl",
-            "simulate",
-            "--concurrency",
-            "4",
-            "--warmup-steps",
-            "2",
-            "--measure-steps",
-            "5",
-            "--min-requests",
-            "0",
-            "--output-len",
-            "32",
-            "--policies",
-            "dspark full,async",
-            "--trace",
-            f"dspark={tmp_path / 't.jsonl'}",
-            "--out-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_cli(
+        "--concurrency",
+        "4",
+        "--warmup-steps",
+        "2",
+        "--measure-steps",
+        "5",
+        "--min-requests",
+        "0",
+        "--output-len",
+        "32",
+        "--policies",
+        "dspark full,async",
+        "--trace",
+        f"dspark={tmp_path / 't.jsonl'}",
+        "--out-dir",
+        str(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "dspark_sgl", "simulate", "--trace", "eagle=x.jsonl"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bad = run_cli("--trace", "eagle=x.jsonl")
     assert bad.returncode == 2 and "DRAFTER=FILE" in bad.stderr
