@@ -136,6 +136,10 @@ def test_bad_arguments():
         simulate.simulate("async", 0)
     with pytest.raises(ValueError, match="gamma"):
         simulate.simulate("async", 4, small(gamma=9))
+    with pytest.raises(ValueError, match="output_len"):
+        simulate.simulate("async", 4, small(output_len=0))
+    with pytest.raises(ValueError, match="output_len"):
+        simulate.simulate("async", 4, small(output_len=5000))
     with pytest.raises(ValueError, match="arrival_rate"):
         simulate.simulate("async", 4, small(), arrival_rate=0.0)
 
