@@ -7,6 +7,8 @@ import sys
 COMMANDS = {
     "demo": "decoding rounds of the reference path on a seeded synthetic model pair",
     "simulate": "continuous-batching serving simulation: the throughput/interactivity frontier",
+    "eval": "acceptance of a draft against its target over prompt datasets (the paper's protocol)",
+    "calibrate": "fit the confidence head's STS temperatures and write SGLang's STS JSON",
 }
 
 
@@ -15,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print("usage: python -m dspark_sgl <command> [options]\n\ncommands:")
         for name, text in COMMANDS.items():
-            print(f"  {name:<8} {text}")
+            print(f"  {name:<10} {text}")
         if argv and argv[0] not in ("-h", "--help"):
             print(f"\nunknown command {argv[0]!r}", file=sys.stderr)
             return 2
@@ -28,6 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         from dspark_sgl import simulate
 
         return simulate.main(argv[1:])
+    if argv[0] == "eval":
+        from dspark_sgl import evaluate
+
+        return evaluate.main_eval(argv[1:])
+    if argv[0] == "calibrate":
+        from dspark_sgl import evaluate
+
+        return evaluate.main_calibrate(argv[1:])
     return 2
 
 
