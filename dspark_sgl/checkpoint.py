@@ -83,7 +83,7 @@ def _normalise_names(tensors: dict[str, torch.Tensor], config: DraftConfig) -> t
     for name, tensor in tensors.items():
         short = name.removeprefix("model.")
         if short in out:
-            raise ValueError(f"checkpoint has both {short!r} and model.{short!r}")
+            raise ValueError(f"checkpoint has both {short!r} and 'model.{short}'")
         out[short] = tensor
     return out, "sglang"
 
