@@ -71,7 +71,9 @@ def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _normalise_names(tensors: dict[str, torch.Tensor], config: DraftConfig) -> tuple[dict[str, torch.Tensor], str]:
+def _normalise_names(
+    tensors: dict[str, torch.Tensor], config: DraftConfig
+) -> tuple[dict[str, torch.Tensor], str]:
     tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
     if config.arch == "deepseek_v4":
         mapping = deepseek_v4.from_v4_names(list(tensors), config.num_hidden_layers)

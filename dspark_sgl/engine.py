@@ -87,7 +87,9 @@ class TargetRunner:
         rows, length = tokens.shape
         positions = self.next_pos[:, None] + torch.arange(length, device=self.device)
         causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
-        allowed = torch.cat([self.valid[:, None, :].expand(rows, length, -1), causal.expand(rows, -1, -1)], dim=-1)
+        allowed = torch.cat(
+            [self.valid[:, None, :].expand(rows, length, -1), causal.expand(rows, -1, -1)], dim=-1
+        )
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         out = self.model(
@@ -99,7 +101,9 @@ class TargetRunner:
             output_hidden_states=True,
         )
         self.cache = out.past_key_values
-        self.valid = torch.cat([self.valid, torch.zeros(rows, length, dtype=torch.bool, device=self.device)], dim=1)
+        self.valid = torch.cat(
+            [self.valid, torch.zeros(rows, length, dtype=torch.bool, device=self.device)], dim=1
+        )
         self._pending = length
         taps = torch.cat([out.hidden_states[t + 1] for t in self.taps], dim=-1)
         return out.logits.float(), taps
@@ -185,10 +189,14 @@ class SpeculativeEngine:
     def __init__(self, target, draft: DSparkDraft) -> None:
         text = _text_config(target.config)
         draft.config.check_target(
-            vocab_size=int(text.vocab_size), hidden_size=int(text.hidden_size), num_layers=int(text.num_hidden_layers)
+            vocab_size=int(text.vocab_size),
+            hidden_size=int(text.hidden_size),
+            num_layers=int(text.num_hidden_layers),
         )
         if not draft.vocab_attached:
-            draft.attach_target_vocab(target.get_input_embeddings().weight, target.get_output_embeddings().weight)
+            draft.attach_target_vocab(
+                target.get_input_embeddings().weight, target.get_output_embeddings().weight
+            )
         self.target = target
         self.draft = draft
         self.runner = TargetRunner(target, draft.config.target_layer_ids)
@@ -265,8 +273,13 @@ class SpeculativeEngine:
         last = logits[torch.arange(rows, device=device), lengths - 1][:, None]
         empty = torch.zeros(rows, 0, self.vocab_size, device=device)
         _, first = chain_verify(
-            last, empty, empty[..., 0].long(), torch.zeros(rows, dtype=torch.int64, device=device), temp,
-            seed=seed, offset=0,
+            last,
+            empty,
+            empty[..., 0].long(),
+            torch.zeros(rows, dtype=torch.int64, device=device),
+            temp,
+            seed=seed,
+            offset=0,
         )
         anchor = first[:, 0]
         done = torch.zeros(rows, dtype=torch.bool, device=device)
@@ -290,7 +303,9 @@ class SpeculativeEngine:
             n = active.numel()
 
             t0 = time.perf_counter()
-            block = self.draft.draft(anchor, runner.next_pos.clone(), context, temp, seed=seed, offset=round_index)
+            block = self.draft.draft(
+                anchor, runner.next_pos.clone(), context, temp, seed=seed, offset=round_index
+            )
             verify_lens = self._schedule(block.confidence, active, history, scheduler, sps, n, gamma)
             _sync(device)
             draft_time += time.perf_counter() - t0
@@ -371,7 +386,9 @@ class SpeculativeEngine:
             stale.append(past[-2] if len(past) >= 2 else torch.ones(gamma, device=self.device))
             past.append(confidence[r])
             del past[:-2]
-        lens = sched.schedule_async(confidence, torch.stack(stale), sps, causal_prune=scheduler == "async+prune")
+        lens = sched.schedule_async(
+            confidence, torch.stack(stale), sps, causal_prune=scheduler == "async+prune"
+        )
         return lens.to(torch.int64)
 
 

@@ -39,7 +39,9 @@ PAPER_ORDER = (
 DEFAULT_PROMPTS = os.environ.get("DSPARK_SGL_EVAL_PROMPTS", "../shared/data/eval_prompts")
 
 
-def load_prompts(paths: Sequence[str | os.PathLike], datasets: Sequence[str] | None = None) -> dict[str, list[str]]:
+def load_prompts(
+    paths: Sequence[str | os.PathLike], datasets: Sequence[str] | None = None
+) -> dict[str, list[str]]:
     """{dataset: first turns} from jsonl files or directories of them (dataset = file stem)."""
     files: list[Path] = []
     for path in map(Path, paths):
@@ -49,10 +51,16 @@ def load_prompts(paths: Sequence[str | os.PathLike], datasets: Sequence[str] | N
             files.append(path)
         else:
             raise FileNotFoundError(f"prompt path {path} does not exist")
+    if datasets:
+        missing = [d for d in datasets if d not in {f.stem for f in files}]
+        if missing:
+            raise ValueError(f"datasets {missing} not found among {sorted(f.stem for f in files)}")
+        files = [f for f in files if f.stem in datasets]
     found: dict[str, list[str]] = {}
     for file in files:
         turns = []
-        for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        # split on "\n" only: prompts may hold U+2028 and other separators splitlines() uses
+        for number, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -64,11 +72,6 @@ def load_prompts(paths: Sequence[str | os.PathLike], datasets: Sequence[str] | N
                 raise ValueError(f"{file}:{number}: expected {{'turns': [str, ...]}}")
             turns.append(first)
         found[file.stem] = turns
-    if datasets:
-        missing = [d for d in datasets if d not in found]
-        if missing:
-            raise ValueError(f"datasets {missing} not found among {sorted(found)}")
-        found = {d: found[d] for d in datasets}
     rank = {name: i for i, name in enumerate(PAPER_ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(rank)), kv[0])))
 
@@ -139,7 +142,9 @@ def format_report(report: dict) -> str:
 
 
 def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    )
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
     table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -148,7 +153,9 @@ def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
     return dev, table[dtype]
 
 
-def load_pair(target_path: str, draft_path: str, device: str = "auto", dtype: str = "auto", sts: str | None = None):
+def load_pair(
+    target_path: str, draft_path: str, device: str = "auto", dtype: str = "auto", sts: str | None = None
+):
     """(tokenizer, target, draft) from local directories; the draft is checked against the target."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -156,7 +163,9 @@ def load_pair(target_path: str, draft_path: str, device: str = "auto", dtype: st
 
     dev, dt = _device_dtype(device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(target_path)
-    target = AutoModelForCausalLM.from_pretrained(target_path, dtype=dt, attn_implementation="sdpa").to(dev).eval()
+    target = (
+        AutoModelForCausalLM.from_pretrained(target_path, dtype=dt, attn_implementation="sdpa").to(dev).eval()
+    )
     draft = load_draft(draft_path, target_config=target.config, device=dev, dtype=dt)
     if sts:
         draft.set_sts_temperatures(calibration.StsCalibration.load(sts).tensor())
@@ -166,7 +175,10 @@ def load_pair(target_path: str, draft_path: str, device: str = "auto", dtype: st
 def encode_prompt(tokenizer, text: str, chat_template: bool) -> list[int]:
     if chat_template and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, enable_thinking=False, tokenize=True
+            [{"role": "user", "content": text}],
+            add_generation_prompt=True,
+            enable_thinking=False,
+            tokenize=True,
         )
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
@@ -189,24 +201,35 @@ def run_eval(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from dspark_sgl.engine import SpeculativeEngine
 
     tokenizer, target, draft = load_pair(args.target, args.draft, args.device, args.dtype, args.sts)
-    prompts = load_prompts(args.prompts or [DEFAULT_PROMPTS], args.datasets.split(",") if args.datasets else None)
+    prompts = load_prompts(
+        args.prompts or [DEFAULT_PROMPTS], args.datasets.split(",") if args.datasets else None
+    )
     engine = SpeculativeEngine(target, draft)
     stops = stop_tokens(tokenizer, target)
     gamma = draft.gamma
     per_dataset: dict[str, dict] = {}
     trace: list[dict] = []
-    bar = tqdm(total=sum(min(len(v), args.num_prompts) for v in prompts.values()), unit="prompt",
-               disable=not args.progress)
+    bar = tqdm(
+        total=sum(min(len(v), args.num_prompts) for v in prompts.values()),
+        unit="prompt",
+        disable=not args.progress,
+    )
     for name, texts in prompts.items():
         texts = texts[: args.num_prompts]
-        encoded = [encode_prompt(tokenizer, t, not args.no_chat_template)[-args.max_prompt_tokens :] for t in texts]
+        encoded = [
+            encode_prompt(tokenizer, t, not args.no_chat_template)[-args.max_prompt_tokens :] for t in texts
+        ]
         rounds: list[RoundRecord] = []
         seconds, tokens = 0.0, 0
         for start in range(0, len(encoded), args.batch_size):
             batch = encoded[start : start + args.batch_size]
             result = engine.generate(
-                batch, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                stop_token_ids=stops, seed=args.seed + start, progress=False,
+                batch,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                stop_token_ids=stops,
+                seed=args.seed + start,
+                progress=False,
             )
             rounds.extend(result.rounds)
             seconds += result.seconds
@@ -251,7 +274,9 @@ def _eval_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"
+    )
     p.add_argument("--sts", help="STS JSON to apply to the confidence head")
     p.add_argument("--no-chat-template", action="store_true", help="encode the raw prompt text")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -282,7 +307,9 @@ def read_trace(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, tor
                 continue
             record = json.loads(line)
             if "confidence_logits" not in record:
-                raise ValueError(f"{path}:{number}: no confidence_logits (was the draft run with a confidence head?)")
+                raise ValueError(
+                    f"{path}:{number}: no confidence_logits (was the draft run with a confidence head?)"
+                )
             z.append(record["confidence_logits"])
             acc.append(int(record["accepted"]))
             ver.append(int(record.get("verified", len(record["confidence_logits"]))))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scipy import stats
 from conftest import record_p_value
+from scipy import stats
 from tiny_models import bigram_draft, tiny_draft, tiny_target
 
 from dspark_sgl.engine import SpeculativeEngine
@@ -86,7 +86,9 @@ def test_sampled_generation_is_lossless(scheduler):
     draft = bigram_draft(target, scale=1.0, block_size=2, mask_token_id=vocab - 1)
     engine = SpeculativeEngine(target, draft)
     sps = SpsTable([(rows, 1.0), (2 * rows, 0.62), (3 * rows, 0.45)])
-    result = engine.generate([prompt] * rows, max_new_tokens=3, temperature=1.0, seed=11, scheduler=scheduler, sps=sps)
+    result = engine.generate(
+        [prompt] * rows, max_new_tokens=3, temperature=1.0, seed=11, scheduler=scheduler, sps=sps
+    )
     tokens = torch.tensor(result.tokens)
     accepted = torch.tensor([r.accepted for r in result.rounds])
     assert 0 < float(accepted.float().mean()) < 2, "need both accepted and rejected drafts"
@@ -121,7 +123,9 @@ def test_engine_rejects_bad_input():
         engine.generate([[1]], temperature=-1.0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         engine.generate([[1]], max_new_tokens=0)
-    dflash = tiny_draft(target, markov_rank=0, enable_confidence_head=False, confidence_head_with_markov=False)
+    dflash = tiny_draft(
+        target, markov_rank=0, enable_confidence_head=False, confidence_head_with_markov=False
+    )
     with pytest.raises(ValueError, match="confidence head"):
         SpeculativeEngine(target, dflash).generate([[1]], scheduler="causal", sps=SpsTable([(1, 1.0)]))
     other = tiny_target(64)

@@ -33,14 +33,15 @@ def pair(tmp_path_factory):
 
 
 def _common(target, draft, prompts) -> list[str]:
-    return ["--target", str(target), "--draft", str(draft), "--prompts", str(prompts), "--max-new-tokens", "24",
-            "--num-prompts", "3", "--batch-size", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+    paths = ["--target", str(target), "--draft", str(draft), "--prompts", str(prompts)]
+    return [*paths, "--max-new-tokens", "24", "--num-prompts", "3", "--batch-size", "2", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
 
 
 def test_eval_writes_report_and_trace_then_calibrate_writes_sts(pair, capsys):
     root, target, draft, prompts = pair
     report_path, trace_path, sts_path = root / "report.json", root / "rounds.jsonl", root / "sts.json"
-    args = _common(target, draft, prompts) + ["--out", str(report_path), "--trace", str(trace_path)]
+    args = [*_common(target, draft, prompts), "--out", str(report_path), "--trace", str(trace_path)]
     assert evaluate.main_eval(args) == 0
     table = capsys.readouterr().out
     assert "| gsm8k |" in table and "| macro avg |" in table and "acc@4" in table
@@ -71,8 +72,8 @@ def test_eval_writes_report_and_trace_then_calibrate_writes_sts(pair, capsys):
 
     # The fitted temperatures are applied by eval --sts.
     calibrated = root / "report_sts.json"
-    args = _common(target, draft, prompts) + ["--sts", str(sts_path), "--out", str(calibrated),
-                                              "--trace", str(root / "r2.jsonl")]  # fmt: skip
+    outputs = ["--out", str(calibrated), "--trace", str(root / "r2.jsonl")]
+    args = [*_common(target, draft, prompts), "--sts", str(sts_path), *outputs]
     assert evaluate.main_eval(args) == 0
     again = json.loads(calibrated.read_text())
     assert again["macro"]["tau"] == pytest.approx(report["macro"]["tau"])  # same seeds, same drafts
@@ -81,7 +82,7 @@ def test_eval_writes_report_and_trace_then_calibrate_writes_sts(pair, capsys):
 def test_calibrate_runs_the_pair_itself(pair):
     root, target, draft, prompts = pair
     out = root / "sts_direct.json"
-    args = _common(target, draft, prompts) + ["--datasets", "gsm8k", "--out", str(out)]
+    args = [*_common(target, draft, prompts), "--datasets", "gsm8k", "--out", str(out)]
     assert evaluate.main_calibrate(args) == 0
     sts = StsCalibration.load(out)
     assert sts.dataset == "gsm8k" and all(t > 0 for t in sts.temperatures)
@@ -89,7 +90,7 @@ def test_calibrate_runs_the_pair_itself(pair):
 
 
 def test_eval_command_line_and_prompt_errors(pair, tmp_path):
-    root, target, draft, prompts = pair
+    _root, target, draft, prompts = pair
     cmd = [sys.executable, "-m", "dspark_sgl", "eval", *_common(target, draft, prompts),
            "--datasets", "mt-bench", "--num-prompts", "1", "--out", str(tmp_path / "r.json"),
            "--trace", str(tmp_path / "t.jsonl")]  # fmt: skip

@@ -20,8 +20,9 @@ def _gemma_raw(**overrides) -> dict:
         VOCAB,
         architectures=["Gemma4DSparkModel"],
         model_type="gemma4_text",
-        rope_parameters={"full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25,
-                                            "rope_theta": 1e6}},  # fmt: skip
+        rope_parameters={
+            "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}
+        },
         final_logit_softcapping=3.0,
         attention_k_eq_v=True,
         markov_head_type="gated",
@@ -61,7 +62,9 @@ def _random_draft(raw: dict, dtype=torch.float32, seed: int = 0) -> DSparkDraft:
     draft = DSparkDraft(DraftConfig.from_dict(raw))
     with torch.no_grad():
         for name, p in draft.named_parameters():
-            p.copy_(1 + 0.1 * torch.randn_like(p) if name.endswith("norm.weight") else 0.2 * torch.randn_like(p))
+            p.copy_(
+                1 + 0.1 * torch.randn_like(p) if name.endswith("norm.weight") else 0.2 * torch.randn_like(p)
+            )
     return draft.to(dtype).eval()
 
 
@@ -111,7 +114,9 @@ def test_gemma4_specifics():
     assert hasattr(draft.layers[0], "pre_feedforward_layernorm")
     # Proportional partial RoPE: a quarter of the pairs rotate, exponents over the full head.
     assert torch.count_nonzero(attn.inv_freq) == 1 and attn.inv_freq[0] == 1.0
-    torch.testing.assert_close(draft.embed(torch.tensor([3])), draft.embed_tokens.weight[3:4] * cfg.embed_scale)
+    torch.testing.assert_close(
+        draft.embed(torch.tensor([3])), draft.embed_tokens.weight[3:4] * cfg.embed_scale
+    )
     # The softcap is applied to the base logits before the Markov bias.
     ctx = _context(draft, [4], {4: torch.randn(4, 64)}, torch.float32)
     anchor, pos = torch.tensor([7]), ctx.lengths.clone()
@@ -151,7 +156,9 @@ def test_deepseek_v4_moe_and_sliding_window():
 
 
 def test_dflash_draft_samples_each_slot_from_its_base_logits():
-    raw = draft_config_dict(VOCAB, markov_rank=0, enable_confidence_head=False, confidence_head_with_markov=False)
+    raw = draft_config_dict(
+        VOCAB, markov_rank=0, enable_confidence_head=False, confidence_head_with_markov=False
+    )
     draft = _random_draft(raw)
     assert draft.markov_head is None and draft.confidence_head is None
     ctx = _context(draft, [5], {5: torch.randn(5, 64)}, torch.float32)
@@ -183,7 +190,12 @@ def test_sts_temperatures_are_applied_and_validated():
 
 def test_config_layouts_and_errors():
     v4 = DraftConfig.from_dict(_v4_raw())
-    assert (v4.arch, v4.block_size, v4.mask_token_id, v4.target_layer_ids) == ("deepseek_v4", 5, VOCAB - 1, [1, 3])
+    assert (v4.arch, v4.block_size, v4.mask_token_id, v4.target_layer_ids) == (
+        "deepseek_v4",
+        5,
+        VOCAB - 1,
+        [1, 3],
+    )
     assert (v4.num_key_value_heads, v4.n_routed_experts, v4.num_experts_per_tok) == (1, 4, 2)
     assert v4.enable_confidence_head and not v4.confidence_head_bias
     v5_rope = draft_config_dict(VOCAB, rope_parameters={"rope_type": "default", "rope_theta": 5e5})

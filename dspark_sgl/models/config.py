@@ -151,14 +151,20 @@ class DraftConfig:
         hidden = _int(merged, "hidden_size", minimum=1)
         heads = _int(merged, "num_attention_heads", minimum=1)
         taps = merged.get("target_layer_ids")
-        if not isinstance(taps, list) or not taps or not all(
-            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in taps
+        if (
+            not isinstance(taps, list)
+            or not taps
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in taps)
         ):
-            raise ValueError(f"draft config: target_layer_ids must be a non-empty list of ints >= 0, got {taps!r}")
+            raise ValueError(
+                f"draft config: target_layer_ids must be a non-empty list of ints >= 0, got {taps!r}"
+            )
         markov_rank = _int(merged, "markov_rank", 0)
         head_type = str(merged.get("markov_head_type") or "vanilla").lower()
         if head_type not in MARKOV_HEAD_TYPES:
-            raise ValueError(f"draft config: markov_head_type {head_type!r} is not one of {MARKOV_HEAD_TYPES}")
+            raise ValueError(
+                f"draft config: markov_head_type {head_type!r} is not one of {MARKOV_HEAD_TYPES}"
+            )
         enable_conf = bool(merged.get("enable_confidence_head", markov_rank > 0))
         conf_markov = bool(merged.get("confidence_head_with_markov", markov_rank > 0))
         if conf_markov and enable_conf and markov_rank == 0:
@@ -176,7 +182,9 @@ class DraftConfig:
             head_dim = _int(merged, "head_dim", hidden // heads, minimum=1)
             intermediate = _int(merged, "intermediate_size", minimum=1)
         if heads % kv_heads:
-            raise ValueError(f"draft config: {heads} attention heads are not a multiple of {kv_heads} KV heads")
+            raise ValueError(
+                f"draft config: {heads} attention heads are not a multiple of {kv_heads} KV heads"
+            )
         default_act = "gelu_pytorch_tanh" if arch == "gemma4" else "silu"
         config = cls(
             arch=arch,

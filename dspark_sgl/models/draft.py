@@ -65,7 +65,9 @@ class DraftLayer(nn.Module):
         else:
             self.mlp = GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, ctx: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, ctx: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
         attn = self.self_attn(self.input_layernorm(x), positions, *ctx)
         if self.sandwich:
             x = x + self.post_attention_layernorm(attn)
@@ -94,9 +96,13 @@ class MarkovModule(nn.Module):
         """The inference head over these weights (no copies of W1/W2)."""
         w1, w2 = self.markov_w1.weight.detach(), self.markov_w2.weight.detach()
         if self.head_type == "gated":
-            return markov.GatedMarkovHead(w1, w2, self.gate_proj.weight.detach(), self.gate_proj.bias.detach())
+            return markov.GatedMarkovHead(
+                w1, w2, self.gate_proj.weight.detach(), self.gate_proj.bias.detach()
+            )
         if self.head_type == "rnn":
-            return markov.RnnMarkovHead(w1, w2, self.joint_proj.weight.detach(), self.joint_proj.bias.detach())
+            return markov.RnnMarkovHead(
+                w1, w2, self.joint_proj.weight.detach(), self.joint_proj.bias.detach()
+            )
         return markov.VanillaMarkovHead(w1, w2)
 
 
@@ -168,7 +174,9 @@ class DSparkDraft(nn.Module):
                 raise ValueError("this draft has no confidence head to calibrate")
             temperatures = torch.as_tensor(temperatures, dtype=torch.float32).reshape(-1)
             if temperatures.numel() != self.gamma:
-                raise ValueError(f"STS needs {self.gamma} temperatures (one per position), got {temperatures.numel()}")
+                raise ValueError(
+                    f"STS needs {self.gamma} temperatures (one per position), got {temperatures.numel()}"
+                )
             if not bool((torch.isfinite(temperatures) & (temperatures > 0)).all()):
                 raise ValueError("STS temperatures must be finite and > 0")
             temperatures = temperatures.to(self.fc.weight.device)
@@ -183,7 +191,11 @@ class DSparkDraft(nn.Module):
         """(Markov head, confidence head) over the current weights, built once."""
         if self._samplers is None:
             head = self.markov_head.sampler() if self.markov_head is not None else None
-            conf = self.confidence_head.sampler(self.sts_temperatures) if self.confidence_head is not None else None
+            conf = (
+                self.confidence_head.sampler(self.sts_temperatures)
+                if self.confidence_head is not None
+                else None
+            )
             self._samplers = (head, conf)
         return self._samplers
 
@@ -206,7 +218,9 @@ class DSparkDraft(nn.Module):
     def block_inputs(self, anchor: torch.Tensor, gamma: int | None = None) -> torch.Tensor:
         """[R, g] token ids ``[x0, MASK, ..., MASK]``."""
         gamma = self.gamma if gamma is None else gamma
-        block = torch.full((anchor.shape[0], gamma), self.config.mask_token_id, dtype=torch.int64, device=anchor.device)
+        block = torch.full(
+            (anchor.shape[0], gamma), self.config.mask_token_id, dtype=torch.int64, device=anchor.device
+        )
         block[:, 0] = anchor
         return block
 

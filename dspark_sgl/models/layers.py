@@ -9,7 +9,7 @@ a request's output does not depend on what else is in the batch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from dspark_sgl.models.config import DraftConfig
@@ -105,12 +105,16 @@ class MoE(nn.Module):
         self.top_k = config.num_experts_per_tok
         self.scale = config.routed_scaling_factor
         self.gate = nn.Linear(h, config.n_routed_experts, bias=False)
-        self.gate.register_parameter("e_score_correction_bias", nn.Parameter(torch.zeros(config.n_routed_experts)))
+        self.gate.register_parameter(
+            "e_score_correction_bias", nn.Parameter(torch.zeros(config.n_routed_experts))
+        )
         self.experts = nn.ModuleList(
             GatedMLP(h, inter, config.hidden_act) for _ in range(config.n_routed_experts)
         )
         self.shared_experts = (
-            GatedMLP(h, inter * config.n_shared_experts, config.hidden_act) if config.n_shared_experts else None
+            GatedMLP(h, inter * config.n_shared_experts, config.hidden_act)
+            if config.n_shared_experts
+            else None
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +159,9 @@ class ContextAttention(nn.Module):
         self.q_norm = RMSNorm(d, config.rms_norm_eps, style=norm_style)
         self.k_norm = RMSNorm(d, config.rms_norm_eps, style=norm_style)
         self.value_mode = value_mode
-        self.value_norm = RMSNorm(d, config.rms_norm_eps, with_scale=False) if value_mode == "gemma4" else None
+        self.value_norm = (
+            RMSNorm(d, config.rms_norm_eps, with_scale=False) if value_mode == "gemma4" else None
+        )
         self.scaling = scaling
         self.sliding_window = config.sliding_window
         self.register_buffer(
