@@ -46,27 +46,31 @@ def _text_config(config):
 class TargetRunner:
     """Batched forward of an HF causal LM over a KV cache with per-request holes.
 
-    ``valid`` [B, S] bool marks the cache slots each request committed; ``next_pos`` [B]
-    int64 is the position of each request's next token.
+    ``valid`` [B, S] bool marks the cache slots each request committed, ``slot_pos``
+    [B, S] int64 their positions; ``next_pos`` [B] int64 is the position of each request's
+    next token. Targets with sliding-window layers (Gemma, Qwen3 ``layer_types``) get a
+    second mask limited to the window, passed as HF's per-layer-type mask mapping.
     """
 
     def __init__(self, model, tap_layer_ids: Sequence[int]) -> None:
         from transformers import DynamicCache
 
         text = _text_config(model.config)
-        layer_types = getattr(text, "layer_types", None) or []
-        if any(t != "full_attention" for t in layer_types) or getattr(text, "use_sliding_window", False):
+        layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
+        unknown = layer_types - {"full_attention", "sliding_attention"}
+        if unknown:
             raise ValueError(
-                "the engine supports targets whose layers all use full attention; this target has "
-                f"layer types {sorted(set(layer_types))} / sliding windows"
+                f"the engine supports full and sliding-window attention layers, not {sorted(unknown)}"
             )
+        self.sliding_window = int(text.sliding_window) if "sliding_attention" in layer_types else None
+        if self.sliding_window is None and getattr(text, "use_sliding_window", False):
+            raise ValueError("use_sliding_window targets without layer_types are not supported")
         self.model = model
         self.taps = list(tap_layer_ids)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.cache = DynamicCache()
-        self.valid = torch.zeros(0, 0, dtype=torch.bool, device=self.device)
-        self.next_pos = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.start(0)
 
     @property
     def rows(self) -> int:
@@ -75,8 +79,11 @@ class TargetRunner:
     def start(self, rows: int) -> None:
         from transformers import DynamicCache
 
+        # A cache without a config keeps every layer's full KV; sliding windows are
+        # applied by the mask, so the holes of every request stay addressable.
         self.cache = DynamicCache()
         self.valid = torch.zeros(rows, 0, dtype=torch.bool, device=self.device)
+        self.slot_pos = torch.zeros(rows, 0, dtype=torch.int64, device=self.device)
         self.next_pos = torch.zeros(rows, dtype=torch.int64, device=self.device)
 
     @torch.no_grad()
@@ -90,12 +97,15 @@ class TargetRunner:
         allowed = torch.cat(
             [self.valid[:, None, :].expand(rows, length, -1), causal.expand(rows, -1, -1)], dim=-1
         )
-        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
-        mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
+        mask: torch.Tensor | dict[str, torch.Tensor] = self._additive(allowed)
+        if self.sliding_window is not None:
+            key_pos = torch.cat([self.slot_pos, positions], dim=1)
+            near = key_pos[:, None, :] > positions[:, :, None] - self.sliding_window
+            mask = {"full_attention": mask, "sliding_attention": self._additive(allowed & near)}
         out = self.model(
             input_ids=tokens,
             position_ids=positions,
-            attention_mask=mask[:, None],
+            attention_mask=mask,
             past_key_values=self.cache,
             use_cache=True,
             output_hidden_states=True,
@@ -104,9 +114,15 @@ class TargetRunner:
         self.valid = torch.cat(
             [self.valid, torch.zeros(rows, length, dtype=torch.bool, device=self.device)], dim=1
         )
+        self.slot_pos = torch.cat([self.slot_pos, positions], dim=1)
         self._pending = length
         taps = torch.cat([out.hidden_states[t + 1] for t in self.taps], dim=-1)
         return out.logits.float(), taps
+
+    def _additive(self, allowed: torch.Tensor) -> torch.Tensor:
+        """[B, L, S] bool -> [B, 1, L, S] additive mask in the model dtype."""
+        mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
 
     def commit(self, keep: torch.Tensor) -> None:
         """Keep the first ``keep[b]`` tokens of the last :meth:`extend` for row b."""
@@ -126,10 +142,12 @@ class TargetRunner:
             layer.keys = layer.keys.gather(2, index)
             layer.values = layer.values.gather(2, index)
         self.valid = self.valid.gather(1, order)
+        self.slot_pos = self.slot_pos.gather(1, order)
 
     def select(self, rows: torch.Tensor) -> None:
         self.cache.batch_select_indices(rows)
         self.valid = self.valid[rows]
+        self.slot_pos = self.slot_pos[rows]
         self.next_pos = self.next_pos[rows]
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import record_p_value
 from scipy import stats
-from tiny_models import bigram_draft, tiny_draft, tiny_target
+from tiny_models import GEMMA4_DRAFT, bigram_draft, tiny_draft, tiny_gemma4_target, tiny_target
 
 from dspark_sgl.engine import SpeculativeEngine
 from dspark_sgl.scheduler import SpsTable
@@ -43,6 +43,16 @@ def test_greedy_equals_target_generate(kind, scheduler):
     if scheduler != "full":
         verified = {r.verified for r in result.rounds}
         assert len(verified) > 1, f"the {scheduler} scheduler never varied the verify length"
+
+
+def test_gemma4_target_with_sliding_window_layers_and_gemma4_draft():
+    target = tiny_gemma4_target(96, embed_scale=10.0)
+    draft = bigram_draft(target, markov_head_type="gated", **GEMMA4_DRAFT)
+    assert draft.config.arch == "gemma4"
+    result = SpeculativeEngine(target, draft).generate(PROMPTS, max_new_tokens=30)
+    for prompt, tokens in zip(PROMPTS, result.tokens, strict=True):
+        assert tokens == _reference_greedy(target, prompt, 30)  # prompts and outputs exceed the window
+    assert max(r.accepted for r in result.rounds) >= 1
 
 
 def test_stop_tokens_and_max_new_tokens_end_requests():

@@ -83,6 +83,49 @@ def tiny_target(
     return model.eval()
 
 
+def tiny_gemma4_target(vocab: int, *, seed: int = 0, embed_scale: float = 1.0, window: int = 4):
+    """A random Gemma4 text target: three sliding-window layers (window 4) and one global
+    layer with k_eq_v, final logit softcap 30."""
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    config = Gemma4TextConfig(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=TARGET_LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_global_key_value_heads=2,
+        head_dim=8,
+        global_head_dim=8,
+        sliding_window=window,
+        layer_types=["sliding_attention"] * (TARGET_LAYERS - 1) + ["full_attention"],
+        hidden_size_per_layer_input=0,
+        attention_k_eq_v=True,
+        final_logit_softcapping=30.0,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = Gemma4ForCausalLM(config)
+    model.config._attn_implementation = "sdpa"
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(embed_scale)
+    return model.eval()
+
+
+GEMMA4_DRAFT = {
+    "architectures": ["Gemma4DSparkModel"],
+    "model_type": "gemma4_text",
+    "rope_parameters": {
+        "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}
+    },
+    "final_logit_softcapping": 30.0,
+    "attention_k_eq_v": True,
+}
+
+
 def draft_config_dict(vocab: int, **overrides) -> dict:
     raw = {
         "architectures": ["Qwen3DSparkModel"],
