@@ -29,6 +29,7 @@ import torch
 from dspark_sgl.models import deepseek_v4
 from dspark_sgl.models.config import DraftConfig
 from dspark_sgl.models.draft import DSparkDraft
+from dspark_sgl.models.layers import rope_inv_freq
 
 __all__ = ["FORMATS", "load_draft", "load_draft_config", "read_tensors", "save_draft"]
 
@@ -153,17 +154,14 @@ def load_draft(
         if name not in tensors:
             params[name].data.zero_()
     for layer in model.layers:
-        layer.self_attn.inv_freq = _fresh_inv_freq(config, device)
+        # Non-persistent buffer: to_empty() left it uninitialised.
+        layer.self_attn.inv_freq = rope_inv_freq(
+            config.head_dim, config.rope_theta, config.partial_rotary_factor
+        ).to(device)
     model.checkpoint_format = fmt
     model.has_vocab_weights = model.vocab_attached = all(n in tensors for n in _OPTIONAL)
     model.eval()
     return model
-
-
-def _fresh_inv_freq(config: DraftConfig, device: str | torch.device) -> torch.Tensor:
-    from dspark_sgl.models.layers import rope_inv_freq
-
-    return rope_inv_freq(config.head_dim, config.rope_theta, config.partial_rotary_factor).to(device)
 
 
 def save_draft(

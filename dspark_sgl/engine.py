@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dspark_sgl import scheduler as sched
-from dspark_sgl.models.draft import ContextCache, DSparkDraft
+from dspark_sgl.models.draft import ContextCache, DSparkDraft, ragged_rows
 from dspark_sgl.verify import chain_verify
 
 __all__ = ["SCHEDULERS", "GenerationResult", "RoundRecord", "SpeculativeEngine", "TargetRunner"]
@@ -269,7 +269,7 @@ class SpeculativeEngine:
         runner = self.runner
         runner.start(rows)
         context = ContextCache(self.draft, rows, device, self.draft.fc.weight.dtype)
-        active = torch.arange(rows, device=device)  # request id of each live row
+        active = list(range(rows))  # request id of each live row
         temp = torch.tensor(temps, dtype=torch.float32, device=device)
         outputs: list[list[int]] = [[] for _ in range(rows)]
         records: list[RoundRecord] = []
@@ -285,8 +285,7 @@ class SpeculativeEngine:
         _sync(device)
         target_time += time.perf_counter() - t0
         runner.commit(lengths)
-        row_of = torch.arange(rows, device=device).repeat_interleave(lengths)
-        slot = torch.cat([torch.arange(int(n), device=device) for n in lengths])
+        row_of, slot = ragged_rows(lengths)
         context.append(taps[row_of, slot], slot, row_of)
         last = logits[torch.arange(rows, device=device), lengths - 1][:, None]
         empty = torch.zeros(rows, 0, self.vocab_size, device=device)
@@ -300,25 +299,26 @@ class SpeculativeEngine:
             offset=0,
         )
         anchor = first[:, 0]
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        for i in range(rows):
-            tok = int(anchor[i])
+        done = []
+        for i, tok in enumerate(anchor.tolist()):
             outputs[i].append(tok)
-            done[i] = tok in stops or max_new_tokens <= 1
+            done.append(tok in stops or max_new_tokens <= 1)
 
         bar = _progress(progress, rows * max_new_tokens)
         bar.update(rows)
         round_index = 0
         while True:
-            keep_rows = (~done[active]).nonzero().squeeze(1)
-            if keep_rows.numel() == 0:
+            live = [r for r, req in enumerate(active) if not done[req]]
+            if not live:
                 break
-            if keep_rows.numel() < active.numel():
-                active, anchor, temp = active[keep_rows], anchor[keep_rows], temp[keep_rows]
+            if len(live) < len(active):
+                keep_rows = torch.tensor(live, device=device)
+                active = [active[r] for r in live]
+                anchor, temp = anchor[keep_rows], temp[keep_rows]
                 runner.select(keep_rows)
                 context.select(keep_rows)
             round_index += 1
-            n = active.numel()
+            n = len(active)
 
             t0 = time.perf_counter()
             block = self.draft.draft(
@@ -340,8 +340,7 @@ class SpeculativeEngine:
             keep = accept_lens.to(torch.int64) + 1
             anchor_pos = runner.next_pos.clone()
             runner.commit(keep)
-            row_of = torch.arange(n, device=device).repeat_interleave(keep)
-            slot = torch.cat([torch.arange(int(k), device=device) for k in keep])
+            row_of, slot = ragged_rows(keep)
             context.append(taps[row_of, slot], anchor_pos[row_of] + slot, row_of)
             _sync(device)
             target_time += time.perf_counter() - t0
@@ -350,8 +349,7 @@ class SpeculativeEngine:
             out_cpu, acc_cpu, ver_cpu = out_tokens.tolist(), accept_lens.tolist(), verify_lens.tolist()
             conf = block.confidence.tolist() if block.confidence is not None else None
             conf_logits = block.confidence_logits.tolist() if block.confidence_logits is not None else None
-            for r in range(n):
-                req = int(active[r])
+            for r, req in enumerate(active):
                 new = out_cpu[r][: acc_cpu[r] + 1]
                 room = max_new_tokens - len(outputs[req])
                 emitted = []
@@ -387,7 +385,7 @@ class SpeculativeEngine:
     def _schedule(
         self,
         confidence: torch.Tensor | None,
-        active: torch.Tensor,
+        active: list[int],
         history: dict[int, list[torch.Tensor]],
         scheduler: str,
         sps: sched.SpsTable | None,
@@ -399,8 +397,8 @@ class SpeculativeEngine:
         if scheduler == "causal":
             return sched.schedule_causal(confidence, sps).to(torch.int64)
         stale = []
-        for r in range(rows):
-            past = history[int(active[r])]
+        for r, req in enumerate(active):
+            past = history[req]
             stale.append(past[-2] if len(past) >= 2 else torch.ones(gamma, device=self.device))
             past.append(confidence[r])
             del past[:-2]

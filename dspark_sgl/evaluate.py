@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dspark_sgl import calibration
+from dspark_sgl import _io, calibration
 from dspark_sgl.engine import RoundRecord
 
 __all__ = ["DEFAULT_PROMPTS", "PAPER_ORDER", "dataset_metrics", "load_prompts", "main_calibrate", "main_eval"]
@@ -59,14 +59,7 @@ def load_prompts(
     found: dict[str, list[str]] = {}
     for file in files:
         turns = []
-        # split on "\n" only: prompts may hold U+2028 and other separators splitlines() uses
-        for number, line in enumerate(file.read_text(encoding="utf-8").split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}:{number}: not JSON ({exc})") from exc
+        for number, record in _io.iter_jsonl(file):
             first = record.get("turns", [None])[0] if isinstance(record, dict) else None
             if not isinstance(first, str):
                 raise ValueError(f"{file}:{number}: expected {{'turns': [str, ...]}}")
@@ -261,10 +254,10 @@ def run_eval(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     return report, trace
 
 
-def _eval_parser(prog: str) -> argparse.ArgumentParser:
+def _eval_parser(prog: str, *, pair_required: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[1])
-    p.add_argument("--target", required=True, help="target model directory (HF format)")
-    p.add_argument("--draft", required=True, help="draft directory (config.json + *.safetensors)")
+    p.add_argument("--target", required=pair_required, help="target model directory (HF format)")
+    p.add_argument("--draft", required=pair_required, help="draft directory (config.json + *.safetensors)")
     p.add_argument("--prompts", nargs="*", help=f"jsonl files or directories (default {DEFAULT_PROMPTS})")
     p.add_argument("--datasets", help="comma-separated dataset names (file stems) to run")
     p.add_argument("--num-prompts", type=int, default=8, help="prompts per dataset (default 8)")
@@ -301,30 +294,23 @@ def main_eval(argv: list[str] | None = None) -> int:
 def read_trace(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """(confidence_logits [N, g] float64, accepted [N], verified [N], datasets) of an eval trace."""
     z, acc, ver, names = [], [], [], []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            record = json.loads(line)
-            if "confidence_logits" not in record:
-                raise ValueError(
-                    f"{path}:{number}: no confidence_logits (was the draft run with a confidence head?)"
-                )
-            z.append(record["confidence_logits"])
-            acc.append(int(record["accepted"]))
-            ver.append(int(record.get("verified", len(record["confidence_logits"]))))
-            if record["dataset"] not in names:
-                names.append(record["dataset"])
+    for number, record in _io.iter_jsonl(path):
+        if "confidence_logits" not in record:
+            raise ValueError(
+                f"{path}:{number}: no confidence_logits (was the draft run with a confidence head?)"
+            )
+        z.append(record["confidence_logits"])
+        acc.append(int(record["accepted"]))
+        ver.append(int(record.get("verified", len(record["confidence_logits"]))))
+        if record["dataset"] not in names:
+            names.append(record["dataset"])
     if not z:
         raise ValueError(f"{path}: no rounds")
     return torch.tensor(z, dtype=torch.float64), torch.tensor(acc), torch.tensor(ver), names
 
 
 def main_calibrate(argv: list[str] | None = None) -> int:
-    p = _eval_parser("python -m dspark_sgl calibrate")
-    for action in p._actions:
-        if action.dest in ("target", "draft"):
-            action.required = False
+    p = _eval_parser("python -m dspark_sgl calibrate", pair_required=False)
     p.add_argument("--from-trace", help="fit on an eval trace instead of running the pair")
     p.add_argument("--out", default="sts.json", help="STS JSON path (SGLang's format)")
     p.add_argument("--bins", type=int, default=20)

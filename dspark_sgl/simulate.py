@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from dspark_sgl import rng, scheduler
+from dspark_sgl import _io, rng, scheduler
 from dspark_sgl.scheduler import SpsTable
 
 __all__ = [
@@ -148,46 +148,33 @@ class AcceptanceTrace:
         dataset: list[int] = []
         gamma = None
         has_confidence = None
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
-                if not isinstance(record, dict) or "accepted" not in record or "dataset" not in record:
-                    raise ValueError(f"{path}:{number}: a round needs 'dataset' and 'accepted'")
-                conf = record.get("confidence")
-                width = len(conf) if isinstance(conf, list) else record.get("gamma")
-                if conf is not None and not (
-                    isinstance(conf, list)
-                    and conf
-                    and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in conf)
-                ):
-                    raise ValueError(
-                        f"{path}:{number}: confidence must be a non-empty list of values in [0, 1]"
-                    )
-                if conf is None and not isinstance(width, int):
-                    raise ValueError(f"{path}:{number}: give 'confidence' or 'gamma' (the block size)")
-                gamma = width if gamma is None else gamma
-                if width != gamma:
-                    raise ValueError(
-                        f"{path}:{number}: block size {width} differs from earlier rounds' {gamma}"
-                    )
-                if has_confidence is None:
-                    has_confidence = conf is not None
-                elif has_confidence != (conf is not None):
-                    raise ValueError(f"{path}:{number}: either every round has 'confidence' or none does")
-                acc = record["accepted"]
-                if isinstance(acc, bool) or not isinstance(acc, int) or not 0 <= acc <= gamma:
-                    raise ValueError(
-                        f"{path}:{number}: accepted must be an integer in [0, {gamma}], got {acc!r}"
-                    )
-                accepted.append(acc)
-                dataset.append(names.setdefault(str(record["dataset"]), len(names)))
-                if conf is not None:
-                    confidence.append([float(c) for c in conf])
+        for number, record in _io.iter_jsonl(path):
+            if not isinstance(record, dict) or "accepted" not in record or "dataset" not in record:
+                raise ValueError(f"{path}:{number}: a round needs 'dataset' and 'accepted'")
+            conf = record.get("confidence")
+            width = len(conf) if isinstance(conf, list) else record.get("gamma")
+            if conf is not None and not (
+                isinstance(conf, list)
+                and conf
+                and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in conf)
+            ):
+                raise ValueError(f"{path}:{number}: confidence must be a non-empty list of values in [0, 1]")
+            if conf is None and not isinstance(width, int):
+                raise ValueError(f"{path}:{number}: give 'confidence' or 'gamma' (the block size)")
+            gamma = width if gamma is None else gamma
+            if width != gamma:
+                raise ValueError(f"{path}:{number}: block size {width} differs from earlier rounds' {gamma}")
+            if has_confidence is None:
+                has_confidence = conf is not None
+            elif has_confidence != (conf is not None):
+                raise ValueError(f"{path}:{number}: either every round has 'confidence' or none does")
+            acc = record["accepted"]
+            if isinstance(acc, bool) or not isinstance(acc, int) or not 0 <= acc <= gamma:
+                raise ValueError(f"{path}:{number}: accepted must be an integer in [0, {gamma}], got {acc!r}")
+            accepted.append(acc)
+            dataset.append(names.setdefault(str(record["dataset"]), len(names)))
+            if conf is not None:
+                confidence.append([float(c) for c in conf])
         if not accepted:
             raise ValueError(f"{path}: no rounds")
         order = torch.argsort(torch.tensor(dataset), stable=True)

@@ -75,12 +75,7 @@ def tiny_target(
         bos_token_id=None,
         pad_token_id=None,
     )
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
-    model.config._attn_implementation = "sdpa"
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(embed_scale)
-    return model.eval()
+    return _random_model(Qwen3ForCausalLM, config, seed, embed_scale)
 
 
 def tiny_gemma4_target(vocab: int, *, seed: int = 0, embed_scale: float = 1.0, window: int = 4):
@@ -107,8 +102,13 @@ def tiny_gemma4_target(vocab: int, *, seed: int = 0, embed_scale: float = 1.0, w
         bos_token_id=None,
         pad_token_id=None,
     )
+    return _random_model(Gemma4ForCausalLM, config, seed, embed_scale)
+
+
+def _random_model(model_class, config, seed: int, embed_scale: float):
+    """Seeded random init, SDPA attention, embeddings scaled by ``embed_scale``, eval mode."""
     torch.manual_seed(seed)
-    model = Gemma4ForCausalLM(config)
+    model = model_class(config)
     model.config._attn_implementation = "sdpa"
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(embed_scale)

@@ -35,7 +35,7 @@ from dspark_sgl import markov, rng
 from dspark_sgl.models.config import DraftConfig
 from dspark_sgl.models.layers import ContextAttention, GatedMLP, MoE, RMSNorm
 
-__all__ = ["ConfidenceModule", "ContextCache", "DSparkDraft", "DraftLayer", "MarkovModule"]
+__all__ = ["ConfidenceModule", "ContextCache", "DSparkDraft", "DraftLayer", "MarkovModule", "ragged_rows"]
 
 
 class DraftLayer(nn.Module):
@@ -294,6 +294,14 @@ class DSparkDraft(nn.Module):
         return markov.DraftBlock(tokens=tokens, logits=base)
 
 
+def ragged_rows(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten per-request counts [R] int64 into (request [N], index within request [N]),
+    requests in order: counts [2, 3] -> ([0, 0, 1, 1, 1], [0, 1, 0, 1, 2])."""
+    requests = torch.arange(counts.numel(), device=counts.device).repeat_interleave(counts)
+    starts = torch.cumsum(counts, 0) - counts
+    return requests, torch.arange(requests.numel(), device=counts.device) - starts[requests]
+
+
 class ContextCache:
     """Per-request draft context: for every layer K/V ``[R, cap, kv_heads, d]``, the
     positions ``[R, cap]`` int64 and the lengths ``[R]`` int64. Rows past a request's
@@ -343,8 +351,7 @@ class ContextCache:
         if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):
             raise ValueError("context rows must be grouped by request in non-decreasing order")
         counts = torch.bincount(rows, minlength=self.rows)
-        starts = torch.cumsum(counts, 0) - counts
-        slots = self.lengths[rows] + torch.arange(rows.numel(), device=self.device) - starts[rows]
+        slots = self.lengths[rows] + ragged_rows(counts)[1]
         self._grow(int((self.lengths + counts).max()))
         ctx = self.model.project_context(taps)
         self.positions[rows, slots] = positions
