@@ -9,6 +9,7 @@ COMMANDS = {
     "simulate": "continuous-batching serving simulation: the throughput/interactivity frontier",
     "eval": "acceptance of a draft against its target over prompt datasets (the paper's protocol)",
     "calibrate": "fit the confidence head's STS temperatures and write SGLang's STS JSON",
+    "train": "train a DSpark or DFlash draft against a frozen target (DeepSpec recipe, target online)",
 }
 
 
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from dspark_sgl import evaluate
 
         return evaluate.main_calibrate(argv[1:])
+    if argv[0] == "train":
+        from dspark_sgl import train
+
+        return train.main(argv[1:])
     return 2
 
 

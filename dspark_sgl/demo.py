@@ -1,194 +1,151 @@
-"""``python -m dspark_sgl demo``: DSpark decoding rounds on a seeded synthetic model pair.
+"""``python -m dspark_sgl demo``: speculative decoding on the embedded model pair.
 
-The synthetic target is a first-order chain over V tokens (``P[prev] = softmax(L[prev])``).
-The synthetic parallel backbone predicts, for slot k, half the log of the k-step
-marginal from the anchor (what a parallel drafter that cannot see x_{<k} would
-learn), and the Markov head is the rank-r SVD of half the centred log transition
-matrix, so ``logits_k = U_k + W1[x_{k-1}] W2`` mixes both. The confidence of draft k is
-its exact acceptance probability ``sum_v min(p_k, q_k)`` (an oracle standing in for a
-trained head; it depends only on x_{<k}, as a real head does).
+Loads the repository's ``models/`` pair (a small Qwen3 target trained from scratch and its
+DSpark draft, see ``models/README.md``), then for a few coding prompts:
 
-Each round drafts with :func:`~dspark_sgl.markov.sample_block`, schedules with
-:func:`~dspark_sgl.scheduler.schedule_causal` under a light (memory-bound) and a heavy
-(compute-bound) SPS table, verifies with :func:`~dspark_sgl.verify.chain_verify` and
-commits; full-block verification runs beside them for comparison.
+1. generates greedily with :class:`~dspark_sgl.engine.SpeculativeEngine` and with the
+   target alone (``generate``), prints the text, tau and tokens/s of both, and checks that
+   the speculative output equals the target's own token for token;
+2. samples at temperature 1 with the DSpark draft (lossless rejection sampling) and prints
+   tau and tokens/s.
+
+Runs on CPU, or on the GPU when one is present. ``--synthetic`` runs the older synthetic
+demo instead (:mod:`dspark_sgl.synthetic_demo`, no ``transformers`` needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from dspark_sgl import _dispatch, markov, scheduler, verify
-
-LIGHT_SPS = scheduler.SpsTable([(1, 100.0), (64, 98.0), (256, 92.0), (1024, 70.0), (4096, 30.0)])
-HEAVY_SPS = scheduler.SpsTable([(1, 100.0), (8, 90.0), (16, 72.0), (32, 46.0), (64, 25.0), (128, 13.0)])
-
-
-@dataclass
-class SyntheticPair:
-    """A bigram target and a Markov draft over a small vocabulary (all float32)."""
-
-    target_logits: torch.Tensor  # [V, V]: logits of the next token given the previous one
-    marginal_logits: torch.Tensor  # [g, V, V]: backbone base logits U_k for each anchor
-    w1: torch.Tensor  # [V, r]
-    w2: torch.Tensor  # [V, r]
-
-    @property
-    def vocab_size(self) -> int:
-        return self.target_logits.shape[0]
-
-    @property
-    def gamma(self) -> int:
-        return self.marginal_logits.shape[0]
+PROMPTS = (
+    "Return the number of vowels in the given string.",
+    "Write a function that checks whether a number is prime.",
+    "Return a sorted list of the unique elements of a list.",
+    "Parse a comma-separated line and return the fields as a list.",
+)
 
 
-def make_synthetic_pair(vocab: int, gamma: int, rank: int, seed: int, device: torch.device) -> SyntheticPair:
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(vocab, 4, generator=gen)
-    b = torch.randn(vocab, 4, generator=gen)
-    logits = 1.6 * (a @ b.T) + 0.8 * torch.randn(vocab, vocab, generator=gen)
-    log_p = torch.log_softmax(logits, dim=-1)
-    p = log_p.exp()
-    marginals = []
-    step = torch.eye(vocab)
-    for _ in range(gamma):
-        step = step @ p
-        marginals.append(0.5 * step.clamp_min(1e-30).log())
-    centred = 0.5 * (log_p - log_p.mean(dim=-1, keepdim=True))
-    u, s, vh = torch.linalg.svd(centred)
-    w1 = u[:, :rank] * s[:rank].sqrt()
-    w2 = vh[:rank].T * s[:rank].sqrt()
-    return SyntheticPair(logits.to(device), torch.stack(marginals).to(device), w1.to(device), w2.to(device))
+def default_models_dir() -> Path | None:
+    """``$DSPARK_SGL_MODELS``, else ``models/`` beside the package (a source checkout)."""
+    env = os.environ.get("DSPARK_SGL_MODELS")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent.parent / "models"
+    return here if (here / "target").is_dir() else None
 
 
-def exact_acceptance(
-    target_logits: torch.Tensor, draft_logits: torch.Tensor, temperature: torch.Tensor
-) -> torch.Tensor:
-    """sum_v min(p, q) per position: [R, g] from [R, g, V] logits (greedy rows: 1 if argmaxes match)."""
-    safe_t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None, None]
-    p = torch.softmax(target_logits / safe_t, dim=-1)
-    q = torch.softmax(draft_logits / safe_t, dim=-1)
-    sampled = torch.minimum(p, q).sum(dim=-1)
-    greedy = (target_logits.argmax(-1) == draft_logits.argmax(-1)).float()
-    return torch.where(temperature[:, None] > 0, sampled, greedy).clamp(0.0, 1.0)
-
-
-@dataclass
-class PolicyStats:
-    name: str
-    sps: scheduler.SpsTable
-    emitted: int = 0
-    verified: int = 0
-    rounds: int = 0
-    seconds: float = 0.0
-
-
-def run_round(
-    pair: SyntheticPair, anchor: torch.Tensor, temperature: torch.Tensor, policy: str, seed: int, offset: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One round for R requests: (verify_lens [R], accept_lens [R], out_tokens [R, g+1])."""
-    base = pair.marginal_logits[:, anchor].transpose(0, 1)  # [R, g, V]
-    block = markov.sample_block(base, anchor, pair.w1, pair.w2, temperature, seed=seed, offset=offset)
-    chain = torch.cat([anchor[:, None], block.tokens], dim=1)  # [R, g+1]
-    target = pair.target_logits[chain]  # [R, g+1, V]
-    confidence = exact_acceptance(target[:, :-1], block.logits, temperature)
-    if policy == "full":
-        lens = torch.full_like(anchor, pair.gamma, dtype=torch.int32)
-    else:
-        lens = scheduler.schedule_causal(confidence, LIGHT_SPS if policy == "light" else HEAVY_SPS)
-    accept, out = verify.chain_verify(
-        target, block.logits, block.tokens, lens, temperature, seed=seed, offset=offset
+def _target_alone(
+    target, prompt: list[int], max_new_tokens: int, stops: list[int]
+) -> tuple[list[int], float]:
+    device = next(target.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    t0 = time.perf_counter()
+    out = target.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=stops,
+        pad_token_id=stops[0],
     )
-    return lens, accept, out
-
-
-def greedy_check(pair: SyntheticPair, requests: int, rounds: int, device: torch.device) -> bool:
-    """Greedy speculative output equals the target's own greedy chain."""
-    anchor = torch.arange(requests, device=device) % pair.vocab_size
-    temperature = torch.zeros(requests, device=device)
-    produced: list[list[int]] = [[int(a)] for a in anchor]
-    for r in range(rounds):
-        _, accept, out = run_round(pair, anchor, temperature, "light", 0, r)
-        for i in range(requests):
-            produced[i].extend(out[i, : int(accept[i]) + 1].tolist())
-        anchor = torch.tensor([seq[-1] for seq in produced], device=device)
-    greedy_next = pair.target_logits.argmax(dim=-1).tolist()
-    return all(seq[t + 1] == greedy_next[seq[t]] for seq in produced for t in range(len(seq) - 1))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    new = out[0, len(prompt) :].tolist()
+    for i, tok in enumerate(new):
+        if tok in stops:
+            new = new[: i + 1]
+            break
+    return new, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dspark_sgl demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--gamma", type=int, default=7)
-    parser.add_argument("--vocab", type=int, default=48)
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    if args.requests < 1 or args.rounds < 1 or args.gamma < 1 or not 1 <= args.rank <= args.vocab:
-        parser.error("requests, rounds, gamma must be >= 1 and 1 <= rank <= vocab")
-    if args.temperature < 0:
-        parser.error("temperature must be >= 0")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--synthetic" in argv:
+        from dspark_sgl import synthetic_demo
+
+        argv.remove("--synthetic")
+        return synthetic_demo.main(argv)
+    p = argparse.ArgumentParser(prog="python -m dspark_sgl demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", type=Path, default=default_models_dir(), help="the pair's directory")
+    p.add_argument("--draft", default="dspark", help="draft subdirectory (dspark or dflash)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synthetic", action="store_true", help="the synthetic-pair demo instead")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = torch.device(args.device)
-    pair = make_synthetic_pair(args.vocab, args.gamma, args.rank, args.seed, device)
-    temperature = torch.full((args.requests,), args.temperature, device=device)
-
-    print(
-        f"DSpark demo: synthetic bigram target, V={args.vocab}, gamma={args.gamma}, Markov rank={args.rank}, "
-        f"R={args.requests} requests, T={args.temperature}, device={device}"
-    )
-    print(f"kernels: {_dispatch.describe()}")
-    print(f"light SPS table: {LIGHT_SPS}\nheavy SPS table: {HEAVY_SPS}\n")
-    policies = {
-        name: PolicyStats(name, LIGHT_SPS if name != "heavy" else HEAVY_SPS)
-        for name in ("full", "light", "heavy")
-    }
-    anchors = {name: torch.arange(args.requests, device=device) % args.vocab for name in policies}
-    start = time.perf_counter()
-    for rnd in range(args.rounds):
-        print(f"round {rnd:2d}")
-        for name, stats in policies.items():
-            lens, accept, out = run_round(pair, anchors[name], temperature, name, args.seed, rnd)
-            emitted = accept.to(torch.int64) + 1
-            batch_tokens = int(lens.sum()) + args.requests
-            stats.emitted += int(emitted.sum())
-            stats.verified += int(lens.sum())
-            stats.rounds += 1
-            stats.seconds += 1.0 / stats.sps(batch_tokens)
-            anchors[name] = out.gather(1, accept.to(torch.int64)[:, None]).squeeze(1)
-            label = {"full": "full block     ", "light": "causal, light  ", "heavy": "causal, heavy  "}[name]
-            print(
-                f"  {label} verify {lens.tolist()}  accepted {accept.tolist()}  "
-                f"tokens this round {int(emitted.sum())} ({int(emitted.sum()) / args.requests:.2f}/request)"
-            )
-    elapsed = time.perf_counter() - start
-
-    print("\nsummary (tokens/s simulated from each policy's SPS table)")
-    print(f"{'policy':<16}{'SPS table':<11}{'tau/request':>12}{'drafts verified':>17}{'tokens/s':>10}")
-    for name, stats in policies.items():
-        tau = stats.emitted / (stats.rounds * args.requests)
-        label = {"full": "full block", "light": "causal", "heavy": "causal"}[name]
-        print(
-            f"{label:<16}{'heavy' if name == 'heavy' else 'light':<11}{tau:>12.2f}"
-            f"{stats.verified / (stats.rounds * args.requests):>17.2f}{stats.emitted / stats.seconds:>10.0f}"
+    if args.models is None or not (args.models / "target").is_dir():
+        p.error(
+            "no embedded model pair found: pass --models DIR (with target/ and dspark/) "
+            "or set DSPARK_SGL_MODELS"
         )
-    full_heavy = sum(1.0 / HEAVY_SPS(args.requests * (args.gamma + 1)) for _ in range(args.rounds))
-    print(
-        f"{'full block':<16}{'heavy':<11}{policies['full'].emitted / (args.rounds * args.requests):>12.2f}"
-        f"{float(args.gamma):>17.2f}{policies['full'].emitted / full_heavy:>10.0f}"
+    try:
+        from dspark_sgl.engine import SpeculativeEngine
+        from dspark_sgl.evaluate import encode_prompt, load_pair, stop_tokens
+    except ImportError as exc:
+        p.error(f"the demo needs the hf extra (pip install 'dspark-sgl[hf]'): {exc}")
+    draft_dir = args.models / args.draft
+    sts = draft_dir / "sts.json"
+    tokenizer, target, draft = load_pair(
+        str(args.models / "target"),
+        str(draft_dir),
+        args.device,
+        "float32",
+        str(sts) if sts.is_file() else None,
     )
-    ok = greedy_check(pair, args.requests, 4, device)
+    engine = SpeculativeEngine(target, draft)
+    stops = stop_tokens(tokenizer, target)
+    kind = "DSpark" if draft.config.is_dspark else "DFlash"
     print(
-        "\ngreedy check (T=0): speculative output equals the target's greedy chain: "
-        + ("OK" if ok else "MISMATCH")
+        f"pair: {args.models}  target {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M params, "
+        f"{kind} draft gamma={draft.gamma}, device {engine.device}\n"
     )
-    print(f"wall time {elapsed:.2f} s for {args.rounds} rounds x 3 policies on {device}")
-    return 0 if ok else 1
+    prompts = [encode_prompt(tokenizer, text, True) for text in PROMPTS]
+    engine.generate(prompts[:1], max_new_tokens=4)  # warm-up
+
+    same, rounds = 0, []
+    spec_tokens = spec_seconds = base_tokens = base_seconds = 0.0
+    for text, prompt in zip(PROMPTS, prompts, strict=True):
+        result = engine.generate([prompt], max_new_tokens=args.max_new_tokens, stop_token_ids=stops)
+        alone, seconds = _target_alone(target, prompt, args.max_new_tokens, stops)
+        ours = result.tokens[0]
+        ok = ours == alone
+        same += ok
+        spec_tokens += len(ours)
+        spec_seconds += result.seconds
+        rounds.extend(result.rounds)
+        base_tokens += len(alone)
+        base_seconds += seconds
+        print(f">>> {text}\n{tokenizer.decode(ours, skip_special_tokens=True).rstrip()}")
+        print(
+            f"[tau {result.tau:.2f}, {'identical to' if ok else 'DIFFERS from'} the target's greedy output]\n"
+        )
+    sampled = engine.generate(
+        prompts, max_new_tokens=args.max_new_tokens, temperature=1.0, stop_token_ids=stops, seed=args.seed
+    )
+    spec_rate, base_rate = spec_tokens / spec_seconds, base_tokens / base_seconds
+    print("| mode | tau | tokens/s | vs target alone |")
+    print("| --- | --- | --- | --- |")
+    print(f"| target alone, greedy (HF generate) | 1.00 | {base_rate:.1f} | 1.00x |")
+    print(
+        f"| {kind} speculative, greedy | {sum(r.accepted + 1 for r in rounds) / len(rounds):.2f} | "
+        f"{spec_rate:.1f} | {spec_rate / base_rate:.2f}x |"
+    )
+    print(
+        f"| {kind} speculative, T=1 (batch {len(PROMPTS)}) | {sampled.tau:.2f} | "
+        f"{sampled.tokens_per_second:.1f} | - |"
+    )
+    verdict = "OK" if same == len(PROMPTS) else "MISMATCH"
+    print(
+        f"\ngreedy check: speculative output equals the target's own on {same}/{len(PROMPTS)} "
+        f"prompts: {verdict}"
+    )
+    return 0 if same == len(PROMPTS) else 1

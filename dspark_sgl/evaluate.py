@@ -203,12 +203,14 @@ def run_eval(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     per_dataset: dict[str, dict] = {}
     trace: list[dict] = []
     bar = tqdm(
-        total=sum(min(len(v), args.num_prompts) for v in prompts.values()),
+        total=sum(len(v[args.skip_prompts :][: args.num_prompts]) for v in prompts.values()),
         unit="prompt",
         disable=not args.progress,
     )
     for name, texts in prompts.items():
-        texts = texts[: args.num_prompts]
+        texts = texts[args.skip_prompts :][: args.num_prompts]
+        if not texts:
+            raise ValueError(f"dataset {name}: no prompts left after --skip-prompts {args.skip_prompts}")
         encoded = [
             encode_prompt(tokenizer, t, not args.no_chat_template)[-args.max_prompt_tokens :] for t in texts
         ]
@@ -261,6 +263,7 @@ def _eval_parser(prog: str, *, pair_required: bool = True) -> argparse.ArgumentP
     p.add_argument("--prompts", nargs="*", help=f"jsonl files or directories (default {DEFAULT_PROMPTS})")
     p.add_argument("--datasets", help="comma-separated dataset names (file stems) to run")
     p.add_argument("--num-prompts", type=int, default=8, help="prompts per dataset (default 8)")
+    p.add_argument("--skip-prompts", type=int, default=0, help="start at each dataset's N-th prompt")
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--max-prompt-tokens", type=int, default=4096, help="keep the last N prompt tokens")
     p.add_argument("--temperature", type=float, default=1.0)

@@ -13,7 +13,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_demo_runs_and_reports_every_policy():
-    proc = run("demo", "--rounds", "3", "--requests", "4", "--device", "cpu")
+    proc = run("demo", "--synthetic", "--rounds", "3", "--requests", "4", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.count("full block      verify") == 3

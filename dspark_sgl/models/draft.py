@@ -29,6 +29,7 @@ Backbones (``config.arch``):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from dspark_sgl import markov, rng
@@ -92,6 +93,35 @@ class MarkovModule(nn.Module):
         elif self.head_type == "rnn":
             self.joint_proj = nn.Linear(2 * r + h, 3 * r)
 
+    def forward(self, prev: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced bias for every block position (differentiable; training).
+
+        prev: [N, g] int64 (x_{k-1}, the true previous tokens), hidden: [N, g, H].
+        Returns [N, g, V] float32, equal to stepping :meth:`sampler` through ``prev``.
+        """
+        emb = self.markov_w1(prev).float()
+        w2 = self.markov_w2.weight.float()
+        if self.head_type == "vanilla":
+            return emb @ w2.T
+        if self.head_type == "gated":
+            features = torch.cat([hidden.float(), emb], dim=-1)
+            gate = torch.sigmoid(F.linear(features, *self._f32(self.gate_proj)))
+            return (gate * emb) @ w2.T
+        weight, bias = self._f32(self.joint_proj)
+        state = emb.new_zeros(emb.shape[0], emb.shape[-1])
+        outs = []
+        for k in range(prev.shape[1]):
+            z = torch.cat([state, emb[:, k], hidden[:, k].float()], dim=-1)
+            gate, cand, out = F.linear(z, weight, bias).split(emb.shape[-1], dim=-1)
+            g = torch.sigmoid(gate)
+            state = g * state + (1.0 - g) * torch.tanh(cand)
+            outs.append(torch.tanh(out))
+        return torch.stack(outs, dim=1) @ w2.T
+
+    @staticmethod
+    def _f32(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        return linear.weight.float(), linear.bias.float()
+
     def sampler(self) -> markov.MarkovHead:
         """The inference head over these weights (no copies of W1/W2)."""
         w1, w2 = self.markov_w1.weight.detach(), self.markov_w2.weight.detach()
@@ -113,6 +143,13 @@ class ConfidenceModule(nn.Module):
         super().__init__()
         extra = config.markov_rank if config.confidence_head_with_markov else 0
         self.proj = nn.Linear(config.hidden_size + extra, 1, bias=config.confidence_head_bias)
+
+    def forward(self, hidden: torch.Tensor, prev_emb: torch.Tensor | None) -> torch.Tensor:
+        """Raw confidence logits [N, g] from hidden [N, g, H] and W1[prev] [N, g, r]
+        (None when the head has no Markov feature); differentiable (training)."""
+        features = hidden.float() if prev_emb is None else torch.cat([hidden.float(), prev_emb.float()], -1)
+        bias = self.proj.bias.float() if self.proj.bias is not None else None
+        return F.linear(features, self.proj.weight.float(), bias).squeeze(-1)
 
     def sampler(self, sts_temperatures: torch.Tensor | None) -> markov.ConfidenceHead:
         bias = self.proj.bias.detach() if self.proj.bias is not None else 0.0
