@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +45,13 @@ import torch.nn.functional as F  # noqa: N812
 
 from dspark_sgl import _io
 from dspark_sgl.models import DraftConfig, DSparkDraft
+from dspark_sgl.models.draft import ragged_rows
 
 __all__ = [
     "Batch",
     "Example",
     "LossWeights",
+    "anchor_hidden",
     "draft_config_from_target",
     "encode_conversation",
     "init_draft",
@@ -328,6 +331,42 @@ def _target_features(target, batch: Batch, tap_ids: list[int]) -> tuple[torch.Te
     return taps, out.logits.float()
 
 
+def anchor_hidden(
+    draft: DSparkDraft, taps: torch.Tensor, ids: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
+    """Backbone hidden states [N, g, H] of N anchor blocks, batched per sequence.
+
+    taps: [S, n, n_taps * H] target features, ids: [S, n] tokens, seq/pos: [N] int64
+    (grouped by sequence, as :func:`sample_anchors` returns them). The context rows of a
+    sequence are projected once; its A blocks are packed into one row of A * g queries, a
+    query of anchor p sees the context positions ``< p`` and its own block only. Equals
+    :meth:`DSparkDraft.backbone` run per anchor on a ContextCache of positions ``< p``.
+    """
+    gamma, device = draft.gamma, taps.device
+    s_count, n = ids.shape
+    ctx = draft.project_context(taps.reshape(s_count * n, -1)).reshape(s_count, n, -1)
+    ctx_pos = torch.arange(n, device=device).expand(s_count, n)
+    counts = torch.bincount(seq, minlength=s_count)
+    slot = ragged_rows(counts)[1]
+    width = max(1, int(counts.max()))
+    anchor_pos = torch.zeros(s_count, width, dtype=torch.int64, device=device)
+    anchor_pos[seq, slot] = pos
+    anchor_tok = ids.gather(1, anchor_pos)
+    block = draft.block_inputs(anchor_tok.flatten(), gamma).view(s_count, width * gamma)
+    offsets = torch.arange(gamma, device=device)
+    block_pos = (anchor_pos[:, :, None] + offsets).flatten(1)  # [S, A * g]
+    owner = torch.arange(width, device=device).repeat_interleave(gamma)  # anchor of each query
+    query_anchor_pos = anchor_pos.repeat_interleave(gamma, dim=1)
+    ctx_valid = ctx_pos[:, None, :] < query_anchor_pos[:, :, None]  # [S, A * g, n]
+    block_mask = (owner[:, None] == owner[None, :]).expand(s_count, -1, -1)
+    x = draft.embed(block)
+    for layer in draft.layers:
+        k, v = layer.self_attn.project_kv(ctx, ctx_pos)
+        x = layer(x, block_pos, (k, v, ctx_pos, ctx_valid, block_mask))
+    hidden = draft.norm(x).view(s_count, width, gamma, -1)
+    return hidden[seq, slot]
+
+
 def training_loss(
     draft: DSparkDraft,
     taps: torch.Tensor,
@@ -347,17 +386,9 @@ def training_loss(
     gamma = draft.gamma
     device = taps.device
     seq, pos, valid = seq.to(device), pos.to(device), valid.to(device)
-    s_count, n = batch.ids.shape
-    ctx = draft.project_context(taps.reshape(s_count * n, -1)).reshape(s_count, n, -1)
-    ctx_pos = torch.arange(n, device=device).expand(s_count, n)
-    offsets = torch.arange(gamma, device=device)
-    block_pos = pos[:, None] + offsets
-    ctx_valid = ctx_pos[seq] < pos[:, None]
-    x = draft.embed(draft.block_inputs(batch.ids[seq, pos], gamma))
-    for layer in draft.layers:
-        k, v = layer.self_attn.project_kv(ctx, ctx_pos)
-        x = layer(x, block_pos, (k[seq], v[seq], ctx_pos[seq], ctx_valid))
-    hidden = draft.norm(x)
+    n = batch.ids.shape[1]
+    hidden = anchor_hidden(draft, taps, batch.ids, seq, pos)
+    block_pos = pos[:, None] + torch.arange(gamma, device=device)
     logits = draft.base_logits(hidden)
     softcap = draft.config.final_logit_softcapping
     if softcap is not None:
@@ -648,5 +679,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in positive:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
-    train(args)
+    try:
+        train(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"dspark_sgl train: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -236,8 +236,8 @@ def run(cmd: list[str]) -> None:
 
 
 DRAFT_ARGS = [
-    "--num-layers", "2", "--block-size", "7", "--batch-size", "8", "--anchors-per-sequence", "64",
-    "--max-length", "512", "--regenerate", "--max-conversations", "3000",
+    "--num-layers", "2", "--block-size", "7", "--batch-size", "8", "--anchors-per-sequence", "32",
+    "--max-length", "384", "--regenerate", "--max-conversations", "3000",
     "--regenerate-max-new-tokens", "192", "--regenerate-temperature", "1.0", "--save-every", "250",
     "--log-every", "50", "--no-progress",
 ]  # fmt: skip
@@ -290,7 +290,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--force", action="store_true", help="redo every step")
     p.add_argument("--target-steps", type=int, default=2500)
-    p.add_argument("--draft-steps", type=int, default=1500)
+    p.add_argument("--draft-steps", type=int, default=1000)
     p.add_argument("--work", default=str(HERE / "work"), help="scratch directory (not committed)")
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))

@@ -190,19 +190,23 @@ class ContextAttention(nn.Module):
         ctx_v: torch.Tensor,
         ctx_positions: torch.Tensor,
         ctx_valid: torch.Tensor,
+        block_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x: [R, g, H], positions: [R, g]; ctx_k/ctx_v: [R, C, kv_heads, d];
-        ctx_positions: [R, C] int64; ctx_valid: [R, C] bool. Returns [R, g, H]."""
+        ctx_positions: [R, C] int64; ctx_valid: [R, C] bool, or [R, g, C] per query;
+        block_mask: [R, g, g] bool (None: every slot sees every slot; training packs
+        several blocks in one row and passes a block-diagonal mask). Returns [R, g, H]."""
         rows, gamma, _ = x.shape
         q = self.q_norm(self.q_proj(x).unflatten(-1, (self.num_heads, self.head_dim)))
         q = apply_rope(q, positions, self.inv_freq)
         k_blk, v_blk = self.project_kv(x, positions)
         k = torch.cat([ctx_k.to(k_blk.dtype), k_blk], dim=1)
         v = torch.cat([ctx_v.to(v_blk.dtype), v_blk], dim=1)
-        ctx_mask = ctx_valid[:, None, :].expand(rows, gamma, -1)
+        ctx_mask = ctx_valid if ctx_valid.dim() == 3 else ctx_valid[:, None, :].expand(rows, gamma, -1)
         if self.sliding_window is not None:
             ctx_mask = ctx_mask & (ctx_positions[:, None, :] > positions[:, :, None] - self.sliding_window)
-        block_mask = torch.ones(rows, gamma, gamma, dtype=torch.bool, device=x.device)
+        if block_mask is None:
+            block_mask = torch.ones(rows, gamma, gamma, dtype=torch.bool, device=x.device)
         mask = torch.cat([ctx_mask, block_mask], dim=-1)[:, None]  # [R, 1, g, C + g]
         groups = self.num_heads // self.num_kv_heads
         k = k.transpose(1, 2).repeat_interleave(groups, dim=1)
