@@ -35,9 +35,17 @@ class HookSpec:
 HOOKS: tuple[HookSpec, ...] = (
     HookSpec("markov_block", f"{_DRAFT}.draft_markov_block", "AROUND", "hot_paths:draft_markov_block"),
     HookSpec(
-        "markov_step", f"{_KERNELS}.markov_sample.MarkovSampleStep.execute", "AROUND", "hot_paths:markov_sample_step"
+        "markov_step",
+        f"{_KERNELS}.markov_sample.MarkovSampleStep.execute",
+        "AROUND",
+        "hot_paths:markov_sample_step",
     ),
-    HookSpec("confidence", "sglang.srt.models.dspark.DSparkConfidenceHead.predict", "AROUND", "hot_paths:confidence_predict"),
+    HookSpec(
+        "confidence",
+        "sglang.srt.models.dspark.DSparkConfidenceHead.predict",
+        "AROUND",
+        "hot_paths:confidence_predict",
+    ),
     HookSpec(
         "accept",
         "sglang.srt.speculative.dspark_components.dspark_verify.accept_draft_tokens",
@@ -45,12 +53,20 @@ HOOKS: tuple[HookSpec, ...] = (
         "hot_paths:accept_draft_tokens",
     ),
     HookSpec("accept", f"{_DRAFT}.DraftBlockProposer.__init__", "AFTER", "startup:proposer_init"),
-    HookSpec("budget", f"{_PLANNER}.compute_verify_token_budget", "AROUND", "hot_paths:compute_verify_token_budget"),
     HookSpec(
-        "topk", f"{_KERNELS}.dspark_schedule.ScheduleVerifyLensTopk.execute", "AROUND", "hot_paths:schedule_verify_lens_topk"
+        "budget", f"{_PLANNER}.compute_verify_token_budget", "AROUND", "hot_paths:compute_verify_token_budget"
     ),
     HookSpec(
-        "confidence_mode", "sglang.srt.arg_groups.speculative_hook._handle_dspark", "BEFORE", "startup:handle_dspark_args"
+        "topk",
+        f"{_KERNELS}.dspark_schedule.ScheduleVerifyLensTopk.execute",
+        "AROUND",
+        "hot_paths:schedule_verify_lens_topk",
+    ),
+    HookSpec(
+        "confidence_mode",
+        "sglang.srt.arg_groups.speculative_hook._handle_dspark",
+        "BEFORE",
+        "startup:handle_dspark_args",
     ),
     HookSpec("sps", f"{_PLANNER}.DSparkVerifyPlanner.__init__", "AROUND", "startup:planner_init"),
     HookSpec("sps", f"{_PLANNER}.build_sps_cost_table", "AROUND", "startup:build_sps_cost_table"),
@@ -88,6 +104,8 @@ def register() -> list[str]:
         registered.append(spec.target)
     off = [name for name in HOOK_NAMES if choices[name] != "ours"]
     logger.info(
-        "dspark_sgl plugin: %d hooks registered; left to SGLang: %s", len(registered), ", ".join(off) or "none"
+        "dspark_sgl plugin: %d hooks registered; left to SGLang: %s",
+        len(registered),
+        ", ".join(off) or "none",
     )
     return registered

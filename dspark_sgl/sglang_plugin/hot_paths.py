@@ -168,7 +168,11 @@ def _block_unsupported(
         return "Markov head and base_logits on different devices"
     if step_dtype not in _FLOAT:
         return f"step dtype {step_dtype}"
-    if not isinstance(anchor_tokens, torch.Tensor) or anchor_tokens.shape != (bs,) or anchor_tokens.device != device:
+    if (
+        not isinstance(anchor_tokens, torch.Tensor)
+        or anchor_tokens.shape != (bs,)
+        or anchor_tokens.device != device
+    ):
         return "anchor_tokens is not [bs] on the logits' device"
     if (
         not isinstance(step_temperatures, torch.Tensor)
@@ -191,7 +195,9 @@ def _block_unsupported(
         if draft_hidden.shape != (bs, gamma, head.hidden_size) or draft_hidden.dtype not in _FLOAT:
             return "draft_hidden is not [bs, gamma, H] float"
     if logits_out is not None and (
-        logits_out.shape != (bs, gamma, width) or logits_out.dtype != step_dtype or logits_out.device != device
+        logits_out.shape != (bs, gamma, width)
+        or logits_out.dtype != step_dtype
+        or logits_out.device != device
     ):
         return "logits_out is not [bs, gamma, V] in the step dtype"
     return None
@@ -455,7 +461,11 @@ def _accept_unsupported(kwargs: dict) -> str | None:
     bs = candidates.shape[0]
     if candidates.shape[1] != vnd or vnd < 1 or vnd - 1 > _MAX_GAMMA - 1:
         return "candidates width != verify_num_draft_tokens"
-    if not isinstance(target_logits, torch.Tensor) or target_logits.dim() != 2 or target_logits.shape[0] != bs * vnd:
+    if (
+        not isinstance(target_logits, torch.Tensor)
+        or target_logits.dim() != 2
+        or target_logits.shape[0] != bs * vnd
+    ):
         return "target_logits is not [bs * verify_num_draft_tokens, V]"
     if target_logits.dtype not in _FLOAT or target_logits.device != candidates.device:
         return "target_logits dtype/device"
@@ -508,7 +518,9 @@ def accept_draft_tokens(original, *args, **kwargs):
         draft_logits = target[:, :gamma]
     else:
         temperature = torch.where(
-            draft_block.greedy_mask.to(device), torch.zeros_like(draft_block.temperatures), draft_block.temperatures
+            draft_block.greedy_mask.to(device),
+            torch.zeros_like(draft_block.temperatures),
+            draft_block.temperatures,
         )
         draft_logits = draft_block.corrected_logits
     layout = kwargs.get("cutoff_layout")
@@ -609,7 +621,9 @@ def schedule_verify_lens_topk(original, cls, *args, **kwargs):
     log_once(
         "topk",
         "dspark_sgl",
-        "dspark_sgl.scheduler.schedule_topk_causal (prune)" if prune else "dspark_sgl.scheduler.schedule_topk",
+        "dspark_sgl.scheduler.schedule_topk_causal (prune)"
+        if prune
+        else "dspark_sgl.scheduler.schedule_topk",
     )
     max_len = cfg.resolved_max_verify_len()
     window = confidence[:, :max_len].float()

@@ -56,7 +56,9 @@ def _slug(text: str) -> str:
     return f"{cleaned or 'x'}-{digest}"
 
 
-def cache_path(model: str, gpu_name: str, tp_size: int, *, directory: str | os.PathLike | None = None) -> Path:
+def cache_path(
+    model: str, gpu_name: str, tp_size: int, *, directory: str | os.PathLike | None = None
+) -> Path:
     """The cache file of one (model, GPU name, tp) triple: ``<dir>/sps/<model>__<gpu>__tp<N>.json``.
 
     model: the target model path or name; gpu_name: e.g. ``torch.cuda.get_device_name()``;
@@ -184,7 +186,9 @@ def to_sglang_points(table: SpsTable) -> tuple[list[int], list[float], int]:
     return tokens, [table(b) for b in tokens], table.max_batch_tokens
 
 
-def from_sglang_points(tokens: Sequence[int], steps_per_sec: Sequence[float], max_batch_tokens: int) -> SpsTable:
+def from_sglang_points(
+    tokens: Sequence[int], steps_per_sec: Sequence[float], max_batch_tokens: int
+) -> SpsTable:
     """Our table reproducing SGLang's step lookup at every integer B.
 
     SGLang's speed at B is the speed of the largest probe <= B (the first probe below it);

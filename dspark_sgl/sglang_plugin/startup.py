@@ -40,7 +40,9 @@ __all__ = [
 
 logger = logging.getLogger("dspark_sgl")
 
-_planner_runner: contextvars.ContextVar[Any] = contextvars.ContextVar("dspark_sgl_planner_runner", default=None)
+_planner_runner: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "dspark_sgl_planner_runner", default=None
+)
 
 
 def draft_enables_confidence_head(draft_path: str | os.PathLike | None) -> bool:
@@ -77,7 +79,9 @@ def handle_dspark_args(server_args: Any, *args: Any, **kwargs: Any) -> None:
         log_once("confidence_mode", "sglang default", f"SGLANG_RAGGED_VERIFY_MODE={mode_env} set by the user")
     elif draft_enables_confidence_head(draft):
         os.environ["SGLANG_RAGGED_VERIFY_MODE"] = "compact"
-        log_once("confidence_mode", "dspark_sgl", "draft has a confidence head: SGLANG_RAGGED_VERIFY_MODE=compact")
+        log_once(
+            "confidence_mode", "dspark_sgl", "draft has a confidence head: SGLANG_RAGGED_VERIFY_MODE=compact"
+        )
     else:
         log_once("confidence_mode", "sglang default", "draft config enables no confidence head")
     sts_path = os.environ.get("DSPARK_SGL_STS_PATH", "")
