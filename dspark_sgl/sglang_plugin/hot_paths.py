@@ -248,8 +248,9 @@ def draft_markov_block(original, *args, **kwargs):
     head = our_markov_head(markov_head) if markov_head is not None else "no markov_head"
     reason = head if isinstance(head, str) else None
     base_logits = kwargs.get("base_logits")
-    logits_out = kwargs.get("logits_out")
     greedy_draft = bool(kwargs.get("greedy_draft", False))
+    # A greedy draft keeps no step logits (SGLang ignores logits_out then).
+    logits_out = None if greedy_draft else kwargs.get("logits_out")
     step_dtype = None
     if reason is None:
         if isinstance(base_logits, torch.Tensor):
