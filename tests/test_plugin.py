@@ -692,8 +692,10 @@ def test_confidence_scheduling_turned_on_by_draft_config(tmp_path, monkeypatch):
     (plain / "config.json").write_text(json.dumps({"enable_confidence_head": False}))
     assert draft_enables_confidence_head(draft) and not draft_enables_confidence_head(plain)
     assert not draft_enables_confidence_head(tmp_path / "missing")
-    monkeypatch.delenv("SGLANG_RAGGED_VERIFY_MODE", raising=False)
-    monkeypatch.delenv("DSPARK_SGL_CONFIDENCE_SCHEDULING", raising=False)
+    # setenv first so that monkeypatch restores the variables the hook writes.
+    for name in ("SGLANG_RAGGED_VERIFY_MODE", "DSPARK_SGL_CONFIDENCE_SCHEDULING"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     sts = tmp_path / "sts.json"
     StsCalibration(temperatures=[1.0, 2.0]).save(sts)
     monkeypatch.setenv("DSPARK_SGL_STS_PATH", str(sts))
@@ -793,6 +795,31 @@ def test_sglang_reads_our_cached_table(sg, tmp_path, monkeypatch):
     assert table.sample_batch_tokens == [1, 4, 16]
     ours = scheduler.SpsTable.load(path)
     assert table.lookup(4) == pytest.approx(ours(4))
+
+
+def test_cached_profile_drives_sglang_budget(sg, tmp_path, monkeypatch):
+    from dspark_sgl.sglang_plugin.hot_paths import STATE
+    from dspark_sgl.sglang_plugin.startup import cached_sglang_table
+
+    monkeypatch.setenv("DSPARK_SGL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(STATE, "sps_table", None)
+    assert cached_sglang_table("target", "NVIDIA H100", 1) is None
+    clock = _FakeClock()
+    ours, _ = sps_mod.load_or_profile(
+        "target", "NVIDIA H100", 1, clock.forward, [1, 8, 32], warmup=0, iters=1, timer=clock.timer
+    )
+    table = cached_sglang_table("target", "NVIDIA H100", 1)
+    assert isinstance(table, sg.dspark_sps.SpsCostTable)
+    assert not sg.dspark_sps.is_uninitialized_sps_table(table)
+    assert STATE.sps_source.startswith("cache ") and STATE.sps_table is not None
+    for b in (1, 5, 20, 32, 40):
+        assert table.lookup(b) == pytest.approx(ours(b))
+    planner = sg.dspark_planner
+    survival = torch.cumprod(torch.rand(6, 5, generator=torch.Generator().manual_seed(2)), 1)
+    cfg = planner.DSparkScheduleConfig(gamma=5)
+    decision = planner.compute_verify_token_budget(history_survival_probs=survival, sps_table=table, cfg=cfg)
+    expected = int(torch.argmax(scheduler.throughput_path(survival, ours)))
+    assert decision.budget == expected
 
 
 def test_sps_bad_inputs():

@@ -30,6 +30,7 @@ from dspark_sgl.sglang_plugin.switches import enabled_hooks, log_once, scheduler
 
 __all__ = [
     "build_sps_cost_table",
+    "cached_sglang_table",
     "draft_enables_confidence_head",
     "handle_dspark_args",
     "planner_init",
@@ -103,6 +104,7 @@ def planner_init(original, self, *args: Any, **kwargs: Any) -> None:
 
 def _profile_key(runner: Any, device: Any) -> tuple[str, str, int] | None:
     import torch
+    from sglang.srt.runtime_context import get_parallel
 
     model_config = getattr(runner, "model_config", None)
     model = getattr(model_config, "model_path", None)
@@ -110,18 +112,33 @@ def _profile_key(runner: Any, device: Any) -> tuple[str, str, int] | None:
         return None
     dev = torch.device(device) if device is not None else torch.device("cpu")
     gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-    from sglang.srt.runtime_context import get_parallel
-
     tp = get_parallel().tp_size
     return model, gpu, int(tp) if isinstance(tp, int) and tp >= 1 else 1
 
 
-def build_sps_cost_table(original, *args: Any, **kwargs: Any):
-    """AROUND ``dspark_planner.build_sps_cost_table``: the cached profile when the user gave
-    no ``--speculative-dspark-sps-table-path``, handed over as SGLang's ``SpsCostTable``
-    with one probe per token count. Falls back to SGLang's table otherwise."""
-    from sglang.srt.runtime_context import get_spec
+def cached_sglang_table(model: str, gpu_name: str, tp_size: int):
+    """SGLang's ``SpsCostTable`` built from our cached profile of (model, GPU, tp), or None.
+
+    The table has one probe per token count (SGLang's step lookup then equals our
+    interpolation); the plugin state remembers our table and its source for the budget,
+    the ``prune`` layout and the summary line.
+    """
     from sglang.srt.speculative.dspark_components.dspark_sps import SpsCostTable
+
+    found = sps_mod.load_or_profile(model, gpu_name, tp_size, None, [])
+    if found is None:
+        return None
+    table, source = found
+    tokens, speeds, max_tokens = sps_mod.to_sglang_points(table)
+    STATE.sps_table = table
+    STATE.sps_source = source
+    return SpsCostTable(sample_batch_tokens=tokens, sample_steps_per_sec=speeds, max_batch_tokens=max_tokens)
+
+
+def build_sps_cost_table(original, *args: Any, **kwargs: Any):
+    """AROUND ``dspark_planner.build_sps_cost_table``: :func:`cached_sglang_table` when the
+    user gave no ``--speculative-dspark-sps-table-path``; SGLang's table otherwise."""
+    from sglang.srt.runtime_context import get_spec
 
     user_path = get_spec().speculative_dspark_sps_table_path
     if user_path:
@@ -130,8 +147,8 @@ def build_sps_cost_table(original, *args: Any, **kwargs: Any):
         return original(*args, **kwargs)
     context = _planner_runner.get()
     key = _profile_key(*context) if context is not None else None
-    found = sps_mod.load_or_profile(*key, None, []) if key is not None else None
-    if found is None:
+    table = cached_sglang_table(*key) if key is not None else None
+    if table is None:
         STATE.sps_source = "none: SGLang's flat placeholder"
         log_once(
             "sps",
@@ -140,12 +157,8 @@ def build_sps_cost_table(original, *args: Any, **kwargs: Any):
             f"{sps_mod.cache_dir()}; see the README's SGLang plugin section",
         )
         return original(*args, **kwargs)
-    table, source = found
-    tokens, speeds, max_tokens = sps_mod.to_sglang_points(table)
-    STATE.sps_table = table
-    STATE.sps_source = source
-    log_once("sps", "dspark_sgl", source)
-    return SpsCostTable(sample_batch_tokens=tokens, sample_steps_per_sec=speeds, max_batch_tokens=max_tokens)
+    log_once("sps", "dspark_sgl", STATE.sps_source)
+    return table
 
 
 def proposer_init(result: Any, self: Any, *args: Any, **kwargs: Any) -> None:
