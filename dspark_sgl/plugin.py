@@ -9,9 +9,11 @@ SGLang; :func:`register` does, through ``HookRegistry``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from dspark_sgl.sglang_plugin.switches import HOOK_NAMES, hook_choice
+from dspark_sgl.sglang_plugin.switches import HOOK_NAMES, hook_choice, scheduler_mode
 
 __all__ = ["HOOKS", "HookSpec", "register"]
 
@@ -79,7 +81,7 @@ HOOKS: tuple[HookSpec, ...] = (
 )
 
 
-def _resolve(impl: str):
+def _resolve(impl: str) -> Callable[..., Any]:
     import importlib
 
     module, name = impl.split(":")
@@ -96,6 +98,7 @@ def register() -> list[str]:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     choices = {name: hook_choice(name) for name in HOOK_NAMES}
+    scheduler_mode()  # a bad DSPARK_SGL_SCHEDULER fails here, at start-up
     registered = []
     for spec in HOOKS:
         if choices[spec.name] != "ours":

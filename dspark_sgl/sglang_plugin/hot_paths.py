@@ -19,6 +19,7 @@ the distributions are the same.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -233,7 +234,7 @@ def _sample_step(
     return token, state
 
 
-def draft_markov_block(original, *args, **kwargs):
+def draft_markov_block(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """AROUND ``dspark_draft.draft_markov_block``: the gamma-step Markov loop on our heads.
 
     Contract kept: returns ``(tokens [bs, gamma] int64, step logits [bs, gamma, V] in
@@ -351,7 +352,7 @@ def _step_unsupported(kwargs: dict) -> str | None:
     return None
 
 
-def markov_sample_step(original, cls, *args, **kwargs):
+def markov_sample_step(original: Callable[..., Any], cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
     """AROUND ``MarkovSampleStep.execute``: bias add, rounding to the step dtype and a
     Gumbel-max draw (argmax on rows at temperature 0, or every row when
     ``has_sampled_rows is False``). Returns [rows] int64 token ids."""
@@ -397,7 +398,9 @@ def _our_confidence_head(module: Any, gamma: int) -> ConfidenceHead:
     return head
 
 
-def confidence_predict(original, self, *args, **kwargs):
+def confidence_predict(
+    original: Callable[..., Any], self: Any, *args: Any, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
     """AROUND ``DSparkConfidenceHead.predict``: raw logit ``w . [h_k; W1[x_{k-1}]] + b`` and
     STS ``sigmoid(z / T_k)`` by :class:`dspark_sgl.markov.ConfidenceHead`.
 
@@ -490,7 +493,9 @@ def _accept_unsupported(kwargs: dict) -> str | None:
     return None
 
 
-def accept_draft_tokens(original, *args, **kwargs):
+def accept_draft_tokens(
+    original: Callable[..., Any], *args: Any, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """AROUND ``dspark_verify.accept_draft_tokens``: greedy and temperature-only sampled
     acceptance by :func:`dspark_sgl.verify.chain_verify` (rows may mix).
 
@@ -550,7 +555,7 @@ def accept_draft_tokens(original, *args, **kwargs):
 # Scheduling
 
 
-def compute_verify_token_budget(original, *args, **kwargs):
+def compute_verify_token_budget(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """AROUND ``dspark_planner.compute_verify_token_budget``: the asynchronous budget K by
     :func:`dspark_sgl.scheduler.throughput_path` (global argmax of Theta, no break).
 
@@ -594,7 +599,9 @@ def compute_verify_token_budget(original, *args, **kwargs):
     )
 
 
-def schedule_verify_lens_topk(original, cls, *args, **kwargs):
+def schedule_verify_lens_topk(
+    original: Callable[..., Any], cls: type, *args: Any, **kwargs: Any
+) -> torch.Tensor:
     """AROUND ``ScheduleVerifyLensTopk.execute``: the per-request layout by
     :func:`dspark_sgl.scheduler.schedule_topk` (or :func:`schedule_topk_causal` with
     ``DSPARK_SGL_SCHEDULER=prune``).

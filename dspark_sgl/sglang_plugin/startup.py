@@ -20,6 +20,7 @@ import contextvars
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,7 @@ def handle_dspark_args(server_args: Any, *args: Any, **kwargs: Any) -> None:
         log_once("confidence_mode", "sts", f"STS temperatures from {sts_path}")
 
 
-def planner_init(original, self, *args: Any, **kwargs: Any) -> None:
+def planner_init(original: Callable[..., Any], self: Any, *args: Any, **kwargs: Any) -> None:
     """AROUND ``DSparkVerifyPlanner.__init__``: expose the model runner to the SPS hook."""
     token = _planner_runner.set((kwargs.get("model_runner"), kwargs.get("device")))
     try:
@@ -116,7 +117,7 @@ def _profile_key(runner: Any, device: Any) -> tuple[str, str, int] | None:
     return model, gpu, int(tp) if isinstance(tp, int) and tp >= 1 else 1
 
 
-def cached_sglang_table(model: str, gpu_name: str, tp_size: int):
+def cached_sglang_table(model: str, gpu_name: str, tp_size: int) -> Any:
     """SGLang's ``SpsCostTable`` built from our cached profile of (model, GPU, tp), or None.
 
     The table has one probe per token count (SGLang's step lookup then equals our
@@ -135,7 +136,7 @@ def cached_sglang_table(model: str, gpu_name: str, tp_size: int):
     return SpsCostTable(sample_batch_tokens=tokens, sample_steps_per_sec=speeds, max_batch_tokens=max_tokens)
 
 
-def build_sps_cost_table(original, *args: Any, **kwargs: Any):
+def build_sps_cost_table(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """AROUND ``dspark_planner.build_sps_cost_table``: :func:`cached_sglang_table` when the
     user gave no ``--speculative-dspark-sps-table-path``; SGLang's table otherwise."""
     from sglang.srt.runtime_context import get_spec

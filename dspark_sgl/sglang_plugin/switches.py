@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["HOOK_NAMES", "enabled_hooks", "hook_choice", "log_once", "scheduler_mode"]
+__all__ = ["HOOK_NAMES", "enabled_hooks", "hook_choice", "log_once", "logged", "scheduler_mode"]
 
 logger = logging.getLogger("dspark_sgl")
 
