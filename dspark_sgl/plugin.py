@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dspark_sgl.sglang_plugin.switches import HOOK_NAMES, hook_choice, scheduler_mode
+from dspark_sgl.sglang_plugin.switches import HOOK_NAMES, hook_choice, scheduler_mode, sps_profile_enabled
 
 __all__ = ["HOOKS", "HookSpec", "register"]
 
@@ -22,6 +22,7 @@ logger = logging.getLogger("dspark_sgl")
 _DRAFT = "sglang.srt.speculative.dspark_components.dspark_draft"
 _PLANNER = "sglang.srt.speculative.dspark_components.dspark_planner"
 _KERNELS = "sglang.kernels.ops.speculative.dspark"
+_WORKER = "sglang.srt.speculative.dspark_components.dspark_worker_v2.DSparkWorkerV2"
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,9 @@ HOOKS: tuple[HookSpec, ...] = (
     ),
     HookSpec("sps", f"{_PLANNER}.DSparkVerifyPlanner.__init__", "AROUND", "startup:planner_init"),
     HookSpec("sps", f"{_PLANNER}.build_sps_cost_table", "AROUND", "startup:build_sps_cost_table"),
-    HookSpec(
-        "summary",
-        "sglang.srt.speculative.dspark_components.dspark_worker_v2.DSparkWorkerV2.__init__",
-        "AFTER",
-        "startup:worker_summary",
-    ),
+    # Registered before "summary" on the same method, so it runs first and the line names the final source.
+    HookSpec("sps", f"{_WORKER}.init_cuda_graphs", "AFTER", "startup:worker_graphs_ready"),
+    HookSpec("summary", f"{_WORKER}.init_cuda_graphs", "AFTER", "startup:worker_summary"),
 )
 
 
@@ -98,7 +96,8 @@ def register() -> list[str]:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     choices = {name: hook_choice(name) for name in HOOK_NAMES}
-    scheduler_mode()  # a bad DSPARK_SGL_SCHEDULER fails here, at start-up
+    scheduler_mode()  # a bad DSPARK_SGL_SCHEDULER or DSPARK_SGL_SPS_PROFILE fails here, at start-up
+    sps_profile_enabled()
     registered = []
     for spec in HOOKS:
         if choices[spec.name] != "ours":

@@ -112,10 +112,10 @@ def sglang_originals():
     saved = []
     for target in sorted({spec.target for spec in HOOKS}):
         obj, attr, raw = _raw(target)
-        if isinstance(raw, classmethod):
-            restored = classmethod(raw.__func__.__wrapped__)
-        else:
-            restored = raw.__wrapped__
+        fn = raw.__func__ if isinstance(raw, classmethod) else raw
+        for _ in range(sum(spec.target == target for spec in HOOKS)):
+            fn = fn.__wrapped__
+        restored = classmethod(fn) if isinstance(raw, classmethod) else fn
         saved.append((obj, attr, raw))
         setattr(obj, attr, restored)
     try:
@@ -857,3 +857,216 @@ def test_corrupt_sps_cache_is_reprofiled(tmp_path, monkeypatch):
         "m", "g", 1, clock.forward, [1, 2], warmup=0, iters=1, timer=clock.timer
     )
     assert source.startswith("profiled") and json.loads(path.read_text())["sample_batch_tokens"] == [1, 2]
+
+
+# --------------------------------------------------------------------------- start-up SPS profiling
+
+_TINY_TARGET_CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "model_type": "qwen3",
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_hidden_layers": 2,
+    "vocab_size": 256,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000,
+    "torch_dtype": "float32",
+    "tie_word_embeddings": False,
+}
+
+
+@pytest.fixture
+def sps_planner(sg, tmp_path, monkeypatch):
+    """A real ``DSparkVerifyPlanner`` (compact mode, gamma 4, verify width 5) built under a
+    real SGLang runtime context for a tiny local Qwen3 config, with the plugin's hooks on,
+    plus the target runner object SGLang hands it (here a CPU object with only
+    ``model_config.model_path``: no GPU pieces)."""
+    from sglang.srt import runtime_context
+    from sglang.srt.server_args import ServerArgs
+
+    from dspark_sgl.sglang_plugin.hot_paths import STATE
+
+    target = tmp_path / "tiny-qwen3-target"
+    target.mkdir()
+    (target / "config.json").write_text(json.dumps(_TINY_TARGET_CONFIG))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("SGLANG_RAGGED_VERIFY_MODE", "compact")
+    monkeypatch.setenv("DSPARK_SGL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("DSPARK_SGL_SPS_PROFILE", raising=False)
+    monkeypatch.setattr(STATE, "sps_table", None)
+    monkeypatch.setattr(STATE, "sps_source", "-")
+    monkeypatch.setattr(switches, "_logged", set())
+    context = runtime_context.create_context(
+        ServerArgs(model_path=str(target), device="cpu", max_running_requests=8), role="scheduler"
+    )
+    runner = types.SimpleNamespace(model_config=types.SimpleNamespace(model_path=str(target)), device="cpu")
+
+    def build():
+        return sg.dspark_planner.DSparkVerifyPlanner(
+            draft_model=types.SimpleNamespace(confidence_head=object()),
+            gamma=4,
+            model_runner=runner,
+            device="cpu",
+            tp_rank=0,
+            verify_num_draft_tokens=5,
+            tp_sync=_tp_sync(sg),
+        )
+
+    with runtime_context.use_context(context):
+        yield types.SimpleNamespace(build=build, runner=runner, model=str(target))
+
+
+class _TimedForward:
+    """Our seam's stand-in for the timed verify forward: n tokens take 1 ms + 10 us per token."""
+
+    def __init__(self) -> None:
+        self.built_with: list[list[int]] = []
+        self.calls: list[int] = []
+
+    def build(self, model_runner, ladder: list[int]):
+        self.built_with.append(list(ladder))
+        return self.forward
+
+    def forward(self, n: int) -> float:
+        self.calls.append(n)
+        return 1e-3 + 1e-5 * n
+
+
+def test_verify_ladder():
+    assert sps_mod.verify_ladder(5, 40) == [5, 10, 15, 20, 30, 40]
+    ladder = sps_mod.verify_ladder(16, 2048)
+    assert ladder[0] == 16 and ladder[-1] == 2048 and ladder == sorted(set(ladder))
+    assert all(n % 16 == 0 for n in ladder)
+    assert sps_mod.verify_ladder(7, 7) == [7] and sps_mod.verify_ladder(4, 9) == [4, 8]
+    with pytest.raises(ValueError, match="width"):
+        sps_mod.verify_ladder(0, 8)
+    with pytest.raises(ValueError, match="max_tokens"):
+        sps_mod.verify_ladder(8, 4)
+    with pytest.raises(TypeError, match="callable"):
+        sps_mod.profile_sps_seconds(3, [1])
+    with pytest.raises(ValueError, match="non-positive"):
+        sps_mod.profile_sps_seconds(lambda n: 0.0, [1])
+
+
+def test_sps_cache_key_has_model_gpu_and_tp():
+    name = sps_mod.cache_path("Qwen/Qwen3-4B", "NVIDIA H100 80GB HBM3", 2).name
+    assert "Qwen3-4B" in name and "H100" in name and name.endswith("__tp2.json")
+    gpus = ("NVIDIA H100", "NVIDIA H200")
+    paths = {sps_mod.cache_path(m, g, t) for m in ("a", "b") for g in gpus for t in (1, 2)}
+    assert len(paths) == 8
+
+
+def test_startup_profile_reaches_sglang_planner(sg, sps_planner, caplog):
+    from dspark_sgl.sglang_plugin.hot_paths import STATE
+    from dspark_sgl.sglang_plugin.startup import profile_ladder, settle_planner_sps
+
+    planner = sps_planner.build()
+    assert planner.is_verify_all
+    assert sg.dspark_sps.is_uninitialized_sps_table(planner._budget_planner.sps_table)
+    assert STATE.sps_source.startswith("SGLang placeholder (no cached profile")
+    ladder = profile_ladder(planner, sps_planner.runner)
+    assert ladder == sps_mod.verify_ladder(5, 40)  # max_running_requests 8 x verify width 5
+    timed = _TimedForward()
+    with caplog.at_level(logging.INFO, logger="dspark_sgl"):
+        source = settle_planner_sps(planner, sps_planner.runner, build_forward=timed.build)
+    path = sps_mod.cache_path(sps_planner.model, "cpu", 1)
+    assert source == f"profiled now {path}" and STATE.sps_source == source and path.is_file()
+    assert any("profiled now" in r.getMessage() for r in caplog.records)
+    assert timed.built_with == [ladder] and sorted(set(timed.calls)) == ladder
+    assert len(timed.calls) == len(ladder) * 7  # 2 warm-up + 5 timed calls per count
+    table = planner._budget_planner.sps_table
+    assert isinstance(table, sg.dspark_sps.SpsCostTable) and not planner.is_verify_all
+    assert table.max_batch_tokens == 40
+    ours = scheduler.SpsTable.load(path, require_non_increasing=False)
+    for b in ladder:
+        assert table.lookup(b) == pytest.approx(1.0 / (1e-3 + 1e-5 * b))
+    for b in (1, 12, 33, 41):
+        assert table.lookup(b) == pytest.approx(ours(b))
+    survival = torch.cumprod(torch.rand(6, 4, generator=torch.Generator().manual_seed(3)), 1)
+    decision = sg.dspark_planner.compute_verify_token_budget(
+        history_survival_probs=survival, sps_table=table, cfg=planner._schedule_cfg
+    )
+    assert decision.budget == int(torch.argmax(scheduler.throughput_path(survival, ours)))
+
+    again = sps_planner.build()  # a restart: SGLang's planner now gets the cached table
+    assert STATE.sps_source == f"cache {path}" and not again.is_verify_all
+    other = _TimedForward()
+    assert settle_planner_sps(again, sps_planner.runner, build_forward=other.build) == f"cache {path}"
+    assert other.built_with == []
+    assert again._budget_planner.sps_table.lookup(20) == pytest.approx(table.lookup(20))
+
+
+def test_startup_profile_falls_back_when_forward_cannot_be_built(sg, sps_planner, caplog):
+    from dspark_sgl.sglang_plugin.hot_paths import STATE
+    from dspark_sgl.sglang_plugin.startup import settle_planner_sps, worker_graphs_ready
+
+    planner = sps_planner.build()
+    placeholder = planner._budget_planner.sps_table
+    with caplog.at_level(logging.INFO, logger="dspark_sgl"):
+        source = settle_planner_sps(planner, sps_planner.runner)  # SGLang's dummy forward on a CPU runner
+        worker = types.SimpleNamespace(_verify_planner=planner, model_runner=sps_planner.runner)
+        assert worker_graphs_ready(None, worker) is None
+        assert worker_graphs_ready(None, types.SimpleNamespace(_verify_planner=planner)) is None
+    assert source.startswith("SGLang placeholder (cannot time the verify forward: SpsForwardUnavailableError")
+    assert "not CUDA" in source and STATE.sps_source.startswith("SGLang placeholder")
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "sglang placeholder" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert planner._budget_planner.sps_table is placeholder and planner.is_verify_all
+    assert not sps_mod.cache_path(sps_planner.model, "cpu", 1).exists()
+
+    def broken(model_runner, ladder):
+        raise AttributeError("'ModelRunner' object has no attribute 'eager_runner'")
+
+    assert "AttributeError" in settle_planner_sps(planner, sps_planner.runner, build_forward=broken)
+    assert planner._budget_planner.sps_table is placeholder
+
+
+def test_sps_profile_switch(sg, sps_planner, monkeypatch):
+    from dspark_sgl.sglang_plugin.hot_paths import STATE
+    from dspark_sgl.sglang_plugin.startup import settle_planner_sps
+
+    monkeypatch.setenv("DSPARK_SGL_SPS_PROFILE", "0")
+    assert not switches.sps_profile_enabled()
+    planner = sps_planner.build()
+    assert "DSPARK_SGL_SPS_PROFILE=0" in STATE.sps_source
+    timed = _TimedForward()
+    source = settle_planner_sps(planner, sps_planner.runner, build_forward=timed.build)
+    assert source == "SGLang placeholder (no cached profile; DSPARK_SGL_SPS_PROFILE=0)"
+    assert timed.built_with == [] and planner.is_verify_all
+    monkeypatch.setenv("DSPARK_SGL_SPS_PROFILE", "yes")
+    with pytest.raises(ValueError, match="DSPARK_SGL_SPS_PROFILE"):
+        switches.sps_profile_enabled()
+    monkeypatch.setenv("DSPARK_SGL_SPS_PROFILE", "1")
+    assert switches.sps_profile_enabled()
+
+
+def test_static_verify_and_user_table_are_left_to_sglang(sg, sps_planner, monkeypatch, tmp_path):
+    from sglang.srt import runtime_context
+    from sglang.srt.server_args import ServerArgs
+
+    from dspark_sgl.sglang_plugin.startup import settle_planner_sps
+
+    timed = _TimedForward()
+    flat_curve = scheduler.SpsTable([(1, 50.0), (64, 10.0)])
+    user = sps_mod.store_cache("user", "gpu", 1, flat_curve, directory=tmp_path)
+    context = runtime_context.create_context(
+        ServerArgs(model_path=sps_planner.model, device="cpu", speculative_dspark_sps_table_path=str(user)),
+        role="scheduler",
+    )
+    with runtime_context.use_context(context):
+        planner = sps_planner.build()
+        given = planner._budget_planner.sps_table
+        source = settle_planner_sps(planner, sps_planner.runner, build_forward=timed.build)
+    assert source == f"user table {user}" and planner._budget_planner.sps_table is given
+    assert given.sample_batch_tokens == [1, 64]
+    monkeypatch.setenv("SGLANG_RAGGED_VERIFY_MODE", "static")
+    assert settle_planner_sps(sps_planner.build(), sps_planner.runner, build_forward=timed.build) == (
+        "not used (static verify)"
+    )
+    assert timed.built_with == []

@@ -1,9 +1,10 @@
 """SPS profiling at start-up: time a forward at a ladder of token counts, cache the table.
 
-``profile_sps`` times any ``forward(num_tokens)`` callable and returns our
-:class:`~dspark_sgl.scheduler.SpsTable`; ``load_or_profile`` adds the on-disk cache, one
-JSON file per (model, GPU name, tensor-parallel size) under ``DSPARK_SGL_CACHE_DIR``
-(default ``~/.cache/dspark_sgl``). The files use SGLang's
+``profile_sps`` times any ``forward(num_tokens)`` callable with a host timer;
+``profile_sps_seconds`` takes a callable that times itself (CUDA events) and returns
+seconds. Both return our :class:`~dspark_sgl.scheduler.SpsTable`. ``load_or_profile`` and
+``store_cache`` add the on-disk cache, one JSON file per (model, GPU name,
+tensor-parallel size) under ``DSPARK_SGL_CACHE_DIR`` (default ``~/.cache/dspark_sgl``). The files use SGLang's
 ``--speculative-dspark-sps-table-path`` format, so a cached profile can also be passed
 to an SGLang without the plugin.
 
@@ -35,7 +36,10 @@ __all__ = [
     "from_sglang_points",
     "load_or_profile",
     "profile_sps",
+    "profile_sps_seconds",
+    "store_cache",
     "to_sglang_points",
+    "verify_ladder",
 ]
 
 logger = logging.getLogger("dspark_sgl")
@@ -91,6 +95,64 @@ def default_ladder(max_tokens: int, *, min_tokens: int = 1) -> list[int]:
     return sorted(ladder)
 
 
+def verify_ladder(width: int, max_tokens: int) -> list[int]:
+    """Verify token counts to profile: ``width * b`` for b in :func:`default_ladder` of
+    ``max_tokens // width`` requests, so every count is a whole number of verify windows.
+
+    width: tokens per request in a uniform verify (SGLang's ``verify_num_draft_tokens``),
+    >= 1; max_tokens >= width.
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be an integer >= 1, got {width!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < width:
+        raise ValueError(f"max_tokens must be an integer >= width={width}, got {max_tokens!r}")
+    return [width * b for b in default_ladder(max_tokens // width)]
+
+
+def _check_counts(token_counts: Sequence[int]) -> list[int]:
+    counts = list(token_counts)
+    if not counts:
+        raise ValueError("token_counts must not be empty")
+    for n in counts:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"token counts must be integers >= 1, got {n!r}")
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"token counts must be distinct, got {counts}")
+    return sorted(counts)
+
+
+def profile_sps_seconds(
+    time_forward: Callable[[int], float],
+    token_counts: Sequence[int],
+    *,
+    warmup: int = 2,
+    iters: int = 5,
+) -> SpsTable:
+    """The SPS table from a self-timing forward: ``time_forward(n)`` runs one forward of
+    n tokens and returns its duration in seconds (e.g. measured with CUDA events).
+
+    Each count runs ``warmup`` discarded and ``iters`` kept calls; the speed of a count is
+    ``1 / median(seconds)``, and the table is cleaned to be non-increasing in n
+    (:meth:`SpsTable.from_measurements`).
+    """
+    if not callable(time_forward):
+        raise TypeError(f"forward must be callable, got {type(time_forward).__name__}")
+    counts = _check_counts(token_counts)
+    for name, value, low in (("warmup", warmup, 0), ("iters", iters, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    points: list[tuple[int, float]] = []
+    for n in counts:
+        for _ in range(warmup):
+            time_forward(n)
+        seconds = [float(time_forward(n)) for _ in range(iters)]
+        median = statistics.median(seconds)
+        if not (math.isfinite(median) and median > 0):
+            raise ValueError(f"forward({n}) took a non-positive or non-finite time ({median} s)")
+        points.append((n, 1.0 / median))
+    return SpsTable.from_measurements(points)
+
+
 def profile_sps(
     forward: Callable[[int], object],
     token_counts: Sequence[int],
@@ -100,43 +162,38 @@ def profile_sps(
     synchronize: Callable[[], None] | None = None,
     timer: Callable[[], float] = time.perf_counter,
 ) -> SpsTable:
-    """Time ``forward(n)`` for every n in ``token_counts`` and build the SPS table.
+    """Time ``forward(n)`` with a host timer for every n in ``token_counts`` and build the
+    SPS table (:func:`profile_sps_seconds`).
 
-    Each count runs ``warmup`` untimed and ``iters`` timed calls; ``synchronize`` (e.g.
-    ``torch.cuda.synchronize``) runs before reading the timer so device work is counted.
-    The speed of a count is ``1 / median(seconds per call)``; the table is cleaned to be
-    non-increasing in n (:meth:`SpsTable.from_measurements`).
+    ``synchronize`` (e.g. ``torch.cuda.synchronize``) runs before each timer read so device
+    work is counted.
     """
     if not callable(forward):
         raise TypeError(f"forward must be callable, got {type(forward).__name__}")
-    counts = list(token_counts)
-    if not counts:
-        raise ValueError("token_counts must not be empty")
-    for n in counts:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"token counts must be integers >= 1, got {n!r}")
-    if len(set(counts)) != len(counts):
-        raise ValueError(f"token counts must be distinct, got {counts}")
-    for name, value, low in (("warmup", warmup, 0), ("iters", iters, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     sync = synchronize if synchronize is not None else (lambda: None)
-    points: list[tuple[int, float]] = []
-    for n in sorted(counts):
-        for _ in range(warmup):
-            forward(n)
+
+    def time_forward(n: int) -> float:
         sync()
-        seconds = []
-        for _ in range(iters):
-            start = timer()
-            forward(n)
-            sync()
-            seconds.append(timer() - start)
-        median = statistics.median(seconds)
-        if not (math.isfinite(median) and median > 0):
-            raise ValueError(f"forward({n}) took a non-positive or non-finite time ({median} s)")
-        points.append((n, 1.0 / median))
-    return SpsTable.from_measurements(points)
+        start = timer()
+        forward(n)
+        sync()
+        return timer() - start
+
+    return profile_sps_seconds(time_forward, token_counts, warmup=warmup, iters=iters)
+
+
+def store_cache(
+    model: str, gpu_name: str, tp_size: int, table: SpsTable, *, directory: str | os.PathLike | None = None
+) -> Path:
+    """Write ``table`` as the cache file of (model, GPU, tp), atomically; returns its path."""
+    if not isinstance(table, SpsTable):
+        raise TypeError(f"table must be a dspark_sgl.scheduler.SpsTable, got {type(table).__name__}")
+    path = cache_path(model, gpu_name, tp_size, directory=directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    table.save(tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def load_or_profile(
@@ -164,11 +221,7 @@ def load_or_profile(
     if forward is None:
         return None
     table = profile_sps(forward, token_counts, **profile_kwargs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    table.save(tmp)
-    os.replace(tmp, path)
-    return table, f"profiled {path}"
+    return table, f"profiled {store_cache(model, gpu_name, tp_size, table, directory=directory)}"
 
 
 def to_sglang_points(table: SpsTable) -> tuple[list[int], list[float], int]:

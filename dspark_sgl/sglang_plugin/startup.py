@@ -9,9 +9,16 @@
   model runner while SGLang builds its planner, so :func:`build_sps_cost_table` (AROUND
   ``dspark_planner.build_sps_cost_table``) can hand SGLang the cached profile of this
   (model, GPU, tp) instead of the flat placeholder table.
+- :func:`worker_graphs_ready` (AFTER ``DSparkWorkerV2.init_cuda_graphs``): SGLang builds
+  the planner before the target has a KV pool or attention backend, so a cache miss is
+  profiled here, once the target's graphs are captured and before any request:
+  :func:`settle_planner_sps` times the verify forward
+  (:func:`.sps_forward.build_verify_timer`), caches the table and installs it in the
+  planner, identically on every TP rank; any failure leaves SGLang's placeholder.
 - :func:`proposer_init` (AFTER ``DraftBlockProposer.__init__``) records the server seed
   the verify draws are keyed by.
-- :func:`worker_summary` (AFTER ``DSparkWorkerV2.__init__``) logs one summary line.
+- :func:`worker_summary` (AFTER ``DSparkWorkerV2.init_cuda_graphs``, after the profile)
+  logs one summary line.
 """
 
 from __future__ import annotations
@@ -25,22 +32,31 @@ from pathlib import Path
 from typing import Any
 
 from dspark_sgl import _dispatch
+from dspark_sgl.scheduler import SpsTable
 from dspark_sgl.sglang_plugin import sps as sps_mod
 from dspark_sgl.sglang_plugin.hot_paths import STATE
-from dspark_sgl.sglang_plugin.switches import enabled_hooks, log_once, scheduler_mode
+from dspark_sgl.sglang_plugin.sps_forward import build_verify_timer
+from dspark_sgl.sglang_plugin.switches import enabled_hooks, log_once, scheduler_mode, sps_profile_enabled
 
 __all__ = [
     "build_sps_cost_table",
     "cached_sglang_table",
     "draft_enables_confidence_head",
     "handle_dspark_args",
+    "install_planner_table",
     "planner_init",
+    "profile_ladder",
     "proposer_init",
+    "settle_planner_sps",
     "startup_summary",
+    "worker_graphs_ready",
     "worker_summary",
 ]
 
 logger = logging.getLogger("dspark_sgl")
+
+# Largest verify token count timed at start-up (the ladder also stops at the captured grid).
+PROFILE_MAX_TOKENS = 2048
 
 _planner_runner: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "dspark_sgl_planner_runner", default=None
@@ -150,16 +166,153 @@ def build_sps_cost_table(original: Callable[..., Any], *args: Any, **kwargs: Any
     key = _profile_key(*context) if context is not None else None
     table = cached_sglang_table(*key) if key is not None else None
     if table is None:
-        STATE.sps_source = "none: SGLang's flat placeholder"
+        later = "profiled after CUDA graph capture" if sps_profile_enabled() else "DSPARK_SGL_SPS_PROFILE=0"
+        STATE.sps_source = f"SGLang placeholder (no cached profile; {later})"
         log_once(
             "sps",
-            "sglang original",
-            "no cached profile for this (model, GPU, tp) in "
-            f"{sps_mod.cache_dir()}; see the README's SGLang plugin section",
+            "profile pending",
+            f"no cached profile for this (model, GPU, tp) in {sps_mod.cache_dir()}; {later}",
         )
         return original(*args, **kwargs)
     log_once("sps", "dspark_sgl", STATE.sps_source)
     return table
+
+
+def profile_ladder(planner: Any, model_runner: Any) -> list[int]:
+    """The verify token counts to time for ``planner``: whole verify windows up to the
+    smallest of its table's ``max_batch_tokens``, the target's captured token grid and
+    :data:`PROFILE_MAX_TOKENS` (:func:`.sps.verify_ladder`)."""
+    width = int(planner.verify_num_draft_tokens)
+    limit = min(int(planner._budget_planner.sps_table.max_batch_tokens), PROFILE_MAX_TOKENS)
+    graph_tokens = getattr(getattr(model_runner, "decode_cuda_graph_runner", None), "max_num_token", None)
+    if isinstance(graph_tokens, int) and not isinstance(graph_tokens, bool) and graph_tokens >= width:
+        limit = min(limit, graph_tokens)
+    return sps_mod.verify_ladder(width, max(limit, width))
+
+
+def install_planner_table(planner: Any, table: SpsTable) -> Any:
+    """Put ``table`` into a live ``DSparkVerifyPlanner`` as SGLang's ``SpsCostTable``.
+
+    Replaces its budget planner's table (one probe per token count, see
+    :func:`.sps.to_sglang_points`; ``max_batch_tokens`` kept at least the planner's) and
+    recomputes the verify-all flag SGLang derived from the placeholder. Returns the new
+    SGLang table.
+    """
+    from sglang.srt.speculative.dspark_components.dspark_sps import SpsCostTable, is_uninitialized_sps_table
+
+    budget = planner._budget_planner
+    tokens, speeds, max_tokens = sps_mod.to_sglang_points(table)
+    previous_max = int(getattr(budget.sps_table, "max_batch_tokens", 0))
+    sglang_table = SpsCostTable(
+        sample_batch_tokens=tokens,
+        sample_steps_per_sec=speeds,
+        max_batch_tokens=max(max_tokens, previous_max),
+    )
+    budget.sps_table = sglang_table
+    planner._is_verify_all = bool(planner.is_compact_mode) and is_uninitialized_sps_table(sglang_table)
+    STATE.sps_table = table
+    return sglang_table
+
+
+def _table_payload(table: Any) -> tuple[list[int], list[float], int]:
+    return list(table.sample_batch_tokens), list(table.sample_steps_per_sec), int(table.max_batch_tokens)
+
+
+def _fall_back(reason: str) -> str:
+    STATE.sps_source = f"SGLang placeholder ({reason})"
+    log_once("sps", "sglang placeholder", reason, level=logging.WARNING)
+    return STATE.sps_source
+
+
+def settle_planner_sps(
+    planner: Any,
+    model_runner: Any,
+    *,
+    build_forward: Callable[[Any, list[int]], Callable[[int], float]] = build_verify_timer,
+    group: Any = None,
+) -> str:
+    """After the target is complete: make the planner's SPS table final; returns its source.
+
+    planner: SGLang's ``DSparkVerifyPlanner``; model_runner: the target's ``ModelRunner``;
+    build_forward(model_runner, ladder) -> time_forward(n) -> seconds (default
+    :func:`.sps_forward.build_verify_timer`); group: SGLang's TP ``GroupCoordinator`` when
+    tp_size > 1 (``broadcast_object``, ``all_gather_object``, ``rank_in_group``), else None.
+
+    A static-verify planner has no table. A user table stays. Otherwise rank 0's table wins
+    on every rank: its cached table when it has one, else, with ``DSPARK_SGL_SPS_PROFILE``
+    on, a profile of the :func:`profile_ladder` that every rank runs (the forward is
+    collective) and rank 0 measures, caches and broadcasts. When any rank cannot build the
+    forward, or profiling raises, SGLang's placeholder stays and the reason is logged once.
+    """
+    from sglang.srt.runtime_context import get_spec
+    from sglang.srt.speculative.dspark_components.dspark_sps import SpsCostTable, is_uninitialized_sps_table
+
+    budget = getattr(planner, "_budget_planner", None)
+    if budget is None:
+        STATE.sps_source = "not used (static verify)"
+        return STATE.sps_source
+    user_path = get_spec().speculative_dspark_sps_table_path
+    if user_path or not isinstance(budget.sps_table, SpsCostTable):
+        STATE.sps_source = f"user table {user_path}"
+        return STATE.sps_source
+    rank = int(getattr(group, "rank_in_group", 0)) if group is not None else 0
+    cached = None if is_uninitialized_sps_table(budget.sps_table) else _table_payload(budget.sps_table)
+    if group is not None:
+        cached, source = group.broadcast_object((cached, STATE.sps_source), src=0)
+        STATE.sps_source = source
+    if cached is not None:
+        install_planner_table(planner, sps_mod.from_sglang_points(*cached))
+        return STATE.sps_source
+    if not sps_profile_enabled():
+        return _fall_back("no cached profile; DSPARK_SGL_SPS_PROFILE=0")
+    error = None
+    key = ladder = time_forward = None
+    try:
+        key = _profile_key(model_runner, getattr(planner, "device", None))
+        if key is None:
+            raise ValueError("the target's model path is unknown")
+        ladder = profile_ladder(planner, model_runner)
+        time_forward = build_forward(model_runner, ladder)
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    if group is not None:
+        errors = group.all_gather_object(error)
+        error = next((e for e in errors if e), None)
+    if error is not None:
+        return _fall_back(f"cannot time the verify forward: {error}")
+    try:
+        table = sps_mod.profile_sps_seconds(time_forward, ladder)
+    except Exception as exc:
+        return _fall_back(f"profiling the verify forward failed: {type(exc).__name__}: {exc}")
+    payload = (table.tokens, table.steps_per_sec, table.max_batch_tokens)
+    if group is not None:
+        payload = group.broadcast_object(payload, src=0)
+        table = SpsTable(list(zip(*payload[:2], strict=True)), max_batch_tokens=payload[2])
+    path = sps_mod.store_cache(*key, table) if rank == 0 else sps_mod.cache_path(*key)
+    install_planner_table(planner, table)
+    STATE.sps_source = f"profiled now {path}"
+    log_once("sps", "dspark_sgl", f"{STATE.sps_source}; verify tokens {ladder[0]}..{ladder[-1]}")
+    return STATE.sps_source
+
+
+def worker_graphs_ready(result: Any, self: Any, *args: Any, **kwargs: Any) -> None:
+    """AFTER ``DSparkWorkerV2.init_cuda_graphs``: :func:`settle_planner_sps` on the TP group;
+    never raises (a failure keeps SGLang's table and is logged once)."""
+    planner = getattr(self, "_verify_planner", None)
+    if planner is None:
+        return
+    simulated = getattr(self, "_simulate_acc_len", 0)
+    if isinstance(simulated, (int, float)) and simulated > 0 and simulated != 1.0 and planner.is_verify_all:
+        _fall_back(f"SGLANG_SIMULATE_ACC_LEN={simulated} needs SGLang's verify-all schedule")
+        return
+    try:
+        from sglang.srt.runtime_context import get_parallel
+
+        parallel = get_parallel()
+        group = parallel.tp_group if int(parallel.tp_size) > 1 else None
+        settle_planner_sps(planner, self.model_runner, group=group)
+    except Exception as exc:
+        _fall_back(f"start-up SPS profiling failed: {type(exc).__name__}: {exc}")
 
 
 def proposer_init(result: Any, self: Any, *args: Any, **kwargs: Any) -> None:
@@ -193,7 +346,7 @@ def startup_summary(
 
 
 def worker_summary(result: Any, self: Any, *args: Any, **kwargs: Any) -> None:
-    """AFTER ``DSparkWorkerV2.__init__``: log :func:`startup_summary` once per process."""
+    """AFTER ``DSparkWorkerV2.init_cuda_graphs``: log :func:`startup_summary` once per process."""
     draft_model = getattr(self, "draft_model", None)
     if draft_model is None:
         return

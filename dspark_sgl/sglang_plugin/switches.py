@@ -13,6 +13,8 @@
 - ``DSPARK_SGL_STS_PATH``: STS JSON (``python -m dspark_sgl calibrate``) used when
   ``--speculative-dspark-confidence-sts-path`` is not given.
 - ``DSPARK_SGL_CACHE_DIR``: SPS profile cache (default ``~/.cache/dspark_sgl``).
+- ``DSPARK_SGL_SPS_PROFILE=1|0``: ``0`` turns start-up SPS profiling off (a cached table
+  is still used; without one SGLang keeps its flat placeholder).
 
 SGLang's own ``SGLANG_PLUGINS`` whitelist decides whether the plugin loads at all.
 """
@@ -22,7 +24,15 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["HOOK_NAMES", "enabled_hooks", "hook_choice", "log_once", "logged", "scheduler_mode"]
+__all__ = [
+    "HOOK_NAMES",
+    "enabled_hooks",
+    "hook_choice",
+    "log_once",
+    "logged",
+    "scheduler_mode",
+    "sps_profile_enabled",
+]
 
 logger = logging.getLogger("dspark_sgl")
 
@@ -79,12 +89,20 @@ def scheduler_mode() -> str:
     return value
 
 
-def log_once(hook: str, path: str, reason: str) -> None:
+def sps_profile_enabled() -> bool:
+    """``DSPARK_SGL_SPS_PROFILE``: ``1`` (default) profiles on a cache miss, ``0`` does not."""
+    value = os.environ.get("DSPARK_SGL_SPS_PROFILE", "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"DSPARK_SGL_SPS_PROFILE must be '0' or '1', got {value!r}")
+    return value == "1"
+
+
+def log_once(hook: str, path: str, reason: str, *, level: int = logging.INFO) -> None:
     """Log once per (hook, path) which implementation runs and why (logger ``dspark_sgl``)."""
     if (hook, path) in _logged:
         return
     _logged.add((hook, path))
-    logger.info("dspark_sgl hook %s: %s (%s)", hook, path, reason)
+    logger.log(level, "dspark_sgl hook %s: %s (%s)", hook, path, reason)
 
 
 def logged() -> set[tuple[str, str]]:
