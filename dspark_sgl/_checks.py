@@ -8,10 +8,14 @@ while a CUDA graph is being captured and can be turned off with
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
+
+_trusted: contextvars.ContextVar[bool] = contextvars.ContextVar("dspark_sgl_trusted_values", default=False)
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ANY_FLOAT_DTYPES = (torch.float64, *FLOAT_DTYPES)
@@ -49,9 +53,20 @@ def tensor(
     return value
 
 
+@contextlib.contextmanager
+def trusted_values() -> Iterator[None]:
+    """Skip value checks inside the block (callers whose inputs a host already validated,
+    e.g. the SGLang plugin's hot paths, which must not synchronise with the device)."""
+    token = _trusted.set(True)
+    try:
+        yield
+    finally:
+        _trusted.reset(token)
+
+
 def values_checkable(*tensors: torch.Tensor) -> bool:
-    """Whether value checks may read these tensors now (no capture, not disabled)."""
-    if os.environ.get("DSPARK_SGL_CHECK_VALUES", "1") in ("0", ""):
+    """Whether value checks may read these tensors now (no capture, not disabled, not trusted)."""
+    if _trusted.get() or os.environ.get("DSPARK_SGL_CHECK_VALUES", "1") in ("0", ""):
         return False
     on_cuda = any(t.is_cuda for t in tensors)
     return not (on_cuda and torch.cuda.is_current_stream_capturing())

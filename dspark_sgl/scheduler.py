@@ -39,6 +39,8 @@ __all__ = [
     "schedule_async",
     "schedule_causal",
     "schedule_topk",
+    "schedule_topk_causal",
+    "throughput_path",
     "verify_budget",
 ]
 
@@ -250,6 +252,20 @@ def schedule_causal(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
     return _lengths_from_prefix(request, _causal_take(ranked, valid, rows, sps), rows)
 
 
+def throughput_path(survival: torch.Tensor, sps: SpsTable) -> torch.Tensor:
+    """Theta after admitting the first n ranked candidates, n = 0..R*g: [R*g + 1] float64.
+
+    survival: [R, g] prefix survivals ``a[r, j]`` (non-increasing along j, in [0, 1]),
+    float32/bf16/fp16/float64. Entry 0 is ``R * SPS(R)``; entries past the last candidate
+    with ``a > 0`` are -inf. ``argmax`` of the path is :func:`verify_budget`'s K.
+    """
+    _checks.tensor("survival", survival, dtypes=_checks.ANY_FLOAT_DTYPES, ndim=2)
+    _checks.probabilities("survival", survival)
+    _check_sps(sps)
+    ranked, _, valid = _ranked_candidates(survival.float())
+    return _theta_path(ranked, valid, survival.shape[0], sps)
+
+
 def verify_budget(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
     """Global-argmax budget K (0-D int64 tensor): how many drafts to verify in total.
 
@@ -286,6 +302,21 @@ def schedule_topk(confidence: torch.Tensor, budget: int | torch.Tensor) -> torch
     return _lengths_from_prefix(request, take, rows)
 
 
+def schedule_topk_causal(confidence: torch.Tensor, budget: int | torch.Tensor, sps: SpsTable) -> torch.Tensor:
+    """Top-K with Algorithm 1's break inside the budget: lengths [R] int32.
+
+    Candidates are admitted in ranked order while fewer than ``budget`` are taken and
+    each admission strictly raises Theta under ``confidence`` [R, g]; never more than
+    :func:`schedule_topk` admits. budget: int or one-element integer tensor (no host sync).
+    """
+    lengths = schedule_topk(confidence, budget)
+    _check_sps(sps)
+    rows = confidence.shape[0]
+    ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
+    take = torch.minimum(_causal_take(ranked, valid, rows, sps), lengths.sum().to(torch.int64))
+    return _lengths_from_prefix(request, take, rows)
+
+
 def schedule_async(
     confidence: torch.Tensor,
     budget_confidence: torch.Tensor,
@@ -312,10 +343,7 @@ def schedule_async(
     budget = verify_budget(budget_confidence, sps)
     if not causal_prune:
         return schedule_topk(confidence, budget)
-    rows = confidence.shape[0]
-    ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
-    take = torch.minimum(_causal_take(ranked, valid, rows, sps), budget)
-    return _lengths_from_prefix(request, take, rows)
+    return schedule_topk_causal(confidence, budget, sps)
 
 
 def expected_throughput(confidence: torch.Tensor, verify_lens: torch.Tensor, sps: SpsTable) -> torch.Tensor:
