@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from dspark_sgl import calibration  # noqa: E402
-from dspark_sgl.engine import SpeculativeEngine  # noqa: E402
-from dspark_sgl.evaluate import encode_prompt, load_pair, run_eval, stop_tokens  # noqa: E402
+from dspark_sgl import calibration
+from dspark_sgl.engine import SpeculativeEngine
+from dspark_sgl.evaluate import encode_prompt, load_pair, run_eval, stop_tokens
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "eval_prompts"
@@ -44,7 +44,8 @@ def test_pair_loads_from_the_repository(pairs):
     tokenizer, target, dspark = pairs["dspark"]
     _, _, dflash = pairs["dflash"]
     assert type(target).__name__ == "Qwen3ForCausalLM"
-    assert tokenizer.chat_template and tokenizer.convert_tokens_to_ids("<|mask|>") == dspark.config.mask_token_id
+    assert tokenizer.chat_template
+    assert tokenizer.convert_tokens_to_ids("<|mask|>") == dspark.config.mask_token_id
     assert dspark.config.is_dspark and dspark.confidence_head is not None and dspark.config.markov_rank == 64
     assert not dflash.config.is_dspark and dflash.confidence_head is None
     assert dspark.config.target_layer_ids == dflash.config.target_layer_ids
