@@ -137,10 +137,12 @@ def regenerate_answers(
     batch_size: int,
     seed: int,
     progress: bool,
+    max_prompt_tokens: int | None = None,
 ) -> list[list[dict[str, str]]]:
     """Replace every conversation's answer by the target's: the turns up to the first
     user turn are kept and one assistant turn is generated (sampled at ``temperature``,
-    greedy at 0). Returns new conversations."""
+    greedy at 0). Conversations whose prompt is longer than ``max_prompt_tokens`` are
+    dropped (they could not be trained on anyway). Returns the new conversations."""
     from tqdm.auto import tqdm
 
     device = next(target.parameters()).device
@@ -150,12 +152,23 @@ def regenerate_answers(
         if first_user is None:
             raise ValueError("a conversation to regenerate needs a user turn")
         prompts.append(conv[: first_user + 1])
+    lengths = [len(_render(tokenizer, prompt, True)) for prompt in prompts]
+    if max_prompt_tokens is not None:
+        kept = [i for i, n in enumerate(lengths) if n <= max_prompt_tokens]
+        if len(kept) < len(prompts):
+            logger.info(
+                "dspark_sgl train: %d of %d prompts are longer than %d tokens and are not regenerated",
+                len(prompts) - len(kept),
+                len(prompts),
+                max_prompt_tokens,
+            )
+        prompts, lengths = [prompts[i] for i in kept], [lengths[i] for i in kept]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     out: list[list[dict[str, str]]] = []
     torch.manual_seed(seed)
     bar = tqdm(total=len(prompts), desc="regenerate", disable=not progress)
-    order = sorted(range(len(prompts)), key=lambda i: len(_render(tokenizer, prompts[i], True)))
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     answers: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
@@ -519,6 +532,7 @@ def train(args: argparse.Namespace) -> Path:
                 batch_size=args.regenerate_batch_size,
                 seed=args.seed,
                 progress=args.progress,
+                max_prompt_tokens=args.max_length - 1,
             )
             regen_path.parent.mkdir(parents=True, exist_ok=True)
             regen_path.write_text("".join(json.dumps({"conversations": c}) + "\n" for c in conversations))

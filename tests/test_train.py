@@ -305,6 +305,12 @@ def test_regenerate_uses_the_target_and_is_cached(pair_and_data):
         if tok.eos_token_id in ref:
             ref = ref[: ref.index(tok.eos_token_id)]
         assert new[-1]["content"] == tok.decode(ref, skip_special_tokens=True)
+    lengths = [len(train._render(tok, c[:1], True)) for c in CONVS]
+    kept = train.regenerate_answers(
+        target, tok, CONVS, max_new_tokens=2, temperature=0.0, batch_size=2, seed=0, progress=False,
+        max_prompt_tokens=min(lengths),
+    )  # fmt: skip
+    assert lengths[0] != lengths[1] and len(kept) == 1 and kept[0][0] == CONVS[lengths.index(min(lengths))][0]
     cache = root / "regen.jsonl"
     args = ["--target", str(target_dir), "--data", str(data), *COMMON, "--steps", "1", "--regenerate"]
     args += ["--regenerate-max-new-tokens", "4", "--regenerated-data", str(cache)]
