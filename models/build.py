@@ -24,7 +24,9 @@ Steps (each writes under ``models/`` and is skipped when its output exists):
    ``calibrate`` of the DSpark draft (STS JSON beside it); reports under ``models/eval/``.
 
 The result depends on the Python version whose standard library is the corpus (3.11 here)
-and on the torch build; every step is seeded.
+and on the torch build; every step is seeded. Run time on a 2-core CPU: about 1.5 hours
+(target 36 min, each draft about 20 min, the rest a few minutes; see models/README.md).
+No GPU was available to time it there.
 """
 
 from __future__ import annotations
