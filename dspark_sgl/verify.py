@@ -106,6 +106,36 @@ def chain_verify(
     rejected = stop < verify_lens.to(torch.int64)
     stop_index = stop[:, None, None].expand(rows, 1, vocab)
     logits_stop = target_scaled.gather(1, stop_index).squeeze(1)  # [R, V]
+    if device.type == "cpu" and not bool(sampled.any()):
+        next_token = logits_stop.argmax(dim=-1)  # all greedy: no noise to draw (no sync on CPU)
+    else:
+        next_token = _sampled_or_greedy(
+            logits_stop, draft_logits, stop, rejected, sampled, safe_t, seed, offset, row_ids
+        )
+
+    out_tokens = torch.full((rows, gamma + 1), -1, dtype=torch.int64, device=device)
+    if gamma > 0:
+        keep = positions[None, :] < stop[:, None]
+        out_tokens[:, :gamma] = torch.where(keep, draft_tokens, out_tokens[:, :gamma])
+    out_tokens.scatter_(1, stop[:, None], next_token[:, None])
+    return accept_lens.to(torch.int32), out_tokens
+
+
+def _sampled_or_greedy(
+    logits_stop: torch.Tensor,
+    draft_logits: torch.Tensor,
+    stop: torch.Tensor,
+    rejected: torch.Tensor,
+    sampled: torch.Tensor,
+    safe_t: torch.Tensor,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    row_ids: torch.Tensor,
+) -> torch.Tensor:
+    """The token at ``stop`` [R]: residual resample after a rejection, bonus draw otherwise
+    (sampled rows), or the target argmax (greedy rows)."""
+    rows, vocab = logits_stop.shape
+    gamma = draft_logits.shape[1]
     noise = rng.gumbel(seed, offset, rng.Stream.RESAMPLE, row_ids, stop, vocab)
     bonus_score = logits_stop + noise
     if gamma > 0:
@@ -119,11 +149,4 @@ def chain_verify(
         score = torch.where(has_residual[:, None], torch.log(residual) + noise, bonus_score)
     else:
         score = bonus_score
-    next_token = torch.where(sampled, score.argmax(dim=-1), logits_stop.argmax(dim=-1))
-
-    out_tokens = torch.full((rows, gamma + 1), -1, dtype=torch.int64, device=device)
-    if gamma > 0:
-        keep = positions[None, :] < stop[:, None]
-        out_tokens[:, :gamma] = torch.where(keep, draft_tokens, out_tokens[:, :gamma])
-    out_tokens.scatter_(1, stop[:, None], next_token[:, None])
-    return accept_lens.to(torch.int32), out_tokens
+    return torch.where(sampled, score.argmax(dim=-1), logits_stop.argmax(dim=-1))
