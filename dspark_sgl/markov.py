@@ -285,9 +285,9 @@ def sample_from_logits(
     """
     rows, vocab = logits.shape
     device = logits.device
+    if rng.noise_unused(temperature):
+        return logits.argmax(dim=-1)
     sampled_rows = temperature > 0
-    if device.type == "cpu" and not bool(sampled_rows.any()):
-        return logits.argmax(dim=-1)  # all greedy: no noise to draw (checked only where it costs no sync)
     row_ids = torch.arange(rows, device=device)
     pos = torch.as_tensor(position, dtype=torch.int64, device=device).expand(rows)
     noise = rng.gumbel(seed, offset, stream, row_ids, pos, vocab)

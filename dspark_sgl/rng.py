@@ -37,6 +37,7 @@ __all__ = [
     "Stream",
     "check_seed_offset",
     "gumbel",
+    "noise_unused",
     "philox4x32",
     "uniform",
     "uniform_scalar",
@@ -246,6 +247,13 @@ def uniform_scalar(
     word0, _, _, _ = philox4x32((zero, c1, c2, c3), key)
     shape = torch.broadcast_shapes(c1.shape, c2.shape)
     return _bits_to_unit_float(word0.expand(shape))
+
+
+def noise_unused(temperature: torch.Tensor) -> bool:
+    """True when every row of ``temperature`` [R] is greedy (0) and knowing so costs no
+    device sync (CPU tensors only): callers may then skip drawing noise no row would use.
+    On GPU it is always False, so graph capture and launches never wait on the host."""
+    return temperature.device.type == "cpu" and not bool((temperature > 0).any())
 
 
 def gumbel(

@@ -106,8 +106,8 @@ def chain_verify(
     rejected = stop < verify_lens.to(torch.int64)
     stop_index = stop[:, None, None].expand(rows, 1, vocab)
     logits_stop = target_scaled.gather(1, stop_index).squeeze(1)  # [R, V]
-    if device.type == "cpu" and not bool(sampled.any()):
-        next_token = logits_stop.argmax(dim=-1)  # all greedy: no noise to draw (no sync on CPU)
+    if rng.noise_unused(temperature):
+        next_token = logits_stop.argmax(dim=-1)
     else:
         next_token = _sampled_or_greedy(
             logits_stop, draft_logits, stop, rejected, sampled, safe_t, seed, offset, row_ids
