@@ -134,32 +134,41 @@ def format_report(report: dict) -> str:
     return "\n".join("| " + line + " |" for line in lines)
 
 
-def _device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """``--device`` (``auto``: CUDA when present) and ``--dtype`` (``auto``: bf16 on CUDA,
+    float32 on CPU, else a key of :data:`DTYPES`) as torch objects."""
     dev = torch.device(
         "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     )
     if dtype == "auto":
         return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"--dtype must be auto or one of {sorted(table)}")
-    return dev, table[dtype]
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be auto or one of {sorted(DTYPES)}")
+    return dev, DTYPES[dtype]
+
+
+def load_target(path: str, device: str = "auto", dtype: str = "auto"):
+    """(tokenizer, target) from a local HF directory: SDPA attention, eval mode, frozen,
+    on the resolved device and dtype (see :func:`resolve_device_dtype`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev, dt = resolve_device_dtype(device, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    target = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation="sdpa")
+    return tokenizer, target.to(dev).eval().requires_grad_(False)
 
 
 def load_pair(
     target_path: str, draft_path: str, device: str = "auto", dtype: str = "auto", sts: str | None = None
 ):
     """(tokenizer, target, draft) from local directories; the draft is checked against the target."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from dspark_sgl.checkpoint import load_draft
 
-    dev, dt = _device_dtype(device, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(target_path)
-    target = (
-        AutoModelForCausalLM.from_pretrained(target_path, dtype=dt, attn_implementation="sdpa").to(dev).eval()
-    )
-    draft = load_draft(draft_path, target_config=target.config, device=dev, dtype=dt)
+    tokenizer, target = load_target(target_path, device, dtype)
+    draft = load_draft(draft_path, target_config=target.config, device=target.device, dtype=target.dtype)
     if sts:
         draft.set_sts_temperatures(calibration.StsCalibration.load(sts).tensor())
     return tokenizer, target, draft
@@ -197,20 +206,21 @@ def run_eval(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     prompts = load_prompts(
         args.prompts or [DEFAULT_PROMPTS], args.datasets.split(",") if args.datasets else None
     )
+    prompts = {name: texts[args.skip_prompts :][: args.num_prompts] for name, texts in prompts.items()}
+    for name, texts in prompts.items():
+        if not texts:
+            raise ValueError(f"dataset {name}: no prompts left after --skip-prompts {args.skip_prompts}")
     engine = SpeculativeEngine(target, draft)
     stops = stop_tokens(tokenizer, target)
     gamma = draft.gamma
     per_dataset: dict[str, dict] = {}
     trace: list[dict] = []
     bar = tqdm(
-        total=sum(len(v[args.skip_prompts :][: args.num_prompts]) for v in prompts.values()),
+        total=sum(map(len, prompts.values())),
         unit="prompt",
         disable=not args.progress,
     )
     for name, texts in prompts.items():
-        texts = texts[args.skip_prompts :][: args.num_prompts]
-        if not texts:
-            raise ValueError(f"dataset {name}: no prompts left after --skip-prompts {args.skip_prompts}")
         encoded = [
             encode_prompt(tokenizer, t, not args.no_chat_template)[-args.max_prompt_tokens :] for t in texts
         ]

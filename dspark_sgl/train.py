@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from dspark_sgl import _io
+from dspark_sgl.evaluate import DTYPES, load_target
 from dspark_sgl.models import DraftConfig, DSparkDraft
 from dspark_sgl.models.draft import ragged_rows
 
@@ -66,7 +67,6 @@ __all__ = [
 logger = logging.getLogger("dspark_sgl")
 
 CHECKPOINT_PREFIX = "checkpoint-"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STATE_FILE = "trainer_state.pt"
 
 
@@ -152,9 +152,9 @@ def regenerate_answers(
         if first_user is None:
             raise ValueError("a conversation to regenerate needs a user turn")
         prompts.append(conv[: first_user + 1])
-    lengths = [len(_render(tokenizer, prompt, True)) for prompt in prompts]
+    encoded = [_render(tokenizer, prompt, True) for prompt in prompts]
     if max_prompt_tokens is not None:
-        kept = [i for i, n in enumerate(lengths) if n <= max_prompt_tokens]
+        kept = [i for i, ids in enumerate(encoded) if len(ids) <= max_prompt_tokens]
         if len(kept) < len(prompts):
             logger.info(
                 "dspark_sgl train: %d of %d prompts are longer than %d tokens and are not regenerated",
@@ -162,21 +162,21 @@ def regenerate_answers(
                 len(prompts),
                 max_prompt_tokens,
             )
-        prompts, lengths = [prompts[i] for i in kept], [lengths[i] for i in kept]
+        prompts, encoded = [prompts[i] for i in kept], [encoded[i] for i in kept]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos = tokenizer.eos_token_id
     out: list[list[dict[str, str]]] = []
     torch.manual_seed(seed)
     bar = tqdm(total=len(prompts), desc="regenerate", disable=not progress)
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     answers: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        encoded = [_render(tokenizer, prompts[i], True) for i in idx]
-        width = max(map(len, encoded))
+        batch = [encoded[i] for i in idx]
+        width = max(map(len, batch))
         ids = torch.full((len(idx), width), pad, dtype=torch.int64)
         mask = torch.zeros(len(idx), width, dtype=torch.int64)
-        for row, seq in enumerate(encoded):
+        for row, seq in enumerate(batch):
             ids[row, width - len(seq) :] = torch.tensor(seq)
             mask[row, width - len(seq) :] = 1
         gen = target.generate(
@@ -457,25 +457,17 @@ def _save(draft: DSparkDraft, path: Path, state: dict | None) -> None:
 
 
 def _save_final(draft: DSparkDraft, out: Path, dtype: torch.dtype) -> None:
-    """The trained draft in ``dtype`` (a copy; training keeps float32 weights)."""
+    """The trained draft in ``dtype``, cast in place (training is over; the target's
+    tensors shared as embedding/lm_head are not touched: only the draft's parameters are
+    rebound to cast copies)."""
     from dspark_sgl.checkpoint import save_draft
 
-    final = copy.deepcopy(draft).to(dtype)
-    final.vocab_attached = True
-    save_draft(final, out, fmt="deepspec", include_vocab=False)
+    draft.to(dtype)
+    save_draft(draft, out, fmt="deepspec", include_vocab=False)
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def _load_target(path: str, device: torch.device, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    target = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    target = target.to(device).eval().requires_grad_(False)
-    return tokenizer, target
 
 
 def _mask_token_id(tokenizer, target, requested: int | None) -> int:
@@ -501,7 +493,6 @@ def train(args: argparse.Namespace) -> Path:
     from tqdm.auto import tqdm
 
     from dspark_sgl.checkpoint import load_draft
-    from dspark_sgl.evaluate import _device_dtype
 
     out = Path(args.out)
     existing = _checkpoints(out) if out.exists() else []
@@ -511,9 +502,9 @@ def train(args: argparse.Namespace) -> Path:
         )
     if args.resume and not existing:
         raise ValueError(f"--resume: no checkpoint in {out}")
-    device, dtype = _device_dtype(args.device, args.dtype)
     torch.manual_seed(args.seed)
-    tokenizer, target = _load_target(args.target, device, dtype)
+    tokenizer, target = load_target(args.target, args.device, args.dtype)
+    device = target.device
     conversations = read_conversations(args.data)
     if args.max_conversations:
         conversations = conversations[: args.max_conversations]
@@ -628,7 +619,7 @@ def train(args: argparse.Namespace) -> Path:
             for old in _checkpoints(out)[: -args.keep_checkpoints]:
                 shutil.rmtree(old)
     bar.close()
-    _save_final(draft, out, _DTYPES[args.save_dtype])
+    _save_final(draft, out, DTYPES[args.save_dtype])
     logger.info("dspark_sgl train: wrote %s", out)
     return out
 
@@ -678,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", default="auto", help="target dtype (auto: bf16 on GPU, fp32 on CPU)")
-    g.add_argument("--save-dtype", choices=sorted(_DTYPES), default="bfloat16", help="final draft dtype")
+    g.add_argument("--save-dtype", choices=sorted(DTYPES), default="bfloat16", help="final draft dtype")
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--save-every", type=int, default=200)
     g.add_argument("--keep-checkpoints", type=int, default=2)
