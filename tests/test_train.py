@@ -86,7 +86,7 @@ def test_teacher_forced_heads_equal_the_inference_heads(head):
         torch.testing.assert_close(z[:, k], conf.logit(hidden[:, k], sampler.prev_embedding(prev[:, k])))
 
 
-def _batch(tokenizer, target):
+def _batch(tokenizer):
     examples = [train.encode_conversation(tokenizer, c, 64) for c in CONVS]
     return train.Batch.collate(examples, tokenizer.pad_token_id)
 
@@ -98,7 +98,7 @@ def test_training_forward_equals_the_inference_backbone(tokenizer):
     vocab = len(tokenizer) + 1
     target = tiny_target(vocab, embed_scale=10.0)
     draft = tiny_draft(target, markov_rank=8)
-    batch = _batch(tokenizer, target)
+    batch = _batch(tokenizer)
     tap_ids = list(draft.config.target_layer_ids)
     with torch.no_grad():
         taps, target_logits = train._target_features(target, batch, tap_ids)
@@ -121,7 +121,7 @@ def test_loss_terms_match_their_definitions(tokenizer):
     vocab = len(tokenizer) + 1
     target = tiny_target(vocab, embed_scale=10.0)
     draft = tiny_draft(target, markov_rank=8)
-    batch = _batch(tokenizer, target)
+    batch = _batch(tokenizer)
     with torch.no_grad():
         taps, target_logits = train._target_features(target, batch, list(draft.config.target_layer_ids))
     seq, pos, valid = train.sample_anchors(batch, draft.gamma, 4, torch.Generator().manual_seed(1))
@@ -170,8 +170,7 @@ def test_schedule_and_position_weights():
 
 
 def test_anchors_have_trained_first_labels_and_cut_at_gaps(tokenizer):
-    target = tiny_target(len(tokenizer) + 1)
-    batch = _batch(tokenizer, target)
+    batch = _batch(tokenizer)
     seq, pos, valid = train.sample_anchors(batch, 7, 100, torch.Generator().manual_seed(0))
     for s, p, v in zip(seq.tolist(), pos.tolist(), valid, strict=True):
         assert bool(batch.trained[s, p + 1])
@@ -325,7 +324,7 @@ def test_training_reduces_the_loss(tokenizer, tmp_path):
     target = tiny_target(vocab, embed_scale=10.0)
     draft = tiny_draft(target, markov_rank=8)
     train.init_draft(draft, 0.02, seed=0)
-    batch = _batch(tokenizer, target)
+    batch = _batch(tokenizer)
     with torch.no_grad():
         taps, target_logits = train._target_features(target, batch, list(draft.config.target_layer_ids))
     seq, pos, valid = train.sample_anchors(batch, draft.gamma, 16, torch.Generator().manual_seed(0))
