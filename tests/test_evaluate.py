@@ -105,3 +105,6 @@ def test_eval_command_line_and_prompt_errors(pair, tmp_path):
         evaluate.load_prompts([bad])
     with pytest.raises(FileNotFoundError):
         evaluate.load_prompts([tmp_path / "absent"])
+    past_end = [*_common(target, draft, prompts), "--skip-prompts", "1000", "--out", str(tmp_path / "s.json")]
+    with pytest.raises(ValueError, match="no prompts left after --skip-prompts 1000"):
+        evaluate.main_eval(past_end)

@@ -150,3 +150,9 @@ def test_bad_stream_and_vocab_are_rejected():
         rng.uniform(0, 0, 1, torch.tensor([0]), torch.tensor([0]), 4)
     with pytest.raises(ValueError, match="vocab_size"):
         rng.uniform(0, 0, Stream.DRAFT, torch.tensor([0]), torch.tensor([0]), 0)
+
+
+def test_noise_unused_only_for_all_greedy_cpu_rows():
+    assert rng.noise_unused(torch.zeros(3))
+    assert not rng.noise_unused(torch.tensor([0.0, 0.7, 0.0]))
+    assert not rng.noise_unused(torch.full((2,), 1.0))

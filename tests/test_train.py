@@ -66,6 +66,10 @@ def test_read_conversations_rejects_bad_records(tmp_path):
         bad.write_text(line + "\n")
         with pytest.raises(ValueError, match=message):
             train.read_conversations(bad)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no conversations"):
+        train.read_conversations(empty)
 
 
 @pytest.mark.parametrize("head", ["vanilla", "gated", "rnn"])
@@ -310,6 +314,11 @@ def test_regenerate_uses_the_target_and_is_cached(pair_and_data):
         max_prompt_tokens=min(lengths),
     )  # fmt: skip
     assert lengths[0] != lengths[1] and len(kept) == 1 and kept[0][0] == CONVS[lengths.index(min(lengths))][0]
+    with pytest.raises(ValueError, match="needs a user turn"):
+        train.regenerate_answers(
+            target, tok, [[{"role": "system", "content": "be brief"}]], max_new_tokens=2, temperature=0.0,
+            batch_size=1, seed=0, progress=False,
+        )  # fmt: skip
     cache = root / "regen.jsonl"
     args = ["--target", str(target_dir), "--data", str(data), *COMMON, "--steps", "1", "--regenerate"]
     args += ["--regenerate-max-new-tokens", "4", "--regenerated-data", str(cache)]
