@@ -66,9 +66,15 @@ def kernel_path(op: str, device: torch.device) -> tuple[bool, str]:
     return True, f"dspark_sgl._C.{op}"
 
 
-def use_kernel(op: str, device: torch.device) -> bool:
-    """Whether ``op`` runs its CUDA kernel on ``device``; logs the choice once."""
+def use_kernel(op: str, device: torch.device, unsupported: str | None = None) -> bool:
+    """Whether ``op`` runs its CUDA kernel on ``device``; logs the choice once per reason.
+
+    ``unsupported``: why these particular inputs need the reference (an input the kernel
+    does not cover); None when the kernel covers them.
+    """
     use, reason = kernel_path(op, device)
+    if use and unsupported is not None:
+        use, reason = False, unsupported
     _log_once(op, "CUDA kernel" if use else "PyTorch reference", reason)
     return use
 
@@ -85,8 +91,52 @@ def describe() -> str:
     ext = load_extension()
     if ext is None:
         return f"PyTorch reference only: {_extension_error}"
-    ops = sorted(name for name in dir(ext) if not name.startswith("_") and callable(getattr(ext, name)))
+    ops = sorted(
+        name
+        for name in dir(ext)
+        if not name.startswith("_") and not name.endswith("_workspace_bytes") and callable(getattr(ext, name))
+    )
     return f"dspark_sgl._C loaded (sm {ext.cuda_archs}; kernels: {', '.join(ops)})"
+
+
+_DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def dtype_code(t: torch.Tensor) -> int:
+    """The kernels' element-type code of a float32/bf16/fp16 tensor (csrc common.cuh DType)."""
+    return _DTYPE_CODES[t.dtype]
+
+
+def pointer(t: torch.Tensor | None) -> int:
+    """Device address of a contiguous tensor, 0 for None."""
+    if t is None:
+        return 0
+    if not t.is_contiguous():
+        raise ValueError("internal error: kernel inputs must be contiguous")
+    return t.data_ptr()
+
+
+def scalar_and_pointer(value: int | torch.Tensor) -> tuple[int, int]:
+    """(value, 0) for a Python int, (0, data pointer) for a device tensor (seed/offset)."""
+    if isinstance(value, torch.Tensor):
+        return 0, value.data_ptr()
+    return value, 0
+
+
+def philox_args(seed: int | torch.Tensor, offset: int | torch.Tensor) -> dict[str, int]:
+    """The seed/offset entries of a kernel's argument dict."""
+    seed_value, seed_ptr = scalar_and_pointer(seed)
+    offset_value, offset_ptr = scalar_and_pointer(offset)
+    return {
+        "seed_value": seed_value,
+        "seed_ptr": seed_ptr,
+        "offset_value": offset_value,
+        "offset_ptr": offset_ptr,
+    }
+
+
+def multiprocessor_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def current_stream_handle(device: torch.device) -> int:

@@ -12,6 +12,11 @@ Weights are stored as in DeepSpec checkpoints: ``w1`` = ``markov_head.markov_w1.
 Sampling uses the Gumbel-max trick with :mod:`dspark_sgl.rng` (stream ``DRAFT``, row =
 batch row, position = k - 1): ``x_k = argmax(logits_k / T + G)``; ``argmax`` breaks ties
 towards the smallest token id. All arithmetic is float32.
+
+With the vanilla head on a GPU, :func:`sample_block_with_head` runs the fused CUDA kernel
+``markov_block`` (csrc/markov_block.cu): it never materialises the [R, V] bias, reads W2
+once per position for all rows, and writes the [R, g, V] logits only when asked
+(``keep_logits``); verification can instead use the block's :class:`DraftStats`.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from dataclasses import dataclass
 
 import torch
 
-from dspark_sgl import _checks, rng
+from dspark_sgl import _checks, _dispatch, rng
 
 __all__ = [
     "ConfidenceHead",
     "DraftBlock",
+    "DraftStats",
     "GatedMarkovHead",
     "MarkovHead",
     "RnnMarkovHead",
@@ -34,7 +40,62 @@ __all__ = [
     "sample_block",
     "sample_block_with_head",
     "sample_from_logits",
+    "stats_cheaper_than_logits",
 ]
+
+
+@dataclass
+class DraftStats:
+    """What verification needs of a vanilla-head block in place of its [R, g, V] logits.
+
+    max, sum: [R, g] float32 softmax statistics of ``logits / T`` (T = 1 on greedy rows),
+    so ``q_k(v) = exp(logits[r, k, v] / T - max[r, k]) / sum[r, k]``;
+    token_logits: [R, g] float32, ``logits[r, k, tokens[r, k]]``.
+    base_logits [R, g, V], anchor [R], w1 / w2 [V, r] and logit_softcap recompute one row:
+    ``logits[r, k] = softcap(base_logits[r, k]) + w1[x_{k-1}] @ w2.T`` (``x_{-1}`` = anchor).
+    Valid only for the temperatures the block was drafted with.
+    """
+
+    max: torch.Tensor
+    sum: torch.Tensor
+    token_logits: torch.Tensor
+    base_logits: torch.Tensor
+    anchor: torch.Tensor
+    w1: torch.Tensor
+    w2: torch.Tensor
+    logit_softcap: float | None = None
+
+    def row_logits(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        """Recompute ``logits[r, position[r]]`` for every row: [R, V] float32.
+
+        tokens: [R, g] int64 (the block's tokens), position: [R] int64 in [0, g).
+        """
+        rows = position.shape[0]
+        row_ids = torch.arange(rows, device=position.device)
+        prev_tokens = torch.cat([self.anchor[:, None], tokens[:, :-1]], dim=1)
+        prev = prev_tokens[row_ids, position]
+        base = self.base_logits[row_ids, position].float()
+        if self.logit_softcap is not None:
+            base = self.logit_softcap * torch.tanh(base / self.logit_softcap)
+        return base + _vanilla_bias(self.w1, self.w2.float(), prev)
+
+
+def softmax_stats(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, sum of exp(x - max)) over the last dim of float32 ``scaled``: [...] each."""
+    peak = scaled.amax(dim=-1)
+    return peak, torch.exp(scaled - peak.unsqueeze(-1)).sum(dim=-1)
+
+
+def stats_cheaper_than_logits(rows: int, gamma: int, vocab: int, rank: int, weight_bytes: int) -> bool:
+    """Whether verifying from :class:`DraftStats` moves fewer bytes than keeping the logits.
+
+    Keeping them writes and later reads ``R * g * V`` float32; the statistics form instead
+    recomputes at most one row per request (W2 once, ``V * r`` weights, plus the rows' base
+    logits).
+    """
+    keep = 2 * rows * gamma * vocab * 4
+    recompute = vocab * rank * weight_bytes + rows * vocab * 4
+    return recompute < keep
 
 
 @dataclass
@@ -42,15 +103,26 @@ class DraftBlock:
     """One drafted block for R rows and g positions.
 
     tokens: [R, g] int64, the sampled draft tokens.
-    logits: [R, g, V] float32, the Markov-corrected logits the tokens were drawn from.
+    logits: [R, g, V] float32, the Markov-corrected logits the tokens were drawn from, or
+        None when the block was drafted with ``keep_logits=False``.
     confidence: [R, g] float32 in (0, 1), STS-calibrated ``c_k``, or None without a head.
     confidence_logits: [R, g] float32, the raw head output ``z_k`` (before STS), or None.
+    stats: :class:`DraftStats` (vanilla head only), or None.
     """
 
     tokens: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     confidence: torch.Tensor | None = None
     confidence_logits: torch.Tensor | None = None
+    stats: DraftStats | None = None
+
+    def verify_input(self) -> torch.Tensor | DraftStats:
+        """What :func:`dspark_sgl.verify.chain_verify` takes as ``draft_logits``."""
+        if self.logits is not None:
+            return self.logits
+        if self.stats is None:
+            raise ValueError("this block kept neither its logits nor its statistics")
+        return self.stats
 
 
 def _check_markov_weights(w1: torch.Tensor, w2: torch.Tensor) -> tuple[int, int]:
@@ -327,13 +399,17 @@ def sample_block_with_head(
     hidden: torch.Tensor | None = None,
     confidence_head: ConfidenceHead | None = None,
     logit_softcap: float | None = None,
+    keep_logits: bool = True,
 ) -> DraftBlock:
-    """Draft a block with any Markov head (PyTorch reference).
+    """Draft a block with any Markov head.
 
     base_logits: [R, g, V] backbone logits U_k; anchor: [R] int64 (x_0);
     temperature: [R] float32 (0 = greedy); hidden: [R, g, H] backbone states (needed by
     gated/RNN heads and by the confidence head); logit_softcap: Gemma's cap applied to
-    U_k before the bias. Returns a :class:`DraftBlock`.
+    U_k before the bias; keep_logits: False returns ``logits=None`` (vanilla head only:
+    verify from ``stats``). Returns a :class:`DraftBlock`; vanilla heads also fill
+    ``stats``. Runs the ``markov_block`` CUDA kernel for the vanilla head on a GPU, else
+    the PyTorch reference.
     """
     if not isinstance(head, MarkovHead):
         raise TypeError(f"head must be a MarkovHead, got {type(head).__name__}")
@@ -360,10 +436,32 @@ def sample_block_with_head(
             raise ValueError(f"sts_temperatures must have {gamma} entries, got {sts.numel()}")
     if logit_softcap is not None and not logit_softcap > 0:
         raise ValueError(f"logit_softcap must be > 0, got {logit_softcap}")
+    vanilla = isinstance(head, VanillaMarkovHead)
+    if not keep_logits and not vanilla:
+        raise ValueError(
+            "keep_logits=False needs the vanilla Markov head (other heads cannot recompute a row)"
+        )
+    if _dispatch.use_kernel("markov_block", device, _markov_kernel_unsupported(head, rows, vocab)):
+        return _sample_block_cuda(
+            base_logits,
+            anchor,
+            head,
+            temperature,
+            seed,
+            offset,
+            hidden,
+            confidence_head,
+            use_markov_feature,
+            logit_softcap,
+            keep_logits,
+        )
 
     tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
     logits = torch.empty(rows, gamma, vocab, dtype=torch.float32, device=device)
     conf_logits = torch.empty(rows, gamma, dtype=torch.float32, device=device) if confidence_head else None
+    stat_max = torch.empty(rows, gamma, dtype=torch.float32, device=device)
+    stat_sum = torch.empty_like(stat_max)
+    safe_t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
     prev = anchor
     state = head.initial_state(rows)
     for k in range(gamma):
@@ -374,6 +472,8 @@ def sample_block_with_head(
             base = logit_softcap * torch.tanh(base / logit_softcap)
         logits_k = base + bias
         logits[:, k] = logits_k
+        if vanilla:
+            stat_max[:, k], stat_sum[:, k] = softmax_stats(logits_k / safe_t)
         if conf_logits is not None:
             emb = head.prev_embedding(prev) if use_markov_feature else None
             conf_logits[:, k] = confidence_head.logit(hidden_k, emb)
@@ -382,7 +482,128 @@ def sample_block_with_head(
         )
         tokens[:, k] = prev
     confidence = confidence_head.calibrate(conf_logits) if confidence_head is not None else None
-    return DraftBlock(tokens=tokens, logits=logits, confidence=confidence, confidence_logits=conf_logits)
+    stats = None
+    if vanilla:
+        stats = DraftStats(
+            max=stat_max,
+            sum=stat_sum,
+            token_logits=logits.gather(2, tokens[:, :, None]).squeeze(2),
+            base_logits=base_logits,
+            anchor=anchor,
+            w1=head.w1,
+            w2=head.w2,
+            logit_softcap=logit_softcap,
+        )
+    return DraftBlock(
+        tokens=tokens,
+        logits=logits if keep_logits else None,
+        confidence=confidence,
+        confidence_logits=conf_logits,
+        stats=stats,
+    )
+
+
+def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int) -> str | None:
+    """Why ``markov_block`` cannot run these inputs (None when it can)."""
+    if not isinstance(head, VanillaMarkovHead):
+        return f"{type(head).__name__} has no CUDA kernel (vanilla head only)"
+    if head.w1.dtype != head.w2.dtype:
+        return f"w1 ({head.w1.dtype}) and w2 ({head.w2.dtype}) differ in dtype"
+    if head.rank > 512:
+        return f"Markov rank {head.rank} > 512"
+    if rows >= 2**31 or vocab >= 2**31:
+        return "more than 2^31 rows or vocabulary entries"
+    return None
+
+
+def _sample_block_cuda(
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    head: VanillaMarkovHead,
+    temperature: torch.Tensor,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    hidden: torch.Tensor | None,
+    confidence_head: ConfidenceHead | None,
+    use_markov_feature: bool,
+    logit_softcap: float | None,
+    keep_logits: bool,
+) -> DraftBlock:
+    """The ``markov_block`` kernel: same outputs as the reference loop above."""
+    rows, gamma, vocab = base_logits.shape
+    device = base_logits.device
+    base = base_logits.contiguous()
+    w1, w2 = head.w1.contiguous(), head.w2.contiguous()
+    anchor = anchor.contiguous()
+
+    def f32(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, dtype=torch.float32, device=device)
+
+    tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
+    token_logits, stat_max, stat_sum = f32(rows, gamma), f32(rows, gamma), f32(rows, gamma)
+    logits = f32(rows, gamma, vocab) if keep_logits else None
+    conf_logits = confidence = conf_weight = conf_bias = sts = None
+    conf_bias_value = 0.0
+    hidden_c = None
+    if confidence_head is not None:
+        hidden_c = hidden.contiguous()
+        conf_logits, confidence = f32(rows, gamma), f32(rows, gamma)
+        conf_weight = confidence_head.weight.contiguous()
+        if isinstance(confidence_head.bias, torch.Tensor):
+            conf_bias = confidence_head.bias.reshape(1).contiguous()
+        else:
+            conf_bias_value = float(confidence_head.bias)
+        if confidence_head.sts_temperatures is not None:
+            sts = confidence_head.sts_temperatures.contiguous()
+    workspace_bytes = _dispatch.kernel("markov_block_workspace_bytes")(rows, vocab, w2.element_size())
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
+    _dispatch.kernel("markov_block")(
+        {
+            "base_logits": _dispatch.pointer(base),
+            "base_dtype": _dispatch.dtype_code(base),
+            "anchor": _dispatch.pointer(anchor),
+            "w1": _dispatch.pointer(w1),
+            "w2": _dispatch.pointer(w2),
+            "weight_dtype": _dispatch.dtype_code(w2),
+            "temperature": _dispatch.pointer(temperature.contiguous()),
+            "rows": rows,
+            "gamma": gamma,
+            "vocab": vocab,
+            "rank": head.rank,
+            "softcap": float(logit_softcap) if logit_softcap is not None else 0.0,
+            **_dispatch.philox_args(seed, offset),
+            "hidden": _dispatch.pointer(hidden_c),
+            "hidden_dtype": _dispatch.dtype_code(hidden_c) if hidden_c is not None else 0,
+            "hidden_size": hidden_c.shape[2] if hidden_c is not None else 0,
+            "conf_weight": _dispatch.pointer(conf_weight),
+            "conf_uses_markov": int(use_markov_feature),
+            "conf_bias": _dispatch.pointer(conf_bias),
+            "conf_bias_value": conf_bias_value,
+            "sts_temperatures": _dispatch.pointer(sts),
+            "tokens": _dispatch.pointer(tokens),
+            "token_logits": _dispatch.pointer(token_logits),
+            "stat_max": _dispatch.pointer(stat_max),
+            "stat_sum": _dispatch.pointer(stat_sum),
+            "logits_out": _dispatch.pointer(logits),
+            "conf_logits": _dispatch.pointer(conf_logits),
+            "confidence": _dispatch.pointer(confidence),
+            "workspace": _dispatch.pointer(workspace),
+            "cuda_stream": _dispatch.current_stream_handle(device),
+        }
+    )
+    stats = DraftStats(
+        max=stat_max,
+        sum=stat_sum,
+        token_logits=token_logits,
+        base_logits=base,
+        anchor=anchor,
+        w1=w1,
+        w2=w2,
+        logit_softcap=logit_softcap,
+    )
+    return DraftBlock(
+        tokens=tokens, logits=logits, confidence=confidence, confidence_logits=conf_logits, stats=stats
+    )
 
 
 def sample_block(
@@ -399,13 +620,15 @@ def sample_block(
     conf_bias: float | torch.Tensor | None = None,
     sts_temperatures: torch.Tensor | None = None,
     logit_softcap: float | None = None,
+    keep_logits: bool = True,
 ) -> DraftBlock:
     """Draft a block with the vanilla Markov head ``w1[prev] @ w2.T``.
 
     base_logits: [R, g, V] float32/bf16/fp16; anchor: [R] int64; w1, w2: [V, r];
     temperature: [R] float32 (0 = greedy, rows may mix). With ``conf_weight``
     ([H + r] or [H]), ``conf_bias`` and ``hidden`` [R, g, H] the block carries
-    ``confidence`` [R, g]; ``sts_temperatures`` [g] applies STS.
+    ``confidence`` [R, g]; ``sts_temperatures`` [g] applies STS. keep_logits: see
+    :func:`sample_block_with_head`.
     """
     head = VanillaMarkovHead(w1, w2)
     confidence_head = None
@@ -425,4 +648,5 @@ def sample_block(
         hidden=hidden,
         confidence_head=confidence_head,
         logit_softcap=logit_softcap,
+        keep_logits=keep_logits,
     )

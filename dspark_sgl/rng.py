@@ -189,13 +189,6 @@ def uniform(
     return _uniform_reference(seed, offset, stream, row, position, vocab_size)
 
 
-def _scalar_and_pointer(value: SeedLike) -> tuple[int, int]:
-    """(value, 0) for a Python int, (0, data pointer) for a device tensor."""
-    if isinstance(value, torch.Tensor):
-        return 0, value.data_ptr()
-    return value, 0
-
-
 def _uniform_cuda(
     seed: SeedLike,
     offset: SeedLike,
@@ -209,8 +202,8 @@ def _uniform_cuda(
     rows = row.to(torch.int64).expand(shape).contiguous()
     positions = position.to(device=device, dtype=torch.int64).expand(shape).contiguous()
     out = torch.empty(*shape, vocab_size, dtype=torch.float32, device=device)
-    seed_value, seed_ptr = _scalar_and_pointer(seed)
-    offset_value, offset_ptr = _scalar_and_pointer(offset)
+    seed_value, seed_ptr = _dispatch.scalar_and_pointer(seed)
+    offset_value, offset_ptr = _dispatch.scalar_and_pointer(offset)
     _dispatch.kernel("philox_uniform")(
         out.data_ptr(),
         rows.data_ptr(),

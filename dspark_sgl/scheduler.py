@@ -18,6 +18,9 @@ requests, never on ``x_{r,j}`` itself: that is what keeps both schedulers lossle
   candidates (:func:`schedule_topk`).
 
 Everything runs as tensor ops on the confidences' device, with no host synchronisation.
+On a GPU, :func:`schedule_causal`, :func:`schedule_async`, :func:`schedule_topk` and
+:func:`schedule_topk_causal` run as one launch of the ``schedule_prefix`` CUDA kernel
+(csrc/schedule.cu) for up to 8192 candidates (R * g).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dspark_sgl import _checks
+from dspark_sgl import _checks, _dispatch
 
 __all__ = [
     "SpsTable",
@@ -130,13 +133,7 @@ class SpsTable:
 
     def lookup(self, batch_tokens: torch.Tensor) -> torch.Tensor:
         """SPS for a tensor of batch sizes, float64 on the same device (no host sync)."""
-        device = batch_tokens.device
-        if device not in self._device_cache:
-            self._device_cache[device] = (
-                torch.tensor(self.tokens, dtype=torch.float64, device=device),
-                torch.tensor(self.steps_per_sec, dtype=torch.float64, device=device),
-            )
-        xs, ys = self._device_cache[device]
+        xs, ys = self.device_points(batch_tokens.device)
         x = batch_tokens.to(torch.float64).clamp(min=xs[0], max=xs[-1])
         hi = torch.bucketize(x, xs, right=True).clamp(1, max(len(self.tokens) - 1, 1))
         lo = hi - 1
@@ -144,6 +141,15 @@ class SpsTable:
             return ys[0].expand_as(x).clone()
         frac = (x - xs[lo]) / (xs[hi] - xs[lo])
         return ys[lo] + frac * (ys[hi] - ys[lo])
+
+    def device_points(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, steps_per_sec) as float64 tensors on ``device``, cached per device."""
+        if device not in self._device_cache:
+            self._device_cache[device] = (
+                torch.tensor(self.tokens, dtype=torch.float64, device=device),
+                torch.tensor(self.steps_per_sec, dtype=torch.float64, device=device),
+            )
+        return self._device_cache[device]
 
     def to_dict(self) -> dict:
         return {
@@ -197,8 +203,62 @@ def _check_sps(sps: object) -> None:
 
 
 def prefix_survival(confidence: torch.Tensor) -> torch.Tensor:
-    """``a[r, j] = prod_{i<=j} c[r, i]`` in float32 (left-to-right products), [R, g]."""
-    return torch.cumprod(confidence.float(), dim=1)
+    """``a[r, j] = prod_{i<=j} c[r, i]``: products in float64 rounded to float32, [R, g].
+
+    (Float64 products of float32 values make the result independent of the order a
+    device's scan multiplies in, so the CUDA kernel reproduces it bit for bit.)
+    """
+    return torch.cumprod(confidence.double(), dim=1).float()
+
+
+_BUDGET_NONE, _BUDGET_GIVEN = 0, 1
+
+
+def _schedule_kernel_unsupported(confidence: torch.Tensor) -> str | None:
+    rows, gamma = confidence.shape
+    if rows * gamma > 8192:
+        return f"{rows} x {gamma} candidates > 8192"
+    if rows * gamma == 0:
+        return "no candidates"
+    return None
+
+
+def _schedule_cuda(
+    confidence: torch.Tensor,
+    sps: SpsTable,
+    *,
+    causal: bool,
+    budget: int | torch.Tensor | None = None,
+    budget_confidence: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One ``schedule_prefix`` launch: lengths [R] int32 (see the module docstring)."""
+    rows, gamma = confidence.shape
+    device = confidence.device
+    conf = confidence.contiguous()
+    stale = budget_confidence.to(conf.dtype).contiguous() if budget_confidence is not None else None
+    xs, ys = sps.device_points(device)
+    lengths = torch.empty(rows, dtype=torch.int32, device=device)
+    budget_tensor = budget.reshape(1).to(torch.int64) if isinstance(budget, torch.Tensor) else None
+    _dispatch.kernel("schedule_prefix")(
+        {
+            "confidence": _dispatch.pointer(conf),
+            "budget_confidence": _dispatch.pointer(stale),
+            "dtype": _dispatch.dtype_code(conf),
+            "rows": rows,
+            "gamma": gamma,
+            "sps_tokens": _dispatch.pointer(xs),
+            "sps_speeds": _dispatch.pointer(ys),
+            "sps_points": xs.numel(),
+            "causal": int(causal),
+            "budget_source": _BUDGET_NONE if budget is None else _BUDGET_GIVEN,
+            "budget_ptr": _dispatch.pointer(budget_tensor),
+            "budget_value": budget if isinstance(budget, int) else 0,
+            "lengths": _dispatch.pointer(lengths),
+            "take_out": 0,
+            "cuda_stream": _dispatch.current_stream_handle(device),
+        }
+    )
+    return lengths
 
 
 def _ranked_candidates(survival: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -247,6 +307,8 @@ def schedule_causal(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
     """
     _check_confidence("confidence", confidence)
     _check_sps(sps)
+    if _dispatch.use_kernel("schedule_prefix", confidence.device, _schedule_kernel_unsupported(confidence)):
+        return _schedule_cuda(confidence, sps, causal=True)
     rows = confidence.shape[0]
     ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
     return _lengths_from_prefix(request, _causal_take(ranked, valid, rows, sps), rows)
@@ -285,8 +347,13 @@ def schedule_topk(confidence: torch.Tensor, budget: int | torch.Tensor) -> torch
     budget: int or 0-D/1-element integer tensor (stays on device: no host sync).
     """
     _check_confidence("confidence", confidence)
+    return _topk(confidence, _checked_budget(budget, confidence.device), None)
+
+
+def _checked_budget(budget: int | torch.Tensor, device: torch.device) -> int | torch.Tensor:
+    """Validate a top-K budget: a non-negative int, or a one-element integer tensor (as 0-D)."""
     if isinstance(budget, torch.Tensor):
-        _checks.tensor("budget", budget, dtypes=_checks.INT_DTYPES, device=confidence.device)
+        _checks.tensor("budget", budget, dtypes=_checks.INT_DTYPES, device=device)
         if budget.numel() != 1:
             raise ValueError(f"budget tensor must hold one element, got shape {list(budget.shape)}")
         if _checks.values_checkable(budget) and int(budget) < 0:
@@ -296,9 +363,23 @@ def schedule_topk(confidence: torch.Tensor, budget: int | torch.Tensor) -> torch
         raise TypeError(f"budget must be an int or an integer tensor, got {type(budget).__name__}")
     elif budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
+    return budget
+
+
+# The kernel's SPS argument when no table matters (plain top-K): cached per device.
+_NO_SPS = SpsTable([(1, 1.0)])
+
+
+def _topk(confidence: torch.Tensor, budget: int | torch.Tensor, sps: SpsTable | None) -> torch.Tensor:
+    """Top-K lengths, with Algorithm 1's break under ``sps`` when given (inputs checked)."""
+    device = confidence.device
+    if _dispatch.use_kernel("schedule_prefix", device, _schedule_kernel_unsupported(confidence)):
+        return _schedule_cuda(confidence, sps or _NO_SPS, causal=sps is not None, budget=budget)
     rows = confidence.shape[0]
-    _, request, valid = _ranked_candidates(prefix_survival(confidence))
-    take = torch.minimum(torch.as_tensor(budget, device=confidence.device), valid.sum())
+    ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
+    take = torch.minimum(torch.as_tensor(budget, device=device), valid.sum())
+    if sps is not None:
+        take = torch.minimum(_causal_take(ranked, valid, rows, sps), take)
     return _lengths_from_prefix(request, take, rows)
 
 
@@ -309,12 +390,10 @@ def schedule_topk_causal(confidence: torch.Tensor, budget: int | torch.Tensor, s
     each admission strictly raises Theta under ``confidence`` [R, g]; never more than
     :func:`schedule_topk` admits. budget: int or one-element integer tensor (no host sync).
     """
-    lengths = schedule_topk(confidence, budget)
+    _check_confidence("confidence", confidence)
+    budget = _checked_budget(budget, confidence.device)
     _check_sps(sps)
-    rows = confidence.shape[0]
-    ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
-    take = torch.minimum(_causal_take(ranked, valid, rows, sps), lengths.sum().to(torch.int64))
-    return _lengths_from_prefix(request, take, rows)
+    return _topk(confidence, budget, sps)
 
 
 def schedule_async(
@@ -340,10 +419,11 @@ def schedule_async(
             f"budget_confidence must have the shape of confidence {list(confidence.shape)}, "
             f"got {list(budget_confidence.shape)}"
         )
+    _check_sps(sps)
+    if _dispatch.use_kernel("schedule_prefix", confidence.device, _schedule_kernel_unsupported(confidence)):
+        return _schedule_cuda(confidence, sps, causal=causal_prune, budget_confidence=budget_confidence)
     budget = verify_budget(budget_confidence, sps)
-    if not causal_prune:
-        return schedule_topk(confidence, budget)
-    return schedule_topk_causal(confidence, budget, sps)
+    return _topk(confidence, budget, sps if causal_prune else None)
 
 
 def expected_throughput(confidence: torch.Tensor, verify_lens: torch.Tensor, sps: SpsTable) -> torch.Tensor:

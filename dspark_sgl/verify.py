@@ -14,20 +14,63 @@ bonus. Greedy rows (T == 0) accept while ``x_j == argmax target_logits[r, j]`` a
 The output distribution of every emitted token is exactly the target's, whatever the
 verify lengths, provided ``verify_lens`` does not depend on the draft tokens it admits
 (see :mod:`dspark_sgl.scheduler`).
+
+Probabilities are ``exp(x / T - max) / sum`` from each row's softmax statistics, so the
+draft side may be given either as its logits or as the Markov sampler's
+:class:`~dspark_sgl.markov.DraftStats` (statistics, the drafted tokens' logits, and what
+recomputes the one draft row a rejection needs); both give the same tokens. On a GPU the
+``chain_verify`` CUDA kernel (csrc/chain_verify.cu) runs either form.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from dspark_sgl import _checks, rng
+from dspark_sgl import _checks, _dispatch, rng
+from dspark_sgl.markov import DraftStats, softmax_stats
 
 __all__ = ["chain_verify"]
+
+_KERNEL_MAX_GAMMA = 32
+_KERNEL_MAX_ROWS = 65535
+
+
+def _check_stats(stats: DraftStats, rows: int, gamma: int, vocab: int, device: torch.device) -> None:
+    for name in ("max", "sum", "token_logits"):
+        _checks.tensor(
+            f"draft_logits.{name}",
+            getattr(stats, name),
+            dtypes=(torch.float32,),
+            shape=(rows, gamma),
+            device=device,
+        )
+    _checks.tensor(
+        "draft_logits.base_logits",
+        stats.base_logits,
+        dtypes=_checks.FLOAT_DTYPES,
+        shape=(rows, gamma, vocab),
+        device=device,
+    )
+    _checks.tensor("draft_logits.anchor", stats.anchor, dtypes=(torch.int64,), shape=(rows,), device=device)
+    for name in ("w1", "w2"):
+        _checks.tensor(
+            f"draft_logits.{name}", getattr(stats, name), dtypes=_checks.FLOAT_DTYPES, ndim=2, device=device
+        )
+    if stats.w2.shape[0] != vocab or stats.w1.shape[1] != stats.w2.shape[1]:
+        raise ValueError(
+            f"draft_logits.w1 {list(stats.w1.shape)} / w2 {list(stats.w2.shape)} "
+            f"do not fit vocabulary {vocab}"
+        )
+    _checks.in_range("draft_logits.anchor", stats.anchor, 0, stats.w1.shape[0])
+    _checks.not_nan("draft_logits.max", stats.max)
+    _checks.finite("draft_logits.sum", stats.sum)
 
 
 def _check_inputs(
     target_logits: torch.Tensor,
-    draft_logits: torch.Tensor,
+    draft_logits: torch.Tensor | DraftStats,
     draft_tokens: torch.Tensor,
     verify_lens: torch.Tensor,
     temperature: torch.Tensor,
@@ -41,22 +84,29 @@ def _check_inputs(
             f"target_logits must have g + 1 >= 1 positions, got shape {list(target_logits.shape)}"
         )
     rng.check_position(gamma)
-    _checks.tensor(
-        "draft_logits", draft_logits, dtypes=_checks.FLOAT_DTYPES, shape=(rows, gamma, vocab), device=device
-    )
+    if isinstance(draft_logits, DraftStats):
+        _check_stats(draft_logits, rows, gamma, vocab, device)
+    else:
+        _checks.tensor(
+            "draft_logits",
+            draft_logits,
+            dtypes=_checks.FLOAT_DTYPES,
+            shape=(rows, gamma, vocab),
+            device=device,
+        )
+        _checks.not_nan("draft_logits", draft_logits)
     _checks.tensor("draft_tokens", draft_tokens, dtypes=(torch.int64,), shape=(rows, gamma), device=device)
     _checks.tensor("verify_lens", verify_lens, dtypes=_checks.INT_DTYPES, shape=(rows,), device=device)
     _checks.temperature("temperature", temperature, rows, device)
     _checks.in_range("draft_tokens", draft_tokens, 0, vocab)
     _checks.in_range("verify_lens", verify_lens, 0, gamma + 1)
     _checks.not_nan("target_logits", target_logits)
-    _checks.not_nan("draft_logits", draft_logits)
     return rows, gamma, vocab
 
 
 def chain_verify(
     target_logits: torch.Tensor,
-    draft_logits: torch.Tensor,
+    draft_logits: torch.Tensor | DraftStats,
     draft_tokens: torch.Tensor,
     verify_lens: torch.Tensor,
     temperature: torch.Tensor,
@@ -68,8 +118,9 @@ def chain_verify(
 
     target_logits: [R, g+1, V] (float32/bf16/fp16), the target's logits at the anchor
     and each draft position; draft_logits: [R, g, V], the logits the drafts were sampled
-    from (``DraftBlock.logits``); draft_tokens: [R, g] int64; verify_lens: [R] int32/int64
-    in [0, g]; temperature: [R] float32 (0 = greedy).
+    from (``DraftBlock.logits``), or the block's :class:`~dspark_sgl.markov.DraftStats`
+    (``DraftBlock.stats``, drafted at the same temperatures); draft_tokens: [R, g] int64;
+    verify_lens: [R] int32/int64 in [0, g]; temperature: [R] float32 (0 = greedy).
 
     Returns ``accept_lens`` [R] int32 (accepted drafts, <= verify_lens) and
     ``out_tokens`` [R, g+1] int64: the accepted drafts, then the correction or bonus
@@ -78,20 +129,30 @@ def chain_verify(
     rows, gamma, vocab = _check_inputs(target_logits, draft_logits, draft_tokens, verify_lens, temperature)
     device = target_logits.device
     rng.check_seed_offset(seed, offset, device)
+    if _dispatch.use_kernel(
+        "chain_verify", device, _kernel_unsupported(target_logits, draft_logits, rows, gamma)
+    ):
+        return _chain_verify_cuda(
+            target_logits, draft_logits, draft_tokens, verify_lens, temperature, seed, offset
+        )
 
     sampled = temperature > 0
     safe_t = torch.where(sampled, temperature, torch.ones_like(temperature))[:, None, None]
     target_scaled = target_logits.float() / safe_t  # [R, g+1, V]
     row_ids = torch.arange(rows, device=device)
     positions = torch.arange(gamma, device=device)
+    if isinstance(draft_logits, DraftStats):
+        d_max, d_sum, d_token = draft_logits.max, draft_logits.sum, draft_logits.token_logits
+    elif gamma > 0:
+        d_max, d_sum = softmax_stats(draft_logits.float() / safe_t)
+        d_token = draft_logits.float().gather(2, draft_tokens[:, :, None]).squeeze(2)
 
     # Acceptance of each draft position (before truncation to the verify length).
     if gamma > 0:
-        p = torch.softmax(target_scaled[:, :gamma], dim=-1)
-        q = torch.softmax(draft_logits.float() / safe_t, dim=-1)
-        index = draft_tokens.unsqueeze(-1)
-        p_x = p.gather(-1, index).squeeze(-1)
-        q_x = q.gather(-1, index).squeeze(-1)
+        t_max, t_sum = softmax_stats(target_scaled[:, :gamma])
+        t_token = target_scaled[:, :gamma].gather(2, draft_tokens[:, :, None]).squeeze(2)
+        p_x = torch.exp(t_token - t_max) / t_sum
+        q_x = torch.exp(d_token / safe_t[:, :, 0] - d_max) / d_sum
         u = rng.uniform_scalar(seed, offset, rng.Stream.ACCEPT, row_ids[:, None], positions[None, :])
         accept_sampled = u * q_x < p_x
         accept_greedy = draft_tokens == target_logits[:, :gamma].argmax(dim=-1)
@@ -109,9 +170,20 @@ def chain_verify(
     if rng.noise_unused(temperature):
         next_token = logits_stop.argmax(dim=-1)
     else:
-        next_token = _sampled_or_greedy(
-            logits_stop, draft_logits, stop, rejected, sampled, safe_t, seed, offset, row_ids
-        )
+        noise = rng.gumbel(seed, offset, rng.Stream.RESAMPLE, row_ids, stop, vocab)
+        score = logits_stop + noise
+        if gamma > 0:
+            draft_stop = stop.clamp(max=gamma - 1)
+            if isinstance(draft_logits, DraftStats):
+                d_row = draft_logits.row_logits(draft_tokens, draft_stop)
+            else:
+                d_row = draft_logits.float()[row_ids, draft_stop]
+            p_stop = _probs(logits_stop, *softmax_stats(logits_stop))
+            q_stop = _probs(d_row / safe_t[:, 0], d_max[row_ids, draft_stop], d_sum[row_ids, draft_stop])
+            residual = (p_stop - q_stop).clamp(min=0.0)
+            has_residual = rejected & (residual > 0).any(dim=-1)
+            score = torch.where(has_residual[:, None], torch.log(residual) + noise, score)
+        next_token = torch.where(sampled, score.argmax(dim=-1), logits_stop.argmax(dim=-1))
 
     out_tokens = torch.full((rows, gamma + 1), -1, dtype=torch.int64, device=device)
     if gamma > 0:
@@ -121,32 +193,101 @@ def chain_verify(
     return accept_lens.to(torch.int32), out_tokens
 
 
-def _sampled_or_greedy(
-    logits_stop: torch.Tensor,
-    draft_logits: torch.Tensor,
-    stop: torch.Tensor,
-    rejected: torch.Tensor,
-    sampled: torch.Tensor,
-    safe_t: torch.Tensor,
+def _probs(scaled: torch.Tensor, peak: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``exp(scaled - max) / sum`` per row: [R, V] from [R, V], [R], [R]."""
+    return torch.exp(scaled - peak[:, None]) / total[:, None]
+
+
+def _kernel_unsupported(
+    target_logits: torch.Tensor, draft_logits: torch.Tensor | DraftStats, rows: int, gamma: int
+) -> str | None:
+    """Why the ``chain_verify`` kernel cannot run these inputs (None when it can)."""
+    if gamma > _KERNEL_MAX_GAMMA:
+        return f"g = {gamma} > {_KERNEL_MAX_GAMMA}"
+    if rows > _KERNEL_MAX_ROWS:
+        return f"{rows} rows > {_KERNEL_MAX_ROWS}"
+    if isinstance(draft_logits, DraftStats) and gamma > 0:
+        if draft_logits.w1.dtype != draft_logits.w2.dtype:
+            return "the statistics form needs w1 and w2 of one dtype"
+        if draft_logits.w2.shape[1] > 512:
+            return f"Markov rank {draft_logits.w2.shape[1]} > 512"
+        if draft_logits.base_logits.dtype != target_logits.dtype:
+            return "the statistics form needs base_logits in the dtype of target_logits"
+    return None
+
+
+def _stat_chunks(rows: int, gamma: int, vocab: int, device: torch.device) -> int:
+    """CTAs per (row, position) of the statistics pass: about 4 waves over the SMs."""
+    wanted = math.ceil(4 * _dispatch.multiprocessor_count(device) / (rows * (gamma + 1)))
+    return max(1, min(wanted, math.ceil(vocab / 2048)))
+
+
+def _chain_verify_cuda(
+    target_logits: torch.Tensor,
+    draft_logits: torch.Tensor | DraftStats,
+    draft_tokens: torch.Tensor,
+    verify_lens: torch.Tensor,
+    temperature: torch.Tensor,
     seed: rng.SeedLike,
     offset: rng.SeedLike,
-    row_ids: torch.Tensor,
-) -> torch.Tensor:
-    """The token at ``stop`` [R]: residual resample after a rejection, bonus draw otherwise
-    (sampled rows), or the target argmax (greedy rows)."""
-    rows, vocab = logits_stop.shape
-    gamma = draft_logits.shape[1]
-    noise = rng.gumbel(seed, offset, rng.Stream.RESAMPLE, row_ids, stop, vocab)
-    bonus_score = logits_stop + noise
-    if gamma > 0:
-        draft_stop_index = stop.clamp(max=gamma - 1)[:, None, None].expand(rows, 1, vocab)
-        p_stop = torch.softmax(logits_stop, dim=-1)
-        q_stop = torch.softmax(
-            draft_logits.float().gather(1, draft_stop_index).squeeze(1) / safe_t[:, 0], dim=-1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``chain_verify`` kernel: same outputs as the reference above."""
+    rows, g_plus_1, vocab = target_logits.shape
+    gamma = g_plus_1 - 1
+    device = target_logits.device
+    target = target_logits.contiguous()
+    stats = draft_logits if isinstance(draft_logits, DraftStats) else None
+    draft = None if stats is not None or gamma == 0 else draft_logits.contiguous()
+    entries = {"draft_max": 0, "draft_sum": 0, "draft_token_logits": 0, "base_logits": 0, "anchor": 0}
+    entries.update({"w1": 0, "w2": 0, "weight_dtype": 0, "rank": 0, "softcap": 0.0})
+    weight_bytes = 2
+    if stats is not None and gamma > 0:
+        w1, w2 = stats.w1.contiguous(), stats.w2.contiguous()
+        weight_bytes = w2.element_size()
+        keep = [stats.max.contiguous(), stats.sum.contiguous(), stats.token_logits.contiguous()]
+        keep += [stats.base_logits.contiguous(), stats.anchor.contiguous(), w1, w2]
+        entries.update(
+            {
+                "draft_max": _dispatch.pointer(keep[0]),
+                "draft_sum": _dispatch.pointer(keep[1]),
+                "draft_token_logits": _dispatch.pointer(keep[2]),
+                "base_logits": _dispatch.pointer(keep[3]),
+                "anchor": _dispatch.pointer(keep[4]),
+                "w1": _dispatch.pointer(w1),
+                "w2": _dispatch.pointer(w2),
+                "weight_dtype": _dispatch.dtype_code(w2),
+                "rank": w2.shape[1],
+                "softcap": float(stats.logit_softcap) if stats.logit_softcap is not None else 0.0,
+            }
         )
-        residual = (p_stop - q_stop).clamp(min=0.0)
-        has_residual = rejected & (residual > 0).any(dim=-1)
-        score = torch.where(has_residual[:, None], torch.log(residual) + noise, bonus_score)
-    else:
-        score = bonus_score
-    return torch.where(sampled, score.argmax(dim=-1), logits_stop.argmax(dim=-1))
+    chunks = _stat_chunks(rows, gamma, vocab, device)
+    workspace_bytes = _dispatch.kernel("chain_verify_workspace_bytes")(
+        rows, gamma, vocab, chunks, weight_bytes
+    )
+    workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
+    tokens = draft_tokens.contiguous()
+    lens = verify_lens.to(torch.int64).contiguous()
+    accept_lens = torch.empty(rows, dtype=torch.int32, device=device)
+    out_tokens = torch.empty(rows, gamma + 1, dtype=torch.int64, device=device)
+    _dispatch.kernel("chain_verify")(
+        {
+            "target_logits": _dispatch.pointer(target),
+            "target_dtype": _dispatch.dtype_code(target),
+            "draft_logits": _dispatch.pointer(draft),
+            "draft_dtype": _dispatch.dtype_code(draft) if draft is not None else 0,
+            **entries,
+            "draft_tokens": _dispatch.pointer(tokens),
+            "verify_lens": _dispatch.pointer(lens),
+            "temperature": _dispatch.pointer(temperature.contiguous()),
+            "rows": rows,
+            "gamma": gamma,
+            "vocab": vocab,
+            **_dispatch.philox_args(seed, offset),
+            "stat_chunks": chunks,
+            "accept_lens": _dispatch.pointer(accept_lens),
+            "out_tokens": _dispatch.pointer(out_tokens),
+            "workspace": _dispatch.pointer(workspace),
+            "cuda_stream": _dispatch.current_stream_handle(device),
+        }
+    )
+    return accept_lens, out_tokens

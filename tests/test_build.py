@@ -21,10 +21,43 @@ BUILD_DISABLED = os.environ.get("DSPARK_SGL_BUILD_CUDA", "auto") == "0"
 def test_extension_is_built_and_loads_when_nvcc_is_present():
     ext = _dispatch.load_extension()
     assert ext is not None, _dispatch.extension_error()
-    assert callable(ext.philox_uniform)
+    kernels = ("chain_verify", "markov_block", "philox_uniform", "schedule_prefix")
+    assert all(callable(getattr(ext, name)) for name in kernels)
     expected_archs = os.environ.get("DSPARK_SGL_CUDA_ARCHS", "90a;90").replace(";", ",")
     assert ext.cuda_archs == expected_archs
-    assert _dispatch.describe() == f"dspark_sgl._C loaded (sm {expected_archs}; kernels: philox_uniform)"
+    assert (
+        _dispatch.describe() == f"dspark_sgl._C loaded (sm {expected_archs}; kernels: {', '.join(kernels)})"
+    )
+
+
+@pytest.mark.skipif(_dispatch.load_extension() is None, reason="the CUDA extension is not built")
+def test_launchers_report_bad_arguments_without_touching_the_device():
+    ext = _dispatch.load_extension()
+    with pytest.raises(ValueError, match="missing kernel argument 'base_logits'"):
+        ext.markov_block({})
+    # Shape errors are caught on the host before any launch (no device needed).
+    args = dict.fromkeys(_MARKOV_KEYS, 0)
+    args.update(rows=1, gamma=1, vocab=8, rank=513)
+    with pytest.raises(RuntimeError, match="rank must be in"):
+        ext.markov_block(args)
+    args = dict.fromkeys(_SCHEDULE_KEYS, 0)
+    args.update(rows=1024, gamma=16, sps_points=1)
+    with pytest.raises(RuntimeError, match="8192"):
+        ext.schedule_prefix(args)
+    assert ext.markov_block_workspace_bytes(8, 1000, 2) > 0
+    assert ext.chain_verify_workspace_bytes(8, 7, 1000, 2, 2) > 0
+
+
+_MARKOV_KEYS = (
+    "base_logits anchor w1 w2 temperature rows gamma vocab rank softcap seed_value seed_ptr offset_value "
+    "offset_ptr hidden hidden_size conf_weight conf_uses_markov conf_bias conf_bias_value sts_temperatures "
+    "tokens token_logits stat_max stat_sum logits_out conf_logits confidence base_dtype weight_dtype "
+    "hidden_dtype workspace cuda_stream"
+).split()
+_SCHEDULE_KEYS = (
+    "rows gamma sps_tokens sps_speeds sps_points causal budget_source budget_ptr budget_value lengths "
+    "take_out confidence budget_confidence dtype cuda_stream"
+).split()
 
 
 def test_cpu_inputs_run_the_reference_and_the_choice_is_logged_once(caplog):

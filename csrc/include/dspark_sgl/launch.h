@@ -1,17 +1,123 @@
 // Host-side declarations of the kernel launchers bound in module.cpp.
 // Launchers take raw device pointers and a cudaStream_t so the extension does not
-// link libtorch: the Python layer validates tensors and passes pointers.
+// link libtorch: the Python layer (markov.py, verify.py, scheduler.py) validates tensors, allocates
+// outputs and workspaces, and passes pointers. Every launcher returns an empty string
+// on success, else the error text; none of them synchronises with the host.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
+#include "dspark_sgl/philox.cuh"
+
 namespace dspark_sgl {
 
-// Returns an empty string on success, else the CUDA error text.
+// dspark_sgl.rng.Stream
+constexpr uint32_t kStreamDraft = 1;
+constexpr uint32_t kStreamAccept = 2;
+constexpr uint32_t kStreamResample = 3;
+
+constexpr int64_t kMarkovMaxRank = 512;
+constexpr int64_t kScheduleMaxCandidates = 8192;
+
 std::string launch_philox_uniform(float* out, const int64_t* rows, const int64_t* positions,
                                   int64_t batch, int64_t vocab_size, uint64_t seed_value,
                                   const int64_t* seed_ptr, uint64_t offset_value,
                                   const int64_t* offset_ptr, uint32_t stream, uintptr_t cuda_stream);
+
+// ---- markov_block -------------------------------------------------------------------
+// All tensors contiguous. base_logits [R, g, V]; w1, w2 [V, r] (same dtype); anchor [R]
+// int64; temperature [R] float32. Outputs: tokens [R, g] int64, token_logits / stat_max /
+// stat_sum [R, g] float32, logits_out [R, g, V] float32 or null. With hidden [R, g, H]
+// non-null: conf_weight [H (+ r)] float32, conf_bias [1] float32 (or conf_bias_value),
+// sts_temperatures [g] float32 or null, outputs conf_logits / confidence [R, g] float32.
+struct MarkovBlockArgs {
+  const void* base_logits;
+  const int64_t* anchor;
+  const void* w1;
+  const void* w2;
+  const float* temperature;
+  int64_t rows, gamma, vocab, rank;
+  float softcap;  // <= 0: none
+  PhiloxArgs philox;
+  const void* hidden;
+  int64_t hidden_size;
+  const float* conf_weight;
+  int conf_uses_markov;
+  const float* conf_bias;  // device scalar, or null to use conf_bias_value
+  float conf_bias_value;
+  const float* sts_temperatures;
+  int64_t* tokens;
+  float* token_logits;
+  float* stat_max;
+  float* stat_sum;
+  float* logits_out;
+  float* conf_logits;
+  float* confidence;
+};
+
+int markov_block_tile_vocab(int64_t rows, int weight_bytes);
+size_t markov_block_workspace_bytes(int64_t rows, int64_t vocab, int weight_bytes);
+std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int weight_dtype,
+                                int hidden_dtype, void* workspace, uintptr_t cuda_stream);
+
+// ---- chain_verify -------------------------------------------------------------------
+// target_logits [R, g+1, V]; draft_tokens [R, g] int64; verify_lens [R] int64;
+// temperature [R] float32. The draft side is either draft_logits [R, g, V] (any float
+// dtype) or, with draft_logits null, the Markov sampler's statistics draft_max /
+// draft_sum / draft_token_logits [R, g] float32 plus what recomputes a rejected row:
+// base_logits [R, g, V] (dtype of target_logits), anchor [R], w1 / w2 [V, r], softcap.
+// Outputs: accept_lens [R] int32, out_tokens [R, g+1] int64.
+struct ChainVerifyArgs {
+  const void* target_logits;
+  const void* draft_logits;
+  const float* draft_max;
+  const float* draft_sum;
+  const float* draft_token_logits;
+  const void* base_logits;
+  const int64_t* anchor;
+  const void* w1;
+  const void* w2;
+  int64_t rank;
+  float softcap;
+  const int64_t* draft_tokens;
+  const int64_t* verify_lens;
+  const float* temperature;
+  int64_t rows, gamma, vocab;
+  PhiloxArgs philox;
+  int stat_chunks;  // CTAs per (row, position) in the statistics pass
+  int32_t* accept_lens;
+  int64_t* out_tokens;
+};
+
+size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, int stat_chunks,
+                                    int weight_bytes);
+std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, int draft_dtype,
+                                int weight_dtype, void* workspace, uintptr_t cuda_stream);
+
+// ---- schedule_prefix ----------------------------------------------------------------
+// confidence / budget_confidence [R, g] (dtype code), R * g <= 8192; SPS table
+// sps_tokens / sps_speeds [points] float64. Output lengths [R] int32 and, when
+// take_out is non-null, the number of admitted candidates (int64).
+enum BudgetSource : int { kBudgetNone = 0, kBudgetGiven = 1 };
+
+struct SchedulePrefixArgs {
+  int rows, gamma;
+  const double* sps_tokens;
+  const double* sps_speeds;
+  int sps_points;
+  int causal;         // Algorithm 1's early stop
+  int budget_source;  // kBudgetGiven: budget_ptr (int64, device) or budget_value
+  const int64_t* budget_ptr;
+  int64_t budget_value;
+  int32_t* lengths;
+  int64_t* take_out;
+};
+
+size_t schedule_prefix_smem_bytes(int64_t rows, int64_t gamma, bool two_segments);
+// budget_confidence non-null: the budget is the first argmax of Theta over it (async).
+std::string launch_schedule_prefix(const SchedulePrefixArgs& args, const void* confidence,
+                                   const void* budget_confidence, int dtype, uintptr_t cuda_stream);
 
 }  // namespace dspark_sgl

@@ -1,0 +1,122 @@
+// Device helpers shared by the dspark_sgl kernels: dtype codes, float loads, the
+// first-index argmax and online-softmax reductions, and Gumbel noise.
+//
+// Numerics follow the PyTorch references in dspark_sgl/: every value is float32, the
+// argmax keeps the smallest index among equal scores (torch.argmax), softmax
+// statistics are (max, sum of exp(x - max)), and Gumbel noise is -log(-log(u)) with
+// IEEE logf (no fast-math anywhere in this library).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "dspark_sgl/philox.cuh"
+
+namespace dspark_sgl {
+
+// Element types of logits and weights, as passed from Python (dspark_sgl._dispatch.dtype_code).
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+inline int dtype_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
+
+#ifdef __CUDACC__
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ float load_float(const T* p) {
+  return to_float(*p);
+}
+
+// Index and score of the best candidate; ties go to the smaller index.
+struct ArgMax {
+  float score;
+  int32_t index;
+
+  __device__ __forceinline__ static ArgMax empty() { return ArgMax{-INFINITY, INT32_MAX}; }
+
+  __device__ __forceinline__ void add(float s, int32_t i) {
+    if (s > score || (s == score && i < index)) {
+      score = s;
+      index = i;
+    }
+  }
+  __device__ __forceinline__ void merge(const ArgMax& o) { add(o.score, o.index); }
+};
+
+// Running (max, sum exp(x - max)) of a softmax; -inf entries contribute nothing.
+struct SoftmaxStats {
+  float max;
+  float sum;
+
+  __device__ __forceinline__ static SoftmaxStats empty() { return SoftmaxStats{-INFINITY, 0.0f}; }
+
+  __device__ __forceinline__ void add(float x) {
+    if (x == -INFINITY) return;
+    if (x > max) {
+      sum = sum * expf(max - x) + 1.0f;  // expf(-inf) == 0 for the first entry
+      max = x;
+    } else {
+      sum += expf(x - max);
+    }
+  }
+  __device__ __forceinline__ void merge(const SoftmaxStats& o) {
+    if (o.max == -INFINITY) return;
+    if (max == -INFINITY) {
+      *this = o;
+      return;
+    }
+    const float m = fmaxf(max, o.max);
+    sum = sum * expf(max - m) + o.sum * expf(o.max - m);
+    max = m;
+  }
+  // softmax probability of a value x under these statistics: exp(x - max) / sum.
+  __device__ __forceinline__ float prob(float x) const {
+    return x == -INFINITY ? 0.0f : expf(x - max) / sum;
+  }
+};
+
+// Reductions over `width` consecutive lanes (a power of two <= 32, aligned groups).
+template <int kWidth>
+__device__ __forceinline__ ArgMax group_reduce(ArgMax a) {
+#pragma unroll
+  for (int delta = kWidth / 2; delta > 0; delta /= 2) {
+    ArgMax o;
+    o.score = __shfl_xor_sync(0xffffffffu, a.score, delta, kWidth);
+    o.index = __shfl_xor_sync(0xffffffffu, a.index, delta, kWidth);
+    a.merge(o);
+  }
+  return a;
+}
+
+template <int kWidth>
+__device__ __forceinline__ SoftmaxStats group_reduce(SoftmaxStats a) {
+#pragma unroll
+  for (int delta = kWidth / 2; delta > 0; delta /= 2) {
+    SoftmaxStats o;
+    o.max = __shfl_xor_sync(0xffffffffu, a.max, delta, kWidth);
+    o.sum = __shfl_xor_sync(0xffffffffu, a.sum, delta, kWidth);
+    a.merge(o);
+  }
+  return a;
+}
+
+__device__ __forceinline__ float gumbel_from_bits(uint32_t bits) {
+  return -logf(-logf(bits_to_unit_float(bits)));
+}
+
+__device__ __forceinline__ float softcap(float x, float cap) {
+  return cap > 0.0f ? cap * tanhf(x / cap) : x;
+}
+
+#endif  // __CUDACC__
+
+constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace dspark_sgl

@@ -1,0 +1,169 @@
+// The skinny GEMM of the Markov bias on one vocabulary tile, shared by the Markov block
+// sampler and by chain verification's recompute of a rejected row.
+//
+// A CTA owns columns [v0, v0 + kTileV) of the vocabulary. It stages W2[v0 : v0 + kTileV]
+// ([kTileV, r]) in shared memory once, then for each chunk of kChunkRows rows gathers
+// E = W1[prev] ([kChunkRows, r]) and computes bias = E @ W2_tile^T ([kChunkRows, kTileV],
+// float32) into shared memory. 16-bit weights use tensor cores (WMMA m16n16k16, float32
+// accumulate: the products of 16-bit values are exact, only the summation order differs
+// from the reference); float32 weights use CUDA-core FMAs.
+#pragma once
+
+#include <mma.h>
+
+#include <type_traits>
+
+#include "dspark_sgl/common.cuh"
+
+namespace dspark_sgl {
+
+constexpr int kTileThreads = 256;
+constexpr int kTileOutputs = 2048;  // kChunkRows * kTileV: one 16x16 WMMA tile per warp
+
+template <typename WT>
+struct WeightTraits {
+  static constexpr bool kTensorCores = !std::is_same<WT, float>::value;
+};
+
+// Shared-memory geometry of one tile for rank r.
+template <typename WT, int kTileV>
+struct MarkovTileLayout {
+  static constexpr int kChunkRows = kTileOutputs / kTileV;
+  int rank;
+  int k_padded;  // r rounded up to the MMA depth (16) for 16-bit weights, r for float32
+  int ld;        // leading dimension (elements) of the W2 tile and of E
+
+  __host__ __device__ explicit MarkovTileLayout(int r) : rank(r) {
+    if (WeightTraits<WT>::kTensorCores) {
+      k_padded = (r + 15) / 16 * 16;
+      ld = k_padded + 8;  // 16-byte skew against bank conflicts; a multiple of 8 (WMMA ldm)
+    } else {
+      k_padded = r;
+      ld = r % 2 == 0 ? r + 1 : r;  // odd stride: consecutive columns hit distinct banks
+    }
+  }
+  __host__ __device__ size_t w2_bytes() const { return size_t(kTileV) * ld * sizeof(WT); }
+  __host__ __device__ size_t e_bytes() const { return size_t(kChunkRows) * ld * sizeof(WT); }
+  __host__ __device__ size_t bias_bytes() const { return size_t(kTileOutputs) * sizeof(float); }
+  __host__ __device__ size_t total_bytes() const {
+    // Every region starts 128-byte aligned (WMMA needs 32).
+    return align(w2_bytes()) + align(e_bytes()) + align(bias_bytes());
+  }
+  __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
+};
+
+#ifdef __CUDACC__
+
+// Copies `count` rows of `rank` elements into shared memory rows of stride `ld`, zero
+// filling [rank, k_padded) and rows whose source is null. src(i) gives row i's source.
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
+                                           SrcFn src) {
+  constexpr int kVec = 16 / sizeof(WT);
+  const bool vectorized = sizeof(WT) == 2 && rank % kVec == 0;
+  if (vectorized) {
+    const int per_row = k_padded / kVec;
+    for (int idx = threadIdx.x; idx < count * per_row; idx += blockDim.x) {
+      const int i = idx / per_row, k = (idx % per_row) * kVec;
+      const WT* s = src(i);
+      uint4 value = make_uint4(0, 0, 0, 0);
+      if (s != nullptr && k < rank) value = *reinterpret_cast<const uint4*>(s + k);
+      *reinterpret_cast<uint4*>(dst + size_t(i) * ld + k) = value;
+    }
+  } else {
+    for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
+      const int i = idx / k_padded, k = idx % k_padded;
+      const WT* s = src(i);
+      dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
+    }
+  }
+}
+
+// bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T. Call with all threads.
+template <typename WT, int kTileV>
+__device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bias,
+                                          const MarkovTileLayout<WT, kTileV>& layout) {
+  constexpr int kChunkRows = MarkovTileLayout<WT, kTileV>::kChunkRows;
+  if constexpr (WeightTraits<WT>::kTensorCores) {
+    namespace wmma = nvcuda::wmma;
+    const int warp = threadIdx.x / 32;
+    constexpr int kTilesN = kTileV / 16;
+    const int m = warp / kTilesN, n = warp % kTilesN;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, WT, wmma::col_major> b;
+    for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {
+      wmma::load_matrix_sync(a, es + size_t(m) * 16 * layout.ld + k0, layout.ld);
+      wmma::load_matrix_sync(b, w2s + size_t(n) * 16 * layout.ld + k0, layout.ld);
+      wmma::mma_sync(acc, a, b, acc);
+    }
+    wmma::store_matrix_sync(bias + m * 16 * kTileV + n * 16, acc, kTileV, wmma::mem_row_major);
+  } else {
+    constexpr int kGroups = kTileThreads / kTileV;
+    constexpr int kRowsPerThread = kChunkRows / kGroups;
+    const int col = threadIdx.x % kTileV, group = threadIdx.x / kTileV;
+    float acc[kRowsPerThread];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) acc[i] = 0.0f;
+    const WT* w_row = w2s + size_t(col) * layout.ld;
+    for (int k = 0; k < layout.rank; ++k) {
+      const float w = to_float(w_row[k]);
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i)
+        acc[i] = fmaf(to_float(es[size_t(group + i * kGroups) * layout.ld + k]), w, acc[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) bias[(group + i * kGroups) * kTileV + col] = acc[i];
+  }
+}
+
+// The shared-memory regions of one tile, carved from the dynamic buffer.
+template <typename WT, int kTileV>
+struct MarkovTileSmem {
+  WT* w2;
+  WT* e;
+  float* bias;
+
+  __device__ MarkovTileSmem(unsigned char* base, const MarkovTileLayout<WT, kTileV>& layout) {
+    using L = MarkovTileLayout<WT, kTileV>;
+    w2 = reinterpret_cast<WT*>(base);
+    e = reinterpret_cast<WT*>(base + L::align(layout.w2_bytes()));
+    bias = reinterpret_cast<float*>(base + L::align(layout.w2_bytes()) + L::align(layout.e_bytes()));
+  }
+};
+
+// Best score with the raw logit that produced it (the Markov sampler keeps the logit of
+// the sampled token for verification).
+struct ArgMaxLogit {
+  float score;
+  int32_t index;
+  float logit;
+
+  __device__ __forceinline__ static ArgMaxLogit empty() { return {-INFINITY, INT32_MAX, 0.0f}; }
+  __device__ __forceinline__ void add(float s, int32_t i, float l) {
+    if (s > score || (s == score && i < index)) {
+      score = s;
+      index = i;
+      logit = l;
+    }
+  }
+  __device__ __forceinline__ void merge(const ArgMaxLogit& o) { add(o.score, o.index, o.logit); }
+};
+
+template <int kWidth>
+__device__ __forceinline__ ArgMaxLogit group_reduce(ArgMaxLogit a) {
+#pragma unroll
+  for (int delta = kWidth / 2; delta > 0; delta /= 2) {
+    ArgMaxLogit o;
+    o.score = __shfl_xor_sync(0xffffffffu, a.score, delta, kWidth);
+    o.index = __shfl_xor_sync(0xffffffffu, a.index, delta, kWidth);
+    o.logit = __shfl_xor_sync(0xffffffffu, a.logit, delta, kWidth);
+    a.merge(o);
+  }
+  return a;
+}
+
+#endif  // __CUDACC__
+
+}  // namespace dspark_sgl
