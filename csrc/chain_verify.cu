@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kStatThreads)
     verify_stats_kernel(ChainVerifyArgs args, StatPartial* partials) {
   const int64_t row = blockIdx.z, j = blockIdx.y, chunk_id = blockIdx.x;
   const int64_t g = args.gamma, vocab = args.vocab;
-  if (j > args.verify_lens[row]) return;  // uniform per CTA
+  if (j > clamp_index(args.verify_lens[row], g + 1)) return;  // uniform per CTA
   const float t = args.temperature[row];
   const float safe_t = t > 0.0f ? t : 1.0f;
   const int64_t chunk = ceil_div(ceil_div(vocab, args.stat_chunks), 4) * 4;
@@ -153,7 +153,7 @@ template <typename TT, typename DT>
 __global__ void verify_accept_kernel(ChainVerifyArgs args, const StatPartial* partials,
                                      StopInfo* stops) {
   const int64_t row = blockIdx.x, g = args.gamma, vocab = args.vocab;
-  const int64_t len = args.verify_lens[row];
+  const int64_t len = clamp_index(args.verify_lens[row], g + 1);
   const float t = args.temperature[row];
   const bool sampled = t > 0.0f;
   const float safe_t = sampled ? t : 1.0f;
@@ -167,7 +167,7 @@ __global__ void verify_accept_kernel(ChainVerifyArgs args, const StatPartial* pa
   PositionStats s{};
   for (int64_t j = 0; j < len; ++j) {
     s = merge_chunks(row_partials + j * args.stat_chunks, args.stat_chunks);
-    const int64_t x = tokens[j];
+    const int64_t x = clamp_index(tokens[j], vocab);
     bool accept;
     if (sampled) {
       const float p = s.target.prob(__fdiv_rn(load_float(target + (row * (g + 1) + j) * vocab + x), safe_t));
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(kTileThreads)
       const StopInfo info = stops[row];
       if ((info.flags & (kSampled | kRejected)) != (kSampled | kRejected)) return nullptr;
       const int64_t prev = info.stop == 0 ? args.anchor[row] : args.draft_tokens[row * g + info.stop - 1];
-      return w1 + prev * rank;
+      return w1 + clamp_index(prev, vocab) * rank;
     });
     __syncthreads();
     bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);

@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kTileThreads)
       const int64_t row = row0 + i;
       if (row >= args.rows) return nullptr;
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
-      return w1 + prev * rank;
+      return w1 + clamp_index(prev, vocab) * rank;
     });
     __syncthreads();
     bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);
@@ -150,7 +150,7 @@ __global__ void markov_confidence_kernel(MarkovBlockArgs args) {
   for (int64_t i = lane; i < args.hidden_size; i += 32) acc = fmaf(to_float(hidden[i]), w[i], acc);
   if (args.conf_uses_markov) {
     const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
-    const WT* emb = static_cast<const WT*>(args.w1) + prev * args.rank;
+    const WT* emb = static_cast<const WT*>(args.w1) + clamp_index(prev, args.vocab) * args.rank;
     for (int64_t i = lane; i < args.rank; i += 32)
       acc = fmaf(to_float(emb[i]), w[args.hidden_size + i], acc);
   }

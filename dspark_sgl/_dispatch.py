@@ -107,6 +107,13 @@ def dtype_code(t: torch.Tensor) -> int:
     return _DTYPE_CODES[t.dtype]
 
 
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous with a 16-byte aligned address (the kernels' vector loads need it);
+    copies only a misaligned view."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def pointer(t: torch.Tensor | None) -> int:
     """Device address of a contiguous tensor, 0 for None."""
     if t is None:

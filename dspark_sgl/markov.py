@@ -532,8 +532,8 @@ def _sample_block_cuda(
     """The ``markov_block`` kernel: same outputs as the reference loop above."""
     rows, gamma, vocab = base_logits.shape
     device = base_logits.device
-    base = base_logits.contiguous()
-    w1, w2 = head.w1.contiguous(), head.w2.contiguous()
+    base = _dispatch.aligned(base_logits)
+    w1, w2 = _dispatch.aligned(head.w1), _dispatch.aligned(head.w2)
     anchor = anchor.contiguous()
 
     def f32(*shape: int) -> torch.Tensor:

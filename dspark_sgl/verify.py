@@ -235,24 +235,24 @@ def _chain_verify_cuda(
     rows, g_plus_1, vocab = target_logits.shape
     gamma = g_plus_1 - 1
     device = target_logits.device
-    target = target_logits.contiguous()
+    target = _dispatch.aligned(target_logits)
     stats = draft_logits if isinstance(draft_logits, DraftStats) else None
-    draft = None if stats is not None or gamma == 0 else draft_logits.contiguous()
+    draft = None if stats is not None or gamma == 0 else _dispatch.aligned(draft_logits)
     entries = {"draft_max": 0, "draft_sum": 0, "draft_token_logits": 0, "base_logits": 0, "anchor": 0}
     entries.update({"w1": 0, "w2": 0, "weight_dtype": 0, "rank": 0, "softcap": 0.0})
     weight_bytes = 2
     if stats is not None and gamma > 0:
-        w1, w2 = stats.w1.contiguous(), stats.w2.contiguous()
+        w1, w2 = _dispatch.aligned(stats.w1), _dispatch.aligned(stats.w2)
         weight_bytes = w2.element_size()
-        keep = [stats.max.contiguous(), stats.sum.contiguous(), stats.token_logits.contiguous()]
-        keep += [stats.base_logits.contiguous(), stats.anchor.contiguous(), w1, w2]
+        inputs = [stats.max.contiguous(), stats.sum.contiguous(), stats.token_logits.contiguous()]
+        inputs += [_dispatch.aligned(stats.base_logits), stats.anchor.contiguous(), w1, w2]
         entries.update(
             {
-                "draft_max": _dispatch.pointer(keep[0]),
-                "draft_sum": _dispatch.pointer(keep[1]),
-                "draft_token_logits": _dispatch.pointer(keep[2]),
-                "base_logits": _dispatch.pointer(keep[3]),
-                "anchor": _dispatch.pointer(keep[4]),
+                "draft_max": _dispatch.pointer(inputs[0]),
+                "draft_sum": _dispatch.pointer(inputs[1]),
+                "draft_token_logits": _dispatch.pointer(inputs[2]),
+                "base_logits": _dispatch.pointer(inputs[3]),
+                "anchor": _dispatch.pointer(inputs[4]),
                 "w1": _dispatch.pointer(w1),
                 "w2": _dispatch.pointer(w2),
                 "weight_dtype": _dispatch.dtype_code(w2),

@@ -47,20 +47,26 @@ class World:
         return torch.softmax(self.target[0 if prev is None else prev] / t, dim=-1).double()
 
     def draft(
-        self, anchor: torch.Tensor, temperature: torch.Tensor, seed: int, offset: int
+        self,
+        anchor: torch.Tensor,
+        temperature: torch.Tensor,
+        seed: int,
+        offset: int,
+        keep_logits: bool = True,
     ) -> markov.DraftBlock:
-        rows = anchor.numel()
+        rows, device = anchor.numel(), anchor.device
         return markov.sample_block(
-            self.base.expand(rows, GAMMA, VOCAB),
+            self.base.to(device).expand(rows, GAMMA, VOCAB),
             anchor,
-            self.w1,
-            self.w2,
+            self.w1.to(device),
+            self.w2.to(device),
             temperature,
             seed=seed,
             offset=offset,
-            hidden=self.hidden.expand(rows, GAMMA, HIDDEN),
-            conf_weight=self.conf_weight,
+            hidden=self.hidden.to(device).expand(rows, GAMMA, HIDDEN),
+            conf_weight=self.conf_weight.to(device),
             conf_bias=self.conf_bias,
+            keep_logits=keep_logits,
         )
 
 
@@ -72,27 +78,32 @@ def generate(
     rows: int = TRIALS,
     rounds: int = POSITIONS,
     temperature: torch.Tensor | None = None,
+    device: str = "cpu",
+    form: str = "logits",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Emitted tokens [rows, rounds] (first `rounds` positions) and all verify lengths used."""
+    """Emitted tokens [rows, rounds] (first `rounds` positions, on the CPU) and all verify
+    lengths used. ``form``: verify from the block's logits or from its DraftStats."""
     if temperature is None:
         temperature = torch.full((rows,), world.temperature)
+    temperature = temperature.to(device)
     gen = torch.Generator().manual_seed(seed + 1)
-    anchor = torch.randint(0, VOCAB, (rows,), generator=gen)
-    emitted = torch.full((rows, rounds * (GAMMA + 1)), -1, dtype=torch.int64)
-    count = torch.zeros(rows, dtype=torch.int64)
-    stale = [torch.ones(rows, GAMMA), torch.ones(rows, GAMMA)]  # confidences of two rounds ago
+    anchor = torch.randint(0, VOCAB, (rows,), generator=gen).to(device)
+    emitted = torch.full((rows, rounds * (GAMMA + 1)), -1, dtype=torch.int64, device=device)
+    count = torch.zeros(rows, dtype=torch.int64, device=device)
+    stale = [torch.ones(rows, GAMMA, device=device)] * 2  # confidences of two rounds ago
     # SPS tables on the scale of this batch: drops make the scheduler stop part-way.
     sps = scheduler.SpsTable([(rows, 1.0), (2 * rows, 0.62), (3 * rows, 0.45), ((GAMMA + 1) * rows, 0.3)])
     used_lens = []
-    row_ids = torch.arange(rows)
+    row_ids = torch.arange(rows, device=device)
+    target = world.target.to(device)
     for rnd in range(rounds):
-        block = world.draft(anchor, temperature, seed, rnd)
+        block = world.draft(anchor, temperature, seed, rnd, keep_logits=form == "logits")
         chain = torch.cat([anchor[:, None], block.tokens], dim=1)
-        target_logits = world.target[chain]
+        target_logits = target[chain]
         if policy == "full":
-            lens = torch.full((rows,), GAMMA, dtype=torch.int32)
+            lens = torch.full((rows,), GAMMA, dtype=torch.int32, device=device)
         elif policy == "random":
-            lens = torch.randint(0, GAMMA + 1, (rows,), generator=gen, dtype=torch.int32)
+            lens = torch.randint(0, GAMMA + 1, (rows,), generator=gen, dtype=torch.int32).to(device)
         elif policy == "causal":
             lens = scheduler.schedule_causal(block.confidence, sps)
         elif policy in ("async", "async_prune"):
@@ -104,17 +115,17 @@ def generate(
             raise AssertionError(policy)
         used_lens.append(lens)
         accept, out = verify.chain_verify(
-            target_logits, block.logits, block.tokens, lens, temperature, seed=seed, offset=rnd
+            target_logits, block.verify_input(), block.tokens, lens, temperature, seed=seed, offset=rnd
         )
         n_out = accept.to(torch.int64) + 1
-        cols = torch.arange(GAMMA + 1)
+        cols = torch.arange(GAMMA + 1, device=device)
         valid = cols[None, :] < n_out[:, None]
         dest = (count[:, None] + cols[None, :])[valid]
         emitted[row_ids[:, None].expand(-1, GAMMA + 1)[valid], dest] = out[valid]
         count += n_out
         anchor = out.gather(1, accept.to(torch.int64)[:, None]).squeeze(1)
     assert bool((count >= rounds).all())
-    return emitted[:, :rounds], torch.stack(used_lens)
+    return emitted[:, :rounds].cpu(), torch.stack(used_lens).cpu()
 
 
 def chi_square(observed_tokens: torch.Tensor, expected_probs: torch.Tensor) -> float:
@@ -150,6 +161,12 @@ def test_lossless_random_fixed_verify_lengths():
     tokens, lens = generate(world, "random", seed=4)
     assert set(lens.unique().tolist()) == set(range(GAMMA + 1))
     check_iid_p("random verify lengths", tokens, world.p())
+
+
+def test_lossless_when_verifying_from_draft_statistics():
+    world = World(seed=31, temperature=0.8)
+    tokens, _ = generate(world, "random", seed=32, form="stats")
+    check_iid_p("draft statistics, random lengths", tokens, world.p())
 
 
 def test_lossless_schedule_causal_in_the_loop():

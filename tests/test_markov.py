@@ -194,3 +194,76 @@ def test_heads_that_need_hidden_say_so():
         markov.GatedMarkovHead(x["w1"], x["w2"], torch.randn(5, 16), torch.randn(5))
     with pytest.raises(ValueError, match="joint_proj"):
         markov.RnnMarkovHead(x["w1"], x["w2"], torch.randn(21, 23), torch.randn(20))
+
+
+def _stats_block(
+    keep_logits: bool, softcap: float | None = None, seed: int = 0
+) -> tuple[dict, markov.DraftBlock]:
+    x = make_inputs(rows=7, seed=seed)
+    x["temperature"][::3] = 0.0
+    block = markov.sample_block(
+        x["base"],
+        x["anchor"],
+        x["w1"],
+        x["w2"],
+        x["temperature"],
+        seed=5,
+        offset=1,
+        logit_softcap=softcap,
+        keep_logits=keep_logits,
+    )
+    return x, block
+
+
+def test_draft_statistics_describe_the_logits_the_tokens_were_drawn_from():
+    x, block = _stats_block(keep_logits=True, softcap=3.0)
+    stats = block.stats
+    safe_t = torch.where(x["temperature"] > 0, x["temperature"], torch.ones(7))[:, None, None]
+    scaled = block.logits / safe_t
+    assert torch.allclose(stats.max, scaled.amax(-1))
+    assert torch.allclose(stats.sum, torch.exp(scaled - stats.max[..., None]).sum(-1))
+    assert torch.equal(stats.token_logits, block.logits.gather(2, block.tokens[..., None]).squeeze(2))
+    for k in range(block.tokens.shape[1]):
+        position = torch.full((7,), k)
+        assert torch.equal(stats.row_logits(block.tokens, position), block.logits[:, k])
+    mixed = torch.arange(7) % block.tokens.shape[1]
+    assert torch.equal(stats.row_logits(block.tokens, mixed), block.logits[torch.arange(7), mixed])
+
+
+def test_keep_logits_false_drops_only_the_logits():
+    _, kept = _stats_block(keep_logits=True)
+    _, dropped = _stats_block(keep_logits=False)
+    assert dropped.logits is None and dropped.verify_input() is dropped.stats
+    assert kept.verify_input() is kept.logits
+    assert torch.equal(dropped.tokens, kept.tokens)
+    assert torch.equal(dropped.stats.max, kept.stats.max) and torch.equal(dropped.stats.sum, kept.stats.sum)
+    with pytest.raises(ValueError, match="neither its logits nor its statistics"):
+        markov.DraftBlock(tokens=kept.tokens, logits=None).verify_input()
+
+
+def test_only_the_vanilla_head_can_drop_its_logits():
+    x = make_inputs()
+    rank, hidden = x["w1"].shape[1], x["hidden"].shape[2]
+    head = markov.GatedMarkovHead(x["w1"], x["w2"], torch.randn(rank, hidden + rank), torch.randn(rank))
+    with pytest.raises(ValueError, match="keep_logits=False needs the vanilla Markov head"):
+        markov.sample_block_with_head(
+            x["base"],
+            x["anchor"],
+            head,
+            x["temperature"],
+            seed=0,
+            offset=0,
+            hidden=x["hidden"],
+            keep_logits=False,
+        )
+    block = markov.sample_block_with_head(
+        x["base"], x["anchor"], head, x["temperature"], seed=0, offset=0, hidden=x["hidden"]
+    )
+    assert block.stats is None and block.logits is not None
+
+
+def test_the_byte_rule_for_keeping_logits():
+    # R = 1: writing 1 x 7 x V float32 twice is far cheaper than re-reading W2 (V x 256 bf16).
+    assert not markov.stats_cheaper_than_logits(1, 7, 129280, 256, 2)
+    # R = 256: 256 x 7 x V float32 twice dwarfs one more read of W2 and one base row per request.
+    assert markov.stats_cheaper_than_logits(256, 7, 129280, 256, 2)

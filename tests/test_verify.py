@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
 import torch
 
-from dspark_sgl import rng, verify
+from dspark_sgl import markov, rng, verify
 
 
 def _random_case(rows=5, gamma=4, vocab=11, seed=0):
@@ -123,3 +126,58 @@ def test_bf16_inputs_are_accepted_and_computed_in_fp32():
         target.bfloat16(), draft.bfloat16(), tokens, lens, torch.ones(5), seed=3, offset=0
     )
     assert torch.equal(a32[0], a16[0]) and torch.equal(a32[1], a16[1])
+
+
+def _drafted(rows=9, gamma=5, vocab=23, rank=4, softcap=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(rows, gamma, vocab, generator=gen)
+    w1, w2 = torch.randn(vocab, rank, generator=gen), torch.randn(vocab, rank, generator=gen)
+    anchor = torch.randint(0, vocab, (rows,), generator=gen)
+    temperature = torch.rand(rows, generator=gen) + 0.4
+    temperature[::4] = 0.0
+    block = markov.sample_block(
+        base, anchor, w1, w2, temperature, seed=2, offset=3, logit_softcap=softcap, keep_logits=True
+    )
+    # A target close to the draft so that chains are partly accepted.
+    target = torch.cat([block.logits, torch.randn(rows, 1, vocab, generator=gen)], dim=1)
+    target = target + 0.7 * torch.randn(rows, gamma + 1, vocab, generator=gen)
+    lens = torch.randint(0, gamma + 1, (rows,), generator=gen)
+    return block, target, lens, temperature
+
+
+@pytest.mark.parametrize("softcap", [None, 2.5])
+def test_statistics_form_gives_the_tokens_of_the_logits_form(softcap):
+    accepted = 0
+    for seed in range(12):
+        block, target, lens, temperature = _drafted(softcap=softcap, seed=seed)
+        a1, o1 = verify.chain_verify(
+            target, block.logits, block.tokens, lens, temperature, seed=seed, offset=4
+        )
+        a2, o2 = verify.chain_verify(
+            target, block.stats, block.tokens, lens, temperature, seed=seed, offset=4
+        )
+        assert torch.equal(a1, a2) and torch.equal(o1, o2)
+        accepted += int(a1.sum())
+    assert 0 < accepted < 12 * 9 * 5  # both acceptances and rejections were exercised
+
+
+def test_statistics_form_rejects_bad_statistics():
+    block, target, lens, temperature = _drafted()
+    stats = block.stats
+
+    def run(**changes):
+        bad = dataclasses.replace(stats, **changes)
+        verify.chain_verify(target, bad, block.tokens, lens, temperature, seed=0, offset=0)
+
+    with pytest.raises(ValueError, match=r"draft_logits.max must have shape \[9, 5\]"):
+        run(max=stats.max[:, :4])
+    with pytest.raises(TypeError, match=r"draft_logits\.sum must have dtype"):
+        run(sum=stats.sum.double())
+    with pytest.raises(ValueError, match=r"draft_logits\.sum contains NaN"):
+        run(sum=torch.full_like(stats.sum, float("nan")))
+    with pytest.raises(ValueError, match="do not fit vocabulary"):
+        run(w2=stats.w2[:5])
+    with pytest.raises(ValueError, match=r"draft_logits\.anchor values must be in"):
+        run(anchor=stats.anchor + 100)
+    with pytest.raises(ValueError, match=r"draft_logits.base_logits must have shape"):
+        run(base_logits=stats.base_logits[:, :, :3])

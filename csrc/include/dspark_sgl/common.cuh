@@ -111,6 +111,12 @@ __device__ __forceinline__ float gumbel_from_bits(uint32_t bits) {
   return -logf(-logf(bits_to_unit_float(bits)));
 }
 
+// Token ids and lengths are validated in Python; kernels still clamp every id they use as
+// an address so that unchecked input (value checks off) can never read out of bounds.
+__device__ __forceinline__ int64_t clamp_index(int64_t i, int64_t n) {
+  return i < 0 ? 0 : (i >= n ? n - 1 : i);
+}
+
 __device__ __forceinline__ float softcap(float x, float cap) {
   return cap > 0.0f ? cap * tanhf(x / cap) : x;
 }
