@@ -148,7 +148,8 @@ def copy_bandwidth(device: torch.device) -> float:
 
 
 def n_buffers(bytes_per_set: int, on_gpu: bool) -> int:
-    return max(2, -(-2 * L2_BYTES // max(bytes_per_set, 1))) if on_gpu else 1
+    """Rotating input sets covering twice L2 (at most 32: tiny inputs stay small anyway)."""
+    return min(32, max(2, -(-2 * L2_BYTES // max(bytes_per_set, 1)))) if on_gpu else 1
 
 
 def time_into(row: Row, attr: str, timer: Timer, fn, buffers: int, reps: int | None = None) -> None:
