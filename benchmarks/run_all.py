@@ -244,24 +244,28 @@ def bench_verify(timer, baseline, device, vocab, rows, gamma, bandwidth, form: s
     return row
 
 
-def bench_schedule(timer, baseline, device, rows, gamma) -> Row:
-    row = Row("schedule_async", 0, rows, gamma)
+def bench_schedule(timer, baseline, device, rows, gamma) -> list[Row]:
+    """schedule_causal (one sort) and schedule_async with the causal prune (two sorts)."""
     gen = torch.Generator().manual_seed(2)
     conf = (torch.rand(rows, gamma, generator=gen) ** 0.3).to(device)
     stale = (torch.rand(rows, gamma, generator=gen) ** 0.3).to(device)
     sps = scheduler.SpsTable(SPS_POINTS)
-
-    def run(_: int) -> object:
-        return scheduler.schedule_async(conf, stale, sps, causal_prune=True)
-
-    if _dispatch.kernel_path("schedule_prefix", device)[0]:
-        time_into(row, "ours", timer, run, 1)
-    with force_reference():
-        time_into(row, "ref", timer, run, 1, reps=10)
-    if not isinstance(baseline, str):
-        stale_survival = torch.cumprod(stale, dim=1)
-        time_into(row, "sglang", timer, lambda _: baseline.schedule(conf, stale_survival, SPS_POINTS), 1)
-    return row
+    stale_survival = torch.cumprod(stale, dim=1)
+    runs = {
+        "schedule_causal": lambda _: scheduler.schedule_causal(conf, sps),
+        "schedule_async": lambda _: scheduler.schedule_async(conf, stale, sps, causal_prune=True),
+    }
+    out = []
+    for op, run in runs.items():
+        row = Row(op, 0, rows, gamma)
+        if _dispatch.kernel_path("schedule_prefix", device)[0]:
+            time_into(row, "ours", timer, run, 1)
+        with force_reference():
+            time_into(row, "ref", timer, run, 1, reps=10)
+        if not isinstance(baseline, str) and op == "schedule_async":
+            time_into(row, "sglang", timer, lambda _: baseline.schedule(conf, stale_survival, SPS_POINTS), 1)
+        out.append(row)
+    return out
 
 
 def bench_philox(timer, device, vocab, rows, gamma, bandwidth) -> Row:
@@ -344,7 +348,7 @@ def goals(rows: list[Row]) -> list[str]:
         ),
         check(
             "Scheduling (one launch) < 10 us at R = 256, g = 16",
-            [r for r in rows if r.op == "schedule_async" and r.rows == 256 and r.gamma == 16],
+            [r for r in rows if r.op.startswith("schedule_") and r.rows == 256 and r.gamma == 16],
             lambda r: None if r.ours is None else r.ours < 10e-6,
         ),
     ]
@@ -382,7 +386,7 @@ def main() -> None:
                 print(f"# done V={vocab} R={rows} g={gamma}", file=sys.stderr, flush=True)
     for rows in [1, 8] if args.quick else [1, 8, 64, 256, 512]:
         for gamma in (5, 7, 16):
-            results.append(bench_schedule(timer, baseline, device, rows, gamma))
+            results.extend(bench_schedule(timer, baseline, device, rows, gamma))
     results.append(bench_philox(timer, device, vocabs[0], rows_list[-1], gammas[0], bandwidth))
     table = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     table += ["| " + " | ".join(r.cells()) + " |" for r in results]

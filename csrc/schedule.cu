@@ -38,6 +38,9 @@ __device__ void load_survival_keys(const T* confidence, int rows, int gamma, uin
 }
 
 // Sorts `segments` independent runs of `padded` keys ascending (padded is a power of two).
+// Thread t handles pairs t, t + blockDim, ...; for a distance j <= 32 the 32 pairs of a warp
+// lie in one block of 64 keys that only this warp touches, so those stages need only a
+// warp barrier (most of the stages), the others a block barrier.
 __device__ void bitonic_sort(uint64_t* keys, int padded, int segments) {
   const int pairs = padded * segments / 2;
   for (int k = 2; k <= padded; k <<= 1) {
@@ -51,9 +54,15 @@ __device__ void bitonic_sort(uint64_t* keys, int padded, int segments) {
           keys[i + j] = a;
         }
       }
-      __syncthreads();
+      const int next_j = j > 1 ? j >> 1 : k;  // the first distance of the next merge is k
+      if (j <= 32 && next_j <= 32) {
+        __syncwarp();
+      } else {
+        __syncthreads();
+      }
     }
   }
+  __syncthreads();
 }
 
 __device__ __forceinline__ double sps_lookup(const double* xs, const double* ys, int points, double x) {

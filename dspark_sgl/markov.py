@@ -430,6 +430,10 @@ def sample_block_with_head(
             raise ValueError(f"hidden has H={hidden.shape[2]} but the Markov head expects {head.hidden_size}")
     use_markov_feature = False
     if confidence_head is not None:
+        if confidence_head.weight.device != device:
+            raise ValueError(
+                f"the confidence head is on {confidence_head.weight.device} but base_logits is on {device}"
+            )
         use_markov_feature = confidence_head.uses_markov_feature(hidden.shape[2], head.rank)
         sts = confidence_head.sts_temperatures
         if sts is not None and sts.numel() != gamma:

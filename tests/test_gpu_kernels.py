@@ -406,3 +406,11 @@ def test_lossless_on_the_gpu_kernels(form, policy):
     tokens, _ = generate(world, policy, seed=42, rows=2000, device="cuda", form=form)
     assert _kernel_ran("markov_block") and _kernel_ran("chain_verify") and _kernel_ran("schedule_prefix")
     check_iid_p(f"GPU kernels, {form}, {policy}", tokens, world.p())
+
+
+def test_markov_block_refuses_a_confidence_head_on_another_device():
+    case = markov_case(4, 3, 512, 8, hidden=16)
+    case["conf_weight"] = case["conf_weight"].cpu()
+    case["sts_temperatures"] = None
+    with pytest.raises(ValueError, match="the confidence head is on cpu"):
+        draft(case)
