@@ -327,8 +327,9 @@ __global__ void __launch_bounds__(kTileThreads)
                                           static_cast<uint32_t>(s), static_cast<uint32_t>(col0 / 4));
         const uint32_t words[4] = {r.x, r.y, r.z, r.w};
         const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
-        const TT* base = static_cast<const TT*>(args.base_logits) + (row * g + s) * vocab;
         const bool rejected = info.flags & kRejected;
+        // s < g on rejected rows only: the draft row exists there.
+        const TT* base = rejected ? static_cast<const TT*>(args.base_logits) + (row * g + s) * vocab : nullptr;
         for (int i = 0; i < 4 && col0 + i < vocab; ++i) {
           const float ts = __fdiv_rn(load_float(target + col0 + i), safe_t);
           float dsc = 0.0f;
@@ -462,6 +463,7 @@ size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, 
 std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, int draft_dtype,
                                 int weight_dtype, void* workspace, uintptr_t cuda_stream) {
   if (args.rows < 1 || args.vocab < 1) return "chain_verify: empty batch";
+  if (args.vocab > 0x7FFFFFFF) return "chain_verify: vocabulary must be < 2^31";
   if (args.gamma < 0 || args.gamma > kMaxGamma) return "chain_verify: g must be in [0, 32]";
   if (args.rows > 65535) return "chain_verify: at most 65535 rows";
   if (args.stat_chunks < 1 || args.stat_chunks > 65535) return "chain_verify: bad stat_chunks";

@@ -233,6 +233,19 @@ int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   return weight_bytes == 2 && rows > 32 ? 128 : 64;
 }
 
+size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
+  const int r = static_cast<int>(rank);
+  size_t dynamic;
+  if (weight_bytes == 4) {
+    dynamic = MarkovTileLayout<float, 64>(r).total_bytes();
+  } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
+    dynamic = MarkovTileLayout<__half, 128>(r).total_bytes();
+  } else {
+    dynamic = MarkovTileLayout<__half, 64>(r).total_bytes();
+  }
+  return dynamic + 2 * kMaxStagedRows * sizeof(void*);  // + stage_rows' static row tables
+}
+
 size_t markov_block_workspace_bytes(int64_t rows, int64_t vocab, int weight_bytes) {
   const int tile_v = markov_block_tile_vocab(rows, weight_bytes);
   return static_cast<size_t>(rows * ceil_div(vocab, tile_v)) * sizeof(MarkovPartial);

@@ -50,6 +50,8 @@ void bind_markov_block(py::module_& m) {
   m.def("markov_block_workspace_bytes", &markov_block_workspace_bytes, py::arg("rows"),
         py::arg("vocab"), py::arg("weight_bytes"),
         "Bytes of scratch markov_block needs for one block.");
+  m.def("markov_block_smem_bytes", &markov_block_smem_bytes, py::arg("rows"), py::arg("rank"),
+        py::arg("weight_bytes"), "Shared memory per CTA of the Markov tile kernels.");
 }
 
 }  // namespace dspark_sgl

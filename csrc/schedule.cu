@@ -229,7 +229,7 @@ size_t schedule_prefix_smem_bytes(int64_t rows, int64_t gamma, bool two_segments
 std::string launch_schedule_prefix(const SchedulePrefixArgs& args, const void* confidence,
                                    const void* budget_confidence, int dtype, uintptr_t cuda_stream) {
   if (args.rows < 1 || args.gamma < 1) return "schedule_prefix: rows and gamma must be >= 1";
-  if (args.rows * args.gamma > kScheduleMaxCandidates)
+  if (int64_t(args.rows) * args.gamma > kScheduleMaxCandidates)
     return "schedule_prefix: rows * gamma must be <= 8192";
   if (args.sps_points < 1) return "schedule_prefix: the SPS table is empty";
   const size_t smem = schedule_prefix_smem_bytes(args.rows, args.gamma, budget_confidence != nullptr);

@@ -33,6 +33,8 @@ void bind_schedule_prefix(py::module_& m) {
       },
       py::arg("args"), "Confidence-scheduled verify lengths in one launch (see dspark_sgl.scheduler).");
   m.attr("schedule_prefix_max_candidates") = kScheduleMaxCandidates;
+  m.def("schedule_prefix_smem_bytes", &schedule_prefix_smem_bytes, py::arg("rows"), py::arg("gamma"),
+        py::arg("two_segments"), "Shared memory of the one-CTA scheduling kernel.");
 }
 
 }  // namespace dspark_sgl

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -66,15 +67,16 @@ def kernel_path(op: str, device: torch.device) -> tuple[bool, str]:
     return True, f"dspark_sgl._C.{op}"
 
 
-def use_kernel(op: str, device: torch.device, unsupported: str | None = None) -> bool:
+def use_kernel(op: str, device: torch.device, unsupported: Callable[[], str | None] | None = None) -> bool:
     """Whether ``op`` runs its CUDA kernel on ``device``; logs the choice once per reason.
 
-    ``unsupported``: why these particular inputs need the reference (an input the kernel
-    does not cover); None when the kernel covers them.
+    ``unsupported``: called only when the kernel could otherwise run; returns why these
+    particular inputs need the reference (an input the kernel does not cover), or None.
     """
     use, reason = kernel_path(op, device)
-    if use and unsupported is not None:
-        use, reason = False, unsupported
+    why = unsupported() if use and unsupported is not None else None
+    if why is not None:
+        use, reason = False, why
     _log_once(op, "CUDA kernel" if use else "PyTorch reference", reason)
     return use
 
@@ -94,7 +96,7 @@ def describe() -> str:
     ops = sorted(
         name
         for name in dir(ext)
-        if not name.startswith("_") and not name.endswith("_workspace_bytes") and callable(getattr(ext, name))
+        if not name.startswith("_") and not name.endswith("_bytes") and callable(getattr(ext, name))
     )
     return f"dspark_sgl._C loaded (sm {ext.cuda_archs}; kernels: {', '.join(ops)})"
 
@@ -144,6 +146,14 @@ def philox_args(seed: int | torch.Tensor, offset: int | torch.Tensor) -> dict[st
 
 def multiprocessor_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def shared_memory_unsupported(op: str, needed: int, device: torch.device) -> str | None:
+    """Why ``op``'s ``needed`` bytes of shared memory per CTA do not fit ``device`` (or None)."""
+    limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", None)
+    if limit is not None and needed > limit:
+        return f"{op} needs {needed} bytes of shared memory per block, the device allows {limit}"
+    return None
 
 
 def current_stream_handle(device: torch.device) -> int:

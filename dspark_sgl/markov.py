@@ -445,7 +445,9 @@ def sample_block_with_head(
         raise ValueError(
             "keep_logits=False needs the vanilla Markov head (other heads cannot recompute a row)"
         )
-    if _dispatch.use_kernel("markov_block", device, _markov_kernel_unsupported(head, rows, vocab)):
+    if _dispatch.use_kernel(
+        "markov_block", device, lambda: _markov_kernel_unsupported(head, rows, vocab, device)
+    ):
         return _sample_block_cuda(
             base_logits,
             anchor,
@@ -507,7 +509,7 @@ def sample_block_with_head(
     )
 
 
-def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int) -> str | None:
+def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int, device: torch.device) -> str | None:
     """Why ``markov_block`` cannot run these inputs (None when it can)."""
     if not isinstance(head, VanillaMarkovHead):
         return f"{type(head).__name__} has no CUDA kernel (vanilla head only)"
@@ -517,7 +519,8 @@ def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int) -> str |
         return f"Markov rank {head.rank} > 512"
     if rows >= 2**31 or vocab >= 2**31:
         return "more than 2^31 rows or vocabulary entries"
-    return None
+    smem = _dispatch.kernel("markov_block_smem_bytes")(rows, head.rank, head.w2.element_size())
+    return _dispatch.shared_memory_unsupported("markov_block", smem, device)
 
 
 def _sample_block_cuda(

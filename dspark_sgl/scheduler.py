@@ -20,7 +20,8 @@ requests, never on ``x_{r,j}`` itself: that is what keeps both schedulers lossle
 Everything runs as tensor ops on the confidences' device, with no host synchronisation.
 On a GPU, :func:`schedule_causal`, :func:`schedule_async`, :func:`schedule_topk` and
 :func:`schedule_topk_causal` run as one launch of the ``schedule_prefix`` CUDA kernel
-(csrc/schedule.cu) for up to 8192 candidates (R * g).
+(csrc/schedule.cu) for up to 8192 candidates (R * g). The first call with a table on a
+device copies the table there: make one call before capturing a CUDA graph.
 """
 
 from __future__ import annotations
@@ -205,8 +206,9 @@ def _check_sps(sps: object) -> None:
 def prefix_survival(confidence: torch.Tensor) -> torch.Tensor:
     """``a[r, j] = prod_{i<=j} c[r, i]``: products in float64 rounded to float32, [R, g].
 
-    (Float64 products of float32 values make the result independent of the order a
-    device's scan multiplies in, so the CUDA kernel reproduces it bit for bit.)
+    (The CPU reference and the CUDA kernel multiply left to right, so they agree bit for
+    bit; torch's GPU scan may group the float64 products differently, which can move a
+    result by one float32 ulp only in rare double-rounding cases.)
     """
     return torch.cumprod(confidence.double(), dim=1).float()
 
@@ -214,13 +216,14 @@ def prefix_survival(confidence: torch.Tensor) -> torch.Tensor:
 _BUDGET_NONE, _BUDGET_GIVEN = 0, 1
 
 
-def _schedule_kernel_unsupported(confidence: torch.Tensor) -> str | None:
+def _schedule_kernel_unsupported(confidence: torch.Tensor, two_segments: bool) -> str | None:
     rows, gamma = confidence.shape
     if rows * gamma > 8192:
         return f"{rows} x {gamma} candidates > 8192"
     if rows * gamma == 0:
         return "no candidates"
-    return None
+    smem = _dispatch.kernel("schedule_prefix_smem_bytes")(rows, gamma, two_segments)
+    return _dispatch.shared_memory_unsupported("schedule_prefix", smem, confidence.device)
 
 
 def _schedule_cuda(
@@ -234,8 +237,11 @@ def _schedule_cuda(
     """One ``schedule_prefix`` launch: lengths [R] int32 (see the module docstring)."""
     rows, gamma = confidence.shape
     device = confidence.device
-    conf = confidence.contiguous()
-    stale = budget_confidence.to(conf.dtype).contiguous() if budget_confidence is not None else None
+    conf, stale = confidence, budget_confidence
+    if stale is not None and stale.dtype != conf.dtype:  # one dtype per launch: float32 holds both exactly
+        conf, stale = conf.float(), stale.float()
+    conf = conf.contiguous()
+    stale = stale.contiguous() if stale is not None else None
     xs, ys = sps.device_points(device)
     lengths = torch.empty(rows, dtype=torch.int32, device=device)
     budget_tensor = budget.reshape(1).to(torch.int64) if isinstance(budget, torch.Tensor) else None
@@ -307,7 +313,9 @@ def schedule_causal(confidence: torch.Tensor, sps: SpsTable) -> torch.Tensor:
     """
     _check_confidence("confidence", confidence)
     _check_sps(sps)
-    if _dispatch.use_kernel("schedule_prefix", confidence.device, _schedule_kernel_unsupported(confidence)):
+    if _dispatch.use_kernel(
+        "schedule_prefix", confidence.device, lambda: _schedule_kernel_unsupported(confidence, False)
+    ):
         return _schedule_cuda(confidence, sps, causal=True)
     rows = confidence.shape[0]
     ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
@@ -373,7 +381,9 @@ _NO_SPS = SpsTable([(1, 1.0)])
 def _topk(confidence: torch.Tensor, budget: int | torch.Tensor, sps: SpsTable | None) -> torch.Tensor:
     """Top-K lengths, with Algorithm 1's break under ``sps`` when given (inputs checked)."""
     device = confidence.device
-    if _dispatch.use_kernel("schedule_prefix", device, _schedule_kernel_unsupported(confidence)):
+    if _dispatch.use_kernel(
+        "schedule_prefix", device, lambda: _schedule_kernel_unsupported(confidence, False)
+    ):
         return _schedule_cuda(confidence, sps or _NO_SPS, causal=sps is not None, budget=budget)
     rows = confidence.shape[0]
     ranked, request, valid = _ranked_candidates(prefix_survival(confidence))
@@ -420,7 +430,9 @@ def schedule_async(
             f"got {list(budget_confidence.shape)}"
         )
     _check_sps(sps)
-    if _dispatch.use_kernel("schedule_prefix", confidence.device, _schedule_kernel_unsupported(confidence)):
+    if _dispatch.use_kernel(
+        "schedule_prefix", confidence.device, lambda: _schedule_kernel_unsupported(confidence, True)
+    ):
         return _schedule_cuda(confidence, sps, causal=causal_prune, budget_confidence=budget_confidence)
     budget = verify_budget(budget_confidence, sps)
     return _topk(confidence, budget, sps if causal_prune else None)

@@ -58,7 +58,7 @@ def _check_stats(stats: DraftStats, rows: int, gamma: int, vocab: int, device: t
         _checks.tensor(
             f"draft_logits.{name}", getattr(stats, name), dtypes=_checks.FLOAT_DTYPES, ndim=2, device=device
         )
-    if stats.w2.shape[0] != vocab or stats.w1.shape[1] != stats.w2.shape[1]:
+    if stats.w2.shape[0] != vocab or stats.w1.shape != stats.w2.shape:
         raise ValueError(
             f"draft_logits.w1 {list(stats.w1.shape)} / w2 {list(stats.w2.shape)} "
             f"do not fit vocabulary {vocab}"
@@ -130,7 +130,7 @@ def chain_verify(
     device = target_logits.device
     rng.check_seed_offset(seed, offset, device)
     if _dispatch.use_kernel(
-        "chain_verify", device, _kernel_unsupported(target_logits, draft_logits, rows, gamma)
+        "chain_verify", device, lambda: _kernel_unsupported(target_logits, draft_logits, rows, gamma)
     ):
         return _chain_verify_cuda(
             target_logits, draft_logits, draft_tokens, verify_lens, temperature, seed, offset
@@ -213,6 +213,9 @@ def _kernel_unsupported(
             return f"Markov rank {draft_logits.w2.shape[1]} > 512"
         if draft_logits.base_logits.dtype != target_logits.dtype:
             return "the statistics form needs base_logits in the dtype of target_logits"
+        w2 = draft_logits.w2
+        smem = _dispatch.kernel("markov_block_smem_bytes")(rows, w2.shape[1], w2.element_size())
+        return _dispatch.shared_memory_unsupported("chain_verify", smem, target_logits.device)
     return None
 
 

@@ -88,3 +88,23 @@ def test_describe_says_why_the_extension_is_missing(monkeypatch):
     monkeypatch.setattr(_dispatch, "_extension", None)
     monkeypatch.setattr(_dispatch, "_extension_error", "extension dspark_sgl._C not available (test)")
     assert _dispatch.describe() == "PyTorch reference only: extension dspark_sgl._C not available (test)"
+
+
+def test_inputs_a_kernel_does_not_cover_run_the_reference_and_say_why(caplog):
+    cuda = torch.device("cuda", 0)
+    _dispatch._logged.clear()
+    asked = []
+
+    def why() -> str:
+        asked.append(True)
+        return "rank 1024 > 512"
+
+    with caplog.at_level(logging.INFO, logger="dspark_sgl"):
+        use = _dispatch.use_kernel("markov_block", cuda, why)
+    assert not use
+    if _dispatch.kernel_path("markov_block", cuda)[0]:
+        assert asked  # asked only when the kernel could otherwise run
+        assert "markov_block runs the PyTorch reference (rank 1024 > 512)" in caplog.text
+    else:
+        assert not asked
+    assert not _dispatch.use_kernel("markov_block", torch.device("cpu"), why)

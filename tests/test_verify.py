@@ -177,6 +177,8 @@ def test_statistics_form_rejects_bad_statistics():
         run(sum=torch.full_like(stats.sum, float("nan")))
     with pytest.raises(ValueError, match="do not fit vocabulary"):
         run(w2=stats.w2[:5])
+    with pytest.raises(ValueError, match="do not fit vocabulary"):
+        run(w1=stats.w1[:5])
     with pytest.raises(ValueError, match=r"draft_logits\.anchor values must be in"):
         run(anchor=stats.anchor + 100)
     with pytest.raises(ValueError, match=r"draft_logits.base_logits must have shape"):

@@ -59,6 +59,8 @@ struct MarkovBlockArgs {
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes);
 size_t markov_block_workspace_bytes(int64_t rows, int64_t vocab, int weight_bytes);
+// Shared memory per CTA of the tile kernels (markov_block and chain_verify's recompute).
+size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes);
 std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int weight_dtype,
                                 int hidden_dtype, void* workspace, uintptr_t cuda_stream);
 

@@ -54,11 +54,18 @@ struct MarkovTileLayout {
 
 #ifdef __CUDACC__
 
-// Copies `count` rows of `rank` elements into shared memory rows of stride `ld`, zero
-// filling [rank, k_padded) and rows whose source is null. src(i) gives row i's source.
+// Copies `count` (<= kMaxStagedRows) rows of `rank` elements into shared memory rows of
+// stride `ld`, zero filling [rank, k_padded) and rows whose source is null. src(i) gives
+// row i's source; it is evaluated once per row. Call with all threads of the CTA.
+constexpr int kMaxStagedRows = 128;
+
 template <typename WT, typename SrcFn>
 __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
-                                           SrcFn src) {
+                                           SrcFn row_source) {
+  __shared__ const WT* sources[kMaxStagedRows];
+  for (int i = threadIdx.x; i < count; i += blockDim.x) sources[i] = row_source(i);
+  __syncthreads();
+  auto src = [&](int i) { return sources[i]; };
   constexpr int kVec = 16 / sizeof(WT);
   const bool vectorized = sizeof(WT) == 2 && rank % kVec == 0;
   if (vectorized) {
@@ -77,6 +84,7 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
       dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
     }
   }
+  __syncthreads();  // `sources` is reused by the next call
 }
 
 // bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T. Call with all threads.
