@@ -334,8 +334,10 @@ __global__ void __launch_bounds__(kTileThreads)
           const float ts = __fdiv_rn(load_float(target + col0 + i), safe_t);
           float dsc = 0.0f;
           if (rejected) {
-            const float logit = __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
-                                          tile.bias[local_row * kTileV + lane * 4 + i]);
+            const float logit = round_to_dtype(
+                __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
+                          tile.bias[local_row * kTileV + lane * 4 + i]),
+                args.logits_dtype);
             dsc = __fdiv_rn(logit, safe_t);
           }
           resample_element(acc, info, ts, dsc, gumbel_from_bits(words[i]),

@@ -25,6 +25,7 @@ void bind_chain_verify(py::module_& m) {
         a.w2 = ptr<const void>(d, "w2");
         a.rank = integer(d, "rank");
         a.softcap = static_cast<float>(real(d, "softcap"));
+        a.logits_dtype = static_cast<int>(integer(d, "logits_dtype"));
         a.draft_tokens = ptr<const int64_t>(d, "draft_tokens");
         a.verify_lens = ptr<const int64_t>(d, "verify_lens");
         a.temperature = ptr<const float>(d, "temperature");

@@ -2,7 +2,8 @@
 //
 // For k = 0..g-1 (two launches per position):
 //   markov_tile_kernel   one CTA per vocabulary tile, all rows: bias = W1[prev] @ W2_tile^T
-//                        (W2 tile read once for every row), logits = softcap(U_k) + bias,
+//                        (W2 tile read once for every row), logits = softcap(U_k) + bias
+//                        (rounded to the logits dtype: fp32, or SGLang's bf16/fp16 step dtype),
 //                        per row and tile: the Gumbel-max (or greedy argmax) winner with its
 //                        logit, and the softmax statistics of logits / T.
 //   markov_reduce_kernel one CTA per row: merges the tiles, writes x_k, its logit, max, sum.
@@ -86,8 +87,9 @@ __global__ void __launch_bounds__(kTileThreads)
         const int64_t v = col0 + i;
         if (!active || v >= vocab) break;
         const float u = softcap(load_float(base + flat + v), args.softcap);
-        const float logit = __fadd_rn(u, tile.bias[local_row * kTileV + lane * 4 + i]);
-        if (args.logits_out != nullptr) args.logits_out[flat + v] = logit;
+        const float logit =
+            round_to_dtype(__fadd_rn(u, tile.bias[local_row * kTileV + lane * 4 + i]), args.logits_dtype);
+        if (args.logits_out != nullptr) store_as_dtype(args.logits_out, flat + v, logit, args.logits_dtype);
         const float scaled = __fdiv_rn(logit, safe_t);
         stats.add(scaled);
         const float score = sampled ? __fadd_rn(scaled, gumbel_from_bits(words[i])) : logit;

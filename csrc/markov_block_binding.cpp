@@ -36,7 +36,8 @@ void bind_markov_block(py::module_& m) {
         a.token_logits = ptr<float>(d, "token_logits");
         a.stat_max = ptr<float>(d, "stat_max");
         a.stat_sum = ptr<float>(d, "stat_sum");
-        a.logits_out = ptr<float>(d, "logits_out");
+        a.logits_out = ptr<void>(d, "logits_out");
+        a.logits_dtype = static_cast<int>(integer(d, "logits_dtype"));
         a.conf_logits = ptr<float>(d, "conf_logits");
         a.confidence = ptr<float>(d, "confidence");
         check("markov_block",

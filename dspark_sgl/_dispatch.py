@@ -104,9 +104,9 @@ def describe() -> str:
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-def dtype_code(t: torch.Tensor) -> int:
-    """The kernels' element-type code of a float32/bf16/fp16 tensor (csrc common.cuh DType)."""
-    return _DTYPE_CODES[t.dtype]
+def dtype_code(t: torch.Tensor | torch.dtype) -> int:
+    """The kernels' element-type code of a float32/bf16/fp16 tensor or dtype (common.cuh DType)."""
+    return _DTYPE_CODES[t if isinstance(t, torch.dtype) else t.dtype]
 
 
 def aligned(t: torch.Tensor) -> torch.Tensor:

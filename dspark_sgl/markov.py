@@ -64,6 +64,7 @@ class DraftStats:
     w1: torch.Tensor
     w2: torch.Tensor
     logit_softcap: float | None = None
+    logits_dtype: torch.dtype = torch.float32
 
     def row_logits(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Recompute ``logits[r, position[r]]`` for every row: [R, V] float32.
@@ -77,7 +78,13 @@ class DraftStats:
         base = self.base_logits[row_ids, position].float()
         if self.logit_softcap is not None:
             base = self.logit_softcap * torch.tanh(base / self.logit_softcap)
-        return base + _vanilla_bias(self.w1, self.w2.float(), prev)
+        return _round_logits(base + _vanilla_bias(self.w1, self.w2.float(), prev), self.logits_dtype)
+
+
+def _round_logits(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 logits rounded to ``dtype`` (and back to float32): what a sampler that keeps
+    its logits in bf16/fp16 (SGLang's step dtype) draws from."""
+    return logits if dtype == torch.float32 else logits.to(dtype).float()
 
 
 def softmax_stats(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,6 +407,7 @@ def sample_block_with_head(
     confidence_head: ConfidenceHead | None = None,
     logit_softcap: float | None = None,
     keep_logits: bool = True,
+    logits_dtype: torch.dtype = torch.float32,
 ) -> DraftBlock:
     """Draft a block with any Markov head.
 
@@ -407,7 +415,9 @@ def sample_block_with_head(
     temperature: [R] float32 (0 = greedy); hidden: [R, g, H] backbone states (needed by
     gated/RNN heads and by the confidence head); logit_softcap: Gemma's cap applied to
     U_k before the bias; keep_logits: False returns ``logits=None`` (vanilla head only:
-    verify from ``stats``). Returns a :class:`DraftBlock`; vanilla heads also fill
+    verify from ``stats``); logits_dtype: float32, or bf16/fp16 to round every
+    ``logits_k`` to before sampling from it (SGLang keeps step logits so), which is
+    also the dtype of ``DraftBlock.logits``. Returns a :class:`DraftBlock`; vanilla heads also fill
     ``stats``. Runs the ``markov_block`` CUDA kernel for the vanilla head on a GPU, else
     the PyTorch reference.
     """
@@ -440,6 +450,8 @@ def sample_block_with_head(
             raise ValueError(f"sts_temperatures must have {gamma} entries, got {sts.numel()}")
     if logit_softcap is not None and not logit_softcap > 0:
         raise ValueError(f"logit_softcap must be > 0, got {logit_softcap}")
+    if logits_dtype not in _checks.FLOAT_DTYPES:
+        raise TypeError(f"logits_dtype must be float32, bfloat16 or float16, got {logits_dtype}")
     vanilla = isinstance(head, VanillaMarkovHead)
     if not keep_logits and not vanilla:
         raise ValueError(
@@ -460,10 +472,11 @@ def sample_block_with_head(
             use_markov_feature,
             logit_softcap,
             keep_logits,
+            logits_dtype,
         )
 
     tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
-    logits = torch.empty(rows, gamma, vocab, dtype=torch.float32, device=device)
+    logits = torch.empty(rows, gamma, vocab, dtype=logits_dtype, device=device)
     conf_logits = torch.empty(rows, gamma, dtype=torch.float32, device=device) if confidence_head else None
     stat_max = torch.empty(rows, gamma, dtype=torch.float32, device=device)
     stat_sum = torch.empty_like(stat_max)
@@ -476,7 +489,7 @@ def sample_block_with_head(
         base = base_logits[:, k].float()
         if logit_softcap is not None:
             base = logit_softcap * torch.tanh(base / logit_softcap)
-        logits_k = base + bias
+        logits_k = _round_logits(base + bias, logits_dtype)
         logits[:, k] = logits_k
         if vanilla:
             stat_max[:, k], stat_sum[:, k] = softmax_stats(logits_k / safe_t)
@@ -493,12 +506,13 @@ def sample_block_with_head(
         stats = DraftStats(
             max=stat_max,
             sum=stat_sum,
-            token_logits=logits.gather(2, tokens[:, :, None]).squeeze(2),
+            token_logits=logits.gather(2, tokens[:, :, None]).squeeze(2).float(),
             base_logits=base_logits,
             anchor=anchor,
             w1=head.w1,
             w2=head.w2,
             logit_softcap=logit_softcap,
+            logits_dtype=logits_dtype,
         )
     return DraftBlock(
         tokens=tokens,
@@ -535,6 +549,7 @@ def _sample_block_cuda(
     use_markov_feature: bool,
     logit_softcap: float | None,
     keep_logits: bool,
+    logits_dtype: torch.dtype,
 ) -> DraftBlock:
     """The ``markov_block`` kernel: same outputs as the reference loop above."""
     rows, gamma, vocab = base_logits.shape
@@ -548,7 +563,7 @@ def _sample_block_cuda(
 
     tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
     token_logits, stat_max, stat_sum = f32(rows, gamma), f32(rows, gamma), f32(rows, gamma)
-    logits = f32(rows, gamma, vocab) if keep_logits else None
+    logits = torch.empty(rows, gamma, vocab, dtype=logits_dtype, device=device) if keep_logits else None
     conf_logits = confidence = conf_weight = conf_bias = sts = None
     conf_bias_value = 0.0
     hidden_c = None
@@ -592,6 +607,7 @@ def _sample_block_cuda(
             "stat_max": _dispatch.pointer(stat_max),
             "stat_sum": _dispatch.pointer(stat_sum),
             "logits_out": _dispatch.pointer(logits),
+            "logits_dtype": _dispatch.dtype_code(logits_dtype),
             "conf_logits": _dispatch.pointer(conf_logits),
             "confidence": _dispatch.pointer(confidence),
             "workspace": _dispatch.pointer(workspace),
@@ -607,6 +623,7 @@ def _sample_block_cuda(
         w1=w1,
         w2=w2,
         logit_softcap=logit_softcap,
+        logits_dtype=logits_dtype,
     )
     return DraftBlock(
         tokens=tokens, logits=logits, confidence=confidence, confidence_logits=conf_logits, stats=stats
@@ -628,14 +645,15 @@ def sample_block(
     sts_temperatures: torch.Tensor | None = None,
     logit_softcap: float | None = None,
     keep_logits: bool = True,
+    logits_dtype: torch.dtype = torch.float32,
 ) -> DraftBlock:
     """Draft a block with the vanilla Markov head ``w1[prev] @ w2.T``.
 
     base_logits: [R, g, V] float32/bf16/fp16; anchor: [R] int64; w1, w2: [V, r];
     temperature: [R] float32 (0 = greedy, rows may mix). With ``conf_weight``
     ([H + r] or [H]), ``conf_bias`` and ``hidden`` [R, g, H] the block carries
-    ``confidence`` [R, g]; ``sts_temperatures`` [g] applies STS. keep_logits: see
-    :func:`sample_block_with_head`.
+    ``confidence`` [R, g]; ``sts_temperatures`` [g] applies STS. keep_logits,
+    logits_dtype: see :func:`sample_block_with_head`.
     """
     head = VanillaMarkovHead(w1, w2)
     confidence_head = None
@@ -656,4 +674,5 @@ def sample_block(
         confidence_head=confidence_head,
         logit_softcap=logit_softcap,
         keep_logits=keep_logits,
+        logits_dtype=logits_dtype,
     )

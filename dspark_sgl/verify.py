@@ -242,7 +242,7 @@ def _chain_verify_cuda(
     stats = draft_logits if isinstance(draft_logits, DraftStats) else None
     draft = None if stats is not None or gamma == 0 else _dispatch.aligned(draft_logits)
     entries = {"draft_max": 0, "draft_sum": 0, "draft_token_logits": 0, "base_logits": 0, "anchor": 0}
-    entries.update({"w1": 0, "w2": 0, "weight_dtype": 0, "rank": 0, "softcap": 0.0})
+    entries.update({"w1": 0, "w2": 0, "weight_dtype": 0, "rank": 0, "softcap": 0.0, "logits_dtype": 0})
     weight_bytes = 2
     if stats is not None and gamma > 0:
         w1, w2 = _dispatch.aligned(stats.w1), _dispatch.aligned(stats.w2)
@@ -261,6 +261,7 @@ def _chain_verify_cuda(
                 "weight_dtype": _dispatch.dtype_code(w2),
                 "rank": w2.shape[1],
                 "softcap": float(stats.logit_softcap) if stats.logit_softcap is not None else 0.0,
+                "logits_dtype": _dispatch.dtype_code(stats.logits_dtype),
             }
         )
     chunks = _stat_chunks(rows, gamma, vocab, device)

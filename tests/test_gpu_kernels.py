@@ -103,6 +103,20 @@ def test_markov_block_is_bit_identical_on_exact_inputs(shape, wdtype, bdtype):
     torch.testing.assert_close(ours.confidence, ref.confidence, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("logits_dtype", [BF16, F16])
+def test_markov_block_rounds_logits_to_the_step_dtype_like_the_reference(logits_dtype):
+    case = markov_case(16, 7, 32000, 256, wdtype=BF16, bdtype=BF16)
+    ours = draft(case, keep_logits=True, logits_dtype=logits_dtype)
+    with reference_path():
+        ref = draft(case, keep_logits=True, logits_dtype=logits_dtype)
+    assert ours.logits.dtype == logits_dtype
+    assert torch.equal(ours.logits, ref.logits) and torch.equal(ours.tokens, ref.tokens)
+    # A rejected row recomputed by chain_verify is rounded the same way.
+    target = torch.cat([ours.logits, ours.logits[:, :1]], dim=1).to(BF16) + 0.5
+    lens = torch.full((16,), 7, device=CUDA)
+    assert_verify_matches(target, ours.stats, ours, lens, case["temperature"])
+
+
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_markov_block_tokens_differ_only_at_near_ties_on_real_valued_inputs(softcap):
     rows, gamma, vocab = 64, 7, 129280

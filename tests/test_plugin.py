@@ -251,6 +251,48 @@ def test_draft_markov_block_bf16_contract(sg):
     assert int(noise.offset) == 1
 
 
+class _SyncingTp:
+    """A tensor-parallel sync that is enabled (as with TP > 1) but returns the values."""
+
+    def enabled(self, site) -> bool:
+        return True
+
+    def sync(self, site, values: torch.Tensor) -> torch.Tensor:
+        return values
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_draft_markov_block_whole_block_equals_step_by_step(sg, dtype):
+    """Without a TP sync the vanilla head drafts the whole block in one call (the fused
+    kernel on a GPU); with one it goes step by step. Same tokens, same step logits."""
+    vocab, rank, bs, gamma = 80, 8, 6, 5
+    torch.manual_seed(3)
+    head = sg.dspark.VanillaMarkov(vocab_size=vocab, markov_rank=rank).to(dtype)
+    base = (torch.randn(bs, gamma, vocab) * 2).to(dtype)
+    temperatures = torch.tensor([0.0, 0.7, 1.0, 1.3, 0.0, 0.9])
+    draft = sg.dspark_draft
+    results = []
+    for tp_sync in (_tp_sync(sg), _SyncingTp()):
+        noise = draft.DraftNoise(key=11, offset=torch.zeros(1, dtype=torch.int64))
+        with torch.no_grad():
+            results.append(
+                draft.draft_markov_block(
+                    markov_head=head,
+                    base_logits=base,
+                    anchor_tokens=torch.arange(bs),
+                    draft_hidden=None,
+                    step_temperatures=temperatures,
+                    noise=noise,
+                    tp_sync=tp_sync,
+                    logits_out=torch.empty(bs, gamma, vocab, dtype=dtype),
+                )
+            )
+        assert int(noise.offset) == 1
+    (whole_tokens, whole_logits), (step_tokens, step_logits) = results
+    assert torch.equal(whole_tokens, step_tokens)
+    assert whole_logits.dtype == dtype and torch.equal(whole_logits, step_logits)
+
+
 def test_draft_markov_block_uncovered_head_falls_back(sg, caplog):
     class CustomMarkov(sg.dspark.VanillaMarkov):
         pass

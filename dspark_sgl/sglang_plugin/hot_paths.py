@@ -31,6 +31,7 @@ from dspark_sgl.markov import (
     MarkovHead,
     RnnMarkovHead,
     VanillaMarkovHead,
+    sample_block_with_head,
     sample_from_logits,
 )
 from dspark_sgl.sglang_plugin import sps as sps_mod
@@ -284,8 +285,29 @@ def draft_markov_block(original: Callable[..., Any], *args: Any, **kwargs: Any) 
         logits_out = torch.empty((bs, gamma, width), dtype=step_dtype, device=device)
     seed = _device_constant(noise.key, device)
     offset = noise.offset
+    anchor = kwargs["anchor_tokens"].long()
+    if isinstance(head, VanillaMarkovHead) and not tp_sync.enabled(SpecTpSyncSite.DSPARK_DRAFT):
+        # The whole block in one call (the fused markov_block kernel on a GPU): no tokens
+        # need syncing between steps, and the logits are rounded to SGLang's step dtype
+        # before sampling exactly as the step-by-step path below does.
+        with _checks.trusted_values():
+            block = sample_block_with_head(
+                base_logits,
+                anchor,
+                head,
+                temperatures,
+                seed=seed,
+                offset=offset,
+                keep_logits=logits_out is not None,
+                logits_dtype=step_dtype,
+            )
+        if greedy_draft:
+            return block.tokens, None
+        logits_out.copy_(block.logits)
+        noise.offset.add_(1)
+        return block.tokens, logits_out
     state = head.initial_state(bs)
-    prev = kwargs["anchor_tokens"].long()
+    prev = anchor
     tokens = []
     with _checks.trusted_values():
         for step in range(gamma):

@@ -111,6 +111,24 @@ __device__ __forceinline__ float gumbel_from_bits(uint32_t bits) {
   return -logf(-logf(bits_to_unit_float(bits)));
 }
 
+// Rounds a float32 logit to the dtype the caller keeps logits in (SGLang samples from its
+// step dtype): kFloat32 leaves it unchanged.
+__device__ __forceinline__ float round_to_dtype(float x, int dtype) {
+  if (dtype == static_cast<int>(DType::kBFloat16)) return __bfloat162float(__float2bfloat16_rn(x));
+  if (dtype == static_cast<int>(DType::kFloat16)) return __half2float(__float2half_rn(x));
+  return x;
+}
+
+__device__ __forceinline__ void store_as_dtype(void* base, int64_t i, float x, int dtype) {
+  if (dtype == static_cast<int>(DType::kBFloat16)) {
+    static_cast<__nv_bfloat16*>(base)[i] = __float2bfloat16_rn(x);
+  } else if (dtype == static_cast<int>(DType::kFloat16)) {
+    static_cast<__half*>(base)[i] = __float2half_rn(x);
+  } else {
+    static_cast<float*>(base)[i] = x;
+  }
+}
+
 // Token ids and lengths are validated in Python; kernels still clamp every id they use as
 // an address so that unchecked input (value checks off) can never read out of bounds.
 __device__ __forceinline__ int64_t clamp_index(int64_t i, int64_t n) {

@@ -29,7 +29,8 @@ std::string launch_philox_uniform(float* out, const int64_t* rows, const int64_t
 // ---- markov_block -------------------------------------------------------------------
 // All tensors contiguous. base_logits [R, g, V]; w1, w2 [V, r] (same dtype); anchor [R]
 // int64; temperature [R] float32. Outputs: tokens [R, g] int64, token_logits / stat_max /
-// stat_sum [R, g] float32, logits_out [R, g, V] float32 or null. With hidden [R, g, H]
+// stat_sum [R, g] float32, logits_out [R, g, V] in logits_dtype or null (the logits are
+// rounded to logits_dtype before anything uses them). With hidden [R, g, H]
 // non-null: conf_weight [H (+ r)] float32, conf_bias [1] float32 (or conf_bias_value),
 // sts_temperatures [g] float32 or null, outputs conf_logits / confidence [R, g] float32.
 struct MarkovBlockArgs {
@@ -52,7 +53,8 @@ struct MarkovBlockArgs {
   float* token_logits;
   float* stat_max;
   float* stat_sum;
-  float* logits_out;
+  void* logits_out;
+  int logits_dtype;
   float* conf_logits;
   float* confidence;
 };
@@ -83,6 +85,7 @@ struct ChainVerifyArgs {
   const void* w2;
   int64_t rank;
   float softcap;
+  int logits_dtype;  // the Markov sampler's logits dtype (a recomputed row is rounded to it)
   const int64_t* draft_tokens;
   const int64_t* verify_lens;
   const float* temperature;
