@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "dspark_sgl/common.cuh"
 #include "dspark_sgl/launch.h"
@@ -43,11 +44,19 @@ struct StopInfo {
 };
 constexpr int32_t kSampled = 1, kRejected = 2;
 
+// Gumbel-max winners over a tile: of log(residual) + G (rejected rows) and of t / T + G.
 struct ResamplePartial {
-  float residual_score;
-  int32_t residual_index;
-  float bonus_score;
-  int32_t bonus_index;
+  ArgMax residual;
+  ArgMax bonus;
+
+  __device__ __forceinline__ static ResamplePartial empty() { return {ArgMax::empty(), ArgMax::empty()}; }
+  __device__ __forceinline__ void merge(const ResamplePartial& o) {
+    residual.merge(o.residual);
+    bonus.merge(o.bonus);
+  }
+  __device__ __forceinline__ ResamplePartial lane_xor(int delta, int width) const {
+    return {residual.lane_xor(delta, width), bonus.lane_xor(delta, width)};
+  }
 };
 
 template <typename T>
@@ -70,18 +79,6 @@ __device__ __forceinline__ void load4(const __half* p, float out[4]) {
   const __half2 a = *reinterpret_cast<const __half2*>(&v.x);
   const __half2 b = *reinterpret_cast<const __half2*>(&v.y);
   out[0] = __low2float(a), out[1] = __high2float(a), out[2] = __low2float(b), out[3] = __high2float(b);
-}
-
-template <typename T>
-__device__ __forceinline__ T block_merge(T value, T* shared) {
-  // Warp-level group reduction, then lane 0 of thread 0's warp merges the warps.
-  value = group_reduce<32>(value);
-  const int warp = threadIdx.x / 32;
-  if (threadIdx.x % 32 == 0) shared[warp] = value;
-  __syncthreads();
-  if (threadIdx.x == 0)
-    for (int w = 1; w < blockDim.x / 32; ++w) value.merge(shared[w]);
-  return value;  // valid in thread 0
 }
 
 template <typename TT, typename DT>
@@ -213,35 +210,13 @@ __global__ void verify_accept_kernel(ChainVerifyArgs args, const StatPartial* pa
 __device__ __forceinline__ void resample_element(ResamplePartial& acc, const StopInfo& info,
                                                  float target_scaled, float draft_scaled,
                                                  float gumbel, int32_t v) {
-  const float bonus = __fadd_rn(target_scaled, gumbel);
-  if (bonus > acc.bonus_score || (bonus == acc.bonus_score && v < acc.bonus_index)) {
-    acc.bonus_score = bonus;
-    acc.bonus_index = v;
-  }
+  acc.bonus.add(__fadd_rn(target_scaled, gumbel), v);
   if (info.flags & kRejected) {
     const float p = SoftmaxStats{info.t_max, info.t_sum}.prob(target_scaled);
     const float q = SoftmaxStats{info.d_max, info.d_sum}.prob(draft_scaled);
     const float residual = __fsub_rn(p, q);
-    if (residual > 0.0f) {
-      const float score = __fadd_rn(logf(residual), gumbel);
-      if (score > acc.residual_score || (score == acc.residual_score && v < acc.residual_index)) {
-        acc.residual_score = score;
-        acc.residual_index = v;
-      }
-    }
+    if (residual > 0.0f) acc.residual.add(__fadd_rn(logf(residual), gumbel), v);
   }
-}
-
-__device__ __forceinline__ ResamplePartial empty_resample() {
-  return ResamplePartial{-INFINITY, INT32_MAX, -INFINITY, INT32_MAX};
-}
-
-template <int kWidth>
-__device__ __forceinline__ ResamplePartial group_reduce_resample(ResamplePartial a) {
-  ArgMax residual{a.residual_score, a.residual_index}, bonus{a.bonus_score, a.bonus_index};
-  residual = group_reduce<kWidth>(residual);
-  bonus = group_reduce<kWidth>(bonus);
-  return ResamplePartial{residual.score, residual.index, bonus.score, bonus.index};
 }
 
 // Full draft logits: one warp per sampled row, 4 columns per lane.
@@ -257,7 +232,7 @@ __global__ void __launch_bounds__(kStatThreads)
     if (!(info.flags & kSampled)) continue;  // uniform per warp
     const float safe_t = args.temperature[row];
     const int64_t s = info.stop;
-    ResamplePartial acc = empty_resample();
+    ResamplePartial acc = ResamplePartial::empty();
     if (col0 < vocab) {
       const Philox4x32 r = philox_block(seed, offset, kStreamResample, static_cast<uint64_t>(row),
                                         static_cast<uint32_t>(s), static_cast<uint32_t>(col0 / 4));
@@ -273,7 +248,7 @@ __global__ void __launch_bounds__(kStatThreads)
                          static_cast<int32_t>(col0 + i));
       }
     }
-    acc = group_reduce_resample<32>(acc);
+    acc = group_reduce<32>(acc);
     if (threadIdx.x % 32 == 0) partials[row * gridDim.x + blockIdx.x] = acc;
   }
 }
@@ -318,7 +293,7 @@ __global__ void __launch_bounds__(kTileThreads)
       const int64_t row = row0 + local_row;
       const StopInfo info = row < args.rows ? stops[row] : StopInfo{0, 0, 0.f, 0.f, 0.f, 0.f};
       const bool active = info.flags & kSampled;  // lane groups stay in the shuffles below
-      ResamplePartial acc = empty_resample();
+      ResamplePartial acc = ResamplePartial::empty();
       const int64_t col0 = v0 + lane * 4;
       if (active && col0 < vocab) {
         const float safe_t = args.temperature[row];
@@ -344,7 +319,7 @@ __global__ void __launch_bounds__(kTileThreads)
                            static_cast<int32_t>(col0 + i));
         }
       }
-      acc = group_reduce_resample<kLanesPerRow>(acc);
+      acc = group_reduce<kLanesPerRow>(acc);
       if (active && lane == 0) partials[row * gridDim.x + blockIdx.x] = acc;
     }
     __syncthreads();
@@ -357,18 +332,13 @@ __global__ void __launch_bounds__(kStatThreads)
   const int64_t row = blockIdx.x;
   const StopInfo info = stops[row];
   if (!(info.flags & kSampled)) return;  // uniform per CTA
-  ArgMax residual = ArgMax::empty(), bonus = ArgMax::empty();
-  for (int tile = threadIdx.x; tile < tiles; tile += blockDim.x) {
-    const ResamplePartial p = partials[row * tiles + tile];
-    residual.add(p.residual_score, p.residual_index);
-    bonus.add(p.bonus_score, p.bonus_index);
-  }
-  __shared__ ArgMax s_residual[kStatThreads / 32], s_bonus[kStatThreads / 32];
-  residual = block_merge(residual, s_residual);
-  bonus = block_merge(bonus, s_bonus);
+  ResamplePartial best = ResamplePartial::empty();
+  for (int tile = threadIdx.x; tile < tiles; tile += blockDim.x) best.merge(partials[row * tiles + tile]);
+  __shared__ ResamplePartial warp_best[kStatThreads / 32];
+  best = block_merge(best, warp_best);
   if (threadIdx.x == 0) {
-    const bool has_residual = residual.score > -INFINITY;
-    args.out_tokens[row * (args.gamma + 1) + info.stop] = has_residual ? residual.index : bonus.index;
+    const bool has_residual = best.residual.score > -INFINITY;
+    args.out_tokens[row * (args.gamma + 1) + info.stop] = has_residual ? best.residual.index : best.bonus.index;
   }
 }
 
@@ -424,32 +394,24 @@ cudaError_t launch_typed(const ChainVerifyArgs& args, int weight_dtype, const Wo
     return cudaGetLastError();
   }
   const bool wide = markov_block_tile_vocab(args.rows, weight_dtype == 0 ? 4 : 2) == 128;
-  switch (static_cast<DType>(weight_dtype)) {
-    case DType::kFloat32:
-      return launch_markov_resample<TT, float, 64>(args, w, stream);
-    case DType::kBFloat16:
-      return wide ? launch_markov_resample<TT, __nv_bfloat16, 128>(args, w, stream)
-                  : launch_markov_resample<TT, __nv_bfloat16, 64>(args, w, stream);
-    case DType::kFloat16:
-      return wide ? launch_markov_resample<TT, __half, 128>(args, w, stream)
-                  : launch_markov_resample<TT, __half, 64>(args, w, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_dtype(weight_dtype, [&](auto weight) {
+    using WT = typename decltype(weight)::type;
+    if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
+      return launch_markov_resample<TT, WT, 64>(args, w, stream);
+    } else {
+      return wide ? launch_markov_resample<TT, WT, 128>(args, w, stream)
+                  : launch_markov_resample<TT, WT, 64>(args, w, stream);
+    }
+  });
 }
 
 template <typename TT>
 cudaError_t launch_for_target(const ChainVerifyArgs& args, int draft_dtype, int weight_dtype,
                               const Workspace& w, cudaStream_t stream) {
   if (args.draft_logits == nullptr) return launch_typed<TT, TT>(args, weight_dtype, w, stream);
-  switch (static_cast<DType>(draft_dtype)) {
-    case DType::kFloat32:
-      return launch_typed<TT, float>(args, weight_dtype, w, stream);
-    case DType::kBFloat16:
-      return launch_typed<TT, __nv_bfloat16>(args, weight_dtype, w, stream);
-    case DType::kFloat16:
-      return launch_typed<TT, __half>(args, weight_dtype, w, stream);
-  }
-  return cudaErrorInvalidValue;
+  return with_dtype(draft_dtype, [&](auto draft) {
+    return launch_typed<TT, typename decltype(draft)::type>(args, weight_dtype, w, stream);
+  });
 }
 
 }  // namespace
@@ -473,18 +435,9 @@ std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, i
     return "chain_verify: rank must be in [1, 512]";
   const Workspace w = carve(workspace, args.rows, args.gamma, args.stat_chunks);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
-  cudaError_t err = cudaErrorInvalidValue;
-  switch (static_cast<DType>(target_dtype)) {
-    case DType::kFloat32:
-      err = launch_for_target<float>(args, draft_dtype, weight_dtype, w, stream);
-      break;
-    case DType::kBFloat16:
-      err = launch_for_target<__nv_bfloat16>(args, draft_dtype, weight_dtype, w, stream);
-      break;
-    case DType::kFloat16:
-      err = launch_for_target<__half>(args, draft_dtype, weight_dtype, w, stream);
-      break;
-  }
+  const cudaError_t err = with_dtype(target_dtype, [&](auto target) {
+    return launch_for_target<typename decltype(target)::type>(args, draft_dtype, weight_dtype, w, stream);
+  });
   return err == cudaSuccess ? std::string() : std::string("chain_verify: ") + cudaGetErrorString(err);
 }
 

@@ -85,7 +85,7 @@ __global__ void __launch_bounds__(kTileThreads)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int64_t v = col0 + i;
-        if (!active || v >= vocab) break;
+        if (!active || v >= vocab) continue;  // not break: a fully unrolled loop keeps words[] in registers
         const float u = softcap(load_float(base + flat + v), args.softcap);
         const float logit =
             round_to_dtype(__fadd_rn(u, tile.bias[local_row * kTileV + lane * 4 + i]), args.logits_dtype);
@@ -116,21 +116,11 @@ __global__ void __launch_bounds__(kTileThreads)
     best.add(p.score, p.index, p.logit);
     stats.merge(SoftmaxStats{p.max, p.sum});
   }
-  best = group_reduce<32>(best);
-  stats = group_reduce<32>(stats);
   __shared__ ArgMaxLogit warp_best[kTileThreads / 32];
   __shared__ SoftmaxStats warp_stats[kTileThreads / 32];
-  const int warp = threadIdx.x / 32;
-  if (threadIdx.x % 32 == 0) {
-    warp_best[warp] = best;
-    warp_stats[warp] = stats;
-  }
-  __syncthreads();
+  best = block_merge(best, warp_best);
+  stats = block_merge(stats, warp_stats);
   if (threadIdx.x == 0) {
-    for (int w = 1; w < blockDim.x / 32; ++w) {
-      best.merge(warp_best[w]);
-      stats.merge(warp_stats[w]);
-    }
     const int64_t at = row * args.gamma + k;
     args.tokens[at] = best.index;
     args.token_logits[at] = best.logit;
@@ -186,44 +176,31 @@ cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovPartial* partials, c
 template <typename BT, typename WT>
 cudaError_t launch_for_weights(const MarkovBlockArgs& args, MarkovPartial* partials,
                                cudaStream_t stream) {
-  if (markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128)
-    return launch_tiles<BT, WT, 128>(args, partials, stream);
-  return launch_tiles<BT, WT, 64>(args, partials, stream);
+  if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
+    return launch_tiles<BT, WT, 64>(args, partials, stream);
+  } else {
+    if (markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128)
+      return launch_tiles<BT, WT, 128>(args, partials, stream);
+    return launch_tiles<BT, WT, 64>(args, partials, stream);
+  }
 }
 
 template <typename WT>
 cudaError_t launch_confidence(const MarkovBlockArgs& args, int hidden_dtype, cudaStream_t stream) {
   const int64_t warps = args.rows * args.gamma;
   const unsigned blocks = static_cast<unsigned>(ceil_div(warps * 32, 256));
-  switch (static_cast<DType>(hidden_dtype)) {
-    case DType::kFloat32:
-      markov_confidence_kernel<float, WT><<<blocks, 256, 0, stream>>>(args);
-      break;
-    case DType::kBFloat16:
-      markov_confidence_kernel<__nv_bfloat16, WT><<<blocks, 256, 0, stream>>>(args);
-      break;
-    case DType::kFloat16:
-      markov_confidence_kernel<__half, WT><<<blocks, 256, 0, stream>>>(args);
-      break;
-  }
-  return cudaGetLastError();
+  return with_dtype(hidden_dtype, [&](auto hidden) {
+    markov_confidence_kernel<typename decltype(hidden)::type, WT><<<blocks, 256, 0, stream>>>(args);
+    return cudaGetLastError();
+  });
 }
 
 template <typename WT>
 cudaError_t launch_block(const MarkovBlockArgs& args, int base_dtype, int hidden_dtype,
                          MarkovPartial* partials, cudaStream_t stream) {
-  cudaError_t err = cudaErrorInvalidValue;
-  switch (static_cast<DType>(base_dtype)) {
-    case DType::kFloat32:
-      err = launch_for_weights<float, WT>(args, partials, stream);
-      break;
-    case DType::kBFloat16:
-      err = launch_for_weights<__nv_bfloat16, WT>(args, partials, stream);
-      break;
-    case DType::kFloat16:
-      err = launch_for_weights<__half, WT>(args, partials, stream);
-      break;
-  }
+  const cudaError_t err = with_dtype(base_dtype, [&](auto base) {
+    return launch_for_weights<typename decltype(base)::type, WT>(args, partials, stream);
+  });
   if (err != cudaSuccess || args.hidden == nullptr) return err;
   return launch_confidence<WT>(args, hidden_dtype, stream);
 }
@@ -260,18 +237,9 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
   if (args.rows > 0x7FFFFFFF || args.vocab > 0x7FFFFFFF) return "markov_block: shape too large";
   auto* partials = static_cast<MarkovPartial*>(workspace);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
-  cudaError_t err = cudaErrorInvalidValue;
-  switch (static_cast<DType>(weight_dtype)) {
-    case DType::kFloat32:
-      err = launch_block<float>(args, base_dtype, hidden_dtype, partials, stream);
-      break;
-    case DType::kBFloat16:
-      err = launch_block<__nv_bfloat16>(args, base_dtype, hidden_dtype, partials, stream);
-      break;
-    case DType::kFloat16:
-      err = launch_block<__half>(args, base_dtype, hidden_dtype, partials, stream);
-      break;
-  }
+  const cudaError_t err = with_dtype(weight_dtype, [&](auto weight) {
+    return launch_block<typename decltype(weight)::type>(args, base_dtype, hidden_dtype, partials, stream);
+  });
   return err == cudaSuccess ? std::string() : std::string("markov_block: ") + cudaGetErrorString(err);
 }
 

@@ -232,27 +232,18 @@ std::string launch_schedule_prefix(const SchedulePrefixArgs& args, const void* c
   if (int64_t(args.rows) * args.gamma > kScheduleMaxCandidates)
     return "schedule_prefix: rows * gamma must be <= 8192";
   if (args.sps_points < 1) return "schedule_prefix: the SPS table is empty";
+  if (dtype < 0 || dtype > 2) return "schedule_prefix: unsupported confidence dtype code";
   const size_t smem = schedule_prefix_smem_bytes(args.rows, args.gamma, budget_confidence != nullptr);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
-  cudaError_t err = cudaSuccess;
-  switch (static_cast<DType>(dtype)) {
-#define DSPARK_SCHEDULE_CASE(CODE, TYPE)                                                         \
-  case CODE: {                                                                                   \
-    err = cudaFuncSetAttribute(schedule_kernel<TYPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                               static_cast<int>(smem));                                          \
-    if (err != cudaSuccess) break;                                                               \
-    schedule_kernel<TYPE><<<1, kScheduleThreads, smem, stream>>>(                                \
-        args, static_cast<const TYPE*>(confidence), static_cast<const TYPE*>(budget_confidence)); \
-    err = cudaGetLastError();                                                                    \
-    break;                                                                                       \
-  }
-    DSPARK_SCHEDULE_CASE(DType::kFloat32, float)
-    DSPARK_SCHEDULE_CASE(DType::kBFloat16, __nv_bfloat16)
-    DSPARK_SCHEDULE_CASE(DType::kFloat16, __half)
-#undef DSPARK_SCHEDULE_CASE
-    default:
-      return "schedule_prefix: unsupported confidence dtype code";
-  }
+  const cudaError_t err = with_dtype(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const cudaError_t attr = cudaFuncSetAttribute(
+        schedule_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (attr != cudaSuccess) return attr;
+    schedule_kernel<T><<<1, kScheduleThreads, smem, stream>>>(
+        args, static_cast<const T*>(confidence), static_cast<const T*>(budget_confidence));
+    return cudaGetLastError();
+  });
   return err == cudaSuccess ? std::string() : std::string(cudaGetErrorString(err));
 }
 

@@ -23,6 +23,26 @@ enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
 inline int dtype_size(DType d) { return d == DType::kFloat32 ? 4 : 2; }
 
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Calls f(TypeTag<T>{}) with the C++ element type of a dtype code (host side: choosing a
+// kernel instantiation); an unknown code is cudaErrorInvalidValue.
+template <typename F>
+cudaError_t with_dtype(int code, F&& f) {
+  switch (static_cast<DType>(code)) {
+    case DType::kFloat32:
+      return f(TypeTag<float>{});
+    case DType::kBFloat16:
+      return f(TypeTag<__nv_bfloat16>{});
+    case DType::kFloat16:
+      return f(TypeTag<__half>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 #ifdef __CUDACC__
 
 __device__ __forceinline__ float to_float(float x) { return x; }
@@ -48,6 +68,10 @@ struct ArgMax {
     }
   }
   __device__ __forceinline__ void merge(const ArgMax& o) { add(o.score, o.index); }
+  __device__ __forceinline__ ArgMax lane_xor(int delta, int width) const {
+    return ArgMax{__shfl_xor_sync(0xffffffffu, score, delta, width),
+                  __shfl_xor_sync(0xffffffffu, index, delta, width)};
+  }
 };
 
 // Running (max, sum exp(x - max)) of a softmax; -inf entries contribute nothing.
@@ -76,35 +100,36 @@ struct SoftmaxStats {
     sum = sum * expf(max - m) + o.sum * expf(o.max - m);
     max = m;
   }
+  __device__ __forceinline__ SoftmaxStats lane_xor(int delta, int width) const {
+    return SoftmaxStats{__shfl_xor_sync(0xffffffffu, max, delta, width),
+                        __shfl_xor_sync(0xffffffffu, sum, delta, width)};
+  }
   // softmax probability of a value x under these statistics: exp(x - max) / sum.
   __device__ __forceinline__ float prob(float x) const {
     return x == -INFINITY ? 0.0f : expf(x - max) / sum;
   }
 };
 
-// Reductions over `width` consecutive lanes (a power of two <= 32, aligned groups).
-template <int kWidth>
-__device__ __forceinline__ ArgMax group_reduce(ArgMax a) {
+// Butterfly reduction over `kWidth` consecutive lanes (a power of two <= 32, aligned
+// groups) of any partial result T with merge() and lane_xor() (the value of lane ^ delta).
+// Every lane of the group must take part.
+template <int kWidth, typename T>
+__device__ __forceinline__ T group_reduce(T a) {
 #pragma unroll
-  for (int delta = kWidth / 2; delta > 0; delta /= 2) {
-    ArgMax o;
-    o.score = __shfl_xor_sync(0xffffffffu, a.score, delta, kWidth);
-    o.index = __shfl_xor_sync(0xffffffffu, a.index, delta, kWidth);
-    a.merge(o);
-  }
+  for (int delta = kWidth / 2; delta > 0; delta /= 2) a.merge(a.lane_xor(delta, kWidth));
   return a;
 }
 
-template <int kWidth>
-__device__ __forceinline__ SoftmaxStats group_reduce(SoftmaxStats a) {
-#pragma unroll
-  for (int delta = kWidth / 2; delta > 0; delta /= 2) {
-    SoftmaxStats o;
-    o.max = __shfl_xor_sync(0xffffffffu, a.max, delta, kWidth);
-    o.sum = __shfl_xor_sync(0xffffffffu, a.sum, delta, kWidth);
-    a.merge(o);
-  }
-  return a;
+// Merges one partial per thread across the CTA: warps first, then thread 0 merges the
+// warps through `shared` (blockDim / 32 entries). The result is valid in thread 0 only.
+template <typename T>
+__device__ __forceinline__ T block_merge(T value, T* shared) {
+  value = group_reduce<32>(value);
+  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = value;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < blockDim.x / 32; ++w) value.merge(shared[w]);
+  return value;
 }
 
 __device__ __forceinline__ float gumbel_from_bits(uint32_t bits) {

@@ -157,20 +157,12 @@ struct ArgMaxLogit {
     }
   }
   __device__ __forceinline__ void merge(const ArgMaxLogit& o) { add(o.score, o.index, o.logit); }
-};
-
-template <int kWidth>
-__device__ __forceinline__ ArgMaxLogit group_reduce(ArgMaxLogit a) {
-#pragma unroll
-  for (int delta = kWidth / 2; delta > 0; delta /= 2) {
-    ArgMaxLogit o;
-    o.score = __shfl_xor_sync(0xffffffffu, a.score, delta, kWidth);
-    o.index = __shfl_xor_sync(0xffffffffu, a.index, delta, kWidth);
-    o.logit = __shfl_xor_sync(0xffffffffu, a.logit, delta, kWidth);
-    a.merge(o);
+  __device__ __forceinline__ ArgMaxLogit lane_xor(int delta, int width) const {
+    return ArgMaxLogit{__shfl_xor_sync(0xffffffffu, score, delta, width),
+                       __shfl_xor_sync(0xffffffffu, index, delta, width),
+                       __shfl_xor_sync(0xffffffffu, logit, delta, width)};
   }
-  return a;
-}
+};
 
 #endif  // __CUDACC__
 
