@@ -14,13 +14,11 @@ path). On a CPU only the references run (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,7 +178,7 @@ def bench_markov(timer, baseline, device, vocab, rows, gamma, bandwidth) -> Row:
 
     if _dispatch.kernel_path("markov_block", device)[0]:
         time_into(row, "ours", timer, run, nb)
-    with force_reference():
+    with _dispatch.forced_reference():
         time_into(row, "ref", timer, run, nb, reps=5)
     if not isinstance(baseline, str):
         offset = torch.zeros(1, dtype=torch.int64, device=device)
@@ -228,7 +226,7 @@ def bench_verify(timer, baseline, device, vocab, rows, gamma, bandwidth, form: s
 
     if _dispatch.kernel_path("chain_verify", device)[0]:
         time_into(row, "ours", timer, run, nb)
-    with force_reference():
+    with _dispatch.forced_reference():
         time_into(row, "ref", timer, run, nb, reps=5)
     if not isinstance(baseline, str) and form == "logits":
         draft_bf16 = block.logits.to(torch.bfloat16)
@@ -260,7 +258,7 @@ def bench_schedule(timer, baseline, device, rows, gamma) -> list[Row]:
         row = Row(op, 0, rows, gamma)
         if _dispatch.kernel_path("schedule_prefix", device)[0]:
             time_into(row, "ours", timer, run, 1)
-        with force_reference():
+        with _dispatch.forced_reference():
             time_into(row, "ref", timer, run, 1, reps=10)
         if not isinstance(baseline, str) and op == "schedule_async":
             time_into(row, "sglang", timer, lambda _: baseline.schedule(conf, stale_survival, SPS_POINTS), 1)
@@ -280,25 +278,11 @@ def bench_philox(timer, device, vocab, rows, gamma, bandwidth) -> Row:
 
     if _dispatch.kernel_path("philox_uniform", device)[0]:
         time_into(row, "ours", timer, run, nb)
-    with force_reference():
+    with _dispatch.forced_reference():
         time_into(row, "ref", timer, run, nb, reps=5)
     if bandwidth:
         row.floor = out_bytes / bandwidth
     return row
-
-
-@contextlib.contextmanager
-def force_reference() -> Iterator[None]:
-    """Run the PyTorch references inside the block."""
-    old = os.environ.get("DSPARK_SGL_FORCE_REFERENCE")
-    os.environ["DSPARK_SGL_FORCE_REFERENCE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("DSPARK_SGL_FORCE_REFERENCE", None)
-        else:
-            os.environ["DSPARK_SGL_FORCE_REFERENCE"] = old
 
 
 def goals(rows: list[Row]) -> list[str]:

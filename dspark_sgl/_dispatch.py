@@ -8,10 +8,11 @@ which path it takes (and why), once per op and path.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import ModuleType
 
 import torch
@@ -44,6 +45,20 @@ def extension_error() -> str | None:
 
 def force_reference() -> bool:
     return os.environ.get("DSPARK_SGL_FORCE_REFERENCE", "0") not in ("", "0")
+
+
+@contextlib.contextmanager
+def forced_reference() -> Iterator[None]:
+    """Run the PyTorch references inside the block (sets ``DSPARK_SGL_FORCE_REFERENCE``)."""
+    old = os.environ.get("DSPARK_SGL_FORCE_REFERENCE")
+    os.environ["DSPARK_SGL_FORCE_REFERENCE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("DSPARK_SGL_FORCE_REFERENCE", None)
+        else:
+            os.environ["DSPARK_SGL_FORCE_REFERENCE"] = old
 
 
 def _log_once(op: str, path: str, reason: str) -> None:

@@ -108,3 +108,14 @@ def test_inputs_a_kernel_does_not_cover_run_the_reference_and_say_why(caplog):
     else:
         assert not asked
     assert not _dispatch.use_kernel("markov_block", torch.device("cpu"), why)
+
+
+def test_forced_reference_block_sets_and_restores_the_switch(monkeypatch):
+    monkeypatch.delenv("DSPARK_SGL_FORCE_REFERENCE", raising=False)
+    with _dispatch.forced_reference():
+        assert _dispatch.force_reference()
+    assert "DSPARK_SGL_FORCE_REFERENCE" not in os.environ
+    monkeypatch.setenv("DSPARK_SGL_FORCE_REFERENCE", "0")
+    with _dispatch.forced_reference():
+        assert _dispatch.force_reference()
+    assert os.environ["DSPARK_SGL_FORCE_REFERENCE"] == "0"

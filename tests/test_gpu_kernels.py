@@ -9,7 +9,6 @@ helpers below check explicitly. Memory safety: run this file under
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -23,14 +22,6 @@ pytestmark = [pytest.mark.gpu, requires_gpu]
 
 CUDA = torch.device("cuda")
 BF16, F16, F32 = torch.bfloat16, torch.float16, torch.float32
-
-
-@contextlib.contextmanager
-def reference_path():
-    """Run the PyTorch references (on the GPU) inside the block."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DSPARK_SGL_FORCE_REFERENCE", "1")
-        yield
 
 
 def _kernel_ran(op: str) -> bool:
@@ -92,7 +83,7 @@ def test_markov_block_is_bit_identical_on_exact_inputs(shape, wdtype, bdtype):
     case = markov_case(rows, gamma, vocab, rank, wdtype=wdtype, bdtype=bdtype, hidden=96)
     ours = draft(case, keep_logits=True)
     assert _kernel_ran("markov_block")
-    with reference_path():
+    with _dispatch.forced_reference():
         ref = draft(case, keep_logits=True)
     assert torch.equal(ours.logits, ref.logits)
     assert torch.equal(ours.tokens, ref.tokens)
@@ -107,7 +98,7 @@ def test_markov_block_is_bit_identical_on_exact_inputs(shape, wdtype, bdtype):
 def test_markov_block_rounds_logits_to_the_step_dtype_like_the_reference(logits_dtype):
     case = markov_case(16, 7, 32000, 256, wdtype=BF16, bdtype=BF16)
     ours = draft(case, keep_logits=True, logits_dtype=logits_dtype)
-    with reference_path():
+    with _dispatch.forced_reference():
         ref = draft(case, keep_logits=True, logits_dtype=logits_dtype)
     assert ours.logits.dtype == logits_dtype
     assert torch.equal(ours.logits, ref.logits) and torch.equal(ours.tokens, ref.tokens)
@@ -207,7 +198,7 @@ def assert_verify_matches(target, draft_side, block, lens, temperature, seed=9, 
         target, draft_side, block.tokens, lens, temperature, seed=seed, offset=offset
     )
     assert _kernel_ran("chain_verify")
-    with reference_path():
+    with _dispatch.forced_reference():
         ref_acc, ref_out = verify.chain_verify(
             target, draft_side, block.tokens, lens, temperature, seed=seed, offset=offset
         )
