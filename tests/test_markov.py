@@ -267,3 +267,41 @@ def test_the_byte_rule_for_keeping_logits():
     assert not markov.stats_cheaper_than_logits(1, 7, 129280, 256, 2)
     # R = 256: 256 x 7 x V float32 twice dwarfs one more read of W2 and one base row per request.
     assert markov.stats_cheaper_than_logits(256, 7, 129280, 256, 2)
+
+
+def test_logits_dtype_rounds_every_step_before_sampling():
+    x = make_inputs(rows=5, seed=4)
+    block = markov.sample_block(
+        x["base"],
+        x["anchor"],
+        x["w1"],
+        x["w2"],
+        x["temperature"],
+        seed=2,
+        offset=6,
+        logits_dtype=torch.bfloat16,
+    )
+    assert block.logits.dtype == torch.bfloat16
+    rows, gamma, vocab = x["base"].shape
+    prev = x["anchor"]
+    for k in range(gamma):
+        rounded = (x["base"][:, k] + x["w1"][prev] @ x["w2"].T).to(torch.bfloat16)
+        # The same float32 sum rounded to bf16 (one bf16 ulp apart at most on a rounding boundary).
+        torch.testing.assert_close(block.logits[:, k].float(), rounded.float(), rtol=2**-7, atol=1e-6)
+        noise = rng.gumbel(2, 6, rng.Stream.DRAFT, torch.arange(rows), torch.full((rows,), k), vocab)
+        expected = (block.logits[:, k].float() / x["temperature"][:, None] + noise).argmax(-1)
+        assert torch.equal(block.tokens[:, k], expected)
+        positions = torch.full((rows,), k)
+        assert torch.equal(block.stats.row_logits(block.tokens, positions), block.logits[:, k].float())
+        prev = block.tokens[:, k]
+    with pytest.raises(TypeError, match="logits_dtype must be float32, bfloat16 or float16"):
+        markov.sample_block(
+            x["base"],
+            x["anchor"],
+            x["w1"],
+            x["w2"],
+            x["temperature"],
+            seed=0,
+            offset=0,
+            logits_dtype=torch.int64,
+        )

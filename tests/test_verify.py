@@ -183,3 +183,19 @@ def test_statistics_form_rejects_bad_statistics():
         run(anchor=stats.anchor + 100)
     with pytest.raises(ValueError, match=r"draft_logits.base_logits must have shape"):
         run(base_logits=stats.base_logits[:, :, :3])
+
+
+def test_statistics_form_matches_logits_kept_in_bf16():
+    gen = torch.Generator().manual_seed(5)
+    rows, gamma, vocab, rank = 8, 4, 19, 3
+    base = torch.randn(rows, gamma, vocab, generator=gen)
+    w1, w2 = torch.randn(vocab, rank, generator=gen), torch.randn(vocab, rank, generator=gen)
+    temperature = torch.rand(rows, generator=gen) + 0.5
+    block = markov.sample_block(
+        base, torch.arange(rows), w1, w2, temperature, seed=1, offset=1, logits_dtype=torch.bfloat16
+    )
+    target = torch.cat([block.logits.float(), torch.randn(rows, 1, vocab, generator=gen)], dim=1) + 0.5
+    lens = torch.full((rows,), gamma)
+    a1, o1 = verify.chain_verify(target, block.logits, block.tokens, lens, temperature, seed=2, offset=2)
+    a2, o2 = verify.chain_verify(target, block.stats, block.tokens, lens, temperature, seed=2, offset=2)
+    assert torch.equal(a1, a2) and torch.equal(o1, o2)
