@@ -76,6 +76,7 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_CUDA_COMPILER={self._nvcc}",
             f"-DDSPARK_SGL_CUDA_ARCHS={archs}",
+            f"-DDSPARK_SGL_CUDA_PTX={os.environ.get('DSPARK_SGL_CUDA_PTX', '90')}",
             "-DCMAKE_BUILD_TYPE=Release",
         ]
         if shutil.which("ninja"):

@@ -253,7 +253,8 @@ __global__ void __launch_bounds__(kStatThreads)
   }
 }
 
-// Statistics form: the draft row at s is softcap(U_s) + W1[x_{s-1}] @ W2^T, recomputed here.
+// Statistics form: the draft row at s is softcap(U_s) + W1[x_{s-1}] @ W2^T (the product rounded to
+// the weight dtype, as markov_block), recomputed here.
 template <typename TT, typename WT, int kTileV>
 __global__ void __launch_bounds__(kTileThreads)
     verify_resample_markov_kernel(ChainVerifyArgs args, const StopInfo* stops,
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(kTileThreads)
           if (rejected) {
             const float logit = round_to_dtype(
                 __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
-                          tile.bias[local_row * kTileV + lane * 4 + i]),
+                          round_to_type<WT>(tile.bias[local_row * kTileV + lane * 4 + i])),
                 args.logits_dtype);
             dsc = __fdiv_rn(logit, safe_t);
           }

@@ -2,7 +2,8 @@
 //
 // For k = 0..g-1 (two launches per position):
 //   markov_tile_kernel   one CTA per vocabulary tile, all rows: bias = W1[prev] @ W2_tile^T
-//                        (W2 tile read once for every row), logits = softcap(U_k) + bias
+//                        (W2 tile read once for every row; float32 accumulate, rounded to the
+//                        weight dtype as SGLang's Linear output), logits = softcap(U_k) + bias
 //                        (rounded to the logits dtype: fp32, or SGLang's bf16/fp16 step dtype),
 //                        per row and tile: the Gumbel-max (or greedy argmax) winner with its
 //                        logit, and the softmax statistics of logits / T.
@@ -88,7 +89,8 @@ __global__ void __launch_bounds__(kTileThreads)
         if (!active || v >= vocab) continue;  // not break: a fully unrolled loop keeps words[] in registers
         const float u = softcap(load_float(base + flat + v), args.softcap);
         const float logit =
-            round_to_dtype(__fadd_rn(u, tile.bias[local_row * kTileV + lane * 4 + i]), args.logits_dtype);
+            round_to_dtype(__fadd_rn(u, round_to_type<WT>(tile.bias[local_row * kTileV + lane * 4 + i])),
+                           args.logits_dtype);
         if (args.logits_out != nullptr) store_as_dtype(args.logits_out, flat + v, logit, args.logits_dtype);
         const float scaled = __fdiv_rn(logit, safe_t);
         stats.add(scaled);
@@ -129,7 +131,9 @@ __global__ void __launch_bounds__(kTileThreads)
   }
 }
 
-// One warp per (row, position): z = w . [h_k; W1[x_{k-1}]] + b, c = sigmoid(z / T_k).
+// One warp per (row, position): z = w . [h_k; W1[x_{k-1}]] + b, c = sigmoid(z / T_k). As in
+// SGLang, W1[x] is first cast to the hidden states' dtype, the features to the projection's
+// (conf_dtype), and z is rounded to the projection's dtype.
 template <typename HT, typename WT>
 __global__ void markov_confidence_kernel(MarkovBlockArgs args) {
   const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -138,18 +142,21 @@ __global__ void markov_confidence_kernel(MarkovBlockArgs args) {
   const int64_t row = warp / args.gamma, k = warp % args.gamma;
   const HT* hidden = static_cast<const HT*>(args.hidden) + warp * args.hidden_size;
   const float* w = args.conf_weight;
+  const int pd = args.conf_dtype;
   float acc = 0.0f;
-  for (int64_t i = lane; i < args.hidden_size; i += 32) acc = fmaf(to_float(hidden[i]), w[i], acc);
+  for (int64_t i = lane; i < args.hidden_size; i += 32)
+    acc = fmaf(round_to_dtype(to_float(hidden[i]), pd), w[i], acc);
   if (args.conf_uses_markov) {
     const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
     const WT* emb = static_cast<const WT*>(args.w1) + clamp_index(prev, args.vocab) * args.rank;
     for (int64_t i = lane; i < args.rank; i += 32)
-      acc = fmaf(to_float(emb[i]), w[args.hidden_size + i], acc);
+      acc = fmaf(round_to_dtype(round_to_type<HT>(to_float(emb[i])), pd), w[args.hidden_size + i], acc);
   }
 #pragma unroll
   for (int delta = 16; delta > 0; delta /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, delta);
   if (lane == 0) {
-    const float z = acc + (args.conf_bias != nullptr ? *args.conf_bias : args.conf_bias_value);
+    const float z = round_to_dtype(
+        __fadd_rn(acc, args.conf_bias != nullptr ? *args.conf_bias : args.conf_bias_value), pd);
     const float zt = args.sts_temperatures != nullptr ? __fdiv_rn(z, args.sts_temperatures[k]) : z;
     args.conf_logits[warp] = z;
     args.confidence[warp] = 1.0f / (1.0f + expf(-zt));

@@ -31,6 +31,7 @@ void bind_markov_block(py::module_& m) {
         a.conf_uses_markov = static_cast<int>(integer(d, "conf_uses_markov"));
         a.conf_bias = ptr<const float>(d, "conf_bias");
         a.conf_bias_value = static_cast<float>(real(d, "conf_bias_value"));
+        a.conf_dtype = static_cast<int>(integer(d, "conf_dtype"));
         a.sts_temperatures = ptr<const float>(d, "sts_temperatures");
         a.tokens = ptr<int64_t>(d, "tokens");
         a.token_logits = ptr<float>(d, "token_logits");

@@ -12,7 +12,12 @@ void bind_schedule_prefix(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dspark_sgl CUDA kernels (raw-pointer launchers; use the dspark_sgl Python API)";
-  m.attr("cuda_archs") = DSPARK_SGL_CUDA_ARCHS;
+  m.attr("cuda_archs") = DSPARK_SGL_CUDA_ARCHS;  // SASS targets, e.g. "90a,90"
+#ifdef DSPARK_SGL_CUDA_PTX
+  m.attr("cuda_ptx") = DSPARK_SGL_CUDA_PTX;  // embedded PTX target ("" for none)
+#else
+  m.attr("cuda_ptx") = "";
+#endif
   dspark_sgl::bind_philox_uniform(m);
   dspark_sgl::bind_markov_block(m);
   dspark_sgl::bind_chain_verify(m);

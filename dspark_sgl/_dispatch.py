@@ -1,9 +1,12 @@
 """Choice between the CUDA extension ``dspark_sgl._C`` and the PyTorch reference.
 
 The extension is imported once, when this module is imported. Per call, a kernel runs
-when the extension loaded, the inputs are on a CUDA device and the environment does not
-force the reference (``DSPARK_SGL_FORCE_REFERENCE=1``). The first call of each op logs
-which path it takes (and why), once per op and path.
+when the extension loaded, the inputs are on a CUDA device whose compute capability the
+build has code for (its SASS targets ``cuda_archs``, or a newer GPU that can JIT its PTX
+``cuda_ptx``) and the environment does not force the reference
+(``DSPARK_SGL_FORCE_REFERENCE=1``). The first call of each op logs which path it takes
+(and why), once per op and path. :func:`launch` runs a launcher with the inputs' device
+current, so the kernels' attributes and launches land on that device.
 """
 
 from __future__ import annotations
@@ -68,6 +71,32 @@ def _log_once(op: str, path: str, reason: str) -> None:
     logger.info("dspark_sgl: %s runs the %s (%s)", op, path, reason)
 
 
+def _arch_number(arch: str) -> int:
+    return int(arch.rstrip("af"))
+
+
+def capability_unsupported(ext: ModuleType, capability: tuple[int, int]) -> str | None:
+    """Why a GPU of compute ``capability`` (major, minor) has no code in ``ext`` (or None).
+
+    SASS for ``XY`` runs on X.Z with Z >= Y; an arch-specific ``XYa`` only on X.Y; PTX for
+    ``P`` is JIT-compiled by the driver on any capability >= P.
+    """
+    major, minor = capability
+    cc = 10 * major + minor
+    sass = [a for a in str(getattr(ext, "cuda_archs", "")).split(",") if a]
+    for arch in sass:
+        number = _arch_number(arch)
+        if cc == number or (not arch.endswith(("a", "f")) and major == number // 10 and cc > number):
+            return None
+    ptx = str(getattr(ext, "cuda_ptx", "") or "")
+    if ptx and cc >= _arch_number(ptx):
+        return None
+    return (
+        f"the device is sm_{major}{minor} but dspark_sgl._C holds code for sm {','.join(sass) or 'none'}"
+        f" and PTX {ptx or 'none'} (rebuild with DSPARK_SGL_CUDA_ARCHS)"
+    )
+
+
 def kernel_path(op: str, device: torch.device) -> tuple[bool, str]:
     """(use the CUDA kernel?, reason) for ``op`` on ``device``; no logging."""
     if device.type != "cuda":
@@ -79,6 +108,13 @@ def kernel_path(op: str, device: torch.device) -> tuple[bool, str]:
         return False, _extension_error or "extension not loaded"
     if not hasattr(ext, op):
         return False, f"the extension has no kernel {op!r}"
+    try:
+        capability = torch.cuda.get_device_capability(device)
+    except (RuntimeError, AssertionError) as exc:
+        return False, f"no CUDA device ({exc})"
+    why = capability_unsupported(ext, capability)
+    if why is not None:
+        return False, why
     return True, f"dspark_sgl._C.{op}"
 
 
@@ -97,23 +133,46 @@ def use_kernel(op: str, device: torch.device, unsupported: Callable[[], str | No
 
 
 def kernel(op: str):
-    """The bound kernel launcher ``dspark_sgl._C.<op>`` (call only after ``use_kernel``)."""
+    """The bound function ``dspark_sgl._C.<op>`` (call only after ``use_kernel``); kernel
+    launchers go through :func:`launch`."""
     ext = load_extension()
     assert ext is not None
     return getattr(ext, op)
 
 
+def launch(op: str, device: torch.device, *args: object) -> None:
+    """Run the launcher ``dspark_sgl._C.<op>(*args)`` with ``device`` (the inputs' device)
+    current, so that ``cudaFuncSetAttribute`` and the launch happen on that device's context;
+    ``args`` carry that device's stream (:func:`current_stream_handle`)."""
+    launcher = kernel(op)
+    if device.type != "cuda":
+        launcher(*args)
+        return
+    with torch.cuda.device(device):
+        launcher(*args)
+
+
 def describe() -> str:
-    """One line on the extension: its SM targets, or why it is not available."""
+    """One line on the path the ops take on this process's current device: the CUDA kernels
+    and the device they run on, or the PyTorch reference and why."""
     ext = load_extension()
     if ext is None:
-        return f"PyTorch reference only: {_extension_error}"
+        return f"PyTorch reference ({_extension_error})"
+    if force_reference():
+        return "PyTorch reference (DSPARK_SGL_FORCE_REFERENCE is set)"
+    if not torch.cuda.is_available():
+        return f"PyTorch reference (no CUDA device; dspark_sgl._C built for sm {ext.cuda_archs})"
+    capability = torch.cuda.get_device_capability()
+    why = capability_unsupported(ext, capability)
+    if why is not None:
+        return f"PyTorch reference ({why})"
     ops = sorted(
         name
         for name in dir(ext)
         if not name.startswith("_") and not name.endswith("_bytes") and callable(getattr(ext, name))
     )
-    return f"dspark_sgl._C loaded (sm {ext.cuda_archs}; kernels: {', '.join(ops)})"
+    major, minor = capability
+    return f"CUDA kernels sm_{major}{minor} (dspark_sgl._C sm {ext.cuda_archs}; {', '.join(ops)})"
 
 
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}

@@ -11,7 +11,11 @@ Weights are stored as in DeepSpec checkpoints: ``w1`` = ``markov_head.markov_w1.
 
 Sampling uses the Gumbel-max trick with :mod:`dspark_sgl.rng` (stream ``DRAFT``, row =
 batch row, position = k - 1): ``x_k = argmax(logits_k / T + G)``; ``argmax`` breaks ties
-towards the smallest token id. All arithmetic is float32.
+towards the smallest token id and ranks NaN above every number (``torch.argmax``'s order,
+also SGLang's Markov sampler's): with value checks off, a NaN logit is drawn. Arithmetic
+is float32, except where SGLang rounds: the bias ``W1[x] @ W2`` is rounded to the weights'
+dtype (SGLang's ``markov_w2`` Linear in that dtype), the logits to ``logits_dtype`` (its
+step dtype), the confidence features and raw logit to the projection's dtype.
 
 With the vanilla head on a GPU, :func:`sample_block_with_head` runs the fused CUDA kernel
 ``markov_block`` (csrc/markov_block.cu): it never materialises the [R, V] bias, reads W2
@@ -40,6 +44,7 @@ __all__ = [
     "sample_block",
     "sample_block_with_head",
     "sample_from_logits",
+    "softcap",
     "stats_cheaper_than_logits",
 ]
 
@@ -77,8 +82,19 @@ class DraftStats:
         prev = prev_tokens[row_ids, position]
         base = self.base_logits[row_ids, position].float()
         if self.logit_softcap is not None:
-            base = self.logit_softcap * torch.tanh(base / self.logit_softcap)
-        return _round_logits(base + _vanilla_bias(self.w1, self.w2.float(), prev), self.logits_dtype)
+            base = softcap(base, self.logit_softcap)
+        return _round_logits(base + _vanilla_bias(self.w1, self.w2, prev), self.logits_dtype)
+
+
+def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma's logit soft-cap ``cap * tanh(x / cap)`` of float32 ``logits`` (any shape).
+
+    The division is an IEEE division on every device, as in the kernels (``softcap`` in
+    csrc/include/dspark_sgl/common.cuh): ``cap`` is a device tensor, because PyTorch's CUDA
+    backend turns a division by a Python float into a multiply by its rounded reciprocal.
+    """
+    cap_t = torch.full((), cap, dtype=logits.dtype, device=logits.device)
+    return cap_t * torch.tanh(logits / cap_t)
 
 
 def _round_logits(logits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -148,16 +164,23 @@ def markov_bias(w1: torch.Tensor, w2: torch.Tensor, prev: torch.Tensor) -> torch
     """Vanilla transition bias ``w1[prev] @ w2.T``.
 
     w1: [V1, r], w2: [V, r] (float32/bf16/fp16), prev: [N] int64 token ids in [0, V1).
-    Returns [N, V] float32 (products of the stored values, accumulated in float32).
+    Returns [N, V] float32: the float32 sum of products rounded once to w2's dtype (SGLang's
+    ``markov_w2(W1[prev])`` Linear in the weights' dtype; float32 weights stay float32).
     """
     _check_markov_weights(w1, w2)
     _checks.tensor("prev", prev, dtypes=(torch.int64,), ndim=1, device=w1.device)
     _checks.in_range("prev", prev, 0, w1.shape[0])
-    return _vanilla_bias(w1, w2.float(), prev)
+    return _vanilla_bias(w1, w2, prev)
 
 
-def _vanilla_bias(w1: torch.Tensor, w2_f32: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-    return w1[prev].float() @ w2_f32.T
+def _project(latent: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """``latent @ w2.T`` as [N, V] float32, computed in w2's dtype (latent cast to it, a float32
+    accumulator rounded once to it), as SGLang's ``markov_w2`` Linear; w2 is never converted."""
+    return torch.nn.functional.linear(latent.to(w2.dtype), w2).float()
+
+
+def _vanilla_bias(w1: torch.Tensor, w2: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
+    return _project(w1[prev], w2)
 
 
 class MarkovHead(abc.ABC):
@@ -173,7 +196,6 @@ class MarkovHead(abc.ABC):
             raise ValueError(f"w1 {list(w1.shape)} and w2 {list(w2.shape)} must have the same vocabulary")
         self.w1 = w1
         self.w2 = w2
-        self._w2_f32 = w2.float()
 
     @property
     def needs_hidden(self) -> bool:
@@ -190,7 +212,8 @@ class MarkovHead(abc.ABC):
     def step(
         self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(bias [N, V] float32, next state) for previous tokens ``prev`` [N]."""
+        """(bias [N, V] float32, next state) for previous tokens ``prev`` [N]; the bias is
+        ``W2`` applied in its own dtype (rounded to it, see :func:`markov_bias`)."""
 
 
 class VanillaMarkovHead(MarkovHead):
@@ -199,7 +222,7 @@ class VanillaMarkovHead(MarkovHead):
     def step(
         self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return _vanilla_bias(self.w1, self._w2_f32, prev), None
+        return _vanilla_bias(self.w1, self.w2, prev), None
 
 
 def _check_linear(
@@ -242,7 +265,7 @@ class GatedMarkovHead(MarkovHead):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         emb = self.prev_embedding(prev)
         gate = torch.sigmoid(torch.cat([hidden.float(), emb], dim=-1) @ self.gate_weight.T + self.gate_bias)
-        return (gate * emb) @ self._w2_f32.T, None
+        return _project(gate * emb, self.w2), None
 
 
 class RnnMarkovHead(MarkovHead):
@@ -283,14 +306,17 @@ class RnnMarkovHead(MarkovHead):
         gate, cand, out = (z @ self.joint_weight.T + self.joint_bias).split(self.rank, dim=-1)
         g = torch.sigmoid(gate)
         new_state = g * state + (1.0 - g) * torch.tanh(cand)
-        return torch.tanh(out) @ self._w2_f32.T, new_state
+        return _project(torch.tanh(out), self.w2), new_state
 
 
 class ConfidenceHead:
     """``c_k = sigmoid((w . [h_k; W1[x_{k-1}]] + b) / T_k)``.
 
     weight: [H + r] (with the Markov feature) or [H]; bias: a float or one-element
-    tensor; sts_temperatures: [g] positive float32 (STS), or None for T_k = 1.
+    tensor; sts_temperatures: [g] positive float32 (STS), or None for T_k = 1. The raw
+    logit is computed as SGLang's ``DSparkConfidenceHead``: ``W1[x]`` cast to the hidden
+    states' dtype, the features to the projection's dtype (``weight.dtype``), a float32
+    dot product, the result rounded to the projection's dtype.
     """
 
     def __init__(
@@ -300,6 +326,7 @@ class ConfidenceHead:
         sts_temperatures: torch.Tensor | None = None,
     ) -> None:
         _checks.tensor("conf_weight", weight, dtypes=_checks.FLOAT_DTYPES)
+        self.dtype = weight.dtype
         self.weight = weight.reshape(-1).float()
         _checks.finite("conf_weight", self.weight)
         if isinstance(bias, torch.Tensor):
@@ -332,9 +359,12 @@ class ConfidenceHead:
         )
 
     def logit(self, hidden_k: torch.Tensor, prev_emb: torch.Tensor | None) -> torch.Tensor:
-        """Raw logit ``z`` [N] from hidden [N, H] and (optionally) W1[prev] [N, r]."""
-        features = hidden_k.float() if prev_emb is None else torch.cat([hidden_k.float(), prev_emb], dim=-1)
-        return features @ self.weight + self.bias
+        """Raw logit ``z`` [N] float32 (a value of the projection's dtype) from hidden [N, H]
+        and (optionally) W1[prev] [N, r], each in its own dtype."""
+        features = hidden_k
+        if prev_emb is not None:
+            features = torch.cat([hidden_k, prev_emb.to(hidden_k.dtype)], dim=-1)
+        return _round_logits(features.to(self.dtype).float() @ self.weight + self.bias, self.dtype)
 
     def calibrate(self, logits: torch.Tensor) -> torch.Tensor:
         """Apply STS to [R, g] raw logits: sigmoid(z / T_k)."""
@@ -488,13 +518,13 @@ def sample_block_with_head(
         bias, state = head.step(prev, hidden_k, state)
         base = base_logits[:, k].float()
         if logit_softcap is not None:
-            base = logit_softcap * torch.tanh(base / logit_softcap)
+            base = softcap(base, logit_softcap)
         logits_k = _round_logits(base + bias, logits_dtype)
         logits[:, k] = logits_k
         if vanilla:
             stat_max[:, k], stat_sum[:, k] = softmax_stats(logits_k / safe_t)
         if conf_logits is not None:
-            emb = head.prev_embedding(prev) if use_markov_feature else None
+            emb = head.w1[prev] if use_markov_feature else None
             conf_logits[:, k] = confidence_head.logit(hidden_k, emb)
         prev = sample_from_logits(
             logits_k, temperature, seed=seed, offset=offset, stream=rng.Stream.DRAFT, position=k
@@ -579,7 +609,9 @@ def _sample_block_cuda(
             sts = confidence_head.sts_temperatures.contiguous()
     workspace_bytes = _dispatch.kernel("markov_block_workspace_bytes")(rows, vocab, w2.element_size())
     workspace = torch.empty(workspace_bytes, dtype=torch.uint8, device=device)
-    _dispatch.kernel("markov_block")(
+    _dispatch.launch(
+        "markov_block",
+        device,
         {
             "base_logits": _dispatch.pointer(base),
             "base_dtype": _dispatch.dtype_code(base),
@@ -601,6 +633,7 @@ def _sample_block_cuda(
             "conf_uses_markov": int(use_markov_feature),
             "conf_bias": _dispatch.pointer(conf_bias),
             "conf_bias_value": conf_bias_value,
+            "conf_dtype": _dispatch.dtype_code(confidence_head.dtype) if confidence_head is not None else 0,
             "sts_temperatures": _dispatch.pointer(sts),
             "tokens": _dispatch.pointer(tokens),
             "token_logits": _dispatch.pointer(token_logits),
@@ -612,7 +645,7 @@ def _sample_block_cuda(
             "confidence": _dispatch.pointer(confidence),
             "workspace": _dispatch.pointer(workspace),
             "cuda_stream": _dispatch.current_stream_handle(device),
-        }
+        },
     )
     stats = DraftStats(
         max=stat_max,

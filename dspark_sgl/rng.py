@@ -204,7 +204,9 @@ def _uniform_cuda(
     out = torch.empty(*shape, vocab_size, dtype=torch.float32, device=device)
     seed_value, seed_ptr = _dispatch.scalar_and_pointer(seed)
     offset_value, offset_ptr = _dispatch.scalar_and_pointer(offset)
-    _dispatch.kernel("philox_uniform")(
+    _dispatch.launch(
+        "philox_uniform",
+        device,
         out.data_ptr(),
         rows.data_ptr(),
         positions.data_ptr(),

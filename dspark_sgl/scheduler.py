@@ -144,13 +144,23 @@ class SpsTable:
         return ys[lo] + frac * (ys[hi] - ys[lo])
 
     def device_points(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens, steps_per_sec) as float64 tensors on ``device``, cached per device."""
-        if device not in self._device_cache:
-            self._device_cache[device] = (
-                torch.tensor(self.tokens, dtype=torch.float64, device=device),
-                torch.tensor(self.steps_per_sec, dtype=torch.float64, device=device),
-            )
-        return self._device_cache[device]
+        """(tokens, steps_per_sec) as float64 tensors on ``device``, cached per device.
+
+        A first use inside a CUDA graph capture cannot copy from host memory: the points are
+        then written by fill kernels that become part of the graph (replayed before every
+        use) and are not cached, since that memory belongs to the graph.
+        """
+        cached = self._device_cache.get(device)
+        if cached is not None:
+            return cached
+        if _capture_active(device):
+            return _filled(self.tokens, device), _filled(self.steps_per_sec, device)
+        cached = (
+            torch.tensor(self.tokens, dtype=torch.float64, device=device),
+            torch.tensor(self.steps_per_sec, dtype=torch.float64, device=device),
+        )
+        self._device_cache[device] = cached
+        return cached
 
     def to_dict(self) -> dict:
         return {
@@ -193,6 +203,19 @@ class SpsTable:
             return cls.from_json(f.read(), **kwargs)
 
 
+def _capture_active(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on ``device``'s current stream."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _filled(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    """float64 [len(values)] on ``device`` written by one fill kernel per value (no host copy)."""
+    out = torch.empty(len(values), dtype=torch.float64, device=device)
+    for i, value in enumerate(values):
+        out[i].fill_(float(value))
+    return out
+
+
 def _check_confidence(name: str, confidence: torch.Tensor, device: torch.device | None = None) -> None:
     _checks.tensor(name, confidence, dtypes=_checks.FLOAT_DTYPES, ndim=2, device=device)
     _checks.probabilities(name, confidence)
@@ -206,11 +229,15 @@ def _check_sps(sps: object) -> None:
 def prefix_survival(confidence: torch.Tensor) -> torch.Tensor:
     """``a[r, j] = prod_{i<=j} c[r, i]``: products in float64 rounded to float32, [R, g].
 
+    A NaN confidence (possible only with value checks off) makes its survival and every
+    later one of its request 0: those candidates are never admitted (the kernel's rule).
+
     (The CPU reference and the CUDA kernel multiply left to right, so they agree bit for
     bit; torch's GPU scan may group the float64 products differently, which can move a
     result by one float32 ulp only in rare double-rounding cases.)
     """
-    return torch.cumprod(confidence.double(), dim=1).float()
+    survival = torch.cumprod(confidence.double(), dim=1).float()
+    return torch.where(torch.isnan(survival), torch.zeros_like(survival), survival)
 
 
 _BUDGET_NONE, _BUDGET_GIVEN = 0, 1
@@ -245,7 +272,9 @@ def _schedule_cuda(
     xs, ys = sps.device_points(device)
     lengths = torch.empty(rows, dtype=torch.int32, device=device)
     budget_tensor = budget.reshape(1).to(torch.int64) if isinstance(budget, torch.Tensor) else None
-    _dispatch.kernel("schedule_prefix")(
+    _dispatch.launch(
+        "schedule_prefix",
+        device,
         {
             "confidence": _dispatch.pointer(conf),
             "budget_confidence": _dispatch.pointer(stale),
@@ -262,7 +291,7 @@ def _schedule_cuda(
             "lengths": _dispatch.pointer(lengths),
             "take_out": 0,
             "cuda_stream": _dispatch.current_stream_handle(device),
-        }
+        },
     )
     return lengths
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from dspark_sgl import _io
+from dspark_sgl import _io, markov
 from dspark_sgl.evaluate import DTYPES, load_target
 from dspark_sgl.models import DraftConfig, DSparkDraft
 from dspark_sgl.models.draft import ragged_rows
@@ -405,7 +405,7 @@ def training_loss(
     logits = draft.base_logits(hidden)
     softcap = draft.config.final_logit_softcapping
     if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
+        logits = markov.softcap(logits, softcap)
     label_pos = (block_pos + 1).clamp(max=n - 1)
     labels = batch.ids[seq[:, None], label_pos]
     prev = torch.cat([batch.ids[seq, pos][:, None], labels[:, :-1]], dim=1)

@@ -273,7 +273,9 @@ def _chain_verify_cuda(
     lens = verify_lens.to(torch.int64).contiguous()
     accept_lens = torch.empty(rows, dtype=torch.int32, device=device)
     out_tokens = torch.empty(rows, gamma + 1, dtype=torch.int64, device=device)
-    _dispatch.kernel("chain_verify")(
+    _dispatch.launch(
+        "chain_verify",
+        device,
         {
             "target_logits": _dispatch.pointer(target),
             "target_dtype": _dispatch.dtype_code(target),
@@ -292,6 +294,6 @@ def _chain_verify_cuda(
             "out_tokens": _dispatch.pointer(out_tokens),
             "workspace": _dispatch.pointer(workspace),
             "cuda_stream": _dispatch.current_stream_handle(device),
-        }
+        },
     )
     return accept_lens, out_tokens

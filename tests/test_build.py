@@ -25,9 +25,7 @@ def test_extension_is_built_and_loads_when_nvcc_is_present():
     assert all(callable(getattr(ext, name)) for name in kernels)
     expected_archs = os.environ.get("DSPARK_SGL_CUDA_ARCHS", "90a;90").replace(";", ",")
     assert ext.cuda_archs == expected_archs
-    assert (
-        _dispatch.describe() == f"dspark_sgl._C loaded (sm {expected_archs}; kernels: {', '.join(kernels)})"
-    )
+    assert ext.cuda_ptx == os.environ.get("DSPARK_SGL_CUDA_PTX", "90")
 
 
 @pytest.mark.skipif(_dispatch.load_extension() is None, reason="the CUDA extension is not built")
@@ -50,7 +48,8 @@ def test_launchers_report_bad_arguments_without_touching_the_device():
 
 _MARKOV_KEYS = (
     "base_logits anchor w1 w2 temperature rows gamma vocab rank softcap seed_value seed_ptr offset_value "
-    "offset_ptr hidden hidden_size conf_weight conf_uses_markov conf_bias conf_bias_value sts_temperatures "
+    "offset_ptr hidden hidden_size conf_weight conf_uses_markov conf_bias conf_bias_value conf_dtype "
+    "sts_temperatures "
     "tokens token_logits stat_max stat_sum logits_out logits_dtype conf_logits confidence base_dtype "
     "weight_dtype hidden_dtype workspace cuda_stream"
 ).split()
@@ -71,6 +70,7 @@ def test_cpu_inputs_run_the_reference_and_the_choice_is_logged_once(caplog):
 
 def test_cuda_inputs_choose_the_kernel_unless_forced_or_missing(monkeypatch):
     cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     use, reason = _dispatch.kernel_path("philox_uniform", cuda)
     if _dispatch.load_extension() is None:
         assert not use and "not available" in reason
@@ -87,7 +87,7 @@ def test_cuda_inputs_choose_the_kernel_unless_forced_or_missing(monkeypatch):
 def test_describe_says_why_the_extension_is_missing(monkeypatch):
     monkeypatch.setattr(_dispatch, "_extension", None)
     monkeypatch.setattr(_dispatch, "_extension_error", "extension dspark_sgl._C not available (test)")
-    assert _dispatch.describe() == "PyTorch reference only: extension dspark_sgl._C not available (test)"
+    assert _dispatch.describe() == "PyTorch reference (extension dspark_sgl._C not available (test))"
 
 
 def test_inputs_a_kernel_does_not_cover_run_the_reference_and_say_why(caplog):

@@ -318,7 +318,7 @@ class DSparkDraft(nn.Module):
                 logit_softcap=softcap,
             )
         if softcap is not None:
-            base = softcap * torch.tanh(base / softcap)
+            base = markov.softcap(base, softcap)
         tokens = torch.stack(
             [
                 markov.sample_from_logits(

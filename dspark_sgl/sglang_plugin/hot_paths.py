@@ -19,6 +19,7 @@ the distributions are the same.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -463,8 +464,9 @@ def confidence_predict(
     emb = None
     if self.with_markov:
         prev = torch.cat([anchor_tokens.reshape(-1, 1), draft_tokens[:, : gamma - 1]], dim=1)
-        # SGLang concatenates the embedding in the features' dtype; keep that rounding.
-        emb = markov_head.get_prev_embeddings(prev).to(features.dtype).float().reshape(bs * gamma, -1)
+        emb = markov_head.get_prev_embeddings(prev).reshape(bs * gamma, -1)
+    # ConfidenceHead.logit rounds as SGLang does: the embedding to the features' dtype, the
+    # features and the raw logit to the projection's dtype; STS reads that rounded logit.
     raw = head.logit(hidden, emb).reshape(bs, gamma)
     confidence = head.calibrate(raw)
     return confidence, raw.to(weight.dtype)
@@ -601,11 +603,18 @@ def compute_verify_token_budget(original: Callable[..., Any], *args: Any, **kwar
         reason = "history_survival_probs is not [R, gamma] float"
     elif not cfg.survival_eps > 0:
         reason = "survival_eps <= 0"
+    ours = None
+    if reason is None:
+        try:
+            ours = STATE.table_from_sglang(table)
+        except ValueError as exc:
+            # SGLang accepts tables ours cannot hold (e.g. a speed of 0.0): its budget decides.
+            reason = f"SPS table not representable as a dspark_sgl SpsTable ({exc})"
+            log_once("budget_sps_table", "sglang original", reason, level=logging.WARNING)
     if reason is not None:
         log_once("budget", "sglang original", reason)
         return original(*args, **kwargs)
     log_once("budget", "dspark_sgl", "dspark_sgl.scheduler.throughput_path")
-    ours = STATE.table_from_sglang(table)
     STATE.sps_table = ours
     rows = survival.shape[0]
     window = survival[:, : cfg.resolved_max_verify_len()].float()

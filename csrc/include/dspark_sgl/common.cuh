@@ -2,7 +2,8 @@
 // first-index argmax and online-softmax reductions, and Gumbel noise.
 //
 // Numerics follow the PyTorch references in dspark_sgl/: every value is float32, the
-// argmax keeps the smallest index among equal scores (torch.argmax), softmax
+// argmax keeps the smallest index among equal scores and ranks NaN above every number
+// (torch.argmax and SGLang's Markov sampler: the first NaN wins), softmax
 // statistics are (max, sum of exp(x - max)), and Gumbel noise is -log(-log(u)) with
 // IEEE logf (no fast-math anywhere in this library).
 #pragma once
@@ -13,6 +14,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "dspark_sgl/philox.cuh"
 
@@ -54,7 +56,16 @@ __device__ __forceinline__ float load_float(const T* p) {
   return to_float(*p);
 }
 
-// Index and score of the best candidate; ties go to the smaller index.
+// Whether candidate (s, i) beats the best so far (score, index): NaN ranks above every
+// number, equal scores (or two NaNs) go to the smaller index. torch.argmax's order.
+__device__ __forceinline__ bool argmax_beats(float s, int32_t i, float score, int32_t index) {
+  const bool s_nan = s != s, best_nan = score != score;  // NaN tests (no fast-math here)
+  if (s_nan != best_nan) return s_nan;
+  if (s_nan || s == score) return i < index;
+  return s > score;
+}
+
+// Index and score of the best candidate (argmax_beats' order).
 struct ArgMax {
   float score;
   int32_t index;
@@ -62,7 +73,7 @@ struct ArgMax {
   __device__ __forceinline__ static ArgMax empty() { return ArgMax{-INFINITY, INT32_MAX}; }
 
   __device__ __forceinline__ void add(float s, int32_t i) {
-    if (s > score || (s == score && i < index)) {
+    if (argmax_beats(s, i, score, index)) {
       score = s;
       index = i;
     }
@@ -160,8 +171,18 @@ __device__ __forceinline__ int64_t clamp_index(int64_t i, int64_t n) {
   return i < 0 ? 0 : (i >= n ? n - 1 : i);
 }
 
+// Gemma's logit soft-cap, cap * tanh(x / cap) with an IEEE division (dspark_sgl.markov.softcap
+// writes the same operations); cap <= 0 means none.
 __device__ __forceinline__ float softcap(float x, float cap) {
-  return cap > 0.0f ? cap * tanhf(x / cap) : x;
+  return cap > 0.0f ? __fmul_rn(cap, tanhf(__fdiv_rn(x, cap))) : x;
+}
+
+// x rounded to the element type T and back (identity for float): a 16-bit GEMM's output.
+template <typename T>
+__device__ __forceinline__ float round_to_type(float x) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) return __bfloat162float(__float2bfloat16_rn(x));
+  if constexpr (std::is_same<T, __half>::value) return __half2float(__float2half_rn(x));
+  return x;
 }
 
 #endif  // __CUDACC__

@@ -32,7 +32,9 @@ std::string launch_philox_uniform(float* out, const int64_t* rows, const int64_t
 // stat_sum [R, g] float32, logits_out [R, g, V] in logits_dtype or null (the logits are
 // rounded to logits_dtype before anything uses them). With hidden [R, g, H]
 // non-null: conf_weight [H (+ r)] float32, conf_bias [1] float32 (or conf_bias_value),
-// sts_temperatures [g] float32 or null, outputs conf_logits / confidence [R, g] float32.
+// conf_dtype: the projection's dtype code (features and the raw logit are rounded to it, as
+// SGLang's DSparkConfidenceHead computes in its weight dtype), sts_temperatures [g] float32
+// or null, outputs conf_logits / confidence [R, g] float32.
 struct MarkovBlockArgs {
   const void* base_logits;
   const int64_t* anchor;
@@ -48,6 +50,7 @@ struct MarkovBlockArgs {
   int conf_uses_markov;
   const float* conf_bias;  // device scalar, or null to use conf_bias_value
   float conf_bias_value;
+  int conf_dtype;
   const float* sts_temperatures;
   int64_t* tokens;
   float* token_logits;

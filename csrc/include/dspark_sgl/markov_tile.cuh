@@ -6,7 +6,9 @@
 // E = W1[prev] ([kChunkRows, r]) and computes bias = E @ W2_tile^T ([kChunkRows, kTileV],
 // float32) into shared memory. 16-bit weights use tensor cores (WMMA m16n16k16, float32
 // accumulate: the products of 16-bit values are exact, only the summation order differs
-// from the reference); float32 weights use CUDA-core FMAs.
+// from the reference); float32 weights use CUDA-core FMAs. Readers round each bias value
+// to the weight type (round_to_type<WT>) before adding it, as SGLang's markov_w2 Linear
+// in the weights' dtype does.
 #pragma once
 
 #include <mma.h>
@@ -150,7 +152,7 @@ struct ArgMaxLogit {
 
   __device__ __forceinline__ static ArgMaxLogit empty() { return {-INFINITY, INT32_MAX, 0.0f}; }
   __device__ __forceinline__ void add(float s, int32_t i, float l) {
-    if (s > score || (s == score && i < index)) {
+    if (argmax_beats(s, i, score, index)) {
       score = s;
       index = i;
       logit = l;
