@@ -187,14 +187,25 @@ def test_load_plugins_discovers_and_applies_every_hook(sg):
 # --------------------------------------------------------------------------- Markov block
 
 
-@pytest.mark.parametrize("kind", ["vanilla", "gated", "rnn"])
+@pytest.mark.parametrize(
+    "kind,dtype",
+    [
+        ("vanilla", torch.float32),
+        ("gated", torch.float32),
+        ("rnn", torch.float32),
+        ("vanilla", torch.bfloat16),
+        ("vanilla", torch.float16),
+    ],
+)
 @pytest.mark.parametrize("greedy_draft", [False, True])
-def test_draft_markov_block_greedy_equals_sglang(sg, kind, greedy_draft):
-    vocab, rank, hidden, bs, gamma = 96, 8, 16, 5, 6
-    head = _heads(sg, vocab, rank, hidden)[kind]
+def test_draft_markov_block_greedy_equals_sglang(sg, kind, dtype, greedy_draft):
+    """Greedy drafts and step logits equal SGLang's; with 16-bit heads (bias computed in the
+    weights' dtype, step logits in it) bit for bit, so even SGLang's exact ties resolve alike."""
+    vocab, rank, hidden, bs, gamma = 96, 8, 16, 16, 6
+    head = _heads(sg, vocab, rank, hidden)[kind].to(dtype)
     gen = torch.Generator().manual_seed(1)
-    base = torch.randn(bs, gamma, vocab, generator=gen) * 3
-    draft_hidden = torch.randn(bs, gamma, hidden, generator=gen)
+    base = (torch.randn(bs, gamma, vocab, generator=gen) * 3).to(dtype)
+    draft_hidden = torch.randn(bs, gamma, hidden, generator=gen).to(dtype)
     anchor = torch.randint(0, vocab, (bs,), generator=gen)
     draft = sg.dspark_draft
 
@@ -225,8 +236,38 @@ def test_draft_markov_block_greedy_equals_sglang(sg, kind, greedy_draft):
         assert ours.corrected_logits is None and theirs.corrected_logits is None
     else:
         assert ours.corrected_logits.shape == (bs, gamma, vocab)
-        assert ours.corrected_logits.dtype == theirs.corrected_logits.dtype
-        torch.testing.assert_close(ours.corrected_logits, theirs.corrected_logits, rtol=1e-5, atol=1e-5)
+        assert ours.corrected_logits.dtype == theirs.corrected_logits.dtype == dtype
+        if dtype == torch.float32:
+            torch.testing.assert_close(ours.corrected_logits, theirs.corrected_logits, rtol=1e-5, atol=1e-5)
+        else:
+            assert torch.equal(ours.corrected_logits, theirs.corrected_logits)
+
+
+@pytest.mark.parametrize("kind", ["gated", "rnn"])
+def test_16bit_gated_and_rnn_heads_stay_with_sglang(sg, kind):
+    vocab, rank, hidden, bs, gamma = 64, 8, 16, 4, 3
+    head = _heads(sg, vocab, rank, hidden)[kind].to(torch.bfloat16)
+    from dspark_sgl.sglang_plugin.hot_paths import our_markov_head
+
+    reason = our_markov_head(head)
+    assert isinstance(reason, str) and "16-bit weights" in reason
+    draft = sg.dspark_draft
+    gen = torch.Generator().manual_seed(4)
+    kwargs = dict(
+        markov_head=head,
+        base_logits=torch.randn(bs, gamma, vocab, generator=gen).to(torch.bfloat16),
+        anchor_tokens=torch.arange(bs),
+        draft_hidden=torch.randn(bs, gamma, hidden, generator=gen).to(torch.bfloat16),
+        step_temperatures=torch.zeros(bs),
+        tp_sync=_tp_sync(sg),
+    )
+    results = []
+    for originals in (contextlib.nullcontext(), sglang_originals()):
+        with torch.no_grad(), originals:
+            noise = draft.DraftNoise(key=3, offset=torch.zeros(1, dtype=torch.int64))
+            results.append(draft.draft_markov_block(noise=noise, **kwargs))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert ("markov_block", "sglang original") in switches.logged()
 
 
 def test_draft_markov_block_bf16_contract(sg):
@@ -378,14 +419,21 @@ def test_markov_sample_step_matches_sglang_and_samples_softmax(sg):
 
 @pytest.mark.parametrize("with_markov", [True, False])
 @pytest.mark.parametrize("per_position_sts", [True, False])
-def test_confidence_predict_matches_sglang(sg, with_markov, per_position_sts):
+@pytest.mark.parametrize(
+    "proj_dtype,feature_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)]
+)
+def test_confidence_predict_matches_sglang(sg, with_markov, per_position_sts, proj_dtype, feature_dtype):
+    """Raw logit and confidence equal SGLang's; with a bf16 projection the raw logit is SGLang's
+    bf16 value and the confidence is computed from it (equal bit for bit on these inputs)."""
     hidden, rank, vocab, bs, gamma = 16, 8, 50, 4, 5
     torch.manual_seed(5)
-    conf = sg.dspark.DSparkConfidenceHead(hidden_size=hidden, markov_rank=rank, with_markov=with_markov)
-    markov = sg.dspark.VanillaMarkov(vocab_size=vocab, markov_rank=rank)
+    conf = sg.dspark.DSparkConfidenceHead(
+        hidden_size=hidden, markov_rank=rank, with_markov=with_markov, dtype=proj_dtype
+    )
+    markov = sg.dspark.VanillaMarkov(vocab_size=vocab, markov_rank=rank).to(proj_dtype)
     if per_position_sts:
         conf.sts_temperatures = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0])
-    features = torch.randn(bs * gamma, hidden)
+    features = torch.randn(bs * gamma, hidden).to(feature_dtype)
     anchor = torch.randint(0, vocab, (bs,))
     drafts = torch.randint(0, vocab, (bs, gamma))
     with torch.no_grad():
@@ -395,7 +443,10 @@ def test_confidence_predict_matches_sglang(sg, with_markov, per_position_sts):
     assert ("confidence", "dspark_sgl") in switches.logged()
     for a, b in zip(ours, theirs, strict=True):
         assert a.shape == b.shape == (bs, gamma) and a.dtype == b.dtype
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        if proj_dtype == torch.float32:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(a, b)
 
 
 def test_sts_json_is_sglang_format(sg, tmp_path):
@@ -470,6 +521,25 @@ def test_host_budget_planner_runs_our_budget(sg):
         torch.cumprod(conf, 1), sps_mod.from_sglang_points([1, 8, 16, 32], [100, 90, 60, 30], 64)
     )
     assert budget == int(torch.argmax(ours)) and host.last_decision.budget == budget
+
+
+def test_zero_speed_sps_table_falls_back_to_sglangs_budget(sg, caplog):
+    """SGLang accepts a measured speed of 0.0; our SpsTable cannot hold it, so SGLang's own
+    budget decides (logged), instead of an exception inside the scheduler step."""
+    planner = sg.dspark_planner
+    table = sg.dspark_sps.SpsCostTable(
+        sample_batch_tokens=[1, 8, 16, 32], sample_steps_per_sec=[100.0, 80.0, 0.0, 30.0], max_batch_tokens=64
+    )
+    survival = torch.cumprod(torch.tensor([[0.9, 0.8, 0.6], [0.7, 0.5, 0.2]]), dim=1)
+    cfg = planner.DSparkScheduleConfig(gamma=3)
+    kwargs = dict(history_survival_probs=survival, sps_table=table, cfg=cfg)
+    with caplog.at_level(logging.WARNING, logger="dspark_sgl"):
+        ours = planner.compute_verify_token_budget(**kwargs)
+    with sglang_originals():
+        theirs = planner.compute_verify_token_budget(**kwargs)
+    assert ours == theirs
+    assert ("budget_sps_table", "sglang original") in switches.logged()
+    assert any("steps_per_sec" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
 def test_additive_sps_table_falls_back(sg):

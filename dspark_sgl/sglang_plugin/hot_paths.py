@@ -125,6 +125,10 @@ def _markov_weights(module: Any) -> tuple[str, tuple[torch.Tensor, ...]] | str:
         return "Markov head weights are not float32/bf16/fp16"
     if len({w.device for w in weights}) != 1:
         return "Markov head weights on several devices"
+    if kind != "vanilla" and any(w.dtype != torch.float32 for w in weights):
+        # SGLang rounds every intermediate of these heads (gate, state, products) to the weights'
+        # dtype; ours match only its final bias rounding, so SGLang's own step runs.
+        return f"{kind} head with 16-bit weights (SGLang's intermediate rounding is its own)"
     return kind, tuple(w.detach() for w in weights)
 
 

@@ -56,13 +56,19 @@ __device__ __forceinline__ float load_float(const T* p) {
   return to_float(*p);
 }
 
+// A total order on float scores as int32: numbers by value (-0 == +0), every NaN above +inf
+// (s != s is the NaN test: no fast-math in this library). Integer keys keep the NaN rule
+// free of extra registers.
+__device__ __forceinline__ int32_t argmax_key(float s) {
+  const int32_t bits = __float_as_int(__fadd_rn(s, 0.0f));  // -0 + 0 = +0
+  return s != s ? INT32_MAX : (bits >= 0 ? bits : bits ^ INT32_MAX);
+}
+
 // Whether candidate (s, i) beats the best so far (score, index): NaN ranks above every
 // number, equal scores (or two NaNs) go to the smaller index. torch.argmax's order.
 __device__ __forceinline__ bool argmax_beats(float s, int32_t i, float score, int32_t index) {
-  const bool s_nan = s != s, best_nan = score != score;  // NaN tests (no fast-math here)
-  if (s_nan != best_nan) return s_nan;
-  if (s_nan || s == score) return i < index;
-  return s > score;
+  const int32_t a = argmax_key(s), b = argmax_key(score);
+  return a > b || (a == b && i < index);
 }
 
 // Index and score of the best candidate (argmax_beats' order).
