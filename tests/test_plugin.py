@@ -542,6 +542,43 @@ def test_zero_speed_sps_table_falls_back_to_sglangs_budget(sg, caplog):
     assert any("steps_per_sec" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
 
 
+def test_hook_device_tensors_are_capture_safe(monkeypatch):
+    """The plugin's cached device tensors are made by fill kernels, created when SGLang builds its
+    proposer; inside a capture a missing constant is graph-owned (not cached) and a missing verify
+    counter is refused (its zero fill would replay)."""
+    from dspark_sgl.sglang_plugin import hot_paths, startup
+
+    device = torch.device("cpu")
+    monkeypatch.setattr(hot_paths, "_CONSTANTS", {})
+    monkeypatch.setattr(hot_paths, "_POSITIONS", {})
+    monkeypatch.setattr(hot_paths.STATE, "accept_offsets", {})
+    real_tensor = torch.tensor
+
+    def no_host_copy(*args, **kwargs):
+        if kwargs.get("device") is not None:
+            raise RuntimeError("a host-to-device copy")
+        return real_tensor(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "tensor", no_host_copy)
+    with monkeypatch.context() as capture:
+        capture.setattr(hot_paths, "_capturing", lambda d: True)
+        assert int(hot_paths._device_constant(2**62 + 3, device)) == 2**62 + 3
+        assert hot_paths._positions(device)[7] == 7
+        assert not hot_paths._CONSTANTS and not hot_paths._POSITIONS
+        with pytest.raises(RuntimeError, match="verify counter on cpu would first be created inside"):
+            hot_paths.STATE.accept_offset(device)
+    proposer = types.SimpleNamespace(
+        draft_model_runner=types.SimpleNamespace(device="cpu"), _noise=types.SimpleNamespace(key=99)
+    )
+    startup.proposer_init(None, proposer, random_seed=5)
+    assert hot_paths.STATE.random_seed == 5
+    assert device in hot_paths.STATE.accept_offsets and (99, device) in hot_paths._CONSTANTS
+    with monkeypatch.context() as capture:
+        capture.setattr(hot_paths, "_capturing", lambda d: True)
+        assert hot_paths.STATE.accept_offset(device) is hot_paths.STATE.accept_offsets[device]
+        assert hot_paths._device_constant(99, device) is hot_paths._CONSTANTS[(99, device)]
+
+
 def test_additive_sps_table_falls_back(sg):
     planner = sg.dspark_planner
     table = sg.dspark_sps.SpsAdditiveCostTable(

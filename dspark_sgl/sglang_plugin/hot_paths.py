@@ -18,7 +18,6 @@ the distributions are the same.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -66,8 +65,20 @@ class PluginState:
         self._sglang_tables: dict[int, tuple[object, scheduler.SpsTable]] = {}
 
     def accept_offset(self, device: torch.device) -> torch.Tensor:
-        """The verify counter on ``device``: [1] int64, advanced in place by one per verify."""
+        """The verify counter on ``device``: [1] int64, advanced in place by one per verify.
+
+        Created by :func:`prepare_device` when SGLang builds its proposer (before any graph
+        capture); a first use inside a capture is refused, since the counter's zero fill would
+        become part of the graph and reset it on every replay.
+        """
         if device not in self.accept_offsets:
+            if _capturing(device):
+                raise RuntimeError(
+                    f"dspark_sgl: the verify counter on {device} would first be created inside a CUDA "
+                    "graph capture (its zero fill would replay and repeat every draw); it is created "
+                    "when SGLang's DraftBlockProposer is built: call "
+                    "dspark_sgl.sglang_plugin.hot_paths.prepare_device(device, key) before capturing"
+                )
             self.accept_offsets[device] = torch.zeros(1, dtype=torch.int64, device=device)
         return self.accept_offsets[device]
 
@@ -86,15 +97,48 @@ class PluginState:
 STATE = PluginState()
 
 
-@functools.cache
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on ``device``'s current stream."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+_CONSTANTS: dict[tuple[int, torch.device], torch.Tensor] = {}
+_POSITIONS: dict[torch.device, torch.Tensor] = {}
+
+
 def _device_constant(value: int, device: torch.device) -> torch.Tensor:
-    """A cached 0-D int64 tensor on ``device`` (no host-to-device copy per call)."""
-    return torch.tensor(value, dtype=torch.int64, device=device)
+    """A 0-D int64 tensor on ``device``, written by a fill kernel (never a host copy), cached
+    except inside a graph capture (graph-owned memory is refilled by the graph's own fill)."""
+    cached = _CONSTANTS.get((value, device))
+    if cached is None:
+        cached = torch.full((), value, dtype=torch.int64, device=device)
+        if not _capturing(device):
+            _CONSTANTS[(value, device)] = cached
+    return cached
 
 
-@functools.cache
 def _positions(device: torch.device) -> torch.Tensor:
-    return torch.arange(_MAX_GAMMA, dtype=torch.int64, device=device)
+    """arange(_MAX_GAMMA) int64 on ``device`` (cached as :func:`_device_constant`)."""
+    cached = _POSITIONS.get(device)
+    if cached is None:
+        cached = torch.arange(_MAX_GAMMA, dtype=torch.int64, device=device)
+        if not _capturing(device):
+            _POSITIONS[device] = cached
+    return cached
+
+
+def _accept_seed() -> int:
+    return (STATE.random_seed ^ _ACCEPT_DOMAIN) & 0x7FFFFFFFFFFFFFFF
+
+
+def prepare_device(device: torch.device, draft_key: int | None = None) -> None:
+    """Create the per-device tensors the hooks use (verify counter, positions, the Philox keys)
+    outside any graph capture; called when SGLang builds its proposer."""
+    STATE.accept_offset(device)
+    _positions(device)
+    _device_constant(_accept_seed(), device)
+    if draft_key is not None:
+        _device_constant(draft_key, device)
 
 
 def _version_key(*tensors: torch.Tensor | None) -> tuple:
@@ -563,7 +607,7 @@ def accept_draft_tokens(
     else:
         verify_lens = (layout.verify_lens.to(device=device, dtype=torch.int64) - 1).clamp(0, gamma)
     offset = STATE.accept_offset(device)
-    seed = _device_constant((STATE.random_seed ^ _ACCEPT_DOMAIN) & 0x7FFFFFFFFFFFFFFF, device)
+    seed = _device_constant(_accept_seed(), device)
     with _checks.trusted_values():
         accept_lens, out_tokens = chain_verify(
             target, draft_logits, drafts, verify_lens, temperature, seed=seed, offset=offset

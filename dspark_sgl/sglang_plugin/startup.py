@@ -31,8 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dspark_sgl import _dispatch
 from dspark_sgl.scheduler import SpsTable
+from dspark_sgl.sglang_plugin import hot_paths
 from dspark_sgl.sglang_plugin import sps as sps_mod
 from dspark_sgl.sglang_plugin.hot_paths import STATE
 from dspark_sgl.sglang_plugin.sps_forward import build_verify_timer
@@ -316,10 +319,15 @@ def worker_graphs_ready(result: Any, self: Any, *args: Any, **kwargs: Any) -> No
 
 
 def proposer_init(result: Any, self: Any, *args: Any, **kwargs: Any) -> None:
-    """AFTER ``DraftBlockProposer.__init__``: remember the server seed (``random_seed``)."""
+    """AFTER ``DraftBlockProposer.__init__``: remember the server seed (``random_seed``) and
+    create the hooks' device tensors on the draft runner's device, before any graph capture."""
     seed = kwargs.get("random_seed")
     if isinstance(seed, int) and not isinstance(seed, bool):
         STATE.random_seed = seed & 0xFFFFFFFFFFFFFFFF
+    device = getattr(getattr(self, "draft_model_runner", None), "device", None)
+    if device is not None:
+        key = getattr(getattr(self, "_noise", None), "key", None)
+        hot_paths.prepare_device(torch.device(device), key if isinstance(key, int) else None)
 
 
 def startup_summary(
