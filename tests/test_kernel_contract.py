@@ -255,6 +255,27 @@ def test_cpu_launch_needs_no_device_guard(monkeypatch):
     assert seen == [(1, 2)]
 
 
+def test_inputs_on_a_non_current_gpu_run_there(backend):
+    """Two GPUs: inputs on cuda:1 while cuda:0 is current give the reference's tokens (the
+    attribute, the launch and the stream are cuda:1's). Device-only; never run yet."""
+    if backend.name != "cuda" or torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    dev = torch.device("cuda", 1)
+    gen = torch.Generator().manual_seed(13)
+    rows, gamma, vocab, rank = 40, 3, 4099, 64  # rows > 32: the 128-wide tile and its attribute
+    w1, w2 = (_dyadic(gen, (vocab, rank), 2.0, 1 / 8).to(BF16).to(dev) for _ in range(2))
+    base = _dyadic(gen, (rows, gamma, vocab), 8.0, 1 / 16).to(dev)
+    anchor = torch.randint(0, vocab, (rows,), generator=gen).to(dev)
+    args = (base, anchor, w1, w2, _greedy_and_sampled(rows, dev))
+    with torch.cuda.device(0):
+        kernel = markov.sample_block(*args, seed=1, offset=0, keep_logits=True)
+        assert backend.ran("markov_block")
+        with _dispatch.forced_reference():
+            reference = markov.sample_block(*args, seed=1, offset=0, keep_logits=True)
+    assert kernel.tokens.device == dev
+    assert torch.equal(kernel.tokens, reference.tokens) and torch.equal(kernel.logits, reference.logits)
+
+
 # ---------------------------------------------------------------------------------------
 # 2.5 first use of an SPS table inside a CUDA graph capture
 
