@@ -42,10 +42,12 @@ def compile_flags(csrc: Path, debug: bool = False) -> list[str]:
     analysis (the kernels type-pun through ``uint4`` and ``__half2``)."""
     import pybind11
 
+    coverage = ["--coverage", "-fprofile-update=atomic"] if os.environ.get("CUEMU_COVERAGE") == "1" else []
     return [
         "-std=c++17",
         "-fPIC",
         *(["-O0", "-g"] if debug else ["-O2", "-g1"]),
+        *coverage,  # CUEMU_COVERAGE=1: gcov line counts of the kernels (see README "The CUDA emulator")
         "-ffp-contract=off",
         "-fno-fast-math",
         "-fno-strict-aliasing",
@@ -118,6 +120,10 @@ def _compile(cxx: str, flags: list[str], text: str, stem: str, key: str, objects
         return obj
 
 
+def _link_coverage() -> list[str]:
+    return ["--coverage"] if os.environ.get("CUEMU_COVERAGE") == "1" else []
+
+
 def _cuda_unit(path: Path, label: str, flags: list[str]) -> tuple[str, str, list[str]]:
     """A .cu file as a unit: translated, ``#line`` pointing at ``label`` (compiler errors name it)."""
     return (path.stem + ".cu", f'#line 1 "{label}"\n' + translate(path.read_text()), [*flags, "-D__CUDACC__"])
@@ -146,7 +152,9 @@ def _build_library(
         lib.parent.mkdir(parents=True, exist_ok=True)
         partial = lib.with_name(f"{lib.name}.{os.getpid()}-{threading.get_ident()}.part")
         proc = subprocess.run(
-            [cxx, "-shared", *map(str, objs), "-o", str(partial), "-lpthread"], capture_output=True, text=True
+            [cxx, "-shared", *map(str, objs), "-o", str(partial), "-lpthread", *_link_coverage()],
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"cuemu link failed:\n{proc.stderr}")
