@@ -62,7 +62,7 @@ class ToolMissingError(RuntimeError):
 
 
 def find_tool(name: str) -> Path | None:
-    """``nvdisasm``/``cuobjdump`` from their PyPI package's bin dir, else PATH / CUDA_HOME."""
+    """A CUDA tool from its PyPI package's bin dir (``nvidia-cuda-<name>``), else CUDA_HOME, else PATH."""
     try:
         files = importlib.metadata.files(f"nvidia-cuda-{name}") or []
     except importlib.metadata.PackageNotFoundError:
@@ -90,7 +90,7 @@ def missing_tools(from_extension: bool = False) -> list[str]:
     )
     missing = []
     for tool, how in needed.items():
-        found = find_tool(tool) if tool in ("nvdisasm", "cuobjdump", "nvcc") else shutil.which(tool)
+        found = shutil.which(tool) if tool == "c++filt" else find_tool(tool)
         if found is None:
             missing.append(f"{tool} ({how})")
     return missing
@@ -140,13 +140,7 @@ def cmake_build_flags(cmake: Path = ROOT / "CMakeLists.txt") -> BuildFlags:
 
 
 def _nvcc() -> Path:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
-        if home and (Path(home) / "bin" / "nvcc").is_file():
-            return Path(home) / "bin" / "nvcc"
-    found = shutil.which("nvcc")
-    if found is None:
-        raise ToolMissingError("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
-    return Path(found)
+    return _require("nvcc")
 
 
 def _tree_digest(root: Path, extra: str) -> str:
@@ -451,19 +445,12 @@ def count_loop(
     )
 
 
-def count_loops(
-    loops: list[LoopName], extension: Path | None = None, csrc: Path = CSRC
-) -> dict[str, LoopCount]:
-    """Counts every named loop, from csrc/ compiled now (default) or from a built extension."""
-    if extension is None:
-        cubins = build_cubins(csrc)
-        functions = disassemble(cubins)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            functions = disassemble(extension_cubins(extension, Path(tmp)))
+def count_named(functions: list[Function], loops: list[LoopName], csrc: Path = CSRC) -> dict[str, LoopCount]:
+    """Counts every named loop in these functions, inner source loops first (they claim their
+    SASS loop before an enclosing named loop looks for its own)."""
     claimed: dict[str, set[tuple[int, int]]] = {}
 
-    def extent(loop: LoopName) -> int:  # the innermost frame's lines: inner source loops first
+    def extent(loop: LoopName) -> int:
         _, lo, hi = _ranges(loop, csrc)[-1]
         return hi - lo
 
@@ -471,3 +458,18 @@ def count_loops(
     for loop in sorted(loops, key=extent):
         counts[loop.name] = count_loop(functions, loop, csrc, claimed.setdefault(loop.kernel, set()))
     return {loop.name: counts[loop.name] for loop in loops}
+
+
+def build_functions(extension: Path | None = None, csrc: Path = CSRC) -> list[Function]:
+    """The disassembled sm_90a functions of csrc/ compiled now (default) or of a built extension."""
+    if extension is None:
+        return disassemble(build_cubins(csrc))
+    with tempfile.TemporaryDirectory() as tmp:
+        return disassemble(extension_cubins(extension, Path(tmp)))
+
+
+def count_loops(
+    loops: list[LoopName], extension: Path | None = None, csrc: Path = CSRC
+) -> dict[str, LoopCount]:
+    """Counts every named loop, from csrc/ compiled now (default) or from a built extension."""
+    return count_named(build_functions(extension, csrc), loops, csrc)
