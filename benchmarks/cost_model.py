@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -465,7 +466,7 @@ def budgets(
 
 # ---- tables --------------------------------------------------------------------------
 
-PATH_HEADER = ["op", "V", "R", "g", "launches", "MB", "G instr", "bound (H100)"] + [
+PATH_HEADER = ["op", "V", "R", "g", "launches", "MB", "G thread-instr", "bound (H100)"] + [
     f"{d.name} {c}"
     for d in DEVICES
     for c in ("floor us", "ours us", "ours/floor", "SGLang us", "SGLang/ours")
@@ -518,6 +519,37 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+BREAKDOWN_SHAPE = (129280, 256, 5)
+BREAKDOWN_HEADER = ["op", "launch", "times", "MB each", "G thread-instr each", "memory us", "issue us"]
+
+
+def breakdown(paths: list[ModeledOp], device: Device = H100) -> list[list[str]]:
+    """Per distinct launch at BREAKDOWN_SHAPE: where the modeled time of each op goes."""
+    vocab, rows, gamma = BREAKDOWN_SHAPE
+    cells = []
+    for path in paths:
+        if (path.vocab or vocab, path.rows, path.gamma) != (vocab, rows, gamma):
+            continue
+        times: dict[str, int] = {}
+        for launch in path.ours:
+            times[launch.kernel] = times.get(launch.kernel, 0) + 1
+        for kernel, n in times.items():
+            launch = next(lc for lc in path.ours if lc.kernel == kernel)
+            memory, issue = launch.terms(device)
+            cells.append(
+                [
+                    path.op,
+                    f"`{kernel}`",
+                    str(n),
+                    f"{launch.bytes / 1e6:.2f}",
+                    f"{launch.instructions / 1e9:.3f}",
+                    f"{memory * 1e6:.1f}",
+                    f"{issue * 1e6:.1f}",
+                ]
+            )
+    return cells
+
+
 def report(
     paths: list[ModeledOp], counts: Mapping[str, LoopCount], verdicts: list[Verdict], source: str
 ) -> str:
@@ -540,6 +572,15 @@ def report(
         "",
         *_table(PATH_HEADER, [path_cells(p) for p in paths]),
         "",
+        "Notes: floor = the floor bytes at full bandwidth plus one launch;"
+        " ours/floor and SGLang/ours are ratios of modeled times.",
+        *sorted({f"- {p.op}: {note}" for p in paths for note in p.notes}),
+        "",
+        f"Where the time goes (modeled, H100, V={BREAKDOWN_SHAPE[0]} R={BREAKDOWN_SHAPE[1]}"
+        f" g={BREAKDOWN_SHAPE[2]}; the scheduler at R={BREAKDOWN_SHAPE[1]} g={BREAKDOWN_SHAPE[2]}):",
+        "",
+        *_table(BREAKDOWN_HEADER, breakdown(paths)),
+        "",
         "Budgets (modeled):",
         *(v.line() for v in verdicts),
     ]
@@ -549,6 +590,21 @@ def report(
 def loop_instructions(counts: Mapping[str, LoopCount]) -> dict[str, float]:
     """Instructions per unit (element, pair, partial, ...) of each named loop: what the model uses."""
     return {name: c.per_item for name, c in counts.items()}
+
+
+def _csrc_revision() -> str:
+    """The last commit that touched csrc/, '+ local changes' when the tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%h", "--", "csrc"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "csrc"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "(no git)"
+    return f"at {commit or '?'}" + (" + local changes" if dirty else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,9 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         print("cost_model: missing " + ", ".join(missing), file=sys.stderr)
         return 2
     counts = sass_loops.count_loops(LOOPS, extension=args.extension)
-    source = (
-        f"`{args.extension}`" if args.extension else "csrc/ compiled now for sm_90a (nvcc, CMakeLists flags)"
-    )
+    source = f"`{args.extension}`" if args.extension else f"csrc/ {_csrc_revision()} compiled now for sm_90a"
     paths = model(loop_instructions(counts))
     verdicts = budgets(paths, counts)
     text = report(paths, counts, verdicts, source)
