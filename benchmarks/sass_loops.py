@@ -2,11 +2,12 @@
 
 How a loop is named: by the kernel it runs in (the demangled template instance, e.g.
 ``markov_tile_kernel<__nv_bfloat16, __nv_bfloat16, 64>``) and by a chain of source frames,
-outermost first: ``(file under csrc/, regex of one source line)``. The first frame's regex
-names the loop's header (or, for code inlined from a header, the call site); each later
-frame narrows to a statement inside an inlined function. A frame's line range is the whole
-statement that starts on the matched line (brace-matched), so a loop is named by its header
-line and keeps its name when its body changes. Nothing is added to the kernels: the names
+outermost first: ``(file under csrc/, regex matching where a statement starts)``; the regex
+must match once in the file and may span lines (``\n``). The first frame names the loop's
+header (or, for code inlined from a header, the call site); each later frame narrows to a
+statement inside an inlined function. A frame's line range is the whole statement that
+starts at the match (brace-matched), so a loop is named by its header and keeps its name
+when its body changes. Nothing is added to the kernels: the names
 live in ``benchmarks/cost_model.py`` next to the formulas that use them.
 
 How it is counted: the build carries line info (``-lineinfo``, as CMakeLists.txt builds),
@@ -21,7 +22,7 @@ Where the compiler unrolls, a loop names an anchor (an opcode and how many of it
 source iteration has, e.g. 2 ``HMMA`` per 16-deep WMMA step): the unroll factor is the
 anchors in the body over that number, and the work per SASS iteration grows by it.
 
-Tools: ``nvcc`` (the one setup.py finds), ``nvdisasm`` and ``cuobjdump`` (PyPI
+Tools: ``nvcc`` (CUDA_HOME, else PATH, as setup.py finds it), ``nvdisasm`` and ``cuobjdump`` (PyPI
 ``nvidia-cuda-nvdisasm`` / ``nvidia-cuda-cuobjdump``, found in the package's ``bin``),
 ``c++filt`` (binutils) to demangle.
 """
@@ -48,7 +49,7 @@ CACHE = ROOT / "build" / "cost_model"
 OPCODE_CLASSES = {
     "MUFU": r"^MUFU\b",  # special-function unit: ex2, lg2, rcp, ...
     "SHFL": r"^SHFL\b",
-    "CALL": r"^CALL\b",  # out-of-line slow paths (not counted in the body)
+    "CALL": r"^CALL\b",  # calls to out-of-line slow paths (the called code is not in the body)
     "local": r"^(LDL|STL)\b",  # local memory: spills or runtime-indexed arrays
     "global/generic": r"^(LDG|STG|LD|ST|ATOMG|ATOM|RED)\b",  # generic LD/ST: pointers not known global
     "shared": r"^(LDS|STS|LDSM|ATOMS)\b",
@@ -290,7 +291,9 @@ def disassemble(cubins: list[Path]) -> list[Function]:
             text = subprocess.run(
                 [str(nvdisasm), "-gi", "-c", str(cubin)], capture_output=True, text=True, check=True
             ).stdout
-            listing.write_text(text, encoding="utf-8")
+            partial = listing.with_suffix(".sass.tmp")
+            partial.write_text(text, encoding="utf-8")
+            partial.replace(listing)
         functions += parse_disassembly(text)
     for fn, name in zip(functions, demangle([f.mangled for f in functions]), strict=True):
         fn.name = name

@@ -102,6 +102,16 @@ def test_time_is_max_of_bytes_and_issue_plus_launch():
 
 # ---- the SASS reader on a synthetic listing -------------------------------------------
 
+
+def test_build_flags_come_from_cmake():
+    build = sass_loops.cmake_build_flags()
+    kernels = {"csrc/markov_block.cu", "csrc/chain_verify.cu", "csrc/schedule.cu"}
+    assert kernels <= set(build.sources) and all(s.endswith(".cu") for s in build.sources)
+    assert {"-lineinfo", "--expt-relaxed-constexpr", "-std=c++17", "-O3"} <= set(build.flags)
+    assert build.includes == ("csrc/include",)
+    assert not any("gencode" in f for f in build.flags)  # the arch is the model's: sm_90a only
+
+
 _LISTING = """\
 .text._Z6kernelPf:
 	//## File "/x/csrc/k.cu", line 3
