@@ -10,10 +10,10 @@ from the sm_90a build of csrc/ as it is now, ``benchmarks/sass_loops.py``), and
 
 on an H100 and an H200, against the floor (the bytes that must move, at full bandwidth, in
 one launch: W2 once per position plus the base logits for the Markov block, the target
-logits once for verification) and
-against SGLang 0.5.23's path modeled the same way (``benchmarks/sglang_path_model.py``).
-Thread-instructions are a loop's static body (every branch taken) times the thread-iterations
-the launch geometry gives. The budgets of the issue are printed as met / NOT met.
+logits once for verification) and against SGLang 0.5.23's path modeled the same way
+(``benchmarks/sglang_path_model.py``). A launch's thread-instructions are, per named loop,
+its static instructions per unit (element, k-step, pair, ...) times the units the launch
+geometry gives. The budgets of the issue are printed as met / NOT met.
 
     python benchmarks/cost_model.py [--out FILE] [--check] [--extension dspark_sgl/_C*.so]
 
@@ -21,7 +21,8 @@ the launch geometry gives. The budgets of the issue are printed as met / NOT met
 extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached under build/).
 What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
 (W1 rows gathered by every CTA), the confidence head, the per-position accept loop of
-verification, and the scheduler's survival products and SPS bisection.
+verification, and the scheduler's survival products and SPS bisection. Static counts
+include branches an iteration does not take, so issue-bound rows err high.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ SMS = 132  # H100 SXM and H200: same processor
 
 @dataclass(frozen=True)
 class Device:
+    """The constants of one GPU that the model uses, with where each comes from."""
+
     name: str
     bandwidth: float  # bytes/s
     issue_rate: float  # thread-instructions/s, whole chip
@@ -189,6 +192,8 @@ LOOPS: list[LoopName] = [
 
 @dataclass(frozen=True)
 class Launch:
+    """One kernel launch: the bytes it must move and the thread-instructions it issues."""
+
     kernel: str
     bytes: float
     instructions: float = 0.0  # thread-instructions; 0 where not modeled
