@@ -497,7 +497,7 @@ SCHEDULE_SHAPES = [(1, 1), (1, 16), (7, 5), (64, 7), (256, 16), (512, 16), (300,
 
 @pytest.mark.race_schedule
 @pytest.mark.parametrize("shape", SCHEDULE_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_schedulers_are_bit_identical_on_exact_confidences(backend, shape, dtype):
     rows, gamma = shape
     conf = dyadic_confidence(rows, gamma, seed=rows * gamma).to(dtype)
