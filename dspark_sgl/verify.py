@@ -209,6 +209,8 @@ def _kernel_unsupported(
     if isinstance(draft_logits, DraftStats) and gamma > 0:
         if draft_logits.w1.dtype != draft_logits.w2.dtype:
             return "the statistics form needs w1 and w2 of one dtype"
+        if draft_logits.bias_dtype != torch.float32:
+            return f"the draft bias is rounded to {draft_logits.bias_dtype} (the kernel recomputes float32)"
         if draft_logits.w2.shape[1] > 512:
             return f"Markov rank {draft_logits.w2.shape[1]} > 512"
         if draft_logits.base_logits.dtype != target_logits.dtype:
