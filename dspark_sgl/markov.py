@@ -266,6 +266,8 @@ class VanillaMarkovHead(MarkovHead):
         self.bias_dtype = bias_dtype
         self.vocab_start = vocab_start
         self.total_vocab = w1.shape[0]
+        # Made by shard(): one rank's slice, even when it holds the whole vocabulary.
+        self.is_shard = False
 
     def shard(self, start: int, end: int) -> VanillaMarkovHead:
         """The head of the rank holding global columns ``[start, end)`` (a view of ``w2``; empty
@@ -274,7 +276,9 @@ class VanillaMarkovHead(MarkovHead):
             raise ValueError("shard() needs a head over the whole vocabulary")
         if not 0 <= start <= end <= self.vocab_size:
             raise ValueError(f"shard [{start}, {end}) is not inside [0, {self.vocab_size}]")
-        return VanillaMarkovHead(self.w1, self.w2[start:end], bias_dtype=self.bias_dtype, vocab_start=start)
+        shard = VanillaMarkovHead(self.w1, self.w2[start:end], bias_dtype=self.bias_dtype, vocab_start=start)
+        shard.is_shard = True
+        return shard
 
     def step(
         self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None

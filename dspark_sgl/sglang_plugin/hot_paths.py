@@ -164,7 +164,9 @@ def _markov_weights(module: Any) -> tuple[str, tuple[torch.Tensor, ...], _ShardG
         getattr(module, "vocab_shard", None) is not None or getattr(module, "_w2_rows", None) is not None
     ):
         return "TP-sharded Markov vocab on a gated/RNN head"
-    weights = [module.markov_w1.weight, module.markov_w2.weight]
+    # V4's markov_w1 is a VocabParallelEmbedding, its rows padded (to 64): the tokens index
+    # the first vocab_size.
+    weights = [module.markov_w1.weight[: int(module.vocab_size)], module.markov_w2.weight]
     if kind == "gated":
         weights += [module.gate_proj.weight, module.gate_proj.bias]
     elif kind == "rnn":
@@ -233,7 +235,7 @@ def markov_path(module: Any) -> str:
 
 
 def _is_shard(head: MarkovHead) -> bool:
-    return isinstance(head, VanillaMarkovHead) and head.vocab_size != head.total_vocab
+    return isinstance(head, VanillaMarkovHead) and head.is_shard
 
 
 def _block_unsupported(
@@ -383,9 +385,8 @@ def draft_markov_block(original: Callable[..., Any], *args: Any, **kwargs: Any) 
     offset = noise.offset
     anchor = kwargs["anchor_tokens"].long()
     vanilla = isinstance(head, VanillaMarkovHead)
-    log_once(
-        "markov_block", "dspark_sgl", markov_path(markov_head) + _block_mode(vanilla, sharded, per_step_sync)
-    )
+    mode = markov_path(markov_head) + _block_mode(vanilla, sharded, per_step_sync)
+    log_once("markov_block", "dspark_sgl", mode, variant=mode)
 
     def sync(tokens: torch.Tensor) -> torch.Tensor:
         return tp_sync.sync(SpecTpSyncSite.DSPARK_DRAFT, tokens)
