@@ -128,11 +128,19 @@ def generate(
     return emitted[:, :rounds].cpu(), torch.stack(used_lens).cpu()
 
 
-def chi_square(observed_tokens: torch.Tensor, expected_probs: torch.Tensor) -> float:
+def chi_square(
+    observed_tokens: torch.Tensor, expected_probs: torch.Tensor, min_expected: float = 5.0
+) -> float:
+    """Chi-square p-value of token counts against ``expected_probs``; the cells expected fewer
+    than ``min_expected`` times are pooled into one (the test's approximation needs >= 5)."""
     cells = expected_probs.numel()
     observed = torch.bincount(observed_tokens, minlength=cells).double()
     probs = expected_probs.reshape(-1).double()
     expected = probs / probs.sum() * observed_tokens.numel()
+    rare = expected < min_expected
+    if bool(rare.any()):
+        observed = torch.cat([observed[~rare], observed[rare].sum().reshape(1)])
+        expected = torch.cat([expected[~rare], expected[rare].sum().reshape(1)])
     return float(stats.chisquare(observed.numpy(), expected.numpy()).pvalue)
 
 

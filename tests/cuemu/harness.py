@@ -1,0 +1,98 @@
+"""Run dspark_sgl's kernel path on CPU tensors through the emulated build of the extension.
+
+``load()`` builds (cached) and imports the emulated ``_C``. Inside ``emulated(module)``,
+``dspark_sgl._dispatch`` treats the CPU as the device: the public functions take their CUDA branch
+(the same argument marshalling, raw pointers, launchers and kernels as on a GPU) with CPU tensors;
+``_dispatch.forced_reference()`` still selects the PyTorch references. The device it stands for is
+an H100/H200 (sm_90): 132 SMs, 227 KiB of opt-in shared memory per block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.machinery
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from cuemu.build import DEFAULT_OUT, build
+from dspark_sgl import _dispatch
+
+SM90_SHARED_MEMORY_OPTIN = 232448  # bytes per block
+SM90_MULTIPROCESSORS = 132
+_PATCHED = (
+    "_extension",
+    "_extension_error",
+    "_extension_tried",
+    "kernel_path",
+    "current_stream_handle",
+    "multiprocessor_count",
+    "shared_memory_unsupported",
+)
+
+
+def load(path: str | Path | None = None) -> ModuleType:
+    """Import an emulated ``_C`` (built from csrc/ into build/cuemu when ``path`` is None). The
+    module's ``_cuemu`` attribute is the runtime's C interface (``cuemu_reset``,
+    ``cuemu_last_message``)."""
+    path = str(build(DEFAULT_OUT) if path is None else path)
+    loader = importlib.machinery.ExtensionFileLoader("_C", path)
+    spec = importlib.util.spec_from_file_location("_C", path, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    runtime = ctypes.CDLL(path)
+    runtime.cuemu_last_message.restype = ctypes.c_char_p
+    module._cuemu = runtime
+    return module
+
+
+def last_fault(module: ModuleType) -> str:
+    """The runtime's last error message ("" if none) since the last ``reset``."""
+    return module._cuemu.cuemu_last_message().decode()
+
+
+def reset(module: ModuleType) -> None:
+    """Clear the runtime's sticky error (a faulted launch stops every later one until then)."""
+    module._cuemu.cuemu_reset()
+
+
+@contextlib.contextmanager
+def emulated(module: ModuleType) -> Iterator[None]:
+    """Make ``_dispatch`` launch ``module``'s kernels for CPU tensors inside the block."""
+    saved = {name: getattr(_dispatch, name) for name in _PATCHED}
+
+    def kernel_path(op: str, device: torch.device) -> tuple[bool, str]:
+        if device.type != "cpu":
+            return False, f"inputs on {device.type}"
+        if _dispatch.force_reference():
+            return False, "DSPARK_SGL_FORCE_REFERENCE is set"
+        if not hasattr(module, op):
+            return False, f"the extension has no kernel {op!r}"
+        return True, f"emulated dspark_sgl._C.{op}"
+
+    def shared_memory_unsupported(op: str, needed: int, device: torch.device) -> str | None:
+        if needed > SM90_SHARED_MEMORY_OPTIN:
+            return (
+                f"{op} needs {needed} bytes of shared memory per block, the device allows "
+                f"{SM90_SHARED_MEMORY_OPTIN}"
+            )
+        return None
+
+    _dispatch._extension, _dispatch._extension_error, _dispatch._extension_tried = module, None, True
+    _dispatch.kernel_path = kernel_path
+    _dispatch.current_stream_handle = lambda device: 0
+    _dispatch.multiprocessor_count = lambda device: SM90_MULTIPROCESSORS
+    _dispatch.shared_memory_unsupported = shared_memory_unsupported
+    _dispatch._logged.clear()
+    reset(module)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(_dispatch, name, value)
+        _dispatch._logged.clear()

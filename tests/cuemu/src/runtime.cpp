@@ -1,0 +1,716 @@
+// cuemu runtime: fibers, the per-block scheduler, warp collectives, the grid launcher and
+// the error state of the emulated CUDA runtime API. See include/cuemu/runtime.h.
+//
+// Environment:
+//   CUEMU_WORKERS=n        OS threads running blocks (default: hardware threads, at most 2 on
+//                          the CI machine); 1 makes a whole launch deterministic
+//   CUEMU_SCHEDULE=forward|reverse|random[:seed]|greedy|greedy-reverse|greedy-random[:seed]
+//                          how the scheduler interleaves a block's threads (a race-free kernel
+//                          gives the same result under every schedule). forward/reverse/random:
+//                          rounds in which every runnable thread advances to its next barrier
+//                          or collective (all warps stay within one phase of each other).
+//                          greedy*: one warp at a time runs as far as it can (until it blocks at
+//                          __syncthreads or exits) before the next, in warp order, reverse warp
+//                          order or a random one; this exposes code that orders two warps with
+//                          only __syncwarp, or lanes that rely on implicit warp lockstep.
+//   CUEMU_STRICT_EXIT=1    fault when a thread exits while others wait at __syncthreads
+//   CUEMU_STACK_KB=n       fiber stack size (default 256)
+//   CUEMU_VERBOSE=1        print every launch and fault to stderr
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "cuemu/runtime.h"
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+#if defined(__x86_64__)
+extern "C" void cuemu_ctx_switch(void** save_sp, void* load_sp);
+extern "C" void cuemu_fiber_start();
+#endif
+
+namespace cuemu {
+
+thread_local ThreadState* tl_thread = nullptr;
+thread_local BlockInfo* tl_block = nullptr;
+
+namespace {
+
+// ---- context switching ---------------------------------------------------------------------
+#if defined(__x86_64__)
+asm(R"(
+    .text
+    .globl cuemu_ctx_switch
+    .hidden cuemu_ctx_switch
+    .type cuemu_ctx_switch,@function
+cuemu_ctx_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size cuemu_ctx_switch,.-cuemu_ctx_switch
+)");
+struct Context {
+  void* sp = nullptr;
+};
+#else
+struct Context {
+  ucontext_t uc;
+};
+#endif
+
+// ---- state ----------------------------------------------------------------------------------
+enum class FiberState { kRunnable, kWaiting, kDone };
+
+struct Fiber {
+  ThreadState ts;
+  Context ctx;
+  FiberState state = FiberState::kRunnable;
+  const unsigned* wait_gen = nullptr;  // waiting until *wait_gen != wait_value
+  unsigned wait_value = 0;
+  const char* wait_what = nullptr;
+  unsigned wait_mask = 0;
+  char* stack = nullptr;
+  size_t stack_size = 0;
+};
+
+constexpr int kMaxThreads = 1024;
+constexpr int kMaxWarps = kMaxThreads / 32;
+constexpr size_t kWarpScratchFloats = 2 * 1024;
+
+struct Warp {
+  unsigned gen = 0;
+  unsigned arrived = 0;  // lanes arrived at the pending collective
+  unsigned pending_mask = 0, pending_kind = 0;
+  unsigned existing = 0, exited = 0;
+  uint64_t slots[2][32];
+  float scratch[kWarpScratchFloats];
+};
+
+struct GridRun;
+
+struct alignas(128) Worker {
+  Context sched;
+  std::vector<Fiber> fibers;
+  std::vector<Warp> warps;
+  BlockInfo info;
+  std::vector<unsigned char> smem_storage;
+  unsigned char* smem = nullptr;
+  size_t smem_size = 0;
+  // block barrier
+  unsigned bar_gen = 0, bar_arrived = 0, live = 0;
+  Fiber* current = nullptr;
+  const GridRun* launch = nullptr;
+  bool aborted = false;
+  std::mt19937 rng{12345};
+  std::vector<int> order;
+};
+
+thread_local Worker* tl_worker = nullptr;
+
+struct GridRun {
+  LaunchShape shape;
+  BodyFn body;
+  const void* arg;
+  std::atomic<uint64_t> next_block{0};
+  std::atomic<bool> aborted{false};
+};
+
+std::mutex g_error_mutex;
+cudaError_t g_last_error = cudaSuccess;
+cudaError_t g_sticky_error = cudaSuccess;
+std::string g_error_message;
+cudaError_t g_message_code = cudaSuccess;  // the error g_error_message describes
+std::mutex g_attr_mutex;
+std::unordered_map<const void*, int> g_max_dynamic_smem;
+
+int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+bool verbose() {
+  static const bool v = env_int("CUEMU_VERBOSE", 0) != 0;
+  return v;
+}
+
+enum class Order { kForward, kReverse, kRandom, kGreedy, kGreedyReverse, kGreedyRandom };
+Order schedule_order(unsigned* seed) {
+  const char* v = std::getenv("CUEMU_SCHEDULE");
+  *seed = 12345;
+  if (!v || !*v || !std::strcmp(v, "forward")) return Order::kForward;
+  if (!std::strcmp(v, "reverse")) return Order::kReverse;
+  if (!std::strncmp(v, "random", 6)) {
+    if (v[6] == ':') *seed = static_cast<unsigned>(std::strtoul(v + 7, nullptr, 10));
+    return Order::kRandom;
+  }
+  if (!std::strcmp(v, "greedy")) return Order::kGreedy;
+  if (!std::strcmp(v, "greedy-reverse")) return Order::kGreedyReverse;
+  if (!std::strncmp(v, "greedy-random", 13)) {
+    if (v[13] == ':') *seed = static_cast<unsigned>(std::strtoul(v + 14, nullptr, 10));
+    return Order::kGreedyRandom;
+  }
+  std::fprintf(stderr, "cuemu: unknown CUEMU_SCHEDULE=%s\n", v);
+  std::abort();
+}
+
+// ---- fibers -----------------------------------------------------------------------------
+void switch_to(Context& from, Context& to) {
+#if defined(__x86_64__)
+  cuemu_ctx_switch(&from.sp, to.sp);
+#else
+  swapcontext(&from.uc, &to.uc);
+#endif
+}
+
+[[noreturn]] void fiber_main();
+void record_fault(const std::string& msg);
+
+
+void init_fiber_context(Fiber& f) {
+#if defined(__x86_64__)
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + f.stack_size) & ~uintptr_t(15);
+  uint64_t* sp = reinterpret_cast<uint64_t*>(top);
+  *--sp = 0;                                                    // fake return address of the entry
+  *--sp = reinterpret_cast<uint64_t>(&cuemu_fiber_start);       // popped by `ret`
+  for (int i = 0; i < 6; ++i) *--sp = 0;                        // rbp rbx r12 r13 r14 r15
+  uint32_t csr[2];
+  asm volatile("stmxcsr %0" : "=m"(csr[0]));
+  asm volatile("fnstcw %0" : "=m"(csr[1]));
+  *--sp = static_cast<uint64_t>(csr[0]) | (static_cast<uint64_t>(csr[1] & 0xffff) << 32);
+  f.ctx.sp = sp;
+#else
+  getcontext(&f.ctx.uc);
+  f.ctx.uc.uc_stack.ss_sp = f.stack;
+  f.ctx.uc.uc_stack.ss_size = f.stack_size;
+  f.ctx.uc.uc_link = nullptr;
+  makecontext(&f.ctx.uc, reinterpret_cast<void (*)()>(&fiber_main), 0);
+#endif
+}
+
+void ensure_fibers(Worker& w, unsigned n) {
+  const size_t stack = static_cast<size_t>(env_int("CUEMU_STACK_KB", 256)) * 1024;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  while (w.fibers.size() < n) {
+    w.fibers.emplace_back();
+    Fiber& f = w.fibers.back();
+    void* mem = mmap(nullptr, stack + page, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    if (mem == MAP_FAILED) {
+      std::fprintf(stderr, "cuemu: cannot map a fiber stack\n");
+      std::abort();
+    }
+    mprotect(mem, page, PROT_NONE);  // guard page: a stack overflow faults instead of corrupting
+    f.stack = static_cast<char*>(mem) + page;
+    f.stack_size = stack;
+  }
+}
+
+void yield_to_scheduler() {
+  Worker& w = *tl_worker;
+  Fiber* f = w.current;
+  switch_to(f->ctx, w.sched);
+}
+
+void wait_until_changed(const unsigned* gen, unsigned value, const char* what, unsigned mask) {
+  Worker& w = *tl_worker;
+  Fiber* f = w.current;
+  f->state = FiberState::kWaiting;
+  f->wait_gen = gen;
+  f->wait_value = value;
+  f->wait_what = what;
+  f->wait_mask = mask;
+  yield_to_scheduler();
+}
+
+void yield_runnable() {
+  Worker& w = *tl_worker;
+  w.current->state = FiberState::kRunnable;
+  yield_to_scheduler();
+}
+
+void release_block_barrier_if_complete(Worker& w) {
+  if (w.bar_arrived > 0 && w.bar_arrived == w.live) {
+    w.bar_arrived = 0;
+    ++w.bar_gen;
+  }
+}
+
+void on_thread_exit(Worker& w, Fiber& f) {
+  --w.live;
+  Warp& warp = w.warps[f.ts.warp];
+  warp.exited |= 1u << f.ts.lane;
+  if (warp.arrived != 0 && ((warp.pending_mask >> f.ts.lane) & 1u))
+    fault("warp %u lane %u exited while lanes 0x%08x wait for it at a warp collective (mask 0x%08x)",
+          f.ts.warp, f.ts.lane, warp.arrived, warp.pending_mask);
+  if (w.bar_arrived > 0) {
+    if (env_int("CUEMU_STRICT_EXIT", 0))
+      fault("thread %u exited while %u threads wait at __syncthreads", f.ts.linear, w.bar_arrived);
+    release_block_barrier_if_complete(w);
+  }
+}
+
+[[noreturn]] void fiber_main() {
+  Worker& w = *tl_worker;
+  w.launch->body(w.launch->arg);
+  Fiber& f = *w.current;
+  on_thread_exit(w, f);
+  f.state = FiberState::kDone;
+  yield_to_scheduler();
+  std::abort();  // a finished fiber is never resumed
+}
+
+// ---- one block ---------------------------------------------------------------------------
+void report_deadlock(Worker& w) {
+  std::string detail;
+  std::unordered_map<std::string, int> counts;
+  for (unsigned i = 0; i < w.fibers.size() && i < w.info.dim.x * w.info.dim.y * w.info.dim.z; ++i) {
+    const Fiber& f = w.fibers[i];
+    if (f.state != FiberState::kWaiting) continue;
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%s (mask 0x%08x)", f.wait_what ? f.wait_what : "?", f.wait_mask);
+    counts[buf]++;
+  }
+  for (auto& [k, n] : counts) detail += " " + std::to_string(n) + " thread(s) at " + k + ";";
+  char head[96];
+  std::snprintf(head, sizeof head, "deadlock in block (%u,%u,%u):", w.info.idx.x, w.info.idx.y, w.info.idx.z);
+  record_fault(head + detail + " live threads " + std::to_string(w.live));
+  w.aborted = true;
+}
+
+void run_block(Worker& w, const GridRun& L, uint64_t linear_block, Order order) {
+  const dim3 g = L.shape.grid, b = L.shape.block;
+  w.info.idx = uint3{static_cast<unsigned>(linear_block % g.x),
+                     static_cast<unsigned>((linear_block / g.x) % g.y),
+                     static_cast<unsigned>(linear_block / (uint64_t(g.x) * g.y))};
+  w.info.dim = b;
+  w.info.grid = g;
+  const unsigned n = b.x * b.y * b.z;
+  const unsigned nwarps = (n + 31) / 32;
+  ensure_fibers(w, n);
+  if (w.warps.size() < nwarps) w.warps.resize(nwarps);
+  for (unsigned i = 0; i < nwarps; ++i) {
+    Warp& wp = w.warps[i];
+    wp.gen = 0;
+    wp.arrived = 0;
+    wp.pending_mask = wp.pending_kind = 0;
+    wp.exited = 0;
+    const unsigned lanes = std::min(32u, n - i * 32);
+    wp.existing = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
+  }
+  // Dynamic shared memory: a poison pattern (0xff bytes read as NaN / -1) at every block.
+  if (L.shape.smem > 0) std::memset(w.smem, 0xff, L.shape.smem);
+  w.bar_gen = 0;
+  w.bar_arrived = 0;
+  w.live = n;
+  w.launch = &L;
+  w.aborted = false;
+  for (unsigned t = 0; t < n; ++t) {
+    Fiber& f = w.fibers[t];
+    f.ts.idx = uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
+    f.ts.linear = t;
+    f.ts.lane = t % 32;
+    f.ts.warp = t / 32;
+    f.state = FiberState::kRunnable;
+    f.wait_gen = nullptr;
+    init_fiber_context(f);
+  }
+  w.order.resize(n);
+  for (unsigned t = 0; t < n; ++t) w.order[t] = static_cast<int>(t);
+  tl_block = &w.info;
+  unsigned done = 0;
+  // Resumes fiber t if it can run; returns whether it ran.
+  auto step = [&](unsigned t) -> bool {
+    Fiber& f = w.fibers[t];
+    if (f.state == FiberState::kDone) return false;
+    if (f.state == FiberState::kWaiting) {
+      if (*f.wait_gen == f.wait_value) return false;
+      f.state = FiberState::kRunnable;
+    }
+    w.current = &f;
+    tl_thread = &f.ts;
+    switch_to(w.sched, f.ctx);
+    if (f.state == FiberState::kDone) ++done;
+    return true;
+  };
+  const bool greedy = order == Order::kGreedy || order == Order::kGreedyReverse || order == Order::kGreedyRandom;
+  std::vector<int> warp_order(nwarps);
+  for (unsigned i = 0; i < nwarps; ++i) warp_order[i] = static_cast<int>(order == Order::kGreedyReverse ? nwarps - 1 - i : i);
+  while (done < n && !w.aborted) {
+    bool progressed = false;
+    if (greedy) {
+      if (order == Order::kGreedyRandom) std::shuffle(warp_order.begin(), warp_order.end(), w.rng);
+      for (unsigned k = 0; k < nwarps && !w.aborted; ++k) {
+        const unsigned first = static_cast<unsigned>(warp_order[k]) * 32, last = std::min(n, first + 32);
+        for (bool again = true; again && !w.aborted;) {  // this warp runs until all its lanes block
+          again = false;
+          for (unsigned t = first; t < last && !w.aborted; ++t) again |= step(t);
+          progressed |= again;
+        }
+      }
+    } else {
+      if (order == Order::kReverse) {
+        for (unsigned t = 0; t < n; ++t) w.order[t] = static_cast<int>(n - 1 - t);
+      } else if (order == Order::kRandom) {
+        std::shuffle(w.order.begin(), w.order.end(), w.rng);
+      }
+      for (unsigned k = 0; k < n && !w.aborted; ++k) progressed |= step(static_cast<unsigned>(w.order[k]));
+    }
+    if (!progressed && done < n && !w.aborted) {
+      w.current = nullptr;
+      report_deadlock(w);  // sets w.aborted
+    }
+  }
+  tl_thread = nullptr;
+  w.current = nullptr;
+}
+
+// A hardware fault inside a kernel (a misaligned vector access, an unmapped address, a fiber
+// stack overflow, an integer division by zero) becomes a launch fault of that block instead
+// of killing the process: the handler runs on an alternate stack and switches straight to the
+// worker's scheduler; the faulting fiber is abandoned.
+struct sigaction g_previous[32];
+void on_signal(int sig, siginfo_t* info, void* uctx) {
+  Worker* w = tl_worker;
+  if (w == nullptr || w->current == nullptr) {
+    sigaction(sig, &g_previous[sig], nullptr);  // not ours: the previous handler or the default
+    raise(sig);
+    return;
+  }
+  char buf[256];
+  const char* what = sig == SIGFPE ? "integer division by zero or overflow (a GPU does not trap)"
+                     : sig == SIGBUS ? "bus error (misaligned access)"
+                                     : "illegal or misaligned memory access (SIGSEGV)";
+  std::snprintf(buf, sizeof buf, "%s at address %p [block (%u,%u,%u) thread (%u,%u,%u)]", what, info->si_addr,
+                w->info.idx.x, w->info.idx.y, w->info.idx.z, w->current->ts.idx.x, w->current->ts.idx.y,
+                w->current->ts.idx.z);
+  record_fault(buf);
+  w->aborted = true;
+  static const unsigned never = 0;
+  w->current->state = FiberState::kWaiting;
+  w->current->wait_gen = &never;
+  w->current->wait_value = 0;
+  (void)uctx;
+  switch_to(w->current->ctx, w->sched);
+}
+
+void install_signal_handlers() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = &on_signal;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE}) sigaction(sig, &sa, &g_previous[sig]);
+  });
+  static thread_local std::vector<char> alt;
+  if (alt.empty()) {
+    alt.resize(64 * 1024);
+    stack_t ss;
+    ss.ss_sp = alt.data();
+    ss.ss_size = alt.size();
+    ss.ss_flags = 0;
+    sigaltstack(&ss, nullptr);
+  }
+}
+
+void worker_loop(Worker& w, GridRun& L) {
+  install_signal_handlers();
+  tl_worker = &w;
+  unsigned seed;
+  const Order order = schedule_order(&seed);
+  w.rng.seed(seed);
+  if (L.shape.smem > 0) {
+    if (w.smem_storage.size() < L.shape.smem + 4096) w.smem_storage.resize(L.shape.smem + 4096);
+    w.smem = reinterpret_cast<unsigned char*>(
+        (reinterpret_cast<uintptr_t>(w.smem_storage.data()) + 4095) & ~uintptr_t(4095));
+  }
+  w.smem_size = L.shape.smem;
+  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  uint64_t ran = 0;
+  for (;;) {
+    if (L.aborted.load(std::memory_order_relaxed)) break;
+    const uint64_t blk = L.next_block.fetch_add(1, std::memory_order_relaxed);
+    if (blk >= total) break;
+    run_block(w, L, blk, order);
+    ++ran;
+    if (w.aborted) L.aborted.store(true);
+  }
+  if (verbose()) std::fprintf(stderr, "cuemu: worker %p ran %llu of %llu blocks\n", static_cast<void*>(&w),
+                              static_cast<unsigned long long>(ran), static_cast<unsigned long long>(total));
+  tl_block = nullptr;
+  tl_worker = nullptr;
+}
+
+std::vector<Worker>& workers() {
+  static std::vector<Worker> pool(static_cast<size_t>(std::max(1, env_int("CUEMU_WORKERS", 0) > 0
+                                                                      ? env_int("CUEMU_WORKERS", 0)
+                                                                      : static_cast<int>(std::thread::hardware_concurrency()))));
+  return pool;
+}
+
+const char* error_name(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+  }
+  return "cudaErrorUnknown";
+}
+
+}  // namespace
+
+// ---- collectives and barriers (called from kernel code on a fiber) -------------------------
+namespace {
+void record_fault(const std::string& msg) {
+  set_last_error(cudaErrorLaunchFailure, "cuemu fault: " + msg);
+  {
+    std::lock_guard<std::mutex> lock(g_error_mutex);
+    g_sticky_error = cudaErrorLaunchFailure;
+  }
+  if (verbose() || env_int("CUEMU_ABORT_ON_FAULT", 0)) std::fprintf(stderr, "cuemu fault: %s\n", msg.c_str());
+  if (env_int("CUEMU_ABORT_ON_FAULT", 0)) std::abort();
+}
+}  // namespace
+
+void fiber_entry() { fiber_main(); }
+
+void fault(const char* fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  Worker* w = tl_worker;
+  if (!w || !w->current) {
+    std::fprintf(stderr, "cuemu fault outside a kernel: %s\n", buf);
+    std::abort();
+  }
+  char loc[128];
+  std::snprintf(loc, sizeof loc, " [block (%u,%u,%u) thread (%u,%u,%u)]", w->info.idx.x, w->info.idx.y,
+                w->info.idx.z, w->current->ts.idx.x, w->current->ts.idx.y, w->current->ts.idx.z);
+  record_fault(std::string(buf) + loc);
+  w->aborted = true;
+  static const unsigned never = 0;
+  w->current->state = FiberState::kWaiting;  // never resumed: the block is abandoned
+  w->current->wait_gen = &never;
+  w->current->wait_value = 0;
+  switch_to(w->current->ctx, w->sched);
+  std::abort();
+}
+
+void block_barrier(const char* what) {
+  Worker& w = *tl_worker;
+  ++w.bar_arrived;
+  const unsigned my_gen = w.bar_gen;
+  if (w.bar_arrived == w.live) {
+    w.bar_arrived = 0;
+    ++w.bar_gen;
+    yield_runnable();
+  } else {
+    wait_until_changed(&w.bar_gen, my_gen, what, 0);
+  }
+}
+
+const uint64_t* warp_exchange(unsigned kind, unsigned mask, uint64_t value) {
+  static const char* const kNames[] = {"?", "__syncwarp", "__shfl_sync", "__shfl_up_sync", "__shfl_down_sync",
+                                       "__shfl_xor_sync", "a vote", "__match_sync", "__reduce_sync",
+                                       "wmma::load_matrix_sync", "wmma::store_matrix_sync", "wmma::mma_sync"};
+  Worker& w = *tl_worker;
+  Fiber& f = *w.current;
+  Warp& wp = w.warps[f.ts.warp];
+  const unsigned lane = f.ts.lane, bit = 1u << lane;
+  if (!(mask & bit)) fault("%s with mask 0x%08x omits the calling lane %u", kNames[kind], mask, lane);
+  if (mask & ~wp.existing)
+    fault("%s with mask 0x%08x names lanes that do not exist (warp has 0x%08x)", kNames[kind], mask, wp.existing);
+  if (mask & wp.exited)
+    fault("%s with mask 0x%08x names lanes that have exited (0x%08x)", kNames[kind], mask, wp.exited);
+  if (wp.arrived == 0) {
+    wp.pending_mask = mask;
+    wp.pending_kind = kind;
+  } else if (wp.pending_mask != mask || wp.pending_kind != kind) {
+    fault("warp %u: lane %u reaches %s (mask 0x%08x) while lanes 0x%08x wait at %s (mask 0x%08x)", f.ts.warp, lane,
+          kNames[kind], mask, wp.arrived, kNames[wp.pending_kind], wp.pending_mask);
+  }
+  const unsigned buf = wp.gen & 1u;
+  wp.slots[buf][lane] = value;
+  wp.arrived |= bit;
+  const unsigned my_gen = wp.gen;
+  if ((wp.arrived & mask) == mask) {
+    wp.arrived = 0;
+    ++wp.gen;
+    yield_runnable();
+  } else {
+    wait_until_changed(&wp.gen, my_gen, kNames[kind], mask);
+  }
+  return wp.slots[buf];
+}
+
+float* warp_scratch(size_t floats_per_buffer) {
+  if (2 * floats_per_buffer > kWarpScratchFloats) fault("warp scratch request too large");
+  return tl_worker->warps[tl_worker->current->ts.warp].scratch;
+}
+
+unsigned warp_parity() { return tl_worker->warps[tl_worker->current->ts.warp].gen & 1u; }
+
+unsigned exited_lanes_mask() { return tl_worker->warps[tl_worker->current->ts.warp].exited; }
+
+unsigned char* dynamic_shared_base() { return tl_worker->smem; }
+size_t dynamic_shared_size() { return tl_worker->smem_size; }
+
+// ---- launch -----------------------------------------------------------------------------
+void set_last_error(cudaError_t e, const std::string& msg) {
+  std::lock_guard<std::mutex> lock(g_error_mutex);
+  if (g_last_error == cudaSuccess || e != cudaSuccess) {
+    g_last_error = e;
+    g_error_message = msg;
+    g_message_code = e;
+  }
+}
+
+void set_func_attribute(const void* func, int attr, int value, cudaError_t* err) {
+  *err = cudaSuccess;
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    constexpr int kOptinMax = 232448;  // sm_90: 227 KiB per block
+    if (value < 0 || value > kOptinMax) {
+      *err = cudaErrorInvalidValue;
+      set_last_error(*err, "cudaFuncSetAttribute: MaxDynamicSharedMemorySize " + std::to_string(value) +
+                               " > 232448 (sm_90 opt-in limit)");
+      return;
+    }
+    std::lock_guard<std::mutex> lock(g_attr_mutex);
+    g_max_dynamic_smem[func] = value;
+  }
+}
+
+size_t max_dynamic_shared(const void* func) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  auto it = g_max_dynamic_smem.find(func);
+  return it == g_max_dynamic_smem.end() ? 48 * 1024 : static_cast<size_t>(it->second);
+}
+
+void run_grid(const LaunchShape& shape, BodyFn body, const void* arg) {
+  const dim3 g = shape.grid, b = shape.block;
+  const uint64_t threads = uint64_t(b.x) * b.y * b.z;
+  if (g.x == 0 || g.y == 0 || g.z == 0 || threads == 0 || threads > 1024 || b.x > 1024 || b.y > 1024 ||
+      b.z > 64 || g.x > 0x7fffffffu || g.y > 65535 || g.z > 65535) {
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "invalid launch configuration: grid (%u,%u,%u) block (%u,%u,%u)", g.x, g.y, g.z,
+                  b.x, b.y, b.z);
+    set_last_error(cudaErrorInvalidConfiguration, buf);
+    return;
+  }
+  if (shape.smem > max_dynamic_shared(shape.func)) {
+    set_last_error(cudaErrorInvalidValue, "launch with " + std::to_string(shape.smem) +
+                                              " bytes of dynamic shared memory above the kernel's limit " +
+                                              std::to_string(max_dynamic_shared(shape.func)));
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_error_mutex);
+    if (g_sticky_error != cudaSuccess) return;  // a faulted context runs nothing
+  }
+  GridRun L;
+  L.shape = shape;
+  L.body = body;
+  L.arg = arg;
+  auto& pool = workers();
+  const uint64_t blocks = uint64_t(g.x) * g.y * g.z;
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(pool.size(), blocks));
+  if (verbose())
+    std::fprintf(stderr, "cuemu: launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu on %zu worker(s)\n", g.x, g.y, g.z,
+                 b.x, b.y, b.z, shape.smem, n);
+  std::vector<std::thread> helpers;
+  for (size_t i = 1; i < n; ++i) helpers.emplace_back([&, i] { worker_loop(pool[i], L); });
+  worker_loop(pool[0], L);
+  for (auto& t : helpers) t.join();
+}
+
+}  // namespace cuemu
+
+#if defined(__x86_64__)
+extern "C" void cuemu_fiber_start() { cuemu::fiber_entry(); }
+#endif
+
+// ---- runtime API ------------------------------------------------------------------------------
+cudaError_t cudaGetLastError() {
+  std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
+  const cudaError_t e = cuemu::g_last_error;
+  if (cuemu::g_sticky_error == cudaSuccess) cuemu::g_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() {
+  std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
+  return cuemu::g_last_error;
+}
+const char* cudaGetErrorName(cudaError_t e) { return cuemu::error_name(e); }
+const char* cudaGetErrorString(cudaError_t e) {
+  // The message of the most recent error of this kind (the emulator's diagnosis), else its name.
+  static thread_local std::string s;
+  std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
+  s = e == cuemu::g_message_code && !cuemu::g_error_message.empty() ? cuemu::g_error_message
+                                                                      : std::string(cuemu::error_name(e));
+  return s.c_str();
+}
+
+int __syncthreads_count(int predicate) {
+  // Reduce through a per-worker counter: two barriers, as bar.red.popc.
+  static thread_local int acc;
+  static thread_local int result;
+  cuemu::block_barrier("__syncthreads_count");
+  if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) acc = 0;
+  cuemu::block_barrier("__syncthreads_count");
+  acc += predicate != 0;
+  cuemu::block_barrier("__syncthreads_count");
+  result = acc;
+  return result;
+}
+int __syncthreads_and(int predicate) {
+  return __syncthreads_count(predicate) == static_cast<int>(blockDim.x * blockDim.y * blockDim.z);
+}
+int __syncthreads_or(int predicate) { return __syncthreads_count(predicate) != 0; }
+
+// Reset the sticky fault state (tests call this between cases).
+extern "C" __attribute__((visibility("default"))) void cuemu_reset() {
+  std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
+  cuemu::g_last_error = cudaSuccess;
+  cuemu::g_sticky_error = cudaSuccess;
+  cuemu::g_error_message.clear();
+  cuemu::g_message_code = cudaSuccess;
+}
+extern "C" __attribute__((visibility("default"))) const char* cuemu_last_message() {
+  std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
+  return cuemu::g_error_message.c_str();
+}
