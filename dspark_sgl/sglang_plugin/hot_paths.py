@@ -207,8 +207,12 @@ def our_markov_head(module: Any) -> MarkovHead | str:
     if cached is not None and cached[0] == key:
         return cached[1]
     if kind in ("vanilla", "v4"):
-        bias_dtype = weights[1].dtype if kind == "v4" else torch.float32
-        head: MarkovHead = VanillaMarkovHead(weights[0], weights[1], bias_dtype=bias_dtype)
+        w1, bias_dtype = weights[0], torch.float32
+        if kind == "v4":
+            # SGLang casts W1[prev] to W2's dtype before the product, so W1 in that dtype
+            # is the same arithmetic (and gives the kernel one weight dtype).
+            w1, bias_dtype = w1.to(weights[1].dtype), weights[1].dtype
+        head: MarkovHead = VanillaMarkovHead(w1, weights[1], bias_dtype=bias_dtype)
         if shard is not None:
             head = head.shard(shard.start, shard.end)
     elif kind == "gated":
