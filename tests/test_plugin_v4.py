@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import record_p_value
 from simulated_ranks import SimulatedRanks, shard_bounds
-from test_plugin import _chi_square, _SyncingTp, _tp_sync, sg, sglang_originals  # noqa: F401 (sg: fixture)
+from test_plugin import _chi_square, _sampling_info, _SyncingTp, _tp_sync, sg, sglang_originals  # noqa: F401
 
 from dspark_sgl.sglang_plugin import hot_paths, switches
 from dspark_sgl.sglang_plugin.startup import worker_summary
@@ -386,3 +386,74 @@ def test_startup_summary_names_the_v4_markov_path(sg, v4, monkeypatch, caplog): 
         lines.append(" ".join(r.getMessage() for r in caplog.records))
     assert "markov=[dspark_sgl DSparkV4MarkovHead W2 bfloat16]" in lines[0]
     assert "markov=[dspark_sgl DSparkV4MarkovHead W2 bfloat16 vocab shard [64, 128) of 128]" in lines[1]
+
+
+def test_v4_sharded_rounds_accept_and_schedule_alike_on_every_rank(sg, v4, monkeypatch):  # noqa: F811
+    """Two sampled rounds on 4 simulated ranks, each with its own plugin state (seed, verify
+    counter): the drafts, accept lengths, bonus tokens and verify layouts are identical on
+    every rank and equal the TP = 1 rounds (the inputs are identical after the exchange and
+    every draw is keyed by the shared seed and device counters)."""
+    vocab, bs, gamma, world = 200, 16, 4, 4
+    head = v4_head(v4, monkeypatch, torch.bfloat16, vocab, 8, seed=13)
+    gen = torch.Generator().manual_seed(13)
+    bases = [torch.randn(bs, gamma, vocab, generator=gen) * 2 for _ in range(2)]
+    targets = [torch.randn(bs * (gamma + 1), vocab, generator=gen) * 2 for _ in range(2)]
+    confidence = torch.rand(bs, gamma, generator=gen)
+    info = _sampling_info(sg, torch.rand(bs, generator=gen) + 0.5, torch.full((bs,), vocab), vocab)
+    anchor = torch.randint(0, vocab, (bs,), generator=gen)
+    cfg = sg.dspark_planner.DSparkScheduleConfig(gamma=gamma)
+
+    def rounds(rank_head, local_bases, tp_sync):
+        noise = _noise(sg)
+        blocks = []
+        with torch.no_grad(), tp_group_of_one():
+            for base in local_bases:
+                blocks.append(
+                    sg.dspark_draft.sample_draft_block(
+                        base_logits=base,
+                        anchor_tokens=anchor,
+                        draft_hidden=None,
+                        sampling_info=info,
+                        markov_head=rank_head,
+                        noise=noise,
+                        device=torch.device("cpu"),
+                        tp_sync=tp_sync,
+                        greedy_draft=False,
+                    )
+                )
+        return blocks
+
+    def verify(blocks):
+        state = hot_paths.PluginState()
+        state.random_seed = 1234
+        monkeypatch.setattr(hot_paths, "STATE", state)
+        out = []
+        for block, target in zip(blocks, targets, strict=True):
+            accepted = sg.dspark_verify.accept_draft_tokens(
+                candidates=torch.cat([anchor[:, None], block.draft_tokens], dim=1),
+                target_logits=target,
+                draft_block=block,
+                sampling_info=info,
+                draft_input=None,
+                gamma=gamma,
+                verify_num_draft_tokens=gamma + 1,
+            )
+            lens = sg.dspark_schedule.ScheduleVerifyLensTopk.execute(
+                confidence=confidence, budget=bs, cfg=cfg
+            )
+            out.append((block.draft_tokens, *accepted, lens))
+        return out
+
+    expected = verify(rounds(head, bases, _tp_sync(sg)))
+    ranks = SimulatedRanks(world)
+    copies = sharded_heads(v4, sg, head, ranks)
+
+    def rank_rounds(r):
+        rank_head, start, end, per_rank = copies[r]
+        return rounds(rank_head, [padded_local(b, start, end, per_rank) for b in bases], _RankSync(ranks, r))
+
+    for blocks in ranks.run(rank_rounds):
+        for ours, ref in zip(verify(blocks), expected, strict=True):
+            for a, b in zip(ours, ref, strict=True):
+                assert torch.equal(a, b)
+    assert ("accept", "dspark_sgl") in switches.logged() and ("topk", "dspark_sgl") in switches.logged()
