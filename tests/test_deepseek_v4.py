@@ -330,3 +330,31 @@ def test_tiny_bundled_v4_pair_loads_and_speculates_losslessly(tmp_path):
     ours = engine.generate(prompt, max_new_tokens=6, temperature=0.0, seed=0).tokens
     reference = target.generate(torch.tensor(prompt), max_new_tokens=6, do_sample=False)[0, 4:].tolist()
     assert ours == [reference]
+
+
+def test_eval_and_calibrate_run_on_the_tiny_v4_pair(tmp_path, capsys):
+    """``python -m dspark_sgl eval`` / ``calibrate`` end to end with the bundled V4 directory
+    as both --target and --draft (the paper protocol's report, trace and STS file)."""
+    import json
+
+    from dspark_sgl import evaluate
+    from dspark_sgl.calibration import StsCalibration
+
+    root, _ = write_v4_pair(tmp_path / "v4")
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    (prompts / "gsm8k.jsonl").write_text(
+        "\n".join(json.dumps({"turns": [t]}) for t in ("Add 2 and 3.", "What is 7 times 6?")) + "\n"
+    )
+    report, trace, sts = tmp_path / "report.json", tmp_path / "rounds.jsonl", tmp_path / "sts.json"
+    common = ["--target", str(root), "--draft", str(root), "--prompts", str(prompts), "--datasets", "gsm8k",
+              "--max-new-tokens", "6", "--batch-size", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert evaluate.main_eval([*common, "--out", str(report), "--trace", str(trace)]) == 0
+    metrics = json.loads(report.read_text())["datasets"]["gsm8k"]
+    gamma = json.loads(report.read_text())["gamma"]
+    assert gamma == 4 and metrics["prompts"] == 2 and 1.0 <= metrics["tau"] <= gamma + 1
+    assert len(metrics["ece"]) == gamma and metrics["tokens"] > 0
+    assert evaluate.main_calibrate(["--from-trace", str(trace), "--out", str(sts)]) == 0
+    fitted = StsCalibration.load(sts)
+    assert len(fitted.temperatures) == gamma and all(t > 0 for t in fitted.temperatures)
+    assert "| gsm8k |" in capsys.readouterr().out
