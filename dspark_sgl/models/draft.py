@@ -22,8 +22,9 @@ Backbones (``config.arch``):
   through an unscaled norm), GELU-tanh MLP, embeddings times sqrt(H) rounded to bf16, and
   ``final_logit_softcapping`` applied to the base logits before the Markov bias.
   Assumption: every draft layer is a full-attention layer with ``head_dim``.
-* ``deepseek_v4``: see :mod:`dspark_sgl.models.deepseek_v4` for the checkpoint mapping and
-  the assumptions made where V4 is not public.
+* ``deepseek_v4``: SGLang's V4 draft stages (:mod:`dspark_sgl.models.v4_attention`,
+  :mod:`dspark_sgl.models.mhc`, the sqrtsoftplus MoE); :mod:`dspark_sgl.models.deepseek_v4`
+  lists the checkpoint mapping, the facts checked against SGLang and the named differences.
 """
 
 from __future__ import annotations
