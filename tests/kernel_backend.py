@@ -7,12 +7,14 @@ One set of kernel test functions takes the ``backend`` fixture (tests/conftest.p
 - ``cuemu-greedy-reverse``: the same under ``CUEMU_SCHEDULE=greedy-reverse`` (one warp runs as far
   as it can, last warp first), which exposes missing barriers; only tests marked
   ``@pytest.mark.race_schedule`` get it.
-- ``cuda``: the real extension on a CUDA device at full shapes; skipped without one.
+- ``cuda``: the real extension on a CUDA device at full shapes (CI-sized ones with
+  ``DSPARK_SGL_KERNEL_SHAPES=small``, as .ci/gpu runs the sanitizers); skipped without one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -116,7 +118,8 @@ def on_emulator(
 @contextlib.contextmanager
 def on_cuda() -> Iterator[Backend]:
     """A ``cuda`` backend (the caller has checked ``cuda_skip_reason``)."""
-    backend = Backend("cuda", torch.device("cuda"), full=True)
+    full = os.environ.get("DSPARK_SGL_KERNEL_SHAPES", "full") != "small"
+    backend = Backend("cuda", torch.device("cuda"), full=full)
     with counting_launches(backend.launches):
         yield backend
     torch.cuda.synchronize()

@@ -276,11 +276,17 @@ def test_markov_block_refuses_a_confidence_head_on_another_device(backend):
 # chain_verify
 
 
-def verify_case(device, rows, gamma, vocab, *, tdtype=BF16, seed=0, greedy_every=3):
-    """A drafted block (kernel) and a target near the draft, so chains are partly accepted."""
-    case = markov_case(device, rows, max(gamma, 1), vocab, 64, bdtype=tdtype, dyadic=False, seed=seed)
+def verify_case(
+    device, rows, gamma, vocab, *, tdtype=BF16, wdtype=BF16, logits_dtype=F32, seed=0, greedy_every=3
+):
+    """A drafted block (kernel) and a target near the draft, so chains are partly accepted. The
+    base logits are in the target's dtype (as the statistics form needs), the Markov weights in
+    ``wdtype``, the kept draft logits in ``logits_dtype``."""
+    case = markov_case(
+        device, rows, max(gamma, 1), vocab, 64, wdtype=wdtype, bdtype=tdtype, dyadic=False, seed=seed
+    )
     case["temperature"][::greedy_every] = 0.0
-    block = draft(case, keep_logits=True)
+    block = draft(case, keep_logits=True, logits_dtype=logits_dtype)
     gen = torch.Generator().manual_seed(seed + 100)
     noise = 0.8 * torch.randn(rows, gamma + 1, vocab, generator=gen).to(device)
     target = torch.cat([block.logits[:, :gamma], block.logits[:, :1]], dim=1) + noise
@@ -373,6 +379,20 @@ def test_chain_verify_from_logits_matches_the_reference(backend, shape, tdtype):
     rows, gamma, vocab = backend.size(*VERIFY_SHAPES[shape])
     case, block, target, lens = verify_case(backend.device, rows, gamma, vocab, tdtype=tdtype)
     assert_verify_matches(backend, target, block.logits, block, lens, case["temperature"])
+
+
+@pytest.mark.parametrize("ddtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tdtype", DTYPES, ids=str)
+def test_chain_verify_matches_the_reference_for_every_dtype_pair(backend, tdtype, ddtype):
+    """Target dtype x draft dtype: the kept draft logits (logits form) or the Markov weights
+    (statistics form) in ``ddtype``."""
+    rows, gamma, vocab = backend.size((8, 7, 151936), (8, 3, 1100))
+    case, block, target, lens = verify_case(
+        backend.device, rows, gamma, vocab, tdtype=tdtype, wdtype=ddtype, logits_dtype=ddtype
+    )
+    assert block.logits.dtype == ddtype and block.stats.w2.dtype == ddtype
+    for side in (block.logits, block.stats):
+        assert_verify_matches(backend, target, side, block, lens, case["temperature"])
 
 
 @pytest.mark.race_schedule
@@ -471,7 +491,7 @@ SCHEDULE_SHAPES = [(1, 1), (1, 16), (7, 5), (64, 7), (256, 16), (512, 16), (300,
 
 @pytest.mark.race_schedule
 @pytest.mark.parametrize("shape", SCHEDULE_SHAPES, ids=str)
-@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_schedulers_are_bit_identical_on_exact_confidences(backend, shape, dtype):
     rows, gamma = shape
     conf = dyadic_confidence(rows, gamma, seed=rows * gamma).to(dtype)

@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,10 +42,12 @@ def compile_flags(csrc: Path, debug: bool = False) -> list[str]:
     analysis (the kernels type-pun through ``uint4`` and ``__half2``)."""
     import pybind11
 
+    coverage = ["--coverage", "-fprofile-update=atomic"] if os.environ.get("CUEMU_COVERAGE") == "1" else []
     return [
         "-std=c++17",
         "-fPIC",
         *(["-O0", "-g"] if debug else ["-O2", "-g1"]),
+        *coverage,  # CUEMU_COVERAGE=1: gcov line counts of the kernels (see README "The CUDA emulator")
         "-ffp-contract=off",
         "-fno-fast-math",
         "-fno-strict-aliasing",
@@ -53,6 +56,7 @@ def compile_flags(csrc: Path, debug: bool = False) -> list[str]:
         "-Wall",
         "-Wno-unused-function",
         "-Wno-unknown-pragmas",
+        "-Wno-sign-compare",  # nvcc does not warn about int vs unsigned blockDim comparisons either
         f"-I{EMULATOR_INCLUDE}",
         f"-I{csrc / 'include'}",
         f"-I{pybind11.get_include()}",
@@ -90,19 +94,72 @@ def _unit_key(cxx: str, flags: list[str], text: str, csrc: Path) -> str:
     return digest.hexdigest()[:20]
 
 
+_unit_locks: dict[str, threading.Lock] = {}
+_unit_locks_guard = threading.Lock()
+
+
 def _compile(cxx: str, flags: list[str], text: str, stem: str, key: str, objects: Path) -> Path:
+    """The cached object of one unit, compiling it if needed (once per key, even when several
+    builds of this process want it at the same time)."""
     obj = objects / f"{stem}-{key}.o"
-    if obj.exists():
+    with _unit_locks_guard:
+        lock = _unit_locks.setdefault(obj.name, threading.Lock())
+    with lock:
+        if obj.exists():
+            return obj
+        tag = f"{os.getpid()}-{threading.get_ident()}"  # private names: other processes may build too
+        source = objects / f"{stem}-{key}.{tag}.cpp"
+        partial = objects / f"{stem}-{key}.{tag}.o"
+        source.write_text(text)
+        cmd = [cxx, *flags, "-c", str(source), "-o", str(partial)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        source.unlink()
+        if proc.returncode != 0:
+            raise RuntimeError(f"cuemu build failed: {' '.join(cmd)}\n{proc.stderr}")
+        partial.replace(obj)  # atomic: a concurrent build never sees half an object
         return obj
-    source = objects / f"{stem}-{key}.cpp"
-    source.write_text(text)
-    partial = obj.with_suffix(".o.part")
-    cmd = [cxx, *flags, "-c", str(source), "-o", str(partial)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"cuemu build failed: {' '.join(cmd)}\n{proc.stderr}")
-    partial.replace(obj)  # atomic: a concurrent build never sees half an object
-    return obj
+
+
+def _link_coverage() -> list[str]:
+    return ["--coverage"] if os.environ.get("CUEMU_COVERAGE") == "1" else []
+
+
+def _cuda_unit(path: Path, label: str, flags: list[str]) -> tuple[str, str, list[str]]:
+    """A .cu file as a unit: translated, ``#line`` pointing at ``label`` (compiler errors name it)."""
+    return (path.stem + ".cu", f'#line 1 "{label}"\n' + translate(path.read_text()), [*flags, "-D__CUDACC__"])
+
+
+def _runtime_unit(flags: list[str]) -> tuple[str, str, list[str]]:
+    return ("cuemu_runtime", f'#line 1 "{RUNTIME_SOURCE}"\n' + RUNTIME_SOURCE.read_text(), flags)
+
+
+def _build_library(
+    units: list[tuple[str, str, list[str]]], out: Path, name: str, csrc: Path, cxx: str, jobs: int | None
+) -> Path:
+    """Compile ``units`` (stem, text, flags) that are not cached, in parallel, and link ``name``."""
+    objects = out / "objects"
+    objects.mkdir(parents=True, exist_ok=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        futures = [
+            pool.submit(_compile, cxx, flags, text, stem, _unit_key(cxx, flags, text, csrc), objects)
+            for stem, text, flags in units
+        ]
+        objs = [f.result() for f in futures]
+    link_key = hashlib.sha256("\n".join(o.name for o in objs).encode()).hexdigest()[:20]
+    # One directory per object set: a process that loaded one build never sees its file replaced.
+    lib = out / "modules" / link_key / name
+    if not lib.exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        partial = lib.with_name(f"{lib.name}.{os.getpid()}-{threading.get_ident()}.part")
+        proc = subprocess.run(
+            [cxx, "-shared", *map(str, objs), "-o", str(partial), "-lpthread", *_link_coverage()],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"cuemu link failed:\n{proc.stderr}")
+        partial.replace(lib)
+    return lib
 
 
 def build(
@@ -112,39 +169,25 @@ def build(
     jobs: int | None = None,
     debug: bool = False,
 ) -> Path:
-    """Compile what is not cached and link; returns the path of the ``_C`` module."""
-    objects = out / "objects"
-    objects.mkdir(parents=True, exist_ok=True)
+    """The emulated extension from ``csrc``: compiles what is not cached, links; returns the path
+    of the ``_C`` module."""
     flags = compile_flags(csrc, debug)
-    units: list[tuple[str, str, list[str]]] = []  # (stem, text, flags)
-    for cu in sorted(csrc.glob("*.cu")):
-        # #line keeps compiler errors pointing at csrc/ (relative: a mutant's copy hashes the same)
-        text = f'#line 1 "csrc/{cu.name}"\n' + translate(cu.read_text())
-        units.append((cu.stem + ".cu", text, [*flags, "-D__CUDACC__"]))
-    for cpp in sorted(csrc.glob("*.cpp")):
-        units.append((cpp.stem, f'#line 1 "csrc/{cpp.name}"\n' + cpp.read_text(), flags))
-    units.append(("cuemu_runtime", f'#line 1 "{RUNTIME_SOURCE}"\n' + RUNTIME_SOURCE.read_text(), flags))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
-        futures = [
-            pool.submit(
-                _compile, cxx, unit_flags, text, stem, _unit_key(cxx, unit_flags, text, csrc), objects
-            )
-            for stem, text, unit_flags in units
-        ]
-        objs = [f.result() for f in futures]
-    link_key = hashlib.sha256("\n".join(o.name for o in objs).encode()).hexdigest()[:20]
-    # One directory per object set: a process that loaded one build never sees its file replaced.
-    lib = out / "modules" / link_key / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
-    if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
-        partial = lib.with_name(lib.name + ".part")
-        proc = subprocess.run(
-            [cxx, "-shared", *map(str, objs), "-o", str(partial), "-lpthread"], capture_output=True, text=True
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"cuemu link failed:\n{proc.stderr}")
-        partial.replace(lib)
-    return lib
+    # #line names csrc/<file> relative: a mutant's copy of an unchanged file hashes the same
+    units = [_cuda_unit(cu, f"csrc/{cu.name}", flags) for cu in sorted(csrc.glob("*.cu"))]
+    units += [
+        (cpp.stem, f'#line 1 "csrc/{cpp.name}"\n' + cpp.read_text(), flags)
+        for cpp in sorted(csrc.glob("*.cpp"))
+    ]
+    units.append(_runtime_unit(flags))
+    return _build_library(units, out, f"_C{sysconfig.get_config_var('EXT_SUFFIX')}", csrc, cxx, jobs)
+
+
+def build_standalone(source: Path, out: Path = DEFAULT_OUT, cxx: str = "g++") -> Path:
+    """A shared library of one .cu file (kernels plus ``extern "C"`` entry points) and the
+    runtime, such as the emulator's self-tests; returns its path."""
+    flags = compile_flags(CSRC)
+    units = [_cuda_unit(source, str(source), flags), _runtime_unit(flags)]
+    return _build_library(units, out, source.stem + ".so", CSRC, cxx, None)
 
 
 def main() -> int:

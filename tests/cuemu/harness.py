@@ -40,8 +40,11 @@ def load(path: str | Path | None = None) -> ModuleType:
     module's ``_cuemu`` attribute is the runtime's C interface (``cuemu_reset``,
     ``cuemu_last_message``)."""
     path = str(build(DEFAULT_OUT) if path is None else path)
-    loader = importlib.machinery.ExtensionFileLoader("_C", path)
-    spec = importlib.util.spec_from_file_location("_C", path, loader=loader)
+    # A name of its own per build (the init function is still PyInit__C): Python caches extension
+    # modules by name, and a mutant's build must not come back as the original's.
+    name = f"cuemu_{Path(path).parent.name}._C"
+    loader = importlib.machinery.ExtensionFileLoader(name, path)
+    spec = importlib.util.spec_from_file_location(name, path, loader=loader)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)

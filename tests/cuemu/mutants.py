@@ -1,0 +1,249 @@
+"""Mutation check of the emulator: plant known GPU bugs in copies of csrc/, build each copy for the
+emulator and run kernel checks on it, under the default schedule and a race-exposing one. A bug
+the emulator cannot see would pass; tests/cuemu/test_mutants.py requires every mutant to be caught.
+
+    python tests/cuemu/mutants.py [NAME ...]      # a table: which schedule catches which mutant
+
+Copies live in build/cuemu/mutants/<name>/csrc and share the object cache: a mutant recompiles
+only the translation units that include the changed file.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make the package and the test helpers importable
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
+
+from cuemu import harness
+from cuemu.build import CSRC, DEFAULT_OUT, build
+
+SCHEDULES = ("forward", "greedy-reverse")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    """One planted bug: ``old`` (found exactly once in ``path``) becomes ``new``."""
+
+    name: str
+    path: str  # relative to csrc/
+    old: str
+    new: str
+    bug: str  # what a GPU would do with it
+    checks: tuple[str, ...]  # the kernel checks (CHECKS) that run on it; one must catch it
+    caught_by: tuple[str, ...]  # the schedules under which it must be caught
+
+
+MUTANTS = [
+    Mutant(
+        "schedule_warp_barrier_too_wide",
+        "schedule.cu",
+        "if (j <= 32 && next_j <= 32) {",
+        "if (j <= 64 && next_j <= 64) {",
+        "sorting stages of distance 64 span two warps but wait only at __syncwarp: a cross-warp race",
+        ("schedule",),
+        ("greedy-reverse",),  # one lockstep phase per round (forward) hides it: the reason for greedy
+    ),
+    Mutant(
+        "schedule_no_syncwarp",
+        "schedule.cu",
+        "        __syncwarp();\n",
+        "\n",
+        "pre-Volta warp-synchronous code: lanes of a warp are not guaranteed to run in lockstep",
+        ("schedule",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_missing_syncthreads",
+        "markov_block.cu",
+        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);\n    __syncthreads();",
+        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);",
+        "the bias tile is read before every warp has written its part",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_divergent_shuffle",
+        "markov_block.cu",
+        "      const bool active = row < args.rows;",
+        "      const bool active = row < args.rows;\n      if (!active) continue;",
+        "rows past the end skip a full-mask shuffle: a hang or garbage on a GPU",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_bad_wmma_ldm",
+        "include/dspark_sgl/markov_tile.cuh",
+        "ld = k_padded + 8;",
+        "ld = k_padded + 4;",
+        "a WMMA leading dimension that is not a multiple of 16 bytes (misaligned fragment loads)",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_resample_missing_syncthreads",
+        "chain_verify.cu",
+        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);\n    __syncthreads();",
+        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);",
+        "the recomputed draft rows of the resample are read before they are complete",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "block_merge_missing_syncthreads",
+        "include/dspark_sgl/common.cuh",
+        "  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = value;\n  __syncthreads();",
+        "  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = value;",
+        "thread 0 merges the per-warp partials before the other warps have stored them",
+        ("markov", "verify"),
+        ("forward",),  # greedy-reverse runs warp 0, the reader, last: the writes are all done
+    ),
+]
+BY_NAME = {m.name: m for m in MUTANTS}
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or ["outputs differ"])[0]
+
+
+def _check_schedule() -> list[str]:
+    from test_gpu_kernels import SCHEDULER_MODES
+
+    from dspark_sgl import _dispatch
+
+    failures = []
+    for seed in range(2):
+        gen = torch.Generator().manual_seed(seed)
+        conf, stale = torch.rand(256, 16, generator=gen), torch.rand(256, 16, generator=gen)
+        for mode in ("async_prune", "topk_int"):
+            ours = SCHEDULER_MODES[mode](conf, stale)
+            with _dispatch.forced_reference():
+                ref = SCHEDULER_MODES[mode](conf, stale)
+            if not torch.equal(ours, ref):
+                failures.append(f"{mode} seed {seed}: lengths differ")
+    return failures
+
+
+def _check_markov() -> list[str]:
+    from test_gpu_kernels import assert_blocks_equal, draft, markov_case
+
+    from dspark_sgl import _dispatch
+
+    failures = []
+    # one 64-wide tile chunk; 128-wide tiles, 3 chunks; 64-wide, 2 chunks, 65 tiles (two warps reduce)
+    for rows, vocab, wdtype in (
+        (3, 1100, torch.bfloat16),
+        (40, 1100, torch.bfloat16),
+        (40, 4099, torch.float32),
+    ):
+        case = markov_case(torch.device("cpu"), rows, 3, vocab, 64, wdtype=wdtype, hidden=32)
+        ours = draft(case, keep_logits=True)
+        with _dispatch.forced_reference():
+            ref = draft(case, keep_logits=True)
+        try:
+            assert_blocks_equal(ours, ref)
+        except AssertionError as exc:
+            failures.append(f"R={rows} {wdtype}: {_first_line(exc)}")
+    return failures
+
+
+def _check_verify() -> list[str]:
+    from kernel_backend import Backend, counting_launches
+    from test_gpu_kernels import assert_verify_matches, verify_case
+
+    backend = Backend("cuemu", torch.device("cpu"), full=False)
+    failures = []
+    with counting_launches(backend.launches):
+        for rows, gamma, vocab in ((8, 5, 1100), (40, 3, 1001)):
+            case, block, target, lens = verify_case(backend.device, rows, gamma, vocab)
+            for side in (block.stats, block.logits):
+                try:
+                    assert_verify_matches(backend, target, side, block, lens, case["temperature"])
+                except AssertionError as exc:
+                    failures.append(f"R={rows} {type(side).__name__}: {_first_line(exc)}")
+    return failures
+
+
+CHECKS: dict[str, Callable[[], list[str]]] = {
+    "schedule": _check_schedule,
+    "markov": _check_markov,
+    "verify": _check_verify,
+}
+
+
+def mutant_csrc(mutant: Mutant, root: Path = DEFAULT_OUT / "mutants") -> Path:
+    """A copy of csrc/ with ``mutant`` planted (rewritten only if it changed)."""
+    work = root / mutant.name / "csrc"
+    text = (CSRC / mutant.path).read_text()
+    if text.count(mutant.old) != 1:
+        raise ValueError(f"{mutant.name}: the pattern is not found exactly once in csrc/{mutant.path}")
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(CSRC, work)
+    (work / mutant.path).write_text(text.replace(mutant.old, mutant.new))
+    return work
+
+
+def build_mutants(mutants: list[Mutant], jobs: int | None = None) -> dict[str, Path]:
+    """Build every mutant (the changed units compile in parallel); name -> module path."""
+    build(DEFAULT_OUT, jobs=jobs)  # the unchanged units, once
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 1) as pool:
+        futures = {m.name: pool.submit(build, DEFAULT_OUT, mutant_csrc(m), "g++", 1) for m in mutants}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def run_check(module: ModuleType, check: str, schedule: str) -> list[str]:
+    """Failures of ``check`` on ``module`` under ``schedule`` (a launch fault is one failure)."""
+    old = os.environ.get("CUEMU_SCHEDULE")
+    os.environ["CUEMU_SCHEDULE"] = schedule
+    try:
+        with harness.emulated(module):
+            try:
+                failures = CHECKS[check]()
+            except RuntimeError as exc:  # a launch the emulator faulted
+                failures = [f"launch failed: {_first_line(exc)}"]
+            except ValueError as exc:  # a kernel's output rejected as the next kernel's input
+                failures = [f"bad output: {_first_line(exc)}"]
+            fault = harness.last_fault(module)
+            if fault:
+                failures.append(f"emulator fault: {fault}")
+    finally:
+        harness.reset(module)
+        if old is None:
+            os.environ.pop("CUEMU_SCHEDULE", None)
+        else:
+            os.environ["CUEMU_SCHEDULE"] = old
+    return failures
+
+
+def main(names: list[str]) -> int:
+    torch.set_num_threads(1)
+    mutants = [BY_NAME[n] for n in names] if names else MUTANTS
+    paths = build_mutants(mutants)
+    baseline = harness.load()
+    missed = 0
+    for check in sorted({c for m in mutants for c in m.checks}):
+        for schedule in SCHEDULES:
+            clean = run_check(baseline, check, schedule)
+            print(f"unmutated {check:9s} {schedule:15s} {'FAILS: ' + clean[0] if clean else 'passes'}")
+    for m in mutants:
+        module = harness.load(paths[m.name])
+        print(f"{m.name}: {m.bug}")
+        for schedule in SCHEDULES:
+            failures = [f for check in m.checks for f in run_check(module, check, schedule)]
+            missed += schedule in m.caught_by and not failures
+            print(f"  {schedule:15s} {'CAUGHT: ' + failures[0][:200] if failures else 'missed'}")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

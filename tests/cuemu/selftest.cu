@@ -1,0 +1,175 @@
+// Self-tests of the emulator: small kernels whose right answer is known, and kernels with planted
+// bugs that the emulator must report or expose. tests/cuemu/test_emulator.py builds this file with
+// the runtime into a shared library and calls the st_* entry points through ctypes; each returns
+// "" or the launch's error text.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace {
+
+__global__ void shuffle_sources(int* out, int width) {
+  const int lane = threadIdx.x % 32;
+  const int base = threadIdx.x * 4;
+  out[base + 0] = __shfl_xor_sync(0xffffffffu, lane, 5, width);
+  out[base + 1] = __shfl_up_sync(0xffffffffu, lane, 3, width);
+  out[base + 2] = __shfl_down_sync(0xffffffffu, lane, 3, width);
+  out[base + 3] = __shfl_sync(0xffffffffu, lane, 37, width);
+}
+
+// Undefined on a GPU (hangs or corrupts): half of warp 0 waits at a full-mask shuffle while
+// the other half waits at __syncthreads.
+__global__ void divergent_barrier(int* out) {
+  int v = threadIdx.x;
+  if (threadIdx.x % 32 < 16) __syncthreads();
+  else v = __shfl_xor_sync(0xffffffffu, v, 1);
+  out[threadIdx.x] = v;
+}
+
+// Lanes 16..31 skip a full-mask shuffle and exit while lanes 0..15 wait for them.
+__global__ void exited_lanes(int* out) {
+  int v = threadIdx.x;
+  if (threadIdx.x % 32 < 16) v = __shfl_xor_sync(0xffffffffu, v, 1);
+  out[threadIdx.x] = v;
+}
+
+__global__ void wmma_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, float* c, int lda, int ldb, int col_b) {
+  namespace wmma = nvcuda::wmma;
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 0.5f);
+  wmma::load_matrix_sync(fa, a, lda);
+  if (col_b) {
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+    wmma::load_matrix_sync(fb, b, ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  } else {
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fb;
+    wmma::load_matrix_sync(fb, b, ldb);
+    wmma::mma_sync(acc, fa, fb, acc);
+  }
+  wmma::store_matrix_sync(c, acc, 16, wmma::mem_row_major);
+}
+
+__global__ void atomic_sum(unsigned long long* total, float* ftotal) {
+  atomicAdd(total, static_cast<unsigned long long>(blockIdx.x * blockDim.x + threadIdx.x));
+  atomicAdd(ftotal, 1.0f);
+}
+
+// Reverses a block's values through shared memory; `sync` 0 drops the barrier (a race).
+__global__ void reverse_block(const int* in, int* out, int sync) {
+  __shared__ int buf[256];
+  buf[threadIdx.x] = in[blockIdx.x * 256 + threadIdx.x];
+  if (sync) __syncthreads();
+  out[blockIdx.x * 256 + threadIdx.x] = buf[255 - threadIdx.x];
+}
+
+__global__ void dynamic_smem_sum(const float* in, float* out) {
+  extern __shared__ __align__(16) float tile[];
+  tile[threadIdx.x] = in[threadIdx.x];
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) tile[threadIdx.x] += tile[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *out = tile[0];
+}
+
+__global__ void convert_16bit(const float* in, uint16_t* bf16, uint16_t* f16, float* back, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const __nv_bfloat16 b = __float2bfloat16_rn(in[i]);
+  const __half h = __float2half_rn(in[i]);
+  bf16[i] = __bfloat16_as_ushort(b);
+  f16[i] = __half_as_ushort(h);
+  back[2 * i] = __bfloat162float(b);
+  back[2 * i + 1] = __half2float(h);
+}
+
+// Per warp: ballot, all, any of (lane % 3 == 0); per block: __syncthreads_count of odd threads.
+__global__ void votes(unsigned* out) {
+  const int p = threadIdx.x % 3 == 0;
+  const unsigned ballot = __ballot_sync(0xffffffffu, p);
+  const int all = __all_sync(0xffffffffu, threadIdx.x < 1000);
+  const int any = __any_sync(0xffffffffu, threadIdx.x == 40);
+  const int count = __syncthreads_count(threadIdx.x % 2);
+  if (threadIdx.x % 32 == 0) {
+    const int w = threadIdx.x / 32;
+    out[4 * w + 0] = ballot;
+    out[4 * w + 1] = all;
+    out[4 * w + 2] = any;
+    out[4 * w + 3] = count;
+  }
+}
+
+// Warp 1 reads what warp 0 wrote, ordered only by __syncwarp (a bug: it needs __syncthreads).
+// One phase of lockstep (the default schedule) hides it; a greedy schedule that runs warp 1 first
+// exposes it.
+__global__ void cross_warp_syncwarp(int* out) {
+  extern __shared__ int buf[];  // dynamic: poisoned at every block, so no earlier launch's values
+  buf[threadIdx.x] = static_cast<int>(threadIdx.x) + 1;
+  __syncwarp();
+  out[threadIdx.x] = buf[(threadIdx.x + 32) % 64];
+}
+
+std::string result() {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
+}
+
+thread_local std::string g_text;
+const char* ret(std::string s) {
+  g_text = std::move(s);
+  return g_text.c_str();
+}
+
+}  // namespace
+
+#define CUEMU_EXPORT extern "C" __attribute__((visibility("default")))
+
+CUEMU_EXPORT const char* st_shuffle_sources(int* out, int threads, int width) {
+  shuffle_sources<<<1, threads>>>(out, width);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_divergent_barrier(int* out) {
+  divergent_barrier<<<1, 128>>>(out);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_exited_lanes(int* out) {
+  exited_lanes<<<1, 64>>>(out);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_wmma_bf16(const uint16_t* a, const uint16_t* b, float* c, int lda, int ldb, int col_b) {
+  wmma_bf16<<<1, 32>>>(reinterpret_cast<const __nv_bfloat16*>(a), reinterpret_cast<const __nv_bfloat16*>(b), c,
+                       lda, ldb, col_b);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_atomic_sum(unsigned long long* total, float* ftotal, int blocks) {
+  atomic_sum<<<blocks, 256>>>(total, ftotal);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_reverse_block(const int* in, int* out, int blocks, int sync) {
+  reverse_block<<<blocks, 256>>>(in, out, sync);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_convert_16bit(const float* in, uint16_t* bf16, uint16_t* f16, float* back, int n) {
+  convert_16bit<<<(n + 255) / 256, 256>>>(in, bf16, f16, back, n);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_votes(unsigned* out) {
+  votes<<<1, 96>>>(out);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_cross_warp_syncwarp(int* out) {
+  cross_warp_syncwarp<<<1, 64, 64 * sizeof(int)>>>(out);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_dynamic_smem_sum(const float* in, float* out, int threads, int opt_in) {
+  if (opt_in) cudaFuncSetAttribute(dynamic_smem_sum, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
+  dynamic_smem_sum<<<1, threads, 64 * 1024>>>(in, out);
+  return ret(result());
+}

@@ -1,0 +1,185 @@
+"""Self-tests of the emulator (tests/cuemu/selftest.cu): the answers of CUDA's documented semantics,
+and the faults and races the emulator must report or expose."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+
+import pytest
+import torch
+
+from cuemu.build import HERE, build_standalone
+
+pytestmark = [
+    pytest.mark.cuemu,
+    pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA emulator needs g++"),
+]
+BF16 = torch.bfloat16
+ENTRY_POINTS = (
+    "st_shuffle_sources",
+    "st_divergent_barrier",
+    "st_exited_lanes",
+    "st_wmma_bf16",
+    "st_atomic_sum",
+    "st_reverse_block",
+    "st_dynamic_smem_sum",
+    "st_convert_16bit",
+    "st_votes",
+    "st_cross_warp_syncwarp",
+)
+
+
+@pytest.fixture(scope="module")
+def selftest():
+    lib = ctypes.CDLL(str(build_standalone(HERE / "selftest.cu")))
+    for name in ENTRY_POINTS:
+        getattr(lib, name).restype = ctypes.c_char_p
+    lib.cuemu_last_message.restype = ctypes.c_char_p
+    return lib
+
+
+@pytest.fixture
+def runtime(selftest):
+    """The self-test library with a clean error state before and after the test."""
+    selftest.cuemu_reset()
+    yield selftest
+    selftest.cuemu_reset()
+
+
+def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _expected_source(kind: int, lane: int, width: int) -> int:
+    """The lane a shuffle reads (CUDA Programming Guide, warp shuffle functions); out of range
+    sources read the caller's own value."""
+    seg = lane // width * width
+    if kind == 0:  # xor 5
+        j = lane ^ 5
+        return j if j < seg + width else lane
+    if kind == 1:  # up 3
+        return lane - 3 if lane - 3 >= seg else lane
+    if kind == 2:  # down 3
+        return lane + 3 if lane + 3 < seg + width else lane
+    return seg + 37 % width  # idx 37
+
+
+@pytest.mark.parametrize("width", [32, 16, 8])
+def test_shuffles_read_the_documented_source_lanes(runtime, width):
+    out = torch.zeros(96 * 4, dtype=torch.int32)
+    assert runtime.st_shuffle_sources(_ptr(out), 96, width) == b""
+    got = out.view(96, 4)
+    expected = torch.tensor([[_expected_source(k, t % 32, width) for k in range(4)] for t in range(96)])
+    assert torch.equal(got, expected.int())
+
+
+def test_votes_and_syncthreads_count(runtime):
+    out = torch.zeros(3 * 4, dtype=torch.int32)
+    assert runtime.st_votes(_ptr(out)) == b""
+    got = out.view(3, 4).tolist()
+    for w in range(3):
+        ballot = sum(1 << lane for lane in range(32) if (32 * w + lane) % 3 == 0)
+        assert got[w][0] & 0xFFFFFFFF == ballot
+        assert got[w][1:] == [1, int(w == 1), 48]
+
+
+def test_16bit_conversions_round_like_torch(runtime):
+    gen = torch.Generator().manual_seed(0)
+    values = torch.cat(
+        [
+            torch.randn(4000, generator=gen) * 10.0 ** torch.randint(-9, 6, (4000,), generator=gen),
+            torch.tensor([0.0, -0.0, 65504.0, 65520.0, 65519.0, 6.0e-8, 2.0**-25, 3e-8, 1e38, 3.4e38]),
+            torch.tensor([float("inf"), float("-inf")]),
+            # halfway cases of bf16 (ties to even) and of fp16
+            torch.tensor([1.0 + 2.0**-8, 1.0 + 3 * 2.0**-8, 1.0 + 2.0**-11, 1.0 + 3 * 2.0**-11]),
+        ]
+    )
+    n = values.numel()
+    bf16, f16 = torch.zeros(n, dtype=torch.int16), torch.zeros(n, dtype=torch.int16)
+    back = torch.zeros(2 * n)
+    assert runtime.st_convert_16bit(_ptr(values), _ptr(bf16), _ptr(f16), _ptr(back), n) == b""
+    assert torch.equal(bf16, values.to(BF16).view(torch.int16))
+    assert torch.equal(f16, values.to(torch.float16).view(torch.int16))
+    assert torch.equal(back.view(n, 2)[:, 0], values.to(BF16).float())
+    assert torch.equal(back.view(n, 2)[:, 1], values.to(torch.float16).float())
+
+
+def test_wmma_bf16_matches_a_matmul_in_both_b_layouts(runtime):
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(16, 24, generator=gen).to(BF16)  # lda 24 (a multiple of 8 elements)
+    b = torch.randn(16, 16, generator=gen).to(BF16)
+    for col_b in (0, 1):
+        c = torch.zeros(16, 16)
+        assert runtime.st_wmma_bf16(_ptr(a), _ptr(b), _ptr(c), 24, 16, col_b) == b""
+        bm = b.float().T if col_b else b.float()  # col_major: element (k, n) at n * ldb + k
+        torch.testing.assert_close(c, a.float()[:, :16] @ bm + 0.5, rtol=1e-6, atol=1e-5)
+
+
+def test_wmma_rejects_an_ldm_that_is_not_16_bytes(runtime):
+    a = torch.zeros(16, 20, dtype=BF16)
+    b = torch.zeros(16, 16, dtype=BF16)
+    c = torch.zeros(16, 16)
+    assert b"ldm 20 is not a multiple of 16 bytes" in runtime.st_wmma_bf16(
+        _ptr(a), _ptr(b), _ptr(c), 20, 16, 0
+    )
+
+
+def test_atomics_across_parallel_blocks(runtime):
+    total = torch.zeros(1, dtype=torch.int64)
+    ftotal = torch.zeros(1)
+    assert runtime.st_atomic_sum(_ptr(total), _ptr(ftotal), 64) == b""
+    n = 64 * 256
+    assert int(total) == n * (n - 1) // 2 and float(ftotal) == n
+
+
+def test_a_missing_syncthreads_is_exposed(runtime):
+    x = torch.arange(4 * 256, dtype=torch.int32)
+    want = x.view(4, 256).flip(1).reshape(-1)
+    out = torch.zeros_like(x)
+    assert runtime.st_reverse_block(_ptr(x), _ptr(out), 4, 1) == b""
+    assert torch.equal(out, want)
+    assert runtime.st_reverse_block(_ptr(x), _ptr(out), 4, 0) == b""
+    assert not torch.equal(out, want)  # threads run until they block: later threads' slots are unwritten
+
+
+@pytest.mark.parametrize(("schedule", "exposed"), [("forward", False), ("greedy-reverse", True)])
+def test_warps_ordered_only_by_syncwarp_are_exposed_by_a_greedy_schedule(
+    runtime, monkeypatch, schedule, exposed
+):
+    monkeypatch.setenv("CUEMU_SCHEDULE", schedule)
+    out = torch.zeros(64, dtype=torch.int32)
+    assert runtime.st_cross_warp_syncwarp(_ptr(out)) == b""
+    correct = torch.equal(out, (torch.arange(64, dtype=torch.int32) + 32) % 64 + 1)
+    assert correct != exposed
+
+
+def test_divergent_collectives_are_reported(runtime):
+    out = torch.zeros(128, dtype=torch.int32)
+    msg = runtime.st_divergent_barrier(_ptr(out))
+    assert b"deadlock" in msg and b"__shfl_xor_sync" in msg and b"__syncthreads" in msg, msg
+    runtime.cuemu_reset()
+    msg = runtime.st_exited_lanes(_ptr(out))
+    assert b"exited" in msg, msg
+
+
+def test_a_faulted_launch_stops_later_launches_until_reset(runtime):
+    out = torch.zeros(128, dtype=torch.int32)
+    assert b"deadlock" in runtime.st_divergent_barrier(_ptr(out))
+    x = torch.ones(256, dtype=torch.int32)
+    out = torch.zeros(256, dtype=torch.int32)
+    assert runtime.st_reverse_block(_ptr(x), _ptr(out), 1, 1) != b""  # the sticky error
+    assert int(out.sum()) == 0  # nothing ran
+    runtime.cuemu_reset()
+    assert runtime.st_reverse_block(_ptr(x), _ptr(out), 1, 1) == b""
+    assert int(out.sum()) == 256
+
+
+def test_dynamic_shared_memory_needs_the_opt_in(runtime):
+    x = torch.ones(256)
+    out = torch.zeros(1)
+    msg = runtime.st_dynamic_smem_sum(_ptr(x), _ptr(out), 256, 0)
+    assert b"above the kernel's limit 49152" in msg, msg
+    runtime.cuemu_reset()
+    assert runtime.st_dynamic_smem_sum(_ptr(x), _ptr(out), 256, 1) == b""
+    assert float(out) == 256.0
