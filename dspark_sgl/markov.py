@@ -262,7 +262,7 @@ class VanillaMarkovHead(MarkovHead):
             self.w1, self.w2, self._w2_f32 = w1, w2, w2.float()
         else:
             super().__init__(w1, w2)
-        self._w2_f64 = w2.double()
+        self._w2_f64: torch.Tensor | None = None
         self.bias_dtype = bias_dtype
         self.vocab_start = vocab_start
         self.total_vocab = w1.shape[0]
@@ -283,6 +283,8 @@ class VanillaMarkovHead(MarkovHead):
     def step(
         self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._w2_f64 is None:  # made on the first reference step only (the kernel never needs it)
+            self._w2_f64 = self.w2.double()
         return _vanilla_bias(self.w1, self._w2_f64, prev, self.bias_dtype), None
 
 
