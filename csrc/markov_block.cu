@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kTileThreads)
       const int64_t row = row0 + i;
       if (row >= args.rows) return nullptr;
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
-      return w1 + clamp_index(prev, vocab) * rank;
+      return w1 + clamp_index(prev, args.vocab_total) * rank;
     });
     __syncthreads();
     bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);
@@ -77,8 +77,11 @@ __global__ void __launch_bounds__(kTileThreads)
       const int64_t flat = (row * args.gamma + k) * vocab;
       uint32_t words[4] = {0, 0, 0, 0};
       if (active && sampled && col0 < vocab) {
-        const Philox4x32 r = philox_block(seed, offset, kStreamDraft, static_cast<uint64_t>(row),
-                                          static_cast<uint32_t>(k), static_cast<uint32_t>(col0 / 4));
+        // Keyed by the global column: a vocab shard draws what the whole row would.
+        const Philox4x32 r =
+            philox_block(seed, offset, kStreamDraft, static_cast<uint64_t>(row),
+                         static_cast<uint32_t>(args.first_position + k),
+                         static_cast<uint32_t>((args.vocab_start + col0) / 4));
         words[0] = r.x, words[1] = r.y, words[2] = r.z, words[3] = r.w;
       }
       ArgMaxLogit best = ArgMaxLogit::empty();
@@ -95,7 +98,7 @@ __global__ void __launch_bounds__(kTileThreads)
         const float scaled = __fdiv_rn(logit, safe_t);
         stats.add(scaled);
         const float score = sampled ? __fadd_rn(scaled, gumbel_from_bits(words[i])) : logit;
-        best.add(score, static_cast<int32_t>(v), logit);
+        best.add(score, static_cast<int32_t>(args.vocab_start + v), logit);
       }
       best = group_reduce<kLanesPerRow>(best);
       stats = group_reduce<kLanesPerRow>(stats);
@@ -126,6 +129,7 @@ __global__ void __launch_bounds__(kTileThreads)
     const int64_t at = row * args.gamma + k;
     args.tokens[at] = best.index;
     args.token_logits[at] = best.logit;
+    if (args.token_scores != nullptr) args.token_scores[at] = best.score;
     args.stat_max[at] = stats.max;
     args.stat_sum[at] = stats.sum;
   }
@@ -148,7 +152,7 @@ __global__ void markov_confidence_kernel(MarkovBlockArgs args) {
     acc = fmaf(round_to_dtype(to_float(hidden[i]), pd), w[i], acc);
   if (args.conf_uses_markov) {
     const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
-    const WT* emb = static_cast<const WT*>(args.w1) + clamp_index(prev, args.vocab) * args.rank;
+    const WT* emb = static_cast<const WT*>(args.w1) + clamp_index(prev, args.vocab_total) * args.rank;
     for (int64_t i = lane; i < args.rank; i += 32)
       acc = fmaf(round_to_dtype(round_to_type<HT>(to_float(emb[i])), pd), w[args.hidden_size + i], acc);
   }
@@ -241,7 +245,13 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
                                 int hidden_dtype, void* workspace, uintptr_t cuda_stream) {
   if (args.rows < 1 || args.gamma < 1 || args.vocab < 1) return "markov_block: empty block";
   if (args.rank < 1 || args.rank > kMarkovMaxRank) return "markov_block: rank must be in [1, 512]";
-  if (args.rows > 0x7FFFFFFF || args.vocab > 0x7FFFFFFF) return "markov_block: shape too large";
+  if (args.rows > 0x7FFFFFFF || args.vocab_start + args.vocab > 0x7FFFFFFF)
+    return "markov_block: shape too large";
+  if (args.vocab_start < 0 || args.vocab_start % 4 != 0 || args.vocab_start + args.vocab > args.vocab_total)
+    return "markov_block: the shard [vocab_start, vocab_start + vocab) must start at a multiple of 4 "
+           "inside [0, vocab_total)";
+  if (args.first_position < 0 || args.first_position + args.gamma > 256)
+    return "markov_block: first_position + gamma must be <= 256";
   auto* partials = static_cast<MarkovPartial*>(workspace);
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
   const cudaError_t err = with_dtype(weight_dtype, [&](auto weight) {

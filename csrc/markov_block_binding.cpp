@@ -23,6 +23,9 @@ void bind_markov_block(py::module_& m) {
         a.gamma = integer(d, "gamma");
         a.vocab = integer(d, "vocab");
         a.rank = integer(d, "rank");
+        a.vocab_start = integer(d, "vocab_start");
+        a.vocab_total = integer(d, "vocab_total");
+        a.first_position = integer(d, "first_position");
         a.softcap = static_cast<float>(real(d, "softcap"));
         a.philox = philox(d);
         a.hidden = ptr<const void>(d, "hidden");
@@ -35,6 +38,7 @@ void bind_markov_block(py::module_& m) {
         a.sts_temperatures = ptr<const float>(d, "sts_temperatures");
         a.tokens = ptr<int64_t>(d, "tokens");
         a.token_logits = ptr<float>(d, "token_logits");
+        a.token_scores = ptr<float>(d, "token_scores");
         a.stat_max = ptr<float>(d, "stat_max");
         a.stat_sum = ptr<float>(d, "stat_sum");
         a.logits_out = ptr<void>(d, "logits_out");

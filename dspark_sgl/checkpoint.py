@@ -77,7 +77,9 @@ def _normalise_names(
 ) -> tuple[dict[str, torch.Tensor], str]:
     tensors = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
     if config.arch == "deepseek_v4":
-        mapping = deepseek_v4.from_v4_names(list(tensors), config.num_hidden_layers)
+        mapping = deepseek_v4.from_v4_names(
+            list(tensors), config.num_hidden_layers, simple_attention=config.q_lora_rank == 0
+        )
         return {ours: tensors[v4] for v4, ours in mapping.items()}, "deepseek_v4"
     prefixed = [k for k in tensors if k.startswith("model.")]
     if not prefixed:
@@ -189,7 +191,9 @@ def save_draft(
         if include_vocab or name not in _OPTIONAL
     }
     if fmt == "deepseek_v4":
-        names = deepseek_v4.to_v4_names(list(state), model.config.num_hidden_layers)
+        names = deepseek_v4.to_v4_names(
+            list(state), model.config.num_hidden_layers, simple_attention=model.config.q_lora_rank == 0
+        )
         state = {names[n]: t for n, t in state.items() if n in names}
     elif fmt == "sglang":
         state = {f"model.{n}": t for n, t in state.items()}

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dspark_sgl import scheduler as sched
-from dspark_sgl.models.draft import ContextCache, DSparkDraft, ragged_rows
+from dspark_sgl.models.draft import ContextCache, DSparkDraft, ragged_rows, tapped_features
 from dspark_sgl.verify import chain_verify
 
 __all__ = ["SCHEDULERS", "GenerationResult", "RoundRecord", "SpeculativeEngine", "TargetRunner"]
@@ -116,7 +116,7 @@ class TargetRunner:
         )
         self.slot_pos = torch.cat([self.slot_pos, positions], dim=1)
         self._pending = length
-        taps = torch.cat([out.hidden_states[t + 1] for t in self.taps], dim=-1)
+        taps = tapped_features(out.hidden_states, self.taps)
         return out.logits.float(), taps
 
     def _additive(self, allowed: torch.Tensor) -> torch.Tensor:

@@ -151,13 +151,16 @@ def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.d
 
 
 def load_target(path: str, device: str = "auto", dtype: str = "auto"):
-    """(tokenizer, target) from a local HF directory: SDPA attention, eval mode, frozen,
-    on the resolved device and dtype (see :func:`resolve_device_dtype`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(tokenizer, target) from a local HF directory: SDPA attention (eager attention for
+    architectures without SDPA, e.g. transformers' DeepSeek-V4), eval mode, frozen, on the
+    resolved device and dtype (see :func:`resolve_device_dtype`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dev, dt = resolve_device_dtype(device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    target = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation="sdpa")
+    model_cls = AutoModelForCausalLM._model_mapping[type(AutoConfig.from_pretrained(path))]
+    attention = "sdpa" if getattr(model_cls, "_supports_sdpa", False) else "eager"
+    target = AutoModelForCausalLM.from_pretrained(path, dtype=dt, attn_implementation=attention)
     return tokenizer, target.to(dev).eval().requires_grad_(False)
 
 

@@ -26,6 +26,7 @@ once per position for all rows, and writes the [R, g, V] logits only when asked
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,8 +41,13 @@ __all__ = [
     "MarkovHead",
     "RnnMarkovHead",
     "VanillaMarkovHead",
+    "empty_shard_candidates",
+    "gumbel_scores",
     "markov_bias",
+    "merge_shard_candidates",
+    "pack_shard_candidates",
     "sample_block",
+    "sample_block_sharded",
     "sample_block_with_head",
     "sample_from_logits",
     "softcap",
@@ -57,7 +63,12 @@ class DraftStats:
     so ``q_k(v) = exp(logits[r, k, v] / T - max[r, k]) / sum[r, k]``;
     token_logits: [R, g] float32, ``logits[r, k, tokens[r, k]]``.
     base_logits [R, g, V], anchor [R], w1 / w2 [V, r] and logit_softcap recompute one row:
-    ``logits[r, k] = softcap(base_logits[r, k]) + w1[x_{k-1}] @ w2.T`` (``x_{-1}`` = anchor).
+    ``logits[r, k] = softcap(base_logits[r, k]) + w1[x_{k-1}] @ w2.T`` (``x_{-1}`` = anchor),
+    the bias rounded to w2's dtype first (see :func:`markov_bias`).
+    token_scores: [R, g] float32 Gumbel-max keys of the drafted tokens (``logits / T + G``,
+    the logit itself on greedy rows), what a vocab shard's winner is compared by.
+    vocab_start: the first global column of a vocab shard (0 when the vocab is whole); the
+    statistics of a shard cover its columns only, and ``tokens`` are global ids.
     Valid only for the temperatures the block was drafted with.
     """
 
@@ -70,6 +81,8 @@ class DraftStats:
     w2: torch.Tensor
     logit_softcap: float | None = None
     logits_dtype: torch.dtype = torch.float32
+    token_scores: torch.Tensor | None = None
+    vocab_start: int = 0
 
     def row_logits(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Recompute ``logits[r, position[r]]`` for every row: [R, V] float32.
@@ -179,8 +192,21 @@ def _project(latent: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(latent.to(w2.dtype), w2).float()
 
 
-def _vanilla_bias(w1: torch.Tensor, w2: torch.Tensor, prev: torch.Tensor) -> torch.Tensor:
-    return _project(w1[prev], w2)
+def _vanilla_bias(
+    w1: torch.Tensor, w2: torch.Tensor, prev: torch.Tensor, w2_f64: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[N, V] float32: ``W1[prev]`` cast to W2's dtype, the products summed in float64 (each
+    product of two float32 values is exact there), rounded to float32 and then to W2's dtype.
+
+    That is what the kernel's float32 accumulator rounded to W2's dtype gives wherever its sum
+    is exact, and a column's value does not depend on how many columns are computed with it
+    (a BLAS float32 product's summation order does), so a vocab shard's bias equals the
+    unsharded one bit for bit. ``w2_f64``: a cached float64 copy of ``w2`` (reference only;
+    the kernel path never makes one).
+    """
+    w2_f64 = w2.double() if w2_f64 is None else w2_f64
+    bias = (w1[prev].to(w2.dtype).double() @ w2_f64.T).float()
+    return _round_logits(bias, w2.dtype)
 
 
 class MarkovHead(abc.ABC):
@@ -217,12 +243,69 @@ class MarkovHead(abc.ABC):
 
 
 class VanillaMarkovHead(MarkovHead):
-    """``B = W1[prev] @ W2``: a rank-r first-order transition bias."""
+    """``B = W1[prev] @ W2``: a rank-r first-order transition bias.
+
+    The bias is computed in W2's dtype (:attr:`bias_dtype`), as SGLang computes it for both
+    its DSpark and its V4 heads: ``W1[prev]`` cast to that dtype, accumulated in float32,
+    rounded once to it, then upcast into the float32 step add; float32 rounds nothing.
+
+    A vocab shard (tensor parallelism): ``w1`` is the whole [V, r] embedding (any previous
+    token), ``w2`` the rank's rows ``[vocab_start, vocab_start + V_local)``; the head then
+    biases, samples and reports only those columns, with noise keyed by the global column
+    (see :func:`sample_block_sharded`). ``vocab_size`` is the local width.
+    """
+
+    def __init__(
+        self,
+        w1: torch.Tensor,
+        w2: torch.Tensor,
+        *,
+        vocab_start: int = 0,
+    ) -> None:
+        if isinstance(vocab_start, bool) or not isinstance(vocab_start, int) or vocab_start < 0:
+            raise ValueError(f"vocab_start must be an int >= 0, got {vocab_start!r}")
+        sharded = vocab_start != 0 or w1.shape[0] != w2.shape[0]
+        if sharded:
+            vocab, _ = _check_markov_weights(w1, w2)
+            if vocab and vocab_start % 4 != 0:
+                raise ValueError(f"vocab_start must be a multiple of 4 (Philox quads), got {vocab_start}")
+            if vocab_start + vocab > w1.shape[0]:
+                raise ValueError(
+                    f"w2 rows [{vocab_start}, {vocab_start + vocab}) exceed the vocabulary of w1 "
+                    f"({w1.shape[0]})"
+                )
+            self.vocab_size, self.rank = vocab, w1.shape[1]
+            self.w1, self.w2 = w1, w2
+        else:
+            super().__init__(w1, w2)
+        self._w2_f64: torch.Tensor | None = None
+        self.vocab_start = vocab_start
+        self.total_vocab = w1.shape[0]
+        # Made by shard(): one rank's slice, even when it holds the whole vocabulary.
+        self.is_shard = False
+
+    @property
+    def bias_dtype(self) -> torch.dtype:
+        """The dtype the bias is rounded to: W2's."""
+        return self.w2.dtype
+
+    def shard(self, start: int, end: int) -> VanillaMarkovHead:
+        """The head of the rank holding global columns ``[start, end)`` (a view of ``w2``; empty
+        on a rank past the vocabulary, whose lm_head partition is all padding)."""
+        if self.vocab_start != 0 or self.total_vocab != self.vocab_size:
+            raise ValueError("shard() needs a head over the whole vocabulary")
+        if not 0 <= start <= end <= self.vocab_size:
+            raise ValueError(f"shard [{start}, {end}) is not inside [0, {self.vocab_size}]")
+        shard = VanillaMarkovHead(self.w1, self.w2[start:end], vocab_start=start)
+        shard.is_shard = True
+        return shard
 
     def step(
         self, prev: torch.Tensor, hidden: torch.Tensor | None, state: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return _vanilla_bias(self.w1, self.w2, prev), None
+        if self._w2_f64 is None:  # made on the first reference step only (the kernel never needs it)
+            self._w2_f64 = self.w2.double()
+        return _vanilla_bias(self.w1, self.w2, prev, self._w2_f64), None
 
 
 def _check_linear(
@@ -386,27 +469,57 @@ def sample_from_logits(
     offset: rng.SeedLike,
     stream: rng.Stream,
     position: int | torch.Tensor,
+    vocab_start: int = 0,
 ) -> torch.Tensor:
     """Gumbel-max sample of ``softmax(logits / T)`` per row; argmax where ``T == 0``.
 
     logits: [R, V] float32, temperature: [R] float32, position: int or [R] int64.
-    Returns [R] int64. Draw noise is ``rng.gumbel(seed, offset, stream, row, position)``.
+    Returns [R] int64 column indices of ``logits``. Draw noise is
+    ``rng.gumbel(seed, offset, stream, row, position, V, vocab_start)``: a vocab shard's
+    columns draw the noise of global columns ``vocab_start + v``.
     """
-    rows, vocab = logits.shape
-    device = logits.device
     if rng.noise_unused(temperature):
         return logits.argmax(dim=-1)
+    return gumbel_scores(
+        logits,
+        temperature,
+        seed=seed,
+        offset=offset,
+        stream=stream,
+        position=position,
+        vocab_start=vocab_start,
+    ).argmax(dim=-1)
+
+
+def gumbel_scores(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    *,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    stream: rng.Stream,
+    position: int | torch.Tensor,
+    vocab_start: int = 0,
+) -> torch.Tensor:
+    """The Gumbel-max keys [R, V] float32: ``logits / T + G`` on sampled rows, ``logits`` on
+    greedy rows (see :func:`sample_from_logits`)."""
+    rows, vocab = logits.shape
+    device = logits.device
     sampled_rows = temperature > 0
     row_ids = torch.arange(rows, device=device)
     pos = torch.as_tensor(position, dtype=torch.int64, device=device).expand(rows)
-    noise = rng.gumbel(seed, offset, stream, row_ids, pos, vocab)
+    noise = rng.gumbel(seed, offset, stream, row_ids, pos, vocab, vocab_start)
     safe_t = torch.where(sampled_rows, temperature, torch.ones_like(temperature))
-    scores = torch.where(sampled_rows[:, None], logits / safe_t[:, None] + noise, logits)
-    return scores.argmax(dim=-1)
+    return torch.where(sampled_rows[:, None], logits / safe_t[:, None] + noise, logits)
 
 
 def _check_block_inputs(
-    base_logits: torch.Tensor, anchor: torch.Tensor, temperature: torch.Tensor, vocab_size: int
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    temperature: torch.Tensor,
+    vocab_size: int,
+    first_position: int = 0,
+    total_vocab: int | None = None,
 ) -> tuple[int, int, int]:
     _checks.tensor("base_logits", base_logits, dtypes=_checks.FLOAT_DTYPES, ndim=3)
     rows, gamma, vocab = base_logits.shape
@@ -417,9 +530,11 @@ def _check_block_inputs(
         raise ValueError(
             f"base_logits must hold at least one draft position, got shape {list(base_logits.shape)}"
         )
-    rng.check_position(gamma - 1)
+    if isinstance(first_position, bool) or not isinstance(first_position, int) or first_position < 0:
+        raise ValueError(f"first_position must be an int >= 0, got {first_position!r}")
+    rng.check_position(first_position + gamma - 1)
     _checks.tensor("anchor", anchor, dtypes=(torch.int64,), shape=(rows,), device=device)
-    _checks.in_range("anchor", anchor, 0, vocab)
+    _checks.in_range("anchor", anchor, 0, vocab if total_vocab is None else total_vocab)
     _checks.temperature("temperature", temperature, rows, device)
     _checks.not_nan("base_logits", base_logits)
     return rows, gamma, vocab
@@ -438,6 +553,7 @@ def sample_block_with_head(
     logit_softcap: float | None = None,
     keep_logits: bool = True,
     logits_dtype: torch.dtype = torch.float32,
+    first_position: int = 0,
 ) -> DraftBlock:
     """Draft a block with any Markov head.
 
@@ -447,13 +563,21 @@ def sample_block_with_head(
     U_k before the bias; keep_logits: False returns ``logits=None`` (vanilla head only:
     verify from ``stats``); logits_dtype: float32, or bf16/fp16 to round every
     ``logits_k`` to before sampling from it (SGLang keeps step logits so), which is
-    also the dtype of ``DraftBlock.logits``. Returns a :class:`DraftBlock`; vanilla heads also fill
-    ``stats``. Runs the ``markov_block`` CUDA kernel for the vanilla head on a GPU, else
-    the PyTorch reference.
+    also the dtype of ``DraftBlock.logits``; first_position: the Philox position of
+    ``base_logits[:, 0]`` (a block drafted one position per call, e.g. with a
+    tensor-parallel token sync between positions). A vocab-shard head (``vocab_start``,
+    see :class:`VanillaMarkovHead`) drafts from its columns only: ``tokens`` are global
+    ids of the shard's winners and ``stats`` the shard's statistics and winning keys; use
+    :func:`sample_block_sharded` for the exchange between shards. Returns a
+    :class:`DraftBlock`; vanilla heads also fill ``stats``. Runs the ``markov_block`` CUDA
+    kernel for the vanilla head on a GPU, else the PyTorch reference.
     """
     if not isinstance(head, MarkovHead):
         raise TypeError(f"head must be a MarkovHead, got {type(head).__name__}")
-    rows, gamma, vocab = _check_block_inputs(base_logits, anchor, temperature, head.vocab_size)
+    vocab_start = getattr(head, "vocab_start", 0)
+    rows, gamma, vocab = _check_block_inputs(
+        base_logits, anchor, temperature, head.vocab_size, first_position, head.w1.shape[0]
+    )
     device = base_logits.device
     if head.w1.device != device:
         raise ValueError(f"the Markov head is on {head.w1.device} but base_logits is on {device}")
@@ -503,6 +627,7 @@ def sample_block_with_head(
             logit_softcap,
             keep_logits,
             logits_dtype,
+            first_position,
         )
 
     tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
@@ -510,6 +635,7 @@ def sample_block_with_head(
     conf_logits = torch.empty(rows, gamma, dtype=torch.float32, device=device) if confidence_head else None
     stat_max = torch.empty(rows, gamma, dtype=torch.float32, device=device)
     stat_sum = torch.empty_like(stat_max)
+    token_scores = torch.empty_like(stat_max)
     safe_t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
     prev = anchor
     state = head.initial_state(rows)
@@ -526,9 +652,21 @@ def sample_block_with_head(
         if conf_logits is not None:
             emb = head.w1[prev] if use_markov_feature else None
             conf_logits[:, k] = confidence_head.logit(hidden_k, emb)
-        prev = sample_from_logits(
-            logits_k, temperature, seed=seed, offset=offset, stream=rng.Stream.DRAFT, position=k
-        )
+        if rng.noise_unused(temperature):
+            scores = logits_k.float()
+        else:
+            scores = gumbel_scores(
+                logits_k.float(),
+                temperature,
+                seed=seed,
+                offset=offset,
+                stream=rng.Stream.DRAFT,
+                position=first_position + k,
+                vocab_start=vocab_start,
+            )
+        local = scores.argmax(dim=-1)
+        token_scores[:, k] = scores.gather(1, local[:, None]).squeeze(1)
+        prev = local + vocab_start
         tokens[:, k] = prev
     confidence = confidence_head.calibrate(conf_logits) if confidence_head is not None else None
     stats = None
@@ -536,13 +674,15 @@ def sample_block_with_head(
         stats = DraftStats(
             max=stat_max,
             sum=stat_sum,
-            token_logits=logits.gather(2, tokens[:, :, None]).squeeze(2).float(),
+            token_logits=logits.gather(2, tokens[:, :, None] - vocab_start).squeeze(2).float(),
             base_logits=base_logits,
             anchor=anchor,
             w1=head.w1,
             w2=head.w2,
             logit_softcap=logit_softcap,
             logits_dtype=logits_dtype,
+            token_scores=token_scores,
+            vocab_start=vocab_start,
         )
     return DraftBlock(
         tokens=tokens,
@@ -580,6 +720,7 @@ def _sample_block_cuda(
     logit_softcap: float | None,
     keep_logits: bool,
     logits_dtype: torch.dtype,
+    first_position: int,
 ) -> DraftBlock:
     """The ``markov_block`` kernel: same outputs as the reference loop above."""
     rows, gamma, vocab = base_logits.shape
@@ -593,6 +734,7 @@ def _sample_block_cuda(
 
     tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
     token_logits, stat_max, stat_sum = f32(rows, gamma), f32(rows, gamma), f32(rows, gamma)
+    token_scores = f32(rows, gamma)
     logits = torch.empty(rows, gamma, vocab, dtype=logits_dtype, device=device) if keep_logits else None
     conf_logits = confidence = conf_weight = conf_bias = sts = None
     conf_bias_value = 0.0
@@ -623,6 +765,9 @@ def _sample_block_cuda(
             "rows": rows,
             "gamma": gamma,
             "vocab": vocab,
+            "vocab_start": head.vocab_start,
+            "vocab_total": head.total_vocab,
+            "first_position": first_position,
             "rank": head.rank,
             "softcap": float(logit_softcap) if logit_softcap is not None else 0.0,
             **_dispatch.philox_args(seed, offset),
@@ -637,6 +782,7 @@ def _sample_block_cuda(
             "sts_temperatures": _dispatch.pointer(sts),
             "tokens": _dispatch.pointer(tokens),
             "token_logits": _dispatch.pointer(token_logits),
+            "token_scores": _dispatch.pointer(token_scores),
             "stat_max": _dispatch.pointer(stat_max),
             "stat_sum": _dispatch.pointer(stat_sum),
             "logits_out": _dispatch.pointer(logits),
@@ -657,10 +803,178 @@ def _sample_block_cuda(
         w2=w2,
         logit_softcap=logit_softcap,
         logits_dtype=logits_dtype,
+        token_scores=token_scores,
+        vocab_start=head.vocab_start,
     )
     return DraftBlock(
         tokens=tokens, logits=logits, confidence=confidence, confidence_logits=conf_logits, stats=stats
     )
+
+
+# Candidate row a vocab shard hands the exchange: score, index bits, logit, max, sum, padding
+# to 32 bytes (SGLang's NVLink gather moves 16-byte vectors).
+_CANDIDATE_WIDTH = 8
+_INDEX_MASK = 0x7FFFFFFF
+
+
+def pack_shard_candidates(
+    scores: torch.Tensor,
+    tokens: torch.Tensor,
+    token_logits: torch.Tensor | None = None,
+    stat_max: torch.Tensor | None = None,
+    stat_sum: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """What a vocab shard contributes to one position's exchange: [R, 8] float32.
+
+    Columns: the winner's Gumbel-max key (scores [R]), its global id (tokens [R], as int32
+    bits), its logit, the shard's softmax max and sum of ``logits / T`` (each [R] float32,
+    zeros when not given), three zeros.
+    """
+    out = torch.zeros(tokens.shape[0], _CANDIDATE_WIDTH, dtype=torch.float32, device=tokens.device)
+    out[:, 0] = scores
+    out[:, 1] = tokens.to(torch.int32).view(torch.float32)
+    for column, value in ((2, token_logits), (3, stat_max), (4, stat_sum)):
+        if value is not None:
+            out[:, column] = value
+    return out
+
+
+def empty_shard_candidates(rows: int, device: torch.device) -> torch.Tensor:
+    """The [R, 8] candidates of a rank with no columns: a key and max of -inf, no index."""
+    out = torch.zeros(rows, _CANDIDATE_WIDTH, dtype=torch.float32, device=device)
+    out[:, 0] = out[:, 3] = -torch.inf
+    out[:, 1] = torch.tensor(_INDEX_MASK, dtype=torch.int32).view(torch.float32)
+    return out
+
+
+def merge_shard_candidates(
+    gathered: torch.Tensor, rows: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge the shards' candidates of one position, as TP = 1 would decide.
+
+    gathered: [world * R, 8] float32, the shards' :func:`pack_shard_candidates` stacked rank by
+    rank (SGLang's ``VocabGather.gather_stacked``). Returns (tokens [R] int64, token
+    logits, max, sum, token scores [R] float32): the highest key, ties to the lowest
+    global id (the first-index argmax of the whole row); max is the shards' max, sum their
+    sums rescaled to it. Every rank merging the same gathered rows gets the same result.
+    """
+    if gathered.dim() != 2 or gathered.shape[1] != _CANDIDATE_WIDTH or gathered.shape[0] % max(rows, 1):
+        raise ValueError(
+            f"gathered must be [world * {rows}, {_CANDIDATE_WIDTH}] float32, got {list(gathered.shape)}"
+        )
+    g = gathered.view(-1, rows, _CANDIDATE_WIDTH)
+    scores = g[..., 0]
+    # The sign bit is cleared as SGLang does (its NVLink transport may turn +0 into -0).
+    index = (g[..., 1].contiguous().view(torch.int32) & _INDEX_MASK).long()
+    best = scores.amax(dim=0)
+    ties = scores == best
+    token = torch.where(ties, index, torch.full_like(index, _INDEX_MASK)).amin(dim=0)
+    winner = (ties & (index == token)).to(torch.int64).argmax(dim=0)
+    pick = winner[None, :, None].expand(1, rows, _CANDIDATE_WIDTH)
+    chosen = g.gather(0, pick)[0]
+    peak = g[..., 3].amax(dim=0)
+    total = (g[..., 4] * torch.exp(g[..., 3] - peak)).sum(dim=0)
+    return token, chosen[:, 2], peak, total, chosen[:, 0]
+
+
+def sample_block_sharded(
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    head: VanillaMarkovHead,
+    temperature: torch.Tensor,
+    *,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    gather_stacked: Callable[[torch.Tensor], torch.Tensor],
+    gather_logits: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    keep_logits: bool = True,
+    logits_dtype: torch.dtype = torch.float32,
+    logit_softcap: float | None = None,
+) -> DraftBlock:
+    """Draft a block on one rank of a vocab-sharded (tensor-parallel) Markov head.
+
+    base_logits: [R, g, V_local], the rank's columns ``[head.vocab_start, + V_local)`` of
+    the backbone logits; head: the rank's shard (:meth:`VanillaMarkovHead.shard`). Per
+    position: the shard's winner and statistics (the ``markov_block`` kernel on a GPU,
+    noise keyed by the global column), one ``gather_stacked`` exchange of [R, 8]
+    candidates, the merge (:func:`merge_shard_candidates`), then ``sync`` (e.g. a
+    broadcast from rank 0) before the token feeds the next position. With
+    ``keep_logits``, one ``gather_logits`` ([R * g, V_local] -> [R * g, V]) after the loop
+    returns the whole logits. Tokens, logits and the statistics' max equal the unsharded
+    block for the same seed; the sums agree to float32 rounding.
+
+    Returns a :class:`DraftBlock`: tokens [R, g] global ids, logits [R, g, V] or None,
+    stats with the merged max / sum / token_logits / token_scores (its recompute fields
+    are this rank's shard: verifying from statistics needs the whole W2).
+    """
+    if not isinstance(head, VanillaMarkovHead):
+        raise TypeError(f"head must be a VanillaMarkovHead shard, got {type(head).__name__}")
+    if keep_logits and gather_logits is None:
+        raise ValueError("keep_logits=True needs gather_logits")
+    _checks.tensor("base_logits", base_logits, dtypes=_checks.FLOAT_DTYPES, ndim=3)
+    rows, gamma, _ = base_logits.shape
+    device = base_logits.device
+    merged = {name: torch.empty(rows, gamma, dtype=torch.float32, device=device) for name in _MERGED}
+    tokens = torch.empty(rows, gamma, dtype=torch.int64, device=device)
+    local_logits = []
+    prev = anchor
+    for k in range(gamma):
+        if head.vocab_size == 0:
+            # A rank past the vocab (its lm_head partition is all padding) still exchanges.
+            candidates = empty_shard_candidates(rows, device)
+            local = DraftBlock(tokens=anchor[:, None], logits=base_logits[:, k : k + 1].to(logits_dtype))
+        else:
+            local = sample_block_with_head(
+                base_logits[:, k : k + 1],
+                prev,
+                head,
+                temperature,
+                seed=seed,
+                offset=offset,
+                logit_softcap=logit_softcap,
+                keep_logits=keep_logits,
+                logits_dtype=logits_dtype,
+                first_position=k,
+            )
+            stats = local.stats
+            candidates = pack_shard_candidates(
+                stats.token_scores[:, 0],
+                local.tokens[:, 0],
+                stats.token_logits[:, 0],
+                stats.max[:, 0],
+                stats.sum[:, 0],
+            )
+        token, *values = merge_shard_candidates(gather_stacked(candidates), rows)
+        for name, value in zip(_MERGED, values, strict=True):
+            merged[name][:, k] = value
+        if sync is not None:
+            token = sync(token)
+        tokens[:, k] = token
+        if keep_logits:
+            local_logits.append(local.logits)
+        prev = token
+    logits = None
+    if keep_logits:
+        flat = torch.cat(local_logits, dim=1).reshape(rows * gamma, -1)
+        logits = gather_logits(flat).reshape(rows, gamma, -1)
+    stats = DraftStats(
+        max=merged["max"],
+        sum=merged["sum"],
+        token_logits=merged["token_logits"],
+        base_logits=base_logits,
+        anchor=anchor,
+        w1=head.w1,
+        w2=head.w2,
+        logit_softcap=logit_softcap,
+        logits_dtype=logits_dtype,
+        token_scores=merged["token_scores"],
+        vocab_start=head.vocab_start,
+    )
+    return DraftBlock(tokens=tokens, logits=logits, stats=stats)
+
+
+_MERGED = ("token_logits", "max", "sum", "token_scores")
 
 
 def sample_block(

@@ -152,16 +152,18 @@ def _uniform_reference(
     row: torch.Tensor,
     position: torch.Tensor,
     vocab_size: int,
+    vocab_start: int = 0,
 ) -> torch.Tensor:
     device = row.device
     key, c1, c2, c3 = _counters(seed, offset, stream, row, position, device)
     batch_shape = torch.broadcast_shapes(c1.shape, c2.shape)
-    num_blocks = (vocab_size + 3) // 4
-    c0 = torch.arange(num_blocks, dtype=torch.int64, device=device)
+    first_block, lead = divmod(vocab_start, 4)
+    num_blocks = (lead + vocab_size + 3) // 4
+    c0 = first_block + torch.arange(num_blocks, dtype=torch.int64, device=device)
     words = philox4x32((c0, c1.unsqueeze(-1), c2.unsqueeze(-1), c3), (key[0], key[1]))
     words = [w.expand(*batch_shape, num_blocks) for w in words]
     bits = torch.stack(words, dim=-1).reshape(*batch_shape, num_blocks * 4)
-    return _bits_to_unit_float(bits[..., :vocab_size])
+    return _bits_to_unit_float(bits[..., lead : lead + vocab_size])
 
 
 def uniform(
@@ -171,22 +173,31 @@ def uniform(
     row: torch.Tensor,
     position: torch.Tensor,
     vocab_size: int,
+    vocab_start: int = 0,
 ) -> torch.Tensor:
-    """Uniform (0, 1) float32 draws for every vocabulary index.
+    """Uniform (0, 1) float32 draws for the vocabulary indices ``[vocab_start, vocab_start +
+    vocab_size)`` (a tensor-parallel rank's slice draws what the whole vocabulary would).
 
     ``row`` and ``position`` are integer tensors broadcastable to a batch shape ``S``;
     returns ``[*S, vocab_size]`` float32. Draw ``[..., v]`` depends only on
-    (seed, offset, stream, row, position, v). Runs the CUDA kernel when the extension
-    is loaded and the inputs are on a GPU, else the PyTorch reference.
+    (seed, offset, stream, row, position, vocab_start + v). Runs the CUDA kernel when the
+    extension is loaded, the inputs are on a GPU and ``vocab_start`` is 0, else the
+    PyTorch reference.
     """
     if not isinstance(stream, Stream):
         raise TypeError(f"stream must be a dspark_sgl.rng.Stream, got {stream!r}")
     if vocab_size < 1:
         raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if isinstance(vocab_start, bool) or not isinstance(vocab_start, int) or not 0 <= vocab_start < 1 << 33:
+        raise ValueError(f"vocab_start must be an int in [0, 2^33), got {vocab_start!r}")
     check_seed_offset(seed, offset, row.device)
-    if _dispatch.use_kernel("philox_uniform", row.device):
+    if _dispatch.use_kernel(
+        "philox_uniform",
+        row.device,
+        lambda: "a vocabulary slice (vocab_start != 0)" if vocab_start else None,
+    ):
         return _uniform_cuda(seed, offset, stream, row, position, vocab_size)
-    return _uniform_reference(seed, offset, stream, row, position, vocab_size)
+    return _uniform_reference(seed, offset, stream, row, position, vocab_size, vocab_start)
 
 
 def _uniform_cuda(
@@ -258,9 +269,11 @@ def gumbel(
     row: torch.Tensor,
     position: torch.Tensor,
     vocab_size: int,
+    vocab_start: int = 0,
 ) -> torch.Tensor:
-    """Standard Gumbel noise ``-log(-log(u))`` in float32, shape ``[*S, vocab_size]``."""
-    u = uniform(seed, offset, stream, row, position, vocab_size)
+    """Standard Gumbel noise ``-log(-log(u))`` in float32, shape ``[*S, vocab_size]``, for
+    the vocabulary indices from ``vocab_start`` (see :func:`uniform`)."""
+    u = uniform(seed, offset, stream, row, position, vocab_size, vocab_start)
     return -torch.log(-torch.log(u))
 
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F  # noqa: N812
 from dspark_sgl import _io, markov
 from dspark_sgl.evaluate import DTYPES, load_target
 from dspark_sgl.models import DraftConfig, DSparkDraft
-from dspark_sgl.models.draft import ragged_rows
+from dspark_sgl.models.draft import ragged_rows, tapped_features
 
 __all__ = [
     "Batch",
@@ -340,7 +340,7 @@ def _target_features(target, batch: Batch, tap_ids: list[int]) -> tuple[torch.Te
     """(taps [S, n, n_taps * H], logits [S, n, V] float32) of the frozen target."""
     mask = (torch.arange(batch.ids.shape[1], device=batch.ids.device)[None] < batch.lengths[:, None]).long()
     out = target(input_ids=batch.ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
-    taps = torch.cat([out.hidden_states[t + 1] for t in tap_ids], dim=-1)
+    taps = tapped_features(out.hidden_states, tap_ids)
     return taps, out.logits.float()
 
 
@@ -372,11 +372,11 @@ def anchor_hidden(
     query_anchor_pos = anchor_pos.repeat_interleave(gamma, dim=1)
     ctx_valid = ctx_pos[:, None, :] < query_anchor_pos[:, :, None]  # [S, A * g, n]
     block_mask = (owner[:, None] == owner[None, :]).expand(s_count, -1, -1)
-    x = draft.embed(block)
+    x = draft.layer_input(block)
     for layer in draft.layers:
         k, v = layer.self_attn.project_kv(ctx, ctx_pos)
         x = layer(x, block_pos, (k, v, ctx_pos, ctx_valid, block_mask))
-    hidden = draft.norm(x).view(s_count, width, gamma, -1)
+    hidden = draft.final_hidden(x).view(s_count, width, gamma, -1)
     return hidden[seq, slot]
 
 

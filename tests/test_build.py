@@ -38,6 +38,15 @@ def test_launchers_report_bad_arguments_without_touching_the_device():
     args.update(rows=1, gamma=1, vocab=8, rank=513)
     with pytest.raises(RuntimeError, match="rank must be in"):
         ext.markov_block(args)
+    args.update(rank=8, vocab_total=16, vocab_start=2)
+    with pytest.raises(RuntimeError, match="multiple of 4"):
+        ext.markov_block(args)
+    args.update(vocab_start=12)
+    with pytest.raises(RuntimeError, match="inside"):
+        ext.markov_block(args)
+    args.update(vocab_start=8, first_position=255, gamma=2)
+    with pytest.raises(RuntimeError, match="first_position"):
+        ext.markov_block(args)
     args = dict.fromkeys(_SCHEDULE_KEYS, 0)
     args.update(rows=1024, gamma=16, sps_points=1)
     with pytest.raises(RuntimeError, match="8192"):
@@ -47,7 +56,8 @@ def test_launchers_report_bad_arguments_without_touching_the_device():
 
 
 _MARKOV_KEYS = (
-    "base_logits anchor w1 w2 temperature rows gamma vocab rank softcap seed_value seed_ptr offset_value "
+    "base_logits anchor w1 w2 temperature rows gamma vocab vocab_start vocab_total first_position rank "
+    "softcap seed_value seed_ptr offset_value token_scores "
     "offset_ptr hidden hidden_size conf_weight conf_uses_markov conf_bias conf_bias_value conf_dtype "
     "sts_temperatures "
     "tokens token_logits stat_max stat_sum logits_out logits_dtype conf_logits confidence base_dtype "

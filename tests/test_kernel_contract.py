@@ -139,10 +139,11 @@ def test_softcapped_block_is_bit_exact_kernel_vs_reference(backend):
 
 
 # ---------------------------------------------------------------------------------------
-# 2.2 sample_block never converts W2
+# 2.2 sample_block never converts W2 on the kernel path (the reference sums in float64, from
+# a copy of W2 per head: see markov._vanilla_bias)
 
 
-@pytest.mark.parametrize("path", ["kernel", "reference"])
+@pytest.mark.parametrize("path", ["kernel"])
 def test_sample_block_never_converts_w2(backend, monkeypatch, path):
     rows, gamma, vocab, rank = backend.size((32, 4, 129280, 64), (4, 2, 300, 16))
     gen = torch.Generator().manual_seed(2)

@@ -47,6 +47,7 @@ def _v4_raw() -> dict:
         "dspark_n_routed_experts": 4,
         "dspark_num_experts_per_tok": 2,
         "sliding_window": 4,
+        "scoring_func": "sigmoid",  # the older simplified layout (V4 itself: sqrtsoftplus)
     }
 
 

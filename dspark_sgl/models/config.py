@@ -93,7 +93,11 @@ class DraftConfig:
     ``target_layer_ids`` are the tapped target layers (HF ``hidden_states[l + 1]``),
     ``block_size`` is gamma, ``markov_rank == 0`` is a plain DFlash draft. Gemma4 adds
     ``final_logit_softcapping``, ``attention_k_eq_v`` and the partial-RoPE fraction;
-    DeepSeek-V4 adds the MoE fields and ``sliding_window``.
+    DeepSeek-V4 adds the MoE fields (``scoring_func``: SGLang's ``sqrtsoftplus`` or
+    ``sigmoid``), ``sliding_window``, its attention (``q_lora_rank > 0``: the low-rank
+    query / grouped low-rank output MQA of :mod:`dspark_sgl.models.v4_attention`; 0: the
+    older simplified ``wq``/``wkv``/``wo`` layout) and mHC (``hc_mult > 1``,
+    :mod:`dspark_sgl.models.mhc`).
     """
 
     arch: str
@@ -125,6 +129,16 @@ class DraftConfig:
     n_shared_experts: int = 0
     routed_scaling_factor: float = 1.0
     sliding_window: int | None = None
+    scoring_func: str = "sigmoid"
+    q_lora_rank: int = 0
+    o_lora_rank: int = 0
+    o_groups: int = 1
+    qk_rope_head_dim: int = 0
+    q_head_norm: bool = False
+    hc_mult: int = 1
+    hc_sinkhorn_iters: int = 20
+    hc_eps: float = 1e-6
+    swiglu_limit: float | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -222,6 +236,8 @@ class DraftConfig:
             ),
             raw=raw,
         )
+        if arch == "deepseek_v4":
+            _v4_fields(config, merged)
         if config.mask_token_id >= config.vocab_size:
             raise ValueError(
                 f"draft config: mask_token_id {config.mask_token_id} is outside the embedding "
@@ -243,3 +259,30 @@ class DraftConfig:
         bad = [t for t in self.target_layer_ids if t >= num_layers]
         if bad:
             raise ValueError(f"draft target_layer_ids {bad} are past the target's {num_layers} layers")
+
+
+_SCORING_FUNCS = ("sqrtsoftplus", "sigmoid")
+
+
+def _v4_fields(config: DraftConfig, merged: dict[str, Any]) -> None:
+    """DeepSeek-V4's router, attention and mHC fields (SGLang's ``DeepSeekV4Config`` names
+    and defaults where a checkpoint's config carries them)."""
+    scoring = str(merged.get("scoring_func", "sqrtsoftplus"))
+    if scoring not in _SCORING_FUNCS:
+        raise ValueError(f"draft config: scoring_func {scoring!r} is not one of {_SCORING_FUNCS}")
+    config.scoring_func = scoring
+    config.q_lora_rank = _int(merged, "q_lora_rank", 0)
+    if config.q_lora_rank:
+        config.o_lora_rank = _int(merged, "o_lora_rank", minimum=1)
+        config.o_groups = _int(merged, "o_groups", minimum=1)
+        config.qk_rope_head_dim = _int(merged, "qk_rope_head_dim", minimum=2)
+        config.q_head_norm = bool(merged.get("q_head_norm", True))
+    config.hc_mult = _int(merged, "hc_mult", 1, minimum=1)
+    config.hc_sinkhorn_iters = _int(merged, "hc_sinkhorn_iters", 20, minimum=1)
+    config.hc_eps = float(merged.get("hc_eps", 1e-6))
+    limit = merged.get("swiglu_limit")
+    config.swiglu_limit = float(limit) if limit else None
+    if merged.get("hc_pre_from_prev_sublayer"):
+        raise ValueError(
+            "draft config: hc_pre_from_prev_sublayer (DeepSeek-V4.1 mHC boundary) is not supported"
+        )

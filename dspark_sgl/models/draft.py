@@ -22,8 +22,9 @@ Backbones (``config.arch``):
   through an unscaled norm), GELU-tanh MLP, embeddings times sqrt(H) rounded to bf16, and
   ``final_logit_softcapping`` applied to the base logits before the Markov bias.
   Assumption: every draft layer is a full-attention layer with ``head_dim``.
-* ``deepseek_v4``: see :mod:`dspark_sgl.models.deepseek_v4` for the checkpoint mapping and
-  the assumptions made where V4 is not public.
+* ``deepseek_v4``: SGLang's V4 draft stages (:mod:`dspark_sgl.models.v4_attention`,
+  :mod:`dspark_sgl.models.mhc`, the sqrtsoftplus MoE); :mod:`dspark_sgl.models.deepseek_v4`
+  lists the checkpoint mapping, the facts checked against SGLang and the named differences.
 """
 
 from __future__ import annotations
@@ -35,8 +36,28 @@ from torch import nn
 from dspark_sgl import markov, rng
 from dspark_sgl.models.config import DraftConfig
 from dspark_sgl.models.layers import ContextAttention, GatedMLP, MoE, RMSNorm
+from dspark_sgl.models.mhc import HyperConnection, HyperHead
+from dspark_sgl.models.v4_attention import V4Attention
 
-__all__ = ["ConfidenceModule", "ContextCache", "DSparkDraft", "DraftLayer", "MarkovModule", "ragged_rows"]
+__all__ = [
+    "ConfidenceModule",
+    "ContextCache",
+    "DSparkDraft",
+    "DraftLayer",
+    "MarkovModule",
+    "ragged_rows",
+    "tapped_features",
+]
+
+
+def tapped_features(hidden_states: tuple[torch.Tensor, ...], taps: list[int]) -> torch.Tensor:
+    """The draft's context features from an HF target's ``hidden_states``: layer ``l``'s
+    output ``hidden_states[l + 1]`` per tapped layer, concatenated: [..., n_taps * H]. A
+    target with mHC streams ([..., n, H], DeepSeek-V4) gives each layer's stream mean, as
+    SGLang captures it (``mhc_stream_mean``)."""
+    return torch.cat(
+        [h.mean(dim=-2) if h.dim() == 4 else h for h in (hidden_states[t + 1] for t in taps)], dim=-1
+    )
 
 
 class DraftLayer(nn.Module):
@@ -45,7 +66,9 @@ class DraftLayer(nn.Module):
     def __init__(self, config: DraftConfig) -> None:
         super().__init__()
         arch = config.arch
-        style = "gemma4" if arch == "gemma4" else "qwen3"
+        v4 = arch == "deepseek_v4" and config.q_lora_rank > 0
+        # SGLang's RMSNorm multiplies in float32 and casts after (Gemma4's order).
+        style = "gemma4" if arch == "gemma4" or v4 else "qwen3"
         eps = config.rms_norm_eps
         if arch == "gemma4":
             value_mode = "gemma4" if config.attention_k_eq_v else "separate"
@@ -56,7 +79,17 @@ class DraftLayer(nn.Module):
             value_mode, scaling = "separate", config.head_dim**-0.5
         self.sandwich = arch == "gemma4"
         self.input_layernorm = RMSNorm(config.hidden_size, eps, style=style)
-        self.self_attn = ContextAttention(config, value_mode=value_mode, norm_style=style, scaling=scaling)
+        if v4:
+            self.self_attn: nn.Module = V4Attention(config)
+        else:
+            self.self_attn = ContextAttention(
+                config, value_mode=value_mode, norm_style=style, scaling=scaling
+            )
+        self.hc_attn = self.hc_ffn = None
+        if config.hc_mult > 1:
+            hc = dict(sinkhorn_iters=config.hc_sinkhorn_iters, hc_eps=config.hc_eps, rms_eps=eps)
+            self.hc_attn = HyperConnection(config.hc_mult, config.hidden_size, **hc)
+            self.hc_ffn = HyperConnection(config.hc_mult, config.hidden_size, **hc)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, style=style)
         if self.sandwich:
             self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, eps, style=style)
@@ -69,6 +102,12 @@ class DraftLayer(nn.Module):
     def forward(
         self, x: torch.Tensor, positions: torch.Tensor, ctx: tuple[torch.Tensor, ...]
     ) -> torch.Tensor:
+        if self.hc_attn is not None:
+            # mHC: x is [R, g, n, H], n residual streams mixed around each sub-layer.
+            y, post, comb = self.hc_attn.pre(x)
+            x = self.hc_attn.post(self.self_attn(self.input_layernorm(y), positions, *ctx), x, post, comb)
+            y, post, comb = self.hc_ffn.pre(x)
+            return self.hc_ffn.post(self.mlp(self.post_attention_layernorm(y)), x, post, comb)
         attn = self.self_attn(self.input_layernorm(x), positions, *ctx)
         if self.sandwich:
             x = x + self.post_attention_layernorm(attn)
@@ -176,7 +215,15 @@ class DSparkDraft(nn.Module):
         self.fc = nn.Linear(config.num_taps * h, h, bias=False)
         self.hidden_norm = RMSNorm(h, config.rms_norm_eps, style=style)
         self.layers = nn.ModuleList(DraftLayer(config) for _ in range(config.num_hidden_layers))
+        if config.arch == "deepseek_v4" and config.q_lora_rank > 0:
+            style = "gemma4"  # SGLang's RMSNorm rounding (see DraftLayer)
+            self.hidden_norm = RMSNorm(h, config.rms_norm_eps, style=style)
         self.norm = RMSNorm(h, config.rms_norm_eps, style=style)
+        self.hc_head = (
+            HyperHead(config.hc_mult, h, hc_eps=config.hc_eps, rms_eps=config.rms_norm_eps)
+            if config.hc_mult > 1
+            else None
+        )
         self.markov_head = MarkovModule(config) if config.is_dspark else None
         self.confidence_head = ConfidenceModule(config) if config.enable_confidence_head else None
         self.sts_temperatures: torch.Tensor | None = None
@@ -273,11 +320,25 @@ class DSparkDraft(nn.Module):
         positions = anchor_pos[:, None] + torch.arange(block.shape[1], device=block.device)
         if context.rows != block.shape[0]:
             raise ValueError(f"context holds {context.rows} requests, the block has {block.shape[0]}")
-        x = self.embed(block)
+        x = self.layer_input(block)
         valid = context.valid_mask()
         for i, layer in enumerate(self.layers):
             k, v = context.layer_kv(i)
             x = layer(x, positions, (k, v, context.positions, valid))
+        return self.final_hidden(x)
+
+    def layer_input(self, block: torch.Tensor) -> torch.Tensor:
+        """The first layer's input for block tokens [..., g]: the embedding [..., g, H], or
+        with mHC its ``hc_mult`` copies [..., g, n, H] (SGLang's ``forward_embed``)."""
+        x = self.embed(block)
+        if self.hc_head is None:
+            return x
+        return x.unsqueeze(-2).repeat_interleave(self.config.hc_mult, dim=-2)
+
+    def final_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's output through the mHC head (if any) and the final norm: [..., H]."""
+        if self.hc_head is not None:
+            x = self.hc_head(x)
         return self.norm(x)
 
     def base_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -78,25 +78,34 @@ def activation(name: str):
 
 
 class GatedMLP(nn.Module):
-    """``down(act(gate(x)) * up(x))``."""
+    """``down(act(gate(x)) * up(x))``; with ``limit`` (DeepSeek-V4's ``swiglu_limit``) the
+    gate is clamped to ``<= limit`` and up to ``[-limit, limit]`` first."""
 
-    def __init__(self, hidden: int, intermediate: int, act: str) -> None:
+    def __init__(self, hidden: int, intermediate: int, act: str, limit: float | None = None) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
         self.act = activation(act)
+        self.limit = limit
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if self.limit is not None:
+            gate, up = gate.clamp(max=self.limit), up.clamp(min=-self.limit, max=self.limit)
+        return self.down_proj(self.act(gate) * up)
+
+
+_RENORMALIZE_EPS = 1e-20
 
 
 class MoE(nn.Module):
     """Top-k routed experts plus always-on shared experts (DeepSeek style).
 
-    Router: ``s = sigmoid(gate(x))`` in float32; experts are chosen by ``s + bias``
-    (``e_score_correction_bias``, selection only); the chosen ``s`` are normalised to
-    sum to one and scaled by ``routed_scaling_factor``. Output = routed sum + shared.
+    Router (SGLang's ``biased_topk_impl``): ``s = sqrt(softplus(gate(x)))`` (DeepSeek-V4's
+    ``sqrtsoftplus``) or ``sigmoid(gate(x))`` in float32; experts are chosen by ``s + bias``
+    (``e_score_correction_bias``, selection only); the chosen ``s`` are divided by their
+    sum (+ 1e-20) and scaled by ``routed_scaling_factor``. Output = routed sum + shared.
     """
 
     def __init__(self, config: DraftConfig) -> None:
@@ -104,15 +113,17 @@ class MoE(nn.Module):
         h, inter = config.hidden_size, config.moe_intermediate_size
         self.top_k = config.num_experts_per_tok
         self.scale = config.routed_scaling_factor
+        self.scoring_func = config.scoring_func
         self.gate = nn.Linear(h, config.n_routed_experts, bias=False)
         self.gate.register_parameter(
             "e_score_correction_bias", nn.Parameter(torch.zeros(config.n_routed_experts))
         )
+        limit = config.swiglu_limit
         self.experts = nn.ModuleList(
-            GatedMLP(h, inter, config.hidden_act) for _ in range(config.n_routed_experts)
+            GatedMLP(h, inter, config.hidden_act, limit) for _ in range(config.n_routed_experts)
         )
         self.shared_experts = (
-            GatedMLP(h, inter * config.n_shared_experts, config.hidden_act)
+            GatedMLP(h, inter * config.n_shared_experts, config.hidden_act, limit)
             if config.n_shared_experts
             else None
         )
@@ -120,10 +131,14 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        scores = torch.sigmoid(F.linear(flat.float(), self.gate.weight.float()))
+        logits = F.linear(flat.float(), self.gate.weight.float())
+        if self.scoring_func == "sqrtsoftplus":
+            scores = F.softplus(logits).sqrt()
+        else:
+            scores = torch.sigmoid(logits)
         chosen = (scores + self.gate.e_score_correction_bias.float()).topk(self.top_k, dim=-1).indices
         weights = scores.gather(-1, chosen)
-        weights = weights / weights.sum(-1, keepdim=True) * self.scale
+        weights = weights / (weights.sum(-1, keepdim=True) + _RENORMALIZE_EPS) * self.scale
         out = torch.zeros_like(flat, dtype=torch.float32)
         for e, expert in enumerate(self.experts):
             token, slot = (chosen == e).nonzero(as_tuple=True)

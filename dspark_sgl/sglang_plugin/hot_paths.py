@@ -18,8 +18,10 @@ the distributions are the same.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,10 +29,16 @@ import torch
 from dspark_sgl import _checks, rng, scheduler
 from dspark_sgl.markov import (
     ConfidenceHead,
+    DraftBlock,
     GatedMarkovHead,
     MarkovHead,
     RnnMarkovHead,
     VanillaMarkovHead,
+    empty_shard_candidates,
+    gumbel_scores,
+    merge_shard_candidates,
+    pack_shard_candidates,
+    sample_block_sharded,
     sample_block_with_head,
     sample_from_logits,
 )
@@ -149,18 +157,62 @@ def _version_key(*tensors: torch.Tensor | None) -> tuple:
 # Markov head
 
 
-def _markov_weights(module: Any) -> tuple[str, tuple[torch.Tensor, ...]] | str:
-    """(kind, weights) of an SGLang Markov head we cover, or the reason we do not."""
+@dataclass(frozen=True)
+class _ShardGeometry:
+    """A rank's slice ``[start, end)`` of a TP-sharded Markov vocab and SGLang's exchange."""
+
+    start: int
+    end: int
+    vocab_shard: Any  # SGLang's VocabShard (start, gather)
+
+
+def _shard_geometry(module: Any, kind: str) -> _ShardGeometry | str | None:
+    """The rank's vocab slice of a sharded head, None for a whole vocab, or why not covered."""
+    vocab_shard = getattr(module, "vocab_shard", None)
+    if kind == "v4":
+        geometry = getattr(module, "_tp_shard", None)
+        if geometry is None:
+            return None if vocab_shard is None else "vocab_shard without a W2 shard geometry"
+        start, end = int(geometry.org_vocab_start), int(geometry.org_vocab_end)
+    else:
+        rows = getattr(module, "_w2_rows", None)
+        if rows is None:
+            return None if vocab_shard is None else "vocab_shard without W2 rows"
+        start, end = int(rows.start), int(rows.stop)
+    if vocab_shard is None:
+        # SGLang slices W2 but has nothing to gather: the rank holds the whole vocab.
+        return None if (start, end) == (0, int(module.vocab_size)) else "W2 slice without a vocab gather"
+    # Every rank must decide alike (the exchange is collective): an empty shard past the
+    # vocab is covered, whatever its start.
+    aligned = start % 4 == 0 or start == end
+    if int(vocab_shard.start) != start or not aligned or not 0 <= start <= end <= int(module.vocab_size):
+        return f"vocab shard [{start}, {end}) not a Philox-aligned slice of the vocab"
+    return _ShardGeometry(start=start, end=end, vocab_shard=vocab_shard)
+
+
+def _markov_weights(module: Any) -> tuple[str, tuple[torch.Tensor, ...], _ShardGeometry | None] | str:
+    """(kind, weights, shard) of an SGLang Markov head we cover, or the reason we do not."""
     from sglang.srt.models.dspark import GatedMarkovHead as SgGated
     from sglang.srt.models.dspark import RNNHead as SgRnn
     from sglang.srt.models.dspark import VanillaMarkov as SgVanilla
 
-    kind = {SgVanilla: "vanilla", SgGated: "gated", SgRnn: "rnn"}.get(type(module))
+    kinds = {SgVanilla: "vanilla", SgGated: "gated", SgRnn: "rnn"}
+    v4_cls = _v4_head_class()
+    if v4_cls is not None:
+        kinds[v4_cls] = "v4"
+    kind = kinds.get(type(module))
     if kind is None:
         return f"Markov head type {type(module).__name__} is not covered"
-    if getattr(module, "vocab_shard", None) is not None or getattr(module, "_w2_rows", None) is not None:
-        return "TP-sharded Markov vocab"
-    weights = [module.markov_w1.weight, module.markov_w2.weight]
+    shard = _shard_geometry(module, kind) if kind in ("vanilla", "v4") else None
+    if isinstance(shard, str):
+        return shard
+    if kind in ("gated", "rnn") and (
+        getattr(module, "vocab_shard", None) is not None or getattr(module, "_w2_rows", None) is not None
+    ):
+        return "TP-sharded Markov vocab on a gated/RNN head"
+    # V4's markov_w1 is a VocabParallelEmbedding, its rows padded (to 64): the tokens index
+    # the first vocab_size.
+    weights = [module.markov_w1.weight[: int(module.vocab_size)], module.markov_w2.weight]
     if kind == "gated":
         weights += [module.gate_proj.weight, module.gate_proj.bias]
     elif kind == "rnn":
@@ -169,32 +221,75 @@ def _markov_weights(module: Any) -> tuple[str, tuple[torch.Tensor, ...]] | str:
         return "Markov head weights are not float32/bf16/fp16"
     if len({w.device for w in weights}) != 1:
         return "Markov head weights on several devices"
-    if kind != "vanilla" and any(w.dtype != torch.float32 for w in weights):
+    if kind in ("gated", "rnn") and any(w.dtype != torch.float32 for w in weights):
         # SGLang rounds every intermediate of these heads (gate, state, products) to the weights'
         # dtype; ours match only its final bias rounding, so SGLang's own step runs.
         return f"{kind} head with 16-bit weights (SGLang's intermediate rounding is its own)"
-    return kind, tuple(w.detach() for w in weights)
+    if kind == "v4" and weights[1].shape[0] != int(module.vocab_size):
+        return "V4 markov_w2 does not hold the whole vocab"
+    return kind, tuple(w.detach() for w in weights), shard
+
+
+@functools.cache
+def _v4_head_class() -> type | None:
+    """SGLang's ``DSparkV4MarkovHead`` (None when its module cannot be imported here)."""
+    try:
+        from sglang.srt.models.deepseek_v4_dspark import DSparkV4MarkovHead
+    except Exception:
+        return None
+    return DSparkV4MarkovHead
 
 
 def our_markov_head(module: Any) -> MarkovHead | str:
     """Our :class:`~dspark_sgl.markov.MarkovHead` sharing ``module``'s weights (cached on the
-    module, rebuilt when a weight changes), or the reason the module is not covered."""
+    module, rebuilt when a weight changes), or the reason the module is not covered.
+
+    ``DSparkV4MarkovHead`` becomes a vanilla head whose bias is rounded to W2's dtype
+    (SGLang's ``project_bias``: fp32, or bf16 upcast into the fp32 step add). A TP-sharded
+    vocab (SGLang's ``vocab_shard``) gives the rank's shard (``vocab_start`` = its start).
+    """
     found = _markov_weights(module)
     if isinstance(found, str):
         return found
-    kind, weights = found
-    key = (kind, _version_key(*weights))
+    kind, weights, shard = found
+    key = (kind, _version_key(*weights), None if shard is None else (shard.start, shard.end))
     cached = module.__dict__.get("_dspark_sgl_markov")
     if cached is not None and cached[0] == key:
         return cached[1]
-    if kind == "vanilla":
-        head: MarkovHead = VanillaMarkovHead(weights[0], weights[1])
+    if kind in ("vanilla", "v4"):
+        w1 = weights[0]
+        if kind == "v4":
+            # SGLang casts W1[prev] to W2's dtype before the product, so W1 in that dtype
+            # is the same arithmetic (and gives the kernel one weight dtype).
+            w1 = w1.to(weights[1].dtype)
+        head: MarkovHead = VanillaMarkovHead(w1, weights[1])
+        if shard is not None:
+            head = head.shard(shard.start, shard.end)
     elif kind == "gated":
         head = GatedMarkovHead(*weights)
     else:
         head = RnnMarkovHead(*weights)
     module.__dict__["_dspark_sgl_markov"] = (key, head)
     return head
+
+
+def markov_path(module: Any) -> str:
+    """What the ``markov_block`` hook runs for SGLang's Markov head ``module`` (for the
+    start-up summary): ``dspark_sgl ...`` with the head, W2 dtype and vocab shard, or
+    ``sglang original (reason)``."""
+    head = our_markov_head(module)
+    if isinstance(head, str):
+        return f"sglang original ({head})"
+    what = f"dspark_sgl {type(module).__name__} W2 {str(head.w2.dtype).removeprefix('torch.')}"
+    if _is_shard(head):
+        what += (
+            f" vocab shard [{head.vocab_start}, {head.vocab_start + head.vocab_size}) of {head.total_vocab}"
+        )
+    return what
+
+
+def _is_shard(head: MarkovHead) -> bool:
+    return isinstance(head, VanillaMarkovHead) and head.is_shard
 
 
 def _block_unsupported(
@@ -211,7 +306,10 @@ def _block_unsupported(
         return "base_logits is not a [bs, gamma, V] float tensor"
     bs, gamma, width = base_logits.shape
     device = base_logits.device
-    if width != head.vocab_size:
+    sharded = _is_shard(head)
+    if sharded and width < head.vocab_size:
+        return f"base_logits width {width} < the rank's vocab shard {head.vocab_size}"
+    if not sharded and width != head.vocab_size:
         return f"base_logits width {width} != Markov vocab {head.vocab_size}"
     if not 1 <= gamma <= _MAX_GAMMA:
         return f"gamma {gamma} outside [1, {_MAX_GAMMA}]"
@@ -245,8 +343,10 @@ def _block_unsupported(
             return "gated/RNN head without draft_hidden"
         if draft_hidden.shape != (bs, gamma, head.hidden_size) or draft_hidden.dtype not in _FLOAT:
             return "draft_hidden is not [bs, gamma, H] float"
+    # SGLang keeps a sharded draft's step logits gathered whole (step_logits_width).
+    kept_width = head.total_vocab if sharded else width
     if logits_out is not None and (
-        logits_out.shape != (bs, gamma, width)
+        logits_out.shape != (bs, gamma, kept_width)
         or logits_out.dtype != step_dtype
         or logits_out.device != device
     ):
@@ -319,7 +419,6 @@ def draft_markov_block(original: Callable[..., Any], *args: Any, **kwargs: Any) 
     if reason is not None:
         log_once("markov_block", "sglang original", reason)
         return original(*args, **kwargs)
-    log_once("markov_block", "dspark_sgl", f"{type(markov_head).__name__} via dspark_sgl.markov")
     from sglang.srt.speculative.spec_tp_sync import SpecTpSyncSite
 
     bs, gamma, width = base_logits.shape
@@ -328,18 +427,43 @@ def draft_markov_block(original: Callable[..., Any], *args: Any, **kwargs: Any) 
     tp_sync = kwargs["tp_sync"]
     draft_hidden = kwargs.get("draft_hidden")
     temperatures = kwargs["step_temperatures"]
+    sharded = _is_shard(head)
+    per_step_sync = tp_sync.enabled(SpecTpSyncSite.DSPARK_DRAFT)
     if greedy_draft:
         temperatures = torch.zeros_like(temperatures)
     elif logits_out is None:
-        logits_out = torch.empty((bs, gamma, width), dtype=step_dtype, device=device)
+        logits_out = torch.empty(
+            (bs, gamma, head.total_vocab if sharded else width), dtype=step_dtype, device=device
+        )
     seed = _device_constant(noise.key, device)
     offset = noise.offset
     anchor = kwargs["anchor_tokens"].long()
-    if isinstance(head, VanillaMarkovHead) and not tp_sync.enabled(SpecTpSyncSite.DSPARK_DRAFT):
-        # The whole block in one call (the fused markov_block kernel on a GPU): no tokens
-        # need syncing between steps, and the logits are rounded to SGLang's step dtype
-        # before sampling exactly as the step-by-step path below does.
-        with _checks.trusted_values():
+    vanilla = isinstance(head, VanillaMarkovHead)
+    mode = markov_path(markov_head) + _block_mode(vanilla, sharded, per_step_sync)
+    log_once("markov_block", "dspark_sgl", mode, variant=mode)
+
+    def sync(tokens: torch.Tensor) -> torch.Tensor:
+        return tp_sync.sync(SpecTpSyncSite.DSPARK_DRAFT, tokens)
+
+    with _checks.trusted_values():
+        if sharded:
+            block = sample_block_sharded(
+                base_logits[..., : head.vocab_size],
+                anchor,
+                head,
+                temperatures,
+                seed=seed,
+                offset=offset,
+                gather_stacked=markov_head.vocab_shard.gather.gather_stacked,
+                gather_logits=_padded_gather(markov_head.vocab_shard.gather, width, head.total_vocab),
+                sync=sync,
+                keep_logits=logits_out is not None,
+                logits_dtype=step_dtype,
+            )
+        elif vanilla and not per_step_sync:
+            # The whole block in one call (the fused markov_block kernel on a GPU): no tokens
+            # need syncing between steps, and the logits are rounded to SGLang's step dtype
+            # before sampling exactly as SGLang's step does.
             block = sample_block_with_head(
                 base_logits,
                 anchor,
@@ -350,49 +474,152 @@ def draft_markov_block(original: Callable[..., Any], *args: Any, **kwargs: Any) 
                 keep_logits=logits_out is not None,
                 logits_dtype=step_dtype,
             )
-        if greedy_draft:
-            return block.tokens, None
-        logits_out.copy_(block.logits)
-        noise.offset.add_(1)
-        return block.tokens, logits_out
-    state = head.initial_state(bs)
-    prev = anchor
-    tokens = []
-    with _checks.trusted_values():
-        for step in range(gamma):
-            prev, state = _sample_step(
+        elif vanilla:
+            block = _block_per_position(
+                base_logits,
+                anchor,
                 head,
-                prev,
-                base_logits[:, step],
-                None if draft_hidden is None else draft_hidden[:, step],
-                state,
                 temperatures,
                 seed,
                 offset,
-                step,
+                logits_out is not None,
                 step_dtype,
-                None if logits_out is None else logits_out[:, step],
+                sync,
             )
-            prev = tp_sync.sync(SpecTpSyncSite.DSPARK_DRAFT, prev)
-            tokens.append(prev)
+        else:
+            block = _block_step_by_step(
+                head,
+                base_logits,
+                anchor,
+                draft_hidden,
+                temperatures,
+                seed,
+                offset,
+                step_dtype,
+                logits_out,
+                sync,
+            )
     if greedy_draft:
-        return torch.stack(tokens, dim=1), None
+        return block.tokens, None
+    if block.logits is not logits_out:
+        logits_out.copy_(block.logits)
     noise.offset.add_(1)
-    return torch.stack(tokens, dim=1), logits_out
+    return block.tokens, logits_out
+
+
+def _block_mode(vanilla: bool, sharded: bool, per_step_sync: bool) -> str:
+    if sharded:
+        return ": per position, shard winners exchanged by SGLang's gather_stacked, tokens through tp_sync"
+    if vanilla and not per_step_sync:
+        return ": whole block in one sample_block_with_head call"
+    if vanilla:
+        return ": one sample_block_with_head call per position, tokens through tp_sync between"
+    return ": step by step, tokens through tp_sync"
+
+
+def _padded_gather(gather: Any, padded: int, vocab: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """SGLang's ``VocabGather`` on [N, V_local] rows: padded to the rank's lm_head partition
+    width, gathered side by side and cropped to the vocab, as SGLang keeps its step logits."""
+
+    def gather_logits(local: torch.Tensor) -> torch.Tensor:
+        if local.shape[1] < padded:
+            local = torch.nn.functional.pad(local, (0, padded - local.shape[1]))
+        return gather(local)[:, :vocab]
+
+    return gather_logits
+
+
+def _block_per_position(
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    head: VanillaMarkovHead,
+    temperatures: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    keep_logits: bool,
+    step_dtype: torch.dtype,
+    sync: Callable[[torch.Tensor], torch.Tensor],
+) -> DraftBlock:
+    """One ``sample_block_with_head`` call per position (the kernel on a GPU), each
+    position's tokens through SGLang's ``tp_sync`` before they feed the next position."""
+    tokens, logits = [], []
+    prev = anchor
+    for k in range(base_logits.shape[1]):
+        step = sample_block_with_head(
+            base_logits[:, k : k + 1],
+            prev,
+            head,
+            temperatures,
+            seed=seed,
+            offset=offset,
+            keep_logits=keep_logits,
+            logits_dtype=step_dtype,
+            first_position=k,
+        )
+        prev = sync(step.tokens[:, 0])
+        tokens.append(prev)
+        logits.append(step.logits)
+    return DraftBlock(
+        tokens=torch.stack(tokens, dim=1), logits=torch.cat(logits, dim=1) if keep_logits else None
+    )
+
+
+def _block_step_by_step(
+    head: MarkovHead,
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    draft_hidden: torch.Tensor | None,
+    temperatures: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    step_dtype: torch.dtype,
+    logits_out: torch.Tensor | None,
+    sync: Callable[[torch.Tensor], torch.Tensor],
+) -> DraftBlock:
+    """Gated/RNN heads: SGLang's step loop on our ops, tokens through ``tp_sync``."""
+    state = head.initial_state(base_logits.shape[0])
+    prev = anchor
+    tokens = []
+    for step in range(base_logits.shape[1]):
+        prev, state = _sample_step(
+            head,
+            prev,
+            base_logits[:, step],
+            None if draft_hidden is None else draft_hidden[:, step],
+            state,
+            temperatures,
+            seed,
+            offset,
+            step,
+            step_dtype,
+            None if logits_out is None else logits_out[:, step],
+        )
+        prev = sync(prev)
+        tokens.append(prev)
+    return DraftBlock(tokens=torch.stack(tokens, dim=1), logits=logits_out)
 
 
 def _step_unsupported(kwargs: dict) -> str | None:
     base_logits, bias = kwargs.get("base_logits"), kwargs.get("bias")
     if not isinstance(base_logits, torch.Tensor) or not isinstance(bias, torch.Tensor):
         return "base_logits/bias missing"
-    if base_logits.dim() != 2 or bias.shape != base_logits.shape:
-        return "bias does not cover the whole base_logits row (padded or sharded vocab)"
+    if base_logits.dim() != 2 or bias.dim() != 2 or bias.shape[0] != base_logits.shape[0]:
+        return "base_logits/bias are not [rows, V]"
+    if bias.shape[1] > base_logits.shape[1]:
+        return "bias wider than base_logits"
     if base_logits.dtype not in _FLOAT or bias.dtype not in _FLOAT:
         return "base_logits/bias dtype"
-    if kwargs.get("gather") is not None or kwargs.get("gather_logits") is not None:
-        return "TP vocab gather"
-    if kwargs.get("vocab_start", 0) != 0:
-        return "vocab shard offset"
+    gather, gather_logits = kwargs.get("gather"), kwargs.get("gather_logits")
+    vocab_start = kwargs.get("vocab_start", 0)
+    if (
+        isinstance(vocab_start, bool)
+        or not isinstance(vocab_start, int)
+        or vocab_start < 0
+        or vocab_start % 4
+    ):
+        return "vocab_start is not a non-negative multiple of 4"
+    if gather is not None and not callable(gather):
+        return "gather is not callable"
     step_dtype = kwargs.get("step_dtype")
     if step_dtype not in _FLOAT:
         return f"step dtype {step_dtype}"
@@ -416,39 +643,75 @@ def _step_unsupported(kwargs: dict) -> str | None:
     if offset.device != device or bias.device != device:
         return "inputs on several devices"
     logits_out = kwargs.get("logits_out")
-    if logits_out is not None and (
-        logits_out.shape != base_logits.shape or logits_out.dtype != step_dtype or logits_out.device != device
-    ):
-        return "logits_out shape/dtype"
+    if logits_out is not None:
+        if gather is not None and not callable(gather_logits):
+            return "kept logits over a sharded vocab without gather_logits"
+        if (
+            logits_out.dim() != 2
+            or logits_out.shape[0] != base_logits.shape[0]
+            or (gather is None and logits_out.shape != base_logits.shape)
+            or logits_out.dtype != step_dtype
+            or logits_out.device != device
+        ):
+            return "logits_out shape/dtype"
     return None
 
 
 def markov_sample_step(original: Callable[..., Any], cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
     """AROUND ``MarkovSampleStep.execute``: bias add, rounding to the step dtype and a
     Gumbel-max draw (argmax on rows at temperature 0, or every row when
-    ``has_sampled_rows is False``). Returns [rows] int64 token ids."""
+    ``has_sampled_rows is False``). Returns [rows] int64 global token ids.
+
+    SGLang's contract: ``bias`` covers the first ``width`` columns of the rank's (padded)
+    ``base_logits``; the other columns are stored into ``logits_out`` but never drawn.
+    Sharded (``gather``): with ``logits_out``, the rank's step logits are gathered whole
+    (``gather_logits``) and the token drawn from the whole row; without, the rank's winner
+    (noise keyed by the global column ``vocab_start + v``) is exchanged by ``gather``
+    (``gather_stacked``) and merged as the whole row would decide.
+    """
     reason = "positional arguments" if args else _step_unsupported(kwargs)
     if reason is not None:
         log_once("markov_step", "sglang original", reason)
         return original(cls, *args, **kwargs)
-    log_once("markov_step", "dspark_sgl", "dspark_sgl.markov.sample_from_logits")
-    base_logits = kwargs["base_logits"]
+    base_logits, bias = kwargs["base_logits"], kwargs["bias"]
+    gather, gather_logits = kwargs.get("gather"), kwargs.get("gather_logits")
+    logits_out = kwargs.get("logits_out")
+    vocab_start = kwargs.get("vocab_start", 0)
+    log_once(
+        "markov_step",
+        "dspark_sgl",
+        "dspark_sgl.markov.gumbel_scores"
+        + ("" if gather is None else " + shard candidates through SGLang's gather_stacked"),
+    )
     device = base_logits.device
     temperatures = kwargs["temperatures"]
     if kwargs.get("has_sampled_rows") is False:
         temperatures = torch.zeros_like(temperatures)
-    logits = (base_logits.float() + kwargs["bias"].float()).to(kwargs["step_dtype"])
-    logits_out = kwargs.get("logits_out")
-    if logits_out is not None:
-        logits_out.copy_(logits)
-    return sample_from_logits(
-        logits.float(),
-        temperatures,
+    step_dtype = kwargs["step_dtype"]
+    width = bias.shape[1]
+    value = base_logits.float()
+    value = torch.cat([value[:, :width] + bias.float(), value[:, width:]], dim=1).to(step_dtype)
+    draw = dict(
         seed=_device_constant(kwargs["key"], device),
         offset=kwargs["offset"],
         stream=rng.Stream.DRAFT,
         position=_positions(device)[kwargs["step"]],
     )
+    if gather is not None and logits_out is not None:
+        full = gather_logits(value)[:, : logits_out.shape[1]]
+        logits_out.copy_(full)
+        return sample_from_logits(full.float(), temperatures, **draw)
+    if logits_out is not None:
+        logits_out.copy_(value)
+    drawn = value[:, :width].float()
+    rows = drawn.shape[0]
+    if width == 0:
+        candidates = empty_shard_candidates(rows, device)
+    else:
+        scores = gumbel_scores(drawn, temperatures, vocab_start=vocab_start, **draw)
+        local = scores.argmax(dim=-1)
+        candidates = pack_shard_candidates(scores.gather(1, local[:, None]).squeeze(1), local + vocab_start)
+    return merge_shard_candidates(candidates if gather is None else gather(candidates), rows)[0]
 
 
 # ---------------------------------------------------------------------------------------

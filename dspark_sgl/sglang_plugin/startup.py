@@ -37,7 +37,7 @@ from dspark_sgl import _dispatch
 from dspark_sgl.scheduler import SpsTable
 from dspark_sgl.sglang_plugin import hot_paths
 from dspark_sgl.sglang_plugin import sps as sps_mod
-from dspark_sgl.sglang_plugin.hot_paths import STATE
+from dspark_sgl.sglang_plugin.hot_paths import STATE, markov_path
 from dspark_sgl.sglang_plugin.sps_forward import build_verify_timer
 from dspark_sgl.sglang_plugin.switches import enabled_hooks, log_once, scheduler_mode, sps_profile_enabled
 
@@ -339,8 +339,10 @@ def startup_summary(
     sps_source: str,
     hooks: list[str],
     kernels: str,
+    markov: str = "not inspected",
 ) -> str:
-    """The one-line start-up summary (plain text, no trailing newline)."""
+    """The one-line start-up summary (plain text, no trailing newline); ``markov``: what the
+    Markov block hook runs for the draft's head (``hot_paths.markov_path``)."""
     if not confidence_head:
         mode = "off (no confidence head)"
     elif ragged_mode == "static":
@@ -348,7 +350,8 @@ def startup_summary(
     else:
         mode = f"{ragged_mode}, async budget + {scheduler_mode()}"
     return (
-        f"dspark_sgl: gamma={gamma} head={head_type} confidence_head={'yes' if confidence_head else 'no'} "
+        f"dspark_sgl: gamma={gamma} head={head_type} markov=[{markov}] "
+        f"confidence_head={'yes' if confidence_head else 'no'} "
         f"scheduler={mode} sps={sps_source} hooks=[{', '.join(hooks) or 'none'}] kernels={kernels}"
     )
 
@@ -360,13 +363,21 @@ def worker_summary(result: Any, self: Any, *args: Any, **kwargs: Any) -> None:
         return
     planner = getattr(self, "_verify_planner", None)
     head = getattr(draft_model, "markov_head", None)
+    hooks = enabled_hooks()
+    if head is None:
+        markov = "no Markov head"
+    elif "markov_block" not in hooks:
+        markov = "sglang original (hook off)"
+    else:
+        markov = markov_path(head)
     line = startup_summary(
         gamma=int(getattr(self, "gamma", 0)),
         head_type=type(head).__name__ if head is not None else "none",
         confidence_head=getattr(draft_model, "confidence_head", None) is not None,
         ragged_mode=getattr(planner, "mode_value", "unknown"),
         sps_source=STATE.sps_source,
-        hooks=enabled_hooks(),
+        hooks=hooks,
         kernels=_dispatch.describe(),
+        markov=markov,
     )
     logger.info("%s", line)

@@ -50,7 +50,7 @@ HOOK_NAMES = (
 )
 
 _CHOICES = ("ours", "sglang")
-_logged: set[tuple[str, str]] = set()
+_logged: set[tuple[str, str, str]] = set()
 
 
 def hook_choice(name: str) -> str:
@@ -97,14 +97,16 @@ def sps_profile_enabled() -> bool:
     return value == "1"
 
 
-def log_once(hook: str, path: str, reason: str, *, level: int = logging.INFO) -> None:
-    """Log once per (hook, path) which implementation runs and why (logger ``dspark_sgl``)."""
-    if (hook, path) in _logged:
+def log_once(hook: str, path: str, reason: str, *, level: int = logging.INFO, variant: str = "") -> None:
+    """Log once per (hook, path, variant) which implementation runs and why (logger
+    ``dspark_sgl``); ``variant`` separates cases of one path worth a line each (e.g. the
+    Markov head and its vocab shard)."""
+    if (hook, path, variant) in _logged:
         return
-    _logged.add((hook, path))
+    _logged.add((hook, path, variant))
     logger.log(level, "dspark_sgl hook %s: %s (%s)", hook, path, reason)
 
 
 def logged() -> set[tuple[str, str]]:
     """The (hook, path) pairs logged so far in this process."""
-    return set(_logged)
+    return {(hook, path) for hook, path, _ in _logged}

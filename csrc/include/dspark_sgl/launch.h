@@ -35,6 +35,10 @@ std::string launch_philox_uniform(float* out, const int64_t* rows, const int64_t
 // conf_dtype: the projection's dtype code (features and the raw logit are rounded to it, as
 // SGLang's DSparkConfidenceHead computes in its weight dtype), sts_temperatures [g] float32
 // or null, outputs conf_logits / confidence [R, g] float32.
+// A vocab shard: w2 / base_logits hold the global columns [vocab_start, vocab_start + V)
+// (vocab_start % 4 == 0) of a vocabulary of vocab_total = rows of w1; the noise is keyed
+// by the global column and tokens are global ids. first_position: the Philox position of
+// k = 0. token_scores [R, g] float32 (or null): the winners' Gumbel-max keys.
 struct MarkovBlockArgs {
   const void* base_logits;
   const int64_t* anchor;
@@ -42,6 +46,7 @@ struct MarkovBlockArgs {
   const void* w2;
   const float* temperature;
   int64_t rows, gamma, vocab, rank;
+  int64_t vocab_start, vocab_total, first_position;
   float softcap;  // <= 0: none
   PhiloxArgs philox;
   const void* hidden;
@@ -54,6 +59,7 @@ struct MarkovBlockArgs {
   const float* sts_temperatures;
   int64_t* tokens;
   float* token_logits;
+  float* token_scores;
   float* stat_max;
   float* stat_sum;
   void* logits_out;
