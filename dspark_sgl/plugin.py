@@ -81,6 +81,12 @@ HOOKS: tuple[HookSpec, ...] = (
     # Registered before "summary" on the same method, so it runs first and the line names the final source.
     HookSpec("sps", f"{_WORKER}.init_cuda_graphs", "AFTER", "startup:worker_graphs_ready"),
     HookSpec("summary", f"{_WORKER}.init_cuda_graphs", "AFTER", "startup:worker_summary"),
+    HookSpec(
+        "input_ids",
+        "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request",
+        "BEFORE",
+        "request_checks:validate_input_ids",
+    ),
 )
 
 

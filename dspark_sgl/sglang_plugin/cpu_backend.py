@@ -269,7 +269,8 @@ def torch_native_forward_extend(
         q_lens = [int(n) for n in (layout.verify_lens_cpu or layout.verify_lens.tolist())]
         if len(q_lens) != len(prefix_lens):
             raise _not_covered(f"a ragged layout of {len(q_lens)} rows for {len(prefix_lens)} requests")
-        log_once("cpu_verify_attention", "ragged", "TARGET_VERIFY with per-request verify lengths")
+        for n in set(q_lens):
+            log_once("cpu_verify_attention", f"verify length {n}", "one request of a ragged verify batch")
     else:
         if queries.shape[0] % max(len(prefix_lens), 1):
             raise _not_covered(f"{queries.shape[0]} query tokens for {len(prefix_lens)} requests")
