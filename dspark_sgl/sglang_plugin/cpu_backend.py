@@ -244,13 +244,13 @@ def torch_native_forward_extend(
 ) -> Any:
     """AROUND ``TorchNativeAttnBackend.forward_extend``: a CPU ``TARGET_VERIFY`` batch
     without ``extend_prefix_lens`` runs :func:`block_attention`; anything else, SGLang's."""
+    mode = forward_batch.forward_mode
+    if not (mode.is_target_verify() and forward_batch.extend_prefix_lens is None and q.device.type == "cpu"):
+        return original(self, q, k, v, layer, forward_batch, save_kv_cache)
     from sglang.srt.layers.radix_attention import AttentionType
     from sglang.srt.mem_cache.memory_pool import KVWriteLoc
     from sglang.srt.speculative.ragged_verify import resolve_ragged_verify_layout
 
-    mode = forward_batch.forward_mode
-    if not (mode.is_target_verify() and forward_batch.extend_prefix_lens is None and q.device.type == "cpu"):
-        return original(self, q, k, v, layer, forward_batch, save_kv_cache)
     if layer.is_cross_attention:
         raise _not_covered("cross attention")
     window = getattr(layer, "sliding_window_size", None)
