@@ -45,6 +45,34 @@ PLUGINS_ON = "dspark_sgl,dspark_sgl_cpu"
 PLUGINS_OFF = "dspark_sgl_cpu"
 
 
+# Coding prompts in the embedded pair's domain, encoded as ``dspark_sgl eval`` encodes them.
+PROMPTS = (
+    "Return the number of vowels in the given string.",
+    "Return the sum of a list of integers.",
+    "Parse a CSV line into a list of fields.",
+    "Return True if the string is a palindrome.",
+    "Read a JSON file and return its keys.",
+    "Return the n-th Fibonacci number.",
+)
+
+
+def encoded_prompts(texts: tuple[str, ...] = PROMPTS) -> list[list[int]]:
+    """``texts`` through the target's chat template (thinking off), as ``dspark_sgl eval`` does."""
+    from transformers import AutoTokenizer
+
+    from dspark_sgl.evaluate import encode_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(str(MODELS / "target"))
+    return [encode_prompt(tokenizer, text, True) for text in texts]
+
+
+def hooks_that_ran(log: str) -> list[str]:
+    """The plugin hook names a server log shows running (each hook logs its path once)."""
+    import re
+
+    return sorted(set(re.findall(r"dspark_sgl hook (\w+):", log)))
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
