@@ -459,3 +459,16 @@ def test_draft_config_from_a_target_gets_one_layer_type_per_layer():
     )
     assert raw["layer_types"] == ["full_attention"] * 2
     Qwen3Config(**{k: v for k, v in raw.items() if k != "architectures"})
+
+
+def test_the_cpu_backend_entry_point_is_declared():
+    tomllib = pytest.importorskip("tomllib")
+    from dspark_sgl import plugin
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["entry-points"]["sglang.srt.plugins"]
+    assert declared == {
+        "dspark_sgl": "dspark_sgl.plugin:register",
+        "dspark_sgl_cpu": "dspark_sgl.plugin:register_cpu_backend",
+    }
+    assert callable(plugin.register_cpu_backend)
