@@ -232,10 +232,4 @@ globals().update({name: _imported_only(name) for name in IMPORTED_ONLY})
 
 
 def __getattr__(name: str) -> object:
-    import os
-    import sys
-
-    if not name.startswith("__") and os.environ.get("DSPARK_SGL_STAND_IN_TRACE") == "1":
-        print(f"[sgl_kernel stand-in] imported name {name}", file=sys.stderr, flush=True)
-        return _imported_only(name)
     raise AttributeError(f"module 'sgl_kernel' (test stand-in) has no attribute {name!r}")
