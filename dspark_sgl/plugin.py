@@ -1,9 +1,14 @@
-"""Entry point of the SGLang plugin (group ``sglang.srt.plugins``, name ``dspark_sgl``).
+"""Entry points of the SGLang plugin (group ``sglang.srt.plugins``).
 
-``sglang.srt.plugins.load_plugins()`` calls :func:`register` in every SGLang process; it
-registers one hook per entry of :data:`HOOKS` whose switch says ``ours`` (see
-:mod:`dspark_sgl.sglang_plugin.switches`). Importing this module imports nothing from
-SGLang; :func:`register` does, through ``HookRegistry``.
+``sglang.srt.plugins.load_plugins()`` runs each in every SGLang process:
+
+- ``dspark_sgl`` -> :func:`register`: one hook per entry of :data:`HOOKS` whose switch says
+  ``ours`` (see :mod:`dspark_sgl.sglang_plugin.switches`), plus the CPU backend below.
+- ``dspark_sgl_cpu`` -> :func:`register_cpu_backend`: only the hooks that let SGLang's own
+  DSPARK run on its CPU engine (:mod:`dspark_sgl.sglang_plugin.cpu_backend`), so
+  ``SGLANG_PLUGINS=dspark_sgl_cpu`` runs SGLang's DSPARK on the CPU without our hot paths.
+
+Importing this module imports nothing from SGLang; the functions do, through ``HookRegistry``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 from dspark_sgl.sglang_plugin.switches import HOOK_NAMES, hook_choice, scheduler_mode, sps_profile_enabled
 
-__all__ = ["HOOKS", "HookSpec", "register"]
+__all__ = ["HOOKS", "HookSpec", "register", "register_cpu_backend"]
 
 logger = logging.getLogger("dspark_sgl")
 
@@ -76,6 +81,12 @@ HOOKS: tuple[HookSpec, ...] = (
     # Registered before "summary" on the same method, so it runs first and the line names the final source.
     HookSpec("sps", f"{_WORKER}.init_cuda_graphs", "AFTER", "startup:worker_graphs_ready"),
     HookSpec("summary", f"{_WORKER}.init_cuda_graphs", "AFTER", "startup:worker_summary"),
+    HookSpec(
+        "input_ids",
+        "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request",
+        "BEFORE",
+        "request_checks:validate_input_ids",
+    ),
 )
 
 
@@ -91,13 +102,15 @@ def register() -> list[str]:
 
     Zero-argument entry point run by ``sglang.srt.plugins.load_plugins()``, which applies
     the hooks afterwards. A hook switched to ``sglang`` is not registered at all, so
-    SGLang's original stays in place.
+    SGLang's original stays in place. Under SGLang's CPU engine the CPU-backend hooks
+    (:func:`register_cpu_backend`) come first.
     """
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     choices = {name: hook_choice(name) for name in HOOK_NAMES}
     scheduler_mode()  # a bad DSPARK_SGL_SCHEDULER or DSPARK_SGL_SPS_PROFILE fails here, at start-up
     sps_profile_enabled()
+    cpu_targets = register_cpu_backend()
     registered = []
     for spec in HOOKS:
         if choices[spec.name] != "ours":
@@ -110,4 +123,35 @@ def register() -> list[str]:
         len(registered),
         ", ".join(off) or "none",
     )
+    return cpu_targets + registered
+
+
+def register_cpu_backend() -> list[str]:
+    """Register the CPU-backend hooks when SGLang's CPU engine is selected; returns their targets.
+
+    Does nothing (returns ``[]``) unless ``SGLANG_USE_CPU_ENGINE=1``. Raises ``RuntimeError``
+    naming the hook when SGLang is not the version the hooks were written for or a target
+    moved (:func:`.cpu_backend.check_pins`). Registering twice in one process (both entry
+    points loaded) registers each hook once.
+    """
+    from dspark_sgl.sglang_plugin import cpu_backend
+
+    if not cpu_backend.cpu_engine_selected():
+        return []
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    cpu_backend.check_pins()
+    registered = []
+    for hook in cpu_backend.CPU_HOOKS:
+        impl = getattr(cpu_backend, hook.impl)
+        if any(existing is impl for _, existing, _ in HookRegistry._hooks.get(hook.target, ())):
+            continue
+        HookRegistry.register(hook.target, impl, HookType[hook.hook_type])
+        registered.append(hook.target)
+    if registered:
+        logger.info(
+            "dspark_sgl CPU backend: %d hooks registered (%s)",
+            len(registered),
+            ", ".join(h.name for h in cpu_backend.CPU_HOOKS),
+        )
     return registered

@@ -268,6 +268,9 @@ def draft_config_from_target(
 
     ``target_layer_ids`` None spreads ``min(5, L - 1)`` taps evenly over layers ``0..L-2``
     (never the last layer). A DFlash draft is ``markov_rank == 0`` (no confidence head).
+    Per-layer lists of the target (``layer_types``) get one full-attention entry per draft
+    layer (the draft's layers attend over the whole context), as transformers' strict
+    config check requires.
     """
     raw = target_config.to_dict() if hasattr(target_config, "to_dict") else dict(target_config)
     raw = copy.deepcopy(raw.get("text_config") or raw)
@@ -279,6 +282,8 @@ def draft_config_from_target(
         raw.pop(key, None)
     arch = str(raw.get("model_type", "qwen3"))
     prefix = "Gemma4" if "gemma4" in arch else "Qwen3"
+    if "layer_types" in raw:
+        raw["layer_types"] = ["full_attention"] * num_layers
     raw.update(
         {
             "architectures": [f"{prefix}{'DSpark' if markov_rank else 'DFlash'}Model"],

@@ -267,7 +267,21 @@ def step_draft(name: str, target_dir: Path, work: Path, steps: int) -> None:
     out.mkdir(exist_ok=True)
     for file in ("config.json", "model.safetensors"):
         (out / file).write_bytes((scratch / file).read_bytes())
+    check_config(out)
     log(f"{name}: {out}")
+
+
+def check_config(directory: Path) -> None:
+    """The shipped config must pass transformers' strict config check, as SGLang loads it
+    (e.g. one ``layer_types`` entry per layer); raises what transformers raises."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(directory)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and len(layer_types) != config.num_hidden_layers:
+        raise ValueError(
+            f"{directory}/config.json: {len(layer_types)} layer_types for {config.num_hidden_layers} layers"
+        )
 
 
 def step_eval(target_dir: Path, work: Path) -> None:

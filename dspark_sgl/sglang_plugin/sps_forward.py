@@ -22,7 +22,9 @@ each dummy forward are not counted. Every TP rank must run it (the forward's all
 are collective); the caller makes the tables identical across ranks.
 
 Nothing here runs on CPU: :func:`build_verify_timer` raises :class:`SpsForwardUnavailableError`
-with the reason whenever a required piece is missing.
+with the reason whenever a required piece is missing; on SGLang's CPU backend the reason says
+plainly that start-up SPS profiling is skipped there (SGLang's flat placeholder stays, so the
+whole block is verified unless a table is given).
 """
 
 from __future__ import annotations
@@ -85,6 +87,11 @@ def build_verify_timer(model_runner: Any, token_counts: Sequence[int]) -> Callab
 
     _require(model_runner is not None, "no target model runner")
     device = str(getattr(model_runner, "device", ""))
+    _require(
+        device != "cpu",
+        "SPS profiling is skipped on the CPU: the timed forward is SGLang's CUDA dummy forward on CUDA "
+        "events; give a CPU table with --speculative-dspark-sps-table-path",
+    )
     _require(device == "cuda", f"the target runs on {device or 'an unknown device'!r}, not CUDA")
     _require(torch.cuda.is_available(), "CUDA is not available in this process")
     _require(not getattr(model_runner, "is_draft_worker", True), "the runner is not the target's")

@@ -36,7 +36,7 @@ __all__ = [
 
 logger = logging.getLogger("dspark_sgl")
 
-# Hot paths, then the start-up wiring.
+# Hot paths, then the start-up wiring, then request validation.
 HOOK_NAMES = (
     "markov_block",
     "markov_step",
@@ -47,6 +47,7 @@ HOOK_NAMES = (
     "confidence_mode",
     "sps",
     "summary",
+    "input_ids",
 )
 
 _CHOICES = ("ours", "sglang")
