@@ -1,0 +1,639 @@
+"""The performance budget of the three kernels, modeled on the CPU (no GPU; every number "modeled").
+
+For each kernel and shape (V in {129280, 151936}, R in {1, 8, 64, 256}, g in {5, 7}; the
+scheduler also at g = 16): the launches, the bytes each launch must move (from the launch
+parameters, following the kernels' loads), the SASS instructions of each named loop (read
+from the sm_90a build of csrc/ as it is now, ``benchmarks/sass_loops.py``), and
+
+    modeled time = sum over launches of max(bytes / bandwidth, thread-instructions / issue rate)
+                   + launches x launch cost
+
+on an H100 and an H200, against the floor (the bytes that must move, at full bandwidth, in
+one launch: W2 once per position plus the base logits for the Markov block, the target
+logits once for verification) and against SGLang 0.5.23's path modeled the same way
+(``benchmarks/sglang_path_model.py``). A launch's thread-instructions are, per named loop,
+its static instructions per unit (element, k-step, pair, ...) times the units the launch
+geometry gives. The budgets of the issue are printed as met / NOT met.
+
+    python benchmarks/cost_model.py [--out FILE] [--check] [--extension dspark_sgl/_C*.so]
+
+``--check`` exits 1 when a budget is broken. ``--extension`` reads the SASS of a built
+extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached under build/).
+What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
+(W1 rows gathered by every CTA), the confidence head, the per-position accept loop of
+verification, and the scheduler's survival products and SPS bisection. Static counts
+include branches an iteration does not take, so issue-bound rows err high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import sass_loops
+import sglang_path_model
+from sass_loops import LoopCount, LoopName
+
+VOCABS = (129280, 151936)
+ROWS = (1, 8, 64, 256)
+GAMMAS = (5, 7)
+SCHEDULE_GAMMAS = (5, 7, 16)
+RANK = 256  # Markov rank r (DeepSpec default)
+ELEM = 2  # bf16 logits and weights, as SGLang runs them
+SMS = 132  # H100 SXM and H200: same processor
+
+
+@dataclass(frozen=True)
+class Device:
+    """The constants of one GPU that the model uses, with where each comes from."""
+
+    name: str
+    bandwidth: float  # bytes/s
+    issue_rate: float  # thread-instructions/s, whole chip
+    sm_issue_rate: float  # thread-instructions/s, one SM (a one-CTA kernel)
+    launch_cost: float  # s per kernel boundary
+    source: str
+
+
+_ISSUE = SMS * 4 * 1.75e9 * 32  # SPEC.md section 8: 132 SMs x 4 schedulers x 1.75 GHz x 32 lanes
+_SM_ISSUE = 4 * 1.75e9 * 32
+_LAUNCH = 2.0e-6  # assumed: one kernel boundary of a graph replay; not measured in this project
+_LAUNCH_NOTE = "launch cost 2.0 us: an assumption (no device measured it yet)"
+H100 = Device(
+    "H100",
+    3.0e12,
+    _ISSUE,
+    _SM_ISSUE,
+    _LAUNCH,
+    "H100 SXM: 3.0 TB/s measured copy (SPEC.md section 8); issue 132 SMs x 4 schedulers x 1.75 GHz"
+    f" x 32 = {_ISSUE / 1e12:.1f} T thread-instr/s (SPEC.md section 8); {_LAUNCH_NOTE}",
+)
+H200 = Device(
+    "H200",
+    4.3e12,
+    _ISSUE,
+    _SM_ISSUE,
+    _LAUNCH,
+    "H200: 4.3 TB/s device-to-device copy measured on this workplace's H200 (device KINDS.md,"
+    " 2026-10-28 and 2026-11-04; datasheet 4.8); same SMs and clocks as the H100 (device H200.md,"
+    f" SPEC.md section 8); {_LAUNCH_NOTE}",
+)
+DEVICES = (H100, H200)
+
+
+# ---- the named loops (sass_loops.py says how a loop is named) -------------------------
+
+_MARKOV = "markov_block.cu"
+_VERIFY = "chain_verify.cu"
+_SCHEDULE = "schedule.cu"
+_TILE = "include/dspark_sgl/markov_tile.cuh"
+_STAGE_VECTOR = r"for \(int idx = threadIdx\.x; idx < count \* per_row;"
+_MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\)"
+_ONE_LOAD = (r"^(LDG|LD)\b", 1)  # one 16-byte global (or generic) load per staged copy
+_WMMA_STEP = (r"^(HMMA|HGMMA)\b", 2)  # wmma m16n16k16 bf16 = two HMMA.16816
+_PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
+
+
+def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopName]:
+    """The four loops of a Markov tile kernel (markov_block's and verification's recompute)."""
+    k = f"{kernel}<__nv_bfloat16, __nv_bfloat16, {tile_v}>"
+    return [
+        LoopName(
+            f"{prefix}.w2_stage.{tile_v}",
+            k,
+            ((file, r"stage_rows\(tile\.w2,"), (_TILE, _STAGE_VECTOR)),
+            8,
+            "W2 element (16-byte copy)",
+            _ONE_LOAD,
+        ),
+        LoopName(
+            f"{prefix}.e_stage.{tile_v}",
+            k,
+            ((file, r"stage_rows\(tile\.e,"), (_TILE, _STAGE_VECTOR)),
+            8,
+            "W1 element (16-byte copy)",
+            _ONE_LOAD,
+        ),
+        LoopName(f"{prefix}.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16-deep k-step of a warp", _WMMA_STEP),
+        LoopName(f"{prefix}.epilogue.{tile_v}", k, ((file, _PASS),), 4, "sampled element"),
+    ]
+
+
+LOOPS: list[LoopName] = [
+    *_tile_loops("markov", "markov_tile_kernel", _MARKOV, 64),
+    *_tile_loops("markov", "markov_tile_kernel", _MARKOV, 128),
+    LoopName(
+        "markov.reduce",
+        "markov_reduce_kernel",
+        ((_MARKOV, r"for \(int tile = threadIdx\.x; tile < tiles; tile \+= blockDim\.x\)"),),
+        1,
+        "tile partial",
+    ),
+    LoopName(
+        "verify.stats_vector",
+        "verify_stats_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"for \(int64_t v0 = start \+ 4 \* threadIdx\.x;"),),
+        4,
+        "target logit (outer, 4 a step)",
+    ),
+    LoopName(
+        "verify.stats_element",
+        "verify_stats_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"for \(int i = 0; i < n; \+\+i\) \{\n\s*ts\.add"),),
+        1,
+        "target logit (inner)",
+    ),
+    *_tile_loops("verify.resample", "verify_resample_markov_kernel", _VERIFY, 64),
+    *_tile_loops("verify.resample", "verify_resample_markov_kernel", _VERIFY, 128),
+    LoopName(
+        "verify.finalize",
+        "verify_finalize_kernel",
+        ((_VERIFY, r"for \(int tile = threadIdx\.x; tile < tiles; tile \+= blockDim\.x\) best\.merge"),),
+        1,
+        "tile partial",
+    ),
+    LoopName(
+        "schedule.bitonic",
+        "schedule_kernel<float>",
+        ((_SCHEDULE, r"for \(int t = threadIdx\.x; t < pairs; t \+= blockDim\.x\)"),),
+        1,
+        "compare-exchange",
+    ),
+    LoopName(
+        "schedule.scan",
+        "schedule_kernel<float>",
+        ((_SCHEDULE, r"const PathResult current ="), (_SCHEDULE, r"for \(int step = 1; step < blockDim\.x;")),
+        1,
+        "scan step of one thread",
+    ),
+    LoopName(
+        "schedule.theta_walk",
+        "schedule_kernel<float>",
+        (
+            (_SCHEDULE, r"const PathResult current ="),
+            (_SCHEDULE, r"for \(int n = n0; n < n1; \+\+n\) \{\n\s*double theta_next"),
+        ),
+        1,
+        "candidate",
+    ),
+]
+
+
+# ---- the modeled paths ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: the bytes it must move and the thread-instructions it issues."""
+
+    kernel: str
+    bytes: float
+    instructions: float = 0.0  # thread-instructions; 0 where not modeled
+    one_cta: bool = False  # issue limited to one SM
+
+    def terms(self, device: Device) -> tuple[float, float]:
+        """(bytes / bandwidth, thread-instructions / issue rate) in seconds."""
+        issue = device.sm_issue_rate if self.one_cta else device.issue_rate
+        return self.bytes / device.bandwidth, self.instructions / issue
+
+    def time(self, device: Device) -> float:
+        return max(self.terms(device)) + device.launch_cost
+
+
+@dataclass
+class ModeledOp:
+    """One op at one shape: our launches, SGLang's, and the bytes of its floor (0: none)."""
+
+    op: str
+    vocab: int
+    rows: int
+    gamma: int
+    ours: list[Launch]
+    sglang: list[Launch]
+    floor_bytes: float
+    notes: list[str] = field(default_factory=list)
+
+    def bytes(self) -> float:
+        return sum(launch.bytes for launch in self.ours)
+
+    def instructions(self) -> float:
+        return sum(launch.instructions for launch in self.ours)
+
+    def time(self, device: Device) -> float:
+        return sum(launch.time(device) for launch in self.ours)
+
+    def sglang_time(self, device: Device) -> float:
+        return sum(launch.time(device) for launch in self.sglang)
+
+    def floor(self, device: Device) -> float | None:
+        """The floor bytes at full bandwidth, in one launch (None: the op has an absolute budget)."""
+        return self.floor_bytes / device.bandwidth + device.launch_cost if self.floor_bytes else None
+
+    def bound(self, device: Device) -> str:
+        """What the largest share of the modeled time goes to: memory, issue or launches."""
+        shares = {"memory": 0.0, "issue": 0.0, "launches": len(self.ours) * device.launch_cost}
+        for launch in self.ours:
+            memory, issue = launch.terms(device)
+            shares["memory" if memory >= issue else "issue"] += max(memory, issue)
+        return max(shares, key=shares.__getitem__)
+
+
+def _sglang(launches: sglang_path_model.Launches) -> list[Launch]:
+    return [Launch(name, float(b)) for name, b in launches]
+
+
+def _tile_geometry(vocab: int, rows: int) -> dict[str, int]:
+    """markov_block_tile_vocab and the tile kernels' launch geometry (markov_block.cu)."""
+    tile_v = 128 if rows > 32 else 64  # 16-bit weights
+    chunk = 2048 // tile_v  # kTileOutputs / kTileV
+    lanes = tile_v // 4
+    rows_per_warp = 32 // lanes
+    return {
+        "tile_v": tile_v,
+        "tiles": math.ceil(vocab / tile_v),
+        "chunk": chunk,
+        "chunks": math.ceil(rows / chunk),
+        "warp_rows": math.ceil(rows / rows_per_warp) * rows_per_warp,  # rows padded to whole warps
+        "k_pad": math.ceil(RANK / 16) * 16,
+    }
+
+
+def _tile_instructions(prefix: str, geo: dict[str, int], loops: Mapping[str, float]) -> float:
+    """Thread-instructions of one tile-kernel launch: staging, MMA and epilogue loops.
+
+    Staging copies k_pad elements per row (tile_v W2 rows; chunk W1 rows per chunk, padding
+    rows included); every thread of the CTA runs k_pad / 16 MMA k-steps per chunk; the
+    epilogue handles tile_v columns of every row, rows padded to whole warps.
+    """
+    w, t, k = geo["tile_v"], geo["tiles"], geo["k_pad"]
+    return (
+        loops[f"{prefix}.w2_stage.{w}"] * t * w * k
+        + loops[f"{prefix}.e_stage.{w}"] * t * geo["chunks"] * geo["chunk"] * k
+        + loops[f"{prefix}.mma.{w}"] * t * geo["chunks"] * 256 * (k / 16)
+        + loops[f"{prefix}.epilogue.{w}"] * t * w * geo["warp_rows"]
+    )
+
+
+def markov_block(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> ModeledOp:
+    """markov_block, statistics form (no [R, g, V] logits kept): 2 launches per position.
+
+    ``loops``: SASS instructions per unit of each named loop (``LoopCount.per_item``).
+    """
+    geo = _tile_geometry(vocab, rows)
+    w2, base, w1 = vocab * RANK * ELEM, rows * vocab * ELEM, rows * RANK * ELEM
+    partials = rows * geo["tiles"] * 20  # MarkovPartial: 5 x 4 bytes
+    tile = Launch(
+        f"markov_tile_kernel<bf16, bf16, {geo['tile_v']}>",
+        w2 + base + w1 + rows * 12 + partials,
+        _tile_instructions("markov", geo, loops),
+    )
+    reduce = Launch(
+        "markov_reduce_kernel", partials + rows * 20, loops["markov.reduce"] * rows * geo["tiles"]
+    )
+    return ModeledOp(
+        "markov_block",
+        vocab,
+        rows,
+        gamma,
+        [tile, reduce] * gamma,
+        _sglang(sglang_path_model.markov_block(vocab, rows, gamma, RANK, ELEM)),
+        gamma * (w2 + base),
+        ["W1 rows counted once (every CTA re-reads them from L2)"],
+    )
+
+
+def stat_chunks(vocab: int, rows: int, gamma: int) -> int:
+    """CTAs per (row, position) of the statistics pass (dspark_sgl/verify.py _stat_chunks)."""
+    return max(1, min(math.ceil(4 * SMS / (rows * (gamma + 1))), math.ceil(vocab / 2048)))
+
+
+def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> ModeledOp:
+    """chain_verify, statistics form: every row sampled, verified to g, rejected at some s < g."""
+    positions = rows * (gamma + 1)
+    chunks = stat_chunks(vocab, rows, gamma)
+    target = positions * vocab * ELEM
+    stat_partials = positions * chunks * 24  # StatPartial: 6 x 4 bytes
+    geo = _tile_geometry(vocab, rows)
+    resample_partials = rows * geo["tiles"] * 16  # ResamplePartial: 2 ArgMax
+    stats = Launch(
+        "verify_stats_kernel<bf16, bf16>",
+        target + rows * 12 + stat_partials,
+        (loops["verify.stats_vector"] + loops["verify.stats_element"]) * positions * vocab,
+    )
+    accept = Launch(
+        "verify_accept_kernel<bf16, bf16>",
+        stat_partials + rows * gamma * (8 + 12 + ELEM) + rows * (4 + 24) + positions * 8,
+    )
+    resample = Launch(
+        f"verify_resample_markov_kernel<bf16, bf16, {geo['tile_v']}>",
+        vocab * RANK * ELEM + 2 * rows * vocab * ELEM + rows * RANK * ELEM + rows * 24 + resample_partials,
+        _tile_instructions("verify.resample", geo, loops),
+    )
+    finalize = Launch(
+        "verify_finalize_kernel",
+        resample_partials + rows * 8,
+        loops["verify.finalize"] * rows * geo["tiles"],
+    )
+    return ModeledOp(
+        "chain_verify",
+        vocab,
+        rows,
+        gamma,
+        [stats, accept, resample, finalize],
+        _sglang(sglang_path_model.verify(vocab, rows, gamma, ELEM)),
+        target,
+        ["floor: the target logits read once; accept loop instructions not modeled"],
+    )
+
+
+def schedule(rows: int, gamma: int, loops: Mapping[str, float], asynchronous: bool) -> ModeledOp:
+    """schedule_prefix: one CTA of 1024 threads; async sorts and walks a second segment."""
+    count = rows * gamma
+    padded = 1 << max(0, math.ceil(math.log2(count)))
+    segments = 2 if asynchronous else 1
+    log = int(math.log2(padded))
+    stages = log * (log + 1) // 2
+    pairs = padded * segments // 2
+    threads = 1024
+    instructions = (
+        loops["schedule.bitonic"] * stages * math.ceil(pairs / 32) * 32
+        + segments * loops["schedule.scan"] * int(math.log2(threads)) * threads
+        + segments * loops["schedule.theta_walk"] * count
+    )
+    kernel = Launch("schedule_kernel<float>", segments * count * 4 + rows * 4, instructions, one_cta=True)
+    return ModeledOp(
+        "schedule_async" if asynchronous else "schedule_causal",
+        0,
+        rows,
+        gamma,
+        [kernel],
+        _sglang(sglang_path_model.schedule(rows, gamma)),
+        0.0,
+        ["barrier latency not modeled; SGLang's budget runs on the host (not modeled)"],
+    )
+
+
+def model(loops: Mapping[str, float]) -> list[ModeledOp]:
+    """Every modeled row: Markov block and verification per (V, R, g), the scheduler per (R, g)."""
+    paths: list[ModeledOp] = []
+    for vocab in VOCABS:
+        for rows in ROWS:
+            for gamma in GAMMAS:
+                paths.append(markov_block(vocab, rows, gamma, loops))
+                paths.append(verify(vocab, rows, gamma, loops))
+    for rows in ROWS:
+        for gamma in SCHEDULE_GAMMAS:
+            for asynchronous in (False, True):
+                paths.append(schedule(rows, gamma, loops, asynchronous))
+    return paths
+
+
+# ---- budgets -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    budget: str
+    met: bool
+    failures: tuple[str, ...]
+
+    def line(self) -> str:
+        if self.met:
+            return f"- {self.budget}: met"
+        shown = "; ".join(self.failures[:6]) + (
+            f"; ... ({len(self.failures)} in all)" if len(self.failures) > 6 else ""
+        )
+        return f"- {self.budget}: NOT met ({shown})"
+
+
+def _where(path: ModeledOp, device: Device | None = None) -> str:
+    shape = f"V={path.vocab} R={path.rows} g={path.gamma}" if path.vocab else f"R={path.rows} g={path.gamma}"
+    return f"{path.op} {shape}" + (f" {device.name}" if device else "")
+
+
+def _check(
+    budget: str, paths: list[ModeledOp], ok: Callable[[ModeledOp, Device], bool], devices: tuple[Device, ...]
+) -> Verdict:
+    failures = tuple(f"{_where(p, d)}" for p in paths for d in devices if not ok(p, d))
+    return Verdict(budget, not failures and bool(paths), failures or (() if paths else ("no rows",)))
+
+
+def budgets(
+    paths: list[ModeledOp], counts: Mapping[str, LoopCount], devices: tuple[Device, ...] = DEVICES
+) -> list[Verdict]:
+    """The issue's budgets, each met or NOT met over the modeled rows."""
+    markov = [p for p in paths if p.op == "markov_block"]
+    verify_rows = [p for p in paths if p.op == "chain_verify"]
+    sched = [p for p in paths if p.op.startswith("schedule_")]
+    epilogues = [c for name, c in counts.items() if name.startswith("markov.epilogue.")]
+    epilogue_failures = tuple(f"{c.name}: {c.per_item:.0f}" for c in epilogues if c.per_item > 25)
+    return [
+        _check(
+            "Markov block <= 1.3x its floor at R >= 8",
+            [p for p in markov if p.rows >= 8],
+            lambda p, d: p.time(d) <= 1.3 * p.floor(d),
+            devices,
+        ),
+        _check(
+            "Markov block <= 1.6x its floor at R = 1",
+            [p for p in markov if p.rows == 1],
+            lambda p, d: p.time(d) <= 1.6 * p.floor(d),
+            devices,
+        ),
+        Verdict(
+            "Markov epilogue <= 25 SASS instructions per sampled element (outside the MMA)",
+            bool(epilogues) and not epilogue_failures,
+            epilogue_failures or (() if epilogues else ("no epilogue loop counted",)),
+        ),
+        _check(
+            "Markov block >= 2x faster than SGLang's path at R >= 8",
+            [p for p in markov if p.rows >= 8],
+            lambda p, d: p.sglang_time(d) >= 2.0 * p.time(d),
+            devices,
+        ),
+        _check(
+            "Verification <= 1.3x reading the target logits once",
+            verify_rows,
+            lambda p, d: p.time(d) <= 1.3 * p.floor(d),
+            devices,
+        ),
+        _check("Scheduler (one launch) under 10 us", sched, lambda p, d: p.time(d) < 10e-6, devices),
+    ]
+
+
+# ---- tables --------------------------------------------------------------------------
+
+PATH_HEADER = ["op", "V", "R", "g", "launches", "MB", "G thread-instr", "bound (H100)"] + [
+    f"{d.name} {c}"
+    for d in DEVICES
+    for c in ("floor us", "ours us", "ours/floor", "SGLang us", "SGLang/ours")
+]
+LOOP_HEADER = [
+    *("loop", "kernel", "source lines", "instr/iter", "per iter", "instr/unit", "in loop"),
+    *sass_loops.OPCODE_CLASSES,
+]
+
+
+def path_cells(path: ModeledOp) -> list[str]:
+    cells = [
+        path.op,
+        str(path.vocab) if path.vocab else "-",
+        str(path.rows),
+        str(path.gamma),
+        str(len(path.ours)),
+        f"{path.bytes() / 1e6:.1f}",
+        f"{path.instructions() / 1e9:.3f}",
+        path.bound(H100),
+    ]
+    for device in DEVICES:
+        floor, ours, theirs = path.floor(device), path.time(device), path.sglang_time(device)
+        cells += [
+            f"{floor * 1e6:.1f}" if floor else "-",
+            f"{ours * 1e6:.1f}",
+            f"{ours / floor:.2f}" if floor else "-",
+            f"{theirs * 1e6:.1f}",
+            f"{theirs / ours:.2f}",
+        ]
+    return cells
+
+
+def loop_cells(count: LoopCount) -> list[str]:
+    return [
+        count.name,
+        f"`{count.kernel}`",
+        count.source,
+        str(count.instructions),
+        f"{count.per_iteration} {count.unit}",
+        f"{count.per_item:.1f}",
+        f"{count.coverage:.0%}",
+        *(str(count.opcodes.get(c, 0)) for c in sass_loops.OPCODE_CLASSES),
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
+
+
+BREAKDOWN_SHAPE = (129280, 256, 5)
+BREAKDOWN_HEADER = ["op", "launch", "times", "MB each", "G thread-instr each", "memory us", "issue us"]
+
+
+def breakdown(paths: list[ModeledOp], device: Device = H100) -> list[list[str]]:
+    """Per distinct launch at BREAKDOWN_SHAPE: where the modeled time of each op goes."""
+    vocab, rows, gamma = BREAKDOWN_SHAPE
+    cells = []
+    for path in paths:
+        if (path.vocab or vocab, path.rows, path.gamma) != (vocab, rows, gamma):
+            continue
+        times: dict[str, int] = {}
+        for launch in path.ours:
+            times[launch.kernel] = times.get(launch.kernel, 0) + 1
+        for kernel, n in times.items():
+            launch = next(lc for lc in path.ours if lc.kernel == kernel)
+            memory, issue = launch.terms(device)
+            cells.append(
+                [
+                    path.op,
+                    f"`{kernel}`",
+                    str(n),
+                    f"{launch.bytes / 1e6:.2f}",
+                    f"{launch.instructions / 1e9:.3f}",
+                    f"{memory * 1e6:.1f}",
+                    f"{issue * 1e6:.1f}",
+                ]
+            )
+    return cells
+
+
+def report(
+    paths: list[ModeledOp], counts: Mapping[str, LoopCount], verdicts: list[Verdict], source: str
+) -> str:
+    """The markdown report: constants, per-loop counts, modeled table, budgets."""
+    lines = [
+        f"Modeled (no GPU), {datetime.date.today()}: `python benchmarks/cost_model.py`, SASS of {source}.",
+        "Every time below is MODELED, not measured: the sum over launches of"
+        " max(bytes / bandwidth, thread-instructions / issue rate) + launches x launch cost.",
+        "",
+        "Device constants:",
+        *(f"- {d.source}" for d in DEVICES),
+        "",
+        "SASS loops (static count of one iteration, label to back-edge, nested loops excluded):",
+        "",
+        *_table(LOOP_HEADER, [loop_cells(c) for c in counts.values()]),
+        "",
+        "Modeled table (bf16 logits and weights, r = 256; Markov block: g positions, statistics form;"
+        " verification: statistics form, every row sampled and rejected; SGLang: bytes and launches"
+        " only, a lower bound):",
+        "",
+        *_table(PATH_HEADER, [path_cells(p) for p in paths]),
+        "",
+        "Notes: floor = the floor bytes at full bandwidth plus one launch;"
+        " ours/floor and SGLang/ours are ratios of modeled times.",
+        *sorted({f"- {p.op}: {note}" for p in paths for note in p.notes}),
+        "",
+        f"Where the time goes (modeled, H100, V={BREAKDOWN_SHAPE[0]} R={BREAKDOWN_SHAPE[1]}"
+        f" g={BREAKDOWN_SHAPE[2]}; the scheduler at R={BREAKDOWN_SHAPE[1]} g={BREAKDOWN_SHAPE[2]}):",
+        "",
+        *_table(BREAKDOWN_HEADER, breakdown(paths)),
+        "",
+        "Budgets (modeled):",
+        *(v.line() for v in verdicts),
+    ]
+    return "\n".join(lines)
+
+
+def loop_instructions(counts: Mapping[str, LoopCount]) -> dict[str, float]:
+    """Instructions per unit (element, pair, partial, ...) of each named loop: what the model uses."""
+    return {name: c.per_item for name, c in counts.items()}
+
+
+def _csrc_revision() -> str:
+    """The last commit that touched csrc/, '+ local changes' when the tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "log", "-1", "--format=%h", "--", "csrc"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "csrc"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "(no git)"
+    return f"at {commit or '?'}" + (" + local changes" if dirty else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, help="also write the report (markdown) to this file")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a budget is NOT met")
+    parser.add_argument("--extension", type=Path, help="read the SASS of this built extension instead")
+    args = parser.parse_args(argv)
+    missing = sass_loops.missing_tools(from_extension=args.extension is not None)
+    if missing:
+        print("cost_model: missing " + ", ".join(missing), file=sys.stderr)
+        return 2
+    counts = sass_loops.count_loops(LOOPS, extension=args.extension)
+    source = f"`{args.extension}`" if args.extension else f"csrc/ {_csrc_revision()} compiled now for sm_90a"
+    paths = model(loop_instructions(counts))
+    verdicts = budgets(paths, counts)
+    text = report(paths, counts, verdicts, source)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 1 if args.check and not all(v.met for v in verdicts) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

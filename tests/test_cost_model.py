@@ -1,0 +1,327 @@
+"""The cost model's machinery (benchmarks/cost_model.py, sass_loops.py, sglang_path_model.py).
+
+Not the budgets themselves (the current kernels break them; ``--check`` is not run in CI
+yet): the byte and launch formulas against hand-computed cases, the SASS loop reader on a
+synthetic listing and on the real sm_90a build of csrc/, the table's rows, and ``--check``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import cost_model
+import sass_loops
+import sglang_path_model
+
+ZERO = {loop.name: 0.0 for loop in cost_model.LOOPS}
+
+
+# ---- bytes and launches, by hand --------------------------------------------------------
+
+
+def test_markov_block_bytes_and_launches_by_hand():
+    # V = 129280, R = 8 (64-wide tiles: ceil(129280 / 64) = 2020), g = 5, r = 256, bf16.
+    path = cost_model.markov_block(129280, 8, 5, ZERO)
+    w2 = 129280 * 256 * 2  # 66,191,360
+    tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 8 * 2020 * 20
+    assert tile == 68_587_232
+    reduce = 8 * 2020 * 20 + 8 * 20
+    assert [launch.bytes for launch in path.ours] == [tile, reduce] * 5
+    assert len(path.ours) == 10
+    assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
+    # R = 64 takes the 128-wide tile: ceil(129280 / 128) = 1010 partials per row.
+    wide = cost_model.markov_block(129280, 64, 5, ZERO)
+    assert wide.ours[1].bytes == 64 * 1010 * 20 + 64 * 20
+    assert "128" in wide.ours[0].kernel
+
+
+def test_markov_block_instructions_follow_the_launch_geometry():
+    # One instruction per unit of one loop at a time: the thread-iterations of that loop.
+    def only(name: str, rows: int) -> float:
+        return cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}).ours[0].instructions
+
+    assert only("markov.w2_stage.64", 8) == 2020 * 64 * 256  # every W2 element of every tile
+    assert only("markov.e_stage.64", 8) == 2020 * 1 * 32 * 256  # one 32-row chunk of W1 rows
+    assert only("markov.mma.64", 8) == 2020 * 1 * 256 * 16  # 256 threads x 16 k-steps
+    assert only("markov.epilogue.64", 1) == 2020 * 64 * 2  # R = 1 padded to the warp's 2 rows
+    assert only("markov.epilogue.128", 256) == 1010 * 128 * 256
+    assert only("markov.e_stage.128", 256) == 1010 * 16 * 16 * 256  # 16 chunks of 16 rows
+
+
+def test_verify_bytes_by_hand():
+    # V = 129280, R = 8, g = 5: 48 verified positions, ceil(4 * 132 / 48) = 11 chunks each.
+    path = cost_model.verify(129280, 8, 5, ZERO)
+    assert cost_model.stat_chunks(129280, 8, 5) == 11
+    target = 8 * 6 * 129280 * 2
+    assert path.floor_bytes == target == 12_410_880
+    stats, accept, resample, finalize = (launch.bytes for launch in path.ours)
+    assert stats == target + 8 * 12 + 48 * 11 * 24
+    assert accept == 48 * 11 * 24 + 8 * 5 * (8 + 12 + 2) + 8 * (4 + 24) + 48 * 8
+    assert resample == 129280 * 256 * 2 + 2 * 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 24 + 8 * 2020 * 16
+    assert finalize == 8 * 2020 * 16 + 8 * 8
+
+
+def test_schedule_instructions_by_hand():
+    # R = 256, g = 16: 4096 keys, 12 * 13 / 2 = 78 bitonic stages of 2048 pairs (4096 async).
+    causal = cost_model.schedule(256, 16, {**ZERO, "schedule.bitonic": 1.0}, asynchronous=False)
+    assert causal.ours[0].instructions == 78 * 2048
+    both = cost_model.schedule(256, 16, {**ZERO, "schedule.bitonic": 1.0}, asynchronous=True)
+    assert both.ours[0].instructions == 78 * 4096
+    walk = cost_model.schedule(256, 16, {**ZERO, "schedule.theta_walk": 1.0, "schedule.scan": 1.0}, False)
+    assert walk.ours[0].instructions == 256 * 16 + 10 * 1024
+    assert causal.ours[0].one_cta and len(causal.ours) == 1
+
+
+def test_sglang_path_bytes_by_hand():
+    # Per position: embedding gather, W2 GEMM writing the bias, partial kernel, finish kernel.
+    launches = sglang_path_model.markov_block(129280, 8, 5, 256, 2)
+    assert len(launches) == 4 * 5 + 2
+    parts = 127  # ceil(129280 / 1024)
+    assert [b for _, b in launches[:4]] == [
+        8 * 8 + 2 * 8 * 256 * 2,
+        129280 * 256 * 2 + 8 * 256 * 2 + 8 * 129280 * 2,
+        3 * 8 * 129280 * 2 + 8 * 4 + 8 * parts * 8,
+        8 * parts * 8 + 8 * 8,
+    ]
+    verify = dict(sglang_path_model.verify(129280, 8, 5, 2))
+    assert verify["_softmax_temp_kernel (target probs)"] == 8 * 6 * 129280 * (2 + 4)
+    assert len(sglang_path_model.schedule(8, 5)) == 3
+
+
+def test_time_is_max_of_bytes_and_issue_plus_launch():
+    device = cost_model.Device("test", 1e12, 1e12, 1e10, 1e-6, "")
+    assert cost_model.Launch("k", 2e6).time(device) == pytest.approx(2e-6 + 1e-6)
+    assert cost_model.Launch("k", 2e6, 5e6).time(device) == pytest.approx(5e-6 + 1e-6)
+    assert cost_model.Launch("k", 0, 5e6, one_cta=True).time(device) == pytest.approx(5e-4 + 1e-6)
+
+
+# ---- the SASS reader on a synthetic listing -------------------------------------------
+
+
+def test_build_flags_come_from_cmake():
+    build = sass_loops.cmake_build_flags()
+    kernels = {"csrc/markov_block.cu", "csrc/chain_verify.cu", "csrc/schedule.cu"}
+    assert kernels <= set(build.sources) and all(s.endswith(".cu") for s in build.sources)
+    assert {"-lineinfo", "--expt-relaxed-constexpr", "-std=c++17", "-O3"} <= set(build.flags)
+    assert build.includes == ("csrc/include",)
+    assert not any("gencode" in f for f in build.flags)  # the arch is the model's: sm_90a only
+
+
+_LISTING = """\
+.text._Z6kernelPf:
+	//## File "/x/csrc/k.cu", line 3
+        /*0000*/                   MOV R1, R2 ;
+.L_x_1:
+	//## File "/x/csrc/inc/h.cuh", line 2 inlined at "/x/csrc/k.cu", line 5
+	//## File "/x/csrc/k.cu", line 5
+        /*0010*/                   LDG.E R3, desc[UR4][R4.64] ;
+        /*0020*/                   MUFU.EX2 R3, R3 ;
+.L_x_2:
+	//## File "/x/csrc/k.cu", line 7
+        /*0030*/                   FADD R5, R5, R3 ;
+        /*0040*/               @P0 BRA `(.L_x_2) ;
+	//## File "/x/csrc/k.cu", line 5
+        /*0050*/               @!P1 BRA `(.L_x_1) ;
+        /*0060*/                   EXIT ;
+"""
+
+_SOURCE = """\
+void kernel(float* x) {
+  int a = 0;
+  for (int i = 0; i < n; ++i) {  // outer
+    helper(x);
+    x[i] = 1;
+    for (int j = 0; j < m; ++j)
+      x[j] += 1;
+  }
+}
+"""
+
+
+def test_parse_disassembly_chains_labels_and_loops():
+    (fn,) = sass_loops.parse_disassembly(_LISTING)
+    assert fn.mangled == "_Z6kernelPf"
+    assert [i.opcode for i in fn.instructions] == ["MOV", "LDG.E", "MUFU.EX2", "FADD", "BRA", "BRA", "EXIT"]
+    assert fn.instructions[1].frames == (
+        sass_loops.Frame("/x/csrc/inc/h.cuh", 2),
+        sass_loops.Frame("/x/csrc/k.cu", 5),
+    )
+    assert fn.instructions[2].frames == fn.instructions[1].frames  # a chain holds until the next one
+    assert fn.loops() == [(1, 5), (3, 4)]
+
+
+def test_statement_lines_brace_matches(tmp_path):
+    src = tmp_path / "k.cu"
+    src.write_text(_SOURCE, encoding="utf-8")
+    assert sass_loops.statement_lines(src, r"for \(int i") == (3, 8)
+    assert sass_loops.statement_lines(src, r"for \(int j") == (6, 7)  # no braces: ends at ';'
+    assert sass_loops.statement_lines(src, r"helper\(x\);") == (4, 4)
+    assert sass_loops.statement_lines(src, r"x\[i\] = 1;\n\s*for") == (5, 5)  # a multi-line name
+    with pytest.raises(LookupError, match="2 matches"):
+        sass_loops.statement_lines(src, r"for \(int")
+
+
+def test_count_loop_on_a_synthetic_listing(tmp_path):
+    (fn,) = sass_loops.parse_disassembly(_LISTING)
+    fn.name = "kernel"
+    (tmp_path / "k.cu").write_text(_SOURCE, encoding="utf-8")
+    inner = sass_loops.LoopName("inner", "kernel", (("k.cu", r"for \(int j"),), 1, "x")
+    outer = sass_loops.LoopName("outer", "kernel", (("k.cu", r"for \(int i"),), 1, "x", (r"^LDG", 1))
+    counts = {}
+    claimed: set[tuple[int, int]] = set()
+    for loop in (inner, outer):  # the inner source loop first, as count_loops orders them
+        counts[loop.name] = sass_loops.count_loop([fn], loop, tmp_path, claimed)
+    assert counts["inner"].instructions == 2  # FADD, BRA
+    assert counts["outer"].instructions == 3  # LDG, MUFU, BRA; the nested loop excluded
+    assert counts["outer"].opcodes == {"global/generic": 1, "MUFU": 1}
+    unrolled = sass_loops.LoopName("outer2", "kernel", (("k.cu", r"for \(int i"),), 4, "x", (r"^LDG", 1))
+    assert sass_loops.count_loop([fn], unrolled, tmp_path, {(3, 4)}).per_item == 3 / 4
+    with pytest.raises(LookupError, match="0 functions"):
+        sass_loops.count_loop(
+            [fn], sass_loops.LoopName("x", "other", (("k.cu", "helper"),), 1, "x"), tmp_path
+        )
+
+
+# ---- the table and --check -----------------------------------------------------------
+
+
+def _counts(per_item: float) -> dict[str, sass_loops.LoopCount]:
+    return {
+        loop.name: sass_loops.LoopCount(loop.name, loop.kernel, int(per_item), 1, loop.unit, "", 1.0, {})
+        for loop in cost_model.LOOPS
+    }
+
+
+def test_the_table_has_every_required_row():
+    paths = cost_model.model({name: 10.0 for name in ZERO})
+    have = {(p.op, p.vocab, p.rows, p.gamma) for p in paths}
+    for vocab in (129280, 151936):
+        for rows in (1, 8, 64, 256):
+            for gamma in (5, 7):
+                assert ("markov_block", vocab, rows, gamma) in have
+                assert ("chain_verify", vocab, rows, gamma) in have
+    for rows in (1, 8, 64, 256):
+        for gamma in (5, 7, 16):
+            assert ("schedule_causal", 0, rows, gamma) in have
+            assert ("schedule_async", 0, rows, gamma) in have
+    counts = _counts(10)
+    text = cost_model.report(paths, counts, cost_model.budgets(paths, counts), "test")
+    for p in paths:
+        assert "| " + " | ".join(cost_model.path_cells(p)) + " |" in text
+    for name in counts:
+        assert f"| {name} |" in text
+    assert "MODELED" in text and "Modeled (no GPU)" in text
+    assert len(cost_model.budgets(paths, counts)) == 6
+
+
+def _all_met() -> list[cost_model.ModeledOp]:
+    """Synthetic rows inside every budget: at the floor, SGLang 3x slower, a 5 us scheduler."""
+    fast = cost_model.Launch("fast", 1e6)
+    slow = [cost_model.Launch("slow", 1e6)] * 8
+    return [
+        cost_model.ModeledOp("markov_block", 129280, 8, 5, [fast], slow, 1e6),
+        cost_model.ModeledOp("markov_block", 129280, 1, 5, [fast], slow, 1e6),
+        cost_model.ModeledOp("chain_verify", 129280, 8, 5, [fast], slow, 1e6),
+        cost_model.ModeledOp("schedule_causal", 0, 256, 16, [cost_model.Launch("s", 0, 1e5, True)], slow, 0),
+    ]
+
+
+def test_budgets_met_and_broken():
+    verdicts = cost_model.budgets(_all_met(), _counts(20))
+    assert all(v.met for v in verdicts), [v.line() for v in verdicts]
+    broken_kernel = cost_model.ModeledOp(
+        "markov_block", 151936, 64, 7, [cost_model.Launch("slow", 1e8)], [], 1e6
+    )
+    verdicts = cost_model.budgets([*_all_met(), broken_kernel], _counts(20))
+    failed = [v for v in verdicts if not v.met]
+    assert [v.budget for v in failed] == [
+        "Markov block <= 1.3x its floor at R >= 8",
+        "Markov block >= 2x faster than SGLang's path at R >= 8",
+    ]
+    assert "V=151936 R=64 g=7 H100" in failed[0].line()
+    too_many = cost_model.budgets(_all_met(), _counts(26))
+    assert [v.met for v in too_many].count(False) == 1
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_check_flag_exit_status(monkeypatch, tmp_path, broken):
+    rows = _all_met()
+    if broken:
+        rows.append(
+            cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 1e9)], [], 1e6)
+        )
+    monkeypatch.setattr(cost_model.sass_loops, "missing_tools", lambda from_extension=False: [])
+    monkeypatch.setattr(cost_model.sass_loops, "count_loops", lambda loops, extension=None: _counts(20))
+    monkeypatch.setattr(cost_model, "model", lambda loops: rows)
+    out = tmp_path / "report.md"
+    assert cost_model.main(["--check", "--out", str(out)]) == (1 if broken else 0)
+    assert cost_model.main(["--out", str(out)]) == 0  # without --check the report never fails
+    assert ("NOT met" in out.read_text()) == broken
+
+
+# ---- the real sm_90a build ------------------------------------------------------------
+
+_MISSING = sass_loops.missing_tools()
+
+
+@pytest.fixture(scope="module")
+def real_build():
+    if _MISSING:
+        pytest.skip("the SASS reader needs " + ", ".join(_MISSING))
+    functions = sass_loops.build_functions()
+    return functions, sass_loops.count_named(functions, cost_model.LOOPS)
+
+
+def test_every_named_loop_is_found_in_the_build(real_build):
+    _, counts = real_build
+    assert set(counts) == {loop.name for loop in cost_model.LOOPS}
+    for count in counts.values():
+        assert count.instructions > 0, count
+        assert 0 < count.coverage <= 1, count
+    # The tile kernels' MMA loop issues tensor-core instructions; the epilogue does not.
+    assert counts["markov.mma.64"].opcodes.get("MMA", 0) > 0
+    assert counts["markov.epilogue.128"].opcodes.get("MMA", 0) == 0
+
+
+def test_loop_counts_are_stable(real_build):
+    _, counts = real_build
+    again = sass_loops.count_loops(cost_model.LOOPS)  # the whole path again, from the cache
+    assert {n: (c.instructions, c.per_iteration) for n, c in again.items()} == {
+        n: (c.instructions, c.per_iteration) for n, c in counts.items()
+    }
+
+
+def test_a_loop_that_is_not_there_is_named(real_build):
+    functions, _ = real_build
+    missing = sass_loops.LoopName(
+        "gone", "markov_reduce_kernel", (("markov_block.cu", r"no such line"),), 1, ""
+    )
+    with pytest.raises(LookupError, match="no such line"):
+        sass_loops.count_named(functions, [missing])
+
+
+def _fresh_extension() -> Path | None:
+    """The built extension, when it is newer than every file under csrc/ (built from it)."""
+    root = Path(__file__).resolve().parent.parent
+    built = sorted((root / "dspark_sgl").glob("_C*.so"))
+    if not built:
+        return None
+    newest_source = max(p.stat().st_mtime for p in (root / "csrc").rglob("*") if p.is_file())
+    return built[0] if built[0].stat().st_mtime >= newest_source else None
+
+
+def test_the_built_extension_reads_the_same(real_build):
+    missing = sass_loops.missing_tools(from_extension=True)
+    extension = _fresh_extension()
+    if missing or extension is None:
+        pytest.skip("needs " + (", ".join(missing) if missing else "dspark_sgl/_C*.so built from csrc/"))
+    _, counts = real_build
+    from_extension = sass_loops.count_loops(cost_model.LOOPS, extension=extension)
+    assert {n: c.instructions for n, c in from_extension.items()} == {
+        n: c.instructions for n, c in counts.items()
+    }
