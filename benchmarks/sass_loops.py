@@ -471,15 +471,16 @@ def count_loop(
 
 def count_named(functions: list[Function], loops: list[LoopName], csrc: Path = CSRC) -> dict[str, LoopCount]:
     """Counts every named loop in these functions, inner source loops first (they claim their
-    SASS loop before an enclosing named loop looks for its own)."""
+    SASS loop before an enclosing named loop looks for its own): longer frame chains (a loop in
+    an inlined function) first, then shorter statements."""
     claimed: dict[str, set[tuple[int, int]]] = {}
 
-    def extent(loop: LoopName) -> int:
+    def inner_first(loop: LoopName) -> tuple[int, int]:
         _, lo, hi = _ranges(loop, csrc)[-1]
-        return hi - lo
+        return -len(loop.frames), hi - lo
 
     counts = {}
-    for loop in sorted(loops, key=extent):
+    for loop in sorted(loops, key=inner_first):
         counts[loop.name] = count_loop(functions, loop, csrc, claimed.setdefault(loop.kernel, set()))
     return {loop.name: counts[loop.name] for loop in loops}
 

@@ -1,4 +1,4 @@
-// schedule_prefix: confidence-scheduled verify lengths in one launch (one CTA of 1024 threads).
+// schedule_prefix: confidence-scheduled verify lengths in one launch (one CTA of 512 threads).
 //
 // Mirrors dspark_sgl/scheduler.py for R * g <= 8192 candidates per segment (the current
 // confidences; for schedule_async also the stale ones that fix the budget):
@@ -25,13 +25,14 @@
 namespace dspark_sgl {
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxSortKeys = 8192;  // keys of one sort: 8 a thread
+constexpr int kMaxSortKeys = 8192;  // keys of one sort
+constexpr int kSortThreads = 256;   // 8 warps, at most 32 keys each
 constexpr int kDigitBits = 8;
 constexpr int kDigits = 1 << kDigitBits;
 constexpr int kPasses = 32 / kDigitBits;
-constexpr int kCountersPerThread = kDigits / 32;  // a warp's threads scan its 256 x 32-warp share
+constexpr int kCountersPerThread = 8;  // of one pass's 256 x warps counters, per sorting thread
 constexpr int kWalkThreads = kThreads / 2;       // a Theta walk per half of the block
 constexpr int kWalkWarps = kWalkThreads / 32;
 constexpr int kWalkRanks = kMaxSortKeys / kWalkThreads;  // consecutive ranks per walking thread
@@ -46,8 +47,9 @@ constexpr uint32_t kInvalidKey = 0x7FFFFFFFu;
 constexpr uint32_t kPadKey = 0xFFFFFFFFu;
 constexpr uint32_t kStaleSegmentBit = 0x80000000u;
 
-// One sort of `keys` candidates: `items` keys per thread (1, 2, 4 or 8) on `warps` warps (a
-// power of two <= 32), `warps * 32 * items` slots in all.
+// One sort of `keys` candidates: `items` keys per thread (1 to 32) on 8 warps (the fewest
+// threads at the most keys each: a pass's scan costs the same per thread however many keys it
+// holds), `warps * 32 * items` slots in all.
 struct SortShape {
   int items;
   int warps;
@@ -55,8 +57,8 @@ struct SortShape {
 };
 
 __host__ __device__ inline SortShape sort_shape(int keys) {
-  SortShape s{1, 1};
-  while (s.items * kThreads < keys) s.items <<= 1;
+  SortShape s{1, 8};
+  while (s.items * kSortThreads < keys) s.items <<= 1;
   while (s.slots() < keys) s.warps <<= 1;
   return s;
 }
@@ -99,11 +101,8 @@ struct Layout {
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
-// Counters of one pass: (digit, warp) at flat index f = digit * warps + warp (digit-major, the
-// order of the scan), stored at f + f / 32: a pad word every 32 puts the counters that one warp's
-// distinct digits touch in distinct banks (for 32 warps: bank (digit + warp) % 32).
-__host__ __device__ inline int counter_buffer(int warps) { return kDigits * warps + kDigits * warps / 32 + 1; }
-__device__ __forceinline__ int counter_at(int f) { return f + (f >> 5); }
+// Counters of one pass: (digit, warp) at digit * (warps + 1) + warp (see radix_sort).
+__host__ __device__ inline int counter_buffer(int warps) { return kDigits * (warps + 1); }
 
 __host__ __device__ inline Layout schedule_layout(int rows, int gamma, bool stale) {
   const SortPlan plan = sort_plan(rows, gamma, stale);
@@ -144,13 +143,13 @@ __device__ void write_survival_keys(const T* first, const T* second, int segment
     const bool in_second = task >= rows;
     const int r = in_second ? task - rows : task;
     const T* c = (in_second ? second : first) + r * gamma;
-    uint64_t* out = keys + (in_second ? count : 0) + r;
-    const uint64_t high = in_second ? kStaleSegmentBit : 0u;
+    uint2* out = reinterpret_cast<uint2*>(keys + (in_second ? count : 0) + r);  // {low, high} words
+    const uint32_t high = in_second ? kStaleSegmentBit : 0u;
     double product = 1.0;
 #pragma unroll 4
-    for (int j = 0; j < gamma; ++j) {
+    for (int j = 0; j < gamma; ++j, out += rows) {
       product = __dmul_rn(product, static_cast<double>(to_float(c[j])));
-      out[j * rows] = ((high | order_key(product)) << 32) | static_cast<uint32_t>(r);
+      *out = make_uint2(static_cast<uint32_t>(r), high | order_key(product));
     }
   }
   for (int i = segments * count + threadIdx.x; i < slots; i += blockDim.x)
@@ -159,20 +158,25 @@ __device__ void write_survival_keys(const T* first, const T* second, int segment
 
 // Stable LSD radix sort of the slots by their high word, ascending, in place. A warp owns
 // kItems * 32 consecutive slots (item-major, lane-minor, so register order is slot order).
-// Per pass: the warp counts each digit in its column of counters (counter_buffer):
-// __match_any_sync groups the lanes that share a
-// digit, the lowest lane of a group reads and advances the counter; an exclusive scan over
-// (digit, warp) turns the counts into first slots; every key goes to its slot. Counter buffers
-// alternate between passes; a pass clears the next pass's buffer while it scans. counters[0]
-// must be zero on entry and is zero again on exit. Ends with a barrier.
+// Per pass: a warp counts each digit in its column of counters (digit-major rows of
+// warps + 1 words: the odd stride puts one warp's distinct digits in distinct banks);
+// __match_any_sync groups the lanes that share a digit, every lane of a group reads the counter,
+// the lowest advances it. A key's rank among its warp's keys of that digit (< 512) rides in bits
+// 16..31 of its low word (r < 8192 uses 0..12) until the scatter. An exclusive scan over (digit, warp) then turns counts into first slots,
+// and every key goes to its slot. Counter buffers alternate; a pass clears the next pass's buffer
+// while it scans. counters[0] must be zero on entry and is zero again on exit. warps is a power
+// of two >= 8 (a thread scans 8 counters of one digit row). Ends with a barrier.
 template <int kItems>
 __device__ void radix_sort(uint64_t* keys, uint32_t* counters, int warps, uint32_t* warp_total) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const bool sorting = warp < warps;
+  const int stride = warps + 1;
+  const uint32_t stride_bytes = stride * sizeof(uint32_t);
   const uint32_t lanes_below = (1u << lane) - 1u;
+  // Thread t scans flat counters [8t, 8t + 8) of the digit-major order: one digit row.
+  const int flat = threadIdx.x * kCountersPerThread;
+  const int mine = (flat >> (__ffs(warps) - 1)) * stride + (flat & (warps - 1));
   uint64_t key[kItems];
-  // A key's rank among its warp's keys of the same digit is < kItems * 32 <= 256: one byte each.
-  uint32_t rank[(kItems + 3) / 4];
   if (sorting) {
 #pragma unroll
     for (int i = 0; i < kItems; ++i) key[i] = keys[(warp * kItems + i) * 32 + lane];
@@ -181,25 +185,23 @@ __device__ void radix_sort(uint64_t* keys, uint32_t* counters, int warps, uint32
   for (int pass = 0; pass < kPasses; ++pass) {
     uint32_t* count = counters + (pass & 1) * counter_buffer(warps);
     uint32_t* next = counters + ((pass + 1) & 1) * counter_buffer(warps);
-    const int shift = 32 + pass * kDigitBits;
+    unsigned char* column = reinterpret_cast<unsigned char*>(count + warp);  // digit rows: stride_bytes
+    const int shift = pass * kDigitBits;
     if (sorting) {
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        const uint32_t digit = static_cast<uint32_t>(key[i] >> shift) & (kDigits - 1);
+        const uint32_t digit = (static_cast<uint32_t>(key[i] >> 32) >> shift) & (kDigits - 1);
         const uint32_t peers = __match_any_sync(0xffffffffu, digit);
         const uint32_t below = peers & lanes_below;
-        uint32_t* slot = count + counter_at(digit * warps + warp);
-        uint32_t base = below == 0 ? *slot : 0u;
-        base = __shfl_sync(0xffffffffu, base, __ffs(peers) - 1);
+        uint32_t* slot = reinterpret_cast<uint32_t*>(column + digit * stride_bytes);
+        const uint32_t base = *slot;
+        __syncwarp();
         if (below == 0) *slot = base + __popc(peers);
         __syncwarp();
-        const uint32_t byte = (base + __popc(below)) << (8 * (i & 3));
-        rank[i >> 2] = (i & 3) == 0 ? byte : rank[i >> 2] | byte;
+        key[i] += static_cast<uint64_t>(base + __popc(below)) << 16;
       }
     }
     __syncthreads();
-    // Thread t scans flat counters [8t, 8t + 8): consecutive words from counter_at(8t).
-    const int mine = counter_at(threadIdx.x * kCountersPerThread);
     uint32_t first[kCountersPerThread];
     uint32_t sum = 0, inclusive = 0;
     if (sorting) {
@@ -230,8 +232,10 @@ __device__ void radix_sort(uint64_t* keys, uint32_t* counters, int warps, uint32
     if (sorting) {
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        const uint32_t digit = static_cast<uint32_t>(key[i] >> shift) & (kDigits - 1);
-        keys[count[counter_at(digit * warps + warp)] + ((rank[i >> 2] >> (8 * (i & 3))) & 0xFFu)] = key[i];
+        const uint32_t digit = (static_cast<uint32_t>(key[i] >> 32) >> shift) & (kDigits - 1);
+        const uint32_t low = static_cast<uint32_t>(key[i]);
+        const uint32_t first_slot = *reinterpret_cast<const uint32_t*>(column + digit * stride_bytes);
+        keys[first_slot + (low >> 16)] = key[i] & ~static_cast<uint64_t>(0xFFFF0000u);
       }
     }
     __syncthreads();
@@ -244,29 +248,37 @@ __device__ void radix_sort(uint64_t* keys, uint32_t* counters, int warps, uint32
 
 // SpsTable.lookup at x = R + n for n = 0..count into sps[]: clamp to the table, bucketize
 // (right=True) clamped to [1, points - 1], linear interpolation. A thread takes consecutive
-// n, so it bisects once and then only advances the interval.
+// n and walks them interval by interval (table tokens are integers: interval hi holds the x
+// below xs[hi]), so the inner loop is one division per entry.
 __device__ void sps_table(const double* xs, const double* ys, int points, int rows, int count, double* sps) {
   const int entries = count + 1;
   const int per_thread = (entries + blockDim.x - 1) / blockDim.x;
-  const int n0 = min(static_cast<int>(threadIdx.x) * per_thread, entries);
-  const int n1 = min(n0 + per_thread, entries);
+  int n = min(static_cast<int>(threadIdx.x) * per_thread, entries);
+  const int n1 = min(n + per_thread, entries);
   if (points == 1) {
-    for (int n = n0; n < n1; ++n) sps[n] = ys[0];
+    for (; n < n1; ++n) sps[n] = ys[0];
     return;
   }
   const double first = xs[0], last = xs[points - 1];
-  const double x0 = fmin(fmax(static_cast<double>(rows + n0), first), last);
-  int lo = 0, hi = points;  // first index with xs[i] > x0
-  while (lo < hi) {
-    const int mid = (lo + hi) >> 1;
-    if (xs[mid] <= x0) lo = mid + 1; else hi = mid;
-  }
-  hi = min(max(lo, 1), points - 1);
-  for (int n = n0; n < n1; ++n) {
-    const double x = fmin(fmax(static_cast<double>(rows + n), first), last);
-    while (hi < points - 1 && xs[hi] <= x) ++hi;
-    const double frac = __ddiv_rn(__dsub_rn(x, xs[hi - 1]), __dsub_rn(xs[hi], xs[hi - 1]));
-    sps[n] = __dadd_rn(ys[hi - 1], __dmul_rn(frac, __dsub_rn(ys[hi], ys[hi - 1])));
+  // Table tokens are integers (SpsTable), so the clamp of R + n to [first, last] is an integer one.
+  const int first_token = static_cast<int>(fmax(fmin(first, 1e9), -1e9));
+  const int last_token = static_cast<int>(fmax(fmin(last, 1e9), -1e9));
+  while (n < n1) {
+    const double x0 = fmin(fmax(static_cast<double>(rows + n), first), last);
+    int lo = 0, hi = points;  // first index with xs[i] > x0
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (xs[mid] <= x0) lo = mid + 1; else hi = mid;
+    }
+    hi = min(max(lo, 1), points - 1);
+    const double x_lo = xs[hi - 1], width = __dsub_rn(xs[hi], xs[hi - 1]);
+    const double y_lo = ys[hi - 1], rise = __dsub_rn(ys[hi], ys[hi - 1]);
+    // Entries of this interval: x < xs[hi], or all the rest in the last one.
+    const int end = hi == points - 1 ? n1 : min(n1, max(n + 1, static_cast<int>(xs[hi]) - rows));
+    for (; n < end; ++n) {
+      const double x = static_cast<double>(min(max(rows + n, first_token), last_token));
+      sps[n] = __dadd_rn(y_lo, __dmul_rn(__ddiv_rn(__dsub_rn(x, x_lo), width), rise));
+    }
   }
 }
 
@@ -279,11 +291,12 @@ __device__ __forceinline__ void merge_best(double& best, int& argmax, double oth
 }
 
 // Walks Theta along sorted segments: half h of the block walks keys[h * count, + count) when
-// h < walks, each thread kWalkRanks consecutive ranks. The float64 prefix sums are a per-thread
+// h < walks, each thread kWalkRanks consecutive ranks; half argmax_half (the stale segment's)
+// finds the first argmax, the other Algorithm 1's stop. The float64 prefix sums are a per-thread
 // run, a warp shuffle scan and the sums of the earlier warps of the half. Writes
 // scratch->result[h]; ends with a barrier.
-__device__ void theta_walks(const uint64_t* keys, int walks, int count, int rows, const double* sps,
-                            Scratch* scratch) {
+__device__ void theta_walks(const uint64_t* keys, int walks, int argmax_half, int count, int rows,
+                            const double* sps, Scratch* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int half = threadIdx.x / kWalkThreads, t = threadIdx.x % kWalkThreads;
   const int first_warp = half * kWalkWarps;
@@ -294,8 +307,9 @@ __device__ void theta_walks(const uint64_t* keys, int walks, int count, int rows
   double run = 0.0;
   int valid = 0;
   for (int n = n0; n < n1; ++n) {
-    run = __dadd_rn(run, key_gain(seg[n]));
-    valid += key_valid(seg[n]);
+    const uint64_t key = seg[n];
+    run = __dadd_rn(run, key_gain(key));
+    valid += key_valid(key);
   }
   double inclusive = run;
 #pragma unroll
@@ -320,7 +334,10 @@ __device__ void theta_walks(const uint64_t* keys, int walks, int count, int rows
   }
   double running = __dadd_rn(before, exclusive);  // sum of the ranks before n0
 
+  // Valid candidates are the first half_valid ranks; past them Theta is -inf, which neither
+  // improves (Algorithm 1 stops at half_valid at the latest) nor wins the argmax.
   const double r = static_cast<double>(rows);
+  const int valid_end = min(n1, half_valid);
   double theta_prev = __dmul_rn(__dadd_rn(r, running), sps[n0]);
   int stop = INT_MAX;
   double best = -INFINITY;
@@ -329,19 +346,31 @@ __device__ void theta_walks(const uint64_t* keys, int walks, int count, int rows
     best = theta_prev;
     argmax = 0;
   }
-  for (int n = n0; n < n1; ++n) {
-    const uint64_t key = seg[n];
-    double theta_next = -INFINITY;
-    if (key_valid(key)) {
-      running = __dadd_rn(running, key_gain(key));
-      theta_next = __dmul_rn(__dadd_rn(r, running), sps[n + 1]);
+  if (half == argmax_half) {
+#pragma unroll 4
+    for (int i = 0; i < kWalkRanks; ++i) {
+      const int n = n0 + i;
+      if (n >= valid_end) break;
+      running = __dadd_rn(running, key_gain(seg[n]));
+      const double theta = __dmul_rn(__dadd_rn(r, running), sps[n + 1]);
+      if (theta > best) {
+        best = theta;
+        argmax = n + 1;
+      }
     }
-    if (!(theta_next > theta_prev) && stop == INT_MAX) stop = n;
-    if (theta_next > best) {
-      best = theta_next;
-      argmax = n + 1;
+  } else {
+#pragma unroll 4
+    for (int i = 0; i < kWalkRanks; ++i) {
+      const int n = n0 + i;
+      if (n >= valid_end) break;
+      running = __dadd_rn(running, key_gain(seg[n]));
+      const double theta = __dmul_rn(__dadd_rn(r, running), sps[n + 1]);
+      if (!(theta > theta_prev)) {
+        stop = n;
+        break;
+      }
+      theta_prev = theta;
     }
-    theta_prev = theta_next;
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) {
@@ -365,13 +394,13 @@ __device__ void theta_walks(const uint64_t* keys, int walks, int count, int rows
       merge_best(best, argmax, __shfl_xor_sync(0xffffffffu, best, offset),
                  __shfl_xor_sync(0xffffffffu, argmax, offset));
     }
-    if (lane == 0) scratch->result[half] = WalkResult{half_valid, min(stop, count), argmax};
+    if (lane == 0) scratch->result[half] = WalkResult{half_valid, min(stop, half_valid), argmax};
   }
   __syncthreads();
 }
 
 template <typename T, int kItems>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     schedule_kernel(SchedulePrefixArgs args, const T* confidence, const T* budget_confidence) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = args.rows, gamma = args.gamma;
@@ -417,7 +446,7 @@ __global__ void __launch_bounds__(kThreads)
     if (unit + 1 == plan.units()) {
       for (int r = threadIdx.x; r < rows; r += blockDim.x) lengths[r] = 0;
     }
-    theta_walks(keys, segments, plan.count, rows, sps, scratch);
+    theta_walks(keys, segments, stale_alone ? 0 : (plan.combined ? 1 : -1), plan.count, rows, sps, scratch);
     if (stale_alone) {
       budget = scratch->result[0].argmax;
     } else {
@@ -454,6 +483,10 @@ cudaError_t launch_items(int items, const SchedulePrefixArgs& args, const T* con
       return run(schedule_kernel<T, 4>);
     case 8:
       return run(schedule_kernel<T, 8>);
+    case 16:
+      return run(schedule_kernel<T, 16>);
+    case 32:
+      return run(schedule_kernel<T, 32>);
   }
   return cudaErrorInvalidValue;
 }
