@@ -185,7 +185,10 @@ LOOPS: list[LoopName] = [
     LoopName(
         "schedule.survival",
         _SCHEDULE_KERNEL,
-        ((_SCHEDULE, r"write_survival_keys\(stale_alone"), (_SCHEDULE, r"for \(int j = 0; j < gamma; \+\+j, out \+= rows\)")),
+        (
+            (_SCHEDULE, r"write_survival_keys\(stale_alone"),
+            (_SCHEDULE, r"for \(int j = 0; j < gamma; \+\+j, out \+= rows\)"),
+        ),
         1,
         "candidate",
         (r"^DMUL\b", 1),
@@ -201,7 +204,14 @@ LOOPS: list[LoopName] = [
     LoopName(
         "schedule.walk_sum",
         _SCHEDULE_KERNEL,
-        ((_SCHEDULE, r"theta_walks\(keys, segments,"), (_SCHEDULE, r"for \(int n = n0; n < n1; \+\+n\) \{\n\s*const uint64_t key = seg\[n\];\n\s*run")),
+        (
+            (_SCHEDULE, r"theta_walks\(keys, segments,"),
+            (
+                _SCHEDULE,
+                r"for \(int n = n0; n < n1; \+\+n\) \{\n\s*const uint64_t key = seg\[n\];"
+                r"\n\s*run",
+            ),
+        ),
         1,
         "rank",
         (r"^DADD\b", 1),
