@@ -94,7 +94,7 @@ struct Scratch {
 };
 
 // Shared memory, in bytes from the base (every part 16-byte aligned). lengths [R] int32 reuse
-// the second counter buffer once the sorts are done (R <= slots <= 256 * warps).
+// the SPS table once the walks are done.
 struct Layout {
   size_t keys, counters, sps, points, scratch, total;
 };
@@ -410,8 +410,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const Layout layout = schedule_layout(rows, gamma, stale);
   uint64_t* keys = reinterpret_cast<uint64_t*>(smem + layout.keys);
   uint32_t* counters = reinterpret_cast<uint32_t*>(smem + layout.counters);
-  int* lengths = reinterpret_cast<int*>(counters + counter_buffer(shape.warps));
   double* sps = reinterpret_cast<double*>(smem + layout.sps);
+  int* lengths = reinterpret_cast<int*>(sps);  // once the walks are done: R <= R * g + 1 entries
   Scratch* scratch = reinterpret_cast<Scratch*>(smem + layout.scratch);
 
   const bool staged = args.sps_points <= kSmemPoints;
@@ -443,9 +443,6 @@ __global__ void __launch_bounds__(kThreads, 1)
                         keys, shape.slots());
     __syncthreads();
     radix_sort<kItems>(keys, counters, shape.warps, scratch->warp_total);
-    if (unit + 1 == plan.units()) {
-      for (int r = threadIdx.x; r < rows; r += blockDim.x) lengths[r] = 0;
-    }
     theta_walks(keys, segments, stale_alone ? 0 : (plan.combined ? 1 : -1), plan.count, rows, sps, scratch);
     if (stale_alone) {
       budget = scratch->result[0].argmax;
@@ -458,6 +455,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   int64_t take = current.valid;
   take = take < budget ? take : budget;
   if (args.causal && current.stop < take) take = current.stop;
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) lengths[r] = 0;
+  __syncthreads();
   for (int n = threadIdx.x; n < take; n += blockDim.x) atomicAdd(&lengths[static_cast<uint32_t>(keys[n])], 1);
   __syncthreads();
   for (int r = threadIdx.x; r < rows; r += blockDim.x) args.lengths[r] = lengths[r];
