@@ -21,7 +21,7 @@ geometry gives. The budgets of the issue are printed as met / NOT met.
 extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached under build/).
 What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
 (W1 rows gathered by every CTA), the confidence head, the per-position accept loop of
-verification, and the scheduler's survival products and SPS bisection. Static counts
+verification, and the scheduler's SPS bisection (once per thread). Static counts
 include branches an iteration does not take, so issue-bound rows err high.
 """
 
@@ -94,6 +94,8 @@ DEVICES = (H100, H200)
 _MARKOV = "markov_block.cu"
 _VERIFY = "chain_verify.cu"
 _SCHEDULE = "schedule.cu"
+_SORT_ITEMS = (1, 2, 4, 8, 16, 32)  # schedule_kernel's keys per sorting thread (one instance each)
+_SCHEDULE_KERNEL = "schedule_kernel<float, 8>"  # loops whose code is the same in every instance
 _TILE = "include/dspark_sgl/markov_tile.cuh"
 _STAGE_VECTOR = r"for \(int idx = threadIdx\.x; idx < count \* per_row;"
 _MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\)"
@@ -160,29 +162,80 @@ LOOPS: list[LoopName] = [
         1,
         "tile partial",
     ),
-    LoopName(
-        "schedule.bitonic",
-        "schedule_kernel<float>",
-        ((_SCHEDULE, r"for \(int t = threadIdx\.x; t < pairs; t \+= blockDim\.x\)"),),
-        1,
-        "compare-exchange",
+    *(
+        LoopName(
+            f"schedule.radix_pass.{items}",
+            f"schedule_kernel<float, {items}>",
+            ((_SCHEDULE, r"radix_sort<kItems>\(keys,"), (_SCHEDULE, r"for \(int pass = 0; pass < kPasses;")),
+            1,
+            "pass of one sorting thread",
+        )
+        for items in _SORT_ITEMS
+    ),
+    *(
+        LoopName(
+            f"schedule.unit.{items}",
+            f"schedule_kernel<float, {items}>",
+            ((_SCHEDULE, r"for \(int unit = 0; unit < plan\.units\(\);"),),
+            1,
+            "sort unit of one thread (scans, reductions)",
+        )
+        for items in _SORT_ITEMS
     ),
     LoopName(
-        "schedule.scan",
-        "schedule_kernel<float>",
-        ((_SCHEDULE, r"const PathResult current ="), (_SCHEDULE, r"for \(int step = 1; step < blockDim\.x;")),
-        1,
-        "scan step of one thread",
-    ),
-    LoopName(
-        "schedule.theta_walk",
-        "schedule_kernel<float>",
+        "schedule.survival",
+        _SCHEDULE_KERNEL,
         (
-            (_SCHEDULE, r"const PathResult current ="),
-            (_SCHEDULE, r"for \(int n = n0; n < n1; \+\+n\) \{\n\s*double theta_next"),
+            (_SCHEDULE, r"write_survival_keys\(stale_alone"),
+            (_SCHEDULE, r"for \(int j = 0; j < gamma; \+\+j, out \+= rows\)"),
         ),
         1,
         "candidate",
+        (r"^DMUL\b", 1),
+    ),
+    LoopName(
+        "schedule.sps_table",
+        _SCHEDULE_KERNEL,
+        ((_SCHEDULE, r"sps_table\(staged"), (_SCHEDULE, r"for \(; n < end; \+\+n\)")),
+        1,
+        "batch size R + n",
+        (r"^MUFU\b", 1),  # the reciprocal seed of the one float64 division
+    ),
+    LoopName(
+        "schedule.walk_sum",
+        _SCHEDULE_KERNEL,
+        (
+            (_SCHEDULE, r"theta_walks\(keys, segments,"),
+            (
+                _SCHEDULE,
+                r"for \(int n = n0; n < n1; \+\+n\) \{\n\s*const uint64_t key = seg\[n\];"
+                r"\n\s*run",
+            ),
+        ),
+        1,
+        "rank",
+        (r"^DADD\b", 1),
+    ),
+    *(
+        LoopName(
+            f"schedule.walk_{what}",
+            _SCHEDULE_KERNEL,
+            (
+                (_SCHEDULE, r"theta_walks\(keys, segments,"),
+                (_SCHEDULE, rf"{branch}\s*#pragma unroll 4\n\s*for \(int i = 0; i < kWalkRanks; \+\+i\)"),
+            ),
+            1,
+            "valid rank",
+            (r"^DMUL\b", 1),
+        )
+        for what, branch in (("argmax", r"if \(half == argmax_half\) \{\n"), ("stop", r"\} else \{\n"))
+    ),
+    LoopName(
+        "schedule.lengths",
+        _SCHEDULE_KERNEL,
+        ((_SCHEDULE, r"for \(int n = threadIdx\.x; n < take;"),),
+        1,
+        "admitted candidate",
     ),
 ]
 
@@ -354,21 +407,48 @@ def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> Mod
     )
 
 
+SCHEDULE_THREADS = 512
+SCHEDULE_MAX_SORT_KEYS = 8192
+RADIX_PASSES = 4
+
+
+def schedule_sort_shape(keys: int) -> tuple[int, int]:
+    """(keys per sorting thread, sorting warps) of one sort (schedule.cu sort_shape)."""
+    items, warps = 1, 8
+    while items * 256 < keys:
+        items *= 2
+    while warps * 32 * items < keys:
+        warps *= 2
+    return items, warps
+
+
 def schedule(rows: int, gamma: int, loops: Mapping[str, float], asynchronous: bool) -> ModeledOp:
-    """schedule_prefix: one CTA of 1024 threads; async sorts and walks a second segment."""
+    """schedule_prefix: one CTA of 512 threads. Async (with or without the causal prune: the same
+    work) sorts both segments in one radix sort when 2 R g <= 8192, else one after the other.
+
+    Per sort: 4 passes of every sorting thread, and each unit's straight-line code on every
+    thread; per candidate of each segment: its survival product and the walk's sums; per rank:
+    the current segment's stop walk and the stale one's argmax walk (every candidate counted as
+    valid and Algorithm 1 as never stopping); per batch size R + n (n = 0..R g, once): the SPS
+    table; every candidate counted as admitted.
+    """
     count = rows * gamma
-    padded = 1 << max(0, math.ceil(math.log2(count)))
     segments = 2 if asynchronous else 1
-    log = int(math.log2(padded))
-    stages = log * (log + 1) // 2
-    pairs = padded * segments // 2
-    threads = 1024
+    combined = asynchronous and 2 * count <= SCHEDULE_MAX_SORT_KEYS
+    units = 2 if asynchronous and not combined else 1
+    items, warps = schedule_sort_shape(2 * count if combined else count)
     instructions = (
-        loops["schedule.bitonic"] * stages * math.ceil(pairs / 32) * 32
-        + segments * loops["schedule.scan"] * int(math.log2(threads)) * threads
-        + segments * loops["schedule.theta_walk"] * count
+        units * RADIX_PASSES * warps * 32 * loops[f"schedule.radix_pass.{items}"]
+        + units * SCHEDULE_THREADS * loops[f"schedule.unit.{items}"]
+        + segments * count * (loops["schedule.survival"] + loops["schedule.walk_sum"])
+        + count * loops["schedule.walk_stop"]
+        + (count * loops["schedule.walk_argmax"] if asynchronous else 0.0)
+        + (count + 1) * loops["schedule.sps_table"]
+        + count * loops["schedule.lengths"]
     )
-    kernel = Launch("schedule_kernel<float>", segments * count * 4 + rows * 4, instructions, one_cta=True)
+    kernel = Launch(
+        f"schedule_kernel<float, {items}>", segments * count * 4 + rows * 4, instructions, one_cta=True
+    )
     return ModeledOp(
         "schedule_async" if asynchronous else "schedule_causal",
         0,

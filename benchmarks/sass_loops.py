@@ -17,7 +17,8 @@ back-edge span (a ``BRA`` to an earlier label: label .. branch); its body is the
 the SASS loops nested in it (counted as loops of their own). The named loop's SASS loop is
 the one whose body holds most of the named instructions, among bodies that are at least
 half named code. Its count is the static size of that body: what one iteration issues when
-every branch in it is taken, out-of-line slow paths (``CALL``-ed IEEE division) left out.
+every branch in it is taken, out-of-line slow paths (``CALL``-ed IEEE division, the divergent-warp
+copies of warp collectives behind ``BRA.DIV``) left out.
 Where the compiler unrolls, a loop names an anchor (an opcode and how many of it one
 source iteration has, e.g. 2 ``HMMA`` per 16-deep WMMA step): the unroll factor is the
 anchors in the body over that number, and the work per SASS iteration grows by it.
@@ -217,11 +218,31 @@ class Function:
     instructions: list[Instruction] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)  # label -> index of the next instruction
 
+    def divergent_copies(self) -> set[int]:
+        """Instructions of the out-of-line copies nvcc emits for a warp collective it cannot prove
+        converged: ``BRA.DIV`` jumps to one (from its label to the first unconditional ``BRA``,
+        which returns into the main path). They run only in a diverged warp."""
+        copies: set[int] = set()
+        for ins in self.instructions:
+            m = re.match(r"^BRA\.DIV\s+\S+\s+`\((\.L_x_\d+)\)", ins.text)
+            if m and m.group(1) in self.labels:
+                i = self.labels[m.group(1)]
+                while i < len(self.instructions):
+                    copies.add(i)
+                    if re.match(r"^BRA\s", self.instructions[i].text):
+                        break
+                    i += 1
+        return copies
+
     def loops(self) -> list[tuple[int, int]]:
-        """Back-edge spans (label index, branch index), one per label, sorted by start."""
+        """Back-edge spans (label index, branch index), one per label, sorted by start. A branch
+        back from a divergent copy (``divergent_copies``) is its return, not a loop."""
         ends: dict[int, int] = {}
+        copies = self.divergent_copies()
         for i, ins in enumerate(self.instructions):
             m = re.search(r"\bBRA(?:\.\S+)?\s+`\((\.L_x_\d+)\)", ins.text)
+            if i in copies:
+                continue
             if m and m.group(1) in self.labels and self.labels[m.group(1)] <= i:
                 start = self.labels[m.group(1)]
                 ends[start] = max(ends.get(start, i), i)
@@ -450,15 +471,16 @@ def count_loop(
 
 def count_named(functions: list[Function], loops: list[LoopName], csrc: Path = CSRC) -> dict[str, LoopCount]:
     """Counts every named loop in these functions, inner source loops first (they claim their
-    SASS loop before an enclosing named loop looks for its own)."""
+    SASS loop before an enclosing named loop looks for its own): longer frame chains (a loop in
+    an inlined function) first, then shorter statements."""
     claimed: dict[str, set[tuple[int, int]]] = {}
 
-    def extent(loop: LoopName) -> int:
+    def inner_first(loop: LoopName) -> tuple[int, int]:
         _, lo, hi = _ranges(loop, csrc)[-1]
-        return hi - lo
+        return -len(loop.frames), hi - lo
 
     counts = {}
-    for loop in sorted(loops, key=extent):
+    for loop in sorted(loops, key=inner_first):
         counts[loop.name] = count_loop(functions, loop, csrc, claimed.setdefault(loop.kernel, set()))
     return {loop.name: counts[loop.name] for loop in loops}
 

@@ -67,14 +67,27 @@ def test_verify_bytes_by_hand():
 
 
 def test_schedule_instructions_by_hand():
-    # R = 256, g = 16: 4096 keys, 12 * 13 / 2 = 78 bitonic stages of 2048 pairs (4096 async).
-    causal = cost_model.schedule(256, 16, {**ZERO, "schedule.bitonic": 1.0}, asynchronous=False)
-    assert causal.ours[0].instructions == 78 * 2048
-    both = cost_model.schedule(256, 16, {**ZERO, "schedule.bitonic": 1.0}, asynchronous=True)
-    assert both.ours[0].instructions == 78 * 4096
-    walk = cost_model.schedule(256, 16, {**ZERO, "schedule.theta_walk": 1.0, "schedule.scan": 1.0}, False)
-    assert walk.ours[0].instructions == 256 * 16 + 10 * 1024
+    def only(name: str, rows: int, gamma: int, asynchronous: bool) -> float:
+        return cost_model.schedule(rows, gamma, {**ZERO, name: 1.0}, asynchronous).ours[0].instructions
+
+    # R = 256, g = 16: 4096 keys, 16 a thread on 8 warps, 4 passes; async sorts 8192 keys at once.
+    assert cost_model.schedule_sort_shape(4096) == (16, 8)
+    assert only("schedule.radix_pass.16", 256, 16, False) == 4 * 256
+    assert only("schedule.radix_pass.32", 256, 16, True) == 4 * 256
+    assert only("schedule.unit.32", 256, 16, True) == 512
+    # R = 512, g = 16: 8192 candidates a segment, so async sorts the two one after the other.
+    assert only("schedule.radix_pass.32", 512, 16, True) == 2 * 4 * 256
+    assert only("schedule.unit.32", 512, 16, True) == 2 * 512
+    # Per candidate of each segment, per rank of one walk, per batch size R + n.
+    assert only("schedule.survival", 256, 16, True) == only("schedule.walk_sum", 256, 16, True) == 8192
+    assert only("schedule.walk_stop", 256, 16, True) == only("schedule.walk_argmax", 256, 16, True) == 4096
+    assert only("schedule.walk_argmax", 256, 16, False) == 0
+    assert only("schedule.sps_table", 256, 16, False) == 4097
+    assert only("schedule.lengths", 256, 16, False) == 4096
+    causal = cost_model.schedule(256, 16, ZERO, asynchronous=False)
     assert causal.ours[0].one_cta and len(causal.ours) == 1
+    assert causal.ours[0].kernel == "schedule_kernel<float, 16>"
+    assert cost_model.schedule_sort_shape(5) == (1, 8) and cost_model.schedule_sort_shape(8192) == (32, 8)
 
 
 def test_sglang_path_bytes_by_hand():

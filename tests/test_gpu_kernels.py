@@ -492,7 +492,7 @@ SCHEDULER_MODES = {
         c, torch.tensor(2 * c.shape[0], device=c.device), SPS
     ),
 }
-SCHEDULE_SHAPES = [(1, 1), (1, 16), (7, 5), (64, 7), (256, 16), (512, 16), (300, 3)]
+SCHEDULE_SHAPES = [(1, 1), (1, 16), (7, 5), (64, 7), (256, 16), (512, 16), (300, 3), (2500, 3)]
 
 
 @pytest.mark.race_schedule

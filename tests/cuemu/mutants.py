@@ -45,20 +45,29 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
-        "schedule_warp_barrier_too_wide",
+        "schedule_scatter_before_scan",
         "schedule.cu",
-        "if (j <= 32 && next_j <= 32) {",
-        "if (j <= 64 && next_j <= 64) {",
-        "sorting stages of distance 64 span two warps but wait only at __syncwarp: a cross-warp race",
+        "count[mine + k] = first[k] + start;\n    }\n    __syncthreads();\n",
+        "count[mine + k] = first[k] + start;\n    }\n",
+        "keys are scattered to slots read from counters that other warps have not finished scanning",
         ("schedule",),
-        ("greedy-reverse",),  # one lockstep phase per round (forward) hides it: the reason for greedy
+        SCHEDULES,
     ),
     Mutant(
-        "schedule_no_syncwarp",
+        "schedule_no_syncwarp_before_advance",
         "schedule.cu",
-        "        __syncwarp();\n",
-        "\n",
-        "pre-Volta warp-synchronous code: lanes of a warp are not guaranteed to run in lockstep",
+        "        const uint32_t base = *slot;\n        __syncwarp();\n",
+        "        const uint32_t base = *slot;\n",
+        "a digit group's lowest lane advances the counter before the group's other lanes have read it",
+        ("schedule",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "schedule_match_on_the_whole_key",
+        "schedule.cu",
+        "__match_any_sync(0xffffffffu, digit)",
+        "__match_any_sync(0xffffffffu, static_cast<uint32_t>(key[i] >> 32))",
+        "__match_any_sync groups lanes by the whole key, not the pass's digit: ranks collide",
         ("schedule",),
         SCHEDULES,
     ),

@@ -106,6 +106,15 @@ __global__ void votes(unsigned* out) {
   }
 }
 
+// Per lane: __match_any_sync of (lane % 5) (32-bit) and of (lane / 8) << 40 (64-bit); a
+// 16-lane mask for the upper half-warp of warp 1.
+__global__ void matches(unsigned* out) {
+  const unsigned lane = threadIdx.x % 32;
+  out[3 * threadIdx.x] = __match_any_sync(0xffffffffu, lane % 5);
+  out[3 * threadIdx.x + 1] = __match_any_sync(0xffffffffu, static_cast<unsigned long long>(lane / 8) << 40);
+  out[3 * threadIdx.x + 2] = lane >= 16 ? __match_any_sync(0xffff0000u, lane % 3) : 0u;
+}
+
 // Warp 1 reads what warp 0 wrote, ordered only by __syncwarp (a bug: it needs __syncthreads).
 // One phase of lockstep (the default schedule) hides it; a greedy schedule that runs warp 1 first
 // exposes it.
@@ -162,6 +171,10 @@ CUEMU_EXPORT const char* st_convert_16bit(const float* in, uint16_t* bf16, uint1
 }
 CUEMU_EXPORT const char* st_votes(unsigned* out) {
   votes<<<1, 96>>>(out);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_matches(unsigned* out) {
+  matches<<<1, 64>>>(out);
   return ret(result());
 }
 CUEMU_EXPORT const char* st_cross_warp_syncwarp(int* out) {

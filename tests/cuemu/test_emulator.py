@@ -26,6 +26,7 @@ ENTRY_POINTS = (
     "st_dynamic_smem_sum",
     "st_convert_16bit",
     "st_votes",
+    "st_matches",
     "st_cross_warp_syncwarp",
 )
 
@@ -82,6 +83,22 @@ def test_votes_and_syncthreads_count(runtime):
         ballot = sum(1 << lane for lane in range(32) if (32 * w + lane) % 3 == 0)
         assert got[w][0] & 0xFFFFFFFF == ballot
         assert got[w][1:] == [1, int(w == 1), 48]
+
+
+def test_match_any_groups_the_lanes_with_equal_values(runtime):
+    out = torch.zeros(64 * 3, dtype=torch.int32)
+    assert runtime.st_matches(_ptr(out)) == b""
+    got = (out.view(64, 3).long() & 0xFFFFFFFF).tolist()
+
+    def lanes(keep) -> int:
+        return sum(1 << lane for lane in range(32) if keep(lane))
+
+    for t in range(64):
+        lane = t % 32
+        assert got[t][0] == lanes(lambda m, lane=lane: m % 5 == lane % 5)
+        assert got[t][1] == lanes(lambda m, lane=lane: m // 8 == lane // 8)
+        want = lanes(lambda m, lane=lane: m >= 16 and m % 3 == lane % 3) if lane >= 16 else 0
+        assert got[t][2] == want
 
 
 def test_16bit_conversions_round_like_torch(runtime):

@@ -3,7 +3,7 @@
 // A kernel's source is compiled as ordinary C++ (after tests/cuemu/translate.py rewrites the
 // two constructs C++ cannot parse: `k<<<grid, block, smem, stream>>>(args)` and
 // `extern __shared__ T name[];`). Every CUDA thread of a block is a fiber on one OS thread;
-// fibers switch only at __syncthreads, at warp collectives (__syncwarp, shuffles, votes,
+// fibers switch only at __syncthreads, at warp collectives (__syncwarp, shuffles, votes, matches,
 // WMMA) and at exit, so a block runs deterministically, and blocks of a grid run on
 // CUEMU_WORKERS OS threads. Static __shared__ variables are thread_local (one block per OS
 // thread at a time), dynamic shared memory is a per-worker buffer filled with a poison
@@ -292,6 +292,18 @@ inline unsigned __ballot_sync(unsigned mask, int predicate) {
 }
 inline int __all_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) == mask; }
 inline int __any_sync(unsigned mask, int predicate) { return __ballot_sync(mask, predicate) != 0; }
+// The lanes of `mask` whose `value` equals the caller's (match.any.sync.b32 / .b64).
+template <typename T>
+inline unsigned __match_any_sync(unsigned mask, T value) {
+  static_assert((sizeof(T) == 4 || sizeof(T) == 8) && std::is_integral<T>::value,
+                "__match_any_sync takes a 32- or 64-bit integer");
+  const uint64_t* all = ::cuemu::warp_exchange(::cuemu::kMatch, mask, ::cuemu::to_word(&value, sizeof(T)));
+  const uint64_t mine = all[::cuemu::tl_thread->lane];
+  unsigned r = 0;
+  for (unsigned l = 0; l < 32; ++l)
+    if (((mask >> l) & 1u) && all[l] == mine) r |= 1u << l;
+  return r;
+}
 
 // ---- atomics (relaxed, as on the GPU; real atomics because blocks run in parallel) ----------
 template <typename T>
