@@ -270,6 +270,7 @@ def step_target(
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     model.to(torch.bfloat16).save_pretrained(target_dir)
+    ckpt.unlink(missing_ok=True)  # the stage's output exists now; a --force rerun starts afresh
     log(f"target: saved to {target_dir} after {time.time() - start:.0f} s")
 
 
