@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "demo": "decoding rounds of the reference path on a seeded synthetic model pair",
+    "demo": "speculative decoding on the embedded pair against the target alone (--synthetic: a toy pair)",
     "simulate": "continuous-batching serving simulation: the throughput/interactivity frontier",
     "eval": "acceptance of a draft against its target over prompt datasets (the paper's protocol)",
     "calibrate": "fit the confidence head's STS temperatures and write SGLang's STS JSON",

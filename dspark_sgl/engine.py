@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dspark_sgl import _checks
 from dspark_sgl import scheduler as sched
 from dspark_sgl.models.draft import ContextCache, DSparkDraft, ragged_rows, tapped_features
+from dspark_sgl.round_profile import DRAFT_PHASES, TARGET_PHASES, RoundProfile
 from dspark_sgl.verify import chain_verify
 
 __all__ = ["SCHEDULERS", "GenerationResult", "RoundRecord", "SpeculativeEngine", "TargetRunner"]
@@ -174,13 +176,24 @@ class RoundRecord:
 @dataclass
 class GenerationResult:
     """tokens: generated ids per request (stop token included); rounds: every round of
-    every request; seconds: wall time; draft_seconds / target_seconds: time in each."""
+    every request; seconds: wall time; num_rounds: decoding rounds (batched, so one
+    round serves every live request); phase_seconds: seconds per phase of
+    :data:`dspark_sgl.round_profile.PHASES` over all rounds, filled only by
+    ``generate(..., profile=True)`` (else all 0)."""
 
     tokens: list[list[int]]
     rounds: list[RoundRecord]
     seconds: float
-    draft_seconds: float
-    target_seconds: float
+    num_rounds: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def draft_seconds(self) -> float:
+        return sum(self.phase_seconds.get(p, 0.0) for p in DRAFT_PHASES)
+
+    @property
+    def target_seconds(self) -> float:
+        return sum(self.phase_seconds.get(p, 0.0) for p in TARGET_PHASES)
 
     @property
     def num_tokens(self) -> int:
@@ -194,6 +207,11 @@ class GenerationResult:
     @property
     def tokens_per_second(self) -> float:
         return self.num_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def _pad_positions(logits: torch.Tensor, width: int) -> torch.Tensor:
+    """[R, L, V] -> [R, width, V], zeros after position L."""
+    return torch.nn.functional.pad(logits, (0, 0, 0, width - logits.shape[1]))
 
 
 def _sync(device: torch.device) -> None:
@@ -221,7 +239,7 @@ class SpeculativeEngine:
         self.device = self.runner.device
         self.vocab_size = int(text.vocab_size)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -233,13 +251,15 @@ class SpeculativeEngine:
         sps: sched.SpsTable | None = None,
         seed: int = 0,
         progress: bool = False,
+        profile: bool = False,
     ) -> GenerationResult:
         """Generate up to ``max_new_tokens`` per prompt.
 
         temperature: one value or one per prompt (0 = greedy). scheduler: ``full``
         (verify the whole block), ``causal`` (Algorithm 1), ``async`` (budget from the
         confidences of two rounds earlier, top-K now) or ``async+prune``; the last three
-        need a confidence head and an ``sps`` table.
+        need a confidence head and an ``sps`` table. progress: a tqdm bar on stderr;
+        profile: fill ``phase_seconds`` (on a GPU this synchronises at every phase).
         """
         rows = len(prompts)
         if rows == 0:
@@ -265,7 +285,7 @@ class SpeculativeEngine:
         device, gamma = self.device, self.draft.gamma
 
         start_time = time.perf_counter()
-        draft_time = target_time = 0.0
+        timer = RoundProfile(profile, device)
         runner = self.runner
         runner.start(rows)
         context = ContextCache(self.draft, rows, device, self.draft.fc.weight.dtype)
@@ -280,10 +300,7 @@ class SpeculativeEngine:
         tokens = torch.zeros(rows, int(lengths.max()), dtype=torch.int64, device=device)
         for i, prompt in enumerate(prompts):
             tokens[i, : len(prompt)] = torch.tensor(list(prompt), device=device)
-        t0 = time.perf_counter()
         logits, taps = runner.extend(tokens)
-        _sync(device)
-        target_time += time.perf_counter() - t0
         runner.commit(lengths)
         row_of, slot = ragged_rows(lengths)
         context.append(taps[row_of, slot], slot, row_of)
@@ -307,6 +324,7 @@ class SpeculativeEngine:
         bar = _progress(progress, rows * max_new_tokens)
         bar.update(rows)
         round_index = 0
+        timer.restart()
         while True:
             live = [r for r, req in enumerate(active) if not done[req]]
             if not live:
@@ -319,31 +337,39 @@ class SpeculativeEngine:
                 context.select(keep_rows)
             round_index += 1
             n = len(active)
-
-            t0 = time.perf_counter()
-            block = self.draft.draft(
-                anchor, runner.next_pos.clone(), context, temp, seed=seed, offset=round_index
-            )
+            timer.lap("bookkeeping")
+            hidden = self.draft.backbone(anchor, runner.next_pos.clone(), context)
+            base = self.draft.base_logits(hidden)
+            timer.lap("draft forward")
+            with _checks.trusted_values():  # the engine's own tensors, validated at the entry
+                block = self.draft.sample(hidden, base, anchor, temp, seed=seed, offset=round_index)
+            timer.lap("Markov block")
             verify_lens = self._schedule(block.confidence, active, history, scheduler, sps, n, gamma)
-            _sync(device)
-            draft_time += time.perf_counter() - t0
+            timer.lap("schedule")
 
-            t0 = time.perf_counter()
             width = int(verify_lens.max()) + 1
             inputs = torch.cat([anchor[:, None], block.tokens[:, : width - 1]], dim=1)
             logits, taps = runner.extend(inputs)
-            target_logits = torch.zeros(n, gamma + 1, self.vocab_size, device=device)
-            target_logits[:, :width] = logits
-            accept_lens, out_tokens = chain_verify(
-                target_logits, block.logits, block.tokens, verify_lens, temp, seed=seed, offset=round_index
-            )
+            timer.lap("target forward")
+            # chain_verify never reads past verify_lens, so a short width is padded, not copied.
+            target_logits = logits if width == gamma + 1 else _pad_positions(logits, gamma + 1)
+            with _checks.trusted_values():
+                accept_lens, out_tokens = chain_verify(
+                    target_logits,
+                    block.logits,
+                    block.tokens,
+                    verify_lens,
+                    temp,
+                    seed=seed,
+                    offset=round_index,
+                )
+            timer.lap("chain_verify")
             keep = accept_lens.to(torch.int64) + 1
             anchor_pos = runner.next_pos.clone()
             runner.commit(keep)
             row_of, slot = ragged_rows(keep)
             context.append(taps[row_of, slot], anchor_pos[row_of] + slot, row_of)
-            _sync(device)
-            target_time += time.perf_counter() - t0
+            timer.lap("commit")
 
             anchor = out_tokens.gather(1, accept_lens.long()[:, None]).squeeze(1)
             out_cpu, acc_cpu, ver_cpu = out_tokens.tolist(), accept_lens.tolist(), verify_lens.tolist()
@@ -372,14 +398,16 @@ class SpeculativeEngine:
                         confidence_logits=conf_logits[r] if conf_logits else [],
                     )
                 )
+            timer.lap("bookkeeping")
+            timer.end_round()
         bar.close()
         _sync(device)
         return GenerationResult(
             tokens=outputs,
             rounds=records,
             seconds=time.perf_counter() - start_time,
-            draft_seconds=draft_time,
-            target_seconds=target_time,
+            num_rounds=round_index,
+            phase_seconds=dict(timer.seconds) if profile else {},
         )
 
     def _schedule(

@@ -136,6 +136,8 @@ def chain_verify(
             target_logits, draft_logits, draft_tokens, verify_lens, temperature, seed, offset
         )
 
+    if rng.noise_unused(temperature):
+        return _chain_verify_greedy(target_logits, draft_tokens, verify_lens)
     sampled = temperature > 0
     safe_t = torch.where(sampled, temperature, torch.ones_like(temperature))[:, None, None]
     target_scaled = target_logits.float() / safe_t  # [R, g+1, V]
@@ -167,30 +169,45 @@ def chain_verify(
     rejected = stop < verify_lens.to(torch.int64)
     stop_index = stop[:, None, None].expand(rows, 1, vocab)
     logits_stop = target_scaled.gather(1, stop_index).squeeze(1)  # [R, V]
-    if rng.noise_unused(temperature):
-        next_token = logits_stop.argmax(dim=-1)
-    else:
-        noise = rng.gumbel(seed, offset, rng.Stream.RESAMPLE, row_ids, stop, vocab)
-        score = logits_stop + noise
-        if gamma > 0:
-            draft_stop = stop.clamp(max=gamma - 1)
-            if isinstance(draft_logits, DraftStats):
-                d_row = draft_logits.row_logits(draft_tokens, draft_stop)
-            else:
-                d_row = draft_logits.float()[row_ids, draft_stop]
-            p_stop = _probs(logits_stop, *softmax_stats(logits_stop))
-            q_stop = _probs(d_row / safe_t[:, 0], d_max[row_ids, draft_stop], d_sum[row_ids, draft_stop])
-            residual = (p_stop - q_stop).clamp(min=0.0)
-            has_residual = rejected & (residual > 0).any(dim=-1)
-            score = torch.where(has_residual[:, None], torch.log(residual) + noise, score)
-        next_token = torch.where(sampled, score.argmax(dim=-1), logits_stop.argmax(dim=-1))
-
-    out_tokens = torch.full((rows, gamma + 1), -1, dtype=torch.int64, device=device)
+    noise = rng.gumbel(seed, offset, rng.Stream.RESAMPLE, row_ids, stop, vocab)
+    score = logits_stop + noise
     if gamma > 0:
-        keep = positions[None, :] < stop[:, None]
-        out_tokens[:, :gamma] = torch.where(keep, draft_tokens, out_tokens[:, :gamma])
-    out_tokens.scatter_(1, stop[:, None], next_token[:, None])
-    return accept_lens.to(torch.int32), out_tokens
+        draft_stop = stop.clamp(max=gamma - 1)
+        if isinstance(draft_logits, DraftStats):
+            d_row = draft_logits.row_logits(draft_tokens, draft_stop)
+        else:
+            d_row = draft_logits.float()[row_ids, draft_stop]
+        p_stop = _probs(logits_stop, *softmax_stats(logits_stop))
+        q_stop = _probs(d_row / safe_t[:, 0], d_max[row_ids, draft_stop], d_sum[row_ids, draft_stop])
+        residual = (p_stop - q_stop).clamp(min=0.0)
+        has_residual = rejected & (residual > 0).any(dim=-1)
+        score = torch.where(has_residual[:, None], torch.log(residual) + noise, score)
+    next_token = torch.where(sampled, score.argmax(dim=-1), logits_stop.argmax(dim=-1))
+    return accept_lens.to(torch.int32), _chain_tokens(draft_tokens, stop, next_token)
+
+
+def _chain_tokens(draft_tokens: torch.Tensor, stop: torch.Tensor, next_token: torch.Tensor) -> torch.Tensor:
+    """out_tokens [R, g+1]: the drafts before ``stop`` [R], ``next_token`` [R] at it, then -1."""
+    rows, gamma = draft_tokens.shape
+    positions = torch.arange(gamma + 1, device=draft_tokens.device)
+    out_tokens = torch.cat([draft_tokens, draft_tokens.new_full((rows, 1), -1)], dim=1)
+    out_tokens.masked_fill_(positions[None, :] >= stop[:, None], -1)
+    return out_tokens.scatter_(1, stop[:, None], next_token[:, None])
+
+
+def _chain_verify_greedy(
+    target_logits: torch.Tensor, draft_tokens: torch.Tensor, verify_lens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row greedy (host-known, CPU): accept while the draft is the target's argmax,
+    emit the argmax at the stop. No softmax statistics and no random draws; the same
+    tokens as the general path (which takes these argmaxes for greedy rows)."""
+    gamma = draft_tokens.shape[1]
+    best = target_logits.argmax(dim=-1)  # [R, g+1]
+    positions = torch.arange(gamma, device=draft_tokens.device)
+    accept = (draft_tokens == best[:, :gamma]) & (positions[None, :] < verify_lens[:, None].to(torch.int64))
+    stop = accept.to(torch.int64).cumprod(dim=1).sum(dim=1)
+    next_token = best.gather(1, stop[:, None]).squeeze(1)
+    return stop.to(torch.int32), _chain_tokens(draft_tokens, stop, next_token)
 
 
 def _probs(scaled: torch.Tensor, peak: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,25 @@ def test_greedy_rows_exact_match_then_target_argmax():
     assert out.tolist() == [[1, 2, 3, -1], [1, 2, 3, -1]]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_all_greedy_shortcut_gives_the_general_paths_tokens(seed):
+    """An all-greedy CPU batch skips the statistics and draws; a sampled row added to the
+    batch forces the general path, whose greedy rows must come out the same."""
+    target, draft, _ = _random_case(rows=6, gamma=5, vocab=9, seed=seed)
+    gen = torch.Generator().manual_seed(100 + seed)
+    best = target.argmax(-1)
+    # Drafts that follow the target's argmax for a random prefix, so every stop occurs.
+    tokens = torch.where(torch.rand(6, 5, generator=gen) < 0.7, best[:, :5], torch.randint(0, 9, (6, 5)))
+    lens = torch.randint(0, 6, (6,), generator=gen)
+    fast = verify.chain_verify(target, draft, tokens, lens, torch.zeros(6), seed=seed, offset=3)
+    extra = (torch.cat([target, target[:1]]), torch.cat([draft, draft[:1]]), torch.cat([tokens, tokens[:1]]))
+    mixed = verify.chain_verify(
+        *extra, torch.cat([lens, lens[:1]]), torch.tensor([0.0] * 6 + [1.0]), seed=seed, offset=3
+    )
+    assert torch.equal(fast[0], mixed[0][:6]) and torch.equal(fast[1], mixed[1][:6])
+    assert fast[0].dtype == torch.int32 and fast[1].dtype == torch.int64
+
+
 def test_positions_beyond_the_verify_length_are_never_accepted():
     vocab = 5
     target = torch.zeros(1, 4, vocab)

@@ -363,7 +363,22 @@ class DSparkDraft(nn.Module):
         (row, position k) of (seed, offset), as in :mod:`dspark_sgl.markov`.
         """
         hidden = self.backbone(anchor, anchor_pos, context)
-        base = self.base_logits(hidden)
+        return self.sample(hidden, self.base_logits(hidden), anchor, temperature, seed=seed, offset=offset)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        hidden: torch.Tensor,
+        base: torch.Tensor,
+        anchor: torch.Tensor,
+        temperature: torch.Tensor,
+        *,
+        seed: rng.SeedLike,
+        offset: rng.SeedLike,
+    ) -> markov.DraftBlock:
+        """The sequential stage of :meth:`draft`: Markov sampling (or independent slots
+        for DFlash) and confidence from the backbone's hidden [R, g, H] and base logits
+        [R, g, V] float32 (:meth:`backbone`, :meth:`base_logits`)."""
         head, conf = self.samplers()
         softcap = self.config.final_logit_softcapping
         if head is not None:
