@@ -457,3 +457,38 @@ def test_v4_sharded_rounds_accept_and_schedule_alike_on_every_rank(sg, v4, monke
             for a, b in zip(ours, ref, strict=True):
                 assert torch.equal(a, b)
     assert ("accept", "dspark_sgl") in switches.logged() and ("topk", "dspark_sgl") in switches.logged()
+
+
+@pytest.mark.parametrize("w2_dtype", [torch.float32, torch.bfloat16])
+def test_v4_draft_on_the_kernel_equals_sglang(sg, v4, monkeypatch, backend, w2_dtype):  # noqa: F811
+    """The V4 head's block through the fused ``markov_block`` kernel (emulated in CI, the device
+    when lent), bf16 W2 included: greedy tokens equal SGLang's own but near-ties."""
+    vocab, rank, bs, gamma = backend.size((129280, 256, 64, 5), (640, 16, 12, 4))
+    head = v4_head(v4, monkeypatch, w2_dtype, vocab, rank).to(backend.device)
+    gen = torch.Generator().manual_seed(3)
+    base = (torch.randn(bs, gamma, vocab, generator=gen) * 3).to(backend.device)
+    anchor = torch.randint(0, vocab, (bs,), generator=gen).to(backend.device)
+    greedy = torch.zeros(bs, device=backend.device)
+    draft = sg.dspark_draft
+
+    def block():
+        noise = draft.DraftNoise(
+            key=draft.draft_noise_key(7), offset=torch.zeros(1, dtype=torch.int64, device=backend.device)
+        )
+        with torch.no_grad(), tp_group_of_one():
+            return draft.draft_markov_block(
+                markov_head=head,
+                base_logits=base,
+                anchor_tokens=anchor,
+                draft_hidden=None,
+                step_temperatures=greedy,
+                noise=noise,
+                tp_sync=_tp_sync(sg),
+                greedy_draft=False,
+            )
+
+    ours, _ = block()
+    assert backend.ran("markov_block")
+    with sglang_originals():
+        theirs, their_logits = block()
+    assert_greedy_equal_but_near_ties(ours, theirs, their_logits, bias_rounding_tolerance(head, their_logits))
