@@ -267,8 +267,6 @@ class VanillaMarkovHead(MarkovHead):
         sharded = vocab_start != 0 or w1.shape[0] != w2.shape[0]
         if sharded:
             vocab, _ = _check_markov_weights(w1, w2)
-            if vocab and vocab_start % 4 != 0:
-                raise ValueError(f"vocab_start must be a multiple of 4 (Philox quads), got {vocab_start}")
             if vocab_start + vocab > w1.shape[0]:
                 raise ValueError(
                     f"w2 rows [{vocab_start}, {vocab_start + vocab}) exceed the vocabulary of w1 "
@@ -699,6 +697,8 @@ def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int, device: 
         return f"{type(head).__name__} has no CUDA kernel (vanilla head only)"
     if head.w1.dtype != head.w2.dtype:
         return f"w1 ({head.w1.dtype}) and w2 ({head.w2.dtype}) differ in dtype"
+    if head.vocab_start % 4 and vocab:
+        return f"a vocab shard starting at {head.vocab_start}, not a multiple of 4 (the kernel's Philox quads)"
     if head.rank > 512:
         return f"Markov rank {head.rank} > 512"
     if rows >= 2**31 or vocab >= 2**31:
