@@ -698,7 +698,9 @@ def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int, device: 
     if head.w1.dtype != head.w2.dtype:
         return f"w1 ({head.w1.dtype}) and w2 ({head.w2.dtype}) differ in dtype"
     if head.vocab_start % 4 and vocab:
-        return f"a vocab shard starting at {head.vocab_start}, not a multiple of 4 (the kernel's Philox quads)"
+        return (
+            f"a vocab shard starting at {head.vocab_start}, not a multiple of 4 (the kernel's Philox quads)"
+        )
     if head.rank > 512:
         return f"Markov rank {head.rank} > 512"
     if rows >= 2**31 or vocab >= 2**31:

@@ -611,11 +611,7 @@ def _step_unsupported(kwargs: dict) -> str | None:
         return "base_logits/bias dtype"
     gather, gather_logits = kwargs.get("gather"), kwargs.get("gather_logits")
     vocab_start = kwargs.get("vocab_start", 0)
-    if (
-        isinstance(vocab_start, bool)
-        or not isinstance(vocab_start, int)
-        or vocab_start < 0
-    ):
+    if isinstance(vocab_start, bool) or not isinstance(vocab_start, int) or vocab_start < 0:
         return "vocab_start is not a non-negative int"
     if gather is not None and not callable(gather):
         return "gather is not callable"
