@@ -49,13 +49,14 @@ def v4_head(v4, monkeypatch, w2_dtype: torch.dtype, vocab: int, rank: int, seed:
     return head
 
 
-def _noise(sg):  # noqa: F811
+def _noise(sg, device: torch.device | None = None):  # noqa: F811
     draft = sg.dspark_draft
-    return draft.DraftNoise(key=draft.draft_noise_key(7), offset=torch.zeros(1, dtype=torch.int64))
+    offset = torch.zeros(1, dtype=torch.int64, device=device)
+    return draft.DraftNoise(key=draft.draft_noise_key(7), offset=offset)
 
 
 def _block(sg, head, base, anchor, temperatures, tp_sync, greedy_draft=False):  # noqa: F811
-    noise = _noise(sg)
+    noise = _noise(sg, base.device)
     with torch.no_grad(), tp_group_of_one():
         tokens, logits = sg.dspark_draft.draft_markov_block(
             markov_head=head,
@@ -469,26 +470,8 @@ def test_v4_draft_on_the_kernel_equals_sglang(sg, v4, monkeypatch, backend, w2_d
     base = (torch.randn(bs, gamma, vocab, generator=gen) * 3).to(backend.device)
     anchor = torch.randint(0, vocab, (bs,), generator=gen).to(backend.device)
     greedy = torch.zeros(bs, device=backend.device)
-    draft = sg.dspark_draft
-
-    def block():
-        noise = draft.DraftNoise(
-            key=draft.draft_noise_key(7), offset=torch.zeros(1, dtype=torch.int64, device=backend.device)
-        )
-        with torch.no_grad(), tp_group_of_one():
-            return draft.draft_markov_block(
-                markov_head=head,
-                base_logits=base,
-                anchor_tokens=anchor,
-                draft_hidden=None,
-                step_temperatures=greedy,
-                noise=noise,
-                tp_sync=_tp_sync(sg),
-                greedy_draft=False,
-            )
-
-    ours, _ = block()
+    ours, _, _ = _block(sg, head, base, anchor, greedy, _tp_sync(sg))
     assert backend.ran("markov_block")
     with sglang_originals():
-        theirs, their_logits = block()
+        theirs, their_logits, _ = _block(sg, head, base, anchor, greedy, _tp_sync(sg))
     assert_greedy_equal_but_near_ties(ours, theirs, their_logits, bias_rounding_tolerance(head, their_logits))
