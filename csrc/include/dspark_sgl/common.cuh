@@ -149,6 +149,37 @@ __device__ __forceinline__ T block_merge(T value, T* shared) {
   return value;
 }
 
+// 2^x for a softmax term (x <= 0): one MUFU.EX2 (ex2.approx.ftz: about 2^-22 relative error,
+// results below 2^-126 flush to zero). The CPU emulator has no PTX; it computes exp2f.
+__device__ __forceinline__ float exp2_term(float x) {
+#ifdef CUEMU
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+// The two bfloat16 values packed in a 32-bit word (the first in the low half), as float32.
+__device__ __forceinline__ float bf16_bits_low(unsigned bits) { return __uint_as_float(bits << 16); }
+__device__ __forceinline__ float bf16_bits_high(unsigned bits) { return __uint_as_float(bits & 0xffff0000u); }
+
+// (a, b) rounded to the element type T and back (identity for float), as one packed
+// conversion for 16-bit types.
+template <typename T>
+__device__ __forceinline__ void round_pair_to_type(float& a, float& b) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(a, b);
+    unsigned bits;
+    memcpy(&bits, &p, sizeof(bits));
+    a = bf16_bits_low(bits), b = bf16_bits_high(bits);
+  } else if constexpr (std::is_same<T, __half>::value) {
+    const __half2 p = __floats2half2_rn(a, b);
+    a = __low2float(p), b = __high2float(p);
+  }
+}
+
 __device__ __forceinline__ float gumbel_from_bits(uint32_t bits) {
   return -logf(-logf(bits_to_unit_float(bits)));
 }

@@ -27,10 +27,12 @@ struct WeightTraits {
   static constexpr bool kTensorCores = !std::is_same<WT, float>::value;
 };
 
-// Shared-memory geometry of one tile for rank r.
-template <typename WT, int kTileV>
+// Shared-memory geometry of one tile for rank r; kOutputs = kChunkRows * kTileV bias values
+// per chunk (a multiple of kTileOutputs: each warp computes kOutputs / kTileOutputs WMMA tiles).
+template <typename WT, int kTileV, int kOutputs = kTileOutputs>
 struct MarkovTileLayout {
-  static constexpr int kChunkRows = kTileOutputs / kTileV;
+  static_assert(kOutputs % kTileOutputs == 0, "whole WMMA tiles per warp");
+  static constexpr int kChunkRows = kOutputs / kTileV;
   int rank;
   int k_padded;  // r rounded up to the MMA depth (16) for 16-bit weights, r for float32
   int ld;        // leading dimension (elements) of the W2 tile and of E
@@ -46,7 +48,7 @@ struct MarkovTileLayout {
   }
   __host__ __device__ size_t w2_bytes() const { return size_t(kTileV) * ld * sizeof(WT); }
   __host__ __device__ size_t e_bytes() const { return size_t(kChunkRows) * ld * sizeof(WT); }
-  __host__ __device__ size_t bias_bytes() const { return size_t(kTileOutputs) * sizeof(float); }
+  __host__ __device__ size_t bias_bytes() const { return size_t(kOutputs) * sizeof(float); }
   __host__ __device__ size_t total_bytes() const {
     // Every region starts 128-byte aligned (WMMA needs 32).
     return align(w2_bytes()) + align(e_bytes()) + align(bias_bytes());
@@ -89,28 +91,56 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   __syncthreads();  // `sources` is reused by the next call
 }
 
-// bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T. Call with all threads.
-template <typename WT, int kTileV>
+// bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T, at least for the first
+// `valid_rows` rows (16-bit weights: a warp whose row blocks all lie past them computes
+// nothing; float32 weights: every row). Call with all kThreads threads. With 16-bit weights
+// each warp computes a kM x kN block of 16x16 tiles (kOutputs / (256 * warps) tiles), so each
+// E fragment serves kN W2 fragments and each W2 fragment kM E fragments.
+template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kThreads = kTileThreads>
 __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bias,
-                                          const MarkovTileLayout<WT, kTileV>& layout) {
-  constexpr int kChunkRows = MarkovTileLayout<WT, kTileV>::kChunkRows;
+                                          const MarkovTileLayout<WT, kTileV, kOutputs>& layout,
+                                          int valid_rows = kOutputs / kTileV) {
+  constexpr int kChunkRows = MarkovTileLayout<WT, kTileV, kOutputs>::kChunkRows;
   if constexpr (WeightTraits<WT>::kTensorCores) {
     namespace wmma = nvcuda::wmma;
+    constexpr int kWarps = kThreads / 32, kBlocksM = kChunkRows / 16, kBlocksN = kTileV / 16;
+    constexpr int kPerWarp = kOutputs / kWarps / 256;
+    constexpr int kM = kPerWarp < kBlocksM ? kPerWarp : kBlocksM, kN = kPerWarp / kM;
+    static_assert(kM * kN == kPerWarp && kBlocksN % kN == 0 && kBlocksM % kM == 0, "whole tiles per warp");
+    static_assert((kBlocksN / kN) * (kBlocksM / kM) == kWarps, "every warp owns kM x kN tiles");
     const int warp = threadIdx.x / 32;
-    constexpr int kTilesN = kTileV / 16;
-    const int m = warp / kTilesN, n = warp % kTilesN;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> a;
+    const int n0 = warp % (kBlocksN / kN) * kN, m0 = warp / (kBlocksN / kN) * kM;
+    // A warp whose row blocks hold no valid row skips the MMA (a warp-uniform test).
+    if (m0 * 16 >= valid_rows) return;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kM][kN];
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int j = 0; j < kN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> a[kM];
     wmma::fragment<wmma::matrix_b, 16, 16, 16, WT, wmma::col_major> b;
+    const WT* a_src = es + size_t(m0) * 16 * layout.ld;
+    const WT* b_src = w2s + size_t(n0) * 16 * layout.ld;
+    const size_t step = size_t(16) * layout.ld;
+#pragma unroll 1
     for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {
-      wmma::load_matrix_sync(a, es + size_t(m) * 16 * layout.ld + k0, layout.ld);
-      wmma::load_matrix_sync(b, w2s + size_t(n) * 16 * layout.ld + k0, layout.ld);
-      wmma::mma_sync(acc, a, b, acc);
+#pragma unroll
+      for (int i = 0; i < kM; ++i) wmma::load_matrix_sync(a[i], a_src + i * step + k0, layout.ld);
+#pragma unroll
+      for (int j = 0; j < kN; ++j) {
+        wmma::load_matrix_sync(b, b_src + j * step + k0, layout.ld);
+#pragma unroll
+        for (int i = 0; i < kM; ++i) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+      }
     }
-    wmma::store_matrix_sync(bias + m * 16 * kTileV + n * 16, acc, kTileV, wmma::mem_row_major);
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int j = 0; j < kN; ++j)
+        wmma::store_matrix_sync(bias + (m0 + i) * 16 * kTileV + (n0 + j) * 16, acc[i][j], kTileV,
+                                wmma::mem_row_major);
   } else {
-    constexpr int kGroups = kTileThreads / kTileV;
+    constexpr int kGroups = kThreads / kTileV;
     constexpr int kRowsPerThread = kChunkRows / kGroups;
     const int col = threadIdx.x % kTileV, group = threadIdx.x / kTileV;
     float acc[kRowsPerThread];
@@ -129,14 +159,14 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
 }
 
 // The shared-memory regions of one tile, carved from the dynamic buffer.
-template <typename WT, int kTileV>
+template <typename WT, int kTileV, int kOutputs = kTileOutputs>
 struct MarkovTileSmem {
   WT* w2;
   WT* e;
   float* bias;
 
-  __device__ MarkovTileSmem(unsigned char* base, const MarkovTileLayout<WT, kTileV>& layout) {
-    using L = MarkovTileLayout<WT, kTileV>;
+  __device__ MarkovTileSmem(unsigned char* base, const MarkovTileLayout<WT, kTileV, kOutputs>& layout) {
+    using L = MarkovTileLayout<WT, kTileV, kOutputs>;
     w2 = reinterpret_cast<WT*>(base);
     e = reinterpret_cast<WT*>(base + L::align(layout.w2_bytes()));
     bias = reinterpret_cast<float*>(base + L::align(layout.w2_bytes()) + L::align(layout.e_bytes()));
