@@ -97,9 +97,9 @@ _SCHEDULE = "schedule.cu"
 _SORT_ITEMS = (1, 2, 4, 8, 16, 32)  # schedule_kernel's keys per sorting thread (one instance each)
 _SCHEDULE_KERNEL = "schedule_kernel<float, 8>"  # loops whose code is the same in every instance
 _TILE = "include/dspark_sgl/markov_tile.cuh"
-_STAGE_VECTOR = r"for \(int idx = threadIdx\.x; idx < count \* per_row;"
+_STAGE_VECTOR = r"while \(i < count\) \{"
 _MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\)"
-_ONE_LOAD = (r"^(LDG|LD)\b", 1)  # one 16-byte global (or generic) load per staged copy
+_ONE_COPY = (r"^LDGSTS\b", 1)  # one cp.async (LDGSTS) per staged 16-byte piece
 _WMMA_STEP = (r"^(HMMA|HGMMA)\b", 2)  # wmma m16n16k16 bf16 = two HMMA.16816
 _PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
 
@@ -114,7 +114,7 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
             ((file, r"stage_rows\(tile\.w2,"), (_TILE, _STAGE_VECTOR)),
             8,
             "W2 element (16-byte copy)",
-            _ONE_LOAD,
+            _ONE_COPY,
         ),
         LoopName(
             f"{prefix}.e_stage.{tile_v}",
@@ -122,7 +122,7 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
             ((file, r"stage_rows\(tile\.e,"), (_TILE, _STAGE_VECTOR)),
             8,
             "W1 element (16-byte copy)",
-            _ONE_LOAD,
+            _ONE_COPY,
         ),
         LoopName(f"{prefix}.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16-deep k-step of a warp", _WMMA_STEP),
         LoopName(f"{prefix}.epilogue.{tile_v}", k, ((file, _PASS),), 4, "sampled element"),
@@ -476,6 +476,48 @@ def model(loops: Mapping[str, float]) -> list[ModeledOp]:
     return paths
 
 
+# ---- staging: bytes in flight ----------------------------------------------------------
+
+STAGE_THREADS = 256  # kTileThreads
+IN_FLIGHT_BUDGET = 32 * 1024  # bytes per SM (the issue's pipeline requirement)
+
+
+@dataclass(frozen=True)
+class StageFlight:
+    """The bytes one CTA's staging loop (a named ``*_stage.*`` loop) has in flight at once."""
+
+    loop: str
+    staged: int  # bytes the loop stages (rows x k_pad x ELEM at r = RANK)
+    in_flight: int
+    asynchronous: bool
+
+    def line(self) -> str:
+        how = "cp.async, one group: the whole stage" if self.asynchronous else "a synchronous load per thread"
+        kb = f"{self.in_flight / 1024:.0f} KB in flight of {self.staged / 1024:.0f} KB"
+        return f"- {self.loop}: {kb} ({how})"
+
+
+def staging_in_flight(counts: Mapping[str, LoopCount]) -> list[StageFlight]:
+    """Per named staging loop, at r = RANK with one CTA per SM: a loop body with cp.async and no
+    synchronous global load or wait in it issues every copy of the stage before the one wait after
+    it, so the whole stage is in flight; otherwise each thread has one 16-byte load (per unrolled
+    copy) in flight before it stores it. Read from the SASS opcodes of the loop; what the memory
+    system can hold outstanding is not modeled."""
+    flights = []
+    for name, c in counts.items():
+        if "_stage." not in name:
+            continue
+        tile_v = int(name.rsplit(".", 1)[1])
+        rows = tile_v if ".w2_stage." in name else 2048 // tile_v
+        staged = rows * math.ceil(RANK / 16) * 16 * ELEM
+        ops = c.opcodes
+        synchronous = ops.get("global/generic", 0) + ops.get("cp.async wait", 0)
+        asynchronous = ops.get("cp.async", 0) > 0 and synchronous == 0
+        in_flight = staged if asynchronous else min(staged, STAGE_THREADS * 16 * c.unroll)
+        flights.append(StageFlight(name, staged, in_flight, asynchronous))
+    return flights
+
+
 # ---- budgets -------------------------------------------------------------------------
 
 
@@ -546,7 +588,18 @@ def budgets(
             devices,
         ),
         _check("Scheduler (one launch) under 10 us", sched, lambda p, d: p.time(d) < 10e-6, devices),
+        _in_flight_verdict(counts),
     ]
+
+
+def _in_flight_verdict(counts: Mapping[str, LoopCount]) -> Verdict:
+    w2 = [f for f in staging_in_flight(counts) if ".w2_stage." in f.loop]
+    failures = tuple(f"{f.loop}: {f.in_flight / 1024:.0f} KB" for f in w2 if f.in_flight < IN_FLIGHT_BUDGET)
+    return Verdict(
+        f"W2 staging >= {IN_FLIGHT_BUDGET // 1024} KB in flight per SM (one CTA per SM, r = {RANK})",
+        bool(w2) and not failures,
+        failures or (() if w2 else ("no W2 staging loop counted",)),
+    )
 
 
 # ---- tables --------------------------------------------------------------------------
@@ -665,6 +718,10 @@ def report(
         f" g={BREAKDOWN_SHAPE[2]}; the scheduler at R={BREAKDOWN_SHAPE[1]} g={BREAKDOWN_SHAPE[2]}):",
         "",
         *_table(BREAKDOWN_HEADER, breakdown(paths)),
+        "",
+        f"Staging bytes in flight per SM (modeled from the loops' SASS opcodes; r = {RANK}, one CTA per SM):",
+        "",
+        *(f.line() for f in staging_in_flight(counts)),
         "",
         "Budgets (modeled):",
         *(v.line() for v in verdicts),

@@ -54,6 +54,8 @@ OPCODE_CLASSES = {
     "local": r"^(LDL|STL)\b",  # local memory: spills or runtime-indexed arrays
     "global/generic": r"^(LDG|STG|LD|ST|ATOMG|ATOM|RED)\b",  # generic LD/ST: pointers not known global
     "shared": r"^(LDS|STS|LDSM|ATOMS)\b",
+    "cp.async": r"^LDGSTS\b",  # asynchronous global -> shared copies (LDG/LD above: synchronous loads)
+    "cp.async wait": r"^(LDGDEPBAR|DEPBAR)\b",  # commit_group, wait_group
     "barrier": r"^(BAR|WARPSYNC|NANOSLEEP)\b",
     "MMA": r"^(HMMA|HGMMA|IMMA|QGMMA|WGMMA)\b",
 }

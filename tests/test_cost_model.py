@@ -203,11 +203,42 @@ def test_count_loop_on_a_synthetic_listing(tmp_path):
 # ---- the table and --check -----------------------------------------------------------
 
 
-def _counts(per_item: float) -> dict[str, sass_loops.LoopCount]:
+def _counts(per_item: float, staging: dict[str, int] | None = None) -> dict[str, sass_loops.LoopCount]:
+    """Every named loop at ``per_item``; the staging loops with the opcodes ``staging``
+    (default: one cp.async and nothing synchronous)."""
+    staging = {"cp.async": 1} if staging is None else staging
     return {
-        loop.name: sass_loops.LoopCount(loop.name, loop.kernel, int(per_item), 1, loop.unit, "", 1.0, {})
+        loop.name: sass_loops.LoopCount(
+            loop.name,
+            loop.kernel,
+            int(per_item),
+            1,
+            loop.unit,
+            "",
+            1.0,
+            staging if "_stage." in loop.name else {},
+        )
         for loop in cost_model.LOOPS
     }
+
+
+def test_staging_in_flight_by_hand():
+    # r = 256, bf16: a 64-wide W2 tile is 64 x 256 x 2 = 32 KB, a 128-wide one 64 KB; W1 chunks
+    # of 32 / 16 rows are 16 KB / 8 KB.
+    flights = {f.loop: f for f in cost_model.staging_in_flight(_counts(3))}
+    assert flights["markov.w2_stage.64"].in_flight == 32768
+    assert flights["markov.w2_stage.128"].in_flight == 65536
+    assert flights["markov.e_stage.64"].in_flight == 16384
+    assert flights["verify.resample.e_stage.128"].in_flight == 8192
+    assert cost_model._in_flight_verdict(_counts(3)).met
+    # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes.
+    synchronous = _counts(3, {"global/generic": 1, "shared": 1})
+    assert {f.in_flight for f in cost_model.staging_in_flight(synchronous)} == {4096}
+    verdict = cost_model._in_flight_verdict(synchronous)
+    assert not verdict.met and "markov.w2_stage.64: 4 KB" in verdict.line()
+    # cp.async with a wait inside the loop: one copy per thread in flight again.
+    waiting = _counts(3, {"cp.async": 1, "cp.async wait": 1})
+    assert not cost_model._in_flight_verdict(waiting).met
 
 
 def test_the_table_has_every_required_row():
@@ -229,7 +260,8 @@ def test_the_table_has_every_required_row():
     for name in counts:
         assert f"| {name} |" in text
     assert "MODELED" in text and "Modeled (no GPU)" in text
-    assert len(cost_model.budgets(paths, counts)) == 6
+    assert len(cost_model.budgets(paths, counts)) == 7
+    assert "KB in flight" in text
 
 
 def _all_met() -> list[cost_model.ModeledOp]:
@@ -299,6 +331,8 @@ def test_every_named_loop_is_found_in_the_build(real_build):
     # The tile kernels' MMA loop issues tensor-core instructions; the epilogue does not.
     assert counts["markov.mma.64"].opcodes.get("MMA", 0) > 0
     assert counts["markov.epilogue.128"].opcodes.get("MMA", 0) == 0
+    # The 16-bit staging loops issue cp.async only: the whole stage is in flight before the wait.
+    assert all(f.asynchronous for f in cost_model.staging_in_flight(counts))
 
 
 def test_loop_counts_are_stable(real_build):

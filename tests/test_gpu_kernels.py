@@ -139,11 +139,22 @@ def _no_sts(case):
     case["sts_temperatures"] = None
 
 
+def _weights_off_16_bytes(case):
+    """W1 and W2 as contiguous views 4 elements into their storage, not 16-byte aligned (the
+    kernel's cp.async staging needs aligned rows: the launcher must realign them)."""
+    for name in ("w1", "w2"):
+        w = case[name]
+        storage = torch.empty(w.numel() + 4, dtype=w.dtype, device=w.device)
+        case[name] = storage[4:].view(w.shape)
+        case[name].copy_(w)
+
+
 MARKOV_VARIANTS = {
     "masked-base": _masked_base,
     "conf-without-markov-feature": _confidence_without_the_markov_feature,
     "conf-bias-tensor": _confidence_bias_on_the_device,
     "sts-none": _no_sts,
+    "weights-off-16-bytes": _weights_off_16_bytes,
 }
 
 

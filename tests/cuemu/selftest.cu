@@ -10,6 +10,8 @@
 #include <cstring>
 #include <string>
 
+#include "dspark_sgl/async_copy.cuh"
+
 namespace {
 
 __global__ void shuffle_sources(int* out, int width) {
@@ -125,6 +127,75 @@ __global__ void cross_warp_syncwarp(int* out) {
   out[threadIdx.x] = buf[(threadIdx.x + 32) % 64];
 }
 
+// cp.async groups: thread t copies in[t] (group A), in[32 + t] (group B) and zero-fills slot
+// 64 + t from a source holding data (group C); out[8t ..] records slot t before any wait, then
+// slots t and 32 + t after wait<2>, slot 32 + t after wait<1>, slot 64 + t (four words) after
+// wait<0>. A copy issued after the last commit stays pending through a wait<0> (out[8t + 7]).
+__global__ void async_copy_groups(const int4* in, int* out) {
+  using namespace dspark_sgl;
+  extern __shared__ __align__(16) int4 slots[];  // 128 slots, poisoned at the block start
+  const int t = threadIdx.x;
+  int* o = out + 8 * t;
+  cp_async_16(&slots[t], &in[t], 16);
+  cp_async_commit();
+  cp_async_16(&slots[32 + t], &in[32 + t], 16);
+  cp_async_commit();
+  cp_async_16(&slots[64 + t], &in[t], 0);
+  cp_async_commit();
+  o[0] = slots[t].x;
+  cp_async_wait<2>();
+  o[1] = slots[t].x;
+  o[2] = slots[32 + t].x;
+  cp_async_wait<1>();
+  o[3] = slots[32 + t].x;
+  cp_async_16(&slots[96 + t], &in[64 + t], 16);  // not committed yet
+  cp_async_wait<0>();
+  o[4] = slots[64 + t].x | slots[64 + t].y | slots[64 + t].z | slots[64 + t].w;
+  o[5] = slots[64 + t].w;
+  o[6] = slots[t].x;
+  o[7] = slots[96 + t].x;
+  cp_async_commit();
+  cp_async_wait<0>();
+}
+
+// Each thread copies in[t] into slot t, waits, and reads its neighbour's slot (t + 1) % n;
+// `sync` 0 drops the __syncthreads between the wait and the read (a race).
+__global__ void async_copy_neighbour(const int4* in, int* out, int sync) {
+  using namespace dspark_sgl;
+  extern __shared__ __align__(16) int4 slots[];
+  const int t = threadIdx.x, n = blockDim.x;
+  cp_async_16(&slots[t], &in[t], 16);
+  cp_async_commit();
+  cp_async_wait<0>();
+  if (sync) __syncthreads();
+  out[t] = slots[(t + 1) % n].x;
+}
+
+// One rule broken per `kind` (0: none, with a static __shared__ destination): 1 a misaligned
+// destination, 2 a misaligned source, 3 a global destination, 4 src_bytes 8, 5 a source in
+// shared memory, 6 the thread exits with a committed copy never waited for, 7 with a copy
+// never committed.
+__global__ void async_copy_misuse(const int4* in, int4* global_out, int kind) {
+  using namespace dspark_sgl;
+  extern __shared__ __align__(16) int4 slots[];
+  __shared__ int4 static_slots[32];  // int4 is 16-byte aligned
+  const int t = threadIdx.x;
+  void* dst = &static_slots[t];
+  const void* src = &in[t];
+  int bytes = 16;
+  if (kind == 1) dst = reinterpret_cast<char*>(&slots[t]) + 4;
+  if (kind == 2) src = reinterpret_cast<const char*>(&in[t]) + 8;
+  if (kind == 3) dst = &global_out[t];
+  if (kind == 4) bytes = 8;
+  if (kind == 5) src = &slots[t];
+  cp_async_16(dst, src, bytes);
+  if (kind == 7) return;
+  cp_async_commit();
+  if (kind == 6) return;
+  cp_async_wait<0>();
+  global_out[t] = static_slots[t];
+}
+
 std::string result() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
@@ -184,5 +255,17 @@ CUEMU_EXPORT const char* st_cross_warp_syncwarp(int* out) {
 CUEMU_EXPORT const char* st_dynamic_smem_sum(const float* in, float* out, int threads, int opt_in) {
   if (opt_in) cudaFuncSetAttribute(dynamic_smem_sum, cudaFuncAttributeMaxDynamicSharedMemorySize, 64 * 1024);
   dynamic_smem_sum<<<1, threads, 64 * 1024>>>(in, out);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_async_copy_groups(const int4* in, int* out) {
+  async_copy_groups<<<1, 32, 128 * sizeof(int4)>>>(in, out);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_async_copy_neighbour(const int4* in, int* out, int threads, int sync) {
+  async_copy_neighbour<<<1, threads, threads * sizeof(int4)>>>(in, out, sync);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_async_copy_misuse(const int4* in, int4* global_out, int kind) {
+  async_copy_misuse<<<1, 32, 32 * sizeof(int4)>>>(in, global_out, kind);
   return ret(result());
 }

@@ -28,7 +28,11 @@ ENTRY_POINTS = (
     "st_votes",
     "st_matches",
     "st_cross_warp_syncwarp",
+    "st_async_copy_groups",
+    "st_async_copy_neighbour",
+    "st_async_copy_misuse",
 )
+POISON = -1  # a 32-bit word of the dynamic shared memory poison pattern (0xff bytes)
 
 
 @pytest.fixture(scope="module")
@@ -200,3 +204,63 @@ def test_dynamic_shared_memory_needs_the_opt_in(runtime):
     runtime.cuemu_reset()
     assert runtime.st_dynamic_smem_sum(_ptr(x), _ptr(out), 256, 1) == b""
     assert float(out) == 256.0
+
+
+def _random_words(rows: int, seed: int) -> torch.Tensor:
+    """[rows, 4] int32 (one int4 per row), no word equal to the poison or zero."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(1, 2**30, (rows, 4), generator=gen, dtype=torch.int32)
+
+
+def test_async_copies_land_at_the_wait_that_retires_their_group(runtime):
+    src = _random_words(96, 0)
+    out = torch.zeros(32, 8, dtype=torch.int32)
+    assert runtime.st_async_copy_groups(_ptr(src), _ptr(out)) == b""
+    first = src[:32, 0]
+    assert torch.equal(out[:, 0], torch.full((32,), POISON, dtype=torch.int32))  # before any wait
+    assert torch.equal(out[:, 1], first)  # wait<2> with 3 groups: the oldest landed ...
+    assert torch.equal(out[:, 2], torch.full((32,), POISON, dtype=torch.int32))  # ... not the second
+    assert torch.equal(out[:, 3], src[32:64, 0])  # wait<1>: the second
+    assert torch.equal(out[:, 4], torch.zeros(32, dtype=torch.int32))  # zero fill, source not read
+    assert torch.equal(out[:, 5], torch.zeros(32, dtype=torch.int32))
+    assert torch.equal(out[:, 6], first)
+    assert torch.equal(out[:, 7], torch.full((32,), POISON, dtype=torch.int32))  # uncommitted: pending
+
+
+def test_a_copy_read_by_another_thread_needs_a_syncthreads(runtime):
+    src = _random_words(64, 1)
+    want = src[:, 0].roll(-1)
+    out = torch.zeros(64, dtype=torch.int32)
+    assert runtime.st_async_copy_neighbour(_ptr(src), _ptr(out), 64, 1) == b""
+    assert torch.equal(out, want)
+    assert runtime.st_async_copy_neighbour(_ptr(src), _ptr(out), 64, 0) == b""
+    assert torch.equal(out[:-1], torch.full((63,), POISON, dtype=torch.int32))  # neighbour not yet waited
+    assert int(out[-1]) == int(want[-1])  # thread 0's copy had landed when the last thread read it
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        (1, b"destination 0x"),
+        (2, b"source 0x"),
+        (3, b"is not in shared memory"),
+        (4, b"src_bytes 8 is neither 0 nor 16"),
+        (5, b"is in shared memory (cp.async reads global memory)"),
+        (6, b"thread exits with 1 cp.async copies that no cp_async_wait retired (0 of them never committed)"),
+        (7, b"(1 of them never committed)"),
+    ],
+)
+def test_async_copy_misuse_is_reported(runtime, kind, message):
+    src = _random_words(32, 2)
+    out = torch.zeros(32, 4, dtype=torch.int32)
+    msg = runtime.st_async_copy_misuse(_ptr(src), _ptr(out), kind)
+    assert message in msg, msg
+    if kind in (1, 2):
+        assert b"is not 16-byte aligned" in msg, msg
+
+
+def test_async_copy_into_static_shared_memory(runtime):
+    src = _random_words(32, 3)
+    out = torch.zeros(32, 4, dtype=torch.int32)
+    assert runtime.st_async_copy_misuse(_ptr(src), _ptr(out), 0) == b""
+    assert torch.equal(out, src)

@@ -15,6 +15,7 @@
 
 #include <type_traits>
 
+#include "dspark_sgl/async_copy.cuh"
 #include "dspark_sgl/common.cuh"
 
 namespace dspark_sgl {
@@ -60,7 +61,15 @@ struct MarkovTileLayout {
 
 // Copies `count` (<= kMaxStagedRows) rows of `rank` elements into shared memory rows of
 // stride `ld`, zero filling [rank, k_padded) and rows whose source is null. src(i) gives
-// row i's source; it is evaluated once per row. Call with all threads of the CTA.
+// row i's source; it is evaluated once per row. Call with all threads of the CTA; on return
+// the rows are visible to every thread.
+//
+// 16-bit weights with rank a multiple of 8: every 16-byte piece of the tile is one cp.async
+// (a zero fill for padding and null rows), all of them in one group, so the whole tile's
+// loads are in flight at once. This needs 16-byte aligned sources (the launchers pass
+// _dispatch.aligned tensors, so every row of a rank-multiple-of-8 matrix is) and destinations
+// (MarkovTileLayout: 128-byte aligned regions, ld a multiple of 8). Other ranks and float32
+// weights (odd ld: rows not 16-byte aligned in shared memory) copy element by element.
 constexpr int kMaxStagedRows = 128;
 
 template <typename WT, typename SrcFn>
@@ -69,26 +78,35 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   __shared__ const WT* sources[kMaxStagedRows];
   for (int i = threadIdx.x; i < count; i += blockDim.x) sources[i] = row_source(i);
   __syncthreads();
-  auto src = [&](int i) { return sources[i]; };
   constexpr int kVec = 16 / sizeof(WT);
   const bool vectorized = sizeof(WT) == 2 && rank % kVec == 0;
   if (vectorized) {
+    // Piece c of row i for idx = i * per_row + c; (i, c) advance by blockDim.x without a divide.
     const int per_row = k_padded / kVec;
-    for (int idx = threadIdx.x; idx < count * per_row; idx += blockDim.x) {
-      const int i = idx / per_row, k = (idx % per_row) * kVec;
-      const WT* s = src(i);
-      uint4 value = make_uint4(0, 0, 0, 0);
-      if (s != nullptr && k < rank) value = *reinterpret_cast<const uint4*>(s + k);
-      *reinterpret_cast<uint4*>(dst + size_t(i) * ld + k) = value;
+    const int step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
+    int i = threadIdx.x / per_row, c = threadIdx.x % per_row;
+    while (i < count) {
+      const WT* s = sources[i];
+      const int k = c * kVec;
+      const bool copy = s != nullptr && k < rank;  // else a zero fill: nothing is read
+      cp_async_16(dst + size_t(i) * ld + k, copy ? s + k : nullptr, copy ? 16 : 0);
+      i += step_rows;
+      c += step_pieces;
+      if (c >= per_row) {
+        c -= per_row;
+        ++i;
+      }
     }
+    cp_async_commit();
+    cp_async_wait<0>();
   } else {
     for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
       const int i = idx / k_padded, k = idx % k_padded;
-      const WT* s = src(i);
+      const WT* s = sources[i];
       dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
     }
   }
-  __syncthreads();  // `sources` is reused by the next call
+  __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
 }
 
 // bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T, at least for the first

@@ -16,6 +16,7 @@
 //   CUEMU_STRICT_EXIT=1    fault when a thread exits while others wait at __syncthreads
 //   CUEMU_STACK_KB=n       fiber stack size (default 256)
 //   CUEMU_VERBOSE=1        print every launch and fault to stderr
+#include <link.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -89,6 +90,14 @@ struct Context {
 // ---- state ----------------------------------------------------------------------------------
 enum class FiberState { kRunnable, kWaiting, kDone };
 
+// One cp.async the thread issued and no wait has retired yet.
+struct AsyncCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int src_bytes;
+  unsigned group;  // the number of groups the thread had committed when it issued the copy
+};
+
 struct Fiber {
   ThreadState ts;
   Context ctx;
@@ -99,6 +108,8 @@ struct Fiber {
   unsigned wait_mask = 0;
   char* stack = nullptr;
   size_t stack_size = 0;
+  std::vector<AsyncCopy> async_copies;  // issue order
+  unsigned async_groups = 0;            // groups committed so far
 };
 
 constexpr int kMaxThreads = 1024;
@@ -263,6 +274,12 @@ void release_block_barrier_if_complete(Worker& w) {
 }
 
 void on_thread_exit(Worker& w, Fiber& f) {
+  if (!f.async_copies.empty()) {
+    size_t uncommitted = 0;
+    for (const AsyncCopy& c : f.async_copies) uncommitted += c.group == f.async_groups;
+    fault("thread exits with %zu cp.async copies that no cp_async_wait retired (%zu of them never committed)",
+          f.async_copies.size(), uncommitted);
+  }
   --w.live;
   Warp& warp = w.warps[f.ts.warp];
   warp.exited |= 1u << f.ts.lane;
@@ -339,6 +356,8 @@ void run_block(Worker& w, const GridRun& L, uint64_t linear_block, Order order) 
     f.ts.warp = t / 32;
     f.state = FiberState::kRunnable;
     f.wait_gen = nullptr;
+    f.async_copies.clear();  // an aborted block's fibers may have left some
+    f.async_groups = 0;
     init_fiber_context(f);
   }
   w.order.resize(n);
@@ -586,6 +605,87 @@ float* warp_scratch(size_t floats_per_buffer) {
 unsigned warp_parity() { return tl_worker->warps[tl_worker->current->ts.warp].gen & 1u; }
 
 unsigned exited_lanes_mask() { return tl_worker->warps[tl_worker->current->ts.warp].exited; }
+
+// ---- cp.async -------------------------------------------------------------------------------
+namespace {
+struct TlsSearch {
+  uintptr_t code;  // an address inside this module's code
+  uintptr_t lo = 0, hi = 0;
+};
+
+int find_module_tls(dl_phdr_info* info, size_t, void* data) {
+  TlsSearch& s = *static_cast<TlsSearch*>(data);
+  bool mine = false;
+  size_t tls_size = 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
+    const uintptr_t start = info->dlpi_addr + ph.p_vaddr;
+    if (ph.p_type == PT_LOAD && s.code >= start && s.code < start + ph.p_memsz) mine = true;
+    if (ph.p_type == PT_TLS) tls_size = ph.p_memsz;
+  }
+  if (!mine) return 0;
+  if (info->dlpi_tls_data != nullptr) {
+    s.lo = reinterpret_cast<uintptr_t>(info->dlpi_tls_data);
+    s.hi = s.lo + tls_size;
+  }
+  return 1;
+}
+
+// Static __shared__ variables are thread_local: the calling OS thread's block of this module's
+// thread-local storage (the runtime's own thread_locals are in it too; kernels cannot name them).
+bool in_static_shared(const void* p, size_t n) {
+  static thread_local uintptr_t lo = 0, hi = 0;
+  if (hi == 0) {
+    TlsSearch s{reinterpret_cast<uintptr_t>(&find_module_tls)};
+    dl_iterate_phdr(&find_module_tls, &s);
+    lo = s.lo;
+    hi = s.hi;
+  }
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  return a >= lo && a + n <= hi;
+}
+
+bool in_dynamic_shared(const void* p, size_t n) {
+  const Worker& w = *tl_worker;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(w.smem);
+  return w.smem_size > 0 && a >= base && a + n <= base + w.smem_size;
+}
+
+bool in_shared(const void* p, size_t n) { return in_dynamic_shared(p, n) || in_static_shared(p, n); }
+}  // namespace
+
+void async_copy_16(void* dst, const void* src, int src_bytes) {
+  if (src_bytes != 0 && src_bytes != 16) fault("cp_async_16: src_bytes %d is neither 0 nor 16", src_bytes);
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) fault("cp_async_16: destination %p is not 16-byte aligned", dst);
+  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) fault("cp_async_16: source %p is not 16-byte aligned", src);
+  if (!in_shared(dst, 16))
+    fault("cp_async_16: destination %p is not in shared memory (dynamic %p + %zu, or a static __shared__)", dst,
+          static_cast<void*>(tl_worker->smem), tl_worker->smem_size);
+  if (src_bytes != 0 && in_shared(src, 16))
+    fault("cp_async_16: source %p is in shared memory (cp.async reads global memory)", src);
+  Fiber& f = *tl_worker->current;
+  f.async_copies.push_back(AsyncCopy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src),
+                                     src_bytes, f.async_groups});
+}
+
+void async_commit_group() { ++tl_worker->current->async_groups; }
+
+void async_wait_group(int n) {
+  Fiber& f = *tl_worker->current;
+  if (n < 0) fault("cp_async_wait<%d>: a negative group count", n);
+  // Groups g with g + n < committed are retired: at most the n newest committed stay pending;
+  // copies issued after the last commit (group == committed) are in no group and stay too.
+  size_t kept = 0;
+  for (AsyncCopy& c : f.async_copies) {
+    if (uint64_t(c.group) + unsigned(n) < f.async_groups) {
+      if (c.src_bytes == 16) std::memcpy(c.dst, c.src, 16);
+      else std::memset(c.dst, 0, 16);
+    } else {
+      f.async_copies[kept++] = c;
+    }
+  }
+  f.async_copies.resize(kept);
+}
 
 unsigned char* dynamic_shared_base() { return tl_worker->smem; }
 size_t dynamic_shared_size() { return tl_worker->smem_size; }

@@ -14,7 +14,18 @@
 // shuffle reading a lane outside the mask, a deadlock (some threads at a barrier nobody
 // else reaches), WMMA pointers / ldm that are misaligned or differ between lanes, dynamic
 // shared memory above the kernel's cudaFuncSetAttribute limit, launch shapes past the
-// hardware limits.
+// hardware limits, and cp.async misuse (below).
+//
+// cp.async (csrc/include/dspark_sgl/async_copy.cuh): each thread keeps its pending copies in
+// issue order, tagged with their commit group. A copy reads its source and writes its
+// destination only when the issuing thread's cp_async_wait<N> retires its group (as late as a
+// GPU may land it), so a read before the wait, or by another thread before the issuing
+// thread's wait and a __syncthreads, sees what was there: the poison pattern in dynamic
+// shared memory. Faults: a destination that is not 16-byte aligned or not in shared memory
+// (the block's dynamic buffer or a static __shared__ variable, i.e. the module's thread-local
+// storage), a source that is not 16-byte aligned or lies in shared memory, src_bytes other
+// than 0 or 16, and a thread that exits with copies no wait retired (committed or not): no
+// thread can read such a copy safely, so it is a bug even where a GPU would land it.
 #pragma once
 
 #include <algorithm>
@@ -142,6 +153,11 @@ unsigned warp_parity();
 unsigned char* dynamic_shared_base();
 size_t dynamic_shared_size();
 unsigned exited_lanes_mask();  // lanes of the caller's warp that have exited
+// cp.async of the calling thread (see the header comment): queue a 16-byte copy (src_bytes 16)
+// or zero fill (0); close the queued copies into a group; land every group but the newest n.
+void async_copy_16(void* dst, const void* src, int src_bytes);
+void async_commit_group();
+void async_wait_group(int n);
 
 template <typename T>
 inline T* dynamic_shared() {
