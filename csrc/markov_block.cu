@@ -97,34 +97,63 @@ struct DrawKey {
   uint32_t position;
 };
 
-// The rare path, out of line: the exact scores (the reference's operations: fl(fl(l / T) + G),
-// no division at T = 1; greedy rows: the logit) of one thread's candidate columns, one Philox
-// block per quad that holds a candidate. logits: the thread's row in shared memory, quads of
-// 4 columns at first, first + stride, ...; valid: the columns of the tile inside the shard;
-// col0: the global column of the tile's first column.
+// The exact Gumbel-max key of a sampled column, the reference's operations: fl(fl(l / T) + G)
+// (no division at T = 1). Out of line: only a column that may beat the thread's best gets here.
+__device__ __noinline__ float exact_score(float logit, float t, uint32_t bits) {
+  return __fadd_rn(t == 1.0f ? logit : __fdiv_rn(logit, t), gumbel_from_bits(bits));
+}
+
+// Whether a sampled column (logit l, uniform bits) may still beat the score `best` of an earlier
+// column (a tie goes to the earlier one), decided from u without logf: it cannot when
+// G(u) <= best - fl(l / T), i.e. u <= exp(-exp(-(best - fl(l / T)))). Every step is bounded
+// the safe way: x_up >= fl(l / T) (1/T to ~2 ulp, 2^-20 relative margin), d_lo <= best -
+// x_up - 1e-5 (the subtraction's rounding; 1e-5 > logf's two roundings inside G, < 5e-6),
+// e_hi >= exp(-d_lo) and u_lo <= exp(-e_hi) (ex2.approx: < 2^-22 relative, its argument's
+// rounding < 2^-18 below 2^7; the 2^-17 factors cover both). NaN or infinite inputs make
+// d_lo NaN or -inf: the column is scored exactly.
+__device__ __forceinline__ bool may_beat(float best, float logit, float inv_t, uint32_t bits) {
+  constexpr float kLog2e = 1.44269504f;
+  const float xs = __fmul_rn(logit, inv_t);
+  const float x_up = __fadd_rn(xs, __fmul_rn(fabsf(xs), 0x1p-20f));
+  const float d = __fsub_rn(best, x_up);
+  const float d_lo = __fsub_rn(__fsub_rn(d, __fmul_rn(__fadd_rn(fabsf(best), fabsf(x_up)), 0x1p-22f)), 1e-5f);
+  const float e_hi = __fmul_rn(exp2_term(__fmul_rn(-d_lo, kLog2e)), 1.0f + 0x1p-17f);
+  const float u_lo = __fmul_rn(exp2_term(__fmul_rn(-e_hi, kLog2e)), 1.0f - 0x1p-17f);
+  return !(bits_to_unit_float(bits) <= u_lo);
+}
+
+// The rare path, out of line: one thread's candidate columns (logit >= floor_logit, or NaN)
+// against its best so far, one Philox block per quad that holds a candidate; a sampled
+// candidate is scored exactly only when may_beat (greedy rows: the score is the logit).
+// logits: the thread's row in shared memory, quads of 4 columns at first, first + stride,
+// ...; valid: the columns of the tile inside the shard; col0: the global column of the
+// tile's first column. Columns come in increasing order, so a tie never replaces the best.
 __device__ __noinline__ ArgMaxLogit score_candidates(ArgMaxLogit best, const float* logits, int first,
                                                      int stride, int quads, int valid, float floor_logit,
-                                                     float t, int32_t col0, uint64_t row, DrawKey key) {
+                                                     float t, float inv_t, int32_t col0, uint64_t row,
+                                                     DrawKey key) {
   for (int q = 0; q < quads; ++q) {
     const int c = first + q * stride;
     if (c >= valid) break;
+    const float4 v = *reinterpret_cast<const float4*>(logits + c);
+    const float l[4] = {v.x, v.y, v.z, v.w};
     unsigned mask = 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) mask |= (c + i < valid && !(logits[c + i] < floor_logit)) ? 1u << i : 0u;
+    for (int i = 0; i < 4; ++i) mask |= (c + i < valid && !(l[i] < floor_logit)) ? 1u << i : 0u;
     if (mask == 0) continue;
-    uint32_t words[4] = {0, 0, 0, 0};
-    if (t > 0.0f) {
-      const Philox4x32 r = philox_block(key.seed, key.offset, kStreamDraft, row, key.position,
-                                        static_cast<uint32_t>(col0 + c) / 4);
-      words[0] = r.x, words[1] = r.y, words[2] = r.z, words[3] = r.w;
+    if (!(t > 0.0f)) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if ((mask >> i) & 1u) best.add(l[i], col0 + c + i, l[i]);
+      continue;
     }
+    const Philox4x32 r =
+        philox_block(key.seed, key.offset, kStreamDraft, row, key.position, static_cast<uint32_t>(col0 + c) / 4);
+    const uint32_t words[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      if (!((mask >> i) & 1u)) continue;
-      const float logit = logits[c + i];
-      float score = logit;
-      if (t > 0.0f) score = __fadd_rn(t == 1.0f ? logit : __fdiv_rn(logit, t), gumbel_from_bits(words[i]));
-      best.add(score, col0 + c + i, logit);
+      if (((mask >> i) & 1u) && may_beat(best.score, l[i], inv_t, words[i]))
+        best.add(exact_score(l[i], t, words[i]), col0 + c + i, l[i]);
     }
   }
   return best;
@@ -330,8 +359,8 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
       for (int q = 0; q < kQuads; ++q)
         *reinterpret_cast<float4*>(row_bias + (q * kRowThreads + seg) * 4) =
             make_float4(logit[q][0], logit[q][1], logit[q][2], logit[q][3]);
-      best = score_candidates(best, row_bias, seg * 4, kRowThreads * 4, kQuads, valid, floor_logit, t, col0,
-                              static_cast<uint64_t>(row), draw);
+      best = score_candidates(best, row_bias, seg * 4, kRowThreads * 4, kQuads, valid, floor_logit, t, inv_t,
+                              col0, static_cast<uint64_t>(row), draw);
     }
     const unsigned long long mine = best.index != INT32_MAX ? argmax_key64(best.score, best.index) : 0ull;
     if (mine != 0) atomicMax(&best_key[local_row], mine);
