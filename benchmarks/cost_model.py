@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import subprocess
 import sys
@@ -129,16 +130,65 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
     ]
 
 
+# markov_block's 16-bit tile kernel (markov_block.cu): 128 threads, 4096 bias values a chunk,
+# 32 columns of one row per thread; the rare path and the merge are out-of-line functions.
+_MARKOV_CHUNK = r"for \(int64_t row0 = 0; row0 < args\.rows; row0 \+= kChunkRows\)"
+_SCORE_CANDIDATES = r"__device__ __noinline__ ArgMaxLogit score_candidates\("
+_EXACT_SCORE = r"__device__ __noinline__ float exact_score\("
+_MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
+MARKOV_THREADS = 128
+MARKOV_OUTPUTS = 4096  # bias values per chunk (kChunkRows x kTileV)
+MARKOV_COLUMNS = 32  # columns of one row per thread and chunk
+
+
+def _markov_loops(tile_v: int) -> list[LoopName]:
+    """markov_block's named loops and out-of-line functions at one tile width (bf16, statistics form)."""
+    k = f"markov_tile_kernel<__nv_bfloat16, __nv_bfloat16, {tile_v}, true>"
+    return [
+        LoopName(
+            f"markov.w2_stage.{tile_v}",
+            k,
+            ((_MARKOV, r"stage_rows\(tile\.w2,"), (_TILE, _STAGE_VECTOR)),
+            8,
+            "W2 element (16-byte copy)",
+            _ONE_COPY,
+        ),
+        LoopName(
+            f"markov.e_stage.{tile_v}",
+            k,
+            ((_MARKOV, r"stage_rows\(tile\.e,"), (_TILE, _STAGE_VECTOR)),
+            8,
+            "W1 element (16-byte copy)",
+            _ONE_COPY,
+        ),
+        LoopName(f"markov.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16x16x16 MMA of a warp", _WMMA_STEP),
+        # The chunk loop minus its nested loops: the epilogue and every other per-chunk instruction.
+        LoopName(f"markov.epilogue.{tile_v}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"),
+        LoopName(
+            f"markov.candidates.{tile_v}",
+            k,
+            ((_MARKOV, r"for \(int q = 0; q < quads; \+\+q\)"),),  # in score_candidates (not inlined)
+            1,
+            "quad holding a candidate",
+        ),
+        LoopName(
+            f"markov.candidates_call.{tile_v}", k, ((_MARKOV, _SCORE_CANDIDATES),), 1, "call", kind="code"
+        ),
+        LoopName(f"markov.exact_score.{tile_v}", k, ((_MARKOV, _EXACT_SCORE),), 1, "exact score", kind="code"),
+        LoopName(
+            f"markov.merge.{tile_v}",
+            k,
+            ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),  # in merge_chunk
+            1,
+            "tile partial",
+        ),
+        LoopName(f"markov.merge_call.{tile_v}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
+    ]
+
+
 LOOPS: list[LoopName] = [
-    *_tile_loops("markov", "markov_tile_kernel", _MARKOV, 64),
-    *_tile_loops("markov", "markov_tile_kernel", _MARKOV, 128),
-    LoopName(
-        "markov.reduce",
-        "markov_reduce_kernel",
-        ((_MARKOV, r"for \(int tile = threadIdx\.x; tile < tiles; tile \+= blockDim\.x\)"),),
-        1,
-        "tile partial",
-    ),
+    *_markov_loops(64),
+    *_markov_loops(128),
     LoopName(
         "verify.stats_vector",
         "verify_stats_kernel<__nv_bfloat16, __nv_bfloat16>",
@@ -335,31 +385,129 @@ def _tile_instructions(prefix: str, geo: dict[str, int], loops: Mapping[str, flo
     )
 
 
-def markov_block(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> ModeledOp:
-    """markov_block, statistics form (no [R, g, V] logits kept): 2 launches per position.
+CANDIDATES_JSON = Path(__file__).resolve().parent / "markov_candidates.json"
+CANDIDATE_SOURCE = "embedded pair (V=4096)"
 
-    ``loops``: SASS instructions per unit of each named loop (``LoopCount.per_item``).
+
+@dataclass(frozen=True)
+class CandidateRates:
+    """How much of markov_block's rare path runs: fractions of quads holding a candidate, of
+    columns that are candidates, and of candidates scored exactly (benchmarks/markov_candidates.py)."""
+
+    quads: float
+    columns: float
+    exact: float
+    source: str
+
+
+WORST_CASE = CandidateRates(1.0, 1.0, 1.0, "worst case: every column a candidate, every candidate scored exactly")
+
+
+def candidate_rates(tile_v: int, path: Path = CANDIDATES_JSON) -> CandidateRates:
+    """The measured rates of the embedded pair at tile width tile_v, the largest over its
+    temperatures, with only the tile's own max known (the first wave of CTAs; later CTAs also
+    know other tiles' maxima, so this bounds the rare path from above). The worst case when
+    nothing was measured."""
+    if not path.is_file():
+        return WORST_CASE
+    rows = [
+        r
+        for r in json.loads(path.read_text(encoding="utf-8"))
+        if r["source"] == CANDIDATE_SOURCE and r["tile"] == tile_v and r["seen"] == "tile"
+    ]
+    if not rows:
+        return WORST_CASE
+    temps = ", ".join(f"T={r['T']}" for r in rows)
+    return CandidateRates(
+        max(r["quad_fraction"] for r in rows),
+        max(r["column_fraction"] for r in rows),
+        max(r["exact_fraction"] for r in rows),
+        f"measured on the {CANDIDATE_SOURCE} ({temps}; tile max only)",
+    )
+
+
+def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
+    """markov_block's launch geometry for 16-bit weights (markov_block.cu BlockShape)."""
+    tile_v = 128 if rows > 32 else 64
+    chunk = MARKOV_OUTPUTS // tile_v
+    return {
+        "tile_v": tile_v,
+        "tiles": math.ceil(vocab / tile_v),
+        "chunk": chunk,
+        "chunks": math.ceil(rows / chunk),
+        "row_threads": MARKOV_THREADS // chunk,
+        "k_pad": math.ceil(RANK / 16) * 16,
+    }
+
+
+def markov_rare_per_element(tile_v: int, loops: Mapping[str, float], rates: CandidateRates) -> float:
+    """Instructions of the out-of-line candidate path per element of an active row: a call per
+    thread (32 columns), the quad loop per quad holding a candidate, exact_score per candidate
+    scored exactly."""
+    call = loops[f"markov.candidates_call.{tile_v}"] - loops[f"markov.candidates.{tile_v}"]
+    return (
+        call / MARKOV_COLUMNS
+        + rates.quads * loops[f"markov.candidates.{tile_v}"] / 4
+        + rates.columns * rates.exact * loops[f"markov.exact_score.{tile_v}"]
+    )
+
+
+def markov_block(
+    vocab: int, rows: int, gamma: int, loops: Mapping[str, float], rates: CandidateRates | None = None
+) -> ModeledOp:
+    """markov_block, statistics form (no [R, g, V] logits kept): a memset of the tickets and
+    running maxima, then one launch per position (the last CTA of each row chunk merges it).
+
+    ``loops``: SASS instructions per unit of each named loop (``LoopCount.per_item``); ``rates``:
+    how often the rare path runs (default: ``candidate_rates``).
+
+    Per launch: staging (tile_v W2 rows per CTA; per chunk the W1 rows of its 16-row blocks that
+    hold a row, all of them for 32-row chunks), the MMA (those row blocks x tile_v/16
+    16x16x16 steps, 32 threads each), the
+    chunk loop on every thread of a warp that holds a row, the candidate path on the rows, and
+    the merge (a lane per tile partial; every thread of the merging CTA runs merge_chunk once).
     """
-    geo = _tile_geometry(vocab, rows)
+    geo = _markov_geometry(vocab, rows)
+    w, t, k = geo["tile_v"], geo["tiles"], geo["k_pad"]
+    rates = rates if rates is not None else candidate_rates(w)
     w2, base, w1 = vocab * RANK * ELEM, rows * vocab * ELEM, rows * RANK * ELEM
-    partials = rows * geo["tiles"] * 20  # MarkovPartial: 5 x 4 bytes
+    partials = rows * t * 20  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
+    outputs = rows * (8 + 4 * 4)  # token, logit, score, max, sum
+    counters = (geo["chunks"] + rows) * 4
+    # Per chunk: E rows and MMA row blocks in whole 16-row blocks holding a row; the chunk loop
+    # on every thread of a warp that holds a row (rows_per_warp rows a warp).
+    chunk_rows = [min(geo["chunk"], rows - r0) for r0 in range(0, rows, geo["chunk"])]
+    # bias_tile skips empty row blocks only for 64-row chunks (four blocks a warp)
+    blocks = sum(math.ceil(n / 16) if geo["chunk"] > 32 else geo["chunk"] // 16 for n in chunk_rows)
+    rows_per_warp = 32 // geo["row_threads"]
+    warp_rows = sum(math.ceil(n / rows_per_warp) * rows_per_warp for n in chunk_rows)
+    instructions = (
+        loops[f"markov.w2_stage.{w}"] * t * w * k
+        + loops[f"markov.e_stage.{w}"] * t * blocks * 16 * k
+        + loops[f"markov.mma.{w}"] * t * blocks * (w // 16) * 32 * (k // 16)
+        + loops[f"markov.epilogue.{w}"] * t * w * warp_rows
+        + markov_rare_per_element(w, loops, rates) * rows * t * w
+        + loops[f"markov.merge.{w}"] * rows * math.ceil(t / 32) * 32
+        + loops[f"markov.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
+    )
     tile = Launch(
-        f"markov_tile_kernel<bf16, bf16, {geo['tile_v']}>",
-        w2 + base + w1 + rows * 12 + partials,
-        _tile_instructions("markov", geo, loops),
+        f"markov_tile_kernel<bf16, bf16, {w}, true>",
+        w2 + base + w1 + rows * 12 + 2 * partials + outputs + counters,
+        instructions,
     )
-    reduce = Launch(
-        "markov_reduce_kernel", partials + rows * 20, loops["markov.reduce"] * rows * geo["tiles"]
-    )
+    memset = Launch("cudaMemsetAsync (tickets, running maxima)", counters)
     return ModeledOp(
         "markov_block",
         vocab,
         rows,
         gamma,
-        [tile, reduce] * gamma,
+        [memset] + [tile] * gamma,
         _sglang(sglang_path_model.markov_block(vocab, rows, gamma, RANK, ELEM)),
         gamma * (w2 + base),
-        ["W1 rows counted once (every CTA re-reads them from L2)"],
+        [
+            "W1 rows counted once (every CTA re-reads them from L2); the confidence launch not modeled",
+            f"candidate path: {rates.source}",
+        ],
     )
 
 
@@ -508,12 +656,15 @@ def staging_in_flight(counts: Mapping[str, LoopCount]) -> list[StageFlight]:
         if "_stage." not in name:
             continue
         tile_v = int(name.rsplit(".", 1)[1])
-        rows = tile_v if ".w2_stage." in name else 2048 // tile_v
+        markov = name.startswith("markov.")  # markov_block: 4096 bias values a chunk, 128 threads
+        chunk = (MARKOV_OUTPUTS if markov else 2048) // tile_v
+        threads = MARKOV_THREADS if markov else STAGE_THREADS
+        rows = tile_v if ".w2_stage." in name else chunk
         staged = rows * math.ceil(RANK / 16) * 16 * ELEM
         ops = c.opcodes
         synchronous = ops.get("global/generic", 0) + ops.get("cp.async wait", 0)
         asynchronous = ops.get("cp.async", 0) > 0 and synchronous == 0
-        in_flight = staged if asynchronous else min(staged, STAGE_THREADS * 16 * c.unroll)
+        in_flight = staged if asynchronous else min(staged, threads * 16 * c.unroll)
         flights.append(StageFlight(name, staged, in_flight, asynchronous))
     return flights
 
@@ -556,7 +707,9 @@ def budgets(
     verify_rows = [p for p in paths if p.op == "chain_verify"]
     sched = [p for p in paths if p.op.startswith("schedule_")]
     epilogues = [c for name, c in counts.items() if name.startswith("markov.epilogue.")]
-    epilogue_failures = tuple(f"{c.name}: {c.per_item:.0f}" for c in epilogues if c.per_item > 25)
+    loops = loop_instructions(counts)
+    effective = {c.name: markov_per_element(int(c.name.rsplit(".", 1)[1]), loops) for c in epilogues}
+    epilogue_failures = tuple(f"{name}: {n:.0f}" for name, n in effective.items() if n > 25)
     return [
         _check(
             "Markov block <= 1.3x its floor at R >= 8",
@@ -571,7 +724,8 @@ def budgets(
             devices,
         ),
         Verdict(
-            "Markov epilogue <= 25 SASS instructions per sampled element (outside the MMA)",
+            "Markov epilogue <= 25 SASS instructions per sampled element (outside the MMA;"
+            " the chunk loop plus the candidate path at the measured rates)",
             bool(epilogues) and not epilogue_failures,
             epilogue_failures or (() if epilogues else ("no epilogue loop counted",)),
         ),
@@ -688,6 +842,37 @@ def breakdown(paths: list[ModeledOp], device: Device = H100) -> list[list[str]]:
     return cells
 
 
+def markov_candidate_lines(counts: Mapping[str, LoopCount]) -> list[str]:
+    """The Markov block's candidate path: the rates used, instructions per element, and the
+    modeled table again in the worst case (every column a candidate, scored exactly)."""
+    loops = loop_instructions(counts)
+    lines = ["Markov block candidate path (modeled; benchmarks/markov_candidates.py measures the rates):", ""]
+    for tile_v in (64, 128):
+        if f"markov.epilogue.{tile_v}" not in loops:
+            continue
+        for rates in (candidate_rates(tile_v), WORST_CASE):
+            lines.append(
+                f"- {tile_v}-wide tiles, {rates.source}: candidate quads {rates.quads:.3f}, candidate columns"
+                f" {rates.columns:.3f}, candidates scored exactly {rates.exact:.3f}:"
+                f" {markov_per_element(tile_v, loops, rates):.1f} instructions per sampled element"
+                f" ({loops[f'markov.epilogue.{tile_v}']:.1f} in the chunk loop)"
+            )
+    worst = [
+        markov_block(v, r, g, loops, WORST_CASE) for v in VOCABS[:1] for r in ROWS for g in GAMMAS[:1]
+    ]
+    cells = [
+        [
+            f"{p.vocab}",
+            str(p.rows),
+            str(p.gamma),
+            *(f"{p.time(d) * 1e6:.1f} ({p.time(d) / p.floor(d):.2f}x floor)" for d in DEVICES),
+        ]
+        for p in worst
+    ]
+    header = ["V", "R", "g", *(f"{d.name} worst-case us" for d in DEVICES)]
+    return [*lines, "", "Markov block in the worst case (modeled):", "", *_table(header, cells)]
+
+
 def report(
     paths: list[ModeledOp], counts: Mapping[str, LoopCount], verdicts: list[Verdict], source: str
 ) -> str:
@@ -719,6 +904,8 @@ def report(
         "",
         *_table(BREAKDOWN_HEADER, breakdown(paths)),
         "",
+        *markov_candidate_lines(counts),
+        "",
         f"Staging bytes in flight per SM (modeled from the loops' SASS opcodes; r = {RANK}, one CTA per SM):",
         "",
         *(f.line() for f in staging_in_flight(counts)),
@@ -727,6 +914,13 @@ def report(
         *(v.line() for v in verdicts),
     ]
     return "\n".join(lines)
+
+
+def markov_per_element(tile_v: int, loops: Mapping[str, float], rates: CandidateRates | None = None) -> float:
+    """Instructions per sampled element of markov_block outside the MMA and the staging: the
+    chunk loop's static count plus the out-of-line candidate path at ``rates``."""
+    rates = rates if rates is not None else candidate_rates(tile_v)
+    return loops[f"markov.epilogue.{tile_v}"] + markov_rare_per_element(tile_v, loops, rates)
 
 
 def loop_instructions(counts: Mapping[str, LoopCount]) -> dict[str, float]:

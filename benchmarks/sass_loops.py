@@ -7,7 +7,8 @@ must match once in the file and may span lines (``\n``). The first frame names t
 header (or, for code inlined from a header, the call site); each later frame narrows to a
 statement inside an inlined function. A frame's line range is the whole statement that
 starts at the match (brace-matched), so a loop is named by its header and keeps its name
-when its body changes. Nothing is added to the kernels: the names
+when its body changes. A name of kind "code" counts every instruction of its frames instead
+(the static size of an out-of-line function: one call). Nothing is added to the kernels: the names
 live in ``benchmarks/cost_model.py`` next to the formulas that use them.
 
 How it is counted: the build carries line info (``-lineinfo``, as CMakeLists.txt builds),
@@ -338,6 +339,9 @@ class LoopName:
     # (opcode regex, count per source iteration): the compiler's unroll factor is the number
     # in the SASS body over this count. None: the SASS loop is taken as one source iteration.
     anchor: tuple[str, int] | None = None
+    # "loop": a SASS loop (above); "code": every instruction of the named frames, loop or not
+    # (an out-of-line function's static size: what one call issues with every branch taken).
+    kind: str = "loop"
 
 
 @dataclass(frozen=True)
@@ -423,6 +427,23 @@ def count_loop(
     named = [i for i, ins in enumerate(fn.instructions) if _in_chain(ins.frames, ranges)]
     if not named:
         raise LookupError(f"{loop.name}: no instruction of {loop.kernel} comes from {ranges}")
+    if loop.kind == "code":
+        ops = Counter()
+        for i in named:
+            for cls, pattern in OPCODE_CLASSES.items():
+                if re.match(pattern, fn.instructions[i].opcode):
+                    ops[cls] += 1
+        file, lo, hi = ranges[0]
+        return LoopCount(
+            name=loop.name,
+            kernel=loop.kernel,
+            instructions=len(named),
+            per_iteration=loop.per_iteration,
+            unit=loop.unit,
+            source=f"{file}:{lo}-{hi}" + "".join(f" > {f}:{a}-{b}" for f, a, b in ranges[1:]),
+            coverage=1.0,
+            opcodes=dict(ops),
+        )
     spans = fn.loops()
     named_set = set(named)
 

@@ -132,6 +132,9 @@ __device__ __noinline__ ArgMaxLogit score_candidates(ArgMaxLogit best, const flo
                                                      int stride, int quads, int valid, float floor_logit,
                                                      float t, float inv_t, int32_t col0, uint64_t row,
                                                      DrawKey key) {
+  // argmax_key of the best so far (below every score while there is none): a later column
+  // replaces it only with a strictly larger key.
+  int32_t best_key = best.index == INT32_MAX ? INT32_MIN : argmax_key(best.score);
   for (int q = 0; q < quads; ++q) {
     const int c = first + q * stride;
     if (c >= valid) break;
@@ -141,19 +144,19 @@ __device__ __noinline__ ArgMaxLogit score_candidates(ArgMaxLogit best, const flo
 #pragma unroll
     for (int i = 0; i < 4; ++i) mask |= (c + i < valid && !(l[i] < floor_logit)) ? 1u << i : 0u;
     if (mask == 0) continue;
-    if (!(t > 0.0f)) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if ((mask >> i) & 1u) best.add(l[i], col0 + c + i, l[i]);
-      continue;
+    uint32_t words[4] = {0, 0, 0, 0};
+    const bool sampled = t > 0.0f;
+    if (sampled) {
+      const Philox4x32 r = philox_block(key.seed, key.offset, kStreamDraft, row, key.position,
+                                        static_cast<uint32_t>(col0 + c) / 4);
+      words[0] = r.x, words[1] = r.y, words[2] = r.z, words[3] = r.w;
     }
-    const Philox4x32 r =
-        philox_block(key.seed, key.offset, kStreamDraft, row, key.position, static_cast<uint32_t>(col0 + c) / 4);
-    const uint32_t words[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      if (((mask >> i) & 1u) && may_beat(best.score, l[i], inv_t, words[i]))
-        best.add(exact_score(l[i], t, words[i]), col0 + c + i, l[i]);
+      if (!((mask >> i) & 1u) || (sampled && !may_beat(best.score, l[i], inv_t, words[i]))) continue;
+      const float score = sampled ? exact_score(l[i], t, words[i]) : l[i];
+      const int32_t k = argmax_key(score);
+      if (k > best_key) best = ArgMaxLogit{score, col0 + c + i, l[i]}, best_key = k;
     }
   }
   return best;
@@ -284,7 +287,12 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
 
   const int seg = threadIdx.x % kRowThreads, local_row = threadIdx.x / kRowThreads;
   for (int64_t row0 = 0; row0 < args.rows; row0 += kChunkRows) {
-    stage_rows(tile.e, kChunkRows, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
+    const int chunk_rows = static_cast<int>(min(int64_t(kChunkRows), args.rows - row0));
+    // 64-row chunks (16-bit weights, 64-wide tiles): the MMA reads only the 16-row blocks of E
+    // holding a row (bias_tile skips the others when a warp owns more than two)
+    stage_rows(tile.e, WeightTraits<WT>::kTensorCores && kChunkRows > 32 ? min(kChunkRows, (chunk_rows + 15) / 16 * 16)
+                                                                          : kChunkRows,
+               layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
       const int64_t row = row0 + i;
       if (row >= args.rows) return nullptr;
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
@@ -292,20 +300,24 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
     });
     if (threadIdx.x < kChunkRows) best_key[threadIdx.x] = 0;
     __syncthreads();
-    const int chunk_rows = static_cast<int>(min(int64_t(kChunkRows), args.rows - row0));
     bias_tile<WT, kTileV, kOutputs, kThreads>(tile.w2, tile.e, tile.bias, layout, chunk_rows);
     __syncthreads();
 
-    // Epilogue: this thread's kQuads x 4 columns of one row, all in registers.
+    // Epilogue: this thread's kQuads x 4 columns of one row, all in registers. A warp holding
+    // no row of the block skips it (a warp-uniform test: its shuffles stay within the warp).
     const int64_t row = row0 + local_row;
     const bool active = local_row < chunk_rows;
+    const bool warp_active = threadIdx.x / 32 * (32 / kRowThreads) < chunk_rows;
+    float m = -INFINITY, sum = 0.0f;
+    ArgMaxLogit best = ArgMaxLogit::empty();
+    unsigned long long mine = 0;
+    if (warp_active) {
     const float t = active ? args.temperature[row] : 0.0f;
     const float inv_t = t > 0.0f ? __fdividef(1.0f, t) : 1.0f;  // ~2 ulp: candidate_floor's margin covers it
     const float seen_max = active ? key_float(*reinterpret_cast<volatile unsigned*>(ws.row_max + row)) : -INFINITY;
     const int64_t flat = (row * args.gamma + k) * vocab;
     float* row_bias = tile.bias + local_row * kTileV;
     float logit[kQuads][4];
-    float m = -INFINITY;
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
       const int c = (q * kRowThreads + seg) * 4;
@@ -343,7 +355,6 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
     m = group_max<kRowThreads>(m);  // the (row, tile) max
     const float floor_logit = candidate_floor(fmaxf(m, seen_max), t, inv_t);
     const float log2e_t = __fmul_rn(inv_t, 1.44269504f);  // exp(x / T) = 2^(x * log2(e) / T)
-    float sum = 0.0f;
 #pragma unroll
     for (int q = 0; q < kQuads; ++q)
 #pragma unroll
@@ -353,7 +364,6 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
     // NaN; so it is when every logit of the tile row is -inf, where every column is a candidate).
     const bool any = !(thread_max < floor_logit) || sum != sum;
     sum = group_sum<kRowThreads>(m == -INFINITY ? 0.0f : sum);
-    ArgMaxLogit best = ArgMaxLogit::empty();
     if (active && any) {
 #pragma unroll
       for (int q = 0; q < kQuads; ++q)
@@ -362,9 +372,10 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
       best = score_candidates(best, row_bias, seg * 4, kRowThreads * 4, kQuads, valid, floor_logit, t, inv_t,
                               col0, static_cast<uint64_t>(row), draw);
     }
-    const unsigned long long mine = best.index != INT32_MAX ? argmax_key64(best.score, best.index) : 0ull;
+    mine = best.index != INT32_MAX ? argmax_key64(best.score, best.index) : 0ull;
     if (mine != 0) atomicMax(&best_key[local_row], mine);
     if (active && seg == 0 && m > seen_max) atomicMax(ws.row_max + row, float_key(m));
+    }
     __syncthreads();
     if (active) {
       MarkovPartial* p = ws.partials + row * gridDim.x + blockIdx.x;

@@ -110,8 +110,8 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
 }
 
 // bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T, at least for the first
-// `valid_rows` rows (16-bit weights: a warp whose row blocks all lie past them computes
-// nothing; float32 weights: every row). Call with all kThreads threads. With 16-bit weights
+// `valid_rows` rows (16-bit weights: the row blocks past them are skipped when a warp owns more
+// than two, so E rows there need not be staged; float32 weights: every row). Call with all kThreads threads. With 16-bit weights
 // each warp computes a kM x kN block of 16x16 tiles (kOutputs / (256 * warps) tiles), so each
 // E fragment serves kN W2 fragments and each W2 fragment kM E fragments.
 template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kThreads = kTileThreads>
@@ -128,35 +128,48 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
     static_assert((kBlocksN / kN) * (kBlocksM / kM) == kWarps, "every warp owns kM x kN tiles");
     const int warp = threadIdx.x / 32;
     const int n0 = warp % (kBlocksN / kN) * kN, m0 = warp / (kBlocksN / kN) * kM;
-    // A warp whose row blocks hold no valid row skips the MMA (a warp-uniform test).
-    if (m0 * 16 >= valid_rows) return;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kM][kN];
+    // With more than two row blocks a warp computes only those holding a valid row (a
+    // warp-uniform count); with two it computes both once the first holds one.
+    const int blocks = min(kM, (valid_rows + 15) / 16 - m0);
+    auto run = [&](auto rows_tag, int m_first) {
+      constexpr int M = decltype(rows_tag)::value;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[M][kN];
 #pragma unroll
-    for (int i = 0; i < kM; ++i)
+      for (int i = 0; i < M; ++i)
 #pragma unroll
-      for (int j = 0; j < kN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> a[kM];
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, WT, wmma::col_major> b;
-    const WT* a_src = es + size_t(m0) * 16 * layout.ld;
-    const WT* b_src = w2s + size_t(n0) * 16 * layout.ld;
-    const size_t step = size_t(16) * layout.ld;
+        for (int j = 0; j < kN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, WT, wmma::row_major> a[M];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, WT, wmma::col_major> b;
+      const WT* a_src = es + size_t(m_first) * 16 * layout.ld;
+      const WT* b_src = w2s + size_t(n0) * 16 * layout.ld;
+      const size_t step = size_t(16) * layout.ld;
 #pragma unroll 1
-    for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {
+      for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {
 #pragma unroll
-      for (int i = 0; i < kM; ++i) wmma::load_matrix_sync(a[i], a_src + i * step + k0, layout.ld);
+        for (int i = 0; i < M; ++i) wmma::load_matrix_sync(a[i], a_src + i * step + k0, layout.ld);
 #pragma unroll
-      for (int j = 0; j < kN; ++j) {
-        wmma::load_matrix_sync(b, b_src + j * step + k0, layout.ld);
+        for (int j = 0; j < kN; ++j) {
+          wmma::load_matrix_sync(b, b_src + j * step + k0, layout.ld);
 #pragma unroll
-        for (int i = 0; i < kM; ++i) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+          for (int i = 0; i < M; ++i) wmma::mma_sync(acc[i][j], a[i], b, acc[i][j]);
+        }
       }
+#pragma unroll
+      for (int i = 0; i < M; ++i)
+#pragma unroll
+        for (int j = 0; j < kN; ++j)
+          wmma::store_matrix_sync(bias + (m_first + i) * 16 * kTileV + (n0 + j) * 16, acc[i][j], kTileV,
+                                  wmma::mem_row_major);
+    };
+    if constexpr (kM > 2) {
+      if (blocks >= kM) {
+        run(std::integral_constant<int, kM>{}, m0);
+      } else {
+        for (int i = 0; i < blocks; ++i) run(std::integral_constant<int, 1>{}, m0 + i);  // a part-filled chunk
+      }
+    } else if (blocks > 0) {
+      run(std::integral_constant<int, kM>{}, m0);  // two blocks at most: both are computed
     }
-#pragma unroll
-    for (int i = 0; i < kM; ++i)
-#pragma unroll
-      for (int j = 0; j < kN; ++j)
-        wmma::store_matrix_sync(bias + (m0 + i) * 16 * kTileV + (n0 + j) * 16, acc[i][j], kTileV,
-                                wmma::mem_row_major);
   } else {
     constexpr int kGroups = kThreads / kTileV;
     constexpr int kRowsPerThread = kChunkRows / kGroups;
