@@ -510,6 +510,11 @@ struct WorkspaceLayout {
 
 }  // namespace
 
+void markov_gumbel_bounds(float* gumbel_max, float* gumbel_min) {
+  *gumbel_max = kGumbelMax;
+  *gumbel_min = kGumbelMin;
+}
+
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile.
   return weight_bytes == 2 && rows > 32 ? 128 : 64;

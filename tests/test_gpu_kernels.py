@@ -188,6 +188,77 @@ def test_markov_block_rounds_logits_to_the_step_dtype_like_the_reference(backend
     assert_verify_matches(backend, target, ours.stats, ours, lens, case["temperature"])
 
 
+def gumbel_range() -> tuple[float, float]:
+    """(max, min) of the float32 Gumbel noise -log(-log(u)) over every uniform the Philox draw
+    can give: u = k * 2^-24 for every odd k < 2^24 (dspark_sgl.rng)."""
+    u = torch.arange(1, 2**24, 2, dtype=torch.int64).float() * 2.0**-24  # exact in float32
+    noise = -torch.log(-torch.log(u))
+    return noise.max().item(), noise.min().item()
+
+
+def test_markov_gumbel_bounds_enclose_every_draw(backend):
+    # The bounded candidate search skips a column only if no draw can lift it past the best:
+    # the kernel's bounds must hold for every uniform, and be tight enough to prune.
+    gumbel_max, gumbel_min = _dispatch.kernel("markov_gumbel_bounds")()
+    drawn_max, drawn_min = gumbel_range()
+    assert drawn_max <= gumbel_max <= drawn_max + 1e-3
+    assert drawn_min - 1e-3 <= gumbel_min <= drawn_min
+
+
+@pytest.mark.race_schedule
+def test_markov_block_low_logit_columns_win_through_large_noise(backend):
+    # One column 8 / T above the rest in scaled logits (T = 4): about a quarter of the rows are
+    # won by another column through its Gumbel draw; the kernel must pick exactly the same.
+    rows, gamma, vocab, rank = backend.size((64, 5, 32000, 64), (16, 4, 1100, 64))
+    gen = torch.Generator().manual_seed(3)
+    case = markov_case(backend.device, rows, gamma, vocab, rank, seed=3)
+    case["w1"] = (torch.randint(-2, 3, (vocab, rank), generator=gen) / 64).to(backend.device, BF16)
+    base = torch.randint(-16, 17, (rows, gamma, vocab), generator=gen) / 16
+    hot = torch.randint(0, vocab, (rows, gamma), generator=gen)
+    base.scatter_(2, hot[:, :, None], 32.0)
+    case["base_logits"] = base.to(backend.device, BF16)
+    case["temperature"] = torch.full((rows,), 4.0, device=backend.device)
+    ours = draft(case, keep_logits=True)
+    assert backend.ran("markov_block")
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    assert_blocks_equal(ours, ref)
+    won_by_noise = (ref.stats.token_logits < 16).float().mean().item()  # not the hot column
+    assert 0.05 < won_by_noise < 0.6
+
+
+@pytest.mark.race_schedule
+def test_markov_block_mixes_greedy_unit_temperature_sampled_masked_and_nan_rows(backend, monkeypatch):
+    # Greedy rows, T = 1 (no division), other temperatures, -inf columns, columns far below the
+    # rest (never drawn), and NaN logits (value checks off) in one block.
+    monkeypatch.setenv("DSPARK_SGL_CHECK_VALUES", "0")
+    rows, gamma, vocab, rank = backend.size((48, 5, 32000, 64), (12, 3, 1100, 64))
+    case = markov_case(backend.device, rows, gamma, vocab, rank, seed=4)
+    _masked_base(case)
+    base = case["base_logits"].float().cpu()
+    gen = torch.Generator().manual_seed(4)
+    far = torch.rand(base.shape, generator=gen) < 0.2
+    far[..., 0] = False
+    base = base.masked_fill(far, -40.0)
+    nan_rows = (4, 5, 7)  # greedy, T = 1, T = 0.5
+    base[4, 1, 17] = base[5, 1, 3] = base[7, 0, 600] = base[7, 0, 601] = float("nan")
+    case["base_logits"] = base.to(backend.device, BF16)
+    temperature = torch.tensor([0.0, 1.0, 0.7, 3.0, 0.0, 1.0, 2.5, 0.5, 1.0, 0.0, 1.3, 1.0])
+    case["temperature"] = temperature.repeat(rows // 12 + 1)[:rows].to(backend.device)
+    ours = draft(case, keep_logits=True)
+    assert backend.ran("markov_block")
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    assert torch.equal(ours.tokens, ref.tokens)
+    assert torch.equal(ours.logits.isnan(), ref.logits.isnan())
+    torch.testing.assert_close(ours.stats.token_logits, ref.stats.token_logits, rtol=0, atol=0, equal_nan=True)
+    assert ref.tokens[4, 1] == 17 and ref.tokens[5, 1] == 3 and ref.tokens[7, 0] == 600  # the first NaN wins
+    clean = torch.ones(rows, dtype=torch.bool)
+    clean[list(nan_rows)] = False
+    torch.testing.assert_close(ours.stats.max[clean], ref.stats.max[clean], rtol=0, atol=0)
+    torch.testing.assert_close(ours.stats.sum[clean], ref.stats.sum[clean], rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_markov_block_tokens_differ_only_at_near_ties_on_real_valued_inputs(backend, softcap):
     rows, gamma, vocab = backend.size((64, 7, 129280), (16, 4, 4096))

@@ -74,8 +74,9 @@ MUTANTS = [
     Mutant(
         "markov_missing_syncthreads",
         "markov_block.cu",
-        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);\n    __syncthreads();",
-        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);",
+        "    bias_tile<WT, kTileV, kOutputs, kThreads>(tile.w2, tile.e, tile.bias, layout, chunk_rows);\n"
+        "    __syncthreads();",
+        "    bias_tile<WT, kTileV, kOutputs, kThreads>(tile.w2, tile.e, tile.bias, layout, chunk_rows);",
         "the bias tile is read before every warp has written its part",
         ("markov",),
         SCHEDULES,
@@ -83,9 +84,54 @@ MUTANTS = [
     Mutant(
         "markov_divergent_shuffle",
         "markov_block.cu",
-        "      const bool active = row < args.rows;",
-        "      const bool active = row < args.rows;\n      if (!active) continue;",
+        "    m = group_max<kRowThreads>(m);  // the (row, tile) max",
+        "    if (active) m = group_max<kRowThreads>(m);",
         "rows past the end skip a full-mask shuffle: a hang or garbage on a GPU",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_gumbel_max_too_small",
+        "markov_block.cu",
+        "constexpr float kGumbelMax = 16.6356f;",
+        "constexpr float kGumbelMax = 16.63f;",
+        "a Gumbel bound below the largest draw: a column that a large draw would make win is skipped",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_candidate_floor_without_g_min",
+        "markov_block.cu",
+        "(kGumbelMax - kGumbelMin) + 1e-3f",
+        "kGumbelMax * 0.25f",
+        "a candidate floor far too high: columns that can still win draw no noise",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_ticket_not_reset",
+        "markov_block.cu",
+        "  if (threadIdx.x == 0) *ticket = 0;\n",
+        "",
+        "the last CTA leaves its ticket counted: the next position (or graph replay) never merges",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_merge_before_the_last_cta",
+        "markov_block.cu",
+        "== gridDim.x - 1;",
+        "== gridDim.x - 2;",
+        "the second-to-last CTA merges the chunk: one tile's partial is not written yet",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_row_max_not_reset",
+        "markov_block.cu",
+        "      row_max[row] = 0;\n",
+        "",
+        "a row's running max survives into the next position: its candidate floor is too high",
         ("markov",),
         SCHEDULES,
     ),
@@ -161,11 +207,26 @@ def _check_schedule() -> list[str]:
 
 
 def _check_markov() -> list[str]:
-    from test_gpu_kernels import assert_blocks_equal, draft, markov_case
+    from test_gpu_kernels import assert_blocks_equal, draft, gumbel_range, markov_case
 
     from dspark_sgl import _dispatch
 
     failures = []
+    gumbel_max, gumbel_min = _dispatch.kernel("markov_gumbel_bounds")()
+    drawn_max, drawn_min = gumbel_range()
+    if not (gumbel_max >= drawn_max and gumbel_min <= drawn_min):
+        failures.append(f"Gumbel bounds ({gumbel_max}, {gumbel_min}) miss draws ({drawn_max}, {drawn_min})")
+    # Position 0's logits far above position 1's: a running max left over from position 0
+    # would raise position 1's candidate floor above every column.
+    case = markov_case(torch.device("cpu"), 4, 2, 1100, 64, hidden=32)
+    case["base_logits"][:, 0] += 64
+    ours = draft(case, keep_logits=True)
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    try:
+        assert_blocks_equal(ours, ref)
+    except AssertionError as exc:
+        failures.append(f"position 0 far above position 1: {_first_line(exc)}")
     # one 64-wide tile chunk; 128-wide tiles, 3 chunks; 64-wide, 2 chunks, 65 tiles (two warps reduce)
     for rows, vocab, wdtype in (
         (3, 1100, torch.bfloat16),
