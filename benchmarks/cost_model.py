@@ -163,7 +163,9 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
         ),
         LoopName(f"markov.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16x16x16 MMA of a warp", _WMMA_STEP),
         # The chunk loop minus its nested loops: the epilogue and every other per-chunk instruction.
-        LoopName(f"markov.epilogue.{tile_v}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"),
+        LoopName(
+            f"markov.epilogue.{tile_v}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"
+        ),
         LoopName(
             f"markov.candidates.{tile_v}",
             k,
@@ -174,7 +176,9 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
         LoopName(
             f"markov.candidates_call.{tile_v}", k, ((_MARKOV, _SCORE_CANDIDATES),), 1, "call", kind="code"
         ),
-        LoopName(f"markov.exact_score.{tile_v}", k, ((_MARKOV, _EXACT_SCORE),), 1, "exact score", kind="code"),
+        LoopName(
+            f"markov.exact_score.{tile_v}", k, ((_MARKOV, _EXACT_SCORE),), 1, "exact score", kind="code"
+        ),
         LoopName(
             f"markov.merge.{tile_v}",
             k,
@@ -400,7 +404,9 @@ class CandidateRates:
     source: str
 
 
-WORST_CASE = CandidateRates(1.0, 1.0, 1.0, "worst case: every column a candidate, every candidate scored exactly")
+WORST_CASE = CandidateRates(
+    1.0, 1.0, 1.0, "worst case: every column a candidate, every candidate scored exactly"
+)
 
 
 def candidate_rates(tile_v: int, path: Path = CANDIDATES_JSON) -> CandidateRates:
@@ -857,9 +863,7 @@ def markov_candidate_lines(counts: Mapping[str, LoopCount]) -> list[str]:
                 f" {markov_per_element(tile_v, loops, rates):.1f} instructions per sampled element"
                 f" ({loops[f'markov.epilogue.{tile_v}']:.1f} in the chunk loop)"
             )
-    worst = [
-        markov_block(v, r, g, loops, WORST_CASE) for v in VOCABS[:1] for r in ROWS for g in GAMMAS[:1]
-    ]
+    worst = [markov_block(v, r, g, loops, WORST_CASE) for v in VOCABS[:1] for r in ROWS for g in GAMMAS[:1]]
     cells = [
         [
             f"{p.vocab}",

@@ -111,7 +111,10 @@ def exact_scores(logits: torch.Tensor, t: float, tile: int, seen: str, seed: int
     threads = ROW_THREADS[tile]
     # column c of the tile is (q * threads + seg) * 4 + i: thread seg's slots in order (q, i)
     order = np.array(
-        [[(q * threads + seg) * 4 + i for q in range(tile // 4 // threads) for i in range(4)] for seg in range(threads)]
+        [
+            [(q * threads + seg) * 4 + i for q in range(tile // 4 // threads) for i in range(4)]
+            for seg in range(threads)
+        ]
     )
     valid = np.arange(tiles.shape[1] * tile).reshape(-1, tile) < vocab
     best = np.full((rows, tiles.shape[1], threads), -np.inf, dtype=np.float32)
@@ -218,7 +221,9 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)

@@ -7,6 +7,7 @@ synthetic listing and on the real sm_90a build of csrc/, the table's rows, and `
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -25,32 +26,67 @@ ZERO = {loop.name: 0.0 for loop in cost_model.LOOPS}
 
 
 def test_markov_block_bytes_and_launches_by_hand():
-    # V = 129280, R = 8 (64-wide tiles: ceil(129280 / 64) = 2020), g = 5, r = 256, bf16.
+    # V = 129280, R = 8 (64-wide tiles: ceil(129280 / 64) = 2020, one 64-row chunk), g = 5, bf16.
     path = cost_model.markov_block(129280, 8, 5, ZERO)
     w2 = 129280 * 256 * 2  # 66,191,360
-    tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 8 * 2020 * 20
-    assert tile == 68_587_232
-    reduce = 8 * 2020 * 20 + 8 * 20
-    assert [launch.bytes for launch in path.ours] == [tile, reduce] * 5
-    assert len(path.ours) == 10
+    counters = (1 + 8) * 4  # a ticket per chunk, a running max per row
+    tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 2 * 8 * 2020 * 20 + 8 * 24 + counters
+    assert tile == 68_910_660
+    assert [launch.bytes for launch in path.ours] == [counters] + [tile] * 5
+    assert len(path.ours) == 6  # the memset, then one launch per position (the reduction is fused)
     assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
-    # R = 64 takes the 128-wide tile: ceil(129280 / 128) = 1010 partials per row.
+    # R = 64 takes the 128-wide tile: ceil(129280 / 128) = 1010 partials per row, 32-row chunks.
     wide = cost_model.markov_block(129280, 64, 5, ZERO)
-    assert wide.ours[1].bytes == 64 * 1010 * 20 + 64 * 20
-    assert "128" in wide.ours[0].kernel
+    assert wide.ours[0].bytes == (2 + 64) * 4
+    assert "128" in wide.ours[1].kernel
 
 
 def test_markov_block_instructions_follow_the_launch_geometry():
     # One instruction per unit of one loop at a time: the thread-iterations of that loop.
-    def only(name: str, rows: int) -> float:
-        return cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}).ours[0].instructions
+    none = cost_model.CandidateRates(0.0, 0.0, 0.0, "none")
+
+    def only(name: str, rows: int, rates: cost_model.CandidateRates = none) -> float:
+        return cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}, rates).ours[1].instructions
 
     assert only("markov.w2_stage.64", 8) == 2020 * 64 * 256  # every W2 element of every tile
-    assert only("markov.e_stage.64", 8) == 2020 * 1 * 32 * 256  # one 32-row chunk of W1 rows
-    assert only("markov.mma.64", 8) == 2020 * 1 * 256 * 16  # 256 threads x 16 k-steps
-    assert only("markov.epilogue.64", 1) == 2020 * 64 * 2  # R = 1 padded to the warp's 2 rows
+    assert only("markov.e_stage.64", 8) == 2020 * 16 * 256  # R = 8: one 16-row block of W1 rows
+    assert only("markov.e_stage.64", 20) == 2020 * 32 * 256
+    assert only("markov.mma.64", 8) == 2020 * 1 * 4 * 32 * 16  # one row block x 4 column blocks
+    assert only("markov.mma.128", 256) == 1010 * 8 * 2 * 8 * 32 * 16  # 8 chunks of 2 x 8 blocks
+    assert only("markov.epilogue.64", 1) == 2020 * 64 * 16  # R = 1: the warp of 16 rows runs
     assert only("markov.epilogue.128", 256) == 1010 * 128 * 256
-    assert only("markov.e_stage.128", 256) == 1010 * 16 * 16 * 256  # 16 chunks of 16 rows
+    assert only("markov.e_stage.128", 256) == 1010 * 8 * 32 * 256  # 8 chunks of 32 rows
+    assert only("markov.merge.64", 8) == 8 * 2048  # a lane per partial, 2020 rounded to 32
+    assert only("markov.merge_call.128", 256) == 8 * 128  # every thread of 8 merging CTAs
+    # The candidate path per element of a row: per quad holding a candidate, per exact score.
+    half = cost_model.CandidateRates(0.5, 0.25, 0.1, "test")
+    assert only("markov.candidates.64", 8, half) == pytest.approx(
+        0.5 * 8 * 2020 * 64 / 4 - 8 * 2020 * 64 / 32
+    )
+    assert only("markov.candidates_call.64", 8, half) == pytest.approx(8 * 2020 * 64 / 32)
+    assert only("markov.exact_score.64", 8, half) == pytest.approx(0.25 * 0.1 * 8 * 2020 * 64)
+
+
+def test_candidate_rates_come_from_the_measurement(tmp_path):
+    measured = [
+        {
+            "source": cost_model.CANDIDATE_SOURCE,
+            "T": t,
+            "tile": 64,
+            "seen": seen,
+            "quad_fraction": q,
+            "column_fraction": q / 2,
+            "exact_fraction": 0.1,
+        }
+        for t, q in ((1.0, 0.9), (0.7, 0.4))
+        for seen in ("tile", "row")
+    ]
+    path = tmp_path / "rates.json"
+    path.write_text(json.dumps(measured), encoding="utf-8")
+    rates = cost_model.candidate_rates(64, path)
+    assert (rates.quads, rates.columns, rates.exact) == (0.9, 0.45, 0.1)  # the larger temperature's
+    assert cost_model.candidate_rates(128, path) == cost_model.WORST_CASE  # nothing measured
+    assert cost_model.candidate_rates(64, tmp_path / "missing.json") == cost_model.WORST_CASE
 
 
 def test_verify_bytes_by_hand():
@@ -228,14 +264,16 @@ def test_staging_in_flight_by_hand():
     flights = {f.loop: f for f in cost_model.staging_in_flight(_counts(3))}
     assert flights["markov.w2_stage.64"].in_flight == 32768
     assert flights["markov.w2_stage.128"].in_flight == 65536
-    assert flights["markov.e_stage.64"].in_flight == 16384
+    assert flights["markov.e_stage.64"].in_flight == 32768  # markov_block: 64-row chunks
+    assert flights["markov.e_stage.128"].in_flight == 16384
     assert flights["verify.resample.e_stage.128"].in_flight == 8192
     assert cost_model._in_flight_verdict(_counts(3)).met
-    # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes.
+    # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes (128 in
+    # markov_block's CTA).
     synchronous = _counts(3, {"global/generic": 1, "shared": 1})
-    assert {f.in_flight for f in cost_model.staging_in_flight(synchronous)} == {4096}
+    assert {f.in_flight for f in cost_model.staging_in_flight(synchronous)} == {2048, 4096}
     verdict = cost_model._in_flight_verdict(synchronous)
-    assert not verdict.met and "markov.w2_stage.64: 4 KB" in verdict.line()
+    assert not verdict.met and "markov.w2_stage.64: 2 KB" in verdict.line()
     # cp.async with a wait inside the loop: one copy per thread in flight again.
     waiting = _counts(3, {"cp.async": 1, "cp.async wait": 1})
     assert not cost_model._in_flight_verdict(waiting).met
@@ -276,21 +314,37 @@ def _all_met() -> list[cost_model.ModeledOp]:
     ]
 
 
+def _lean_candidates(counts: dict[str, sass_loops.LoopCount]) -> dict[str, sass_loops.LoopCount]:
+    """``counts`` with a candidate path of one instruction per unit (it then adds about one
+    instruction per element to the epilogue at any candidate rate)."""
+    lean = dict(counts)
+    for name, c in counts.items():
+        if ".candidates" in name or ".exact_score." in name:
+            lean[name] = sass_loops.LoopCount(name, c.kernel, 1, 1, c.unit, "", 1.0, {})
+    return lean
+
+
 def test_budgets_met_and_broken():
-    verdicts = cost_model.budgets(_all_met(), _counts(20))
+    verdicts = cost_model.budgets(_all_met(), _lean_candidates(_counts(20)))
     assert all(v.met for v in verdicts), [v.line() for v in verdicts]
     broken_kernel = cost_model.ModeledOp(
         "markov_block", 151936, 64, 7, [cost_model.Launch("slow", 1e8)], [], 1e6
     )
-    verdicts = cost_model.budgets([*_all_met(), broken_kernel], _counts(20))
+    verdicts = cost_model.budgets([*_all_met(), broken_kernel], _lean_candidates(_counts(20)))
     failed = [v for v in verdicts if not v.met]
     assert [v.budget for v in failed] == [
         "Markov block <= 1.3x its floor at R >= 8",
         "Markov block >= 2x faster than SGLang's path at R >= 8",
     ]
     assert "V=151936 R=64 g=7 H100" in failed[0].line()
-    too_many = cost_model.budgets(_all_met(), _counts(26))
+    too_many = cost_model.budgets(_all_met(), _lean_candidates(_counts(26)))
     assert [v.met for v in too_many].count(False) == 1
+    # The candidate path counts: a lean chunk loop with a costly rare path breaks the budget.
+    costly = cost_model.budgets(_all_met(), _counts(20))
+    assert [v.budget for v in costly if not v.met] == [
+        "Markov epilogue <= 25 SASS instructions per sampled element (outside the MMA;"
+        " the chunk loop plus the candidate path at the measured rates)"
+    ]
 
 
 @pytest.mark.parametrize("broken", [False, True])
@@ -301,7 +355,9 @@ def test_check_flag_exit_status(monkeypatch, tmp_path, broken):
             cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 1e9)], [], 1e6)
         )
     monkeypatch.setattr(cost_model.sass_loops, "missing_tools", lambda from_extension=False: [])
-    monkeypatch.setattr(cost_model.sass_loops, "count_loops", lambda loops, extension=None: _counts(20))
+    monkeypatch.setattr(
+        cost_model.sass_loops, "count_loops", lambda loops, extension=None: _lean_candidates(_counts(20))
+    )
     monkeypatch.setattr(cost_model, "model", lambda loops: rows)
     out = tmp_path / "report.md"
     assert cost_model.main(["--check", "--out", str(out)]) == (1 if broken else 0)
@@ -346,7 +402,7 @@ def test_loop_counts_are_stable(real_build):
 def test_a_loop_that_is_not_there_is_named(real_build):
     functions, _ = real_build
     missing = sass_loops.LoopName(
-        "gone", "markov_reduce_kernel", (("markov_block.cu", r"no such line"),), 1, ""
+        "gone", "markov_confidence_kernel<float, float>", (("markov_block.cu", r"no such line"),), 1, ""
     )
     with pytest.raises(LookupError, match="no such line"):
         sass_loops.count_named(functions, [missing])

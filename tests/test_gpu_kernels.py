@@ -251,7 +251,9 @@ def test_markov_block_mixes_greedy_unit_temperature_sampled_masked_and_nan_rows(
         ref = draft(case, keep_logits=True)
     assert torch.equal(ours.tokens, ref.tokens)
     assert torch.equal(ours.logits.isnan(), ref.logits.isnan())
-    torch.testing.assert_close(ours.stats.token_logits, ref.stats.token_logits, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        ours.stats.token_logits, ref.stats.token_logits, rtol=0, atol=0, equal_nan=True
+    )
     assert ref.tokens[4, 1] == 17 and ref.tokens[5, 1] == 3 and ref.tokens[7, 0] == 600  # the first NaN wins
     clean = torch.ones(rows, dtype=torch.bool)
     clean[list(nan_rows)] = False
