@@ -134,7 +134,6 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
 # 32 columns of one row per thread; the rare path and the merge are out-of-line functions.
 _MARKOV_CHUNK = r"for \(int64_t row0 = 0; row0 < args\.rows; row0 \+= kChunkRows\)"
 _SCORE_CANDIDATES = r"__device__ __noinline__ ArgMaxLogit score_candidates\("
-_EXACT_SCORE = r"__device__ __noinline__ float exact_score\("
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
 MARKOV_THREADS = 128
 MARKOV_OUTPUTS = 4096  # bias values per chunk (kChunkRows x kTileV)
@@ -177,7 +176,11 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
             f"markov.candidates_call.{tile_v}", k, ((_MARKOV, _SCORE_CANDIDATES),), 1, "call", kind="code"
         ),
         LoopName(
-            f"markov.exact_score.{tile_v}", k, ((_MARKOV, _EXACT_SCORE),), 1, "exact score", kind="code"
+            f"markov.exact_score.{tile_v}",
+            k,
+            ((_MARKOV, r"while \(exact != 0\)"),),  # in score_candidates
+            1,
+            "candidate scored exactly",
         ),
         LoopName(
             f"markov.merge.{tile_v}",
@@ -448,9 +451,13 @@ def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
 
 def markov_rare_per_element(tile_v: int, loops: Mapping[str, float], rates: CandidateRates) -> float:
     """Instructions of the out-of-line candidate path per element of an active row: a call per
-    thread (32 columns), the quad loop per quad holding a candidate, exact_score per candidate
-    scored exactly."""
-    call = loops[f"markov.candidates_call.{tile_v}"] - loops[f"markov.candidates.{tile_v}"]
+    thread (32 columns; the function outside its two loops), the quad loop per quad holding a
+    candidate, the inner loop per candidate scored exactly."""
+    call = (
+        loops[f"markov.candidates_call.{tile_v}"]
+        - loops[f"markov.candidates.{tile_v}"]
+        - loops[f"markov.exact_score.{tile_v}"]
+    )
     return (
         call / MARKOV_COLUMNS
         + rates.quads * loops[f"markov.candidates.{tile_v}"] / 4

@@ -98,8 +98,8 @@ struct DrawKey {
 };
 
 // The exact Gumbel-max key of a sampled column, the reference's operations: fl(fl(l / T) + G)
-// (no division at T = 1). Out of line: only a column that may beat the thread's best gets here.
-__device__ __noinline__ float exact_score(float logit, float t, uint32_t bits) {
+// (no division at T = 1).
+__device__ __forceinline__ float exact_score(float logit, float t, uint32_t bits) {
   return __fadd_rn(t == 1.0f ? logit : __fdiv_rn(logit, t), gumbel_from_bits(bits));
 }
 
@@ -124,7 +124,8 @@ __device__ __forceinline__ bool may_beat(float best, float logit, float inv_t, u
 
 // The rare path, out of line: one thread's candidate columns (logit >= floor_logit, or NaN)
 // against its best so far, one Philox block per quad that holds a candidate; a sampled
-// candidate is scored exactly only when may_beat (greedy rows: the score is the logit).
+// candidate is scored exactly (in the inner loop, one column at a time) only when may_beat
+// (greedy rows: the score is the logit).
 // logits: the thread's row in shared memory, quads of 4 columns at first, first + stride,
 // ...; valid: the columns of the tile inside the shard; col0: the global column of the
 // tile's first column. Columns come in increasing order, so a tie never replaces the best.
@@ -151,12 +152,19 @@ __device__ __noinline__ ArgMaxLogit score_candidates(ArgMaxLogit best, const flo
                                         static_cast<uint32_t>(col0 + c) / 4);
       words[0] = r.x, words[1] = r.y, words[2] = r.z, words[3] = r.w;
     }
+    // The quad's columns that may beat the best before it (a stale best only lets more through).
+    unsigned exact = sampled ? 0u : mask;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if (!((mask >> i) & 1u) || (sampled && !may_beat(best.score, l[i], inv_t, words[i]))) continue;
-      const float score = sampled ? exact_score(l[i], t, words[i]) : l[i];
+    for (int i = 0; i < 4; ++i)
+      if (sampled && ((mask >> i) & 1u) && may_beat(best.score, l[i], inv_t, words[i])) exact |= 1u << i;
+    while (exact != 0) {
+      const int i = __ffs(exact) - 1;
+      exact &= exact - 1;
+      const float logit = i == 0 ? l[0] : (i == 1 ? l[1] : (i == 2 ? l[2] : l[3]));
+      const uint32_t bits = i == 0 ? words[0] : (i == 1 ? words[1] : (i == 2 ? words[2] : words[3]));
+      const float score = sampled ? exact_score(logit, t, bits) : logit;
       const int32_t k = argmax_key(score);
-      if (k > best_key) best = ArgMaxLogit{score, col0 + c + i, l[i]}, best_key = k;
+      if (k > best_key) best = ArgMaxLogit{score, col0 + c + i, logit}, best_key = k;
     }
   }
   return best;
