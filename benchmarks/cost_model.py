@@ -106,7 +106,8 @@ _PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
 
 
 def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopName]:
-    """The four loops of a Markov tile kernel (markov_block's and verification's recompute)."""
+    """The four loops of verification's Markov recompute (the default MarkovTileLayout: 256 threads,
+    2048 bias values a chunk)."""
     k = f"{kernel}<__nv_bfloat16, __nv_bfloat16, {tile_v}>"
     return [
         LoopName(
@@ -361,7 +362,7 @@ def _sglang(launches: sglang_path_model.Launches) -> list[Launch]:
 
 
 def _tile_geometry(vocab: int, rows: int) -> dict[str, int]:
-    """markov_block_tile_vocab and the tile kernels' launch geometry (markov_block.cu)."""
+    """markov_block_tile_vocab and verification's recompute geometry (chain_verify.cu)."""
     tile_v = 128 if rows > 32 else 64  # 16-bit weights
     chunk = 2048 // tile_v  # kTileOutputs / kTileV
     lanes = tile_v // 4

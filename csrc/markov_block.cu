@@ -53,8 +53,9 @@ constexpr float kGumbelMin = -2.8116f;
 // The lowest logit that can still win a sampled row whose logits reach m (greedy rows: m
 // itself). Every other column loses: its score fl(fl(l / T) + G) <= fl(l / T) + G_max is
 // below the max column's fl(fl(m / T) + G) >= fl(m / T) + G_min. The margin covers the
-// roundings: m * (1/T) against m / T (2^-23 relative), both additions and the products here
-// (the 2^-18 and 2^-21 relative terms), so the bound is exact, never approximate.
+// roundings: m * (1/T) with 1/T to ~2 ulp against m / T (under 2^-21 relative), both
+// additions and the products here (the 2^-18 and 2^-21 relative terms), so the bound is
+// exact, never approximate.
 __device__ __forceinline__ float candidate_floor(float m, float t, float inv_t) {
   if (!(t > 0.0f) || !(fabsf(m) < INFINITY)) return m;  // greedy rows, +-inf
   const float y = __fmul_rn(m, inv_t);
