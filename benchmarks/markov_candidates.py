@@ -73,19 +73,25 @@ def candidate_quads(logits: torch.Tensor, t: float, tile: int, seen: str) -> tup
     return int(quads.sum()), rows * (vocab // 4 + (vocab % 4 > 0)), int(cand.sum())
 
 
-def may_beat(best: np.ndarray, logit: np.ndarray, t: float, u: np.ndarray) -> np.ndarray:
-    """markov_block.cu may_beat, elementwise in float32 (exp2 exact, as the emulator runs it)."""
+def may_beat(best: np.ndarray, logit: np.ndarray, t: float, bits: np.ndarray) -> np.ndarray:
+    """markov_block.cu beat_floor + may_beat, elementwise in float32 (exp2 exact, as the emulator
+    runs it; the FMAs as a float64 product and sum rounded once)."""
     f = np.float32
     inv_t = f(1.0) / f(t)
-    log2e = f(1.44269504)
+    log2e, margin = f(1.44269504), f(4.4e-5)
+
+    def fma(a, b, c):
+        return (a.astype(np.float64) * np.float64(b) + np.float64(c)).astype(np.float32)
+
     with np.errstate(invalid="ignore", over="ignore"):
+        best_lo = (best - np.abs(best) * f(2.0**-21)) - f(1e-5)
         xs = logit * inv_t
-        x_up = xs + np.abs(xs) * f(2.0**-20)
-        d = best - x_up
-        d_lo = (d - (np.abs(best) + np.abs(x_up)) * f(2.0**-22)) - f(1e-5)
-        e_hi = np.exp2(-d_lo * log2e).astype(np.float32) * f(1 + 2.0**-17)
-        u_lo = np.exp2(-e_hi * log2e).astype(np.float32) * f(1 - 2.0**-17)
-        return ~(u <= u_lo)
+        x_up = fma(np.abs(xs), 2.0**-20, xs.astype(np.float64))
+        d_lo = best_lo - x_up
+        e_hi = np.exp2(fma(-d_lo, log2e, margin)).astype(np.float32)
+        u_lo_scaled = np.exp2(fma(-e_hi, log2e, f(24.0) - margin)).astype(np.float32)
+        scaled = ((bits >> 8) | 1).astype(np.float32)
+        return ~(scaled <= u_lo_scaled)
 
 
 # threads per row (kRowThreads) of the 16-bit tile kernels: 128 threads, 4096 bias values a chunk
@@ -121,10 +127,10 @@ def exact_scores(logits: torch.Tensor, t: float, tile: int, seen: str, seed: int
     candidates = scored = 0
     for slot in range(order.shape[1]):
         col = order[:, slot]
-        lg, sc, uu = tiles[:, :, col], score[:, :, col], u[:, :, col]
+        lg, sc, bb = tiles[:, :, col], score[:, :, col], bits[:, :, col]
         with np.errstate(invalid="ignore"):
             cand = ~(lg < floor[:, :, None]) & valid[None, :, col]
-        exact = cand & may_beat(best, lg, t, uu)
+        exact = cand & may_beat(best, lg, t, bb)
         candidates += int(cand.sum())
         scored += int(exact.sum())
         best = np.where(exact & (sc > best), sc, best)

@@ -104,23 +104,29 @@ __device__ __forceinline__ float exact_score(float logit, float t, uint32_t bits
   return __fadd_rn(t == 1.0f ? logit : __fdiv_rn(logit, t), gumbel_from_bits(bits));
 }
 
+// A lower bound of `best` for may_beat: below it by its subtraction's rounding (|best| 2^-21)
+// and by 1e-5, more than logf's two roundings inside G (< 5e-6).
+__device__ __forceinline__ float beat_floor(float best) {
+  return __fsub_rn(__fsub_rn(best, __fmul_rn(fabsf(best), 0x1p-21f)), 1e-5f);
+}
+
 // Whether a sampled column (logit l, uniform bits) may still beat the score `best` of an earlier
-// column (a tie goes to the earlier one), decided from u without logf: it cannot when
-// G(u) <= best - fl(l / T), i.e. u <= exp(-exp(-(best - fl(l / T)))). Every step is bounded
-// the safe way: x_up >= fl(l / T) (1/T to ~2 ulp, 2^-20 relative margin), d_lo <= best -
-// x_up - 1e-5 (the subtraction's rounding; 1e-5 > logf's two roundings inside G, < 5e-6),
-// e_hi >= exp(-d_lo) and u_lo <= exp(-e_hi) (ex2.approx: < 2^-22 relative, its argument's
-// rounding < 2^-18 below 2^7; the 2^-17 factors cover both). NaN or infinite inputs make
-// d_lo NaN or -inf: the column is scored exactly.
-__device__ __forceinline__ bool may_beat(float best, float logit, float inv_t, uint32_t bits) {
-  constexpr float kLog2e = 1.44269504f;
+// column (a tie goes to the earlier one), decided from u without logf, given best_lo =
+// beat_floor(best): it cannot when G(u) <= best - fl(l / T), i.e. u <= exp(-exp(-(best -
+// fl(l / T)))). Every step is bounded the safe way: x_up >= fl(l / T) (1/T to ~2 ulp, a 2^-20
+// relative margin), d_lo <= best - fl(l / T) - 5e-6, e_hi >= exp(-d_lo) and u_lo <=
+// exp(-e_hi), both exponentials as ex2.approx (< 2^-22 relative) of an FMA whose rounding
+// (< 1e-5 below 2^7) and log2(e)'s (< 2e-6) a 4.4e-5 margin on the exponent covers. u and
+// u_lo are compared scaled by 2^24 (u * 2^24 = (bits >> 8) | 1, an integer). NaN or infinite
+// inputs make d_lo NaN or -inf: the column is scored exactly.
+__device__ __forceinline__ bool may_beat(float best_lo, float logit, float inv_t, uint32_t bits) {
+  constexpr float kLog2e = 1.44269504f, kMargin = 4.4e-5f;
   const float xs = __fmul_rn(logit, inv_t);
-  const float x_up = __fadd_rn(xs, __fmul_rn(fabsf(xs), 0x1p-20f));
-  const float d = __fsub_rn(best, x_up);
-  const float d_lo = __fsub_rn(__fsub_rn(d, __fmul_rn(__fadd_rn(fabsf(best), fabsf(x_up)), 0x1p-22f)), 1e-5f);
-  const float e_hi = __fmul_rn(exp2_term(__fmul_rn(-d_lo, kLog2e)), 1.0f + 0x1p-17f);
-  const float u_lo = __fmul_rn(exp2_term(__fmul_rn(-e_hi, kLog2e)), 1.0f - 0x1p-17f);
-  return !(bits_to_unit_float(bits) <= u_lo);
+  const float x_up = __fmaf_rn(fabsf(xs), 0x1p-20f, xs);
+  const float d_lo = __fsub_rn(best_lo, x_up);
+  const float e_hi = exp2_term(__fmaf_rn(-d_lo, kLog2e, kMargin));
+  const float u_lo_scaled = exp2_term(__fmaf_rn(-e_hi, kLog2e, 24.0f - kMargin));  // u_lo * 2^24
+  return !(static_cast<float>((bits >> 8) | 1u) <= u_lo_scaled);
 }
 
 // The rare path, out of line: one thread's candidate columns (logit >= floor_logit, or NaN)
@@ -155,9 +161,10 @@ __device__ __noinline__ ArgMaxLogit score_candidates(ArgMaxLogit best, const flo
     }
     // The quad's columns that may beat the best before it (a stale best only lets more through).
     unsigned exact = sampled ? 0u : mask;
+    const float best_lo = beat_floor(best.score);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
-      if (sampled && ((mask >> i) & 1u) && may_beat(best.score, l[i], inv_t, words[i])) exact |= 1u << i;
+      if (sampled && ((mask >> i) & 1u) && may_beat(best_lo, l[i], inv_t, words[i])) exact |= 1u << i;
     while (exact != 0) {
       const int i = __ffs(exact) - 1;
       exact &= exact - 1;
