@@ -237,9 +237,29 @@ def _kernel_unsupported(
 
 
 def _stat_chunks(rows: int, gamma: int, vocab: int, device: torch.device) -> int:
-    """CTAs per (row, position) of the statistics pass: about 4 waves over the SMs."""
+    """CTAs per (row, position) of pass 1: about 4 waves over the SMs."""
     wanted = math.ceil(4 * _dispatch.multiprocessor_count(device) / (rows * (gamma + 1)))
     return max(1, min(wanted, math.ceil(vocab / 2048)))
+
+
+# chain_verify's int32 tickets and rejected-request count, one buffer per (device, stream) for the
+# largest batch: created zero, left zero by every launch, so graph replays need no reset. Never
+# replaced once cached (a captured graph keeps its address); inside a capture an uncached one is
+# made (a fill node of that graph) and not cached.
+_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    """The zero-at-rest counters of ``chain_verify`` for ``device``'s current stream."""
+    stream = _dispatch.current_stream_handle(device) if device.type == "cuda" else 0
+    cached = _COUNTERS.get((device, stream))
+    if cached is not None:
+        return cached
+    words = _dispatch.kernel("chain_verify_counter_words")(_KERNEL_MAX_ROWS)
+    counters = torch.zeros(words, dtype=torch.int32, device=device)
+    if not _dispatch.capture_active(device):
+        _COUNTERS[(device, stream)] = counters
+    return counters
 
 
 def _chain_verify_cuda(
@@ -307,6 +327,7 @@ def _chain_verify_cuda(
             "vocab": vocab,
             **_dispatch.philox_args(seed, offset),
             "stat_chunks": chunks,
+            "counters": _dispatch.pointer(_counters(device)),
             "accept_lens": _dispatch.pointer(accept_lens),
             "out_tokens": _dispatch.pointer(out_tokens),
             "workspace": _dispatch.pointer(workspace),
