@@ -102,6 +102,10 @@ _MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\)"
 _ONE_LOAD = (r"^(LDG|LD)\b", 1)  # one 16-byte global (or generic) load per staged copy
 _WMMA_STEP = (r"^(HMMA|HGMMA)\b", 2)  # wmma m16n16k16 bf16 = two HMMA.16816
 _PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
+_ROWS_KERNEL = "verify_rows_kernel<__nv_bfloat16, __nv_bfloat16>"
+_PLAIN_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> plain;"
+_BONUS_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> group;"
+_CANDIDATES = r"template <int kG>\n__device__ __noinline__ ArgMax bonus_candidates\("
 
 
 def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopName]:
@@ -140,27 +144,56 @@ LOOPS: list[LoopName] = [
         "tile partial",
     ),
     LoopName(
-        "verify.stats_vector",
-        "verify_stats_kernel<__nv_bfloat16, __nv_bfloat16>",
-        ((_VERIFY, r"for \(int64_t v0 = start \+ 4 \* threadIdx\.x;"),),
+        "verify.rows.target",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"scan_row<TT, decltype\(group\)::value>\(target,"), (_VERIFY, _PLAIN_SCAN)),
+        8,
+        "target logit (16-byte group of 8)",
+    ),
+    LoopName(
+        "verify.rows.bonus",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"scan_row<TT, decltype\(group\)::value>\(target,"), (_VERIFY, _BONUS_SCAN)),
+        8,
+        "target logit of the bonus row (group of 8)",
+    ),
+    LoopName(
+        "verify.rows.bonus_candidates",
+        _ROWS_KERNEL,
+        ((_VERIFY, _CANDIDATES),),
+        1,
+        "candidate group of 8 (exact Philox + Gumbel path)",
+        straight=True,
+    ),
+    LoopName(
+        "verify.rows.draft",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"scan_row<DT, decltype\(group\)::value>\(draft,"), (_VERIFY, _PLAIN_SCAN)),
+        8,
+        "draft logit (group of 8; full draft logits only)",
+    ),
+    LoopName(
+        "verify.rows.merge",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"for \(int c = threadIdx\.x % 32; c < chunks; c \+= 32\) s\.merge"),),
+        1,
+        "chunk partial (the request's last CTA)",
+    ),
+    LoopName(
+        "verify.residual.logits",
+        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"for \(int64_t row0 = 0; row0 < args\.rows; row0 \+= kRowsPerPass\)"),),
         4,
-        "target logit (outer, 4 a step)",
+        "rejected-row element (a lane's 4 columns)",
     ),
+    *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 64),
+    *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 128),
     LoopName(
-        "verify.stats_element",
-        "verify_stats_kernel<__nv_bfloat16, __nv_bfloat16>",
-        ((_VERIFY, r"for \(int i = 0; i < n; \+\+i\) \{\n\s*ts\.add"),),
+        "verify.residual.merge",
+        "verify_residual_markov_kernel<__nv_bfloat16, __nv_bfloat16, 64>",
+        ((_VERIFY, r"for \(int tile = threadIdx\.x % 32; tile < tiles; tile \+= 32\) best\.merge"),),
         1,
-        "target logit (inner)",
-    ),
-    *_tile_loops("verify.resample", "verify_resample_markov_kernel", _VERIFY, 64),
-    *_tile_loops("verify.resample", "verify_resample_markov_kernel", _VERIFY, 128),
-    LoopName(
-        "verify.finalize",
-        "verify_finalize_kernel",
-        ((_VERIFY, r"for \(int tile = threadIdx\.x; tile < tiles; tile \+= blockDim\.x\) best\.merge"),),
-        1,
-        "tile partial",
+        "tile partial of a rejected row",
     ),
     *(
         LoopName(

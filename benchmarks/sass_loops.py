@@ -336,6 +336,9 @@ class LoopName:
     # (opcode regex, count per source iteration): the compiler's unroll factor is the number
     # in the SASS body over this count. None: the SASS loop is taken as one source iteration.
     anchor: tuple[str, int] | None = None
+    # True: straight-line code (an unrolled or out-of-line rare path), counted as every named
+    # instruction of the kernel, not as a SASS loop body.
+    straight: bool = False
 
 
 @dataclass(frozen=True)
@@ -421,6 +424,8 @@ def count_loop(
     named = [i for i, ins in enumerate(fn.instructions) if _in_chain(ins.frames, ranges)]
     if not named:
         raise LookupError(f"{loop.name}: no instruction of {loop.kernel} comes from {ranges}")
+    if loop.straight:
+        return _straight_count(fn, loop, ranges, named)
     spans = fn.loops()
     named_set = set(named)
 
@@ -466,6 +471,32 @@ def count_loop(
         coverage=len(mostly_named[span]) / len(named),
         unroll=unroll,
         opcodes=dict(ops),
+    )
+
+
+def _opcode_classes(opcodes: list[str]) -> dict[str, int]:
+    ops = Counter()
+    for opcode in opcodes:
+        for cls, pattern in OPCODE_CLASSES.items():
+            if re.match(pattern, opcode):
+                ops[cls] += 1
+    return dict(ops)
+
+
+def _straight_count(
+    fn: Function, loop: LoopName, ranges: list[tuple[str, int, int]], named: list[int]
+) -> LoopCount:
+    """A straight-line region: every instruction whose chain passes the frames, in one count."""
+    file, lo, hi = ranges[0]
+    return LoopCount(
+        name=loop.name,
+        kernel=loop.kernel,
+        instructions=len(named),
+        per_iteration=loop.per_iteration,
+        unit=loop.unit,
+        source=f"{file}:{lo}-{hi}" + "".join(f" > {f}:{a}-{b}" for f, a, b in ranges[1:]),
+        coverage=1.0,
+        opcodes=_opcode_classes([fn.instructions[i].opcode for i in named]),
     )
 
 

@@ -125,13 +125,20 @@ __device__ __forceinline__ void load_group(const T* p, float (&out)[kG]) {
   if constexpr (kG == 4 && std::is_same<T, float>::value) {
     const float4 v = *reinterpret_cast<const float4*>(p);
     out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-  } else if constexpr (kG == 8 && !std::is_same<T, float>::value) {
+  } else if constexpr (kG == 8 && std::is_same<T, __nv_bfloat16>::value) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // bf16 -> float is a shift: one instruction an element
+      out[2 * i] = __uint_as_float(words[i] << 16);
+      out[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+    }
+  } else if constexpr (kG == 8 && std::is_same<T, __half>::value) {
     const uint4 v = *reinterpret_cast<const uint4*>(p);
     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
-      const T2 pair = *reinterpret_cast<const T2*>(&words[i]);
+      const __half2 pair = *reinterpret_cast<const __half2*>(&words[i]);
       out[2 * i] = __low2float(pair), out[2 * i + 1] = __high2float(pair);
     }
   } else {
@@ -166,21 +173,20 @@ struct Group {
 // reference's score rn(x / T + G). Philox runs once per block of 4 columns that has a candidate.
 // Returns the new best; out of line, so the hot loop keeps its registers.
 template <int kG>
-__device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int64_t v0, float t, float inv_t,
+__device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
                                                 BonusNoise noise, ArgMax best) {
   float threshold = gumbel_threshold(best.score);
   Philox4x32 words{};
-  int64_t have = -1;
+  int32_t have = -1;
 #pragma unroll
   for (int i = 0; i < kG; ++i) {
     if (__fmul_rn(group.x[i], inv_t) < threshold) continue;
-    const int64_t col = v0 + i;
+    const int32_t col = v0 + i;
     if (col / 4 != have) {
       have = col / 4;
       words = noise.block(col);
     }
-    best.add(__fadd_rn(__fdiv_rn(group.x[i], t), gumbel_from_bits(philox_word(words, col))),
-             static_cast<int32_t>(col));
+    best.add(__fadd_rn(__fdiv_rn(group.x[i], t), gumbel_from_bits(philox_word(words, col))), col);
     threshold = gumbel_threshold(best.score);
   }
   return best;
@@ -191,28 +197,24 @@ __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int64_t v0, flo
 // first index of the max. Non-finite input (NaN, +inf, overflow of max * k) makes the sum NaN:
 // the caller then rescans the slab exactly (scan_exact).
 struct FastScan {
-  float max_raw = -INFINITY;
-  float max_k = -FLT_MAX;  // max_raw * k; finite while max_raw is -inf so that -inf adds 0
-  float sum = 0.0f;
-  int32_t index = kNoIndex;
+  float max_raw;
+  float max_k;  // max_raw * k; -FLT_MAX while max_raw is -inf, so that a -inf logit adds 0
+  float sum;
+  int32_t index;
 
+  // `first`: the thread's first column (kNoIndex for an empty slab): an all -inf slab's argmax.
+  __device__ __forceinline__ static FastScan empty(int32_t first) { return {-INFINITY, -FLT_MAX, 0.0f, first}; }
+
+  // Adds one group; returns its maximum (fmaxf: a NaN is dropped here and caught by ok()).
   template <int kG>
-  __device__ __forceinline__ void add(const float (&x)[kG], int64_t v0, float k) {
-    float m = x[0];
+  __device__ __forceinline__ float add(const Group<kG>& g, int32_t v0, float k) {
+    float m = g.x[0];
 #pragma unroll
-    for (int i = 1; i < kG; ++i) m = fmaxf(m, x[i]);
-    if (m > max_raw || index == kNoIndex) {  // a new maximum: rare after the first groups
-      if (m > max_raw) {
-        sum = __fmul_rn(sum, fast_exp2(__fmul_rn(__fsub_rn(max_raw, m), k)));
-        max_raw = m;
-        max_k = __fmul_rn(m, k);
-      }
+    for (int i = 1; i < kG; ++i) m = fmaxf(m, g.x[i]);
+    if (m > max_raw) *this = raised(*this, g, m, v0, k);  // rare after the first groups
 #pragma unroll
-      for (int i = kG - 1; i >= 0; --i)
-        if (x[i] == max_raw) index = static_cast<int32_t>(v0 + i);
-    }
-#pragma unroll
-    for (int i = 0; i < kG; ++i) sum += fast_exp2(fmaf(x[i], k, -max_k));
+    for (int i = 0; i < kG; ++i) sum += fast_exp2(fmaf(g.x[i], k, -max_k));
+    return m;
   }
   __device__ __forceinline__ bool ok() const { return sum == sum; }
   // The softmax statistics of x / T (the max is the IEEE max / T: division by T > 0 is monotone).
@@ -220,16 +222,32 @@ struct FastScan {
     return max_raw == -INFINITY ? SoftmaxStats::empty() : SoftmaxStats{__fdiv_rn(max_raw, t), sum};
   }
   __device__ __forceinline__ ArgMax argmax() const { return ArgMax{max_raw, index}; }
+
+  // A group holding a new maximum m: rescale the sum, take the group's first index of m.
+  // Out of line: the hot loop keeps its registers.
+  template <int kG>
+  __device__ __noinline__ static FastScan raised(FastScan s, Group<kG> g, float m, int32_t v0, float k) {
+    s.sum = __fmul_rn(s.sum, fast_exp2(__fmul_rn(__fsub_rn(s.max_raw, m), k)));
+    s.max_raw = m;
+    s.max_k = __fmul_rn(m, k);
+#pragma unroll
+    for (int i = kG - 1; i >= 0; --i)
+      if (g.x[i] == s.max_raw) s.index = v0 + i;
+    return s;
+  }
 };
 
-// This thread's slab of one row: [start, end) in steps of kG columns, blockDim.x * kG apart.
+// This thread's slab of one row: columns [start, end) in groups of kG, blockDim.x * kG apart
+// (vocab < 2^31: 32-bit column indices).
 struct Slab {
-  int64_t start, end;
-  template <int kG, typename F>
-  __device__ __forceinline__ void for_each(F&& f) const {
-    for (int64_t v0 = start + kG * static_cast<int64_t>(threadIdx.x); v0 < end;
-         v0 += kG * static_cast<int64_t>(blockDim.x))
-      f(v0);
+  int32_t start, end;
+  __device__ __forceinline__ int32_t first(int kG) const { return start + kG * static_cast<int32_t>(threadIdx.x); }
+  // f(p, v0) for each of this thread's groups: p = row + v0.
+  template <int kG, typename T, typename F>
+  __device__ __forceinline__ void for_each(const T* row, F&& f) const {
+    const int32_t step = kG * static_cast<int32_t>(blockDim.x);
+    const T* p = row + first(kG);
+    for (int32_t v0 = first(kG); v0 < end; v0 += step, p += step) f(p, v0);
   }
 };
 
@@ -240,12 +258,12 @@ __device__ void scan_exact(const T* row, const Slab& slab, float t, bool bonus, 
   stats = SoftmaxStats::empty();
   argmax = ArgMax::empty();
   best = ArgMax::empty();
-  slab.for_each<1>([&](int64_t v) {
-    const float x = load_float(row + v);
+  slab.for_each<1>(row, [&](const T* p, int32_t v) {
+    const float x = load_float(p);
     const float scaled = __fdiv_rn(x, t);
     stats.add(scaled);
-    argmax.add(x, static_cast<int32_t>(v));
-    if (bonus) best.add(__fadd_rn(scaled, gumbel_from_bits(philox_word(noise.block(v), v))), static_cast<int32_t>(v));
+    argmax.add(x, v);
+    if (bonus) best.add(__fadd_rn(scaled, gumbel_from_bits(philox_word(noise.block(v), v))), v);
   });
 }
 
@@ -255,28 +273,37 @@ __device__ __forceinline__ void scan_row(const T* row, const Slab& slab, float t
                                          const BonusNoise& noise, SoftmaxStats& stats, ArgMax& argmax,
                                          ArgMax& best) {
   const float k = __fdiv_rn(1.4426950408889634f, t);
-  FastScan scan;
+  FastScan scan = FastScan::empty(slab.first(kG) < slab.end ? slab.first(kG) : kNoIndex);
   best = ArgMax::empty();
   if (bonus) {
     const float inv_t = __frcp_rn(t);
     float threshold = gumbel_threshold(best.score);
-    slab.for_each<kG>([&](int64_t v0) {
-      Group<kG> group;
-      load_group<T, kG>(row + v0, group.x);
-      scan.add(group.x, v0, k);
-      float m = group.x[0];
-#pragma unroll
-      for (int i = 1; i < kG; ++i) m = fmaxf(m, group.x[i]);
-      if (!(__fmul_rn(m, inv_t) < threshold)) {
-        best = bonus_candidates<kG>(group, v0, t, inv_t, noise, best);
-        threshold = gumbel_threshold(best.score);
-      }
-    });
+    if constexpr (kG == 1) {  // unaligned rows: one column at a time, candidates inline
+      slab.for_each<1>(row, [&](const T* p, int32_t v) {
+        Group<1> one;
+        load_group<T, 1>(p, one.x);
+        scan.add(one, v, k);
+        if (!(__fmul_rn(one.x[0], inv_t) < threshold)) {
+          best.add(__fadd_rn(__fdiv_rn(one.x[0], t), gumbel_from_bits(philox_word(noise.block(v), v))), v);
+          threshold = gumbel_threshold(best.score);
+        }
+      });
+    } else {
+      slab.for_each<kG>(row, [&](const T* p, int32_t v0) {
+        Group<kG> group;
+        load_group<T, kG>(p, group.x);
+        const float m = scan.add(group, v0, k);
+        if (!(__fmul_rn(m, inv_t) < threshold)) {  // a Gumbel candidate (NaN: the exact rescan)
+          best = bonus_candidates<kG>(group, v0, t, inv_t, noise, best);
+          threshold = gumbel_threshold(best.score);
+        }
+      });
+    }
   } else {
-    slab.for_each<kG>([&](int64_t v0) {
-      float x[kG];
-      load_group<T, kG>(row + v0, x);
-      scan.add(x, v0, k);
+    slab.for_each<kG>(row, [&](const T* p, int32_t v0) {
+      Group<kG> plain;
+      load_group<T, kG>(p, plain.x);
+      scan.add(plain, v0, k);
     });
   }
   if (scan.ok()) {
@@ -381,7 +408,7 @@ __global__ void __launch_bounds__(kRowThreads)
   const bool sampled = t > 0.0f;
   const float safe_t = sampled ? t : 1.0f;
   const int64_t chunk = chunk_columns(vocab, args.stat_chunks);
-  const Slab slab{chunk_id * chunk, min(vocab, chunk_id * chunk + chunk)};
+  const Slab slab{static_cast<int32_t>(chunk_id * chunk), static_cast<int32_t>(min(vocab, chunk_id * chunk + chunk))};
   uint64_t seed, offset;
   args.philox.resolve(seed, offset);
   const BonusNoise noise{seed, offset, static_cast<uint64_t>(row), static_cast<uint32_t>(j)};
