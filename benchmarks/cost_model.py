@@ -105,7 +105,6 @@ _PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
 _ROWS_KERNEL = "verify_rows_kernel<__nv_bfloat16, __nv_bfloat16>"
 _PLAIN_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> plain;"
 _BONUS_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> group;"
-_CANDIDATES = r"template <int kG>\n__device__ __noinline__ ArgMax bonus_candidates\("
 
 
 def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopName]:
@@ -157,13 +156,21 @@ LOOPS: list[LoopName] = [
         8,
         "target logit of the bonus row (group of 8)",
     ),
-    LoopName(
-        "verify.rows.bonus_candidates",
-        _ROWS_KERNEL,
-        ((_VERIFY, _CANDIDATES),),
-        1,
-        "candidate group of 8 (exact Philox + Gumbel path)",
-        straight=True,
+    *(
+        LoopName(
+            f"verify.rows.bonus_{part}",
+            _ROWS_KERNEL,
+            ((_VERIFY, statement),),  # statements of bonus_candidates (out of line, one instance)
+            per,
+            unit,
+            straight=True,
+        )
+        for part, statement, per, unit in (
+            ("headroom", r"headroom\[i\] = gumbel_headroom\(", 8, "column of a candidate group"),
+            ("philox", r"const Philox4x32 words = noise\.block\(", 2, "Philox block (4 columns)"),
+            ("uniform_test", r"if \(headroom\[i\] > 0\.0f && bits_to_unit_float", 8, "column of a Philox block"),
+            ("exact", r"best\.add\(__fadd_rn\(__fdiv_rn\(group\.x\[4 \* q \+ i\], t\)", 8, "exact column"),
+        )
     ),
     LoopName(
         "verify.rows.draft",

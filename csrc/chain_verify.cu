@@ -162,32 +162,56 @@ struct BonusNoise {
   }
 };
 
+// How far below `best` a column's fast-scaled logit s_fast = x * (1/T) is, less every rounding:
+// a Gumbel value G < y cannot lift the column's score rn(x / T + G) to `best`. The slack covers
+// the IEEE x / T against s_fast (|s_fast| 2^-22), the score's rounding (|best| 2^-24) and the
+// error of the computed G (within 4e-6 for G in [-3, 16.64]). NaN in, NaN out (not skipped).
+__device__ __forceinline__ float gumbel_headroom(float best, float s_fast) {
+  return __fsub_rn(__fsub_rn(best, s_fast),
+                   __fadd_rn(__fmul_rn(__fadd_rn(fabsf(best), fabsf(s_fast)), kSkipSlack), 1.52587890625e-05f));
+}
+
+// A lower bound of exp(-exp(-y)) for y > 0: a uniform u below it has -log(-log(u)) < y. Two
+// ex2.approx (2 ulp each) give it within 2^-20 relative; the factor 1 - 2^-18 covers that.
+__device__ __forceinline__ float gumbel_uniform_floor(float y) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  return __fmul_rn(fast_exp2(-__fmul_rn(fast_exp2(-__fmul_rn(y, kLog2e)), kLog2e)), 0.99999618530273438f);
+}
+
 // kG columns as float, passed by value (registers) to the out-of-line candidate path.
 template <int kG>
 struct Group {
   float x[kG];
 };
 
-// The exact Gumbel candidates of one group (the rare path of the bonus draw): columns whose
-// fast-scaled logit is not below the threshold get their Philox word, IEEE x / T and the
-// reference's score rn(x / T + G). Philox runs once per block of 4 columns that has a candidate.
-// Returns the new best; out of line, so the hot loop keeps its registers.
+// The Gumbel candidates of one group (the bonus draw's rare path), by blocks of 4 columns: a
+// block with a column at most kGumbelMax below the best gets its Philox words; only a uniform
+// that can lift its column to the best (above gumbel_uniform_floor) pays for the IEEE x / T, the
+// two logf of G and the reference's score rn(x / T + G). Headrooms use the best at the block's
+// start (a later, higher best would only skip more). Returns the new best; out of line, so the
+// hot loop keeps its registers.
 template <int kG>
 __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
                                                 BonusNoise noise, ArgMax best) {
-  float threshold = gumbel_threshold(best.score);
-  Philox4x32 words{};
-  int32_t have = -1;
+  static_assert(kG % 4 == 0, "whole Philox blocks");
 #pragma unroll
-  for (int i = 0; i < kG; ++i) {
-    if (__fmul_rn(group.x[i], inv_t) < threshold) continue;
-    const int32_t col = v0 + i;
-    if (col / 4 != have) {
-      have = col / 4;
-      words = noise.block(col);
+  for (int q = 0; q < kG / 4; ++q) {
+    float headroom[4];
+    bool near = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      headroom[i] = gumbel_headroom(best.score, __fmul_rn(group.x[4 * q + i], inv_t));
+      near |= !(headroom[i] >= kGumbelMax);
     }
-    best.add(__fadd_rn(__fdiv_rn(group.x[i], t), gumbel_from_bits(philox_word(words, col))), col);
-    threshold = gumbel_threshold(best.score);
+    if (!near) continue;
+    const Philox4x32 words = noise.block(v0 + 4 * q);
+    const uint32_t bits[4] = {words.x, words.y, words.z, words.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (headroom[i] >= kGumbelMax) continue;
+      if (headroom[i] > 0.0f && bits_to_unit_float(bits[i]) < gumbel_uniform_floor(headroom[i])) continue;
+      best.add(__fadd_rn(__fdiv_rn(group.x[4 * q + i], t), gumbel_from_bits(bits[i])), v0 + 4 * q + i);
+    }
   }
   return best;
 }
