@@ -404,46 +404,109 @@ def markov_block(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) 
 
 
 def stat_chunks(vocab: int, rows: int, gamma: int) -> int:
-    """CTAs per (row, position) of the statistics pass (dspark_sgl/verify.py _stat_chunks)."""
+    """CTAs per (row, position) of pass 1 (dspark_sgl/verify.py _stat_chunks)."""
     return max(1, min(math.ceil(4 * SMS / (rows * (gamma + 1))), math.ceil(vocab / 2048)))
 
 
-def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> ModeledOp:
-    """chain_verify, statistics form: every row sampled, verified to g, rejected at some s < g."""
+ROW_THREADS = 256  # chain_verify.cu kRowThreads
+ROW_PARTIAL = 32  # RowPartial: 2 SoftmaxStats + 2 ArgMax
+STOP_INFO = 24
+# The bonus draw's candidate path (benchmarks/gumbel_candidates.py, 2026-12-01, on the embedded
+# target's logits and synthetic V = 129280 rows at T = 0.6 / 1 / 1.5): every 8-column group and
+# every Philox block takes it (measured 0.90-1.00; the logits' spread is below G_max + ln V), and
+# the columns scored exactly per thread fit 2.4 + 1.2 ln(columns per thread) (measured 4.9 at 8,
+# 5.4 at 16, 9.4 at 505 columns per thread).
+BONUS_CANDIDATE_GROUPS = 1.0
+BONUS_PHILOX_BLOCKS = 1.0
+
+
+def bonus_exact_columns(vocab: int, chunks: int) -> float:
+    """Columns of one bonus row scored exactly (the fit above), all threads of its chunks."""
+    per_thread = max(1.0, vocab / (chunks * ROW_THREADS))
+    return min(per_thread, 2.4 + 1.2 * math.log(per_thread)) * chunks * ROW_THREADS
+
+
+def _bonus_row_instructions(vocab: int, chunks: int, loops: Mapping[str, float]) -> float:
+    """One bonus row: the lean loop, the candidate groups' headrooms, Philox and uniform tests,
+    and the exact scores."""
+    return (
+        loops["verify.rows.bonus"] * vocab
+        + BONUS_CANDIDATE_GROUPS * vocab * loops["verify.rows.bonus_headroom"]
+        + BONUS_PHILOX_BLOCKS * (vocab / 4) * loops["verify.rows.bonus_philox"]
+        + BONUS_PHILOX_BLOCKS * vocab * loops["verify.rows.bonus_uniform_test"]
+        + bonus_exact_columns(vocab, chunks) * loops["verify.rows.bonus_exact"]
+    )
+
+
+VERIFY_CASES = {
+    "chain_verify": "nothing rejected (statistics form)",
+    "chain_verify_rejected_logits": "every sampled row rejected, full draft logits given",
+    "chain_verify_rejected_w2": "every sampled row rejected, statistics form (W2 recompute)",
+}
+
+
+def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: str = "chain_verify") -> ModeledOp:
+    """chain_verify: every row sampled and verified to g. ``case`` (VERIFY_CASES): nothing
+    rejected (pass 1 reads the g + 1 target rows and draws the bonus at the last; pass 2 exits at
+    once), or every row rejected at its last draft s = g - 1 (pass 1 reads every row, with full
+    draft logits the g draft rows too; pass 2 reads the stop row, and the draft row or W2 + the base
+    row)."""
     positions = rows * (gamma + 1)
     chunks = stat_chunks(vocab, rows, gamma)
     target = positions * vocab * ELEM
-    stat_partials = positions * chunks * 24  # StatPartial: 6 x 4 bytes
-    geo = _tile_geometry(vocab, rows)
-    resample_partials = rows * geo["tiles"] * 16  # ResamplePartial: 2 ArgMax
-    stats = Launch(
-        "verify_stats_kernel<bf16, bf16>",
-        target + rows * 12 + stat_partials,
-        (loops["verify.stats_vector"] + loops["verify.stats_element"]) * positions * vocab,
+    logits_form = case == "chain_verify_rejected_logits"
+    rejected = case != "chain_verify"
+    partials = positions * chunks * ROW_PARTIAL
+    draft = rows * gamma * vocab * ELEM if logits_form else 0
+    row_instructions = rows * gamma * vocab * loops["verify.rows.target"]
+    if logits_form:
+        row_instructions += rows * gamma * vocab * loops["verify.rows.draft"]
+    if not rejected:  # the bonus at j = g; a rejected row's g + 1-th row is plain statistics
+        row_instructions += rows * _bonus_row_instructions(vocab, chunks, loops)
+    else:
+        row_instructions += rows * vocab * loops["verify.rows.target"]
+    row_instructions += positions * chunks * loops["verify.rows.merge"]
+    # Per request: lens, temperature; the last CTA reads the partials, the drafted tokens, their
+    # target logits and draft statistics (12 bytes a position) and writes the chain and StopInfo.
+    pass1 = Launch(
+        "verify_rows_kernel<bf16, bf16>",
+        target + draft + 2 * partials + rows * (12 + gamma * (8 + ELEM + 12) + (gamma + 1) * 8 + 4 + STOP_INFO),
+        row_instructions,
     )
-    accept = Launch(
-        "verify_accept_kernel<bf16, bf16>",
-        stat_partials + rows * gamma * (8 + 12 + ELEM) + rows * (4 + 24) + positions * 8,
-    )
-    resample = Launch(
-        f"verify_resample_markov_kernel<bf16, bf16, {geo['tile_v']}>",
-        vocab * RANK * ELEM + 2 * rows * vocab * ELEM + rows * RANK * ELEM + rows * 24 + resample_partials,
-        _tile_instructions("verify.resample", geo, loops),
-    )
-    finalize = Launch(
-        "verify_finalize_kernel",
-        resample_partials + rows * 8,
-        loops["verify.finalize"] * rows * geo["tiles"],
-    )
+    notes = [
+        "floor: the target logits read once; pass 2 counted as a launch even when it exits at once",
+        "bonus draw: candidate fractions measured by benchmarks/gumbel_candidates.py (see cost_model.py)",
+    ]
+    if not rejected:
+        tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])
+        pass2 = Launch("verify_residual_markov_kernel (exits: nothing rejected)", tiles * 4)
+    elif logits_form:
+        tiles = math.ceil(vocab / 128)
+        resample = rows * tiles * 16
+        pass2 = Launch(
+            "verify_residual_kernel<bf16, bf16>",
+            2 * rows * vocab * ELEM + rows * STOP_INFO + 2 * resample + rows * 8,
+            loops["verify.residual.logits"] * rows * vocab + loops["verify.residual.merge"] * rows * tiles,
+        )
+    else:
+        geo = _tile_geometry(vocab, rows)
+        resample = rows * geo["tiles"] * 16
+        pass2 = Launch(
+            f"verify_residual_markov_kernel<bf16, bf16, {geo['tile_v']}>",
+            vocab * RANK * ELEM + 2 * rows * vocab * ELEM + rows * RANK * ELEM + rows * STOP_INFO + 2 * resample,
+            _tile_instructions("verify.residual", geo, loops)
+            + loops["verify.residual.merge"] * rows * geo["tiles"],
+        )
+        notes.append("W2 recompute: W2 read once per launch (at R * g < r keeping the draft logits moves less)")
     return ModeledOp(
-        "chain_verify",
+        case,
         vocab,
         rows,
         gamma,
-        [stats, accept, resample, finalize],
+        [pass1, pass2],
         _sglang(sglang_path_model.verify(vocab, rows, gamma, ELEM)),
         target,
-        ["floor: the target logits read once; accept loop instructions not modeled"],
+        notes,
     )
 
 
@@ -508,7 +571,7 @@ def model(loops: Mapping[str, float]) -> list[ModeledOp]:
         for rows in ROWS:
             for gamma in GAMMAS:
                 paths.append(markov_block(vocab, rows, gamma, loops))
-                paths.append(verify(vocab, rows, gamma, loops))
+                paths.extend(verify(vocab, rows, gamma, loops, case) for case in VERIFY_CASES)
     for rows in ROWS:
         for gamma in SCHEDULE_GAMMAS:
             for asynchronous in (False, True):
@@ -692,8 +755,9 @@ def report(
         *_table(LOOP_HEADER, [loop_cells(c) for c in counts.values()]),
         "",
         "Modeled table (bf16 logits and weights, r = 256; Markov block: g positions, statistics form;"
-        " verification: statistics form, every row sampled and rejected; SGLang: bytes and launches"
-        " only, a lower bound):",
+        " verification: every row sampled and verified to g, "
+        + "; ".join(f"{op}: {what}" for op, what in VERIFY_CASES.items())
+        + "; SGLang: bytes and launches only, a lower bound):",
         "",
         *_table(PATH_HEADER, [path_cells(p) for p in paths]),
         "",
