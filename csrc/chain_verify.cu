@@ -20,8 +20,9 @@
 //                           s is recomputed from the Markov head (verify_residual_markov_kernel,
 //                           the W2 tile read once for all rows). The last tile of a row (a
 //                           ticket) merges it; the last CTA resets the count.
-// Counters (int32): [0, R) pass-1 tickets, [R, 2R) pass-2 tickets, [2R] rejected requests,
-// [2R + 1] the pass-2 CTA ticket. They are created zero and every launch leaves them zero.
+// Counters (int32, a layout independent of R): [0] rejected requests, [1] the pass-2 CTA ticket,
+// then kMaxRows pass-1 tickets and kMaxRows pass-2 tickets. They are created zero and every launch
+// leaves them zero.
 #include <cuda_runtime.h>
 
 #include <cfloat>
@@ -48,12 +49,13 @@ constexpr float kGumbelMax = 16.64f;
 // and the rounding of the threshold and of the score (see gumbel_threshold).
 constexpr float kSkipSlack = 9.5367431640625e-07f;  // 2^-20
 
-enum CounterSlot : int { kRejectedCount = 0, kResidualTicket = 1 };
+constexpr int64_t kMaxRows = 65535;
+enum CounterSlot : int { kRejectedCount = 0, kResidualTicket = 1, kGlobalCounters = 2 };
 
-__device__ __forceinline__ int32_t* pass1_tickets(const ChainVerifyArgs& a) { return a.counters; }
-__device__ __forceinline__ int32_t* pass2_tickets(const ChainVerifyArgs& a) { return a.counters + a.rows; }
-__device__ __forceinline__ int32_t* global_counter(const ChainVerifyArgs& a, CounterSlot s) {
-  return a.counters + 2 * a.rows + s;
+__device__ __forceinline__ int32_t* global_counter(const ChainVerifyArgs& a, CounterSlot s) { return a.counters + s; }
+__device__ __forceinline__ int32_t* pass1_tickets(const ChainVerifyArgs& a) { return a.counters + kGlobalCounters; }
+__device__ __forceinline__ int32_t* pass2_tickets(const ChainVerifyArgs& a) {
+  return a.counters + kGlobalCounters + kMaxRows;
 }
 
 // 2^x on the special-function unit (ex2.approx: 2 ulp); the emulator uses libm.
@@ -726,14 +728,14 @@ size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, 
          sizeof(ResamplePartial) * rows * tiles;
 }
 
-int64_t chain_verify_counter_words(int64_t rows) { return 2 * rows + 2; }
+int64_t chain_verify_counter_words() { return kGlobalCounters + 2 * kMaxRows; }
 
 std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, int draft_dtype, int weight_dtype,
                                 void* workspace, uintptr_t cuda_stream) {
   if (args.rows < 1 || args.vocab < 1) return "chain_verify: empty batch";
   if (args.vocab > 0x7FFFFFFF) return "chain_verify: vocabulary must be < 2^31";
   if (args.gamma < 0 || args.gamma > kMaxGamma) return "chain_verify: g must be in [0, 32]";
-  if (args.rows > 65535) return "chain_verify: at most 65535 rows";
+  if (args.rows > kMaxRows) return "chain_verify: at most 65535 rows";
   if (args.stat_chunks < 1 || args.stat_chunks > 65535) return "chain_verify: bad stat_chunks";
   if ((args.gamma + 1) * args.stat_chunks > 0x7FFFFFFF) return "chain_verify: too many chunks";
   if (args.counters == nullptr) return "chain_verify: no counters";
