@@ -156,21 +156,21 @@ LOOPS: list[LoopName] = [
         8,
         "target logit of the bonus row (group of 8)",
     ),
-    *(
-        LoopName(
-            f"verify.rows.bonus_{part}",
-            _ROWS_KERNEL,
-            ((_VERIFY, statement),),  # statements of bonus_candidates (out of line, one instance)
-            per,
-            unit,
-            straight=True,
-        )
-        for part, statement, per, unit in (
-            ("headroom", r"headroom\[i\] = gumbel_headroom\(", 8, "column of a candidate group"),
-            ("philox", r"const Philox4x32 words = noise\.block\(", 2, "Philox block (4 columns)"),
-            ("uniform_test", r"if \(headroom\[i\] > 0\.0f && bits_to_unit_float", 8, "column of a Philox block"),
-            ("exact", r"best\.add\(__fadd_rn\(__fdiv_rn\(group\.x\[4 \* q \+ i\], t\)", 8, "exact column"),
-        )
+    LoopName(
+        "verify.rows.bonus_candidates",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"template <int kG>\n__device__ __noinline__ ArgMax bonus_candidates\("),),
+        1,
+        "candidate group of 8, whole out-of-line path (its exact scores included)",
+        straight=True,
+    ),
+    LoopName(
+        "verify.rows.bonus_exact",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"best\.add\(__fadd_rn\(__fdiv_rn\(group\.x\[4 \* q \+ i\], t\)"),),
+        8,
+        "exact column (IEEE x / T, two logf, score)",
+        straight=True,
     ),
     LoopName(
         "verify.rows.draft",
@@ -189,16 +189,32 @@ LOOPS: list[LoopName] = [
     LoopName(
         "verify.residual.logits",
         "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
-        ((_VERIFY, r"for \(int64_t row0 = 0; row0 < args\.rows; row0 \+= kRowsPerPass\)"),),
+        ((_VERIFY, r"slab\.for_each<4>\(target, \[&\]\(const TT\* p, int32_t v0\) \{"),),
         4,
-        "rejected-row element (a lane's 4 columns)",
+        "stop-row column of a rejected row (Philox block of 4, its headroom and uniform tests)",
+    ),
+    LoopName(
+        "verify.residual.logits_candidates",
+        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"template <typename DT>\n__device__ __noinline__ ArgMax residual_candidates\("),),
+        1,
+        "candidate block of 4, whole out-of-line path (its exact scores included)",
+        straight=True,
+    ),
+    LoopName(
+        "verify.residual.logits_exact",
+        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"residual_column\(best, rr\.info,"),),
+        4,
+        "exact residual column (IEEE p, q, logf, Gumbel)",
+        straight=True,
     ),
     *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 64),
     *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 128),
     LoopName(
         "verify.residual.merge",
         "verify_residual_markov_kernel<__nv_bfloat16, __nv_bfloat16, 64>",
-        ((_VERIFY, r"for \(int tile = threadIdx\.x % 32; tile < tiles; tile \+= 32\) best\.merge"),),
+        ((_VERIFY, r"for \(int part = threadIdx\.x % 32; part < parts; part \+= 32\) best\.merge"),),
         1,
         "tile partial of a rejected row",
     ),
@@ -411,13 +427,13 @@ def stat_chunks(vocab: int, rows: int, gamma: int) -> int:
 ROW_THREADS = 256  # chain_verify.cu kRowThreads
 ROW_PARTIAL = 32  # RowPartial: 2 SoftmaxStats + 2 ArgMax
 STOP_INFO = 24
-# The bonus draw's candidate path (benchmarks/gumbel_candidates.py, 2026-12-01, on the embedded
-# target's logits and synthetic V = 129280 rows at T = 0.6 / 1 / 1.5): every 8-column group and
-# every Philox block takes it (measured 0.90-1.00; the logits' spread is below G_max + ln V), and
+RESIDUAL_PARTIAL = 8  # ArgMax
+# The bounded Gumbel draws' candidate path (benchmarks/gumbel_candidates.py, 2026-12-01, on the
+# embedded target's logits and synthetic V = 129280 rows at T = 0.6 / 1 / 1.5): every group and
+# every Philox block takes it (measured 0.90-1.00: the logits' spread is below G_max + ln V), and
 # the columns scored exactly per thread fit 2.4 + 1.2 ln(columns per thread) (measured 4.9 at 8,
-# 5.4 at 16, 9.4 at 505 columns per thread).
+# 5.4 at 16, 9.4 at 505 columns per thread). The residual draw of pass 2 is modeled the same way.
 BONUS_CANDIDATE_GROUPS = 1.0
-BONUS_PHILOX_BLOCKS = 1.0
 
 
 def bonus_exact_columns(vocab: int, chunks: int) -> float:
@@ -431,9 +447,7 @@ def _bonus_row_instructions(vocab: int, chunks: int, loops: Mapping[str, float])
     and the exact scores."""
     return (
         loops["verify.rows.bonus"] * vocab
-        + BONUS_CANDIDATE_GROUPS * vocab * loops["verify.rows.bonus_headroom"]
-        + BONUS_PHILOX_BLOCKS * (vocab / 4) * loops["verify.rows.bonus_philox"]
-        + BONUS_PHILOX_BLOCKS * vocab * loops["verify.rows.bonus_uniform_test"]
+        + BONUS_CANDIDATE_GROUPS * (vocab / 8) * (loops["verify.rows.bonus_candidates"] - 8 * loops["verify.rows.bonus_exact"])
         + bonus_exact_columns(vocab, chunks) * loops["verify.rows.bonus_exact"]
     )
 
@@ -481,16 +495,23 @@ def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: 
         tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])
         pass2 = Launch("verify_residual_markov_kernel (exits: nothing rejected)", tiles * 4)
     elif logits_form:
-        tiles = math.ceil(vocab / 128)
-        resample = rows * tiles * 16
+        parts = min(chunks * (gamma + 1), math.ceil(vocab / 2048))
+        resample = rows * parts * RESIDUAL_PARTIAL
         pass2 = Launch(
             "verify_residual_kernel<bf16, bf16>",
-            2 * rows * vocab * ELEM + rows * STOP_INFO + 2 * resample + rows * 8,
-            loops["verify.residual.logits"] * rows * vocab + loops["verify.residual.merge"] * rows * tiles,
+            # the stop row of the target; of the draft only the exactly scored columns (sectors)
+            rows * vocab * ELEM + rows * bonus_exact_columns(vocab, parts) * 32 + rows * STOP_INFO + 2 * resample,
+            loops["verify.residual.logits"] * rows * vocab
+            + BONUS_CANDIDATE_GROUPS
+            * rows
+            * (vocab / 4)
+            * (loops["verify.residual.logits_candidates"] - 4 * loops["verify.residual.logits_exact"])
+            + rows * bonus_exact_columns(vocab, parts) * loops["verify.residual.logits_exact"]
+            + loops["verify.residual.merge"] * rows * parts,
         )
     else:
         geo = _tile_geometry(vocab, rows)
-        resample = rows * geo["tiles"] * 16
+        resample = rows * geo["tiles"] * RESIDUAL_PARTIAL
         pass2 = Launch(
             f"verify_residual_markov_kernel<bf16, bf16, {geo['tile_v']}>",
             vocab * RANK * ELEM + 2 * rows * vocab * ELEM + rows * RANK * ELEM + rows * STOP_INFO + 2 * resample,

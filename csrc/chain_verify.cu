@@ -25,6 +25,7 @@
 // leaves them zero.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <type_traits>
@@ -38,7 +39,6 @@ namespace {
 
 constexpr int kRowThreads = 256;
 constexpr int kRowWarps = kRowThreads / 32;
-constexpr int kResampleTileV = 128;  // full-logits residual: one warp per row, 4 columns a lane
 constexpr int kMaxGamma = 32;        // positions fit one warp's ballot
 constexpr int32_t kNoIndex = INT32_MAX;
 
@@ -105,21 +105,6 @@ struct StopInfo {
   float t_max, t_sum, d_max, d_sum;
 };
 constexpr int32_t kSampled = 1, kRejected = 2;
-
-// Gumbel-max winners over a tile: of log(residual) + G and of t / T + G (every residual 0).
-struct ResamplePartial {
-  ArgMax residual;
-  ArgMax bonus;
-
-  __device__ __forceinline__ static ResamplePartial empty() { return {ArgMax::empty(), ArgMax::empty()}; }
-  __device__ __forceinline__ void merge(const ResamplePartial& o) {
-    residual.merge(o.residual);
-    bonus.merge(o.bonus);
-  }
-  __device__ __forceinline__ ResamplePartial lane_xor(int delta, int width) const {
-    return {residual.lane_xor(delta, width), bonus.lane_xor(delta, width)};
-  }
-};
 
 // kG consecutive elements as float: one 16-byte load when kG fills it, else scalar loads.
 template <typename T, int kG>
@@ -478,7 +463,7 @@ __device__ __forceinline__ void finish_residual_cta(const ChainVerifyArgs& args)
   __syncthreads();
   if (threadIdx.x != 0) return;
   int32_t* ticket = global_counter(args, kResidualTicket);
-  if (atomicAdd(ticket, 1) == static_cast<int>(gridDim.x) - 1) {
+  if (atomicAdd(ticket, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1) {
     *global_counter(args, kRejectedCount) = 0;
     *ticket = 0;
   }
@@ -491,31 +476,38 @@ __device__ __forceinline__ bool last_tile_of_row(const ChainVerifyArgs& args, in
   return atomicAdd(pass2_tickets(args) + row, 1) == tiles - 1;
 }
 
-// One warp merges the tiles of `row` and writes the token at its stop.
-__device__ __forceinline__ void write_residual_token(const ChainVerifyArgs& args, const StopInfo* stops,
-                                                     const ResamplePartial* partials, int tiles, int64_t row) {
-  __threadfence();
-  ResamplePartial best = ResamplePartial::empty();
-  for (int tile = threadIdx.x % 32; tile < tiles; tile += 32) best.merge(partials[row * tiles + tile]);
-  best = group_reduce<32>(best);
-  if (threadIdx.x % 32 != 0) return;
-  const bool has_residual = best.residual.score > -INFINITY;
-  args.out_tokens[row * (args.gamma + 1) + stops[row].stop] = has_residual ? best.residual.index : best.bonus.index;
-  pass2_tickets(args)[row] = 0;
-}
-
 __device__ __forceinline__ bool needs_residual(const StopInfo& info) {
   return (info.flags & (kSampled | kRejected)) == (kSampled | kRejected);
 }
 
-// The residual and bonus candidates of one element.
-__device__ __forceinline__ void resample_element(ResamplePartial& acc, const StopInfo& info, float target_scaled,
-                                                 float draft_scaled, float gumbel, int32_t v) {
-  acc.bonus.add(__fadd_rn(target_scaled, gumbel), v);
-  const float p = SoftmaxStats{info.t_max, info.t_sum}.prob(target_scaled);
-  const float q = SoftmaxStats{info.d_max, info.d_sum}.prob(draft_scaled);
-  const float residual = __fsub_rn(p, q);
-  if (residual > 0.0f) acc.residual.add(__fadd_rn(logf(residual), gumbel), v);
+// The bonus draw at the stop row when every residual entry is 0 (p_s == q_s after rounding; rare):
+// one warp, every column exactly. The result is lane 0's.
+template <typename TT>
+__device__ ArgMax stop_row_bonus(const ChainVerifyArgs& args, int64_t row, int64_t s) {
+  uint64_t seed, offset;
+  args.philox.resolve(seed, offset);
+  const BonusNoise noise{seed, offset, static_cast<uint64_t>(row), static_cast<uint32_t>(s)};
+  const TT* target = static_cast<const TT*>(args.target_logits) + (row * (args.gamma + 1) + s) * args.vocab;
+  const float t = args.temperature[row];
+  ArgMax best = ArgMax::empty();
+  for (int32_t v = threadIdx.x % 32; v < args.vocab; v += 32)
+    best.add(__fadd_rn(__fdiv_rn(load_float(target + v), t), gumbel_from_bits(philox_word(noise.block(v), v))), v);
+  return group_reduce<32>(best);
+}
+
+// One warp merges the residual partials of `row` and writes the token at its stop.
+template <typename TT>
+__device__ __forceinline__ void write_residual_token(const ChainVerifyArgs& args, const StopInfo* stops,
+                                                     const ArgMax* partials, int parts, int64_t row) {
+  __threadfence();
+  ArgMax best = ArgMax::empty();
+  for (int part = threadIdx.x % 32; part < parts; part += 32) best.merge(partials[row * parts + part]);
+  best = group_reduce<32>(best);
+  const int64_t s = stops[row].stop;
+  if (!(best.score > -INFINITY)) best = stop_row_bonus<TT>(args, row, s);  // uniform per warp
+  if (threadIdx.x % 32 != 0) return;
+  args.out_tokens[row * (args.gamma + 1) + s] = best.index;
+  pass2_tickets(args)[row] = 0;
 }
 
 // Rows of `args` whose last tile this CTA was (filled by one thread per row), merged by warps.
@@ -524,56 +516,116 @@ struct LastRows {
   int* count;
 
   __device__ __forceinline__ void push(int64_t row) { rows[atomicAdd(count, 1)] = row; }
-  __device__ __forceinline__ void write(const ChainVerifyArgs& args, const StopInfo* stops,
-                                        const ResamplePartial* partials, int tiles) {
+  template <typename TT>
+  __device__ __forceinline__ void write(const ChainVerifyArgs& args, const StopInfo* stops, const ArgMax* partials,
+                                        int tiles) {
     __syncthreads();
     for (int i = threadIdx.x / 32; i < *count; i += blockDim.x / 32)
-      write_residual_token(args, stops, partials, tiles, rows[i]);
+      write_residual_token<TT>(args, stops, partials, tiles, rows[i]);
     __syncthreads();
     if (threadIdx.x == 0) *count = 0;
   }
 };
 
-// Full draft logits: one warp per rejected row, 4 columns per lane.
+// log p_s(v) <= x / T - (t_max + log t_sum): the residual max(0, p - q) <= p bounds the score
+// rn(logf(residual) + G). This is the headroom of a column against `best` (gumbel_headroom) with the
+// extra rounding of that bound (|log_norm| and |s_fast| at 2^-20).
+__device__ __forceinline__ float residual_headroom(float best, float s_fast, float log_norm) {
+  return __fsub_rn(gumbel_headroom(best, __fsub_rn(s_fast, log_norm)),
+                   __fmul_rn(__fadd_rn(fabsf(log_norm), fabsf(s_fast)), kSkipSlack));
+}
+
+// One residual column exactly: the reference's p, q, max(0, p - q) and score logf(r) + G.
+__device__ __forceinline__ void residual_column(ArgMax& best, const StopInfo& info, float ts, float ds,
+                                                uint32_t bits, int32_t v) {
+  const float p = SoftmaxStats{info.t_max, info.t_sum}.prob(ts);
+  const float q = SoftmaxStats{info.d_max, info.d_sum}.prob(ds);
+  const float residual = __fsub_rn(p, q);
+  if (residual > 0.0f) best.add(__fadd_rn(logf(residual), gumbel_from_bits(bits)), v);
+}
+
+// What the residual draw of one rejected row needs per column (pass 2, full draft logits).
+template <typename DT>
+struct ResidualRow {
+  const DT* draft;
+  StopInfo info;
+  float t, inv_t, log_norm;
+  int32_t end;
+  BonusNoise noise;
+};
+
+// One block of 4 columns of a rejected row's stop row (the rare path of the residual draw): the
+// headroom of each column's bound log p, Philox for the block when one is within kGumbelMax, the
+// uniform bound, and the exact score for the columns left. Out of line; returns the new best.
+template <typename DT>
+__device__ __noinline__ ArgMax residual_candidates(Group<4> group, int32_t v0, ResidualRow<DT> rr, ArgMax best) {
+  float room[4];
+  bool near = false;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    room[i] = residual_headroom(best.score, __fmul_rn(group.x[i], rr.inv_t), rr.log_norm);
+    near |= !(room[i] >= kGumbelMax) && v0 + i < rr.end;
+  }
+  if (!near) return best;
+  const Philox4x32 words = rr.noise.block(v0);
+  const uint32_t bits[4] = {words.x, words.y, words.z, words.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (v0 + i >= rr.end || room[i] >= kGumbelMax) continue;
+    if (room[i] > 0.0f && bits_to_unit_float(bits[i]) < gumbel_uniform_floor(room[i])) continue;
+    residual_column(best, rr.info, __fdiv_rn(group.x[i], rr.t), __fdiv_rn(load_float(rr.draft + v0 + i), rr.t),
+                    bits[i], v0 + i);
+  }
+  return best;
+}
+
+// Full draft logits, pass 2: grid (chunks, R) like pass 1; the CTAs of a rejected sampled row draw
+// the residual at its stop row s over their chunk with a bounded Gumbel draw (per block of 4 columns:
+// the headroom of log p, then Philox and the uniform bound, then the exact score). The last chunk
+// of a row (a ticket) merges the row and writes the token.
 template <typename TT, typename DT>
 __global__ void __launch_bounds__(kRowThreads)
-    verify_residual_kernel(ChainVerifyArgs args, const StopInfo* stops, ResamplePartial* partials) {
+    verify_residual_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
   if (nothing_rejected(args)) return;  // uniform: the count is final before this launch
-  constexpr int kRowsPerPass = kRowThreads / 32;
-  const int64_t g = args.gamma, vocab = args.vocab;
-  const int tiles = static_cast<int>(gridDim.x);
-  const int64_t col0 = int64_t(blockIdx.x) * kResampleTileV + (threadIdx.x % 32) * 4;
-  uint64_t seed, offset;
-  args.philox.resolve(seed, offset);
-  __shared__ int64_t s_rows[kRowsPerPass];
-  __shared__ int s_count;
-  if (threadIdx.x == 0) s_count = 0;
-  LastRows last{s_rows, &s_count};
-  for (int64_t row0 = 0; row0 < args.rows; row0 += kRowsPerPass) {
-    const int64_t row = row0 + threadIdx.x / 32;
-    const StopInfo info = row < args.rows ? stops[row] : StopInfo{0, 0, 0.f, 0.f, 0.f, 0.f};
-    if (needs_residual(info)) {  // uniform per warp
-      const float safe_t = args.temperature[row];
-      const int64_t s = info.stop;
-      ResamplePartial acc = ResamplePartial::empty();
-      if (col0 < vocab) {
-        const Philox4x32 r = philox_block(seed, offset, kStreamResample, static_cast<uint64_t>(row),
-                                          static_cast<uint32_t>(s), static_cast<uint32_t>(col0 / 4));
-        const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
-        const DT* draft = static_cast<const DT*>(args.draft_logits) + (row * g + s) * vocab;
-        for (int i = 0; i < 4 && col0 + i < vocab; ++i) {
-          const float ts = __fdiv_rn(load_float(target + col0 + i), safe_t);
-          const float dsc = __fdiv_rn(load_float(draft + col0 + i), safe_t);
-          resample_element(acc, info, ts, dsc, gumbel_from_bits(philox_word(r, col0 + i)),
-                           static_cast<int32_t>(col0 + i));
-        }
+  const int64_t row = blockIdx.y, g = args.gamma, vocab = args.vocab;
+  const StopInfo info = stops[row];
+  const int parts = static_cast<int>(gridDim.x);
+  if (needs_residual(info)) {  // uniform per CTA
+    const float t = args.temperature[row];
+    const float inv_t = __frcp_rn(t);
+    const float log_norm = __fadd_rn(info.t_max, logf(info.t_sum));
+    const int64_t s = info.stop;
+    uint64_t seed, offset;
+    args.philox.resolve(seed, offset);
+    const BonusNoise noise{seed, offset, static_cast<uint64_t>(row), static_cast<uint32_t>(s)};
+    const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
+    const DT* draft = static_cast<const DT*>(args.draft_logits) + (row * g + s) * vocab;
+    const int64_t chunk = chunk_columns(vocab, parts);
+    const Slab slab{static_cast<int32_t>(blockIdx.x * chunk), static_cast<int32_t>(min(vocab, (blockIdx.x + 1) * chunk))};
+    const ResidualRow<DT> rr{draft, info, t, inv_t, log_norm, slab.end, noise};
+    ArgMax best = ArgMax::empty();
+    float threshold = -INFINITY;  // of the group's largest x * (1/T): gumbel_threshold of log p's bound
+    slab.for_each<4>(target, [&](const TT* p, int32_t v0) {
+      Group<4> group;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) group.x[i] = v0 + i < slab.end ? load_float(p + i) : -INFINITY;
+      const float m = fmaxf(fmaxf(group.x[0], group.x[1]), fmaxf(group.x[2], group.x[3]));
+      if (!(__fmul_rn(m, inv_t) < threshold)) {  // a candidate block (NaN included)
+        best = residual_candidates<DT>(group, v0, rr, best);
+        threshold = __fsub_rn(__fadd_rn(log_norm, gumbel_threshold(best.score)),
+                              __fmul_rn(__fadd_rn(fabsf(log_norm), __fadd_rn(fabsf(best.score), kGumbelMax)),
+                                        2.0f * kSkipSlack));
       }
-      acc = group_reduce<32>(acc);
-      if (threadIdx.x % 32 == 0) partials[row * tiles + blockIdx.x] = acc;
+    });
+    __shared__ ArgMax s_best[kRowWarps];
+    best = block_merge(best, s_best);
+    __shared__ int s_last;
+    if (threadIdx.x == 0) {
+      partials[row * parts + blockIdx.x] = best;
+      s_last = last_tile_of_row(args, row, parts);
     }
     __syncthreads();
-    if (threadIdx.x % 32 == 0 && needs_residual(info) && last_tile_of_row(args, row, tiles)) last.push(row);
-    last.write(args, stops, partials, tiles);
+    if (s_last && threadIdx.x < 32) write_residual_token<TT>(args, stops, partials, parts, row);
   }
   finish_residual_cta(args);
 }
@@ -582,7 +634,7 @@ __global__ void __launch_bounds__(kRowThreads)
 // the weight dtype, as markov_block), recomputed here for the rejected rows only.
 template <typename TT, typename WT, int kTileV>
 __global__ void __launch_bounds__(kTileThreads)
-    verify_residual_markov_kernel(ChainVerifyArgs args, const StopInfo* stops, ResamplePartial* partials) {
+    verify_residual_markov_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
   if (nothing_rejected(args)) return;  // uniform: no W2 byte is read when nothing was rejected
   extern __shared__ __align__(128) unsigned char smem[];
   using Layout = MarkovTileLayout<WT, kTileV>;
@@ -627,7 +679,7 @@ __global__ void __launch_bounds__(kTileThreads)
       const int64_t row = row0 + local_row;
       const StopInfo info = row < args.rows ? stops[row] : StopInfo{0, 0, 0.f, 0.f, 0.f, 0.f};
       const bool active = needs_residual(info);  // lane groups stay in the shuffles below
-      ResamplePartial acc = ResamplePartial::empty();
+      ArgMax acc = ArgMax::empty();
       const int64_t col0 = v0 + lane * 4;
       if (active && col0 < vocab) {
         const float safe_t = args.temperature[row];
@@ -642,8 +694,8 @@ __global__ void __launch_bounds__(kTileThreads)
               __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
                         round_to_type<WT>(tile.bias[local_row * kTileV + lane * 4 + i])),
               args.logits_dtype);
-          resample_element(acc, info, ts, __fdiv_rn(logit, safe_t), gumbel_from_bits(philox_word(r, col0 + i)),
-                           static_cast<int32_t>(col0 + i));
+          residual_column(acc, info, ts, __fdiv_rn(logit, safe_t), philox_word(r, col0 + i),
+                          static_cast<int32_t>(col0 + i));
         }
       }
       acc = group_reduce<kLanesPerRow>(acc);
@@ -651,7 +703,7 @@ __global__ void __launch_bounds__(kTileThreads)
     }
     __syncthreads();
     if (chunk_rejected && last_tile_of_row(args, mine, tiles)) last.push(mine);
-    last.write(args, stops, partials, tiles);
+    last.write<TT>(args, stops, partials, tiles);
   }
   finish_residual_cta(args);
 }
@@ -661,7 +713,7 @@ size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 struct Workspace {
   RowPartial* rows;
   StopInfo* stops;
-  ResamplePartial* resample;
+  ArgMax* resample;
 };
 
 Workspace carve(void* base, int64_t rows, int64_t gamma, int stat_chunks) {
@@ -671,7 +723,7 @@ Workspace carve(void* base, int64_t rows, int64_t gamma, int stat_chunks) {
   p += align256(sizeof(RowPartial) * rows * (gamma + 1) * stat_chunks);
   w.stops = reinterpret_cast<StopInfo*>(p);
   p += align256(sizeof(StopInfo) * rows);
-  w.resample = reinterpret_cast<ResamplePartial*>(p);
+  w.resample = reinterpret_cast<ArgMax*>(p);
   return w;
 }
 
@@ -693,8 +745,10 @@ cudaError_t launch_typed(const ChainVerifyArgs& args, int weight_dtype, const Wo
   verify_rows_kernel<TT, DT><<<row_grid, kRowThreads, 0, stream>>>(args, w.rows, w.stops);
   if (args.gamma == 0) return cudaGetLastError();  // nothing to reject: only bonus draws
   if (args.draft_logits != nullptr) {
-    const int tiles = static_cast<int>(ceil_div(args.vocab, kResampleTileV));
-    verify_residual_kernel<TT, DT><<<tiles, kRowThreads, 0, stream>>>(args, w.stops, w.resample);
+    // As many CTAs per request as pass 1 ran per request, at least 2048 columns each.
+    const int64_t parts = std::min<int64_t>(args.stat_chunks * (args.gamma + 1), ceil_div(args.vocab, 2048));
+    const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(args.rows));
+    verify_residual_kernel<TT, DT><<<grid, kRowThreads, 0, stream>>>(args, w.stops, w.resample);
     return cudaGetLastError();
   }
   const bool wide = markov_block_tile_vocab(args.rows, weight_dtype == 0 ? 4 : 2) == 128;
@@ -725,7 +779,7 @@ size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, 
   (void)weight_bytes;
   const int64_t tiles = ceil_div(vocab, 64);  // the narrowest tile of either residual kernel
   return align256(sizeof(RowPartial) * rows * (gamma + 1) * stat_chunks) + align256(sizeof(StopInfo) * rows) +
-         sizeof(ResamplePartial) * rows * tiles;
+         sizeof(ArgMax) * rows * tiles;
 }
 
 int64_t chain_verify_counter_words() { return kGlobalCounters + 2 * kMaxRows; }
