@@ -447,7 +447,9 @@ def _bonus_row_instructions(vocab: int, chunks: int, loops: Mapping[str, float])
     and the exact scores."""
     return (
         loops["verify.rows.bonus"] * vocab
-        + BONUS_CANDIDATE_GROUPS * (vocab / 8) * (loops["verify.rows.bonus_candidates"] - 8 * loops["verify.rows.bonus_exact"])
+        + BONUS_CANDIDATE_GROUPS
+        * (vocab / 8)
+        * (loops["verify.rows.bonus_candidates"] - 8 * loops["verify.rows.bonus_exact"])
         + bonus_exact_columns(vocab, chunks) * loops["verify.rows.bonus_exact"]
     )
 
@@ -459,7 +461,9 @@ VERIFY_CASES = {
 }
 
 
-def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: str = "chain_verify") -> ModeledOp:
+def verify(
+    vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: str = "chain_verify"
+) -> ModeledOp:
     """chain_verify: every row sampled and verified to g. ``case`` (VERIFY_CASES): nothing
     rejected (pass 1 reads the g + 1 target rows and draws the bonus at the last; pass 2 exits at
     once), or every row rejected at its last draft s = g - 1 (pass 1 reads every row, with full
@@ -484,7 +488,10 @@ def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: 
     # target logits and draft statistics (12 bytes a position) and writes the chain and StopInfo.
     pass1 = Launch(
         "verify_rows_kernel<bf16, bf16>",
-        target + draft + 2 * partials + rows * (12 + gamma * (8 + ELEM + 12) + (gamma + 1) * 8 + 4 + STOP_INFO),
+        target
+        + draft
+        + 2 * partials
+        + rows * (12 + gamma * (8 + ELEM + 12) + (gamma + 1) * 8 + 4 + STOP_INFO),
         row_instructions,
     )
     notes = [
@@ -500,7 +507,10 @@ def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: 
         pass2 = Launch(
             "verify_residual_kernel<bf16, bf16>",
             # the stop row of the target; of the draft only the exactly scored columns (sectors)
-            rows * vocab * ELEM + rows * bonus_exact_columns(vocab, parts) * 32 + rows * STOP_INFO + 2 * resample,
+            rows * vocab * ELEM
+            + rows * bonus_exact_columns(vocab, parts) * 32
+            + rows * STOP_INFO
+            + 2 * resample,
             loops["verify.residual.logits"] * rows * vocab
             + BONUS_CANDIDATE_GROUPS
             * rows
@@ -514,11 +524,17 @@ def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: 
         resample = rows * geo["tiles"] * RESIDUAL_PARTIAL
         pass2 = Launch(
             f"verify_residual_markov_kernel<bf16, bf16, {geo['tile_v']}>",
-            vocab * RANK * ELEM + 2 * rows * vocab * ELEM + rows * RANK * ELEM + rows * STOP_INFO + 2 * resample,
+            vocab * RANK * ELEM
+            + 2 * rows * vocab * ELEM
+            + rows * RANK * ELEM
+            + rows * STOP_INFO
+            + 2 * resample,
             _tile_instructions("verify.residual", geo, loops)
             + loops["verify.residual.merge"] * rows * geo["tiles"],
         )
-        notes.append("W2 recompute: W2 read once per launch (at R * g < r keeping the draft logits moves less)")
+        notes.append(
+            "W2 recompute: W2 read once per launch (at R * g < r keeping the draft logits moves less)"
+        )
     return ModeledOp(
         case,
         vocab,

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from any directory: this checkout's dspark_sgl
 
 from dspark_sgl import rng  # noqa: E402
+
 GUMBEL_MAX = 16.64  # kGumbelMax
 SKIP_SLACK = 2.0**-20  # kSkipSlack
 GROUP = 8  # bf16 columns per 16-byte load
@@ -96,10 +97,14 @@ def exact_path_fractions(
                 blocks += int(near.sum())
                 for i in range(4):
                     col = 4 * q + i
-                    skip = (room[:, i] >= GUMBEL_MAX) | ((room[:, i] > 0) & (g_u[ids, col] < uniform_floor(room[:, i])))
+                    skip = (room[:, i] >= GUMBEL_MAX) | (
+                        (room[:, i] > 0) & (g_u[ids, col] < uniform_floor(room[:, i]))
+                    )
                     take = near & ~skip
                     exact += int(take.sum())
-                    best[lanes] = torch.where(take, torch.maximum(best[lanes], g_score[ids, col]), best[lanes])
+                    best[lanes] = torch.where(
+                        take, torch.maximum(best[lanes], g_score[ids, col]), best[lanes]
+                    )
     return groups / total_groups, blocks / (vocab / 4), exact / vocab
 
 
@@ -138,11 +143,14 @@ def synthetic_row(vocab: int, std: float, seed: int) -> torch.Tensor:
 def _rows(name: str, rows: list[torch.Tensor], chunks: int, temperature: float) -> str:
     fr = [exact_path_fractions(r, temperature, chunks, seed=i) for i, r in enumerate(rows)]
     g, b, c = (sum(f[k] for f in fr) / len(fr) for k in range(3))
-    return f"| {name}, {len(rows)} rows | {rows[0].numel()} | {chunks} | {temperature} | {g:.4f} | {b:.4f} | {c:.5f} |"
+    shape = f"{name}, {len(rows)} rows | {rows[0].numel()} | {chunks} | {temperature}"
+    return f"| {shape} | {g:.4f} | {b:.4f} | {c:.5f} |"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--positions", type=int, default=64, help="real-logit rows measured")
     args = parser.parse_args()

@@ -69,7 +69,9 @@ def test_verify_bytes_by_hand():
     assert logits.ours[0].bytes == rows_pass + 8 * 5 * 129280 * 2  # the draft rows j < g too
     assert logits.ours[1].bytes == 2 * 8 * 129280 * 2 + 8 * 24 + 2 * 8 * 1010 * 16 + 8 * 8
     w2 = cost_model.verify(129280, 8, 5, ZERO, "chain_verify_rejected_w2")
-    assert w2.ours[1].bytes == 129280 * 256 * 2 + 2 * 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 24 + 2 * 8 * 2020 * 16
+    assert (
+        w2.ours[1].bytes == 129280 * 256 * 2 + 2 * 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 24 + 2 * 8 * 2020 * 16
+    )
     assert [len(p.ours) for p in (path, logits, w2)] == [2, 2, 2]
 
 

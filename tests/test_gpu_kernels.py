@@ -477,7 +477,9 @@ def accepting_case(backend, rows, gamma, vocab, *, reject_at=None, seed=0, greed
     """A block whose target equals its draft logits (every sampled draft is accepted: p == q), with
     row r rejected at position ``reject_at[r]`` (None: not rejected): there the draft token's
     target logit is -1e4 (p = 0: a sampled row rejects) and the greedy argmax moves elsewhere."""
-    case, block, _, _ = verify_case(backend.device, rows, gamma, vocab, tdtype=F32, seed=seed, greedy_every=greedy_every)
+    case, block, _, _ = verify_case(
+        backend.device, rows, gamma, vocab, tdtype=F32, seed=seed, greedy_every=greedy_every
+    )
     target = torch.cat([block.logits[:, :gamma], block.logits[:, :1]], dim=1).float().clone()
     for r, j in enumerate(reject_at or []):
         if j is not None and j < gamma:
@@ -495,7 +497,7 @@ def test_chain_verify_rejects_at_every_position_with_all_positions_tested_at_onc
     reject_at = [r % (gamma + 1) for r in range(rows)]
     case, block, target, lens = accepting_case(backend, rows, gamma, vocab, reject_at=reject_at)
     for side in (block.logits, block.stats):
-        acc, out = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
+        acc, _ = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
         assert acc.tolist() == [min(j, gamma) for j in reject_at]
         assert counters_at_rest()
 
@@ -509,13 +511,17 @@ def test_chain_verify_counters_serve_repeated_launches_and_the_rejected_flag_bot
     verify.forget_counters()
     sequence = [[None] * rows, [r % gamma if r % 2 else None for r in range(rows)], [None] * rows, [1] * rows]
     for step, reject_at in enumerate(sequence):
-        case, block, target, lens = accepting_case(backend, rows, gamma, vocab, reject_at=reject_at, seed=step)
+        case, block, target, lens = accepting_case(
+            backend, rows, gamma, vocab, reject_at=reject_at, seed=step
+        )
         for side in (block.stats, block.logits):
             acc, out = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
             expected = [gamma if j is None else j for j in reject_at]
             assert acc.tolist() == expected
             assert counters_at_rest()
-            again = verify.chain_verify(target, side, block.tokens, lens, case["temperature"], seed=9, offset=4)
+            again = verify.chain_verify(
+                target, side, block.tokens, lens, case["temperature"], seed=9, offset=4
+            )
             assert torch.equal(again[0], acc) and torch.equal(again[1], out)
             assert counters_at_rest()
     assert len(verify._COUNTERS) == 1  # one buffer for the whole sequence
@@ -530,9 +536,9 @@ def test_chain_verify_bonus_draw_matches_the_reference_at_any_temperature(backen
     gamma = 3
     for vocab in backend.size((32768, 4099), (2048, 1001)):
         rows = backend.size(64, 24)
-        case, block, target, lens = accepting_case(backend, rows, gamma, vocab, greedy_every=rows + 1)
+        _, block, target, lens = accepting_case(backend, rows, gamma, vocab, greedy_every=rows + 1)
         temp = torch.full((rows,), temperature, device=backend.device)
-        acc, out = assert_verify_matches(backend, target, block.logits, block, lens, temp)
+        acc, _ = assert_verify_matches(backend, target, block.logits, block, lens, temp)
         # p == q accepts unless the token's probability underflows to 0 (T = 0.05 rejects some)
         assert bool((acc == gamma).all()) or temperature < 1
         assert int((acc == gamma).sum()) >= rows // 2

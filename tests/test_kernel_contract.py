@@ -321,6 +321,30 @@ def test_plain_topk_inside_a_capture_launches_with_filled_points(backend, monkey
     assert not scheduler._NO_SPS._device_cache
 
 
+def test_chain_verify_counters_first_made_inside_a_capture_are_filled_and_not_cached(backend, monkeypatch):
+    """chain_verify's zero-at-rest counters: a capture that finds none makes them with a device fill
+    (a node of that graph, no host copy) and does not cache graph-owned memory; outside a capture
+    they are made once and reused."""
+    from test_gpu_kernels import assert_verify_matches, verify_case
+
+    case, block, target, lens = verify_case(backend.device, 6, 3, 1024)
+    args = (target, block.stats, block.tokens, lens, case["temperature"])
+    verify.forget_counters()
+    with monkeypatch.context() as capture:
+        capture.setattr(_dispatch, "capture_active", lambda device: True)
+        _forbid_host_copies(capture)
+        inside = verify.chain_verify(*args, seed=2, offset=5)
+        assert backend.ran("chain_verify")
+        assert not verify._COUNTERS
+    outside = verify.chain_verify(*args, seed=2, offset=5)
+    cached = list(verify._COUNTERS.values())
+    assert len(cached) == 1 and not bool(cached[0].any())
+    verify.chain_verify(*args, seed=2, offset=5)
+    assert list(verify._COUNTERS.values())[0] is cached[0]
+    assert torch.equal(inside[0], outside[0]) and torch.equal(inside[1], outside[1])
+    assert_verify_matches(backend, *args[:2], block, lens, case["temperature"], seed=2, offset=5)
+
+
 # ---------------------------------------------------------------------------------------
 # 2.6 NaN with value checks off: the first NaN wins an argmax; a NaN confidence admits nothing
 
