@@ -340,7 +340,7 @@ def test_chain_verify_counters_first_made_inside_a_capture_are_filled_and_not_ca
     cached = list(verify._COUNTERS.values())
     assert len(cached) == 1 and not bool(cached[0].any())
     verify.chain_verify(*args, seed=2, offset=5)
-    assert list(verify._COUNTERS.values())[0] is cached[0]
+    assert next(iter(verify._COUNTERS.values())) is cached[0]
     assert torch.equal(inside[0], outside[0]) and torch.equal(inside[1], outside[1])
     assert_verify_matches(backend, *args[:2], block, lens, case["temperature"], seed=2, offset=5)
 
