@@ -782,7 +782,7 @@ size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, 
          sizeof(ArgMax) * rows * tiles;
 }
 
-int64_t chain_verify_counter_words() { return kGlobalCounters + 2 * kMaxRows; }
+size_t chain_verify_counter_bytes() { return sizeof(int32_t) * (kGlobalCounters + 2 * kMaxRows); }
 
 std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, int draft_dtype, int weight_dtype,
                                 void* workspace, uintptr_t cuda_stream) {

@@ -48,8 +48,8 @@ void bind_chain_verify(py::module_& m) {
   m.def("chain_verify_workspace_bytes", &chain_verify_workspace_bytes, py::arg("rows"),
         py::arg("gamma"), py::arg("vocab"), py::arg("stat_chunks"), py::arg("weight_bytes"),
         "Bytes of scratch chain_verify needs.");
-  m.def("chain_verify_counter_words", &chain_verify_counter_words,
-        "int32 counters chain_verify needs (zero before the first launch, left zero by every launch).");
+  m.def("chain_verify_counter_bytes", &chain_verify_counter_bytes,
+        "Bytes of int32 counters chain_verify needs (zero before the first launch, left zero by every launch).");
 }
 
 }  // namespace dspark_sgl

@@ -258,7 +258,7 @@ def _counters(device: torch.device) -> torch.Tensor:
     cached = _COUNTERS.get(_counter_key(device))
     if cached is not None:
         return cached
-    words = _dispatch.kernel("chain_verify_counter_words")()
+    words = _dispatch.kernel("chain_verify_counter_bytes")() // 4
     counters = torch.zeros(words, dtype=torch.int32, device=device)
     if not _dispatch.capture_active(device):
         _COUNTERS[_counter_key(device)] = counters
