@@ -502,6 +502,7 @@ def test_chain_verify_rejects_at_every_position_with_all_positions_tested_at_onc
         assert counters_at_rest()
 
 
+@pytest.mark.race_schedule
 def test_chain_verify_counters_serve_repeated_launches_and_the_rejected_flag_both_ways(backend):
     """One sequence on the same counters, as graph replays would run it: nothing rejected, some
     rows rejected, nothing rejected, every sampled row rejected; each call matches the reference,
