@@ -262,19 +262,23 @@ struct Slab {
   }
 };
 
-// The reference's operations element by element (common.cuh: NaN first, -inf adds nothing).
-template <typename T>
+// The reference's operations element by element (common.cuh: NaN first, -inf adds nothing), over
+// the same columns as the fast scan of kG-column groups (this thread's groups).
+template <typename T, int kG>
 __device__ void scan_exact(const T* row, const Slab& slab, float t, bool bonus, const BonusNoise& noise,
                            SoftmaxStats& stats, ArgMax& argmax, ArgMax& best) {
   stats = SoftmaxStats::empty();
   argmax = ArgMax::empty();
   best = ArgMax::empty();
-  slab.for_each<1>(row, [&](const T* p, int32_t v) {
-    const float x = load_float(p);
-    const float scaled = __fdiv_rn(x, t);
-    stats.add(scaled);
-    argmax.add(x, v);
-    if (bonus) best.add(__fadd_rn(scaled, gumbel_from_bits(philox_word(noise.block(v), v))), v);
+  slab.for_each<kG>(row, [&](const T* p, int32_t v0) {
+    for (int i = 0; i < kG && v0 + i < slab.end; ++i) {
+      const int32_t v = v0 + i;
+      const float x = load_float(p + i);
+      const float scaled = __fdiv_rn(x, t);
+      stats.add(scaled);
+      argmax.add(x, v);
+      if (bonus) best.add(__fadd_rn(scaled, gumbel_from_bits(philox_word(noise.block(v), v))), v);
+    }
   });
 }
 
@@ -321,7 +325,7 @@ __device__ __forceinline__ void scan_row(const T* row, const Slab& slab, float t
     stats = scan.stats(t);
     argmax = scan.argmax();
   } else {
-    scan_exact(row, slab, t, bonus, noise, stats, argmax, best);
+    scan_exact<T, kG>(row, slab, t, bonus, noise, stats, argmax, best);
   }
 }
 
