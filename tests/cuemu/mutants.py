@@ -117,6 +117,15 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "verify_rescan_other_columns",
+        "chain_verify.cu",
+        "    scan_exact<T, kG>(row, slab, t, bonus, noise, stats, argmax, best);",
+        "    scan_exact<T, 1>(row, slab, t, bonus, noise, stats, argmax, best);",
+        "the exact NaN/inf rescan walks other columns than the thread's fast scan: a NaN is lost",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
         "verify_ticket_not_reset",
         "chain_verify.cu",
         "  pass1_tickets(args)[row] = 0;  // every CTA of this request has taken its ticket\n",
@@ -214,6 +223,8 @@ def _check_verify() -> list[str]:
     from kernel_backend import Backend, counting_launches
     from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest, verify_case
 
+    from dspark_sgl import verify
+
     backend = Backend("cuemu", torch.device("cpu"), full=False)
     failures = []
 
@@ -234,6 +245,21 @@ def _check_verify() -> list[str]:
         # every draft accepted at a high temperature: every sampled row's bonus, every column a candidate
         case, block, target, lens = accepting_case(backend, 16, 3, 1024, greedy_every=17)
         check("bonus T=8", target, block.logits, block, lens, torch.full((16,), 8.0))
+        # a NaN in a bonus row (value checks off): the first NaN is drawn (the exact rescan)
+        target[:, 3, 100:116] = float("nan")
+        old = os.environ.get("DSPARK_SGL_CHECK_VALUES")
+        os.environ["DSPARK_SGL_CHECK_VALUES"] = "0"
+        try:
+            acc, out = verify.chain_verify(
+                target, block.logits, block.tokens, lens, torch.ones(16), seed=1, offset=1
+            )
+            if not bool((acc == 3).all() and (out[:, 3] == 100).all()):
+                failures.append("bonus row with a NaN: the first NaN is not drawn")
+        finally:
+            if old is None:
+                os.environ.pop("DSPARK_SGL_CHECK_VALUES")
+            else:
+                os.environ["DSPARK_SGL_CHECK_VALUES"] = old
     return failures
 
 
