@@ -20,9 +20,10 @@ geometry gives. The budgets of the issue are printed as met / NOT met.
 ``--check`` exits 1 when a budget is broken. ``--extension`` reads the SASS of a built
 extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached under build/).
 What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
-(W1 rows gathered by every CTA), the confidence head, the per-position accept loop of
-verification, and the scheduler's SPS bisection (once per thread). Static counts
-include branches an iteration does not take, so issue-bound rows err high.
+(W1 rows gathered by every CTA), the confidence head, verification's acceptance tests (one
+warp a request; its chunk merges are modeled) and its out-of-line new-maximum path (a few per
+thread), the MUFU unit's quarter rate, and the scheduler's SPS bisection (once per thread).
+Static counts include branches an iteration does not take, so issue-bound rows err high.
 """
 
 from __future__ import annotations
