@@ -20,9 +20,10 @@ geometry gives. The budgets of the issue are printed as met / NOT met.
 ``--check`` exits 1 when a budget is broken. ``--extension`` reads the SASS of a built
 extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached under build/).
 What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
-(W1 rows gathered by every CTA), the confidence head, the per-position accept loop of
-verification, and the scheduler's SPS bisection (once per thread). Static counts
-include branches an iteration does not take, so issue-bound rows err high.
+(W1 rows gathered by every CTA), the confidence head, verification's acceptance tests (one
+warp a request; its chunk merges are modeled) and its out-of-line new-maximum path (a few per
+thread), the MUFU unit's quarter rate, and the scheduler's SPS bisection (once per thread).
+Static counts include branches an iteration does not take, so issue-bound rows err high.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ _MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\)"
 _ONE_COPY = (r"^LDGSTS\b", 1)  # one cp.async (LDGSTS) per staged 16-byte piece
 _WMMA_STEP = (r"^(HMMA|HGMMA)\b", 2)  # wmma m16n16k16 bf16 = two HMMA.16816
 _PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
+_ROWS_KERNEL = "verify_rows_kernel<__nv_bfloat16, __nv_bfloat16>"
+_PLAIN_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> plain;"
+_BONUS_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> group;"
 
 
 def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopName]:
@@ -198,27 +202,80 @@ LOOPS: list[LoopName] = [
     *_markov_loops(64),
     *_markov_loops(128),
     LoopName(
-        "verify.stats_vector",
-        "verify_stats_kernel<__nv_bfloat16, __nv_bfloat16>",
-        ((_VERIFY, r"for \(int64_t v0 = start \+ 4 \* threadIdx\.x;"),),
+        "verify.rows.target",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"scan_row<TT, decltype\(group\)::value>\(target,"), (_VERIFY, _PLAIN_SCAN)),
+        8,
+        "target logit (16-byte group of 8)",
+    ),
+    LoopName(
+        "verify.rows.bonus",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"scan_row<TT, decltype\(group\)::value>\(target,"), (_VERIFY, _BONUS_SCAN)),
+        8,
+        "target logit of the bonus row (group of 8)",
+    ),
+    LoopName(
+        "verify.rows.bonus_candidates",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"template <int kG>\n__device__ __noinline__ ArgMax bonus_candidates\("),),
+        1,
+        "candidate group of 8, whole out-of-line path (its exact scores included)",
+        kind="code",
+    ),
+    LoopName(
+        "verify.rows.bonus_exact",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"best\.add\(__fadd_rn\(__fdiv_rn\(group\.x\[4 \* q \+ i\], t\)"),),
+        8,
+        "exact column (IEEE x / T, two logf, score)",
+        kind="code",
+    ),
+    LoopName(
+        "verify.rows.draft",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"scan_row<DT, decltype\(group\)::value>\(draft,"), (_VERIFY, _PLAIN_SCAN)),
+        8,
+        "draft logit (group of 8; full draft logits only)",
+    ),
+    LoopName(
+        "verify.rows.merge",
+        _ROWS_KERNEL,
+        ((_VERIFY, r"for \(int c = threadIdx\.x % 32; c < chunks; c \+= 32\) s\.merge"),),
+        1,
+        "chunk partial (the request's last CTA)",
+    ),
+    LoopName(
+        "verify.residual.logits",
+        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"slab\.for_each<4>\(target, \[&\]\(const TT\* p, int32_t v0\) \{"),),
         4,
-        "target logit (outer, 4 a step)",
+        "stop-row column of a rejected row (Philox block of 4, its headroom and uniform tests)",
     ),
     LoopName(
-        "verify.stats_element",
-        "verify_stats_kernel<__nv_bfloat16, __nv_bfloat16>",
-        ((_VERIFY, r"for \(int i = 0; i < n; \+\+i\) \{\n\s*ts\.add"),),
+        "verify.residual.logits_candidates",
+        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"template <typename DT>\n__device__ __noinline__ ArgMax residual_candidates\("),),
         1,
-        "target logit (inner)",
+        "candidate block of 4, whole out-of-line path (its exact scores included)",
+        kind="code",
     ),
-    *_tile_loops("verify.resample", "verify_resample_markov_kernel", _VERIFY, 64),
-    *_tile_loops("verify.resample", "verify_resample_markov_kernel", _VERIFY, 128),
     LoopName(
-        "verify.finalize",
-        "verify_finalize_kernel",
-        ((_VERIFY, r"for \(int tile = threadIdx\.x; tile < tiles; tile \+= blockDim\.x\) best\.merge"),),
+        "verify.residual.logits_exact",
+        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        ((_VERIFY, r"residual_column\(best, rr\.info,"),),
+        4,
+        "exact residual column (IEEE p, q, logf, Gumbel)",
+        kind="code",
+    ),
+    *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 64),
+    *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 128),
+    LoopName(
+        "verify.residual.merge",
+        "verify_residual_markov_kernel<__nv_bfloat16, __nv_bfloat16, 64>",
+        ((_VERIFY, r"for \(int part = threadIdx\.x % 32; part < parts; part \+= 32\) best\.merge"),),
         1,
-        "tile partial",
+        "tile partial of a rejected row",
     ),
     *(
         LoopName(
@@ -526,46 +583,130 @@ def markov_block(
 
 
 def stat_chunks(vocab: int, rows: int, gamma: int) -> int:
-    """CTAs per (row, position) of the statistics pass (dspark_sgl/verify.py _stat_chunks)."""
+    """CTAs per (row, position) of pass 1 (dspark_sgl/verify.py _stat_chunks)."""
     return max(1, min(math.ceil(4 * SMS / (rows * (gamma + 1))), math.ceil(vocab / 2048)))
 
 
-def verify(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> ModeledOp:
-    """chain_verify, statistics form: every row sampled, verified to g, rejected at some s < g."""
+ROW_THREADS = 256  # chain_verify.cu kRowThreads
+ROW_PARTIAL = 32  # RowPartial: 2 SoftmaxStats + 2 ArgMax
+STOP_INFO = 24
+RESIDUAL_PARTIAL = 8  # ArgMax
+# The bounded Gumbel draws' candidate path (benchmarks/gumbel_candidates.py, 2026-12-01, on the
+# embedded target's logits and synthetic V = 129280 rows at T = 0.6 / 1 / 1.5): every group and
+# every Philox block takes it (measured 0.90-1.00: the logits' spread is below G_max + ln V), and
+# the columns scored exactly per thread fit 2.4 + 1.2 ln(columns per thread) (measured 4.9 at 8,
+# 5.4 at 16, 9.4 at 505 columns per thread). The residual draw of pass 2 is modeled the same way.
+BONUS_CANDIDATE_GROUPS = 1.0
+
+
+def bonus_exact_columns(vocab: int, chunks: int) -> float:
+    """Columns of one bonus row scored exactly (the fit above), all threads of its chunks."""
+    per_thread = max(1.0, vocab / (chunks * ROW_THREADS))
+    return min(per_thread, 2.4 + 1.2 * math.log(per_thread)) * chunks * ROW_THREADS
+
+
+def _bonus_row_instructions(vocab: int, chunks: int, loops: Mapping[str, float]) -> float:
+    """One bonus row: the lean loop, the candidate groups' headrooms, Philox and uniform tests,
+    and the exact scores."""
+    return (
+        loops["verify.rows.bonus"] * vocab
+        + BONUS_CANDIDATE_GROUPS
+        * (vocab / 8)
+        * (loops["verify.rows.bonus_candidates"] - 8 * loops["verify.rows.bonus_exact"])
+        + bonus_exact_columns(vocab, chunks) * loops["verify.rows.bonus_exact"]
+    )
+
+
+VERIFY_CASES = {
+    "chain_verify": "nothing rejected (statistics form)",
+    "chain_verify_rejected_logits": "every sampled row rejected, full draft logits given",
+    "chain_verify_rejected_w2": "every sampled row rejected, statistics form (W2 recompute)",
+}
+
+
+def verify(
+    vocab: int, rows: int, gamma: int, loops: Mapping[str, float], case: str = "chain_verify"
+) -> ModeledOp:
+    """chain_verify: every row sampled and verified to g. ``case`` (VERIFY_CASES): nothing
+    rejected (pass 1 reads the g + 1 target rows and draws the bonus at the last; pass 2 exits at
+    once), or every row rejected at its last draft s = g - 1 (pass 1 reads every row, with full
+    draft logits the g draft rows too; pass 2 reads the stop row, and the draft row or W2 + the base
+    row)."""
     positions = rows * (gamma + 1)
     chunks = stat_chunks(vocab, rows, gamma)
     target = positions * vocab * ELEM
-    stat_partials = positions * chunks * 24  # StatPartial: 6 x 4 bytes
-    geo = _tile_geometry(vocab, rows)
-    resample_partials = rows * geo["tiles"] * 16  # ResamplePartial: 2 ArgMax
-    stats = Launch(
-        "verify_stats_kernel<bf16, bf16>",
-        target + rows * 12 + stat_partials,
-        (loops["verify.stats_vector"] + loops["verify.stats_element"]) * positions * vocab,
+    logits_form = case == "chain_verify_rejected_logits"
+    rejected = case != "chain_verify"
+    partials = positions * chunks * ROW_PARTIAL
+    draft = rows * gamma * vocab * ELEM if logits_form else 0
+    row_instructions = rows * gamma * vocab * loops["verify.rows.target"]
+    if logits_form:
+        row_instructions += rows * gamma * vocab * loops["verify.rows.draft"]
+    if not rejected:  # the bonus at j = g; a rejected row's g + 1-th row is plain statistics
+        row_instructions += rows * _bonus_row_instructions(vocab, chunks, loops)
+    else:
+        row_instructions += rows * vocab * loops["verify.rows.target"]
+    row_instructions += positions * chunks * loops["verify.rows.merge"]
+    # Per request: lens, temperature; the last CTA reads the partials, the drafted tokens, their
+    # target logits and draft statistics (12 bytes a position) and writes the chain and StopInfo.
+    pass1 = Launch(
+        "verify_rows_kernel<bf16, bf16>",
+        target
+        + draft
+        + 2 * partials
+        + rows * (12 + gamma * (8 + ELEM + 12) + (gamma + 1) * 8 + 4 + STOP_INFO),
+        row_instructions,
     )
-    accept = Launch(
-        "verify_accept_kernel<bf16, bf16>",
-        stat_partials + rows * gamma * (8 + 12 + ELEM) + rows * (4 + 24) + positions * 8,
-    )
-    resample = Launch(
-        f"verify_resample_markov_kernel<bf16, bf16, {geo['tile_v']}>",
-        vocab * RANK * ELEM + 2 * rows * vocab * ELEM + rows * RANK * ELEM + rows * 24 + resample_partials,
-        _tile_instructions("verify.resample", geo, loops),
-    )
-    finalize = Launch(
-        "verify_finalize_kernel",
-        resample_partials + rows * 8,
-        loops["verify.finalize"] * rows * geo["tiles"],
-    )
+    notes = [
+        "floor: the target logits read once; pass 2 counted as a launch even when it exits at once",
+        "bonus draw: candidate fractions measured by benchmarks/gumbel_candidates.py (see cost_model.py)",
+    ]
+    if not rejected:
+        tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])
+        pass2 = Launch("verify_residual_markov_kernel (exits: nothing rejected)", tiles * 4)
+    elif logits_form:
+        parts = min(chunks * (gamma + 1), math.ceil(vocab / 2048))
+        resample = rows * parts * RESIDUAL_PARTIAL
+        pass2 = Launch(
+            "verify_residual_kernel<bf16, bf16>",
+            # the stop row of the target; of the draft only the exactly scored columns (sectors)
+            rows * vocab * ELEM
+            + rows * bonus_exact_columns(vocab, parts) * 32
+            + rows * STOP_INFO
+            + 2 * resample,
+            loops["verify.residual.logits"] * rows * vocab
+            + BONUS_CANDIDATE_GROUPS
+            * rows
+            * (vocab / 4)
+            * (loops["verify.residual.logits_candidates"] - 4 * loops["verify.residual.logits_exact"])
+            + rows * bonus_exact_columns(vocab, parts) * loops["verify.residual.logits_exact"]
+            + loops["verify.residual.merge"] * rows * parts,
+        )
+    else:
+        geo = _tile_geometry(vocab, rows)
+        resample = rows * geo["tiles"] * RESIDUAL_PARTIAL
+        pass2 = Launch(
+            f"verify_residual_markov_kernel<bf16, bf16, {geo['tile_v']}>",
+            vocab * RANK * ELEM
+            + 2 * rows * vocab * ELEM
+            + rows * RANK * ELEM
+            + rows * STOP_INFO
+            + 2 * resample,
+            _tile_instructions("verify.residual", geo, loops)
+            + loops["verify.residual.merge"] * rows * geo["tiles"],
+        )
+        notes.append(
+            "W2 recompute: W2 read once per launch (at R * g < r keeping the draft logits moves less)"
+        )
     return ModeledOp(
-        "chain_verify",
+        case,
         vocab,
         rows,
         gamma,
-        [stats, accept, resample, finalize],
+        [pass1, pass2],
         _sglang(sglang_path_model.verify(vocab, rows, gamma, ELEM)),
         target,
-        ["floor: the target logits read once; accept loop instructions not modeled"],
+        notes,
     )
 
 
@@ -630,7 +771,7 @@ def model(loops: Mapping[str, float]) -> list[ModeledOp]:
         for rows in ROWS:
             for gamma in GAMMAS:
                 paths.append(markov_block(vocab, rows, gamma, loops))
-                paths.append(verify(vocab, rows, gamma, loops))
+                paths.extend(verify(vocab, rows, gamma, loops, case) for case in VERIFY_CASES)
     for rows in ROWS:
         for gamma in SCHEDULE_GAMMAS:
             for asynchronous in (False, True):
@@ -902,8 +1043,9 @@ def report(
         *_table(LOOP_HEADER, [loop_cells(c) for c in counts.values()]),
         "",
         "Modeled table (bf16 logits and weights, r = 256; Markov block: g positions, statistics form;"
-        " verification: statistics form, every row sampled and rejected; SGLang: bytes and launches"
-        " only, a lower bound):",
+        " verification: every row sampled and verified to g, "
+        + "; ".join(f"{op}: {what}" for op, what in VERIFY_CASES.items())
+        + "; SGLang: bytes and launches only, a lower bound):",
         "",
         *_table(PATH_HEADER, [path_cells(p) for p in paths]),
         "",

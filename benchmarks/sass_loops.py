@@ -340,7 +340,8 @@ class LoopName:
     # in the SASS body over this count. None: the SASS loop is taken as one source iteration.
     anchor: tuple[str, int] | None = None
     # "loop": a SASS loop (above); "code": every instruction of the named frames, loop or not
-    # (an out-of-line function's static size: what one call issues with every branch taken).
+    # (straight-line code: an unrolled region or an out-of-line function's static size, what
+    # one pass issues with every branch taken).
     kind: str = "loop"
 
 
@@ -428,22 +429,7 @@ def count_loop(
     if not named:
         raise LookupError(f"{loop.name}: no instruction of {loop.kernel} comes from {ranges}")
     if loop.kind == "code":
-        ops = Counter()
-        for i in named:
-            for cls, pattern in OPCODE_CLASSES.items():
-                if re.match(pattern, fn.instructions[i].opcode):
-                    ops[cls] += 1
-        file, lo, hi = ranges[0]
-        return LoopCount(
-            name=loop.name,
-            kernel=loop.kernel,
-            instructions=len(named),
-            per_iteration=loop.per_iteration,
-            unit=loop.unit,
-            source=f"{file}:{lo}-{hi}" + "".join(f" > {f}:{a}-{b}" for f, a, b in ranges[1:]),
-            coverage=1.0,
-            opcodes=dict(ops),
-        )
+        return _straight_count(fn, loop, ranges, named)
     spans = fn.loops()
     named_set = set(named)
 
@@ -489,6 +475,32 @@ def count_loop(
         coverage=len(mostly_named[span]) / len(named),
         unroll=unroll,
         opcodes=dict(ops),
+    )
+
+
+def _opcode_classes(opcodes: list[str]) -> dict[str, int]:
+    ops = Counter()
+    for opcode in opcodes:
+        for cls, pattern in OPCODE_CLASSES.items():
+            if re.match(pattern, opcode):
+                ops[cls] += 1
+    return dict(ops)
+
+
+def _straight_count(
+    fn: Function, loop: LoopName, ranges: list[tuple[str, int, int]], named: list[int]
+) -> LoopCount:
+    """A straight-line region: every instruction whose chain passes the frames, in one count."""
+    file, lo, hi = ranges[0]
+    return LoopCount(
+        name=loop.name,
+        kernel=loop.kernel,
+        instructions=len(named),
+        per_iteration=loop.per_iteration,
+        unit=loop.unit,
+        source=f"{file}:{lo}-{hi}" + "".join(f" > {f}:{a}-{b}" for f, a, b in ranges[1:]),
+        coverage=1.0,
+        opcodes=_opcode_classes([fn.instructions[i].opcode for i in named]),
     )
 
 

@@ -1,21 +1,32 @@
 // chain_verify: tree-free chain verification (rejection sampling, residual resample, bonus).
 //
-// Four launches, none of which waits on the host:
-//   verify_stats_kernel    grid (chunks, g+1, R): for every verified position j <= l_r, the
-//                          target's softmax statistics of t / T and its argmax (greedy), and
-//                          the draft's statistics when full draft logits are given. Several
-//                          CTAs per (row, position) so that small batches fill the GPU.
-//   verify_accept_kernel   one warp per request: merges the chunks, runs the acceptance tests
-//                          u_j * q_j(x_j) < p_j(x_j) left to right (greedy: x_j == argmax),
-//                          writes accept_lens, the accepted tokens and greedy rows' token.
-//   verify_resample_kernel one CTA per vocabulary tile, every sampled request: the Gumbel-max
-//                          winner of the residual max(0, p_s - q_s) and of the bonus p_s at the
-//                          stop position s. Without full draft logits, the draft row at s is
-//                          recomputed from the Markov head (W2 tile read once for all rows).
-//   verify_finalize_kernel one CTA per request: merges the tiles, writes the token at s.
-// Every vocabulary row is read once, plus the target (and draft) row at s of sampled rows.
+// Two launches, neither of which waits on the host:
+//   verify_rows_kernel      pass 1, grid (chunks, g+1, R): every verified target row j <= l_r is
+//                           read once, in `chunks` CTAs along V. Each CTA writes the softmax
+//                           statistics of t / T of its slab, the raw argmax (greedy) and, at
+//                           the last verified row j = l_r of a sampled request, the bounded
+//                           Gumbel-max draw of t / T + G (the bonus); with full draft logits it
+//                           also reads draft row j < l_r for q's statistics. The last CTA of a
+//                           request (a ticket in `counters`, reset by that CTA) merges the
+//                           chunks and runs the acceptance tests u_j q_j(x_j) < p_j(x_j) of all
+//                           positions in parallel (a warp ballot finds the first failure),
+//                           writes accept_lens and out_tokens, and counts the sampled requests
+//                           that were rejected.
+//   verify_residual_kernel  pass 2 (one of two forms), behind that device-side count: launched
+//                           unconditionally, every CTA exits at once when nothing was rejected.
+//                           Otherwise it draws the correction argmax(log max(0, p_s - q_s) + G)
+//                           (the bonus at s when every residual is 0) at the stop row s of each
+//                           rejected sampled request; without full draft logits the draft row at
+//                           s is recomputed from the Markov head (verify_residual_markov_kernel,
+//                           the W2 tile read once for all rows). The last tile of a row (a
+//                           ticket) merges it; the last CTA resets the count.
+// Counters (int32, a layout independent of R): [0] rejected requests, [1] the pass-2 CTA ticket,
+// then kMaxRows pass-1 tickets and kMaxRows pass-2 tickets. They are created zero and every launch
+// leaves them zero.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cfloat>
 #include <cstdint>
 #include <type_traits>
 
@@ -26,15 +37,66 @@
 namespace dspark_sgl {
 namespace {
 
-constexpr int kStatThreads = 256;
-constexpr int kResampleTileV = 128;  // full-logits resample: one warp per row, 4 columns a lane
-constexpr int kMaxGamma = 32;
+constexpr int kRowThreads = 256;
+constexpr int kRowWarps = kRowThreads / 32;
+constexpr int kMaxGamma = 32;        // positions fit one warp's ballot
+constexpr int32_t kNoIndex = INT32_MAX;
 
-struct StatPartial {
-  float t_max, t_sum;
-  float argmax_score;
-  int32_t argmax_index;
-  float d_max, d_sum;
+// The largest Gumbel value -logf(-logf(u)) the 32-bit uniform can give: u <= 1 - 2^-24, so
+// G <= -log(-log(1 - 2^-24)) = 16.6355 (IEEE logf within 1 ulp); 16.64 leaves 4e-3 to spare.
+constexpr float kGumbelMax = 16.64f;
+// Relative slack of the Gumbel skip test: covers x * (1/T) against the IEEE x / T (<= 3 ulp)
+// and the rounding of the threshold and of the score (see gumbel_threshold).
+constexpr float kSkipSlack = 9.5367431640625e-07f;  // 2^-20
+
+constexpr int64_t kMaxRows = 65535;
+enum CounterSlot : int { kRejectedCount = 0, kResidualTicket = 1, kGlobalCounters = 2 };
+
+__device__ __forceinline__ int32_t* global_counter(const ChainVerifyArgs& a, CounterSlot s) { return a.counters + s; }
+__device__ __forceinline__ int32_t* pass1_tickets(const ChainVerifyArgs& a) { return a.counters + kGlobalCounters; }
+__device__ __forceinline__ int32_t* pass2_tickets(const ChainVerifyArgs& a) {
+  return a.counters + kGlobalCounters + kMaxRows;
+}
+
+// 2^x on the special-function unit (ex2.approx: 2 ulp); the emulator uses libm.
+__device__ __forceinline__ float fast_exp2(float x) {
+#ifdef CUEMU
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
+// A column whose fast-scaled logit ys = x * (1/T) is below this cannot beat `best` with any
+// Gumbel value: the IEEE x / T is within |ys| 2^-22 of ys, the score rn(x / T + G) is at most
+// rn(x / T + kGumbelMax), and the slack (|best| + kGumbelMax) 2^-20 exceeds both roundings.
+// NaN or +inf scores give a NaN threshold: nothing is skipped.
+__device__ __forceinline__ float gumbel_threshold(float best) {
+  return __fsub_rn(__fsub_rn(best, kGumbelMax), __fmul_rn(__fadd_rn(fabsf(best), kGumbelMax), kSkipSlack));
+}
+
+// One CTA's chunk of one (request, position).
+struct RowPartial {
+  SoftmaxStats target;  // of t / T
+  ArgMax argmax;        // of the raw target logits (greedy rows)
+  SoftmaxStats draft;   // of d / T (full draft logits, j < l_r)
+  ArgMax bonus;         // of t / T + G (sampled rows, j == l_r)
+
+  __device__ __forceinline__ static RowPartial empty() {
+    return {SoftmaxStats::empty(), ArgMax::empty(), SoftmaxStats::empty(), ArgMax::empty()};
+  }
+  __device__ __forceinline__ void merge(const RowPartial& o) {
+    target.merge(o.target);
+    argmax.merge(o.argmax);
+    draft.merge(o.draft);
+    bonus.merge(o.bonus);
+  }
+  __device__ __forceinline__ RowPartial lane_xor(int delta, int width) const {
+    return {target.lane_xor(delta, width), argmax.lane_xor(delta, width), draft.lane_xor(delta, width),
+            bonus.lane_xor(delta, width)};
+  }
 };
 
 struct StopInfo {
@@ -44,130 +106,273 @@ struct StopInfo {
 };
 constexpr int32_t kSampled = 1, kRejected = 2;
 
-// Gumbel-max winners over a tile: of log(residual) + G (rejected rows) and of t / T + G.
-struct ResamplePartial {
-  ArgMax residual;
-  ArgMax bonus;
-
-  __device__ __forceinline__ static ResamplePartial empty() { return {ArgMax::empty(), ArgMax::empty()}; }
-  __device__ __forceinline__ void merge(const ResamplePartial& o) {
-    residual.merge(o.residual);
-    bonus.merge(o.bonus);
+// kG consecutive elements as float: one 16-byte load when kG fills it, else scalar loads.
+template <typename T, int kG>
+__device__ __forceinline__ void load_group(const T* p, float (&out)[kG]) {
+  if constexpr (kG == 4 && std::is_same<T, float>::value) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  } else if constexpr (kG == 8 && std::is_same<T, __nv_bfloat16>::value) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {  // bf16 -> float is a shift: one instruction an element
+      out[2 * i] = __uint_as_float(words[i] << 16);
+      out[2 * i + 1] = __uint_as_float(words[i] & 0xFFFF0000u);
+    }
+  } else if constexpr (kG == 8 && std::is_same<T, __half>::value) {
+    const uint4 v = *reinterpret_cast<const uint4*>(p);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const __half2 pair = *reinterpret_cast<const __half2*>(&words[i]);
+      out[2 * i] = __low2float(pair), out[2 * i + 1] = __high2float(pair);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kG; ++i) out[i] = load_float(p + i);
   }
-  __device__ __forceinline__ ResamplePartial lane_xor(int delta, int width) const {
-    return {residual.lane_xor(delta, width), bonus.lane_xor(delta, width)};
+}
+
+__device__ __forceinline__ uint32_t philox_word(const Philox4x32& r, int64_t col) {
+  const int i = static_cast<int>(col & 3);
+  return i == 0 ? r.x : (i == 1 ? r.y : (i == 2 ? r.z : r.w));
+}
+
+// The bonus draw's noise source at one (request, position): Philox blocks of 4 columns.
+struct BonusNoise {
+  uint64_t seed, offset, row;
+  uint32_t position;
+
+  __device__ __forceinline__ Philox4x32 block(int64_t col) const {
+    return philox_block(seed, offset, kStreamResample, row, position, static_cast<uint32_t>(col / 4));
   }
 };
 
-template <typename T>
-__device__ __forceinline__ void load4(const T* p, float out[4]);
-template <>
-__device__ __forceinline__ void load4(const float* p, float out[4]) {
-  const float4 v = *reinterpret_cast<const float4*>(p);
-  out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-}
-template <>
-__device__ __forceinline__ void load4(const __nv_bfloat16* p, float out[4]) {
-  const uint2 v = *reinterpret_cast<const uint2*>(p);
-  const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&v.x);
-  const __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&v.y);
-  out[0] = __low2float(a), out[1] = __high2float(a), out[2] = __low2float(b), out[3] = __high2float(b);
-}
-template <>
-__device__ __forceinline__ void load4(const __half* p, float out[4]) {
-  const uint2 v = *reinterpret_cast<const uint2*>(p);
-  const __half2 a = *reinterpret_cast<const __half2*>(&v.x);
-  const __half2 b = *reinterpret_cast<const __half2*>(&v.y);
-  out[0] = __low2float(a), out[1] = __high2float(a), out[2] = __low2float(b), out[3] = __high2float(b);
+// How far below `best` a column's fast-scaled logit s_fast = x * (1/T) is, less every rounding:
+// a Gumbel value G < y cannot lift the column's score rn(x / T + G) to `best`. The slack covers
+// the IEEE x / T against s_fast (|s_fast| 2^-22), the score's rounding (|best| 2^-24) and the
+// error of the computed G (within 4e-6 for G in [-3, 16.64]). NaN in, NaN out (not skipped).
+__device__ __forceinline__ float gumbel_headroom(float best, float s_fast) {
+  return __fsub_rn(__fsub_rn(best, s_fast),
+                   __fadd_rn(__fmul_rn(__fadd_rn(fabsf(best), fabsf(s_fast)), kSkipSlack), 1.52587890625e-05f));
 }
 
-template <typename TT, typename DT>
-__global__ void __launch_bounds__(kStatThreads)
-    verify_stats_kernel(ChainVerifyArgs args, StatPartial* partials) {
-  const int64_t row = blockIdx.z, j = blockIdx.y, chunk_id = blockIdx.x;
-  const int64_t g = args.gamma, vocab = args.vocab;
-  if (j > clamp_index(args.verify_lens[row], g + 1)) return;  // uniform per CTA
-  const float t = args.temperature[row];
-  const float safe_t = t > 0.0f ? t : 1.0f;
-  const int64_t chunk = ceil_div(ceil_div(vocab, args.stat_chunks), 4) * 4;
-  const int64_t start = chunk_id * chunk, end = min(vocab, start + chunk);
-  const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + j) * vocab;
-  const DT* draft = args.draft_logits != nullptr && j < g
-                        ? static_cast<const DT*>(args.draft_logits) + (row * g + j) * vocab
-                        : nullptr;
-  SoftmaxStats ts = SoftmaxStats::empty(), ds = SoftmaxStats::empty();
-  ArgMax am = ArgMax::empty();
-  const bool vectorized = vocab % 4 == 0;  // rows and chunks start 4-aligned
-  for (int64_t v0 = start + 4 * threadIdx.x; v0 < end; v0 += 4 * blockDim.x) {
-    float x[4], d[4];
-    const int n = end - v0 < 4 ? static_cast<int>(end - v0) : 4;
-    if (vectorized) {
-      load4(target + v0, x);
-      if (draft != nullptr) load4(draft + v0, d);
+// A lower bound of exp(-exp(-y)) for y > 0: a uniform u below it has -log(-log(u)) < y. Two
+// ex2.approx (2 ulp each) give it within 2^-20 relative; the factor 1 - 2^-18 covers that.
+__device__ __forceinline__ float gumbel_uniform_floor(float y) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  return __fmul_rn(fast_exp2(-__fmul_rn(fast_exp2(-__fmul_rn(y, kLog2e)), kLog2e)), 0.99999618530273438f);
+}
+
+// kG columns as float, passed by value (registers) to the out-of-line candidate path.
+template <int kG>
+struct Group {
+  float x[kG];
+};
+
+// The Gumbel candidates of one group (the bonus draw's rare path), by blocks of 4 columns: a
+// block with a column at most kGumbelMax below the best gets its Philox words; only a uniform
+// that can lift its column to the best (above gumbel_uniform_floor) pays for the IEEE x / T, the
+// two logf of G and the reference's score rn(x / T + G). Headrooms use the best at the block's
+// start (a later, higher best would only skip more). Returns the new best; out of line, so the
+// hot loop keeps its registers.
+template <int kG>
+__device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
+                                                BonusNoise noise, ArgMax best) {
+  static_assert(kG % 4 == 0, "whole Philox blocks");
+#pragma unroll
+  for (int q = 0; q < kG / 4; ++q) {
+    float headroom[4];
+    bool near = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      headroom[i] = gumbel_headroom(best.score, __fmul_rn(group.x[4 * q + i], inv_t));
+      near |= !(headroom[i] >= kGumbelMax);
+    }
+    if (!near) continue;
+    const Philox4x32 words = noise.block(v0 + 4 * q);
+    const uint32_t bits[4] = {words.x, words.y, words.z, words.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if (headroom[i] >= kGumbelMax) continue;
+      if (headroom[i] > 0.0f && bits_to_unit_float(bits[i]) < gumbel_uniform_floor(headroom[i])) continue;
+      best.add(__fadd_rn(__fdiv_rn(group.x[4 * q + i], t), gumbel_from_bits(bits[i])), v0 + 4 * q + i);
+    }
+  }
+  return best;
+}
+
+// One thread's running statistics of its slab of a row, in the exp2 domain of the raw logits:
+// max (raw), sum of 2^((x - max) k) with k = log2(e) / T (= sum exp(x / T - max / T)), and the
+// first index of the max. Non-finite input (NaN, +inf, overflow of max * k) makes the sum NaN:
+// the caller then rescans the slab exactly (scan_exact).
+struct FastScan {
+  float max_raw;
+  float max_k;  // max_raw * k; -FLT_MAX while max_raw is -inf, so that a -inf logit adds 0
+  float sum;
+  int32_t index;
+
+  // `first`: the thread's first column (kNoIndex for an empty slab): an all -inf slab's argmax.
+  __device__ __forceinline__ static FastScan empty(int32_t first) { return {-INFINITY, -FLT_MAX, 0.0f, first}; }
+
+  // Adds one group; returns its maximum (fmaxf: a NaN is dropped here and caught by ok()).
+  template <int kG>
+  __device__ __forceinline__ float add(const Group<kG>& g, int32_t v0, float k) {
+    float m = g.x[0];
+#pragma unroll
+    for (int i = 1; i < kG; ++i) m = fmaxf(m, g.x[i]);
+    if (m > max_raw) *this = raised(*this, g, m, v0, k);  // rare after the first groups
+#pragma unroll
+    for (int i = 0; i < kG; ++i) sum += fast_exp2(fmaf(g.x[i], k, -max_k));
+    return m;
+  }
+  __device__ __forceinline__ bool ok() const { return sum == sum; }
+  // The softmax statistics of x / T (the max is the IEEE max / T: division by T > 0 is monotone).
+  __device__ __forceinline__ SoftmaxStats stats(float t) const {
+    return max_raw == -INFINITY ? SoftmaxStats::empty() : SoftmaxStats{__fdiv_rn(max_raw, t), sum};
+  }
+  __device__ __forceinline__ ArgMax argmax() const { return ArgMax{max_raw, index}; }
+
+  // A group holding a new maximum m: rescale the sum, take the group's first index of m.
+  // Out of line: the hot loop keeps its registers.
+  template <int kG>
+  __device__ __noinline__ static FastScan raised(FastScan s, Group<kG> g, float m, int32_t v0, float k) {
+    s.sum = __fmul_rn(s.sum, fast_exp2(__fmul_rn(__fsub_rn(s.max_raw, m), k)));
+    s.max_raw = m;
+    s.max_k = __fmul_rn(m, k);
+#pragma unroll
+    for (int i = kG - 1; i >= 0; --i)
+      if (g.x[i] == s.max_raw) s.index = v0 + i;
+    return s;
+  }
+};
+
+// This thread's slab of one row: columns [start, end) in groups of kG, blockDim.x * kG apart
+// (vocab < 2^31: 32-bit column indices).
+struct Slab {
+  int32_t start, end;
+  __device__ __forceinline__ int32_t first(int kG) const { return start + kG * static_cast<int32_t>(threadIdx.x); }
+  // f(p, v0) for each of this thread's groups: p = row + v0.
+  template <int kG, typename T, typename F>
+  __device__ __forceinline__ void for_each(const T* row, F&& f) const {
+    const int32_t step = kG * static_cast<int32_t>(blockDim.x);
+    const T* p = row + first(kG);
+    for (int32_t v0 = first(kG); v0 < end; v0 += step, p += step) f(p, v0);
+  }
+};
+
+// The reference's operations element by element (common.cuh: NaN first, -inf adds nothing), over
+// the same columns as the fast scan of kG-column groups (this thread's groups).
+template <typename T, int kG>
+__device__ void scan_exact(const T* row, const Slab& slab, float t, bool bonus, const BonusNoise& noise,
+                           SoftmaxStats& stats, ArgMax& argmax, ArgMax& best) {
+  stats = SoftmaxStats::empty();
+  argmax = ArgMax::empty();
+  best = ArgMax::empty();
+  slab.for_each<kG>(row, [&](const T* p, int32_t v0) {
+    for (int i = 0; i < kG && v0 + i < slab.end; ++i) {
+      const int32_t v = v0 + i;
+      const float x = load_float(p + i);
+      const float scaled = __fdiv_rn(x, t);
+      stats.add(scaled);
+      argmax.add(x, v);
+      if (bonus) best.add(__fadd_rn(scaled, gumbel_from_bits(philox_word(noise.block(v), v))), v);
+    }
+  });
+}
+
+// Statistics (and the bonus draw when `bonus`) of this thread's slab of one row.
+template <typename T, int kG>
+__device__ __forceinline__ void scan_row(const T* row, const Slab& slab, float t, bool bonus,
+                                         const BonusNoise& noise, SoftmaxStats& stats, ArgMax& argmax,
+                                         ArgMax& best) {
+  const float k = __fdiv_rn(1.4426950408889634f, t);
+  FastScan scan = FastScan::empty(slab.first(kG) < slab.end ? slab.first(kG) : kNoIndex);
+  best = ArgMax::empty();
+  if (bonus) {
+    const float inv_t = __frcp_rn(t);
+    float threshold = gumbel_threshold(best.score);
+    if constexpr (kG == 1) {  // unaligned rows: one column at a time, candidates inline
+      slab.for_each<1>(row, [&](const T* p, int32_t v) {
+        Group<1> one;
+        load_group<T, 1>(p, one.x);
+        scan.add(one, v, k);
+        if (!(__fmul_rn(one.x[0], inv_t) < threshold)) {
+          best.add(__fadd_rn(__fdiv_rn(one.x[0], t), gumbel_from_bits(philox_word(noise.block(v), v))), v);
+          threshold = gumbel_threshold(best.score);
+        }
+      });
     } else {
-      for (int i = 0; i < n; ++i) {
-        x[i] = load_float(target + v0 + i);
-        if (draft != nullptr) d[i] = load_float(draft + v0 + i);
-      }
+      slab.for_each<kG>(row, [&](const T* p, int32_t v0) {
+        Group<kG> group;
+        load_group<T, kG>(p, group.x);
+        const float m = scan.add(group, v0, k);
+        if (!(__fmul_rn(m, inv_t) < threshold)) {  // a Gumbel candidate (NaN: the exact rescan)
+          best = bonus_candidates<kG>(group, v0, t, inv_t, noise, best);
+          threshold = gumbel_threshold(best.score);
+        }
+      });
     }
-    for (int i = 0; i < n; ++i) {
-      ts.add(__fdiv_rn(x[i], safe_t));
-      am.add(x[i], static_cast<int32_t>(v0 + i));
-      if (draft != nullptr) ds.add(__fdiv_rn(d[i], safe_t));
-    }
+  } else {
+    slab.for_each<kG>(row, [&](const T* p, int32_t v0) {
+      Group<kG> plain;
+      load_group<T, kG>(p, plain.x);
+      scan.add(plain, v0, k);
+    });
   }
-  __shared__ SoftmaxStats s_ts[kStatThreads / 32], s_ds[kStatThreads / 32];
-  __shared__ ArgMax s_am[kStatThreads / 32];
-  ts = block_merge(ts, s_ts);
-  ds = block_merge(ds, s_ds);
-  am = block_merge(am, s_am);
-  if (threadIdx.x == 0) {
-    partials[(row * (g + 1) + j) * args.stat_chunks + chunk_id] =
-        StatPartial{ts.max, ts.sum, am.score, am.index, ds.max, ds.sum};
+  if (scan.ok()) {
+    stats = scan.stats(t);
+    argmax = scan.argmax();
+  } else {
+    scan_exact<T, kG>(row, slab, t, bonus, noise, stats, argmax, best);
   }
 }
 
-struct PositionStats {
-  SoftmaxStats target;
-  ArgMax argmax;
-  SoftmaxStats draft;
-};
-
-__device__ PositionStats merge_chunks(const StatPartial* p, int chunks) {
-  PositionStats s{SoftmaxStats::empty(), ArgMax::empty(), SoftmaxStats::empty()};
-  for (int c = threadIdx.x; c < chunks; c += 32) {
-    s.target.merge(SoftmaxStats{p[c].t_max, p[c].t_sum});
-    s.argmax.add(p[c].argmax_score, p[c].argmax_index);
-    s.draft.merge(SoftmaxStats{p[c].d_max, p[c].d_sum});
+// 16-byte groups when every row starts 16-byte aligned (V a multiple of the group), else scalar.
+template <typename T, typename F>
+__device__ __forceinline__ void with_group(int64_t vocab, F&& f) {
+  constexpr int kG = 16 / sizeof(T);
+  if (vocab % kG == 0) {
+    f(std::integral_constant<int, kG>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
   }
-  s.target = group_reduce<32>(s.target);
-  s.argmax = group_reduce<32>(s.argmax);
-  s.draft = group_reduce<32>(s.draft);
-  return s;  // identical in every lane
 }
 
+__device__ __forceinline__ int64_t chunk_columns(int64_t vocab, int chunks) {
+  return ceil_div(ceil_div(vocab, chunks), 8) * 8;
+}
+
+// Merges row `j`'s chunk partials with the lanes of one warp; the result is lane 0's.
+__device__ __forceinline__ RowPartial merge_chunks(const RowPartial* p, int chunks) {
+  RowPartial s = RowPartial::empty();
+  for (int c = threadIdx.x % 32; c < chunks; c += 32) s.merge(p[c]);
+  return group_reduce<32>(s);
+}
+
+// The last CTA of a request: merges every position, tests them all at once, writes the chain.
 template <typename TT, typename DT>
-__global__ void verify_accept_kernel(ChainVerifyArgs args, const StatPartial* partials,
-                                     StopInfo* stops) {
-  const int64_t row = blockIdx.x, g = args.gamma, vocab = args.vocab;
-  const int64_t len = clamp_index(args.verify_lens[row], g + 1);
-  const float t = args.temperature[row];
-  const bool sampled = t > 0.0f;
-  const float safe_t = sampled ? t : 1.0f;
+__device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* partials, StopInfo* stops,
+                               int64_t row, int64_t len, bool sampled, float safe_t) {
+  __shared__ SoftmaxStats s_target[kMaxGamma + 1], s_draft[kMaxGamma + 1];
+  __shared__ int32_t s_argmax[kMaxGamma + 1], s_bonus[kMaxGamma + 1];
+  __shared__ uint32_t s_accept[kMaxGamma];
+  const int64_t g = args.gamma, vocab = args.vocab;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t* tokens = args.draft_tokens + row * g;
   uint64_t seed, offset;
   args.philox.resolve(seed, offset);
-  const TT* target = static_cast<const TT*>(args.target_logits);
-  const int64_t* tokens = args.draft_tokens + row * g;
-  const StatPartial* row_partials = partials + row * (g + 1) * args.stat_chunks;
-
-  int64_t stop = len;
-  PositionStats s{};
-  for (int64_t j = 0; j < len; ++j) {
-    s = merge_chunks(row_partials + j * args.stat_chunks, args.stat_chunks);
+  for (int64_t j = warp; j <= len; j += kRowWarps) {
+    const RowPartial s = merge_chunks(partials + (row * (g + 1) + j) * args.stat_chunks, args.stat_chunks);
+    if (lane != 0) continue;  // lanes may merge floats in different orders: lane 0 decides
+    s_target[j] = s.target, s_draft[j] = s.draft, s_argmax[j] = s.argmax.index, s_bonus[j] = s.bonus.index;
+    if (j == len) continue;
     const int64_t x = clamp_index(tokens[j], vocab);
     bool accept;
     if (sampled) {
-      const float p = s.target.prob(__fdiv_rn(load_float(target + (row * (g + 1) + j) * vocab + x), safe_t));
+      const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + j) * vocab;
+      const float p = s.target.prob(__fdiv_rn(load_float(target + x), safe_t));
       float q;
       if (args.draft_logits != nullptr) {
         const DT* draft = static_cast<const DT*>(args.draft_logits) + (row * g + j) * vocab;
@@ -176,89 +381,265 @@ __global__ void verify_accept_kernel(ChainVerifyArgs args, const StatPartial* pa
         const SoftmaxStats d{args.draft_max[row * g + j], args.draft_sum[row * g + j]};
         q = d.prob(__fdiv_rn(args.draft_token_logits[row * g + j], safe_t));
       }
-      const float u = bits_to_unit_float(philox_block(seed, offset, kStreamAccept,
-                                                      static_cast<uint64_t>(row),
-                                                      static_cast<uint32_t>(j), 0u).x);
+      const float u = bits_to_unit_float(philox_block(seed, offset, kStreamAccept, static_cast<uint64_t>(row),
+                                                      static_cast<uint32_t>(j), 0u)
+                                             .x);
       accept = __fmul_rn(u, q) < p;
     } else {
       accept = x == s.argmax.index;
     }
-    // Lanes may merge float statistics in different orders: lane 0 decides for the warp.
-    accept = __shfl_sync(0xffffffffu, accept, 0);
-    if (!accept) {
-      stop = j;
-      break;
-    }
+    s_accept[j] = accept;
   }
-  if (stop == len) s = merge_chunks(row_partials + stop * args.stat_chunks, args.stat_chunks);
-  if (threadIdx.x != 0) return;
+  __syncthreads();
+  if (warp != 0) return;
+  const unsigned failed = __ballot_sync(0xffffffffu, lane < len && !s_accept[lane]);
+  const int64_t stop = failed != 0 ? __ffs(static_cast<int>(failed)) - 1 : len;
   const bool rejected = stop < len;
-  args.accept_lens[row] = static_cast<int32_t>(stop);
+  // Greedy: the argmax; sampled and all accepted: the bonus; rejected: pass 2 writes it.
+  const int64_t next = !sampled ? s_argmax[stop] : (rejected ? -1 : s_bonus[stop]);
   int64_t* out = args.out_tokens + row * (g + 1);
-  for (int64_t i = 0; i <= g; ++i) out[i] = i < stop ? tokens[i] : -1;
-  if (!sampled) out[stop] = s.argmax.index;
+  for (int64_t i = lane; i <= g; i += 32) out[i] = i < stop ? tokens[i] : (i == stop ? next : -1);
+  if (lane != 0) return;
+  args.accept_lens[row] = static_cast<int32_t>(stop);
   StopInfo info{static_cast<int32_t>(stop), (sampled ? kSampled : 0) | (rejected ? kRejected : 0),
-                s.target.max, s.target.sum, s.draft.max, s.draft.sum};
+                s_target[stop].max, s_target[stop].sum, s_draft[stop].max, s_draft[stop].sum};
   if (rejected && args.draft_logits == nullptr) {
     info.d_max = args.draft_max[row * g + stop];
     info.d_sum = args.draft_sum[row * g + stop];
   }
   stops[row] = info;
+  if (sampled && rejected) atomicAdd(global_counter(args, kRejectedCount), 1);
+  pass1_tickets(args)[row] = 0;  // every CTA of this request has taken its ticket
 }
 
-// The residual and bonus candidates of one element; `draft_scaled` is used only when rejected.
-__device__ __forceinline__ void resample_element(ResamplePartial& acc, const StopInfo& info,
-                                                 float target_scaled, float draft_scaled,
-                                                 float gumbel, int32_t v) {
-  acc.bonus.add(__fadd_rn(target_scaled, gumbel), v);
-  if (info.flags & kRejected) {
-    const float p = SoftmaxStats{info.t_max, info.t_sum}.prob(target_scaled);
-    const float q = SoftmaxStats{info.d_max, info.d_sum}.prob(draft_scaled);
-    const float residual = __fsub_rn(p, q);
-    if (residual > 0.0f) acc.residual.add(__fadd_rn(logf(residual), gumbel), v);
-  }
-}
-
-// Full draft logits: one warp per sampled row, 4 columns per lane.
 template <typename TT, typename DT>
-__global__ void __launch_bounds__(kStatThreads)
-    verify_resample_kernel(ChainVerifyArgs args, const StopInfo* stops, ResamplePartial* partials) {
+__global__ void __launch_bounds__(kRowThreads)
+    verify_rows_kernel(ChainVerifyArgs args, RowPartial* partials, StopInfo* stops) {
+  const int64_t row = blockIdx.z, j = blockIdx.y, chunk_id = blockIdx.x;
   const int64_t g = args.gamma, vocab = args.vocab;
-  const int64_t col0 = int64_t(blockIdx.x) * kResampleTileV + (threadIdx.x % 32) * 4;
+  const int64_t len = clamp_index(args.verify_lens[row], g + 1);
+  if (j > len) return;  // uniform per CTA; these CTAs take no ticket
+  const float t = args.temperature[row];
+  const bool sampled = t > 0.0f;
+  const float safe_t = sampled ? t : 1.0f;
+  const int64_t chunk = chunk_columns(vocab, args.stat_chunks);
+  const Slab slab{static_cast<int32_t>(chunk_id * chunk), static_cast<int32_t>(min(vocab, chunk_id * chunk + chunk))};
   uint64_t seed, offset;
   args.philox.resolve(seed, offset);
-  for (int64_t row = threadIdx.x / 32; row < args.rows; row += blockDim.x / 32) {
-    const StopInfo info = stops[row];
-    if (!(info.flags & kSampled)) continue;  // uniform per warp
-    const float safe_t = args.temperature[row];
-    const int64_t s = info.stop;
-    ResamplePartial acc = ResamplePartial::empty();
-    if (col0 < vocab) {
-      const Philox4x32 r = philox_block(seed, offset, kStreamResample, static_cast<uint64_t>(row),
-                                        static_cast<uint32_t>(s), static_cast<uint32_t>(col0 / 4));
-      const uint32_t words[4] = {r.x, r.y, r.z, r.w};
-      const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
-      const DT* draft = (info.flags & kRejected)
-                            ? static_cast<const DT*>(args.draft_logits) + (row * g + s) * vocab
-                            : nullptr;
-      for (int i = 0; i < 4 && col0 + i < vocab; ++i) {
-        const float ts = __fdiv_rn(load_float(target + col0 + i), safe_t);
-        const float dsc = draft != nullptr ? __fdiv_rn(load_float(draft + col0 + i), safe_t) : 0.0f;
-        resample_element(acc, info, ts, dsc, gumbel_from_bits(words[i]),
-                         static_cast<int32_t>(col0 + i));
-      }
-    }
-    acc = group_reduce<32>(acc);
-    if (threadIdx.x % 32 == 0) partials[row * gridDim.x + blockIdx.x] = acc;
+  const BonusNoise noise{seed, offset, static_cast<uint64_t>(row), static_cast<uint32_t>(j)};
+  const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + j) * vocab;
+  RowPartial mine = RowPartial::empty();
+  with_group<TT>(vocab, [&](auto group) {
+    scan_row<TT, decltype(group)::value>(target, slab, safe_t, sampled && j == len, noise, mine.target,
+                                         mine.argmax, mine.bonus);
+  });
+  if (args.draft_logits != nullptr && j < len) {
+    const DT* draft = static_cast<const DT*>(args.draft_logits) + (row * g + j) * vocab;
+    ArgMax unused_argmax, unused_bonus;
+    with_group<DT>(vocab, [&](auto group) {
+      scan_row<DT, decltype(group)::value>(draft, slab, safe_t, false, noise, mine.draft, unused_argmax,
+                                           unused_bonus);
+    });
   }
+  __shared__ RowPartial s_merge[kRowWarps];
+  mine = block_merge(mine, s_merge);
+  __shared__ int s_last;
+  if (threadIdx.x == 0) {
+    partials[(row * (g + 1) + j) * args.stat_chunks + chunk_id] = mine;
+    __threadfence();
+    const int expected = static_cast<int>((len + 1) * args.stat_chunks);
+    s_last = atomicAdd(pass1_tickets(args) + row, 1) == expected - 1;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  accept_request<TT, DT>(args, partials, stops, row, len, sampled, safe_t);
+}
+
+// ---- pass 2 ---------------------------------------------------------------------------
+
+__device__ __forceinline__ bool nothing_rejected(const ChainVerifyArgs& args) {
+  return *global_counter(args, kRejectedCount) == 0;
+}
+
+// The last pass-2 CTA (every CTA has read the rejected count by now) resets the count.
+__device__ __forceinline__ void finish_residual_cta(const ChainVerifyArgs& args) {
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  int32_t* ticket = global_counter(args, kResidualTicket);
+  if (atomicAdd(ticket, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1) {
+    *global_counter(args, kRejectedCount) = 0;
+    *ticket = 0;
+  }
+}
+
+// The tile partials of `row` written by this CTA are complete: take the row's ticket (one thread
+// per row, after a barrier). True for the last of `tiles`.
+__device__ __forceinline__ bool last_tile_of_row(const ChainVerifyArgs& args, int64_t row, int tiles) {
+  __threadfence();
+  return atomicAdd(pass2_tickets(args) + row, 1) == tiles - 1;
+}
+
+__device__ __forceinline__ bool needs_residual(const StopInfo& info) {
+  return (info.flags & (kSampled | kRejected)) == (kSampled | kRejected);
+}
+
+// The bonus draw at the stop row when every residual entry is 0 (p_s == q_s after rounding; rare):
+// one warp, every column exactly. The result is lane 0's.
+template <typename TT>
+__device__ ArgMax stop_row_bonus(const ChainVerifyArgs& args, int64_t row, int64_t s) {
+  uint64_t seed, offset;
+  args.philox.resolve(seed, offset);
+  const BonusNoise noise{seed, offset, static_cast<uint64_t>(row), static_cast<uint32_t>(s)};
+  const TT* target = static_cast<const TT*>(args.target_logits) + (row * (args.gamma + 1) + s) * args.vocab;
+  const float t = args.temperature[row];
+  ArgMax best = ArgMax::empty();
+  for (int32_t v = threadIdx.x % 32; v < args.vocab; v += 32)
+    best.add(__fadd_rn(__fdiv_rn(load_float(target + v), t), gumbel_from_bits(philox_word(noise.block(v), v))), v);
+  return group_reduce<32>(best);
+}
+
+// One warp merges the residual partials of `row` and writes the token at its stop.
+template <typename TT>
+__device__ __forceinline__ void write_residual_token(const ChainVerifyArgs& args, const StopInfo* stops,
+                                                     const ArgMax* partials, int parts, int64_t row) {
+  __threadfence();
+  ArgMax best = ArgMax::empty();
+  for (int part = threadIdx.x % 32; part < parts; part += 32) best.merge(partials[row * parts + part]);
+  best = group_reduce<32>(best);
+  const int64_t s = stops[row].stop;
+  if (!(best.score > -INFINITY)) best = stop_row_bonus<TT>(args, row, s);  // uniform per warp
+  if (threadIdx.x % 32 != 0) return;
+  args.out_tokens[row * (args.gamma + 1) + s] = best.index;
+  pass2_tickets(args)[row] = 0;
+}
+
+// Rows of `args` whose last tile this CTA was (filled by one thread per row), merged by warps.
+struct LastRows {
+  int64_t* rows;
+  int* count;
+
+  __device__ __forceinline__ void push(int64_t row) { rows[atomicAdd(count, 1)] = row; }
+  template <typename TT>
+  __device__ __forceinline__ void write(const ChainVerifyArgs& args, const StopInfo* stops, const ArgMax* partials,
+                                        int tiles) {
+    __syncthreads();
+    for (int i = threadIdx.x / 32; i < *count; i += blockDim.x / 32)
+      write_residual_token<TT>(args, stops, partials, tiles, rows[i]);
+    __syncthreads();
+    if (threadIdx.x == 0) *count = 0;
+  }
+};
+
+// log p_s(v) <= x / T - (t_max + log t_sum): the residual max(0, p - q) <= p bounds the score
+// rn(logf(residual) + G). This is the headroom of a column against `best` (gumbel_headroom) with the
+// extra rounding of that bound (|log_norm| and |s_fast| at 2^-20).
+__device__ __forceinline__ float residual_headroom(float best, float s_fast, float log_norm) {
+  return __fsub_rn(gumbel_headroom(best, __fsub_rn(s_fast, log_norm)),
+                   __fmul_rn(__fadd_rn(fabsf(log_norm), fabsf(s_fast)), kSkipSlack));
+}
+
+// One residual column exactly: the reference's p, q, max(0, p - q) and score logf(r) + G.
+__device__ __forceinline__ void residual_column(ArgMax& best, const StopInfo& info, float ts, float ds,
+                                                uint32_t bits, int32_t v) {
+  const float p = SoftmaxStats{info.t_max, info.t_sum}.prob(ts);
+  const float q = SoftmaxStats{info.d_max, info.d_sum}.prob(ds);
+  const float residual = __fsub_rn(p, q);
+  if (residual > 0.0f) best.add(__fadd_rn(logf(residual), gumbel_from_bits(bits)), v);
+}
+
+// What the residual draw of one rejected row needs per column (pass 2, full draft logits).
+template <typename DT>
+struct ResidualRow {
+  const DT* draft;
+  StopInfo info;
+  float t, inv_t, log_norm;
+  int32_t end;
+  BonusNoise noise;
+};
+
+// One block of 4 columns of a rejected row's stop row (the rare path of the residual draw): the
+// headroom of each column's bound log p, Philox for the block when one is within kGumbelMax, the
+// uniform bound, and the exact score for the columns left. Out of line; returns the new best.
+template <typename DT>
+__device__ __noinline__ ArgMax residual_candidates(Group<4> group, int32_t v0, ResidualRow<DT> rr, ArgMax best) {
+  float room[4];
+  bool near = false;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    room[i] = residual_headroom(best.score, __fmul_rn(group.x[i], rr.inv_t), rr.log_norm);
+    near |= !(room[i] >= kGumbelMax) && v0 + i < rr.end;
+  }
+  if (!near) return best;
+  const Philox4x32 words = rr.noise.block(v0);
+  const uint32_t bits[4] = {words.x, words.y, words.z, words.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if (v0 + i >= rr.end || room[i] >= kGumbelMax) continue;
+    if (room[i] > 0.0f && bits_to_unit_float(bits[i]) < gumbel_uniform_floor(room[i])) continue;
+    residual_column(best, rr.info, __fdiv_rn(group.x[i], rr.t), __fdiv_rn(load_float(rr.draft + v0 + i), rr.t),
+                    bits[i], v0 + i);
+  }
+  return best;
+}
+
+// Full draft logits, pass 2: grid (chunks, R) like pass 1; the CTAs of a rejected sampled row draw
+// the residual at its stop row s over their chunk with a bounded Gumbel draw (per block of 4 columns:
+// the headroom of log p, then Philox and the uniform bound, then the exact score). The last chunk
+// of a row (a ticket) merges the row and writes the token.
+template <typename TT, typename DT>
+__global__ void __launch_bounds__(kRowThreads)
+    verify_residual_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
+  if (nothing_rejected(args)) return;  // uniform: the count is final before this launch
+  const int64_t row = blockIdx.y, g = args.gamma, vocab = args.vocab;
+  const StopInfo info = stops[row];
+  const int parts = static_cast<int>(gridDim.x);
+  if (needs_residual(info)) {  // uniform per CTA
+    const float t = args.temperature[row];
+    const float inv_t = __frcp_rn(t);
+    const float log_norm = __fadd_rn(info.t_max, logf(info.t_sum));
+    const int64_t s = info.stop;
+    uint64_t seed, offset;
+    args.philox.resolve(seed, offset);
+    const BonusNoise noise{seed, offset, static_cast<uint64_t>(row), static_cast<uint32_t>(s)};
+    const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
+    const DT* draft = static_cast<const DT*>(args.draft_logits) + (row * g + s) * vocab;
+    const int64_t chunk = chunk_columns(vocab, parts);
+    const Slab slab{static_cast<int32_t>(blockIdx.x * chunk), static_cast<int32_t>(min(vocab, (blockIdx.x + 1) * chunk))};
+    const ResidualRow<DT> rr{draft, info, t, inv_t, log_norm, slab.end, noise};
+    ArgMax best = ArgMax::empty();
+    float threshold = -INFINITY;  // of the group's largest x * (1/T): gumbel_threshold of log p's bound
+    slab.for_each<4>(target, [&](const TT* p, int32_t v0) {
+      Group<4> group;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) group.x[i] = v0 + i < slab.end ? load_float(p + i) : -INFINITY;
+      const float m = fmaxf(fmaxf(group.x[0], group.x[1]), fmaxf(group.x[2], group.x[3]));
+      if (!(__fmul_rn(m, inv_t) < threshold)) {  // a candidate block (NaN included)
+        best = residual_candidates<DT>(group, v0, rr, best);
+        threshold = __fsub_rn(__fadd_rn(log_norm, gumbel_threshold(best.score)),
+                              __fmul_rn(__fadd_rn(fabsf(log_norm), __fadd_rn(fabsf(best.score), kGumbelMax)),
+                                        2.0f * kSkipSlack));
+      }
+    });
+    __shared__ ArgMax s_best[kRowWarps];
+    best = block_merge(best, s_best);
+    __shared__ int s_last;
+    if (threadIdx.x == 0) {
+      partials[row * parts + blockIdx.x] = best;
+      s_last = last_tile_of_row(args, row, parts);
+    }
+    __syncthreads();
+    if (s_last && threadIdx.x < 32) write_residual_token<TT>(args, stops, partials, parts, row);
+  }
+  finish_residual_cta(args);
 }
 
 // Statistics form: the draft row at s is softcap(U_s) + W1[x_{s-1}] @ W2^T (the product rounded to
-// the weight dtype, as markov_block), recomputed here.
+// the weight dtype, as markov_block), recomputed here for the rejected rows only.
 template <typename TT, typename WT, int kTileV>
 __global__ void __launch_bounds__(kTileThreads)
-    verify_resample_markov_kernel(ChainVerifyArgs args, const StopInfo* stops,
-                                  ResamplePartial* partials) {
+    verify_residual_markov_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
+  if (nothing_rejected(args)) return;  // uniform: no W2 byte is read when nothing was rejected
   extern __shared__ __align__(128) unsigned char smem[];
   using Layout = MarkovTileLayout<WT, kTileV>;
   constexpr int kChunkRows = Layout::kChunkRows;
@@ -267,22 +648,30 @@ __global__ void __launch_bounds__(kTileThreads)
   const Layout layout(static_cast<int>(args.rank));
   MarkovTileSmem<WT, kTileV> tile(smem, layout);
   const int64_t g = args.gamma, vocab = args.vocab, rank = args.rank;
+  const int tiles = static_cast<int>(gridDim.x);
   const int64_t v0 = int64_t(blockIdx.x) * kTileV;
   const WT* w1 = static_cast<const WT*>(args.w1);
   const WT* w2 = static_cast<const WT*>(args.w2);
   uint64_t seed, offset;
   args.philox.resolve(seed, offset);
+  __shared__ int64_t s_rows[kChunkRows];
+  __shared__ int s_count;
+  if (threadIdx.x == 0) s_count = 0;
+  LastRows last{s_rows, &s_count};
 
   stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
     return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
   });
   const int lane = threadIdx.x % kLanesPerRow, group = threadIdx.x / kLanesPerRow;
   for (int64_t row0 = 0; row0 < args.rows; row0 += kChunkRows) {
+    const int64_t mine = row0 + threadIdx.x;
+    const bool chunk_rejected = threadIdx.x < kChunkRows && mine < args.rows && needs_residual(stops[mine]);
+    if (!__syncthreads_or(chunk_rejected)) continue;  // no GEMM for chunks without a rejection
     stage_rows(tile.e, kChunkRows, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
       const int64_t row = row0 + i;
       if (row >= args.rows) return nullptr;
       const StopInfo info = stops[row];
-      if ((info.flags & (kSampled | kRejected)) != (kSampled | kRejected)) return nullptr;
+      if (!needs_residual(info)) return nullptr;
       const int64_t prev = info.stop == 0 ? args.anchor[row] : args.draft_tokens[row * g + info.stop - 1];
       return w1 + clamp_index(prev, vocab) * rank;
     });
@@ -293,122 +682,94 @@ __global__ void __launch_bounds__(kTileThreads)
       const int local_row = pass * kRowsPerPass + group;
       const int64_t row = row0 + local_row;
       const StopInfo info = row < args.rows ? stops[row] : StopInfo{0, 0, 0.f, 0.f, 0.f, 0.f};
-      const bool active = info.flags & kSampled;  // lane groups stay in the shuffles below
-      ResamplePartial acc = ResamplePartial::empty();
+      const bool active = needs_residual(info);  // lane groups stay in the shuffles below
+      ArgMax acc = ArgMax::empty();
       const int64_t col0 = v0 + lane * 4;
       if (active && col0 < vocab) {
         const float safe_t = args.temperature[row];
         const int64_t s = info.stop;
         const Philox4x32 r = philox_block(seed, offset, kStreamResample, static_cast<uint64_t>(row),
                                           static_cast<uint32_t>(s), static_cast<uint32_t>(col0 / 4));
-        const uint32_t words[4] = {r.x, r.y, r.z, r.w};
         const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
-        const bool rejected = info.flags & kRejected;
-        // s < g on rejected rows only: the draft row exists there.
-        const TT* base = rejected ? static_cast<const TT*>(args.base_logits) + (row * g + s) * vocab : nullptr;
+        const TT* base = static_cast<const TT*>(args.base_logits) + (row * g + s) * vocab;  // s < g
         for (int i = 0; i < 4 && col0 + i < vocab; ++i) {
           const float ts = __fdiv_rn(load_float(target + col0 + i), safe_t);
-          float dsc = 0.0f;
-          if (rejected) {
-            const float logit = round_to_dtype(
-                __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
-                          round_to_type<WT>(tile.bias[local_row * kTileV + lane * 4 + i])),
-                args.logits_dtype);
-            dsc = __fdiv_rn(logit, safe_t);
-          }
-          resample_element(acc, info, ts, dsc, gumbel_from_bits(words[i]),
-                           static_cast<int32_t>(col0 + i));
+          const float logit = round_to_dtype(
+              __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
+                        round_to_type<WT>(tile.bias[local_row * kTileV + lane * 4 + i])),
+              args.logits_dtype);
+          residual_column(acc, info, ts, __fdiv_rn(logit, safe_t), philox_word(r, col0 + i),
+                          static_cast<int32_t>(col0 + i));
         }
       }
       acc = group_reduce<kLanesPerRow>(acc);
-      if (active && lane == 0) partials[row * gridDim.x + blockIdx.x] = acc;
+      if (active && lane == 0) partials[row * tiles + blockIdx.x] = acc;
     }
     __syncthreads();
+    if (chunk_rejected && last_tile_of_row(args, mine, tiles)) last.push(mine);
+    last.write<TT>(args, stops, partials, tiles);
   }
-}
-
-__global__ void __launch_bounds__(kStatThreads)
-    verify_finalize_kernel(ChainVerifyArgs args, const StopInfo* stops,
-                           const ResamplePartial* partials, int tiles) {
-  const int64_t row = blockIdx.x;
-  const StopInfo info = stops[row];
-  if (!(info.flags & kSampled)) return;  // uniform per CTA
-  ResamplePartial best = ResamplePartial::empty();
-  for (int tile = threadIdx.x; tile < tiles; tile += blockDim.x) best.merge(partials[row * tiles + tile]);
-  __shared__ ResamplePartial warp_best[kStatThreads / 32];
-  best = block_merge(best, warp_best);
-  if (threadIdx.x == 0) {
-    const bool has_residual = best.residual.score > -INFINITY;
-    args.out_tokens[row * (args.gamma + 1) + info.stop] = has_residual ? best.residual.index : best.bonus.index;
-  }
+  finish_residual_cta(args);
 }
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 struct Workspace {
-  StatPartial* stats;
+  RowPartial* rows;
   StopInfo* stops;
-  ResamplePartial* resample;
+  ArgMax* resample;
 };
 
 Workspace carve(void* base, int64_t rows, int64_t gamma, int stat_chunks) {
   auto* p = static_cast<unsigned char*>(base);
   Workspace w;
-  w.stats = reinterpret_cast<StatPartial*>(p);
-  p += align256(sizeof(StatPartial) * rows * (gamma + 1) * stat_chunks);
+  w.rows = reinterpret_cast<RowPartial*>(p);
+  p += align256(sizeof(RowPartial) * rows * (gamma + 1) * stat_chunks);
   w.stops = reinterpret_cast<StopInfo*>(p);
   p += align256(sizeof(StopInfo) * rows);
-  w.resample = reinterpret_cast<ResamplePartial*>(p);
+  w.resample = reinterpret_cast<ArgMax*>(p);
   return w;
 }
 
 template <typename TT, typename WT, int kTileV>
-cudaError_t launch_markov_resample(const ChainVerifyArgs& args, const Workspace& w,
-                                   cudaStream_t stream) {
+cudaError_t launch_markov_residual(const ChainVerifyArgs& args, const Workspace& w, cudaStream_t stream) {
   const MarkovTileLayout<WT, kTileV> layout(static_cast<int>(args.rank));
   const size_t smem = layout.total_bytes();
-  cudaError_t err = cudaFuncSetAttribute(verify_resample_markov_kernel<TT, WT, kTileV>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
+  cudaError_t err = cudaFuncSetAttribute(verify_residual_markov_kernel<TT, WT, kTileV>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
-  verify_resample_markov_kernel<TT, WT, kTileV>
-      <<<tiles, kTileThreads, smem, stream>>>(args, w.stops, w.resample);
-  verify_finalize_kernel<<<static_cast<unsigned>(args.rows), kStatThreads, 0, stream>>>(
-      args, w.stops, w.resample, tiles);
+  verify_residual_markov_kernel<TT, WT, kTileV><<<tiles, kTileThreads, smem, stream>>>(args, w.stops, w.resample);
   return cudaGetLastError();
 }
 
 template <typename TT, typename DT>
-cudaError_t launch_typed(const ChainVerifyArgs& args, int weight_dtype, const Workspace& w,
-                         cudaStream_t stream) {
-  const dim3 stat_grid(args.stat_chunks, static_cast<unsigned>(args.gamma + 1),
-                       static_cast<unsigned>(args.rows));
-  verify_stats_kernel<TT, DT><<<stat_grid, kStatThreads, 0, stream>>>(args, w.stats);
-  verify_accept_kernel<TT, DT><<<static_cast<unsigned>(args.rows), 32, 0, stream>>>(args, w.stats,
-                                                                                  w.stops);
-  if (args.draft_logits != nullptr || args.gamma == 0) {  // g == 0: only bonus draws
-    const int tiles = static_cast<int>(ceil_div(args.vocab, kResampleTileV));
-    verify_resample_kernel<TT, DT><<<tiles, kStatThreads, 0, stream>>>(args, w.stops, w.resample);
-    verify_finalize_kernel<<<static_cast<unsigned>(args.rows), kStatThreads, 0, stream>>>(
-        args, w.stops, w.resample, tiles);
+cudaError_t launch_typed(const ChainVerifyArgs& args, int weight_dtype, const Workspace& w, cudaStream_t stream) {
+  const dim3 row_grid(args.stat_chunks, static_cast<unsigned>(args.gamma + 1), static_cast<unsigned>(args.rows));
+  verify_rows_kernel<TT, DT><<<row_grid, kRowThreads, 0, stream>>>(args, w.rows, w.stops);
+  if (args.gamma == 0) return cudaGetLastError();  // nothing to reject: only bonus draws
+  if (args.draft_logits != nullptr) {
+    // As many CTAs per request as pass 1 ran per request, at least 2048 columns each.
+    const int64_t parts = std::min<int64_t>(args.stat_chunks * (args.gamma + 1), ceil_div(args.vocab, 2048));
+    const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(args.rows));
+    verify_residual_kernel<TT, DT><<<grid, kRowThreads, 0, stream>>>(args, w.stops, w.resample);
     return cudaGetLastError();
   }
   const bool wide = markov_block_tile_vocab(args.rows, weight_dtype == 0 ? 4 : 2) == 128;
   return with_dtype(weight_dtype, [&](auto weight) {
     using WT = typename decltype(weight)::type;
     if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
-      return launch_markov_resample<TT, WT, 64>(args, w, stream);
+      return launch_markov_residual<TT, WT, 64>(args, w, stream);
     } else {
-      return wide ? launch_markov_resample<TT, WT, 128>(args, w, stream)
-                  : launch_markov_resample<TT, WT, 64>(args, w, stream);
+      return wide ? launch_markov_residual<TT, WT, 128>(args, w, stream)
+                  : launch_markov_residual<TT, WT, 64>(args, w, stream);
     }
   });
 }
 
 template <typename TT>
-cudaError_t launch_for_target(const ChainVerifyArgs& args, int draft_dtype, int weight_dtype,
-                              const Workspace& w, cudaStream_t stream) {
+cudaError_t launch_for_target(const ChainVerifyArgs& args, int draft_dtype, int weight_dtype, const Workspace& w,
+                              cudaStream_t stream) {
   if (args.draft_logits == nullptr) return launch_typed<TT, TT>(args, weight_dtype, w, stream);
   return with_dtype(draft_dtype, [&](auto draft) {
     return launch_typed<TT, typename decltype(draft)::type>(args, weight_dtype, w, stream);
@@ -420,18 +781,22 @@ cudaError_t launch_for_target(const ChainVerifyArgs& args, int draft_dtype, int 
 size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, int stat_chunks,
                                     int weight_bytes) {
   (void)weight_bytes;
-  const int64_t tiles = ceil_div(vocab, 64);  // the narrowest tile of either resample kernel
-  return align256(sizeof(StatPartial) * rows * (gamma + 1) * stat_chunks) +
-         align256(sizeof(StopInfo) * rows) + sizeof(ResamplePartial) * rows * tiles;
+  const int64_t tiles = ceil_div(vocab, 64);  // the narrowest tile of either residual kernel
+  return align256(sizeof(RowPartial) * rows * (gamma + 1) * stat_chunks) + align256(sizeof(StopInfo) * rows) +
+         sizeof(ArgMax) * rows * tiles;
 }
 
-std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, int draft_dtype,
-                                int weight_dtype, void* workspace, uintptr_t cuda_stream) {
+size_t chain_verify_counter_bytes() { return sizeof(int32_t) * (kGlobalCounters + 2 * kMaxRows); }
+
+std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, int draft_dtype, int weight_dtype,
+                                void* workspace, uintptr_t cuda_stream) {
   if (args.rows < 1 || args.vocab < 1) return "chain_verify: empty batch";
   if (args.vocab > 0x7FFFFFFF) return "chain_verify: vocabulary must be < 2^31";
   if (args.gamma < 0 || args.gamma > kMaxGamma) return "chain_verify: g must be in [0, 32]";
-  if (args.rows > 65535) return "chain_verify: at most 65535 rows";
+  if (args.rows > kMaxRows) return "chain_verify: at most 65535 rows";
   if (args.stat_chunks < 1 || args.stat_chunks > 65535) return "chain_verify: bad stat_chunks";
+  if ((args.gamma + 1) * args.stat_chunks > 0x7FFFFFFF) return "chain_verify: too many chunks";
+  if (args.counters == nullptr) return "chain_verify: no counters";
   if (args.draft_logits == nullptr && args.gamma > 0 && (args.rank < 1 || args.rank > kMarkovMaxRank))
     return "chain_verify: rank must be in [1, 512]";
   const Workspace w = carve(workspace, args.rows, args.gamma, args.stat_chunks);

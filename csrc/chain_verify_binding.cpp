@@ -34,6 +34,7 @@ void bind_chain_verify(py::module_& m) {
         a.vocab = integer(d, "vocab");
         a.philox = philox(d);
         a.stat_chunks = static_cast<int>(integer(d, "stat_chunks"));
+        a.counters = ptr<int32_t>(d, "counters");
         a.accept_lens = ptr<int32_t>(d, "accept_lens");
         a.out_tokens = ptr<int64_t>(d, "out_tokens");
         check("chain_verify",
@@ -47,6 +48,8 @@ void bind_chain_verify(py::module_& m) {
   m.def("chain_verify_workspace_bytes", &chain_verify_workspace_bytes, py::arg("rows"),
         py::arg("gamma"), py::arg("vocab"), py::arg("stat_chunks"), py::arg("weight_bytes"),
         "Bytes of scratch chain_verify needs.");
+  m.def("chain_verify_counter_bytes", &chain_verify_counter_bytes,
+        "Bytes of int32 counters chain_verify needs (zero before the first launch, left zero by every launch).");
 }
 
 }  // namespace dspark_sgl

@@ -230,6 +230,11 @@ def shared_memory_unsupported(op: str, needed: int, device: torch.device) -> str
     return None
 
 
+def capture_active(device: torch.device) -> bool:
+    """Whether ``device``'s current stream is capturing a CUDA graph (never on the CPU)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def current_stream_handle(device: torch.device) -> int:
     """The raw ``cudaStream_t`` of PyTorch's current stream on ``device``."""
     return int(torch.cuda.current_stream(device).cuda_stream)

@@ -237,9 +237,38 @@ def _kernel_unsupported(
 
 
 def _stat_chunks(rows: int, gamma: int, vocab: int, device: torch.device) -> int:
-    """CTAs per (row, position) of the statistics pass: about 4 waves over the SMs."""
+    """CTAs per (row, position) of pass 1: about 4 waves over the SMs."""
     wanted = math.ceil(4 * _dispatch.multiprocessor_count(device) / (rows * (gamma + 1)))
     return max(1, min(wanted, math.ceil(vocab / 2048)))
+
+
+# chain_verify's int32 tickets and rejected-request count, one buffer per (device, stream) for any
+# batch size: created zero, left zero by every launch, so graph replays need no reset. Never
+# replaced once cached (a captured graph keeps its address); inside a capture an uncached one is
+# made (a fill node of that graph) and not cached.
+_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _counter_key(device: torch.device) -> tuple[torch.device, int]:
+    return device, _dispatch.current_stream_handle(device) if device.type == "cuda" else 0
+
+
+def _counters(device: torch.device) -> torch.Tensor:
+    """The zero-at-rest counters of ``chain_verify`` for ``device``'s current stream."""
+    cached = _COUNTERS.get(_counter_key(device))
+    if cached is not None:
+        return cached
+    words = _dispatch.kernel("chain_verify_counter_bytes")() // 4
+    counters = torch.zeros(words, dtype=torch.int32, device=device)
+    if not _dispatch.capture_active(device):
+        _COUNTERS[_counter_key(device)] = counters
+    return counters
+
+
+def forget_counters() -> None:
+    """Drop the cached counters (another extension is loaded, or a failed launch may have left
+    them non-zero); the next call makes zero ones."""
+    _COUNTERS.clear()
 
 
 def _chain_verify_cuda(
@@ -290,27 +319,31 @@ def _chain_verify_cuda(
     lens = verify_lens.to(torch.int64).contiguous()
     accept_lens = torch.empty(rows, dtype=torch.int32, device=device)
     out_tokens = torch.empty(rows, gamma + 1, dtype=torch.int64, device=device)
-    _dispatch.launch(
-        "chain_verify",
-        device,
-        {
-            "target_logits": _dispatch.pointer(target),
-            "target_dtype": _dispatch.dtype_code(target),
-            "draft_logits": _dispatch.pointer(draft),
-            "draft_dtype": _dispatch.dtype_code(draft) if draft is not None else 0,
-            **entries,
-            "draft_tokens": _dispatch.pointer(tokens),
-            "verify_lens": _dispatch.pointer(lens),
-            "temperature": _dispatch.pointer(temperature.contiguous()),
-            "rows": rows,
-            "gamma": gamma,
-            "vocab": vocab,
-            **_dispatch.philox_args(seed, offset),
-            "stat_chunks": chunks,
-            "accept_lens": _dispatch.pointer(accept_lens),
-            "out_tokens": _dispatch.pointer(out_tokens),
-            "workspace": _dispatch.pointer(workspace),
-            "cuda_stream": _dispatch.current_stream_handle(device),
-        },
-    )
+    counters = _counters(device)
+    arguments = {
+        "target_logits": _dispatch.pointer(target),
+        "target_dtype": _dispatch.dtype_code(target),
+        "draft_logits": _dispatch.pointer(draft),
+        "draft_dtype": _dispatch.dtype_code(draft) if draft is not None else 0,
+        **entries,
+        "draft_tokens": _dispatch.pointer(tokens),
+        "verify_lens": _dispatch.pointer(lens),
+        "temperature": _dispatch.pointer(temperature.contiguous()),
+        "rows": rows,
+        "gamma": gamma,
+        "vocab": vocab,
+        **_dispatch.philox_args(seed, offset),
+        "stat_chunks": chunks,
+        "counters": _dispatch.pointer(counters),
+        "accept_lens": _dispatch.pointer(accept_lens),
+        "out_tokens": _dispatch.pointer(out_tokens),
+        "workspace": _dispatch.pointer(workspace),
+        "cuda_stream": _dispatch.current_stream_handle(device),
+    }
+    try:
+        _dispatch.launch("chain_verify", device, arguments)
+    except RuntimeError:
+        if _COUNTERS.get(_counter_key(device)) is counters:  # a failed launch may leave them non-zero
+            del _COUNTERS[_counter_key(device)]
+        raise
     return accept_lens, out_tokens

@@ -8,6 +8,7 @@ synthetic listing and on the real sm_90a build of csrc/, the table's rows, and `
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -98,11 +99,35 @@ def test_verify_bytes_by_hand():
     assert cost_model.stat_chunks(129280, 8, 5) == 11
     target = 8 * 6 * 129280 * 2
     assert path.floor_bytes == target == 12_410_880
-    stats, accept, resample, finalize = (launch.bytes for launch in path.ours)
-    assert stats == target + 8 * 12 + 48 * 11 * 24
-    assert accept == 48 * 11 * 24 + 8 * 5 * (8 + 12 + 2) + 8 * (4 + 24) + 48 * 8
-    assert resample == 129280 * 256 * 2 + 2 * 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 24 + 8 * 2020 * 16
-    assert finalize == 8 * 2020 * 16 + 8 * 8
+    rows_pass, residual = (launch.bytes for launch in path.ours)
+    partials = 48 * 11 * 32  # written, then read by each request's last CTA
+    per_request = 12 + 5 * (8 + 2 + 12) + 6 * 8 + 4 + 24  # lens, T, tokens + logits + stats, chain
+    assert rows_pass == target + 2 * partials + 8 * per_request
+    assert residual == 2020 * 4  # nothing rejected: every CTA reads the count and exits
+    logits = cost_model.verify(129280, 8, 5, ZERO, "chain_verify_rejected_logits")
+    assert logits.ours[0].bytes == rows_pass + 8 * 5 * 129280 * 2  # the draft rows j < g too
+    # pass 2 with full draft logits: 64 CTAs a request (min(11 x 6, 129280 / 2048)); the target's stop
+    # row, a 32-byte sector of the draft row per exactly scored column, the StopInfo, the partials
+    exact = cost_model.bonus_exact_columns(129280, 64)
+    assert exact == pytest.approx((2.4 + 1.2 * math.log(129280 / (64 * 256))) * 64 * 256)
+    assert logits.ours[1].bytes == pytest.approx(8 * 129280 * 2 + 8 * exact * 32 + 8 * 24 + 2 * 8 * 64 * 8)
+    w2 = cost_model.verify(129280, 8, 5, ZERO, "chain_verify_rejected_w2")
+    assert w2.ours[1].bytes == 129280 * 256 * 2 + 2 * 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 24 + 2 * 8 * 2020 * 8
+    assert [len(p.ours) for p in (path, logits, w2)] == [2, 2, 2]
+
+
+def test_verify_bonus_row_instructions_follow_the_measured_fractions():
+    def only(name: str, rows: int) -> float:
+        return cost_model.verify(129280, rows, 5, {**ZERO, name: 1.0}).ours[0].instructions
+
+    assert only("verify.rows.target", 8) == 8 * 5 * 129280  # the g plain rows of every request
+    assert only("verify.rows.bonus", 8) == 8 * 129280  # the bonus row
+    assert only("verify.rows.bonus_candidates", 256) == 256 * 129280 / 8  # every group (measured)
+    # R = 256: one chunk, 505 columns per thread, 2.4 + 1.2 ln 505 of them scored exactly
+    exact = (2.4 + 1.2 * math.log(129280 / 256)) * 256
+    # counted per exact column, not inside the candidate groups' count
+    assert only("verify.rows.bonus_exact", 256) == pytest.approx(256 * (exact - 129280))
+    assert only("verify.rows.merge", 8) == 48 * 11
 
 
 def test_schedule_instructions_by_hand():
@@ -431,3 +456,16 @@ def test_the_built_extension_reads_the_same(real_build):
     assert {n: c.instructions for n, c in from_extension.items()} == {
         n: c.instructions for n, c in counts.items()
     }
+
+
+def test_the_gumbel_replay_uses_the_kernels_constants():
+    """benchmarks/gumbel_candidates.py measures the candidate fractions with the kernel's rule."""
+    import gumbel_candidates
+
+    source = (Path(__file__).resolve().parent.parent / "csrc" / "chain_verify.cu").read_text()
+    assert f"kGumbelMax = {gumbel_candidates.GUMBEL_MAX}f;" in source
+    assert (
+        "kSkipSlack = 9.5367431640625e-07f;  // 2^-20" in source and gumbel_candidates.SKIP_SLACK == 2.0**-20
+    )
+    assert "constexpr int kRowThreads = 256;" in source and gumbel_candidates.THREADS == 256
+    assert gumbel_candidates.stat_chunks(8, 5, 129280) == cost_model.stat_chunks(129280, 8, 5)

@@ -552,6 +552,88 @@ def test_chain_verify_replays_in_a_graph_with_fresh_offsets(backend):
             assert torch.equal(acc, eager[0]) and torch.equal(out, eager[1])
 
 
+def counters_at_rest() -> bool:
+    """Every cached chain_verify counter is zero again (each launch resets what it used)."""
+    return all(not bool(c.any()) for c in verify._COUNTERS.values())
+
+
+def accepting_case(backend, rows, gamma, vocab, *, reject_at=None, seed=0, greedy_every=3):
+    """A block whose target equals its draft logits (every sampled draft is accepted: p == q), with
+    row r rejected at position ``reject_at[r]`` (None: not rejected): there the draft token's
+    target logit is -1e4 (p = 0: a sampled row rejects) and the greedy argmax moves elsewhere."""
+    case, block, _, _ = verify_case(
+        backend.device, rows, gamma, vocab, tdtype=F32, seed=seed, greedy_every=greedy_every
+    )
+    target = torch.cat([block.logits[:, :gamma], block.logits[:, :1]], dim=1).float().clone()
+    for r, j in enumerate(reject_at or []):
+        if j is not None and j < gamma:
+            x = int(block.tokens[r, j])
+            target[r, j, x] = -1e4
+            target[r, j, (x + 1) % vocab] = float(target[r, j].max()) + 1.0
+    return case, block, target, torch.full((rows,), gamma, device=backend.device)
+
+
+@pytest.mark.race_schedule
+def test_chain_verify_rejects_at_every_position_with_all_positions_tested_at_once(backend):
+    """Row r rejects at position r % (g + 1) (g + 1: nothing rejected): the ballot's first failure."""
+    gamma = 7
+    rows, vocab = backend.size((64, 32000), (16, 1024))
+    reject_at = [r % (gamma + 1) for r in range(rows)]
+    case, block, target, lens = accepting_case(backend, rows, gamma, vocab, reject_at=reject_at)
+    for side in (block.logits, block.stats):
+        acc, _ = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
+        assert acc.tolist() == [min(j, gamma) for j in reject_at]
+        assert counters_at_rest()
+
+
+@pytest.mark.race_schedule
+def test_chain_verify_counters_serve_repeated_launches_and_the_rejected_flag_both_ways(backend):
+    """One sequence on the same counters, as graph replays would run it: nothing rejected, some
+    rows rejected, nothing rejected, every sampled row rejected; each call matches the reference,
+    a repeated call gives the same tokens, and every counter is zero after every launch."""
+    gamma = 5
+    rows, vocab = backend.size((32, 8192), (12, 1024))
+    verify.forget_counters()
+    sequence = [[None] * rows, [r % gamma if r % 2 else None for r in range(rows)], [None] * rows, [1] * rows]
+    for step, reject_at in enumerate(sequence):
+        case, block, target, lens = accepting_case(
+            backend, rows, gamma, vocab, reject_at=reject_at, seed=step
+        )
+        for side in (block.stats, block.logits):
+            acc, out = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
+            expected = [gamma if j is None else j for j in reject_at]
+            assert acc.tolist() == expected
+            assert counters_at_rest()
+            again = verify.chain_verify(
+                target, side, block.tokens, lens, case["temperature"], seed=9, offset=4
+            )
+            assert torch.equal(again[0], acc) and torch.equal(again[1], out)
+            assert counters_at_rest()
+    assert len(verify._COUNTERS) == 1  # one buffer for the whole sequence
+
+
+@pytest.mark.race_schedule
+@pytest.mark.parametrize("temperature", [0.05, 1.0, 40.0], ids=str)
+def test_chain_verify_bonus_draw_matches_the_reference_at_any_temperature(backend, temperature):
+    """Every draft accepted, so every sampled row draws its bonus in pass 1 (bounded Gumbel): at
+    T = 40 every column is a candidate, at T = 0.05 most are skipped; both vocabularies' layouts
+    (16-byte groups, and scalar columns at an odd V)."""
+    gamma = 3
+    for vocab in backend.size((32768, 4099), (2048, 1001)):
+        rows = backend.size(64, 24)
+        _, block, target, lens = accepting_case(backend, rows, gamma, vocab, greedy_every=rows + 1)
+        temp = torch.full((rows,), temperature, device=backend.device)
+        acc, _ = assert_verify_matches(backend, target, block.logits, block, lens, temp)
+        # p == q accepts unless the token's probability underflows to 0 (T = 0.05 rejects some)
+        assert bool((acc == gamma).all()) or temperature < 1
+        assert int((acc == gamma).sum()) >= rows // 2
+        for seed in range(3):  # different noise: different winners, still the reference's
+            ours = verify.chain_verify(target, block.logits, block.tokens, lens, temp, seed=seed, offset=7)
+            with _dispatch.forced_reference():
+                ref = verify.chain_verify(target, block.logits, block.tokens, lens, temp, seed=seed, offset=7)
+            assert (ours[1] == ref[1]).all(dim=1).float().mean() >= 0.95
+
+
 # ---------------------------------------------------------------------------------------
 # schedule_prefix
 

@@ -321,6 +321,30 @@ def test_plain_topk_inside_a_capture_launches_with_filled_points(backend, monkey
     assert not scheduler._NO_SPS._device_cache
 
 
+def test_chain_verify_counters_first_made_inside_a_capture_are_filled_and_not_cached(backend, monkeypatch):
+    """chain_verify's zero-at-rest counters: a capture that finds none makes them with a device fill
+    (a node of that graph, no host copy) and does not cache graph-owned memory; outside a capture
+    they are made once and reused."""
+    from test_gpu_kernels import assert_verify_matches, verify_case
+
+    case, block, target, lens = verify_case(backend.device, 6, 3, 1024)
+    args = (target, block.stats, block.tokens, lens, case["temperature"])
+    verify.forget_counters()
+    with monkeypatch.context() as capture:
+        capture.setattr(_dispatch, "capture_active", lambda device: True)
+        _forbid_host_copies(capture)
+        inside = verify.chain_verify(*args, seed=2, offset=5)
+        assert backend.ran("chain_verify")
+        assert not verify._COUNTERS
+    outside = verify.chain_verify(*args, seed=2, offset=5)
+    cached = list(verify._COUNTERS.values())
+    assert len(cached) == 1 and not bool(cached[0].any())
+    verify.chain_verify(*args, seed=2, offset=5)
+    assert next(iter(verify._COUNTERS.values())) is cached[0]
+    assert torch.equal(inside[0], outside[0]) and torch.equal(inside[1], outside[1])
+    assert_verify_matches(backend, *args[:2], block, lens, case["temperature"], seed=2, offset=5)
+
+
 # ---------------------------------------------------------------------------------------
 # 2.6 NaN with value checks off: the first NaN wins an argmax; a NaN confidence admits nothing
 
@@ -347,6 +371,43 @@ def test_nan_logits_are_drawn_alike_by_kernel_and_reference(backend, monkeypatch
     tokens = reference.tokens.cpu()
     assert tokens[0, 0] == 5 and tokens[1, 1] == 3 and tokens[3, 2] == 0
     assert (tokens[2] == 7).all()
+
+
+def test_nan_and_infinite_target_logits_draw_alike_in_the_bonus_row(backend, monkeypatch):
+    """Sampled rows whose drafts are all accepted (target == draft) draw the bonus in pass 1 on the
+    16-byte-group path (V % 8 == 0): the first NaN wins, then the first +inf; -inf columns (a whole
+    leading slab of them too) never win; a -inf drafted token rejects (p = q = 0) and every residual is
+    0, so the bonus at the stop is drawn instead."""
+    monkeypatch.setenv("DSPARK_SGL_CHECK_VALUES", "0")
+    rows, gamma, vocab = 5, 2, backend.size(4096, 1024)
+    gen = torch.Generator().manual_seed(7)
+    draft = torch.randn(rows, gamma, vocab, generator=gen)
+    target = torch.cat([draft, torch.randn(rows, 1, vocab, generator=gen)], dim=1)
+    tokens = draft.argmax(dim=-1)
+    target[0, gamma, [300, 40]] = float("nan")  # row 0: the bonus is column 40
+    target[1, gamma, :64] = -float("inf")
+    target[1, gamma, [500, 700]] = float("inf")  # row 1: the bonus is column 500
+    target[2, :, :64] = draft[2, :, :64] = -float("inf")  # -inf slabs, an ordinary bonus
+    tokens[3, 1] = 5
+    target[3, 1, 5] = draft[3, 1, 5] = -float("inf")  # row 3: rejected at 1 with p = q = 0
+    dev = backend.device
+    temperature = torch.tensor([0.8, 1.3, 0.7, 0.9, 0.0], device=dev)
+    args = (
+        target.to(dev),
+        draft.to(dev),
+        tokens.to(dev),
+        torch.full((rows,), gamma, device=dev),
+        temperature,
+    )
+    kernel = verify.chain_verify(*args, seed=4, offset=1)
+    assert backend.ran("chain_verify")
+    with _dispatch.forced_reference():
+        reference = verify.chain_verify(*args, seed=4, offset=1)
+    for a, b in zip(kernel, reference, strict=True):
+        assert torch.equal(a, b)
+    accept, out = (t.cpu() for t in reference)
+    assert accept.tolist()[:4] == [gamma, gamma, gamma, 1]
+    assert out[0, gamma] == 40 and out[1, gamma] == 500 and out[2, gamma] >= 64
 
 
 def test_nan_target_logits_verify_alike_on_kernel_and_reference(backend, monkeypatch):

@@ -20,7 +20,7 @@ from types import ModuleType
 import torch
 
 from cuemu.build import DEFAULT_OUT, build
-from dspark_sgl import _dispatch
+from dspark_sgl import _dispatch, verify
 
 SM90_SHARED_MEMORY_OPTIN = 232448  # bytes per block
 SM90_MULTIPROCESSORS = 132
@@ -92,6 +92,7 @@ def emulated(module: ModuleType) -> Iterator[None]:
     _dispatch.multiprocessor_count = lambda device: SM90_MULTIPROCESSORS
     _dispatch.shared_memory_unsupported = shared_memory_unsupported
     _dispatch._logged.clear()
+    verify.forget_counters()  # counters belong to the extension (and a mutant's may be left dirty)
     reset(module)
     try:
         yield
@@ -99,3 +100,4 @@ def emulated(module: ModuleType) -> Iterator[None]:
         for name, value in saved.items():
             setattr(_dispatch, name, value)
         _dispatch._logged.clear()
+        verify.forget_counters()

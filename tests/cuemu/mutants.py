@@ -172,6 +172,60 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "verify_gumbel_max_too_small",
+        "chain_verify.cu",
+        "constexpr float kGumbelMax = 16.64f;",
+        "constexpr float kGumbelMax = 2.0f;",
+        "the bonus draw skips columns whose Gumbel noise could still win: tokens the reference never draws",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_rescan_other_columns",
+        "chain_verify.cu",
+        "    scan_exact<T, kG>(row, slab, t, bonus, noise, stats, argmax, best);",
+        "    scan_exact<T, 1>(row, slab, t, bonus, noise, stats, argmax, best);",
+        "the exact NaN/inf rescan walks other columns than the thread's fast scan: a NaN is lost",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_ticket_not_reset",
+        "chain_verify.cu",
+        "  pass1_tickets(args)[row] = 0;  // every CTA of this request has taken its ticket\n",
+        "",
+        "the next launch on the same counters never finds its last CTA: no acceptance test, no tokens",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_rejected_count_not_raised",
+        "chain_verify.cu",
+        "  if (sampled && rejected) atomicAdd(global_counter(args, kRejectedCount), 1);\n",
+        "",
+        "pass 2 sees nothing rejected and exits: rejected rows keep no correction token",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_rejected_count_not_reset",
+        "chain_verify.cu",
+        "    *global_counter(args, kRejectedCount) = 0;\n",
+        "",
+        "the rejected count survives the launch: every later pass 2 runs (and a graph replay's flag lies)",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_accept_missing_syncthreads",
+        "chain_verify.cu",
+        "    s_accept[j] = accept;\n  }\n  __syncthreads();\n",
+        "    s_accept[j] = accept;\n  }\n",
+        "warp 0 ballots over acceptance bits other warps have not written yet",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
         "block_merge_missing_syncthreads",
         "include/dspark_sgl/common.cuh",
         "  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = value;\n  __syncthreads();",
@@ -246,18 +300,45 @@ def _check_markov() -> list[str]:
 
 def _check_verify() -> list[str]:
     from kernel_backend import Backend, counting_launches
-    from test_gpu_kernels import assert_verify_matches, verify_case
+    from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest, verify_case
+
+    from dspark_sgl import verify
 
     backend = Backend("cuemu", torch.device("cpu"), full=False)
     failures = []
+
+    def check(what: str, target, side, block, lens, temperature) -> None:
+        try:
+            for _ in range(2):  # the second launch runs on the counters the first one left
+                assert_verify_matches(backend, target, side, block, lens, temperature)
+                assert counters_at_rest(), "counters not zero after the launch"
+        except (AssertionError, IndexError) as exc:  # IndexError: a garbage token id
+            failures.append(f"{what} {type(side).__name__}: {_first_line(exc) or 'outputs differ'}")
+
     with counting_launches(backend.launches):
-        for rows, gamma, vocab in ((8, 5, 1100), (40, 3, 1001)):
+        # scalar columns (V % 8 != 0), 16-byte groups (V = 1024); rows partly rejected
+        for rows, gamma, vocab in ((8, 5, 1100), (40, 3, 1001), (12, 4, 1024)):
             case, block, target, lens = verify_case(backend.device, rows, gamma, vocab)
             for side in (block.stats, block.logits):
-                try:
-                    assert_verify_matches(backend, target, side, block, lens, case["temperature"])
-                except AssertionError as exc:
-                    failures.append(f"R={rows} {type(side).__name__}: {_first_line(exc)}")
+                check(f"R={rows} V={vocab}", target, side, block, lens, case["temperature"])
+        # every draft accepted at a high temperature: every sampled row's bonus, every column a candidate
+        case, block, target, lens = accepting_case(backend, 16, 3, 1024, greedy_every=17)
+        check("bonus T=8", target, block.logits, block, lens, torch.full((16,), 8.0))
+        # a NaN in a bonus row (value checks off): the first NaN is drawn (the exact rescan)
+        target[:, 3, 100:116] = float("nan")
+        old = os.environ.get("DSPARK_SGL_CHECK_VALUES")
+        os.environ["DSPARK_SGL_CHECK_VALUES"] = "0"
+        try:
+            acc, out = verify.chain_verify(
+                target, block.logits, block.tokens, lens, torch.ones(16), seed=1, offset=1
+            )
+            if not bool((acc == 3).all() and (out[:, 3] == 100).all()):
+                failures.append("bonus row with a NaN: the first NaN is not drawn")
+        finally:
+            if old is None:
+                os.environ.pop("DSPARK_SGL_CHECK_VALUES")
+            else:
+                os.environ["DSPARK_SGL_CHECK_VALUES"] = old
     return failures
 
 

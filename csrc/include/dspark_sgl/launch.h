@@ -84,7 +84,9 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
 // dtype) or, with draft_logits null, the Markov sampler's statistics draft_max /
 // draft_sum / draft_token_logits [R, g] float32 plus what recomputes a rejected row:
 // base_logits [R, g, V] (dtype of target_logits), anchor [R], w1 / w2 [V, r], softcap.
-// Outputs: accept_lens [R] int32, out_tokens [R, g+1] int64.
+// Outputs: accept_lens [R] int32, out_tokens [R, g+1] int64. counters: int32
+// [chain_verify_counter_bytes() / 4], zero before the first launch; every launch leaves them zero
+// (tickets and the rejected-request count), so one buffer serves every launch of a stream.
 struct ChainVerifyArgs {
   const void* target_logits;
   const void* draft_logits;
@@ -103,13 +105,15 @@ struct ChainVerifyArgs {
   const float* temperature;
   int64_t rows, gamma, vocab;
   PhiloxArgs philox;
-  int stat_chunks;  // CTAs per (row, position) in the statistics pass
+  int stat_chunks;  // CTAs per (row, position) in pass 1
+  int32_t* counters;
   int32_t* accept_lens;
   int64_t* out_tokens;
 };
 
 size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, int stat_chunks,
                                     int weight_bytes);
+size_t chain_verify_counter_bytes();
 std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, int draft_dtype,
                                 int weight_dtype, void* workspace, uintptr_t cuda_stream);
 
