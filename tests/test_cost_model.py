@@ -294,7 +294,7 @@ def test_staging_in_flight_by_hand():
     assert flights["markov.w2_stage.128"].in_flight == 65536
     assert flights["markov.e_stage.64"].in_flight == 32768  # markov_block: 64-row chunks
     assert flights["markov.e_stage.128"].in_flight == 16384
-    assert flights["verify.resample.e_stage.128"].in_flight == 8192
+    assert flights["verify.residual.e_stage.128"].in_flight == 8192
     assert cost_model._in_flight_verdict(_counts(3)).met
     # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes (128 in
     # markov_block's CTA).
