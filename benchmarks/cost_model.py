@@ -15,9 +15,11 @@ logits once for verification) and against SGLang 0.5.23's path modeled the same 
 its static instructions per unit (element, k-step, pair, ...) times the units the launch
 geometry gives. The budgets of the issue are printed as met / NOT met.
 
-    python benchmarks/cost_model.py [--out FILE] [--check] [--extension dspark_sgl/_C*.so]
+    python benchmarks/cost_model.py [--out FILE] [--check] [--guard] [--pin] [--extension dspark_sgl/_C*.so]
 
-``--check`` exits 1 when a budget is broken. ``--extension`` reads the SASS of a built
+``--check`` exits 1 when a budget is broken; ``--guard`` exits 1 when a budget is worse than
+``cost_budgets_pinned.json`` pins it (CI runs it: budgets still owed cannot get worse, met ones
+cannot break); ``--pin`` rewrites that file from the design as it is. ``--extension`` reads the SASS of a built
 extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached under build/).
 What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
 (W1 rows gathered by every CTA), the confidence head, verification's acceptance tests (one
@@ -829,9 +831,13 @@ def staging_in_flight(counts: Mapping[str, LoopCount]) -> list[StageFlight]:
 
 @dataclass(frozen=True)
 class Verdict:
+    """A budget over the modeled rows. ``worst``: the largest modeled value over its limit
+    (time / (1.3 x floor), instructions / 25, ...): <= 1 where the budget is met."""
+
     budget: str
     met: bool
     failures: tuple[str, ...]
+    worst: float = float("nan")
 
     def line(self) -> str:
         if self.met:
@@ -848,10 +854,13 @@ def _where(path: ModeledOp, device: Device | None = None) -> str:
 
 
 def _check(
-    budget: str, paths: list[ModeledOp], ok: Callable[[ModeledOp, Device], bool], devices: tuple[Device, ...]
+    budget: str, paths: list[ModeledOp], over: Callable[[ModeledOp, Device], float], devices: tuple[Device, ...]
 ) -> Verdict:
-    failures = tuple(f"{_where(p, d)}" for p in paths for d in devices if not ok(p, d))
-    return Verdict(budget, not failures and bool(paths), failures or (() if paths else ("no rows",)))
+    """``over(path, device)``: the modeled value over its limit; the row fails above 1."""
+    ratios = [(over(p, d), p, d) for p in paths for d in devices]
+    failures = tuple(f"{_where(p, d)}" for r, p, d in ratios if not r <= 1.0)
+    worst = max((r for r, _, _ in ratios), default=float("nan"))
+    return Verdict(budget, not failures and bool(paths), failures or (() if paths else ("no rows",)), worst)
 
 
 def budgets(
@@ -869,13 +878,13 @@ def budgets(
         _check(
             "Markov block <= 1.3x its floor at R >= 8",
             [p for p in markov if p.rows >= 8],
-            lambda p, d: p.time(d) <= 1.3 * p.floor(d),
+            lambda p, d: p.time(d) / (1.3 * p.floor(d)),
             devices,
         ),
         _check(
             "Markov block <= 1.6x its floor at R = 1",
             [p for p in markov if p.rows == 1],
-            lambda p, d: p.time(d) <= 1.6 * p.floor(d),
+            lambda p, d: p.time(d) / (1.6 * p.floor(d)),
             devices,
         ),
         Verdict(
@@ -883,20 +892,21 @@ def budgets(
             " the chunk loop plus the candidate path at the measured rates)",
             bool(epilogues) and not epilogue_failures,
             epilogue_failures or (() if epilogues else ("no epilogue loop counted",)),
+            max(effective.values(), default=float("nan")) / 25,
         ),
         _check(
             "Markov block >= 2x faster than SGLang's path at R >= 8",
             [p for p in markov if p.rows >= 8],
-            lambda p, d: p.sglang_time(d) >= 2.0 * p.time(d),
+            lambda p, d: 2.0 * p.time(d) / p.sglang_time(d),
             devices,
         ),
         _check(
             "Verification <= 1.3x reading the target logits once",
             verify_rows,
-            lambda p, d: p.time(d) <= 1.3 * p.floor(d),
+            lambda p, d: p.time(d) / (1.3 * p.floor(d)),
             devices,
         ),
-        _check("Scheduler (one launch) under 10 us", sched, lambda p, d: p.time(d) < 10e-6, devices),
+        _check("Scheduler (one launch) under 10 us", sched, lambda p, d: p.time(d) / 10e-6, devices),
         _in_flight_verdict(counts),
     ]
 
@@ -908,7 +918,33 @@ def _in_flight_verdict(counts: Mapping[str, LoopCount]) -> Verdict:
         f"W2 staging >= {IN_FLIGHT_BUDGET // 1024} KB in flight per SM (one CTA per SM, r = {RANK})",
         bool(w2) and not failures,
         failures or (() if w2 else ("no W2 staging loop counted",)),
+        max((IN_FLIGHT_BUDGET / max(f.in_flight, 1) for f in w2), default=float("nan")),
     )
+
+
+PINNED = Path(__file__).resolve().parent / "cost_budgets_pinned.json"
+PIN_SLACK = 0.02  # a change may move a budget's worst ratio by this much before the guard fails
+
+
+def pin(verdicts: list[Verdict]) -> dict[str, float]:
+    """Each budget's worst ratio, as ``--pin`` writes it: the design as it stands."""
+    return {v.budget: round(v.worst, 4) for v in verdicts}
+
+
+def guard(verdicts: list[Verdict], pinned: Mapping[str, float]) -> list[str]:
+    """What got worse than the pinned design: a budget whose worst ratio grew past the pin by
+    more than PIN_SLACK (a met budget: past 1), or a budget the pin does not know. Empty when
+    nothing regressed. Budgets that are NOT met are held at their pinned ratio, so a later
+    change cannot quietly undo the design while the budgets are still owed."""
+    problems = []
+    for v in verdicts:
+        if v.budget not in pinned:
+            problems.append(f"{v.budget}: not pinned (rerun with --pin)")
+            continue
+        limit = pinned[v.budget] * (1 + PIN_SLACK) if pinned[v.budget] > 1 else 1.0
+        if not v.worst <= limit:
+            problems.append(f"{v.budget}: worst {v.worst:.3f} > pinned {pinned[v.budget]:.3f}")
+    return problems
 
 
 # ---- tables --------------------------------------------------------------------------
@@ -1104,6 +1140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the report (markdown) to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a budget is NOT met")
     parser.add_argument("--extension", type=Path, help="read the SASS of this built extension instead")
+    parser.add_argument(
+        "--guard", action="store_true", help=f"exit 1 when a budget is worse than {PINNED.name} pins it"
+    )
+    parser.add_argument("--pin", action="store_true", help=f"write each budget's worst ratio to {PINNED.name}")
     args = parser.parse_args(argv)
     missing = sass_loops.missing_tools(from_extension=args.extension is not None)
     if missing:
@@ -1117,6 +1157,14 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.out:
         args.out.write_text(text + "\n", encoding="utf-8")
+    if args.pin:
+        PINNED.write_text(json.dumps(pin(verdicts), indent=1) + "\n", encoding="utf-8")
+    if args.guard:
+        problems = guard(verdicts, json.loads(PINNED.read_text(encoding="utf-8")))
+        for line in problems:
+            print(f"cost_model: regressed: {line}", file=sys.stderr)
+        if problems:
+            return 1
     return 1 if args.check and not all(v.met for v in verdicts) else 0
 
 

@@ -393,6 +393,24 @@ def test_check_flag_exit_status(monkeypatch, tmp_path, broken):
     assert ("NOT met" in out.read_text()) == broken
 
 
+def test_guard_holds_owed_budgets_at_their_pinned_ratio():
+    verdicts = cost_model.budgets(_all_met(), _lean_candidates(_counts(20)))
+    pinned = cost_model.pin(verdicts)
+    assert all(0 < ratio <= 1 for ratio in pinned.values()), pinned
+    assert cost_model.guard(verdicts, pinned) == []
+    # A budget still owed (pinned above 1) may not get worse than its pin.
+    slow = cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 1e9)], [], 1e6)
+    owed = cost_model.budgets([*_all_met(), slow], _lean_candidates(_counts(20)))
+    owed_pin = cost_model.pin(owed)
+    budget = "Verification <= 1.3x reading the target logits once"
+    assert owed_pin[budget] > 1 and cost_model.guard(owed, owed_pin) == []
+    slower = cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 2e9)], [], 1e6)
+    worse = cost_model.budgets([*_all_met(), slower], _lean_candidates(_counts(20)))
+    assert [line.split(":")[0] for line in cost_model.guard(worse, owed_pin)] == [budget]
+    # A met budget may not break, however little; an unknown budget is reported.
+    assert cost_model.guard(owed, pinned) and cost_model.guard(verdicts, {}) != []
+
+
 # ---- the real sm_90a build ------------------------------------------------------------
 
 _MISSING = sass_loops.missing_tools()
@@ -469,3 +487,12 @@ def test_the_gumbel_replay_uses_the_kernels_constants():
     )
     assert "constexpr int kRowThreads = 256;" in source and gumbel_candidates.THREADS == 256
     assert gumbel_candidates.stat_chunks(8, 5, 129280) == cost_model.stat_chunks(129280, 8, 5)
+
+
+def test_no_budget_is_worse_than_the_pinned_design(real_build):
+    """CI's budget gate: what csrc/ builds to now against benchmarks/cost_budgets_pinned.json
+    (met budgets stay met; budgets still owed cannot get worse; ``--pin`` after a real gain)."""
+    _, counts = real_build
+    verdicts = cost_model.budgets(cost_model.model(cost_model.loop_instructions(counts)), counts)
+    pinned = json.loads(cost_model.PINNED.read_text(encoding="utf-8"))
+    assert cost_model.guard(verdicts, pinned) == []
