@@ -19,8 +19,9 @@ geometry gives. The budgets of the issue are printed as met / NOT met.
 
 ``--check`` exits 1 when a budget is broken; ``--guard`` exits 1 when a budget is worse than
 ``cost_budgets_pinned.json`` pins it (CI runs it: budgets still owed cannot get worse, met ones
-cannot break); ``--pin`` rewrites that file from the design as it is. ``--extension`` reads the SASS of a built
-extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached under build/).
+cannot break); ``--pin`` rewrites that file from the design as it is. ``--extension`` reads
+the SASS of a built extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached
+under build/).
 What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
 (W1 rows gathered by every CTA), the confidence head, verification's acceptance tests (one
 warp a request; its chunk merges are modeled) and its out-of-line new-maximum path (a few per
@@ -854,7 +855,10 @@ def _where(path: ModeledOp, device: Device | None = None) -> str:
 
 
 def _check(
-    budget: str, paths: list[ModeledOp], over: Callable[[ModeledOp, Device], float], devices: tuple[Device, ...]
+    budget: str,
+    paths: list[ModeledOp],
+    over: Callable[[ModeledOp, Device], float],
+    devices: tuple[Device, ...],
 ) -> Verdict:
     """``over(path, device)``: the modeled value over its limit; the row fails above 1."""
     ratios = [(over(p, d), p, d) for p in paths for d in devices]
@@ -1143,7 +1147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--guard", action="store_true", help=f"exit 1 when a budget is worse than {PINNED.name} pins it"
     )
-    parser.add_argument("--pin", action="store_true", help=f"write each budget's worst ratio to {PINNED.name}")
+    parser.add_argument(
+        "--pin", action="store_true", help=f"write each budget's worst ratio to {PINNED.name}"
+    )
     args = parser.parse_args(argv)
     missing = sass_loops.missing_tools(from_extension=args.extension is not None)
     if missing:
