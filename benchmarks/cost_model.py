@@ -841,17 +841,23 @@ class Verdict:
     worst: float = float("nan")
 
     def line(self) -> str:
+        worst = f"worst {self.worst:.2f}x of the limit" if self.worst == self.worst else "no rows"
         if self.met:
-            return f"- {self.budget}: met"
+            return f"- {self.budget}: met ({worst})"
         shown = "; ".join(self.failures[:6]) + (
             f"; ... ({len(self.failures)} in all)" if len(self.failures) > 6 else ""
         )
-        return f"- {self.budget}: NOT met ({shown})"
+        return f"- {self.budget}: NOT met ({worst}: {shown})"
 
 
 def _where(path: ModeledOp, device: Device | None = None) -> str:
     shape = f"V={path.vocab} R={path.rows} g={path.gamma}" if path.vocab else f"R={path.rows} g={path.gamma}"
     return f"{path.op} {shape}" + (f" {device.name}" if device else "")
+
+
+def _over(value: float, limit: float | None) -> float:
+    """value / limit; infinite without a positive limit (a row the budget cannot pass)."""
+    return value / limit if limit else math.inf
 
 
 def _check(
@@ -882,13 +888,13 @@ def budgets(
         _check(
             "Markov block <= 1.3x its floor at R >= 8",
             [p for p in markov if p.rows >= 8],
-            lambda p, d: p.time(d) / (1.3 * p.floor(d)),
+            lambda p, d: _over(p.time(d), 1.3 * p.floor(d)),
             devices,
         ),
         _check(
             "Markov block <= 1.6x its floor at R = 1",
             [p for p in markov if p.rows == 1],
-            lambda p, d: p.time(d) / (1.6 * p.floor(d)),
+            lambda p, d: _over(p.time(d), 1.6 * p.floor(d)),
             devices,
         ),
         Verdict(
@@ -901,13 +907,13 @@ def budgets(
         _check(
             "Markov block >= 2x faster than SGLang's path at R >= 8",
             [p for p in markov if p.rows >= 8],
-            lambda p, d: 2.0 * p.time(d) / p.sglang_time(d),
+            lambda p, d: _over(2.0 * p.time(d), p.sglang_time(d)),
             devices,
         ),
         _check(
             "Verification <= 1.3x reading the target logits once",
             verify_rows,
-            lambda p, d: p.time(d) / (1.3 * p.floor(d)),
+            lambda p, d: _over(p.time(d), 1.3 * p.floor(d)),
             devices,
         ),
         _check("Scheduler (one launch) under 10 us", sched, lambda p, d: p.time(d) / 10e-6, devices),
