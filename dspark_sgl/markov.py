@@ -925,6 +925,8 @@ def sample_block_sharded(
     """
     if not isinstance(head, VanillaMarkovHead):
         raise TypeError(f"head must be a VanillaMarkovHead shard, got {type(head).__name__}")
+    if getattr(head, "w2_scale", None) is not None:
+        raise ValueError("an int8-W2 Markov head cannot be vocab-sharded (not implemented)")
     if keep_logits and gather_logits is None:
         raise ValueError("keep_logits=True needs gather_logits")
     _checks.tensor("base_logits", base_logits, dtypes=_checks.FLOAT_DTYPES, ndim=3)

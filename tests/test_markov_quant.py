@@ -159,6 +159,17 @@ def test_the_int8_head_rejects_bad_input():
     head = Int8VanillaMarkovHead(w1, q, scale)
     with pytest.raises(ValueError, match="cannot be vocab-sharded"):
         head.shard(0, 5)
+    with pytest.raises(ValueError, match="cannot be vocab-sharded"):
+        markov.sample_block_sharded(
+            torch.zeros(1, 2, 10),
+            torch.tensor([0]),
+            head,
+            torch.ones(1),
+            seed=0,
+            offset=0,
+            gather_stacked=lambda t: t,
+            keep_logits=False,
+        )
     with pytest.raises(TypeError, match="float VanillaMarkovHead"):
         Int8VanillaMarkovHead.quantize(head)
     with pytest.raises(ValueError, match="whole vocabulary"):
