@@ -206,6 +206,7 @@ def run_eval(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     from dspark_sgl.engine import SpeculativeEngine
 
     tokenizer, target, draft = load_pair(args.target, args.draft, args.device, args.dtype, args.sts)
+    draft.set_markov_w2_int8(getattr(args, "markov_w2", "native") == "int8")
     prompts = load_prompts(
         args.prompts or [DEFAULT_PROMPTS], args.datasets.split(",") if args.datasets else None
     )
@@ -261,6 +262,7 @@ def run_eval(args: argparse.Namespace) -> tuple[dict, list[dict]]:
         "draft_type": "dspark" if draft.config.is_dspark else "dflash",
         "gamma": gamma,
         "temperature": args.temperature,
+        "markov_w2": getattr(args, "markov_w2", "native"),
         "max_new_tokens": args.max_new_tokens,
         "device": str(engine.device),
         "datasets": per_dataset,
@@ -287,6 +289,12 @@ def _eval_parser(prog: str, *, pair_required: bool = True) -> argparse.ArgumentP
         "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"
     )
     p.add_argument("--sts", help="STS JSON to apply to the confidence head")
+    p.add_argument(
+        "--markov-w2",
+        choices=("native", "int8"),
+        default="native",
+        help="draft with W2 as loaded (native) or quantized to int8 with per-row scales (vanilla head)",
+    )
     p.add_argument("--no-chat-template", action="store_true", help="encode the raw prompt text")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p

@@ -69,6 +69,9 @@ class DraftStats:
     the logit itself on greedy rows), what a vocab shard's winner is compared by.
     vocab_start: the first global column of a vocab shard (0 when the vocab is whole); the
     statistics of a shard cover its columns only, and ``tokens`` are global ids.
+    w2_scale: [V] float32 per-row scales when ``w2`` is int8 (an
+    :class:`~dspark_sgl.markov_quant.Int8VanillaMarkovHead`): the row's bias is then
+    :func:`~dspark_sgl.markov_quant.int8_bias`, the formula it was drafted with.
     Valid only for the temperatures the block was drafted with.
     """
 
@@ -83,6 +86,7 @@ class DraftStats:
     logits_dtype: torch.dtype = torch.float32
     token_scores: torch.Tensor | None = None
     vocab_start: int = 0
+    w2_scale: torch.Tensor | None = None
 
     def row_logits(self, tokens: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """Recompute ``logits[r, position[r]]`` for every row: [R, V] float32.
@@ -96,7 +100,13 @@ class DraftStats:
         base = self.base_logits[row_ids, position].float()
         if self.logit_softcap is not None:
             base = softcap(base, self.logit_softcap)
-        return _round_logits(base + _vanilla_bias(self.w1, self.w2, prev), self.logits_dtype)
+        if self.w2_scale is None:
+            bias = _vanilla_bias(self.w1, self.w2, prev)
+        else:
+            from dspark_sgl.markov_quant import int8_bias  # markov_quant builds on this module
+
+            bias = int8_bias(self.w1, self.w2, self.w2_scale, prev)
+        return _round_logits(base + bias, self.logits_dtype)
 
 
 def softcap(logits: torch.Tensor, cap: float) -> torch.Tensor:
@@ -681,6 +691,7 @@ def sample_block_with_head(
             logits_dtype=logits_dtype,
             token_scores=token_scores,
             vocab_start=vocab_start,
+            w2_scale=getattr(head, "w2_scale", None),
         )
     return DraftBlock(
         tokens=tokens,
@@ -695,6 +706,8 @@ def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int, device: 
     """Why ``markov_block`` cannot run these inputs (None when it can)."""
     if not isinstance(head, VanillaMarkovHead):
         return f"{type(head).__name__} has no CUDA kernel (vanilla head only)"
+    if getattr(head, "w2_scale", None) is not None:
+        return "an int8 W2 (per-row scales) has no CUDA kernel path yet (16-bit or float32 W2 only)"
     if head.w1.dtype != head.w2.dtype:
         return f"w1 ({head.w1.dtype}) and w2 ({head.w2.dtype}) differ in dtype"
     if head.vocab_start % 4 and vocab:
@@ -912,6 +925,8 @@ def sample_block_sharded(
     """
     if not isinstance(head, VanillaMarkovHead):
         raise TypeError(f"head must be a VanillaMarkovHead shard, got {type(head).__name__}")
+    if getattr(head, "w2_scale", None) is not None:
+        raise ValueError("an int8-W2 Markov head cannot be vocab-sharded (not implemented)")
     if keep_logits and gather_logits is None:
         raise ValueError("keep_logits=True needs gather_logits")
     _checks.tensor("base_logits", base_logits, dtypes=_checks.FLOAT_DTYPES, ndim=3)

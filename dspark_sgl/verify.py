@@ -54,9 +54,16 @@ def _check_stats(stats: DraftStats, rows: int, gamma: int, vocab: int, device: t
         device=device,
     )
     _checks.tensor("draft_logits.anchor", stats.anchor, dtypes=(torch.int64,), shape=(rows,), device=device)
-    for name in ("w1", "w2"):
+    _checks.tensor("draft_logits.w1", stats.w1, dtypes=_checks.FLOAT_DTYPES, ndim=2, device=device)
+    w2_dtypes = _checks.FLOAT_DTYPES if stats.w2_scale is None else (torch.int8,)  # markov_quant
+    _checks.tensor("draft_logits.w2", stats.w2, dtypes=w2_dtypes, ndim=2, device=device)
+    if stats.w2_scale is not None:
         _checks.tensor(
-            f"draft_logits.{name}", getattr(stats, name), dtypes=_checks.FLOAT_DTYPES, ndim=2, device=device
+            "draft_logits.w2_scale",
+            stats.w2_scale,
+            dtypes=(torch.float32,),
+            shape=(stats.w2.shape[0],),
+            device=device,
         )
     if stats.w2.shape[0] != vocab or stats.w1.shape != stats.w2.shape:
         raise ValueError(
@@ -224,6 +231,8 @@ def _kernel_unsupported(
     if rows > _KERNEL_MAX_ROWS:
         return f"{rows} rows > {_KERNEL_MAX_ROWS}"
     if isinstance(draft_logits, DraftStats) and gamma > 0:
+        if draft_logits.w2_scale is not None:
+            return "the statistics form of an int8 W2 has no CUDA kernel path yet"
         if draft_logits.w1.dtype != draft_logits.w2.dtype:
             return "the statistics form needs w1 and w2 of one dtype"
         if draft_logits.w2.shape[1] > 512:

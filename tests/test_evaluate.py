@@ -108,3 +108,40 @@ def test_eval_command_line_and_prompt_errors(pair, tmp_path):
     past_end = [*_common(target, draft, prompts), "--skip-prompts", "1000", "--out", str(tmp_path / "s.json")]
     with pytest.raises(ValueError, match="no prompts left after --skip-prompts 1000"):
         evaluate.main_eval(past_end)
+
+
+def test_eval_drafts_with_an_int8_markov_w2(pair, tmp_path, monkeypatch):
+    from dspark_sgl import markov_quant
+
+    _root, target, draft, prompts = pair
+    steps = []
+    original = markov_quant.Int8VanillaMarkovHead.step
+    monkeypatch.setattr(
+        markov_quant.Int8VanillaMarkovHead, "step", lambda self, *a: steps.append(1) or original(self, *a)
+    )
+    out = tmp_path / "int8.json"
+    args = [*_common(target, draft, prompts), "--markov-w2", "int8", "--out", str(out)]
+    assert evaluate.main_eval([*args, "--trace", str(tmp_path / "int8.jsonl")]) == 0
+    report = json.loads(out.read_text())
+    assert report["markov_w2"] == "int8" and steps, "the int8 head must draft"
+    assert 1.0 <= report["macro"]["tau"] <= report["gamma"] + 1
+
+
+def test_set_markov_w2_int8_needs_the_vanilla_head():
+    from tiny_models import tiny_draft, tiny_target
+
+    from dspark_sgl.markov_quant import Int8VanillaMarkovHead
+
+    target = tiny_target(40)
+    draft = tiny_draft(target)
+    draft.set_markov_w2_int8(True)
+    head, _ = draft.samplers()
+    assert isinstance(head, Int8VanillaMarkovHead) and head.w2.dtype == torch.int8
+    draft.set_markov_w2_int8(False)
+    assert not isinstance(draft.samplers()[0], Int8VanillaMarkovHead)
+    with pytest.raises(TypeError, match="enabled must be a bool"):
+        draft.set_markov_w2_int8(1)
+    gated = tiny_draft(target, markov_head_type="gated")
+    with pytest.raises(ValueError, match="vanilla Markov head"):
+        gated.set_markov_w2_int8(True)
+    gated.set_markov_w2_int8(False)  # turning it off is always allowed

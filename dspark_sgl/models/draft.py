@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from dspark_sgl import markov, rng
+from dspark_sgl import markov, markov_quant, rng
 from dspark_sgl.models.config import DraftConfig
 from dspark_sgl.models.layers import ContextAttention, GatedMLP, MoE, RMSNorm
 from dspark_sgl.models.mhc import HyperConnection, HyperHead
@@ -228,6 +228,7 @@ class DSparkDraft(nn.Module):
         self.confidence_head = ConfidenceModule(config) if config.enable_confidence_head else None
         self.sts_temperatures: torch.Tensor | None = None
         self.vocab_attached = True
+        self.markov_w2_int8 = False  # draft with W2 quantized to int8 (set_markov_w2_int8)
         self._samplers: tuple | None = None
 
     @property
@@ -267,6 +268,16 @@ class DSparkDraft(nn.Module):
         self.sts_temperatures = temperatures
         self._samplers = None
 
+    def set_markov_w2_int8(self, enabled: bool) -> None:
+        """Draft with W2 quantized to int8 with per-row scales (:mod:`dspark_sgl.markov_quant`,
+        PyTorch path only) when ``enabled``, else with W2 as loaded. Vanilla Markov head only."""
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {type(enabled).__name__}")
+        if enabled and (self.markov_head is None or self.markov_head.head_type != "vanilla"):
+            raise ValueError("an int8 W2 needs a DSpark draft with the vanilla Markov head")
+        self.markov_w2_int8 = enabled
+        self._samplers = None
+
     def invalidate_samplers(self) -> None:
         """Forget cached inference heads (call after changing weights in place)."""
         self._samplers = None
@@ -275,6 +286,8 @@ class DSparkDraft(nn.Module):
         """(Markov head, confidence head) over the current weights, built once."""
         if self._samplers is None:
             head = self.markov_head.sampler() if self.markov_head is not None else None
+            if head is not None and self.markov_w2_int8:
+                head = markov_quant.Int8VanillaMarkovHead.quantize(head)
             conf = (
                 self.confidence_head.sampler(self.sts_temperatures)
                 if self.confidence_head is not None
