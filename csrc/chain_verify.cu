@@ -58,17 +58,6 @@ __device__ __forceinline__ int32_t* pass2_tickets(const ChainVerifyArgs& a) {
   return a.counters + kGlobalCounters + kMaxRows;
 }
 
-// 2^x on the special-function unit (ex2.approx: 2 ulp); the emulator uses libm.
-__device__ __forceinline__ float fast_exp2(float x) {
-#ifdef CUEMU
-  return exp2f(x);
-#else
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
-
 // A column whose fast-scaled logit ys = x * (1/T) is below this cannot beat `best` with any
 // Gumbel value: the IEEE x / T is within |ys| 2^-22 of ys, the score rn(x / T + G) is at most
 // rn(x / T + kGumbelMax), and the slack (|best| + kGumbelMax) 2^-20 exceeds both roundings.

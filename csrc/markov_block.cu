@@ -124,8 +124,8 @@ __device__ __forceinline__ bool may_beat(float best_lo, float logit, float inv_t
   const float xs = __fmul_rn(logit, inv_t);
   const float x_up = __fmaf_rn(fabsf(xs), 0x1p-20f, xs);
   const float d_lo = __fsub_rn(best_lo, x_up);
-  const float e_hi = exp2_term(__fmaf_rn(-d_lo, kLog2e, kMargin));
-  const float u_lo_scaled = exp2_term(__fmaf_rn(-e_hi, kLog2e, 24.0f - kMargin));  // u_lo * 2^24
+  const float e_hi = fast_exp2(__fmaf_rn(-d_lo, kLog2e, kMargin));
+  const float u_lo_scaled = fast_exp2(__fmaf_rn(-e_hi, kLog2e, 24.0f - kMargin));  // u_lo * 2^24
   return !(static_cast<float>((bits >> 8) | 1u) <= u_lo_scaled);
 }
 
@@ -375,7 +375,7 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
     for (int q = 0; q < kQuads; ++q)
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        sum += exp2_term(__fmul_rn(__fsub_rn(logit[q][i], m), log2e_t));  // 2^-inf = 0: masked columns
+        sum += fast_exp2(__fmul_rn(__fsub_rn(logit[q][i], m), log2e_t));  // 2^-inf = 0: masked columns
     // Candidates: a logit >= floor_logit (then the thread's max is one) or NaN (then the sum is
     // NaN; so it is when every logit of the tile row is -inf, where every column is a candidate).
     const bool any = !(thread_max < floor_logit) || sum != sum;

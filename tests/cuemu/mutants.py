@@ -270,17 +270,21 @@ def _check_markov() -> list[str]:
     drawn_max, drawn_min = gumbel_range()
     if not (gumbel_max >= drawn_max and gumbel_min <= drawn_min):
         failures.append(f"Gumbel bounds ({gumbel_max}, {gumbel_min}) miss draws ({drawn_max}, {drawn_min})")
+
     # Position 0's logits far above position 1's: a running max left over from position 0
     # would raise position 1's candidate floor above every column.
+    def compare(case: dict, label: str) -> None:
+        ours = draft(case, keep_logits=True)
+        with _dispatch.forced_reference():
+            ref = draft(case, keep_logits=True)
+        try:
+            assert_blocks_equal(ours, ref)
+        except AssertionError as exc:
+            failures.append(f"{label}: {_first_line(exc)}")
+
     case = markov_case(torch.device("cpu"), 4, 2, 1100, 64, hidden=32)
     case["base_logits"][:, 0] += 64
-    ours = draft(case, keep_logits=True)
-    with _dispatch.forced_reference():
-        ref = draft(case, keep_logits=True)
-    try:
-        assert_blocks_equal(ours, ref)
-    except AssertionError as exc:
-        failures.append(f"position 0 far above position 1: {_first_line(exc)}")
+    compare(case, "position 0 far above position 1")
     # one 64-wide tile chunk; 128-wide tiles, 3 chunks; 64-wide, 2 chunks, 65 tiles (two warps reduce)
     for rows, vocab, wdtype in (
         (3, 1100, torch.bfloat16),
@@ -288,13 +292,7 @@ def _check_markov() -> list[str]:
         (40, 4099, torch.float32),
     ):
         case = markov_case(torch.device("cpu"), rows, 3, vocab, 64, wdtype=wdtype, hidden=32)
-        ours = draft(case, keep_logits=True)
-        with _dispatch.forced_reference():
-            ref = draft(case, keep_logits=True)
-        try:
-            assert_blocks_equal(ours, ref)
-        except AssertionError as exc:
-            failures.append(f"R={rows} {wdtype}: {_first_line(exc)}")
+        compare(case, f"R={rows} {wdtype}")
     return failures
 
 

@@ -149,9 +149,11 @@ __device__ __forceinline__ T block_merge(T value, T* shared) {
   return value;
 }
 
-// 2^x for a softmax term (x <= 0): one MUFU.EX2 (ex2.approx.ftz: about 2^-22 relative error,
-// results below 2^-126 flush to zero). The CPU emulator has no PTX; it computes exp2f.
-__device__ __forceinline__ float exp2_term(float x) {
+// 2^x on the special-function unit: one MUFU.EX2 (ex2.approx.ftz: about 2^-22 relative error,
+// results below 2^-126 flush to zero); for softmax terms and the kernels' Gumbel bounds, never
+// for a value that must match the reference bit for bit. The CPU emulator has no PTX; it
+// computes exp2f.
+__device__ __forceinline__ float fast_exp2(float x) {
 #ifdef CUEMU
   return exp2f(x);
 #else
