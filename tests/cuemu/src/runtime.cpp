@@ -15,7 +15,7 @@
 //                          only __syncwarp, or lanes that rely on implicit warp lockstep.
 //   CUEMU_STRICT_EXIT=1    fault when a thread exits while others wait at __syncthreads
 //   CUEMU_EARLY_BLOCKS=n   blocks of a programmatic dependent launch parked at griddepcontrol.wait
-//                          before its primary runs (default 16)
+//                          before its primary runs (default 8)
 //   CUEMU_STACK_KB=n       fiber stack size (default 256)
 //   CUEMU_VERBOSE=1        print every launch and fault to stderr
 #include <link.h>
@@ -149,6 +149,11 @@ struct alignas(128) Worker {
   bool aborted = false;
   std::mt19937 rng{12345};
   std::vector<int> order;
+
+  Worker() = default;
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker();
 };
 
 thread_local Worker* tl_worker = nullptr;
@@ -270,6 +275,11 @@ void ensure_fibers(Worker& w, unsigned n) {
     f.stack = static_cast<char*>(mem) + page;
     f.stack_size = stack;
   }
+}
+
+Worker::~Worker() {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (Fiber& f : fibers) munmap(f.stack - page, f.stack_size + page);
 }
 
 void yield_to_scheduler() {
@@ -789,36 +799,10 @@ void run_blocks(GridRun& L) {
 }
 
 int early_block_limit() {
-  static const int limit = std::max(1, env_int("CUEMU_EARLY_BLOCKS", 16));
+  static const int limit = std::max(1, env_int("CUEMU_EARLY_BLOCKS", 8));
   return limit;
 }
 
-// The workers of parked blocks (reused across launches: their fiber stacks stay mapped); a
-// queued dependent holds its workers until it finishes (the next dependent takes others).
-struct EarlyWorker {
-  std::unique_ptr<Worker> worker = std::make_unique<Worker>();
-  bool busy = false;
-};
-std::vector<EarlyWorker>& early_workers() {
-  static std::vector<EarlyWorker> pool;
-  return pool;
-}
-Worker& take_early_worker() {
-  auto& pool = early_workers();
-  for (EarlyWorker& e : pool) {
-    if (!e.busy) {
-      e.busy = true;
-      return *e.worker;
-    }
-  }
-  pool.emplace_back();
-  pool.back().busy = true;
-  return *pool.back().worker;
-}
-void give_back_early_worker(Worker* w) {
-  for (EarlyWorker& e : early_workers())
-    if (e.worker.get() == w) e.busy = false;
-}
 
 // A queued launch; `early` are the threads of a dependent's blocks parked at their wait.
 struct QueuedLaunch {
@@ -826,7 +810,9 @@ struct QueuedLaunch {
   void* arg = nullptr;
   void (*destroy)(void*) = nullptr;
   std::vector<std::thread> early;
-  std::vector<Worker*> early_workers;
+  // The workers of the parked blocks, freed when the launch finishes: every loaded build (each
+  // mutant is one) would otherwise keep CUEMU_EARLY_BLOCKS x threads fiber stacks mapped.
+  std::vector<std::unique_ptr<Worker>> early_workers;
 
   ~QueuedLaunch() { destroy(arg); }
 };
@@ -842,8 +828,8 @@ void run_until_waits(QueuedLaunch& q) {
   const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
   for (int i = 0; i < early_block_limit(); ++i) {
     if (L.next_block.load() >= total || L.aborted.load() || context_faulted()) break;
-    Worker& w = take_early_worker();
-    q.early_workers.push_back(&w);
+    q.early_workers.push_back(std::make_unique<Worker>());
+    Worker& w = *q.early_workers.back();
     q.early.emplace_back([&L, &w] {
       tl_settled = false;
       worker_loop(w, L);
@@ -869,7 +855,7 @@ void finish(QueuedLaunch& q) {
   L.released.notify_all();
   run_blocks(L);
   for (auto& t : q.early) t.join();
-  for (Worker* w : q.early_workers) give_back_early_worker(w);
+  q.early_workers.clear();
 }
 
 void synchronize_locked() {

@@ -39,7 +39,7 @@
 // of the primary's output before the wait sees what was there before; then the primary runs;
 // then the parked blocks resume and the remaining blocks run (their waits return at once: a block
 // that starts after the primary has completed is legal on a GPU too). At most
-// CUEMU_EARLY_BLOCKS (default 16) blocks are parked at once (each holds an OS thread, as its
+// CUEMU_EARLY_BLOCKS (default 8) blocks are parked at once (each holds an OS thread, as its
 // static __shared__ variables are thread-local); blocks that exit without waiting do not count,
 // so a kernel that never waits runs entirely before its primary. The trigger
 // (griddepcontrol.launch_dependents) is accepted and does nothing: the model already lets the
