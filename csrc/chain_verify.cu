@@ -659,7 +659,7 @@ __global__ void __launch_bounds__(kTileThreads)
   __shared__ int s_count;
   if (threadIdx.x == 0) s_count = 0;
   LastRows last{s_rows, &s_count};
-  wait_for_primary_grid();  // pass 1 complete: the rejected count and the stop rows are final
+  wait_for_primary_grid();  // pass 1 complete: the count and the stop rows of every chunk are final
   if (nothing_rejected(args)) return;  // uniform
 
   stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
