@@ -93,7 +93,9 @@ def emulated(module: ModuleType) -> Iterator[None]:
         saved["launch"](op, device, *args)
         if module._cuemu.cuemu_queued_launches():
             module._cuemu.cuemu_synchronize()
-            raise RuntimeError(f"{op}: the launcher returned with a launch queued (it must end with cudaGetLastError)")
+            raise RuntimeError(
+                f"{op}: the launcher returned with a launch queued (it must end with cudaGetLastError)"
+            )
 
     _dispatch._extension, _dispatch._extension_error, _dispatch._extension_tried = module, None, True
     _dispatch.launch = launch

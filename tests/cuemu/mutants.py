@@ -239,7 +239,8 @@ MUTANTS = [
     Mutant(
         "verify_residual_markov_without_the_wait",
         "chain_verify.cu",
-        "  wait_for_primary_grid();  // pass 1 complete: the count and the stop rows of every chunk are final\n",
+        "  wait_for_primary_grid();  // pass 1 complete: "
+        "the count and the stop rows of every chunk are final\n",
         "",
         "pass 2 (draft statistics) never waits for pass 1: it reads the count and the stop rows before "
         "pass 1 has written them",

@@ -42,9 +42,8 @@ def test_the_emulated_extension_is_this_checkouts_build(emulated_extension):
 def test_chain_verify_pass_2_runs_as_a_dependent_of_pass_1(emulated_extension):
     """Both forms of pass 2 are programmatic dependents whose blocks run up to their wait before
     pass 1 (the emulator's adversarial order), and the launcher leaves nothing queued."""
-    from test_gpu_kernels import accepting_case, assert_verify_matches
-
     from kernel_backend import Backend, counting_launches
+    from test_gpu_kernels import accepting_case, assert_verify_matches
 
     backend = Backend("cuemu", torch.device("cpu"), full=False)
     runtime = emulated_extension._cuemu

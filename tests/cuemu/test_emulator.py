@@ -285,7 +285,10 @@ def test_a_dependent_runs_up_to_its_wait_before_the_primary(runtime, monkeypatch
     data = torch.full((n,), STALE, dtype=torch.int32)
     before, after, kept = (torch.zeros(n, dtype=torch.int32) for _ in range(3))
     launches = runtime.cuemu_early_dependent_launches()
-    assert runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 1) == b""
+    assert (
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 1)
+        == b""
+    )
     assert runtime.cuemu_early_dependent_launches() == launches + 1
     assert runtime.cuemu_queued_launches() == 0
     per_block = before.view(blocks, threads)
@@ -300,7 +303,10 @@ def test_a_dependent_without_a_queued_primary_waits_for_nothing(runtime):
     data = torch.full((blocks * threads,), STALE, dtype=torch.int32)
     before, after, kept = (torch.zeros(blocks * threads, dtype=torch.int32) for _ in range(3))
     launches = runtime.cuemu_early_dependent_launches()
-    assert runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 0) == b""
+    assert (
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 0)
+        == b""
+    )
     assert runtime.cuemu_early_dependent_launches() == launches
     assert bool((before == FRESH).all()) and bool((after == FRESH).all()) and bool((kept == 1).all())
 
@@ -316,7 +322,10 @@ def test_a_chain_of_dependents_sees_each_primary_only_after_its_wait(runtime):
 
 @pytest.mark.parametrize(
     ("kind", "message"),
-    [(0, b"cudaErrorInvalidConfiguration: invalid launch configuration"), (1, b"attribute 2 is not emulated")],
+    [
+        (0, b"cudaErrorInvalidConfiguration: invalid launch configuration"),
+        (1, b"attribute 2 is not emulated"),
+    ],
 )
 def test_dependent_launch_errors_are_returned_by_the_launch(runtime, kind, message):
     cell = torch.zeros(4, dtype=torch.int32)
