@@ -206,17 +206,17 @@ __global__ void pdl_primary(int* data, int n, int value) {
 // The dependent: each thread reads data[i] before the wait (before[i]) and after it (after[i]);
 // kept[i] says whether the static and dynamic shared memory written before the wait still hold
 // it after. Thread 0 waits only after a barrier the others reach after their waits: the block
-// holds threads at the barrier and at the wait at once.
-__global__ void pdl_dependent(const int* data, int* before, int* after, int* kept) {
+// holds threads at the barrier and at the wait at once. `wait` 0 drops both waits (a bug).
+__global__ void pdl_dependent(const int* data, int* before, int* after, int* kept, int wait) {
   __shared__ int block_tag;
   extern __shared__ int own[];
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   before[i] = data[i];
   if (threadIdx.x == 0) block_tag = 1000 + blockIdx.x;
   own[threadIdx.x] = i;
-  if (threadIdx.x != 0) dspark_sgl::wait_for_primary_grid();
+  if (wait && threadIdx.x != 0) dspark_sgl::wait_for_primary_grid();
   __syncthreads();
-  if (threadIdx.x == 0) dspark_sgl::wait_for_primary_grid();
+  if (wait && threadIdx.x == 0) dspark_sgl::wait_for_primary_grid();
   after[i] = data[i];
   kept[i] = block_tag == 1000 + static_cast<int>(blockIdx.x) && own[threadIdx.x] == i;
 }
@@ -303,14 +303,15 @@ CUEMU_EXPORT const char* st_async_copy_misuse(const int4* in, int4* global_out, 
   return ret(result());
 }
 // `blocks` x `threads` dependent threads on a primary that writes 5 over data's earlier values;
-// `queued` 0: a cudaGetLastError between the launches runs the primary first.
+// `queued` 0: a cudaGetLastError between the launches runs the primary first; `wait` 0: the
+// dependent never waits.
 CUEMU_EXPORT const char* st_dependent_launch(int* data, int* before, int* after, int* kept, int blocks, int threads,
-                                             int queued) {
+                                             int queued, int wait) {
   pdl_primary<<<2, 64>>>(data, blocks * threads, 5);
   if (!queued && cudaGetLastError() != cudaSuccess) return ret(result());
   const cudaError_t e = dspark_sgl::launch_programmatic_dependent(pdl_dependent, dim3(blocks), dim3(threads),
                                                                   threads * sizeof(int), nullptr, data, before,
-                                                                  after, kept);
+                                                                  after, kept, wait);
   if (e != cudaSuccess) return ret(cudaGetErrorString(e));
   return ret(result());
 }

@@ -286,7 +286,7 @@ def test_a_dependent_runs_up_to_its_wait_before_the_primary(runtime, monkeypatch
     before, after, kept = (torch.zeros(n, dtype=torch.int32) for _ in range(3))
     launches = runtime.cuemu_early_dependent_launches()
     assert (
-        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 1)
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 1, 1)
         == b""
     )
     assert runtime.cuemu_early_dependent_launches() == launches + 1
@@ -294,6 +294,20 @@ def test_a_dependent_runs_up_to_its_wait_before_the_primary(runtime, monkeypatch
     per_block = before.view(blocks, threads)
     assert bool((per_block[:early] == STALE).all()) and bool((per_block[early:] == FRESH).all())
     assert bool((after == FRESH).all()) and bool((kept == 1).all())
+
+
+def test_a_dependent_that_never_waits_runs_entirely_before_its_primary(runtime):
+    """Blocks that exit without waiting hold no parking slot: every block of a dependent without a
+    wait (past the parked-block limit too) reads the primary's output as it was before."""
+    blocks, threads = runtime.cuemu_early_block_limit() + 8, 32
+    data = torch.full((blocks * threads,), STALE, dtype=torch.int32)
+    before, after, kept = (torch.zeros(blocks * threads, dtype=torch.int32) for _ in range(3))
+    assert (
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 1, 0)
+        == b""
+    )
+    assert bool((before == STALE).all()) and bool((after == STALE).all()) and bool((kept == 1).all())
+    assert bool((data == FRESH).all())  # the primary ran after
 
 
 def test_a_dependent_without_a_queued_primary_waits_for_nothing(runtime):
@@ -304,7 +318,7 @@ def test_a_dependent_without_a_queued_primary_waits_for_nothing(runtime):
     before, after, kept = (torch.zeros(blocks * threads, dtype=torch.int32) for _ in range(3))
     launches = runtime.cuemu_early_dependent_launches()
     assert (
-        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 0)
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 0, 1)
         == b""
     )
     assert runtime.cuemu_early_dependent_launches() == launches

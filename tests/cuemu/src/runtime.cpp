@@ -171,9 +171,12 @@ struct GridRun {
   std::mutex dependency_mutex;
   std::condition_variable released, settled_cv;
   unsigned settled = 0;  // early threads that have parked a block or run out of blocks
+  unsigned turn = 0;     // once resolved: the early thread whose parked block may resume
 };
 
 thread_local bool tl_settled = false;  // this early thread has told the host it parked or ended
+thread_local bool tl_parked = false;   // this early thread holds a parked block (it takes no more)
+thread_local unsigned tl_early_index = 0;
 
 // Called on an early thread whose block can only go on once the primary has run: tells the host
 // and sleeps until the dependency resolves.
@@ -185,7 +188,8 @@ void park(GridRun& L) {
     ++L.settled;
     L.settled_cv.notify_all();
   }
-  L.released.wait(lock, [&] { return L.dependency_gen != 0; });
+  tl_parked = true;
+  L.released.wait(lock, [&] { return L.dependency_gen != 0 && L.turn == tl_early_index; });
 }
 
 std::mutex g_error_mutex;
@@ -530,6 +534,7 @@ void worker_loop(Worker& w, GridRun& L) {
     const uint64_t blk = L.next_block.fetch_add(1, std::memory_order_relaxed);
     if (blk >= total) break;
     run_block(w, L, blk, order);
+    if (tl_parked) break;  // an early thread: the blocks after the primary run on the pool
     ++ran;
     if (w.aborted) L.aborted.store(true);
   }
@@ -830,8 +835,10 @@ void run_until_waits(QueuedLaunch& q) {
     if (L.next_block.load() >= total || L.aborted.load() || context_faulted()) break;
     q.early_workers.push_back(std::make_unique<Worker>());
     Worker& w = *q.early_workers.back();
-    q.early.emplace_back([&L, &w] {
+    q.early.emplace_back([&L, &w, i] {
       tl_settled = false;
+      tl_parked = false;
+      tl_early_index = static_cast<unsigned>(i);
       worker_loop(w, L);
       std::lock_guard<std::mutex> lock(L.dependency_mutex);
       if (!tl_settled) {
@@ -845,16 +852,24 @@ void run_until_waits(QueuedLaunch& q) {
   }
 }
 
-// Runs a queued launch to completion: a dependent's parked blocks resume, the rest run.
+// Runs a queued launch to completion: a dependent's parked blocks resume one at a time, in the
+// order they parked (CUEMU_WORKERS=1 stays deterministic), then the rest run on the pool.
 void finish(QueuedLaunch& q) {
   GridRun& L = *q.run;
+  for (size_t i = 0; i < q.early.size(); ++i) {
+    {
+      std::lock_guard<std::mutex> lock(L.dependency_mutex);
+      L.dependency_gen = 1;
+      L.turn = static_cast<unsigned>(i);
+    }
+    L.released.notify_all();
+    q.early[i].join();
+  }
   {
     std::lock_guard<std::mutex> lock(L.dependency_mutex);
     L.dependency_gen = 1;
   }
-  L.released.notify_all();
   run_blocks(L);
-  for (auto& t : q.early) t.join();
   q.early_workers.clear();
 }
 

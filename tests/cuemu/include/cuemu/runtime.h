@@ -37,7 +37,8 @@
 // before it (its primary): its first blocks run until every thread has reached
 // griddepcontrol.wait (grid_dependency_wait) or exited BEFORE the primary runs at all, so a read
 // of the primary's output before the wait sees what was there before; then the primary runs;
-// then the parked blocks resume and the remaining blocks run (their waits return at once: a block
+// then the parked blocks resume one at a time, in the order they parked (CUEMU_WORKERS=1 stays
+// deterministic), and the remaining blocks run (their waits return at once: a block
 // that starts after the primary has completed is legal on a GPU too). At most
 // CUEMU_EARLY_BLOCKS (default 8) blocks are parked at once (each holds an OS thread, as its
 // static __shared__ variables are thread-local); blocks that exit without waiting do not count,
