@@ -75,8 +75,9 @@ _ISSUE = SMS * 4 * 1.75e9 * 32  # SPEC.md section 8: 132 SMs x 4 schedulers x 1.
 _SM_ISSUE = 4 * 1.75e9 * 32
 _LAUNCH = 2.0e-6  # assumed: one kernel boundary of a graph replay; not measured in this project
 _LAUNCH_NOTE = "launch cost 2.0 us: an assumption (no device measured it yet)"
-# A programmatic dependent launch (PDL, sm_90): NVIDIA's CUDA C++ Programming Guide ("Programmatic
-# Dependent Launch and Synchronization") describes the dependent grid being launched, and running
+# A programmatic dependent launch (PDL, sm_90): NVIDIA's CUDA Programming Guide ("Programmatic
+# Dependent Launch", docs.nvidia.com/cuda/cuda-programming-guide/04-special-topics/
+# programmatic-dependent-launch.html) describes the dependent grid being launched, and running
 # the code before its griddepcontrol.wait, while the primary still executes: the launch latency
 # overlaps the primary's tail. What stays exposed (the wait's release after the primary completes
 # and flushes its memory, then the dependent's own work) is documented nowhere as a number.
