@@ -29,10 +29,12 @@ struct WeightTraits {
 };
 
 // Shared-memory geometry of one tile for rank r; kOutputs = kChunkRows * kTileV bias values
-// per chunk (a multiple of kTileOutputs: each warp computes kOutputs / kTileOutputs WMMA tiles).
-template <typename WT, int kTileV, int kOutputs = kTileOutputs>
+// per chunk (a multiple of kTileOutputs: each warp computes kOutputs / kTileOutputs WMMA tiles),
+// stored row-major with a row stride of kBiasLd floats (>= kTileV, a multiple of 4: WMMA's ldm).
+template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kBiasLd = kTileV>
 struct MarkovTileLayout {
   static_assert(kOutputs % kTileOutputs == 0, "whole WMMA tiles per warp");
+  static_assert(kBiasLd >= kTileV && kBiasLd % 4 == 0, "a WMMA-storable bias row stride");
   static constexpr int kChunkRows = kOutputs / kTileV;
   int rank;
   int k_padded;  // r rounded up to the MMA depth (16) for 16-bit weights, r for float32
@@ -49,7 +51,7 @@ struct MarkovTileLayout {
   }
   __host__ __device__ size_t w2_bytes() const { return size_t(kTileV) * ld * sizeof(WT); }
   __host__ __device__ size_t e_bytes() const { return size_t(kChunkRows) * ld * sizeof(WT); }
-  __host__ __device__ size_t bias_bytes() const { return size_t(kOutputs) * sizeof(float); }
+  __host__ __device__ size_t bias_bytes() const { return size_t(kChunkRows) * kBiasLd * sizeof(float); }
   __host__ __device__ size_t total_bytes() const {
     // Every region starts 128-byte aligned (WMMA needs 32).
     return align(w2_bytes()) + align(e_bytes()) + align(bias_bytes());
@@ -109,16 +111,16 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
 }
 
-// bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T, at least for the first
+// bias[kChunkRows, kTileV] (row-major, row stride kBiasLd, float32) = E @ W2_tile^T, at least for the first
 // `valid_rows` rows (16-bit weights: the row blocks past them are skipped when a warp owns more
 // than two, so E rows there need not be staged; float32 weights: every row). Call with all kThreads threads. With 16-bit weights
 // each warp computes a kM x kN block of 16x16 tiles (kOutputs / (256 * warps) tiles), so each
 // E fragment serves kN W2 fragments and each W2 fragment kM E fragments.
-template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kThreads = kTileThreads>
+template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kThreads = kTileThreads, int kBiasLd = kTileV>
 __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bias,
-                                          const MarkovTileLayout<WT, kTileV, kOutputs>& layout,
+                                          const MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>& layout,
                                           int valid_rows = kOutputs / kTileV) {
-  constexpr int kChunkRows = MarkovTileLayout<WT, kTileV, kOutputs>::kChunkRows;
+  constexpr int kChunkRows = MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>::kChunkRows;
   if constexpr (WeightTraits<WT>::kTensorCores) {
     namespace wmma = nvcuda::wmma;
     constexpr int kWarps = kThreads / 32, kBlocksM = kChunkRows / 16, kBlocksN = kTileV / 16;
@@ -158,7 +160,7 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
       for (int i = 0; i < M; ++i)
 #pragma unroll
         for (int j = 0; j < kN; ++j)
-          wmma::store_matrix_sync(bias + (m_first + i) * 16 * kTileV + (n0 + j) * 16, acc[i][j], kTileV,
+          wmma::store_matrix_sync(bias + (m_first + i) * 16 * kBiasLd + (n0 + j) * 16, acc[i][j], kBiasLd,
                                   wmma::mem_row_major);
     };
     if constexpr (kM > 2) {
@@ -185,19 +187,19 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
         acc[i] = fmaf(to_float(es[size_t(group + i * kGroups) * layout.ld + k]), w, acc[i]);
     }
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) bias[(group + i * kGroups) * kTileV + col] = acc[i];
+    for (int i = 0; i < kRowsPerThread; ++i) bias[(group + i * kGroups) * kBiasLd + col] = acc[i];
   }
 }
 
 // The shared-memory regions of one tile, carved from the dynamic buffer.
-template <typename WT, int kTileV, int kOutputs = kTileOutputs>
+template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kBiasLd = kTileV>
 struct MarkovTileSmem {
   WT* w2;
   WT* e;
   float* bias;
 
-  __device__ MarkovTileSmem(unsigned char* base, const MarkovTileLayout<WT, kTileV, kOutputs>& layout) {
-    using L = MarkovTileLayout<WT, kTileV, kOutputs>;
+  __device__ MarkovTileSmem(unsigned char* base, const MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>& layout) {
+    using L = MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>;
     w2 = reinterpret_cast<WT*>(base);
     e = reinterpret_cast<WT*>(base + L::align(layout.w2_bytes()));
     bias = reinterpret_cast<float*>(base + L::align(layout.w2_bytes()) + L::align(layout.e_bytes()));
