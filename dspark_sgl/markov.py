@@ -9,10 +9,13 @@ Weights are stored as in DeepSpec checkpoints: ``w1`` = ``markov_head.markov_w1.
 ``[V, r]`` (an embedding) and ``w2`` = ``markov_head.markov_w2.weight`` ``[V, r]`` (a
 ``Linear(r, V)``), so the paper's ``B(x) = W1[x] @ W2`` is ``w1[x] @ w2.T``.
 
-Sampling uses the Gumbel-max trick with :mod:`dspark_sgl.rng` (stream ``DRAFT``, row =
-batch row, position = k - 1): ``x_k = argmax(logits_k / T + G)``; ``argmax`` breaks ties
-towards the smallest token id and ranks NaN above every number (``torch.argmax``'s order,
-also SGLang's Markov sampler's): with value checks off, a NaN logit is drawn. Arithmetic
+Sampling uses :func:`draft_sample` with :mod:`dspark_sgl.rng` (stream ``DRAFT``, row =
+batch row, position = k - 1): Gumbel-max over groups of 16 columns (a group's key is its
+log-sum-exp plus one Gumbel draw), then the token inside the winning group by its running
+sum against a second uniform; exactly ``softmax(logits_k / T)``. Greedy rows take the
+argmax, which breaks ties towards the smallest token id and ranks NaN above every number
+(``torch.argmax``'s order, also SGLang's Markov sampler's): with value checks off, a NaN
+logit is drawn, in sampled rows too. Arithmetic
 is float32, except where SGLang rounds: the bias ``W1[x] @ W2`` is rounded to the weights'
 dtype (SGLang's ``markov_w2`` Linear in that dtype), the logits to ``logits_dtype`` (its
 step dtype), the confidence features and raw logit to the projection's dtype.
@@ -34,6 +37,7 @@ import torch
 from dspark_sgl import _checks, _dispatch, rng
 
 __all__ = [
+    "DRAFT_GROUP",
     "ConfidenceHead",
     "DraftBlock",
     "DraftStats",
@@ -41,8 +45,9 @@ __all__ = [
     "MarkovHead",
     "RnnMarkovHead",
     "VanillaMarkovHead",
+    "draft_groups",
+    "draft_sample",
     "empty_shard_candidates",
-    "gumbel_scores",
     "markov_bias",
     "merge_shard_candidates",
     "pack_shard_candidates",
@@ -65,8 +70,9 @@ class DraftStats:
     base_logits [R, g, V], anchor [R], w1 / w2 [V, r] and logit_softcap recompute one row:
     ``logits[r, k] = softcap(base_logits[r, k]) + w1[x_{k-1}] @ w2.T`` (``x_{-1}`` = anchor),
     the bias rounded to w2's dtype first (see :func:`markov_bias`).
-    token_scores: [R, g] float32 Gumbel-max keys of the drafted tokens (``logits / T + G``,
-    the logit itself on greedy rows), what a vocab shard's winner is compared by.
+    token_scores: [R, g] float32 keys of the drafted tokens (:func:`draft_sample`: the
+    winning group's log-sum-exp plus its Gumbel draw, the logit itself on greedy rows), what
+    a vocab shard's winner is compared by.
     vocab_start: the first global column of a vocab shard (0 when the vocab is whole); the
     statistics of a shard cover its columns only, and ``tokens`` are global ids.
     w2_scale: [V] float32 per-row scales when ``w2`` is int8 (an
@@ -261,7 +267,7 @@ class VanillaMarkovHead(MarkovHead):
 
     A vocab shard (tensor parallelism): ``w1`` is the whole [V, r] embedding (any previous
     token), ``w2`` the rank's rows ``[vocab_start, vocab_start + V_local)``; the head then
-    biases, samples and reports only those columns, with noise keyed by the global column
+    biases, samples and reports only those columns, with noise keyed by the global column's group
     (see :func:`sample_block_sharded`). ``vocab_size`` is the local width.
     """
 
@@ -469,6 +475,14 @@ class ConfidenceHead:
         return torch.sigmoid(logits / self.sts_temperatures)
 
 
+DRAFT_GROUP = 16
+"""Columns per noise group of the draft sampler (:func:`draft_sample`)."""
+
+# The uniform index of the first draw of a group's tail part on a shard starting inside the
+# group: past every vocabulary's own indices, so the two parts draw independent noise.
+_TAIL_NOISE = 1 << 32
+
+
 def sample_from_logits(
     logits: torch.Tensor,
     temperature: torch.Tensor,
@@ -479,16 +493,12 @@ def sample_from_logits(
     position: int | torch.Tensor,
     vocab_start: int = 0,
 ) -> torch.Tensor:
-    """Gumbel-max sample of ``softmax(logits / T)`` per row; argmax where ``T == 0``.
-
-    logits: [R, V] float32, temperature: [R] float32, position: int or [R] int64.
-    Returns [R] int64 column indices of ``logits``. Draw noise is
-    ``rng.gumbel(seed, offset, stream, row, position, V, vocab_start)``: a vocab shard's
-    columns draw the noise of global columns ``vocab_start + v``.
-    """
+    """A sample of ``softmax(logits / T)`` per row, argmax where ``T == 0``: the token of
+    :func:`draft_sample`. logits: [R, V] float32, temperature: [R] float32, position: int or
+    [R] int64. Returns [R] int64 column indices of ``logits``."""
     if rng.noise_unused(temperature):
         return logits.argmax(dim=-1)
-    return gumbel_scores(
+    return draft_sample(
         logits,
         temperature,
         seed=seed,
@@ -496,10 +506,10 @@ def sample_from_logits(
         stream=stream,
         position=position,
         vocab_start=vocab_start,
-    ).argmax(dim=-1)
+    )[0]
 
 
-def gumbel_scores(
+def draft_groups(
     logits: torch.Tensor,
     temperature: torch.Tensor,
     *,
@@ -508,17 +518,94 @@ def gumbel_scores(
     stream: rng.Stream,
     position: int | torch.Tensor,
     vocab_start: int = 0,
-) -> torch.Tensor:
-    """The Gumbel-max keys [R, V] float32: ``logits / T + G`` on sampled rows, ``logits`` on
-    greedy rows (see :func:`sample_from_logits`)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The groups of :func:`draft_sample`: (keys [R, G] float32, mass [R, G, 16] float64, u_C
+    [R, G] float32, x = logits / T [R, V] float32; T = 1 on greedy rows). Group g holds the
+    local columns ``16 g - f .. 16 g - f + 15`` with ``f = vocab_start % 16`` (the columns
+    outside ``[0, V)`` are padding); ``mass`` is ``exp(x - M_j)`` (M_j the group's max; -inf
+    columns and padding 0), keys ``log(sum of mass) + M_j + G(u_G)`` (-inf for a group
+    without mass, NaN with a NaN)."""
     rows, vocab = logits.shape
     device = logits.device
-    sampled_rows = temperature > 0
+    sampled = temperature > 0
+    safe_t = torch.where(sampled, temperature, torch.ones_like(temperature)).float()
+    x = logits.float() / safe_t[:, None]
+    front = vocab_start % DRAFT_GROUP
+    groups = -(-(front + vocab) // DRAFT_GROUP)
+    pad = (front, groups * DRAFT_GROUP - front - vocab)
+    grouped = torch.nn.functional.pad(x.double(), pad, value=-torch.inf).view(rows, groups, DRAFT_GROUP)
+    peak = grouped.amax(dim=-1)
+    shift = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+    mass = torch.exp(grouped - shift[..., None])
+    lse = torch.where(torch.isfinite(peak), peak + torch.log(mass.sum(dim=-1)), peak)
     row_ids = torch.arange(rows, device=device)
     pos = torch.as_tensor(position, dtype=torch.int64, device=device).expand(rows)
-    noise = rng.gumbel(seed, offset, stream, row_ids, pos, vocab, vocab_start)
-    safe_t = torch.where(sampled_rows, temperature, torch.ones_like(temperature))
-    return torch.where(sampled_rows[:, None], logits / safe_t[:, None] + noise, logits)
+    first = vocab_start // DRAFT_GROUP
+    u = rng.uniform(seed, offset, stream, row_ids, pos, 2 * groups, 2 * first)
+    if front:
+        u[:, :2] = rng.uniform(seed, offset, stream, row_ids, pos, 2, _TAIL_NOISE + 2 * first)
+    keys = lse.float() + -torch.log(-torch.log(u[:, 0::2]))
+    return keys, mass, u[:, 1::2], x
+
+
+def draft_sample(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    *,
+    seed: rng.SeedLike,
+    offset: rng.SeedLike,
+    stream: rng.Stream,
+    position: int | torch.Tensor,
+    vocab_start: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grouped sampler of the draft: (index [R] int64, key [R] float32) per row.
+
+    logits: [R, V] float32 (a vocab shard's columns ``vocab_start + v``); temperature: [R]
+    float32; position: int or [R] int64. Greedy rows (``T`` not > 0): the first-index
+    argmax (NaN above every number), key = its logit. Sampled rows, with ``x = logits / T``:
+    the columns form groups of :data:`DRAFT_GROUP` global columns; group ``j`` draws the
+    ``stream`` uniforms of indices ``2j`` (``u_G``) and ``2j + 1`` (``u_C``) of
+    :func:`rng.uniform`. The group key is ``K_j = logsumexp(x over j) + G(u_G)``
+    (``G(u) = -log(-log(u))``), the winning group the largest key (ties to the lowest j),
+    and the token the first column of that group whose running sum of ``exp(x - M)``
+    exceeds ``u_C`` times the group's sum (the last column with mass if rounding leaves
+    none). ``P(group j) * P(v | j) = softmax(x)_v``: the distribution is exactly the
+    Gumbel-max one, with noise per group instead of per column. A row holding NaN draws
+    its first NaN (key NaN), else one holding +inf its first +inf (key +inf); a row of
+    -inf draws its first column (key -inf). Shards starting at multiples of 16 give the
+    tokens and keys of the whole row (the largest key wins, ties to the lowest id); a shard
+    starting inside a group makes the group's tail a group of its own, with its own noise
+    (uniform indices from 2^32): still exactly softmax, not the whole row's draw. Group
+    sums in float64; the CUDA kernel's, in float32, differ only at near-ties of keys or sums.
+    """
+    rows = logits.shape[0]
+    x32 = logits.float()
+    sampled = temperature > 0
+    draw = dict(seed=seed, offset=offset, stream=stream, position=position, vocab_start=vocab_start)
+    keys, mass, u_cut, x = draft_groups(logits, temperature, **draw)
+    group = keys.argmax(dim=-1)
+    pick = group[:, None, None].expand(rows, 1, DRAFT_GROUP)
+    group_mass = mass.gather(1, pick)[:, 0]
+    threshold = u_cut.gather(1, group[:, None]).double() * group_mass.sum(dim=-1, keepdim=True)
+    crossed = group_mass.cumsum(dim=-1) > threshold
+    has_mass = group_mass > 0
+    last_with_mass = DRAFT_GROUP - 1 - has_mass.flip(-1).int().argmax(dim=-1)
+    within = torch.where(
+        crossed.any(dim=-1),
+        crossed.int().argmax(dim=-1),
+        torch.where(has_mass.any(dim=-1), last_with_mass, torch.zeros_like(last_with_mass)),
+    )
+    index = (group * DRAFT_GROUP + within - vocab_start % DRAFT_GROUP).clamp_min(0)
+    key = keys.gather(1, group[:, None])[:, 0]
+    nan, pos_inf = torch.isnan(x), torch.isposinf(x)
+    for special, value in ((pos_inf, torch.inf), (nan, torch.nan)):  # NaN last: it outranks +inf
+        hit = special.any(dim=-1)
+        index = torch.where(hit, special.int().argmax(dim=-1), index)
+        key = torch.where(hit, torch.full_like(key, value), key)
+    greedy_index = x32.argmax(dim=-1)
+    index = torch.where(sampled, index, greedy_index)
+    key = torch.where(sampled, key, x32.gather(1, greedy_index[:, None])[:, 0])
+    return index, key
 
 
 def _check_block_inputs(
@@ -660,20 +747,15 @@ def sample_block_with_head(
         if conf_logits is not None:
             emb = head.w1[prev] if use_markov_feature else None
             conf_logits[:, k] = confidence_head.logit(hidden_k, emb)
-        if rng.noise_unused(temperature):
-            scores = logits_k.float()
-        else:
-            scores = gumbel_scores(
-                logits_k.float(),
-                temperature,
-                seed=seed,
-                offset=offset,
-                stream=rng.Stream.DRAFT,
-                position=first_position + k,
-                vocab_start=vocab_start,
-            )
-        local = scores.argmax(dim=-1)
-        token_scores[:, k] = scores.gather(1, local[:, None]).squeeze(1)
+        local, token_scores[:, k] = draft_sample(
+            logits_k.float(),
+            temperature,
+            seed=seed,
+            offset=offset,
+            stream=rng.Stream.DRAFT,
+            position=first_position + k,
+            vocab_start=vocab_start,
+        )
         prev = local + vocab_start
         tokens[:, k] = prev
     confidence = confidence_head.calibrate(conf_logits) if confidence_head is not None else None
@@ -710,10 +792,8 @@ def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int, device: 
         return "an int8 W2 (per-row scales) has no CUDA kernel path yet (16-bit or float32 W2 only)"
     if head.w1.dtype != head.w2.dtype:
         return f"w1 ({head.w1.dtype}) and w2 ({head.w2.dtype}) differ in dtype"
-    if head.vocab_start % 4 and vocab:
-        return (
-            f"a vocab shard starting at {head.vocab_start}, not a multiple of 4 (the kernel's Philox quads)"
-        )
+    if head.vocab_start % DRAFT_GROUP and vocab:
+        return f"a vocab shard starting at {head.vocab_start}, not a multiple of {DRAFT_GROUP} (draft groups)"
     if head.rank > 512:
         return f"Markov rank {head.rank} > 512"
     if rows >= 2**31 or vocab >= 2**31:
@@ -841,7 +921,7 @@ def pack_shard_candidates(
 ) -> torch.Tensor:
     """What a vocab shard contributes to one position's exchange: [R, 8] float32.
 
-    Columns: the winner's Gumbel-max key (scores [R]), its global id (tokens [R], as int32
+    Columns: the winner's key (scores [R], :func:`draft_sample`), its global id (tokens [R], as int32
     bits), its logit, the shard's softmax max and sum of ``logits / T`` (each [R] float32,
     zeros when not given), three zeros.
     """
@@ -912,7 +992,7 @@ def sample_block_sharded(
     base_logits: [R, g, V_local], the rank's columns ``[head.vocab_start, + V_local)`` of
     the backbone logits; head: the rank's shard (:meth:`VanillaMarkovHead.shard`). Per
     position: the shard's winner and statistics (the ``markov_block`` kernel on a GPU,
-    noise keyed by the global column), one ``gather_stacked`` exchange of [R, 8]
+    noise keyed by the global columns' groups), one ``gather_stacked`` exchange of [R, 8]
     candidates, the merge (:func:`merge_shard_candidates`), then ``sync`` (e.g. a
     broadcast from rank 0) before the token feeds the next position. With
     ``keep_logits``, one ``gather_logits`` ([R * g, V_local] -> [R * g, V]) after the loop

@@ -17,7 +17,10 @@ Layout of one draw (documented here because the CUDA header
 
 A 32-bit output ``x`` becomes the float32 ``((x >> 9) * 2 + 1) * 2**-24``: an odd
 multiple of ``2**-24`` strictly inside (0, 1), exact in float32 on every device.
-Gumbel noise is ``-log(-log(u))`` in float32.
+Gumbel noise is ``-log(-log(u))`` in float32. ``col`` is a vocabulary entry on every
+stream but ``DRAFT``, where the draft sampler (:func:`dspark_sgl.markov.draft_sample`)
+draws two uniforms per group of 16 columns: indices ``2 j`` and ``2 j + 1`` for group
+``j`` (and from ``2**32`` for a group split by a vocab shard's start).
 
 All arithmetic is done in int64 tensors on the caller's device, without host
 synchronisation, with products split into 16-bit halves so nothing overflows.

@@ -48,15 +48,15 @@ def test_sample_block_logits_tokens_and_confidence_follow_the_definition():
         conf_weight=x["conf_weight"],
         conf_bias=0.25,
     )
-    rows, gamma, vocab = x["base"].shape
+    _rows, gamma, _vocab = x["base"].shape
     prev = x["anchor"]
     for k in range(gamma):
         logits_k = x["base"][:, k] + x["w1"][prev] @ x["w2"].T
         assert torch.allclose(block.logits[:, k], logits_k, atol=1e-5)
-        noise = rng.gumbel(3, 8, rng.Stream.DRAFT, torch.arange(rows), torch.full((rows,), k), vocab)
-        assert torch.equal(
-            block.tokens[:, k], (block.logits[:, k] / x["temperature"][:, None] + noise).argmax(-1)
+        drawn = markov.sample_from_logits(
+            block.logits[:, k], x["temperature"], seed=3, offset=8, stream=rng.Stream.DRAFT, position=k
         )
+        assert torch.equal(block.tokens[:, k], drawn)
         z = torch.cat([x["hidden"][:, k], x["w1"][prev]], dim=-1) @ x["conf_weight"] + 0.25
         assert torch.allclose(block.confidence[:, k], torch.sigmoid(z), atol=1e-6)
         assert torch.allclose(block.confidence_logits[:, k], z, atol=1e-5)
@@ -284,14 +284,20 @@ def test_logits_dtype_rounds_every_step_before_sampling():
         logits_dtype=torch.bfloat16,
     )
     assert block.logits.dtype == torch.bfloat16
-    rows, gamma, vocab = x["base"].shape
+    rows, gamma, _vocab = x["base"].shape
     prev = x["anchor"]
     for k in range(gamma):
         rounded = (x["base"][:, k] + x["w1"][prev] @ x["w2"].T).to(torch.bfloat16)
         # The same float32 sum rounded to bf16 (one bf16 ulp apart at most on a rounding boundary).
         torch.testing.assert_close(block.logits[:, k].float(), rounded.float(), rtol=2**-7, atol=1e-6)
-        noise = rng.gumbel(2, 6, rng.Stream.DRAFT, torch.arange(rows), torch.full((rows,), k), vocab)
-        expected = (block.logits[:, k].float() / x["temperature"][:, None] + noise).argmax(-1)
+        expected = markov.sample_from_logits(
+            block.logits[:, k].float(),
+            x["temperature"],
+            seed=2,
+            offset=6,
+            stream=rng.Stream.DRAFT,
+            position=k,
+        )
         assert torch.equal(block.tokens[:, k], expected)
         positions = torch.full((rows,), k)
         assert torch.equal(block.stats.row_logits(block.tokens, positions), block.logits[:, k].float())

@@ -34,8 +34,8 @@ from dspark_sgl.markov import (
     MarkovHead,
     RnnMarkovHead,
     VanillaMarkovHead,
+    draft_sample,
     empty_shard_candidates,
-    gumbel_scores,
     merge_shard_candidates,
     pack_shard_candidates,
     sample_block_sharded,
@@ -183,8 +183,9 @@ def _shard_geometry(module: Any, kind: str) -> _ShardGeometry | str | None:
         # SGLang slices W2 but has nothing to gather: the rank holds the whole vocab.
         return None if (start, end) == (0, int(module.vocab_size)) else "W2 slice without a vocab gather"
     # Every rank must decide alike (the exchange is collective), so nothing here depends on
-    # this rank's own start: a shard not starting at a multiple of 4 runs our reference ops
-    # (the kernel needs Philox-aligned starts) with the same exchange as the other ranks.
+    # this rank's own start: a shard not starting at a multiple of 16 runs our reference ops
+    # (the kernel needs starts aligned to the draft sampler's groups) with the same exchange
+    # as the other ranks.
     if int(vocab_shard.start) != start or not 0 <= start <= end <= int(module.vocab_size):
         return f"vocab shard [{start}, {end}) is not a slice of the vocab"
     return _ShardGeometry(start=start, end=end, vocab_shard=vocab_shard)
@@ -654,14 +655,14 @@ def _step_unsupported(kwargs: dict) -> str | None:
 
 def markov_sample_step(original: Callable[..., Any], cls: type, *args: Any, **kwargs: Any) -> torch.Tensor:
     """AROUND ``MarkovSampleStep.execute``: bias add, rounding to the step dtype and a
-    Gumbel-max draw (argmax on rows at temperature 0, or every row when
+    draw by :func:`dspark_sgl.markov.draft_sample` (argmax on rows at temperature 0, or every row when
     ``has_sampled_rows is False``). Returns [rows] int64 global token ids.
 
     SGLang's contract: ``bias`` covers the first ``width`` columns of the rank's (padded)
     ``base_logits``; the other columns are stored into ``logits_out`` but never drawn.
     Sharded (``gather``): with ``logits_out``, the rank's step logits are gathered whole
     (``gather_logits``) and the token drawn from the whole row; without, the rank's winner
-    (noise keyed by the global column ``vocab_start + v``) is exchanged by ``gather``
+    (noise keyed by the groups of global columns ``vocab_start + v``) is exchanged by ``gather``
     (``gather_stacked``) and merged as the whole row would decide.
     """
     reason = "positional arguments" if args else _step_unsupported(kwargs)
@@ -675,7 +676,7 @@ def markov_sample_step(original: Callable[..., Any], cls: type, *args: Any, **kw
     log_once(
         "markov_step",
         "dspark_sgl",
-        "dspark_sgl.markov.gumbel_scores"
+        "dspark_sgl.markov.draft_sample"
         + ("" if gather is None else " + shard candidates through SGLang's gather_stacked"),
     )
     device = base_logits.device
@@ -703,9 +704,8 @@ def markov_sample_step(original: Callable[..., Any], cls: type, *args: Any, **kw
     if width == 0:
         candidates = empty_shard_candidates(rows, device)
     else:
-        scores = gumbel_scores(drawn, temperatures, vocab_start=vocab_start, **draw)
-        local = scores.argmax(dim=-1)
-        candidates = pack_shard_candidates(scores.gather(1, local[:, None]).squeeze(1), local + vocab_start)
+        local, keys = draft_sample(drawn, temperatures, vocab_start=vocab_start, **draw)
+        candidates = pack_shard_candidates(keys, local + vocab_start)
     return merge_shard_candidates(candidates if gather is None else gather(candidates), rows)[0]
 
 
