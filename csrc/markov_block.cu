@@ -53,6 +53,20 @@ struct DrawKey {
   uint32_t position;
 };
 
+// The same, ready to draw: the round keys and the counter words every block of a position shares
+// (philox_block's layout).
+struct NoiseKey {
+  PhiloxRoundKeys round_keys;
+  uint32_t counter_z, counter_w;
+  __device__ explicit NoiseKey(DrawKey key)
+      : round_keys(philox_round_keys(key.seed)),
+        counter_z((key.position & 0xFFu) | (kStreamDraft << 8) | (static_cast<uint32_t>((key.offset >> 32) & 0xFFFFu) << 16)),
+        counter_w(static_cast<uint32_t>(key.offset)) {}
+  __device__ __forceinline__ Philox4x32 block(uint64_t row, uint32_t block) const {
+    return philox4x32_10(Philox4x32{block, static_cast<uint32_t>(row), counter_z, counter_w}, round_keys);
+  }
+};
+
 // The DRAFT-stream words of groups j and j + 1: group j's (u_G, u_C) are the uniforms of index 2 j
 // and 2 j + 1, i.e. Philox block j / 2, words 2 (j % 2) and 2 (j % 2) + 1.
 struct GroupNoise {
@@ -63,6 +77,14 @@ struct GroupNoise {
 // straddle two (only when vocab_start % 32 == 16).
 __device__ __noinline__ Philox4x32 next_noise_block(DrawKey key, uint64_t row, uint32_t block) {
   return philox_block(key.seed, key.offset, kStreamDraft, row, key.position, block);
+}
+
+// The fast path's: the first block with precomputed round keys.
+__device__ __forceinline__ GroupNoise group_noise(const NoiseKey& noise, DrawKey key, uint64_t row, uint32_t j) {
+  const Philox4x32 a = noise.block(row, j / 2);
+  if ((j & 1u) == 0) return GroupNoise{a.x, a.y, a.z, a.w};
+  const Philox4x32 b = next_noise_block(key, row, j / 2 + 1);
+  return GroupNoise{a.z, a.w, b.x, b.y};
 }
 
 __device__ __forceinline__ GroupNoise group_noise(DrawKey key, uint64_t row, uint32_t j) {
@@ -112,11 +134,21 @@ struct EpilogueShape {
   static_assert(kTileV % kThreadColumns == 0 && (kBiasLd / 4) % 8 == 1, "conflict-free bias rows");
 };
 
-template <int kRowThreads, typename T>
-__device__ __forceinline__ T row_reduce(T a) {
+// A row's best partial across its threads (argmax_beats' order), reduced on argmax_key's integer
+// keys: the key is converted once per thread, not at every step (the inverse gives the score back;
+// a NaN comes back as a NaN, -0 as +0).
+template <int kRowThreads>
+__device__ __forceinline__ ArgMaxLogit row_best(ArgMaxLogit a) {
+  int32_t key = argmax_key(a.score), index = a.index;
+  float logit = a.logit;
 #pragma unroll
-  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) a.merge(a.lane_xor(delta, 32));
-  return a;
+  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) {
+    const int32_t k = __shfl_xor_sync(0xffffffffu, key, delta), i = __shfl_xor_sync(0xffffffffu, index, delta);
+    const float l = __shfl_xor_sync(0xffffffffu, logit, delta);
+    if (k > key || (k == key && i < index)) key = k, index = i, logit = l;
+  }
+  const float score = key == INT32_MAX ? NAN : __int_as_float(key >= 0 ? key : key ^ INT32_MAX);
+  return ArgMaxLogit{score, index, logit};
 }
 template <int kRowThreads>
 __device__ __forceinline__ float row_max(float x) {
@@ -137,11 +169,12 @@ struct RarePartial {
   float sum;
 };
 
-// The rare path, out of line: greedy rows (T <= 0: the first-index argmax, key = the logit), a
-// thread holding a NaN (the first NaN, key NaN) or +inf (the first +inf, key +inf), a tile row
-// whose max is not finite (nothing but -inf: its first column, key -inf; or another thread's
-// +inf: key -inf), and finite sampled rows where m * log2(e) / T overflows (the grouped sampler as
-// the reference writes it: x = l / T, each group's max subtracted first, IEEE expf / logf).
+// The rare path, out of line: greedy rows (T <= 0: the first-index argmax, key = the logit), and
+// sampled rows the fast path cannot take: a thread holding a NaN (its first NaN, key NaN) or a
+// +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row of nothing but -inf
+// (its first column, key -inf), and rows where m * log2(e) / T is beyond float range (the grouped
+// sampler as the reference writes it: x = l / T, each group's max subtracted first, IEEE expf and
+// logf; a thread beside another's +inf gets finite keys, which lose to it).
 // logits: the thread's kThreadColumns logits (shared memory); count: how many of them lie in the
 // shard (<= 0: none, an empty partial); col: the global column of logits[0] (a multiple of 16);
 // m: the (row, tile) max. The sum is computed with the subtraction first (never overflows).
@@ -159,15 +192,14 @@ __device__ __noinline__ RarePartial rare_partial(const float* logits, int count,
   }
   int nan_at = -1, inf_at = -1;
   for (int i = n - 1; i >= 0; --i) {
-    if (logits[i] != logits[i]) nan_at = i;
-    if (logits[i] == INFINITY) inf_at = i;
+    const float x = __fdiv_rn(logits[i], t);
+    if (x != x) nan_at = i;
+    if (x == INFINITY) inf_at = i;
   }
   if (nan_at >= 0) {
     out.best = ArgMaxLogit{logits[nan_at], col + nan_at, logits[nan_at]};
   } else if (inf_at >= 0) {
-    out.best = ArgMaxLogit{INFINITY, col + inf_at, INFINITY};
-  } else if (!(fabsf(m) < INFINITY)) {
-    out.best = ArgMaxLogit{-INFINITY, col, logits[0]};
+    out.best = ArgMaxLogit{INFINITY, col + inf_at, logits[inf_at]};
   } else {
     const GroupNoise noise = group_noise(key, row, static_cast<uint32_t>(col) / kGroupColumns);
     for (int g = 0; g < 2; ++g) {
@@ -191,6 +223,7 @@ __device__ __noinline__ RarePartial rare_partial(const float* logits, int count,
       }
       out.best = ArgMaxLogit{group_key, col + pick, logits[pick]};
     }
+    if (out.best.index == INT32_MAX) out.best = ArgMaxLogit{-INFINITY, col, logits[0]};  // no mass at all
   }
   return out;
 }
@@ -371,7 +404,7 @@ struct BlockShape {
 };
 
 template <typename BT, typename WT, int kTileV, bool kPlain>
-__global__ void __launch_bounds__(BlockShape<WT>::kThreads)
+__global__ void __maxnreg__(168)
     markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kThreads = BlockShape<WT>::kThreads, kOutputs = BlockShape<WT>::kOutputs;
@@ -381,7 +414,8 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
   constexpr int kChunkRows = Layout::kChunkRows;
   static_assert(kChunkRows * kRowThreads <= kThreads, "an epilogue thread per 32 columns of a chunk");
   const Layout layout(static_cast<int>(args.rank));
-  MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);
+  MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);  // W2 and E (dynamic: rank-sized)
+  __shared__ __align__(128) float bias[kChunkRows * kBiasLd];        // static: fixed addresses
   __shared__ bool last_cta;
 
   const int64_t vocab = args.vocab, rank = args.rank;
@@ -393,11 +427,13 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
   const BT* base = static_cast<const BT*>(args.base_logits);
   DrawKey draw{0, 0, static_cast<uint32_t>(args.first_position + k)};
   args.philox.resolve(draw.seed, draw.offset);
+  const NoiseKey noise_key(draw);
 
   stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
     return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
   });
 
+  const StagePlan<WT> e_plan(layout.k_padded);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int seg = lane / 8 % kRowThreads;
   const int local_row = warp * kRowsPerWarp + lane % 8 + 8 * (lane / (8 * kRowThreads));
@@ -408,13 +444,13 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
     // holding a row (bias_tile skips the others when a warp owns more than two)
     stage_rows(tile.e, WeightTraits<WT>::kTensorCores && kChunkRows > 32 ? min(kChunkRows, (chunk_rows + 15) / 16 * 16)
                                                                           : kChunkRows,
-               layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
+               layout.rank, layout.k_padded, layout.ld, e_plan, [&](int i) -> const WT* {
       const int64_t row = row0 + i;
       if (row >= args.rows) return nullptr;
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
       return w1 + clamp_index(prev, args.vocab_total) * rank;
     });
-    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, tile.bias, layout, chunk_rows);
+    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);
     __syncthreads();
 
     // Epilogue: this thread's 32 columns (two groups) of one row, all in registers. A warp holding
@@ -428,7 +464,7 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
       const bool sampled = t > 0.0f;
       const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
       const int count = active ? valid - c : 0;
-      float* own = tile.bias + local_row * kBiasLd + c;  // its bias values (its logits on the rare path)
+      float* own = bias + local_row * kBiasLd + c;  // its bias values (its logits on the rare path)
       const int64_t at = (row * args.gamma + k) * vocab + v0 + c;
       float l[kThreadColumns];
       m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain>(l, own, base + at, count, args, at));
@@ -461,7 +497,8 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
         // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all underflow (S'_j = 0, or
         // subnormal: log2 flushes it to -inf) has LSE_j < m / T - 87 and never wins: the tile's max
         // group has S' >= 1 and Gumbel draws span G_max - G_min < 19.5, so this is exact.
-        const GroupNoise noise = group_noise(draw, static_cast<uint64_t>(row), static_cast<uint32_t>(col0 + c) / kGroupColumns);
+        const GroupNoise noise =
+            group_noise(noise_key, draw, static_cast<uint64_t>(row), static_cast<uint32_t>(col0 + c) / kGroupColumns);
         const float lse_base = __fmul_rn(mc, kLn2);
         const float key0 = __fadd_rn(__fmaf_rn(fast_log2(s0), kLn2, lse_base), group_gumbel(noise.gumbel0));
         const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), group_gumbel(noise.gumbel1));
@@ -477,7 +514,7 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
         sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
       }
       if (!active) sum = 0.0f;
-      best = row_reduce<kRowThreads>(best);
+      best = row_best<kRowThreads>(best);
       sum = row_sum<kRowThreads>(sum);
     }
     if (active && seg == 0) {
@@ -543,7 +580,7 @@ bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
 template <typename BT, typename WT, int kTileV, bool kPlain>
 cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaStream_t stream) {
   const BlockLayout<WT, kTileV> layout(static_cast<int>(args.rank));
-  const size_t smem = layout.total_bytes();
+  const size_t smem = layout.staged_bytes();  // the bias tile is static shared memory
   cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WT, kTileV, kPlain>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
@@ -614,15 +651,16 @@ int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
 }
 
 size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
-  // The larger of markov_block's tile (BlockLayout) and chain_verify's (the default layout).
+  // The larger of markov_block's tile (BlockLayout: W2 and E dynamic, the bias tile static) and
+  // chain_verify's (the default layout, all dynamic).
   const int r = static_cast<int>(rank);
   size_t dynamic;
   if (weight_bytes == 4) {
     dynamic = std::max(BlockLayout<float, 64>(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
   } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
-    dynamic = BlockLayout<__half, 128>(r).total_bytes();
+    dynamic = std::max(BlockLayout<__half, 128>(r).total_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
-    dynamic = BlockLayout<__half, 64>(r).total_bytes();
+    dynamic = std::max(BlockLayout<__half, 64>(r).total_bytes(), MarkovTileLayout<__half, 64>(r).total_bytes());
   }
   // + stage_rows' static row tables and the last-CTA flag
   return dynamic + 2 * kMaxStagedRows * sizeof(void*) + 16;

@@ -56,6 +56,8 @@ struct MarkovTileLayout {
     // Every region starts 128-byte aligned (WMMA needs 32).
     return align(w2_bytes()) + align(e_bytes()) + align(bias_bytes());
   }
+  // The W2 tile and E only (a kernel keeping the bias tile in static shared memory).
+  __host__ __device__ size_t staged_bytes() const { return align(w2_bytes()) + align(e_bytes()); }
   __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
 };
 
@@ -74,9 +76,33 @@ struct MarkovTileLayout {
 // weights (odd ld: rows not 16-byte aligned in shared memory) copy element by element.
 constexpr int kMaxStagedRows = 128;
 
+// Where the calling thread starts in the 16-byte pieces of rows of k_padded elements of type WT
+// (piece c of row i for idx = i * per_row + c, idx = threadIdx.x + n * blockDim.x) and how it
+// advances: the divisions stage_rows needs, computed once for any number of calls.
+template <typename WT>
+struct StagePlan {
+  int per_row, step_rows, step_pieces, first_row, first_piece;
+  __device__ explicit StagePlan(int k_padded) {
+    per_row = k_padded / (16 / int(sizeof(WT)));
+    step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
+    first_row = threadIdx.x / per_row, first_piece = threadIdx.x % per_row;
+  }
+};
+
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
+                                           const StagePlan<WT>& plan, SrcFn row_source);
+
 template <typename WT, typename SrcFn>
 __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
                                            SrcFn row_source) {
+  stage_rows(dst, count, rank, k_padded, ld, StagePlan<WT>(k_padded), row_source);
+}
+
+// The same with the thread's plan given (a kernel staging rows in a loop computes it once).
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
+                                           const StagePlan<WT>& plan, SrcFn row_source) {
   __shared__ const WT* sources[kMaxStagedRows];
   for (int i = threadIdx.x; i < count; i += blockDim.x) sources[i] = row_source(i);
   __syncthreads();
@@ -84,9 +110,8 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   const bool vectorized = sizeof(WT) == 2 && rank % kVec == 0;
   if (vectorized) {
     // Piece c of row i for idx = i * per_row + c; (i, c) advance by blockDim.x without a divide.
-    const int per_row = k_padded / kVec;
-    const int step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
-    int i = threadIdx.x / per_row, c = threadIdx.x % per_row;
+    const int per_row = plan.per_row, step_rows = plan.step_rows, step_pieces = plan.step_pieces;
+    int i = plan.first_row, c = plan.first_piece;
     while (i < count) {
       const WT* s = sources[i];
       const int k = c * kVec;
