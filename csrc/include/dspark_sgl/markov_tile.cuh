@@ -93,6 +93,18 @@ template <typename WT, typename SrcFn>
 __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
                                            const StagePlan<WT>& plan, SrcFn row_source);
 
+// stage_rows' element-by-element copy, out of line (ranks not a multiple of 8, float32 weights):
+// rows whose source is null, and [rank, k_padded), are zero filled.
+template <typename WT>
+__device__ __noinline__ void stage_rows_by_element(WT* dst, const WT* const* sources, int count, int rank,
+                                                   int k_padded, int ld) {
+  for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
+    const int i = idx / k_padded, k = idx % k_padded;
+    const WT* s = sources[i];
+    dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
+  }
+}
+
 template <typename WT, typename SrcFn>
 __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
                                            SrcFn row_source) {
@@ -127,11 +139,7 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
     cp_async_commit();
     cp_async_wait<0>();
   } else {
-    for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
-      const int i = idx / k_padded, k = idx % k_padded;
-      const WT* s = sources[i];
-      dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
-    }
+    stage_rows_by_element(dst, sources, count, rank, k_padded, ld);
   }
   __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
 }
