@@ -185,21 +185,30 @@ struct RarePartial {
 // logf; a thread beside another's +inf gets finite keys, which lose to it).
 // bias, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
 // of them lie in the shard (<= 0: none, an empty partial); col: the global column of the first (a
-// multiple of 16); m: the (row, tile) max. The sum is computed with the subtraction first (never
-// overflows).
+// multiple of 16); m: the (row, tile) max; sum: the fast path's sum of exp((l - m) / T), kept for a
+// greedy row with finite logits, else recomputed with the subtraction first (it never overflows).
 template <typename BT, typename WT, bool kPlain>
 __device__ __noinline__ RarePartial rare_partial(const float* bias, const BT* base, float cap, int logits_dtype,
-                                                 int count, int32_t col, float m, float t, float inv_t, uint64_t row,
-                                                 DrawKey key) {
+                                                 int count, int32_t col, float m, float t, float inv_t, float sum,
+                                                 uint64_t row, DrawKey key) {
   RarePartial out{ArgMaxLogit::empty(), 0.0f};
   const int n = min(count, kThreadColumns);
   if (n <= 0) return out;
   const float log2e_t = __fmul_rn(inv_t, kLog2e);
-  if (!(t > 0.0f)) {  // one pass: the logit, its softmax term, the argmax
+  if (!(t > 0.0f) && fabsf(m) < INFINITY && !(sum != sum)) {
+    // A greedy row with finite logits (and -inf): the first-index argmax, the fast path's sum.
+    out.sum = sum;
     for (int greedy_column = 0; greedy_column < n; ++greedy_column) {
       const float x = thread_logit<BT, WT, kPlain>(bias, base, greedy_column, cap, logits_dtype);
+      if (x > out.best.score || out.best.index == INT32_MAX) out.best = ArgMaxLogit{x, col + greedy_column, x};
+    }
+    return out;
+  }
+  if (!(t > 0.0f)) {  // a greedy row holding a NaN or +inf: one pass, NaN above every number
+    for (int i = 0; i < n; ++i) {
+      const float x = thread_logit<BT, WT, kPlain>(bias, base, i, cap, logits_dtype);
       if (m != -INFINITY) out.sum += fast_exp2(__fmul_rn(__fsub_rn(x, m), log2e_t));
-      out.best.add(x, col + greedy_column, x);
+      out.best.add(x, col + i, x);
     }
     return out;
   }
@@ -501,8 +510,9 @@ __global__ void __maxnreg__(168)
       sum = __fadd_rn(s0, s1);
       // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
       if (active && (!sampled || !(fabsf(mc) < INFINITY) || sum != sum)) {
-        const RarePartial r = rare_partial<BT, WT, kPlain>(own, base + at, args.softcap, args.logits_dtype, count,
-                                                           col0 + c, m, t, inv_t, static_cast<uint64_t>(row), draw);
+        const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
+        const RarePartial r = rare_partial<BT, WT, kPlain>(own, base + at, args.softcap, args.logits_dtype, count, col0 + c,
+                                                           m, t, inv_t, rescaled, static_cast<uint64_t>(row), draw);
         best = r.best, sum = r.sum;
       } else if (count > 0) {
         // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all underflow (S'_j = 0, or
