@@ -433,7 +433,7 @@ __global__ void __maxnreg__(168)
   static_assert(kChunkRows * kRowThreads <= kThreads, "an epilogue thread per 32 columns of a chunk");
   const Layout layout(static_cast<int>(args.rank));
   MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);  // W2 and E (dynamic: rank-sized)
-  __shared__ __align__(128) float bias[kChunkRows * kBiasLd];        // static: fixed addresses
+  __align__(128) __shared__ float bias[kChunkRows * kBiasLd];        // static: fixed addresses
   __shared__ bool last_cta;
 
   const int64_t vocab = args.vocab, rank = args.rank;
