@@ -142,7 +142,9 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
 # 32 columns (two sampler groups) of one row per thread; the rare path (greedy and non-finite rows)
 # and the merge are out-of-line functions.
 _MARKOV_CHUNK = r"for \(int row0 = 0; row0 < rows; row0 \+= kChunkRows, at \+= at_step,"
-_RARE_PARTIAL = r"template <typename BT, typename WT, bool kPlain>\n__device__ __noinline__ RarePartial rare_partial\("
+_RARE_PARTIAL = (
+    r"template <typename BT, typename WT, bool kPlain>\n__device__ __noinline__ RarePartial rare_partial\("
+)
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
 MARKOV_THREADS = 128
 MARKOV_OUTPUTS = 4096  # bias values per chunk (kChunkRows x kTileV)

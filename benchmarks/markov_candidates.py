@@ -42,7 +42,7 @@ GUMBEL_MIN = np.float32(-2.8116)
 
 
 def candidate_floor(m: np.ndarray, t: float) -> np.ndarray:
-    """markov_block.cu candidate_floor, elementwise over float32 maxima ``m`` (T > 0)."""
+    """The former markov_block.cu candidate_floor, elementwise over float32 maxima ``m`` (T > 0)."""
     f = np.float32
     inv_t = f(1.0) / f(t)
     with np.errstate(invalid="ignore", over="ignore"):

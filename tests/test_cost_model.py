@@ -339,9 +339,7 @@ def test_check_flag_exit_status(monkeypatch, tmp_path, broken):
             cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 1e9)], [], 1e6)
         )
     monkeypatch.setattr(cost_model.sass_loops, "missing_tools", lambda from_extension=False: [])
-    monkeypatch.setattr(
-        cost_model.sass_loops, "count_loops", lambda loops, extension=None: _counts(20)
-    )
+    monkeypatch.setattr(cost_model.sass_loops, "count_loops", lambda loops, extension=None: _counts(20))
     monkeypatch.setattr(cost_model, "model", lambda loops: rows)
     out = tmp_path / "report.md"
     assert cost_model.main(["--check", "--out", str(out)]) == (1 if broken else 0)

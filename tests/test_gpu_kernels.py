@@ -5,9 +5,9 @@ CI at small shapes and on a lent GPU at full shapes; ``backend.size(full, small)
 Equality is exact where the inputs make every float operation exact (dyadic weights and
 confidences); elsewhere a differing token is accepted only when the reference's own decision was
 a floating-point near-tie, which the helpers below check explicitly. The draft sampler's group sums
-are float32 ex2.approx sums in the kernel and float64 in the reference: its tokens are compared up to
-those near-ties (tests/draft_ties.py), except where every group's mass sits in one column. On a device, .ci/gpu also
-runs this file under compute-sanitizer (memcheck, racecheck, synccheck).
+are float32 ex2.approx sums in the kernel and float64 in the reference: its tokens are compared up
+to those near-ties (tests/draft_ties.py), except where every group's mass sits in one column. On a
+device, .ci/gpu also runs this file under compute-sanitizer (memcheck, racecheck, synccheck).
 """
 
 from __future__ import annotations
@@ -114,9 +114,13 @@ def assert_blocks_match(
     assert torch.equal(ours.stats.token_logits[same], ref.stats.token_logits[same])
     torch.testing.assert_close(ours.stats.max[same], ref.stats.max[same], rtol=0, atol=0)
     torch.testing.assert_close(ours.stats.sum[same], ref.stats.sum[same], rtol=1e-5, atol=0)
-    torch.testing.assert_close(ours.stats.token_scores[same], ref.stats.token_scores[same], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ours.stats.token_scores[same], ref.stats.token_scores[same], rtol=1e-5, atol=1e-5
+    )
     if ref.confidence is not None:
-        torch.testing.assert_close(ours.confidence_logits[same], ref.confidence_logits[same], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours.confidence_logits[same], ref.confidence_logits[same], rtol=1e-5, atol=1e-5
+        )
         torch.testing.assert_close(ours.confidence[same], ref.confidence[same], rtol=1e-5, atol=1e-6)
     return same
 
@@ -324,7 +328,9 @@ def test_markov_block_tokens_differ_only_at_near_ties_on_real_valued_inputs(back
         ref_tokens, _ = markov.draft_sample(step, t, seed=7, offset=3, stream=rng.Stream.DRAFT, position=k)
         for r in (ref_tokens != ours.tokens[:, k]).nonzero()[:, 0].tolist():
             mine, theirs = int(ours.tokens[r, k]), int(ref_tokens[r])
-            tie = is_draft_near_tie(step[r].cpu(), float(t[r]), mine, theirs, seed=7, offset=3, row=r, position=k)
+            tie = is_draft_near_tie(
+                step[r].cpu(), float(t[r]), mine, theirs, seed=7, offset=3, row=r, position=k
+            )
             assert tie, f"position {k} row {r}: {mine} vs the reference's {theirs} is no near-tie"
         exact += int((ref_tokens == ours.tokens[:, k]).sum())
     assert exact >= 0.99 * rows * gamma

@@ -104,7 +104,8 @@ MUTANTS = [
         "markov_draw_one_column_late",
         "markov_block.cu",
         "const int i = (second ? kGroupColumns : 0) + first_above(group, target);",
-        "const int i = (second ? kGroupColumns : 0) + min(first_above(group, target) + 1, kGroupColumns - 1);",
+        "const int i = (second ? kGroupColumns : 0)"
+        " + min(first_above(group, target) + 1, kGroupColumns - 1);",
         "the running sum is read one column off: the token after the crossing is drawn",
         ("markov",),
         SCHEDULES,
@@ -113,7 +114,8 @@ MUTANTS = [
         "markov_group_key_without_gumbel",
         "markov_block.cu",
         "group_gumbel(noise.gumbel0));\n"
-        "        const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), group_gumbel(noise.gumbel1));",
+        "        const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base),"
+        " group_gumbel(noise.gumbel1));",
         "0.0f);\n        const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), 0.0f);",
         "the group keys lose their Gumbel draw: the group of largest mass always wins",
         ("markov",),
@@ -131,10 +133,13 @@ MUTANTS = [
     Mutant(
         "markov_straddling_groups_take_one_blocks_words",
         "markov_block.cu",
-        "  const Philox4x32 b = next_noise_block(key, row, j / 2 + 1);\n  return GroupNoise{a.z, a.w, b.x, b.y};\n}\n\n"
+        "  const Philox4x32 b = next_noise_block(key, row, j / 2 + 1);\n"
+        "  return GroupNoise{a.z, a.w, b.x, b.y};\n}\n\n"
         "__device__ __forceinline__ GroupNoise group_noise(DrawKey key",
-        "  return GroupNoise{a.z, a.w, a.x, a.y};\n}\n\n__device__ __forceinline__ GroupNoise group_noise(DrawKey key",
-        "a shard starting at an odd group (vocab_start % 32 == 16) draws its second group from the first block",
+        "  return GroupNoise{a.z, a.w, a.x, a.y};\n}\n\n"
+        "__device__ __forceinline__ GroupNoise group_noise(DrawKey key",
+        "a shard starting at an odd group (vocab_start % 32 == 16) draws its second group from the"
+        " first block",
         ("markov",),
         SCHEDULES,
     ),
@@ -294,7 +299,7 @@ def _check_markov() -> list[str]:
             ref = draft(case, keep_logits=True)
         try:
             assert_blocks_match(ours, ref, case["temperature"])
-        except AssertionError as exc:
+        except (AssertionError, IndexError) as exc:  # IndexError: a garbage token id
             failures.append(f"{label}: {_first_line(exc)}")
 
     # Position 0's logits far above position 1's (each position's statistics start afresh).
@@ -310,7 +315,7 @@ def _check_markov() -> list[str]:
         ref = markov.sample_block_with_head(*shard_args, seed=7, offset=3)
     try:
         assert_blocks_match(ours, ref, case["temperature"], vocab_start=272)
-    except AssertionError as exc:
+    except (AssertionError, IndexError) as exc:
         failures.append(f"shard at 272: {_first_line(exc)}")
     # one 64-wide tile chunk; 128-wide tiles, 3 chunks; 64-wide, 2 chunks, 65 tiles (two warps reduce)
     for rows, vocab, wdtype in (

@@ -78,12 +78,13 @@ constexpr int kMaxStagedRows = 128;
 
 // Where the calling thread starts in the 16-byte pieces of rows of k_padded elements of type WT
 // (piece c of row i for idx = i * per_row + c, idx = threadIdx.x + n * blockDim.x) and how it
-// advances: the divisions stage_rows needs, computed once for any number of calls.
+// advances: the divisions stage_rows needs, computed once for any number of calls (used only by
+// the 16-byte copies; a row narrower than 16 bytes gets a plan of one piece, never used).
 template <typename WT>
 struct StagePlan {
   int per_row, step_rows, step_pieces, first_row, first_piece;
   __device__ explicit StagePlan(int k_padded) {
-    per_row = k_padded / (16 / int(sizeof(WT)));
+    per_row = max(1, k_padded / (16 / int(sizeof(WT))));
     step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
     first_row = threadIdx.x / per_row, first_piece = threadIdx.x % per_row;
   }
