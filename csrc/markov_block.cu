@@ -60,7 +60,8 @@ struct NoiseKey {
   uint32_t counter_z, counter_w;
   __device__ explicit NoiseKey(DrawKey key)
       : round_keys(philox_round_keys(key.seed)),
-        counter_z((key.position & 0xFFu) | (kStreamDraft << 8) | (static_cast<uint32_t>((key.offset >> 32) & 0xFFFFu) << 16)),
+        counter_z((key.position & 0xFFu) | (kStreamDraft << 8) |
+                  (static_cast<uint32_t>((key.offset >> 32) & 0xFFFFu) << 16)),
         counter_w(static_cast<uint32_t>(key.offset)) {}
   __device__ __forceinline__ Philox4x32 block(uint64_t row, uint32_t block) const {
     return philox4x32_10(Philox4x32{block, static_cast<uint32_t>(row), counter_z, counter_w}, round_keys);
@@ -177,12 +178,12 @@ struct RarePartial {
   float sum;
 };
 
-// The rare path, out of line: rows the fast paths cannot take, greedy ones (T <= 0: the first-index
-// argmax, NaN above every number, key = the logit) and sampled ones: a thread holding a NaN (its first NaN, key NaN) or a
-// +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row of nothing but -inf
-// (its first column, key -inf), and rows where m * log2(e) / T is beyond float range (the grouped
-// sampler as the reference writes it: x = l / T, each group's max subtracted first, IEEE expf and
-// logf; a thread beside another's +inf gets finite keys, which lose to it).
+// The rare path, out of line: greedy rows (T <= 0: the first-index argmax, NaN above every number,
+// key = the logit) and the sampled rows the fast path cannot take: a thread holding a NaN (its
+// first NaN, key NaN) or a +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row
+// of nothing but -inf (its first column, key -inf), and rows where m * log2(e) / T is beyond float
+// range (the grouped sampler as the reference writes it: x = l / T, each group's max subtracted
+// first, IEEE expf and logf; a thread beside another's +inf gets finite keys, which lose to it).
 // bias, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
 // of them lie in the shard (<= 0: none, an empty partial); col: the global column of the first (a
 // multiple of 16); m: the (row, tile) max; sum: the fast path's sum of exp((l - m) / T), kept for a
@@ -389,7 +390,8 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
         u[0] = x.x, u[1] = x.y, u[2] = x.z, u[3] = x.w;
       } else {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) u[i] = 4 * q + i < count ? softcap(load_float(base + 4 * q + i), args.softcap) : -INFINITY;
+        for (int i = 0; i < 4; ++i)
+          u[i] = 4 * q + i < count ? softcap(load_float(base + 4 * q + i), args.softcap) : -INFINITY;
       }
       float* x = l + 4 * q;
 #pragma unroll
@@ -511,8 +513,9 @@ __global__ void __maxnreg__(168)
       // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
       if (active && (!sampled || !(fabsf(mc) < INFINITY) || sum != sum)) {
         const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
-        const RarePartial r = rare_partial<BT, WT, kPlain>(own, base + at, args.softcap, args.logits_dtype, count, col0 + c,
-                                                           m, t, inv_t, rescaled, static_cast<uint64_t>(row), draw);
+        const RarePartial r = rare_partial<BT, WT, kPlain>(own, base + at, args.softcap, args.logits_dtype, count,
+                                                           col0 + c, m, t, inv_t, rescaled, static_cast<uint64_t>(row),
+                                                           draw);
         best = r.best, sum = r.sum;
       } else if (count > 0) {
         // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all underflow (S'_j = 0, or
@@ -531,7 +534,8 @@ __global__ void __maxnreg__(168)
 #pragma unroll
         for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
         const int i = (second ? kGroupColumns : 0) + first_above(group, target);
-        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, thread_logit<BT, WT, kPlain>(own, base + at, i, args.softcap, args.logits_dtype)};
+        const float logit = thread_logit<BT, WT, kPlain>(own, base + at, i, args.softcap, args.logits_dtype);
+        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, logit};
         sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
       }
       if (!active) sum = 0.0f;
