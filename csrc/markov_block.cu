@@ -164,6 +164,102 @@ __device__ __forceinline__ float row_sum(float x) {
   return x;
 }
 
+// Four consecutive logits of type BT as float32, or four -inf where !valid (16-byte aligned
+// for float, 8-byte for 16-bit types).
+template <typename BT>
+__device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
+  if constexpr (std::is_same<BT, float>::value) {
+    return valid ? *reinterpret_cast<const float4*>(p) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+  } else {
+    constexpr unsigned kNegInf = std::is_same<BT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;  // two -inf
+    const uint2 raw = valid ? *reinterpret_cast<const uint2*>(p) : make_uint2(kNegInf, kNegInf);
+    if constexpr (std::is_same<BT, __nv_bfloat16>::value) {
+      return make_float4(bf16_bits_low(raw.x), bf16_bits_high(raw.x), bf16_bits_low(raw.y), bf16_bits_high(raw.y));
+    } else {
+      __half v[4];
+      memcpy(v, &raw, sizeof(raw));
+      return make_float4(to_float(v[0]), to_float(v[1]), to_float(v[2]), to_float(v[3]));
+    }
+  }
+}
+
+// kPlain: no softcap, no logits kept, logits in the weights' dtype and vocab % 4 == 0 (the
+// statistics form SGLang's step runs): vector loads of the base logits and no branch for the
+// other cases in the epilogue. Otherwise every case, scalar loads.
+//
+// One thread's kThreadColumns logits (float32, -inf past the shard) from its bias values (shared
+// memory) and base logits (`base`: column `at` of the flat [R, g, V] logits, where logits_out, if
+// not null, keeps them); cap, logits_dtype: the softcap and the logits' dtype; count: its columns
+// inside the shard. Returns their max (NaN ignored, as fmaxf). With base
+// logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
+// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type).
+template <typename BT, typename WT, bool kPlain>
+__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const BT* base,
+                                               int count, float cap, int logits_dtype, void* logits_out,
+                                               int64_t at) {
+  constexpr int kQuads = kThreadColumns / 4;
+  if constexpr (kPlain && std::is_same<BT, WT>::value && sizeof(WT) == 2) {
+    constexpr unsigned kNegInf = std::is_same<WT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;
+    unsigned pair[kThreadColumns / 2];
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q) {
+      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
+      pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
+      pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
+    }
+    unsigned top[kThreadColumns / 4];
+#pragma unroll
+    for (int i = 0; i < kThreadColumns / 4; ++i) top[i] = max_pair<WT>(pair[2 * i], pair[2 * i + 1]);
+#pragma unroll
+    for (int width = kThreadColumns / 8; width > 0; width /= 2)
+#pragma unroll
+      for (int i = 0; i < width; ++i) top[i] = max_pair<WT>(top[i], top[i + width]);
+#pragma unroll
+    for (int i = 0; i < kThreadColumns / 2; ++i) {
+      const float2 x = unpack_pair<WT>(pair[i]);
+      l[2 * i] = x.x, l[2 * i + 1] = x.y;
+    }
+    const float2 x = unpack_pair<WT>(top[0]);
+    return fmaxf(x.x, x.y);
+  } else {
+    float m = -INFINITY;
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q) {
+      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      float rb[4] = {b.x, b.y, b.z, b.w};
+      round_pair_to_type<WT>(rb[0], rb[1]);
+      round_pair_to_type<WT>(rb[2], rb[3]);
+      float u[4];
+      if constexpr (kPlain) {
+        const float4 x = load_quad(base + 4 * q, 4 * q < count);
+        u[0] = x.x, u[1] = x.y, u[2] = x.z, u[3] = x.w;
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          u[i] = 4 * q + i < count ? softcap(load_float(base + 4 * q + i), cap) : -INFINITY;
+      }
+      float* x = l + 4 * q;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) x[i] = __fadd_rn(u[i], rb[i]);
+      if constexpr (kPlain) {
+        round_pair_to_type<WT>(x[0], x[1]);
+        round_pair_to_type<WT>(x[2], x[3]);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if constexpr (!kPlain) {
+          x[i] = round_to_dtype(x[i], logits_dtype);
+          if (logits_out != nullptr && 4 * q + i < count)
+            store_as_dtype(logits_out, at + 4 * q + i, x[i], logits_dtype);
+        }
+        m = fmaxf(m, x[i]);
+      }
+    }
+    return m;
+  }
+}
+
 // The logit of one of the thread's columns (i), recomputed as thread_logits computes it.
 template <typename BT, typename WT, bool kPlain>
 __device__ __forceinline__ float thread_logit(const float* bias, const BT* base, int i, float cap, int logits_dtype) {
@@ -197,12 +293,18 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const BT* ba
   if (n <= 0) return out;
   const float log2e_t = __fmul_rn(inv_t, kLog2e);
   if (!(t > 0.0f) && fabsf(m) < INFINITY && !(sum != sum)) {
-    // A greedy row with finite logits (and -inf): the first-index argmax, the fast path's sum.
-    out.sum = sum;
-    for (int greedy_column = 0; greedy_column < n; ++greedy_column) {
-      const float x = thread_logit<BT, WT, kPlain>(bias, base, greedy_column, cap, logits_dtype);
-      if (x > out.best.score || out.best.index == INT32_MAX) out.best = ArgMaxLogit{x, col + greedy_column, x};
+    // A greedy row with finite logits (and -inf): its logits recomputed as the fast path's (in
+    // registers, no stores), the first-index argmax, the fast path's sum.
+    float l[kThreadColumns];
+    thread_logits<BT, WT, kPlain>(l, bias, base, n, cap, logits_dtype, nullptr, 0);
+    float top = l[0];
+    int at = 0;
+#pragma unroll
+    for (int i = 1; i < kThreadColumns; ++i) {  // columns past the shard are -inf: never above
+      if (l[i] > top) top = l[i], at = i;
     }
+    out.best = ArgMaxLogit{top, col + at, top};
+    out.sum = sum;
     return out;
   }
   if (!(t > 0.0f)) {  // a greedy row holding a NaN or +inf: one pass, NaN above every number
@@ -320,100 +422,6 @@ __device__ __noinline__ void merge_chunk(MarkovOutputs out, const MarkovPartial*
   if (threadIdx.x == 0) *ticket = 0;
 }
 
-// Four consecutive logits of type BT as float32, or four -inf where !valid (16-byte aligned
-// for float, 8-byte for 16-bit types).
-template <typename BT>
-__device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
-  if constexpr (std::is_same<BT, float>::value) {
-    return valid ? *reinterpret_cast<const float4*>(p) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
-  } else {
-    constexpr unsigned kNegInf = std::is_same<BT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;  // two -inf
-    const uint2 raw = valid ? *reinterpret_cast<const uint2*>(p) : make_uint2(kNegInf, kNegInf);
-    if constexpr (std::is_same<BT, __nv_bfloat16>::value) {
-      return make_float4(bf16_bits_low(raw.x), bf16_bits_high(raw.x), bf16_bits_low(raw.y), bf16_bits_high(raw.y));
-    } else {
-      __half v[4];
-      memcpy(v, &raw, sizeof(raw));
-      return make_float4(to_float(v[0]), to_float(v[1]), to_float(v[2]), to_float(v[3]));
-    }
-  }
-}
-
-// kPlain: no softcap, no logits kept, logits in the weights' dtype and vocab % 4 == 0 (the
-// statistics form SGLang's step runs): vector loads of the base logits and no branch for the
-// other cases in the epilogue. Otherwise every case, scalar loads.
-//
-// One thread's kThreadColumns logits (float32, -inf past the shard) from its bias values (shared
-// memory) and base logits (`base`, column `at` of the flat [R, g, V] logits for logits_out);
-// count: its columns inside the shard. Returns their max (NaN ignored, as fmaxf). With base
-// logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
-// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type).
-template <typename BT, typename WT, bool kPlain>
-__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const BT* base,
-                                               int count, const MarkovBlockArgs& args, int64_t at) {
-  constexpr int kQuads = kThreadColumns / 4;
-  if constexpr (kPlain && std::is_same<BT, WT>::value && sizeof(WT) == 2) {
-    constexpr unsigned kNegInf = std::is_same<WT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;
-    unsigned pair[kThreadColumns / 2];
-#pragma unroll
-    for (int q = 0; q < kQuads; ++q) {
-      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
-      const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
-      pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
-      pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
-    }
-    unsigned top[kThreadColumns / 4];
-#pragma unroll
-    for (int i = 0; i < kThreadColumns / 4; ++i) top[i] = max_pair<WT>(pair[2 * i], pair[2 * i + 1]);
-#pragma unroll
-    for (int width = kThreadColumns / 8; width > 0; width /= 2)
-#pragma unroll
-      for (int i = 0; i < width; ++i) top[i] = max_pair<WT>(top[i], top[i + width]);
-#pragma unroll
-    for (int i = 0; i < kThreadColumns / 2; ++i) {
-      const float2 x = unpack_pair<WT>(pair[i]);
-      l[2 * i] = x.x, l[2 * i + 1] = x.y;
-    }
-    const float2 x = unpack_pair<WT>(top[0]);
-    return fmaxf(x.x, x.y);
-  } else {
-    float m = -INFINITY;
-#pragma unroll
-    for (int q = 0; q < kQuads; ++q) {
-      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
-      float rb[4] = {b.x, b.y, b.z, b.w};
-      round_pair_to_type<WT>(rb[0], rb[1]);
-      round_pair_to_type<WT>(rb[2], rb[3]);
-      float u[4];
-      if constexpr (kPlain) {
-        const float4 x = load_quad(base + 4 * q, 4 * q < count);
-        u[0] = x.x, u[1] = x.y, u[2] = x.z, u[3] = x.w;
-      } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          u[i] = 4 * q + i < count ? softcap(load_float(base + 4 * q + i), args.softcap) : -INFINITY;
-      }
-      float* x = l + 4 * q;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) x[i] = __fadd_rn(u[i], rb[i]);
-      if constexpr (kPlain) {
-        round_pair_to_type<WT>(x[0], x[1]);
-        round_pair_to_type<WT>(x[2], x[3]);
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if constexpr (!kPlain) {
-          x[i] = round_to_dtype(x[i], args.logits_dtype);
-          if (args.logits_out != nullptr && 4 * q + i < count)
-            store_as_dtype(args.logits_out, at + 4 * q + i, x[i], args.logits_dtype);
-        }
-        m = fmaxf(m, x[i]);
-      }
-    }
-    return m;
-  }
-}
-
 // Threads and bias values per chunk of the tile kernel: 16-bit weights, 128 threads for 4096
 // values (each warp four WMMA tiles, each thread 32 logits of one row); float32, 256 for 2048
 // (the MMA on every thread, the epilogue on the first two warps: 32 rows of 2 threads).
@@ -491,7 +499,8 @@ __global__ void __maxnreg__(168)
       const int count = active ? valid - c : 0;
       const float* own = bias + local_row * kBiasLd + c;  // its bias values
       float l[kThreadColumns];
-      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain>(l, own, base + at, count, args, at));
+      m = row_max<kRowThreads>(
+          thread_logits<BT, WT, kPlain>(l, own, base + at, count, args.softcap, args.logits_dtype, args.logits_out, at));
       // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
       // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
       // relative to its result (no cancellation). The sums below are taken against mc; the tile

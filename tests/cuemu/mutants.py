@@ -84,9 +84,11 @@ MUTANTS = [
     Mutant(
         "markov_divergent_shuffle",
         "markov_block.cu",
-        "      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain>(l, own, base + at, count, args, at));",
-        "      m = thread_logits<BT, WT, kPlain>(l, own, base + at, count, args, at);\n"
-        "      if (active) m = row_max<kRowThreads>(m);",
+        "      m = row_max<kRowThreads>(\n"
+        "          thread_logits<BT, WT, kPlain>(l, own, base + at, count, args.softcap, args.logits_dtype,"
+        " args.logits_out, at));",
+        "      m = thread_logits<BT, WT, kPlain>(l, own, base + at, count, args.softcap, args.logits_dtype,"
+        " args.logits_out, at);\n      if (active) m = row_max<kRowThreads>(m);",
         "rows past the end skip a full-mask shuffle: a hang or garbage on a GPU",
         ("markov",),
         SCHEDULES,
