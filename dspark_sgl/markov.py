@@ -578,8 +578,11 @@ def draft_sample(
     (uniform indices from 2^32): still exactly softmax, not the whole row's draw. Group
     sums in float64; the CUDA kernel's, in float32, differ only at near-ties of keys or sums.
     """
-    rows = logits.shape[0]
     x32 = logits.float()
+    if rng.noise_unused(temperature):  # every row greedy (known without a device sync)
+        index = x32.argmax(dim=-1)
+        return index, x32.gather(1, index[:, None])[:, 0]
+    rows = logits.shape[0]
     sampled = temperature > 0
     draw = dict(seed=seed, offset=offset, stream=stream, position=position, vocab_start=vocab_start)
     keys, mass, u_cut, x = draft_groups(logits, temperature, **draw)

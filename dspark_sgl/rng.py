@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 
+import numpy as np
 import torch
 
 from dspark_sgl import _dispatch
@@ -61,7 +62,7 @@ _MAX_POSITION = 1 << 8
 class Stream(enum.IntEnum):
     """Independent streams of one (seed, offset): one per purpose of a draw."""
 
-    DRAFT = 1  # Gumbel noise of the Markov draft sampler, one per (row, position, vocab).
+    DRAFT = 1  # The draft sampler's uniforms, two per (row, position, group of 16 columns).
     ACCEPT = 2  # Acceptance uniform, one per (row, draft position).
     RESAMPLE = 3  # Gumbel noise of the correction / bonus token, one per (row, position, vocab).
 
@@ -83,8 +84,12 @@ def philox4x32(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Philox4x32-10 on broadcastable int64 tensors holding uint32 values.
 
-    Returns the four uint32 output words as int64 tensors of the broadcast shape.
+    Returns the four uint32 output words as int64 tensors of the broadcast shape. On the CPU
+    the rounds run in numpy uint64 (a 32 x 32-bit product is exact there: a third of the ops,
+    each cheaper than a torch op); elsewhere in int64 torch ops with 16-bit partial products.
     """
+    if all(t.device.type == "cpu" for t in (*counter, *key)):
+        return _philox4x32_numpy(counter, key)
     c0, c1, c2, c3 = counter
     k0, k1 = key
     for round_index in range(_PHILOX_ROUNDS):
@@ -95,6 +100,24 @@ def philox4x32(
             k0 = (k0 + _PHILOX_W0) & _MASK32
             k1 = (k1 + _PHILOX_W1) & _MASK32
     return c0, c1, c2, c3
+
+
+def _philox4x32_numpy(
+    counter: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    key: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`philox4x32` of CPU tensors, in numpy uint64 (values below 2**32 throughout)."""
+    c0, c1, c2, c3 = (t.to(torch.int64).numpy().astype(np.uint64) for t in counter)
+    k0, k1 = (t.to(torch.int64).numpy().astype(np.uint64) for t in key)
+    m0, m1, w0, w1 = (np.uint64(v) for v in (_PHILOX_M0, _PHILOX_M1, _PHILOX_W0, _PHILOX_W1))
+    mask, shift = np.uint64(_MASK32), np.uint64(32)
+    for round_index in range(_PHILOX_ROUNDS):
+        p0, p1 = c0 * m0, c2 * m1
+        c0, c1, c2, c3 = (p1 >> shift) ^ c1 ^ k0, p1 & mask, (p0 >> shift) ^ c3 ^ k1, p0 & mask
+        if round_index + 1 < _PHILOX_ROUNDS:
+            k0, k1 = (k0 + w0) & mask, (k1 + w1) & mask
+    shape = np.broadcast_shapes(c0.shape, c1.shape, c2.shape, c3.shape)
+    return tuple(torch.from_numpy(np.broadcast_to(c, shape).astype(np.int64)) for c in (c0, c1, c2, c3))
 
 
 def check_seed_offset(seed: SeedLike, offset: SeedLike, device: torch.device) -> None:
