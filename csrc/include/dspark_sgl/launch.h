@@ -36,9 +36,10 @@ std::string launch_philox_uniform(float* out, const int64_t* rows, const int64_t
 // SGLang's DSparkConfidenceHead computes in its weight dtype), sts_temperatures [g] float32
 // or null, outputs conf_logits / confidence [R, g] float32.
 // A vocab shard: w2 / base_logits hold the global columns [vocab_start, vocab_start + V)
-// (vocab_start % 4 == 0) of a vocabulary of vocab_total = rows of w1; the noise is keyed
-// by the global column and tokens are global ids. first_position: the Philox position of
-// k = 0. token_scores [R, g] float32 (or null): the winners' Gumbel-max keys.
+// (vocab_start % 16 == 0: whole sampler groups) of a vocabulary of vocab_total = rows of w1; the
+// noise is keyed by the global columns' groups and tokens are global ids. first_position: the
+// Philox position of k = 0. token_scores [R, g] float32 (or null): the drawn tokens' group keys
+// (the logit on greedy rows).
 struct MarkovBlockArgs {
   const void* base_logits;
   const int64_t* anchor;
@@ -69,9 +70,6 @@ struct MarkovBlockArgs {
 };
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes);
-// The bounds markov_block assumes for the Gumbel noise -logf(-logf(u)) of every uniform
-// bits_to_unit_float can give (the candidate search is exact only if they hold).
-void markov_gumbel_bounds(float* gumbel_max, float* gumbel_min);
 size_t markov_block_workspace_bytes(int64_t rows, int64_t vocab, int weight_bytes);
 // Shared memory per CTA of the tile kernels (markov_block and chain_verify's recompute).
 size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes);
