@@ -139,9 +139,10 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
 
 
 # markov_block's 16-bit tile kernel (markov_block.cu): 128 threads, 4096 bias values a chunk,
-# 32 columns of one row per thread; the rare path and the merge are out-of-line functions.
+# 32 columns (two sampler groups) of one row per thread; the rare path (greedy and non-finite rows)
+# and the merge are out-of-line functions.
 _MARKOV_CHUNK = r"for \(int64_t row0 = 0; row0 < args\.rows; row0 \+= kChunkRows\)"
-_SCORE_CANDIDATES = r"__device__ __noinline__ ArgMaxLogit score_candidates\("
+_RARE_PARTIAL = r"__device__ __noinline__ RarePartial rare_partial\("
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
 MARKOV_THREADS = 128
 MARKOV_OUTPUTS = 4096  # bias values per chunk (kChunkRows x kTileV)
@@ -173,22 +174,15 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
         LoopName(
             f"markov.epilogue.{tile_v}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"
         ),
+        # The rare path's whole function (not run for a sampled row with finite logits): what a
+        # greedy row, or a thread holding a NaN / +inf, adds per 32 columns.
         LoopName(
-            f"markov.candidates.{tile_v}",
+            f"markov.rare_call.{tile_v}",
             k,
-            ((_MARKOV, r"for \(int q = 0; q < quads; \+\+q\)"),),  # in score_candidates (not inlined)
-            1,
-            "quad holding a candidate",
-        ),
-        LoopName(
-            f"markov.candidates_call.{tile_v}", k, ((_MARKOV, _SCORE_CANDIDATES),), 1, "call", kind="code"
-        ),
-        LoopName(
-            f"markov.exact_score.{tile_v}",
-            k,
-            ((_MARKOV, r"while \(exact != 0\)"),),  # in score_candidates
-            1,
-            "candidate scored exactly",
+            ((_MARKOV, _RARE_PARTIAL),),
+            MARKOV_COLUMNS,
+            "column of a greedy or non-finite row (one call per 32 columns)",
+            kind="code",
         ),
         LoopName(
             f"markov.merge.{tile_v}",
@@ -453,49 +447,6 @@ def _tile_instructions(prefix: str, geo: dict[str, int], loops: Mapping[str, flo
     )
 
 
-CANDIDATES_JSON = Path(__file__).resolve().parent / "markov_candidates.json"
-CANDIDATE_SOURCE = "embedded pair (V=4096)"
-
-
-@dataclass(frozen=True)
-class CandidateRates:
-    """How much of markov_block's rare path runs: fractions of quads holding a candidate, of
-    columns that are candidates, and of candidates scored exactly (benchmarks/markov_candidates.py)."""
-
-    quads: float
-    columns: float
-    exact: float
-    source: str
-
-
-WORST_CASE = CandidateRates(
-    1.0, 1.0, 1.0, "worst case: every column a candidate, every candidate scored exactly"
-)
-
-
-def candidate_rates(tile_v: int, path: Path = CANDIDATES_JSON) -> CandidateRates:
-    """The measured rates of the embedded pair at tile width tile_v, the largest over its
-    temperatures, with only the tile's own max known (the first wave of CTAs; later CTAs also
-    know other tiles' maxima, so this bounds the rare path from above). The worst case when
-    nothing was measured."""
-    if not path.is_file():
-        return WORST_CASE
-    rows = [
-        r
-        for r in json.loads(path.read_text(encoding="utf-8"))
-        if r["source"] == CANDIDATE_SOURCE and r["tile"] == tile_v and r["seen"] == "tile"
-    ]
-    if not rows:
-        return WORST_CASE
-    temps = ", ".join(f"T={r['T']}" for r in rows)
-    return CandidateRates(
-        max(r["quad_fraction"] for r in rows),
-        max(r["column_fraction"] for r in rows),
-        max(r["exact_fraction"] for r in rows),
-        f"measured on the {CANDIDATE_SOURCE} ({temps}; tile max only)",
-    )
-
-
 def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
     """markov_block's launch geometry for 16-bit weights (markov_block.cu BlockShape)."""
     tile_v = 128 if rows > 32 else 64
@@ -510,44 +461,25 @@ def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
     }
 
 
-def markov_rare_per_element(tile_v: int, loops: Mapping[str, float], rates: CandidateRates) -> float:
-    """Instructions of the out-of-line candidate path per element of an active row: a call per
-    thread (32 columns; the function outside its two loops), the quad loop per quad holding a
-    candidate, the inner loop per candidate scored exactly."""
-    call = (
-        loops[f"markov.candidates_call.{tile_v}"]
-        - loops[f"markov.candidates.{tile_v}"]
-        - loops[f"markov.exact_score.{tile_v}"]
-    )
-    return (
-        call / MARKOV_COLUMNS
-        + rates.quads * loops[f"markov.candidates.{tile_v}"] / 4
-        + rates.columns * rates.exact * loops[f"markov.exact_score.{tile_v}"]
-    )
-
-
-def markov_block(
-    vocab: int, rows: int, gamma: int, loops: Mapping[str, float], rates: CandidateRates | None = None
-) -> ModeledOp:
+def markov_block(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> ModeledOp:
     """markov_block, statistics form (no [R, g, V] logits kept): a memset of the tickets and
     running maxima, then one launch per position (the last CTA of each row chunk merges it).
 
-    ``loops``: SASS instructions per unit of each named loop (``LoopCount.per_item``); ``rates``:
-    how often the rare path runs (default: ``candidate_rates``).
+    ``loops``: SASS instructions per unit of each named loop (``LoopCount.per_item``). Every row is
+    modeled as sampled with finite logits (the grouped sampler in the chunk loop, no rare path).
 
     Per launch: staging (tile_v W2 rows per CTA; per chunk the W1 rows of its 16-row blocks that
     hold a row, all of them for 32-row chunks), the MMA (those row blocks x tile_v/16
     16x16x16 steps, 32 threads each), the
-    chunk loop on every thread of a warp that holds a row, the candidate path on the rows, and
+    chunk loop on every thread of a warp that holds a row, and
     the merge (a lane per tile partial; every thread of the merging CTA runs merge_chunk once).
     """
     geo = _markov_geometry(vocab, rows)
     w, t, k = geo["tile_v"], geo["tiles"], geo["k_pad"]
-    rates = rates if rates is not None else candidate_rates(w)
     w2, base, w1 = vocab * RANK * ELEM, rows * vocab * ELEM, rows * RANK * ELEM
     partials = rows * t * 20  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
     outputs = rows * (8 + 4 * 4)  # token, logit, score, max, sum
-    counters = (geo["chunks"] + rows) * 4
+    counters = geo["chunks"] * 4  # a ticket per row chunk
     # Per chunk: E rows and MMA row blocks in whole 16-row blocks holding a row; the chunk loop
     # on every thread of a warp that holds a row (rows_per_warp rows a warp).
     chunk_rows = [min(geo["chunk"], rows - r0) for r0 in range(0, rows, geo["chunk"])]
@@ -560,7 +492,6 @@ def markov_block(
         + loops[f"markov.e_stage.{w}"] * t * blocks * 16 * k
         + loops[f"markov.mma.{w}"] * t * blocks * (w // 16) * 32 * (k // 16)
         + loops[f"markov.epilogue.{w}"] * t * w * warp_rows
-        + markov_rare_per_element(w, loops, rates) * rows * t * w
         + loops[f"markov.merge.{w}"] * rows * math.ceil(t / 32) * 32
         + loops[f"markov.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
     )
@@ -569,7 +500,7 @@ def markov_block(
         w2 + base + w1 + rows * 12 + 2 * partials + outputs + counters,
         instructions,
     )
-    memset = Launch("cudaMemsetAsync (tickets, running maxima)", counters)
+    memset = Launch("cudaMemsetAsync (tickets)", counters)
     return ModeledOp(
         "markov_block",
         vocab,
@@ -580,7 +511,7 @@ def markov_block(
         gamma * (w2 + base),
         [
             "W1 rows counted once (every CTA re-reads them from L2); the confidence launch not modeled",
-            f"candidate path: {rates.source}",
+            "every row sampled with finite logits (greedy rows add the rare path: markov.rare_call)",
         ],
     )
 
@@ -899,7 +830,7 @@ def budgets(
         ),
         Verdict(
             "Markov epilogue <= 25 SASS instructions per sampled element (outside the MMA;"
-            " the chunk loop plus the candidate path at the measured rates)",
+            " the chunk loop: statistics and the grouped sampler)",
             bool(epilogues) and not epilogue_failures,
             epilogue_failures or (() if epilogues else ("no epilogue loop counted",)),
             max(effective.values(), default=float("nan")) / 25,
@@ -1043,33 +974,21 @@ def breakdown(paths: list[ModeledOp], device: Device = H100) -> list[list[str]]:
     return cells
 
 
-def markov_candidate_lines(counts: Mapping[str, LoopCount]) -> list[str]:
-    """The Markov block's candidate path: the rates used, instructions per element, and the
-    modeled table again in the worst case (every column a candidate, scored exactly)."""
+def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
+    """What markov_block's rows cost per element: a sampled row (the chunk loop, the budgeted
+    path) and a greedy or non-finite row (plus one rare-path call per 32 columns)."""
     loops = loop_instructions(counts)
-    lines = ["Markov block candidate path (modeled; benchmarks/markov_candidates.py measures the rates):", ""]
+    lines = ["Markov block per element (modeled, SASS static counts):", ""]
     for tile_v in (64, 128):
         if f"markov.epilogue.{tile_v}" not in loops:
             continue
-        for rates in (candidate_rates(tile_v), WORST_CASE):
-            lines.append(
-                f"- {tile_v}-wide tiles, {rates.source}: candidate quads {rates.quads:.3f}, candidate columns"
-                f" {rates.columns:.3f}, candidates scored exactly {rates.exact:.3f}:"
-                f" {markov_per_element(tile_v, loops, rates):.1f} instructions per sampled element"
-                f" ({loops[f'markov.epilogue.{tile_v}']:.1f} in the chunk loop)"
-            )
-    worst = [markov_block(v, r, g, loops, WORST_CASE) for v in VOCABS[:1] for r in ROWS for g in GAMMAS[:1]]
-    cells = [
-        [
-            f"{p.vocab}",
-            str(p.rows),
-            str(p.gamma),
-            *(f"{p.time(d) * 1e6:.1f} ({p.time(d) / p.floor(d):.2f}x floor)" for d in DEVICES),
-        ]
-        for p in worst
-    ]
-    header = ["V", "R", "g", *(f"{d.name} worst-case us" for d in DEVICES)]
-    return [*lines, "", "Markov block in the worst case (modeled):", "", *_table(header, cells)]
+        sampled = markov_per_element(tile_v, loops)
+        rare = loops.get(f"markov.rare_call.{tile_v}", float("nan"))
+        lines.append(
+            f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop);"
+            f" a greedy or non-finite row adds the rare path, {rare:.1f} per element"
+        )
+    return lines
 
 
 def report(
@@ -1104,7 +1023,7 @@ def report(
         "",
         *_table(BREAKDOWN_HEADER, breakdown(paths)),
         "",
-        *markov_candidate_lines(counts),
+        *markov_rare_lines(counts),
         "",
         f"Staging bytes in flight per SM (modeled from the loops' SASS opcodes; r = {RANK}, one CTA per SM):",
         "",
@@ -1116,11 +1035,11 @@ def report(
     return "\n".join(lines)
 
 
-def markov_per_element(tile_v: int, loops: Mapping[str, float], rates: CandidateRates | None = None) -> float:
+def markov_per_element(tile_v: int, loops: Mapping[str, float]) -> float:
     """Instructions per sampled element of markov_block outside the MMA and the staging: the
-    chunk loop's static count plus the out-of-line candidate path at ``rates``."""
-    rates = rates if rates is not None else candidate_rates(tile_v)
-    return loops[f"markov.epilogue.{tile_v}"] + markov_rare_per_element(tile_v, loops, rates)
+    chunk loop's static count (statistics and the grouped sampler; no out-of-line path runs for a
+    sampled row with finite logits)."""
+    return loops[f"markov.epilogue.{tile_v}"]
 
 
 def loop_instructions(counts: Mapping[str, LoopCount]) -> dict[str, float]:

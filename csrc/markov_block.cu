@@ -4,16 +4,17 @@
 // rows in chunks. Per chunk: bias = W1[prev] @ W2_tile^T (W2 tile staged once for every row;
 // float32 accumulate, rounded to the weight dtype as SGLang's Linear output), logits =
 // softcap(U_k) + bias (rounded to the logits dtype), then per (row, tile) the softmax
-// statistics of logits / T and the Gumbel-max winner. The winner's search is bounded: a column
-// whose logit is below candidate_floor(row max) cannot win, so it draws no noise (no Philox, no
-// logf); the others (the candidates) get the reference's exact score out of line. The last CTA
-// to finish a chunk (a ticket counter in the workspace) merges the tiles' partials of the
-// chunk's rows and writes x_k, its logit and score, the max and the sum. The sampled x_k is the
-// previous token of position k + 1. Then one launch computes the confidence logits
-// sigmoid((w . [h_k; W1[x_{k-1}]] + b) / T_k) for every (row, k).
-// The full [R, g, V] logits are written only when the caller asks for them.
+// statistics of logits / T and the grouped sampler's partial (dspark_sgl.markov, the design in
+// GROUPED_SAMPLER.md): every group of 16 global columns j gets the key K_j = LSE_j + G_j from one
+// Gumbel draw, and the tile's best group draws its token from its running sum with a second
+// uniform. The last CTA to finish a chunk (a ticket counter in the workspace) merges the tiles'
+// partials of the chunk's rows (largest key, ties to the lowest column, NaN above all) and writes
+// x_k, its logit and key, the max and the sum. The sampled x_k is the previous token of position
+// k + 1. Then one launch computes the confidence logits sigmoid((w . [h_k; W1[x_{k-1}]] + b) / T_k)
+// for every (row, k). The full [R, g, V] logits are written only when the caller asks for them.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 #include <type_traits>
@@ -25,8 +26,8 @@
 namespace dspark_sgl {
 namespace {
 
-// One (row, tile) result: the winner and the statistics of the tile's logits, max = the raw
-// logit max, sum = sum of exp((logit - max) / T).
+// One (row, tile) result: the drawn token with its group key and logit, and the statistics of
+// the tile's logits, max = the raw logit max, sum = sum of exp((logit - max) / T).
 struct MarkovPartial {
   float score;
   int32_t index;
@@ -36,61 +37,15 @@ struct MarkovPartial {
 };
 
 // The workspace of one block: partials [rows, tiles], then (zeroed by the launcher before the
-// first position, reset by the merging CTA after each use) a ticket per row chunk and each
-// row's running logit max (an ordered key, 0 = none yet).
+// first position, reset by the merging CTA after each use) a ticket per row chunk.
 struct MarkovWorkspace {
   MarkovPartial* partials;
   unsigned* tickets;
-  unsigned* row_max;
 };
 
-// Bounds of the Gumbel noise -logf(-logf(u)) over every uniform bits_to_unit_float can give,
-// u in [2^-24, 1 - 2^-24]: G(1 - 2^-24) = 16.635532 and G(2^-24) = -2.8115408 in float32, each
-// widened by more than 30 ulps of logf's rounding.
-constexpr float kGumbelMax = 16.6356f;
-constexpr float kGumbelMin = -2.8116f;
-
-// The lowest logit that can still win a sampled row whose logits reach m (greedy rows: m
-// itself). Every other column loses: its score fl(fl(l / T) + G) <= fl(l / T) + G_max is
-// below the max column's fl(fl(m / T) + G) >= fl(m / T) + G_min. The margin covers the
-// roundings: m * (1/T) with 1/T to ~2 ulp against m / T (under 2^-21 relative), both
-// additions and the products here (the 2^-18 and 2^-21 relative terms), so the bound is
-// exact, never approximate.
-__device__ __forceinline__ float candidate_floor(float m, float t, float inv_t) {
-  if (!(t > 0.0f) || !(fabsf(m) < INFINITY)) return m;  // greedy rows, +-inf
-  const float y = __fmul_rn(m, inv_t);
-  const float x = __fsub_rn(__fsub_rn(y, (kGumbelMax - kGumbelMin) + 1e-3f), __fmul_rn(fabsf(y), 0x1p-18f));
-  const float l = __fmul_rn(x, t);
-  return fmaxf(__fsub_rn(l, __fmul_rn(fabsf(l), 0x1p-21f)), -FLT_MAX);  // -inf columns never qualify
-}
-
-// Order-preserving unsigned keys: of a float (max), and of an argmax candidate (score in the
-// high word with argmax_key's order, the smaller index winning ties); 0 is below every key.
-__device__ __forceinline__ unsigned float_key(float x) {
-  const unsigned b = __float_as_uint(x);
-  return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-__device__ __forceinline__ float key_float(unsigned k) {
-  return k <= float_key(-INFINITY) ? -INFINITY : __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
-__device__ __forceinline__ unsigned long long argmax_key64(float score, int32_t index) {
-  const unsigned hi = static_cast<unsigned>(argmax_key(score)) ^ 0x80000000u;
-  return (static_cast<unsigned long long>(hi) << 32) | (0xffffffffu - static_cast<unsigned>(index));
-}
-
-template <int kWidth>
-__device__ __forceinline__ float group_max(float x) {
-#pragma unroll
-  for (int delta = kWidth / 2; delta > 0; delta /= 2)
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, delta, kWidth));
-  return x;
-}
-template <int kWidth>
-__device__ __forceinline__ float group_sum(float x) {
-#pragma unroll
-  for (int delta = kWidth / 2; delta > 0; delta /= 2) x += __shfl_xor_sync(0xffffffffu, x, delta, kWidth);
-  return x;
-}
+constexpr int kGroupColumns = 16;                  // a sampler group: global columns [16 j, 16 j + 16)
+constexpr int kThreadColumns = 2 * kGroupColumns;  // an epilogue thread's columns: two whole groups
+constexpr float kLog2e = 1.44269504f, kLn2 = 0.693147181f;
 
 // The Philox key of one position's draws.
 struct DrawKey {
@@ -98,84 +53,179 @@ struct DrawKey {
   uint32_t position;
 };
 
-// The exact Gumbel-max key of a sampled column, the reference's operations: fl(fl(l / T) + G)
-// (no division at T = 1).
-__device__ __forceinline__ float exact_score(float logit, float t, uint32_t bits) {
-  return __fadd_rn(t == 1.0f ? logit : __fdiv_rn(logit, t), gumbel_from_bits(bits));
-}
-
-// A lower bound of `best` for may_beat: below it by its subtraction's rounding (|best| 2^-21)
-// and by 1e-5, more than logf's two roundings inside G (< 5e-6).
-__device__ __forceinline__ float beat_floor(float best) {
-  return __fsub_rn(__fsub_rn(best, __fmul_rn(fabsf(best), 0x1p-21f)), 1e-5f);
-}
-
-// Whether a sampled column (logit l, uniform bits) may still beat the score `best` of an earlier
-// column (a tie goes to the earlier one), decided from u without logf, given best_lo =
-// beat_floor(best): it cannot when G(u) <= best - fl(l / T), i.e. u <= exp(-exp(-(best -
-// fl(l / T)))). Every step is bounded the safe way: x_up >= fl(l / T) (1/T to ~2 ulp, a 2^-20
-// relative margin), d_lo <= best - fl(l / T) - 5e-6, e_hi >= exp(-d_lo) and u_lo <=
-// exp(-e_hi), both exponentials as ex2.approx (< 2^-22 relative) of an FMA whose rounding
-// (< 1e-5 below 2^7) and log2(e)'s (< 2e-6) a 4.4e-5 margin on the exponent covers. u and
-// u_lo are compared scaled by 2^24 (u * 2^24 = (bits >> 8) | 1, an integer). NaN or infinite
-// inputs make d_lo NaN or -inf: the column is scored exactly.
-__device__ __forceinline__ bool may_beat(float best_lo, float logit, float inv_t, uint32_t bits) {
-  constexpr float kLog2e = 1.44269504f, kMargin = 4.4e-5f;
-  const float xs = __fmul_rn(logit, inv_t);
-  const float x_up = __fmaf_rn(fabsf(xs), 0x1p-20f, xs);
-  const float d_lo = __fsub_rn(best_lo, x_up);
-  const float e_hi = fast_exp2(__fmaf_rn(-d_lo, kLog2e, kMargin));
-  const float u_lo_scaled = fast_exp2(__fmaf_rn(-e_hi, kLog2e, 24.0f - kMargin));  // u_lo * 2^24
-  return !(static_cast<float>((bits >> 8) | 1u) <= u_lo_scaled);
-}
-
-// The rare path, out of line: one thread's candidate columns (logit >= floor_logit, or NaN)
-// against its best so far, one Philox block per quad that holds a candidate; a sampled
-// candidate is scored exactly (in the inner loop, one column at a time) only when may_beat
-// (greedy rows: the score is the logit).
-// logits: the thread's row in shared memory, quads of 4 columns at first, first + stride,
-// ...; valid: the columns of the tile inside the shard; col0: the global column of the
-// tile's first column. Columns come in increasing order, so a tie never replaces the best.
-__device__ __noinline__ ArgMaxLogit score_candidates(ArgMaxLogit best, const float* logits, int first,
-                                                     int stride, int quads, int valid, float floor_logit,
-                                                     float t, float inv_t, int32_t col0, uint64_t row,
-                                                     DrawKey key) {
-  // argmax_key of the best so far (below every score while there is none): a later column
-  // replaces it only with a strictly larger key.
-  int32_t best_key = best.index == INT32_MAX ? INT32_MIN : argmax_key(best.score);
-  for (int q = 0; q < quads; ++q) {
-    const int c = first + q * stride;
-    if (c >= valid) break;
-    const float4 v = *reinterpret_cast<const float4*>(logits + c);
-    const float l[4] = {v.x, v.y, v.z, v.w};
-    unsigned mask = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) mask |= (c + i < valid && !(l[i] < floor_logit)) ? 1u << i : 0u;
-    if (mask == 0) continue;
-    uint32_t words[4] = {0, 0, 0, 0};
-    const bool sampled = t > 0.0f;
-    if (sampled) {
-      const Philox4x32 r = philox_block(key.seed, key.offset, kStreamDraft, row, key.position,
-                                        static_cast<uint32_t>(col0 + c) / 4);
-      words[0] = r.x, words[1] = r.y, words[2] = r.z, words[3] = r.w;
-    }
-    // The quad's columns that may beat the best before it (a stale best only lets more through).
-    unsigned exact = sampled ? 0u : mask;
-    const float best_lo = beat_floor(best.score);
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      if (sampled && ((mask >> i) & 1u) && may_beat(best_lo, l[i], inv_t, words[i])) exact |= 1u << i;
-    while (exact != 0) {
-      const int i = __ffs(exact) - 1;
-      exact &= exact - 1;
-      const float logit = i == 0 ? l[0] : (i == 1 ? l[1] : (i == 2 ? l[2] : l[3]));
-      const uint32_t bits = i == 0 ? words[0] : (i == 1 ? words[1] : (i == 2 ? words[2] : words[3]));
-      const float score = sampled ? exact_score(logit, t, bits) : logit;
-      const int32_t k = argmax_key(score);
-      if (k > best_key) best = ArgMaxLogit{score, col0 + c + i, logit}, best_key = k;
-    }
+// The same, ready to draw: the round keys and the counter words every block of a position shares
+// (philox_block's layout).
+struct NoiseKey {
+  PhiloxRoundKeys round_keys;
+  uint32_t counter_z, counter_w;
+  __device__ explicit NoiseKey(DrawKey key)
+      : round_keys(philox_round_keys(key.seed)),
+        counter_z((key.position & 0xFFu) | (kStreamDraft << 8) | (static_cast<uint32_t>((key.offset >> 32) & 0xFFFFu) << 16)),
+        counter_w(static_cast<uint32_t>(key.offset)) {}
+  __device__ __forceinline__ Philox4x32 block(uint64_t row, uint32_t block) const {
+    return philox4x32_10(Philox4x32{block, static_cast<uint32_t>(row), counter_z, counter_w}, round_keys);
   }
-  return best;
+};
+
+// The DRAFT-stream words of groups j and j + 1: group j's (u_G, u_C) are the uniforms of index 2 j
+// and 2 j + 1, i.e. Philox block j / 2, words 2 (j % 2) and 2 (j % 2) + 1.
+struct GroupNoise {
+  uint32_t gumbel0, choice0, gumbel1, choice1;
+};
+
+// Philox block `block` of a row's draws, out of line: the second block of a thread whose groups
+// straddle two (only when vocab_start % 32 == 16).
+__device__ __noinline__ Philox4x32 next_noise_block(DrawKey key, uint64_t row, uint32_t block) {
+  return philox_block(key.seed, key.offset, kStreamDraft, row, key.position, block);
+}
+
+// The fast path's: the first block with precomputed round keys.
+__device__ __forceinline__ GroupNoise group_noise(const NoiseKey& noise, DrawKey key, uint64_t row, uint32_t j) {
+  const Philox4x32 a = noise.block(row, j / 2);
+  if ((j & 1u) == 0) return GroupNoise{a.x, a.y, a.z, a.w};
+  const Philox4x32 b = next_noise_block(key, row, j / 2 + 1);
+  return GroupNoise{a.z, a.w, b.x, b.y};
+}
+
+__device__ __forceinline__ GroupNoise group_noise(DrawKey key, uint64_t row, uint32_t j) {
+  const Philox4x32 a = philox_block(key.seed, key.offset, kStreamDraft, row, key.position, j / 2);
+  if ((j & 1u) == 0) return GroupNoise{a.x, a.y, a.z, a.w};
+  const Philox4x32 b = next_noise_block(key, row, j / 2 + 1);
+  return GroupNoise{a.z, a.w, b.x, b.y};
+}
+
+// The Gumbel noise of a group key: -ln(-logf(u)) with the outer log as MUFU.LG2 (its absolute error,
+// about 2^-22 in log2, is below 2e-7 in G; the inner logf stays IEEE: near u = 1, -log(u) is
+// tiny and needs its relative accuracy). The reference computes both logs in float32; the keys'
+// contract allows 1e-4 relative.
+__device__ __forceinline__ float group_gumbel(uint32_t bits) {
+  return __fmul_rn(-kLn2, fast_log2(-logf(bits_to_unit_float(bits))));
+}
+
+// The largest float below s > 0 (s = 0 gives NaN, which fminf ignores): the within-group
+// threshold is kept below the group's total, so a running sum above it always exists. t = s
+// happens only by rounding (u_C < 1), a near-tie of the threshold with the last boundary.
+__device__ __forceinline__ float below(float s) { return __uint_as_float(__float_as_uint(s) - 1u); }
+
+// The first v with run[v] > t in a nondecreasing run[0..16) (15 if none: t >= run[15] only in an
+// empty group, whose key never wins): a binary search (lo += step while run[lo + step - 1] <= t)
+// whose probes are selects, no local memory.
+__device__ __forceinline__ int first_above(const float (&run)[kGroupColumns], float t) {
+  const bool b8 = run[7] <= t;
+  const bool b4 = (b8 ? run[11] : run[3]) <= t;
+  const float p2[4] = {run[1], run[5], run[9], run[13]};
+  const bool b2 = (b8 ? (b4 ? p2[3] : p2[2]) : (b4 ? p2[1] : p2[0])) <= t;
+  const float p1[8] = {run[0], run[2], run[4], run[6], run[8], run[10], run[12], run[14]};
+  const float q0 = b2 ? p1[1] : p1[0], q1 = b2 ? p1[3] : p1[2], q2 = b2 ? p1[5] : p1[4], q3 = b2 ? p1[7] : p1[6];
+  const bool b1 = (b8 ? (b4 ? q3 : q2) : (b4 ? q1 : q0)) <= t;
+  return 8 * b8 + 4 * b4 + 2 * b2 + b1;
+}
+
+// The epilogue's thread geometry: a thread owns kThreadColumns consecutive columns of one row, so
+// kRowThreads = kTileV / 32 threads share a row. A row's threads are lanes l, l + 8 (, l + 16,
+// l + 24): the 8 lanes of a quarter warp hold 8 consecutive rows of the same column segment, and
+// with the bias rows kTileV + 4 floats apart (kBiasLd / 4 = 1 mod 8) their float4 reads fall on
+// 8 distinct 16-byte bank groups: conflict-free. Row reductions are shuffles across lanes 8 apart.
+template <int kTileV>
+struct EpilogueShape {
+  static constexpr int kRowThreads = kTileV / kThreadColumns;
+  static constexpr int kRowsPerWarp = 32 / kRowThreads;
+  static constexpr int kBiasLd = kTileV + 4;
+  static_assert(kTileV % kThreadColumns == 0 && (kBiasLd / 4) % 8 == 1, "conflict-free bias rows");
+};
+
+// A row's best partial across its threads (argmax_beats' order), reduced on argmax_key's integer
+// keys: the key is converted once per thread, not at every step (the inverse gives the score back;
+// a NaN comes back as a NaN, -0 as +0).
+template <int kRowThreads>
+__device__ __forceinline__ ArgMaxLogit row_best(ArgMaxLogit a) {
+  int32_t key = argmax_key(a.score), index = a.index;
+  float logit = a.logit;
+#pragma unroll
+  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) {
+    const int32_t k = __shfl_xor_sync(0xffffffffu, key, delta), i = __shfl_xor_sync(0xffffffffu, index, delta);
+    const float l = __shfl_xor_sync(0xffffffffu, logit, delta);
+    if (k > key || (k == key && i < index)) key = k, index = i, logit = l;
+  }
+  const float score = key == INT32_MAX ? NAN : __int_as_float(key >= 0 ? key : key ^ INT32_MAX);
+  return ArgMaxLogit{score, index, logit};
+}
+template <int kRowThreads>
+__device__ __forceinline__ float row_max(float x) {
+#pragma unroll
+  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, delta));
+  return x;
+}
+template <int kRowThreads>
+__device__ __forceinline__ float row_sum(float x) {
+#pragma unroll
+  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) x += __shfl_xor_sync(0xffffffffu, x, delta);
+  return x;
+}
+
+// One thread's partial on the rare path, and its sum of exp((l - m) / T).
+struct RarePartial {
+  ArgMaxLogit best;
+  float sum;
+};
+
+// The rare path, out of line: greedy rows (T <= 0: the first-index argmax, key = the logit), and
+// sampled rows the fast path cannot take: a thread holding a NaN (its first NaN, key NaN) or a
+// +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row of nothing but -inf
+// (its first column, key -inf), and rows where m * log2(e) / T is beyond float range (the grouped
+// sampler as the reference writes it: x = l / T, each group's max subtracted first, IEEE expf and
+// logf; a thread beside another's +inf gets finite keys, which lose to it).
+// logits: the thread's kThreadColumns logits (shared memory); count: how many of them lie in the
+// shard (<= 0: none, an empty partial); col: the global column of logits[0] (a multiple of 16);
+// m: the (row, tile) max. The sum is computed with the subtraction first (never overflows).
+__device__ __noinline__ RarePartial rare_partial(const float* logits, int count, int32_t col, float m, float t,
+                                                 float inv_t, uint64_t row, DrawKey key) {
+  RarePartial out{ArgMaxLogit::empty(), 0.0f};
+  const int n = min(count, kThreadColumns);
+  if (n <= 0) return out;
+  const float log2e_t = __fmul_rn(inv_t, kLog2e);
+  if (m != -INFINITY)
+    for (int i = 0; i < n; ++i) out.sum += fast_exp2(__fmul_rn(__fsub_rn(logits[i], m), log2e_t));
+  if (!(t > 0.0f)) {
+    for (int i = 0; i < n; ++i) out.best.add(logits[i], col + i, logits[i]);
+    return out;
+  }
+  int nan_at = -1, inf_at = -1;
+  for (int i = n - 1; i >= 0; --i) {
+    const float x = __fdiv_rn(logits[i], t);
+    if (x != x) nan_at = i;
+    if (x == INFINITY) inf_at = i;
+  }
+  if (nan_at >= 0) {
+    out.best = ArgMaxLogit{logits[nan_at], col + nan_at, logits[nan_at]};
+  } else if (inf_at >= 0) {
+    out.best = ArgMaxLogit{INFINITY, col + inf_at, logits[inf_at]};
+  } else {
+    const GroupNoise noise = group_noise(key, row, static_cast<uint32_t>(col) / kGroupColumns);
+    for (int g = 0; g < 2; ++g) {
+      const int lo = g * kGroupColumns, hi = min(n, lo + kGroupColumns);
+      float x_max = -INFINITY;
+      for (int i = lo; i < hi; ++i) x_max = fmaxf(x_max, __fdiv_rn(logits[i], t));
+      if (x_max == -INFINITY) continue;  // no mass: K = -inf never wins
+      float s = 0.0f;
+      for (int i = lo; i < hi; ++i) s += expf(__fsub_rn(__fdiv_rn(logits[i], t), x_max));
+      const float group_key = __fadd_rn(__fadd_rn(x_max, logf(s)), gumbel_from_bits(g ? noise.gumbel1 : noise.gumbel0));
+      if (!argmax_beats(group_key, col + lo, out.best.score, out.best.index)) continue;
+      const float target = fminf(__fmul_rn(bits_to_unit_float(g ? noise.choice1 : noise.choice0), s), below(s));
+      float run = 0.0f;
+      int pick = hi - 1;
+      for (int i = lo; i < hi; ++i) {
+        run += expf(__fsub_rn(__fdiv_rn(logits[i], t), x_max));
+        if (run > target) {
+          pick = i;
+          break;
+        }
+      }
+      out.best = ArgMaxLogit{group_key, col + pick, logits[pick]};
+    }
+    if (out.best.index == INT32_MAX) out.best = ArgMaxLogit{-INFINITY, col, logits[0]};  // no mass at all
+  }
+  return out;
 }
 
 // (raw max, sum of exp((x - max) / T)) with a fixed 1 / T; -inf maxima contribute nothing.
@@ -211,11 +261,12 @@ struct MarkovOutputs {
 };
 
 // The last CTA of a chunk, out of line: merges the tiles' partials of rows [row0, row0 + rows)
-// (one warp per row), writes the position's outputs and resets the rows' running max and
-// the chunk's ticket for the next position (or a graph replay). Partials are read volatile:
-// other CTAs wrote them (each fenced before taking its ticket).
+// (one warp per row; the largest key, ties to the lowest column, NaN above every number, as
+// argmax_beats), writes the position's outputs and resets the chunk's ticket for the next
+// position (or a graph replay). Partials are read volatile: other CTAs wrote them (each fenced
+// before taking its ticket).
 __device__ __noinline__ void merge_chunk(MarkovOutputs out, const MarkovPartial* partials, int tiles,
-                                         int64_t row0, int rows, int k, unsigned* row_max, unsigned* ticket) {
+                                         int64_t row0, int rows, int k, unsigned* ticket) {
   const int lane = threadIdx.x % 32;
   for (int r = threadIdx.x / 32; r < rows; r += blockDim.x / 32) {
     const int64_t row = row0 + r;
@@ -237,7 +288,6 @@ __device__ __noinline__ void merge_chunk(MarkovOutputs out, const MarkovPartial*
       if (out.token_scores != nullptr) out.token_scores[at] = best.score;
       out.stat_max[at] = __fdiv_rn(stats.max, safe_t);  // max(l) / T == max(l / T): division is monotone
       out.stat_sum[at] = stats.sum;
-      row_max[row] = 0;
     }
   }
   if (threadIdx.x == 0) *ticket = 0;
@@ -265,8 +315,88 @@ __device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
 // kPlain: no softcap, no logits kept, logits in the weights' dtype and vocab % 4 == 0 (the
 // statistics form SGLang's step runs): vector loads of the base logits and no branch for the
 // other cases in the epilogue. Otherwise every case, scalar loads.
+//
+// One thread's kThreadColumns logits (float32, -inf past the shard) from its bias values (shared
+// memory) and base logits (`base`, column `at` of the flat [R, g, V] logits for logits_out);
+// count: its columns inside the shard. Returns their max (NaN ignored, as fmaxf). With base
+// logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
+// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type).
+template <typename BT, typename WT, bool kPlain>
+__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const BT* base,
+                                               int count, const MarkovBlockArgs& args, int64_t at) {
+  constexpr int kQuads = kThreadColumns / 4;
+  if constexpr (kPlain && std::is_same<BT, WT>::value && sizeof(WT) == 2) {
+    constexpr unsigned kNegInf = std::is_same<WT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;
+    unsigned pair[kThreadColumns / 2];
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q) {
+      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
+      pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
+      pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
+    }
+    unsigned top[kThreadColumns / 4];
+#pragma unroll
+    for (int i = 0; i < kThreadColumns / 4; ++i) top[i] = max_pair<WT>(pair[2 * i], pair[2 * i + 1]);
+#pragma unroll
+    for (int width = kThreadColumns / 8; width > 0; width /= 2)
+#pragma unroll
+      for (int i = 0; i < width; ++i) top[i] = max_pair<WT>(top[i], top[i + width]);
+#pragma unroll
+    for (int i = 0; i < kThreadColumns / 2; ++i) {
+      const float2 x = unpack_pair<WT>(pair[i]);
+      l[2 * i] = x.x, l[2 * i + 1] = x.y;
+    }
+    const float2 x = unpack_pair<WT>(top[0]);
+    return fmaxf(x.x, x.y);
+  } else {
+    float m = -INFINITY;
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q) {
+      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      float rb[4] = {b.x, b.y, b.z, b.w};
+      round_pair_to_type<WT>(rb[0], rb[1]);
+      round_pair_to_type<WT>(rb[2], rb[3]);
+      float u[4];
+      if constexpr (kPlain) {
+        const float4 x = load_quad(base + 4 * q, 4 * q < count);
+        u[0] = x.x, u[1] = x.y, u[2] = x.z, u[3] = x.w;
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) u[i] = 4 * q + i < count ? softcap(load_float(base + 4 * q + i), args.softcap) : -INFINITY;
+      }
+      float* x = l + 4 * q;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) x[i] = __fadd_rn(u[i], rb[i]);
+      if constexpr (kPlain) {
+        round_pair_to_type<WT>(x[0], x[1]);
+        round_pair_to_type<WT>(x[2], x[3]);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if constexpr (!kPlain) {
+          x[i] = round_to_dtype(x[i], args.logits_dtype);
+          if (args.logits_out != nullptr && 4 * q + i < count)
+            store_as_dtype(args.logits_out, at + 4 * q + i, x[i], args.logits_dtype);
+        }
+        m = fmaxf(m, x[i]);
+      }
+    }
+    return m;
+  }
+}
+
+// The logit of one of the thread's columns (i), recomputed as thread_logits computes it.
+template <typename BT, typename WT, bool kPlain>
+__device__ __forceinline__ float thread_logit(const float* bias, const BT* base, int i, const MarkovBlockArgs& args) {
+  const float u = kPlain ? load_float(base + i) : softcap(load_float(base + i), args.softcap);
+  const float x = __fadd_rn(u, round_to_type<WT>(bias[i]));
+  return kPlain ? round_to_type<WT>(x) : round_to_dtype(x, args.logits_dtype);
+}
+
 // Threads and bias values per chunk of the tile kernel: 16-bit weights, 128 threads for 4096
-// values (each warp four WMMA tiles, each thread 32 logits of one row); float32, 256 for 2048.
+// values (each warp four WMMA tiles, each thread 32 logits of one row); float32, 256 for 2048
+// (the MMA on every thread, the epilogue on the first two warps: 32 rows of 2 threads).
 template <typename WT>
 struct BlockShape {
   static constexpr int kThreads = WeightTraits<WT>::kTensorCores ? 128 : kTileThreads;
@@ -274,133 +404,123 @@ struct BlockShape {
 };
 
 template <typename BT, typename WT, int kTileV, bool kPlain>
-__global__ void __launch_bounds__(BlockShape<WT>::kThreads)
+__global__ void __maxnreg__(168)
     markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kThreads = BlockShape<WT>::kThreads, kOutputs = BlockShape<WT>::kOutputs;
-  using Layout = MarkovTileLayout<WT, kTileV, kOutputs>;
+  using Shape = EpilogueShape<kTileV>;
+  constexpr int kRowThreads = Shape::kRowThreads, kRowsPerWarp = Shape::kRowsPerWarp, kBiasLd = Shape::kBiasLd;
+  using Layout = MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>;
   constexpr int kChunkRows = Layout::kChunkRows;
-  constexpr int kRowThreads = kThreads / kChunkRows;  // threads of one row, consecutive lanes
-  constexpr int kQuads = kTileV / 4 / kRowThreads;        // 4-column groups per thread
+  static_assert(kChunkRows * kRowThreads <= kThreads, "an epilogue thread per 32 columns of a chunk");
   const Layout layout(static_cast<int>(args.rank));
-  MarkovTileSmem<WT, kTileV, kOutputs> tile(smem, layout);
-  __shared__ unsigned long long best_key[kChunkRows];
+  MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);  // W2 and E (dynamic: rank-sized)
+  __shared__ __align__(128) float bias[kChunkRows * kBiasLd];        // static: fixed addresses
   __shared__ bool last_cta;
 
   const int64_t vocab = args.vocab, rank = args.rank;
   const int64_t v0 = int64_t(blockIdx.x) * kTileV;
   const int valid = static_cast<int>(min(int64_t(kTileV), vocab - v0));
-  const int32_t col0 = static_cast<int32_t>(args.vocab_start + v0);
+  const int32_t col0 = static_cast<int32_t>(args.vocab_start + v0);  // a multiple of 16
   const WT* w1 = static_cast<const WT*>(args.w1);
   const WT* w2 = static_cast<const WT*>(args.w2);
   const BT* base = static_cast<const BT*>(args.base_logits);
   DrawKey draw{0, 0, static_cast<uint32_t>(args.first_position + k)};
   args.philox.resolve(draw.seed, draw.offset);
+  const NoiseKey noise_key(draw);
 
   stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
     return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
   });
 
-  const int seg = threadIdx.x % kRowThreads, local_row = threadIdx.x / kRowThreads;
+  const StagePlan<WT> e_plan(layout.k_padded);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int seg = lane / 8 % kRowThreads;
+  const int local_row = warp * kRowsPerWarp + lane % 8 + 8 * (lane / (8 * kRowThreads));
+  const int c = seg * kThreadColumns;  // the thread's first column in the tile
   for (int64_t row0 = 0; row0 < args.rows; row0 += kChunkRows) {
     const int chunk_rows = static_cast<int>(min(int64_t(kChunkRows), args.rows - row0));
     // 64-row chunks (16-bit weights, 64-wide tiles): the MMA reads only the 16-row blocks of E
     // holding a row (bias_tile skips the others when a warp owns more than two)
     stage_rows(tile.e, WeightTraits<WT>::kTensorCores && kChunkRows > 32 ? min(kChunkRows, (chunk_rows + 15) / 16 * 16)
                                                                           : kChunkRows,
-               layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
+               layout.rank, layout.k_padded, layout.ld, e_plan, [&](int i) -> const WT* {
       const int64_t row = row0 + i;
       if (row >= args.rows) return nullptr;
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
       return w1 + clamp_index(prev, args.vocab_total) * rank;
     });
-    if (threadIdx.x < kChunkRows) best_key[threadIdx.x] = 0;
-    __syncthreads();
-    bias_tile<WT, kTileV, kOutputs, kThreads>(tile.w2, tile.e, tile.bias, layout, chunk_rows);
+    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);
     __syncthreads();
 
-    // Epilogue: this thread's kQuads x 4 columns of one row, all in registers. A warp holding
-    // no row of the block skips it (a warp-uniform test: its shuffles stay within the warp).
+    // Epilogue: this thread's 32 columns (two groups) of one row, all in registers. A warp holding
+    // no row of the chunk skips it (a warp-uniform test: its shuffles stay within the warp).
     const int64_t row = row0 + local_row;
     const bool active = local_row < chunk_rows;
-    const bool warp_active = threadIdx.x / 32 * (32 / kRowThreads) < chunk_rows;
     float m = -INFINITY, sum = 0.0f;
     ArgMaxLogit best = ArgMaxLogit::empty();
-    unsigned long long mine = 0;
-    if (warp_active) {
-    const float t = active ? args.temperature[row] : 0.0f;
-    const float inv_t = t > 0.0f ? __fdividef(1.0f, t) : 1.0f;  // ~2 ulp: candidate_floor's margin covers it
-    const float seen_max = active ? key_float(*reinterpret_cast<volatile unsigned*>(ws.row_max + row)) : -INFINITY;
-    const int64_t flat = (row * args.gamma + k) * vocab;
-    float* row_bias = tile.bias + local_row * kTileV;
-    float logit[kQuads][4];
+    if (warp * kRowsPerWarp < chunk_rows) {
+      const float t = active ? args.temperature[row] : 0.0f;
+      const bool sampled = t > 0.0f;
+      const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
+      const int count = active ? valid - c : 0;
+      float* own = bias + local_row * kBiasLd + c;  // its bias values (its logits on the rare path)
+      const int64_t at = (row * args.gamma + k) * vocab + v0 + c;
+      float l[kThreadColumns];
+      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain>(l, own, base + at, count, args, at));
+      // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
+      // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
+      // relative to its result (no cancellation). The sums below are taken against mc; the tile
+      // sum is rescaled by 2^-err once, and the keys use mc itself: LSE_j = ln 2 (mc + log2 S'_j).
+      const float c2 = __fmul_rn(inv_t, kLog2e);
+      const float mc = __fmul_rn(m, c2);
+      float run[kThreadColumns];  // each group's running sums of 2^(l c2 - mc), in column order
 #pragma unroll
-    for (int q = 0; q < kQuads; ++q) {
-      const int c = (q * kRowThreads + seg) * 4;
-      const float4 b = *reinterpret_cast<const float4*>(row_bias + c);
-      const float bias[4] = {b.x, b.y, b.z, b.w};
-      float u[4];
-      if constexpr (kPlain) {
-        const float4 x = load_quad(base + flat + v0 + c, active && c < valid);
-        u[0] = x.x, u[1] = x.y, u[2] = x.z, u[3] = x.w;
-      } else {
+      for (int g = 0; g < 2; ++g) {
+        float s = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i)
-          u[i] = active && c + i < valid ? softcap(load_float(base + flat + v0 + c + i), args.softcap) : -INFINITY;
-      }
-      float rb[4] = {bias[0], bias[1], bias[2], bias[3]};
-      round_pair_to_type<WT>(rb[0], rb[1]);
-      round_pair_to_type<WT>(rb[2], rb[3]);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) logit[q][i] = __fadd_rn(u[i], rb[i]);
-      if constexpr (kPlain) {
-        round_pair_to_type<WT>(logit[q][0], logit[q][1]);
-        round_pair_to_type<WT>(logit[q][2], logit[q][3]);
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if constexpr (!kPlain) {
-          logit[q][i] = round_to_dtype(logit[q][i], args.logits_dtype);
-          if (args.logits_out != nullptr && active && c + i < valid)
-            store_as_dtype(args.logits_out, flat + v0 + c + i, logit[q][i], args.logits_dtype);
+        for (int v = 0; v < kGroupColumns; ++v) {
+          s = __fadd_rn(s, fast_exp2(__fmaf_rn(l[g * kGroupColumns + v], c2, -mc)));
+          run[g * kGroupColumns + v] = s;
         }
-        m = fmaxf(m, logit[q][i]);
       }
-    }
-    const float thread_max = m;     // NaN logits are not numbers to fmaxf
-    m = group_max<kRowThreads>(m);  // the (row, tile) max
-    const float floor_logit = candidate_floor(fmaxf(m, seen_max), t, inv_t);
-    const float log2e_t = __fmul_rn(inv_t, 1.44269504f);  // exp(x / T) = 2^(x * log2(e) / T)
+      const float s0 = run[kGroupColumns - 1], s1 = run[kThreadColumns - 1];
+      sum = __fadd_rn(s0, s1);
+      // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
+      if (active && (!sampled || !(fabsf(mc) < INFINITY) || sum != sum)) {
 #pragma unroll
-    for (int q = 0; q < kQuads; ++q)
+        for (int q = 0; q < kThreadColumns / 4; ++q)
+          *reinterpret_cast<float4*>(own + 4 * q) = make_float4(l[4 * q], l[4 * q + 1], l[4 * q + 2], l[4 * q + 3]);
+        const RarePartial r = rare_partial(own, count, col0 + c, m, t, inv_t, static_cast<uint64_t>(row), draw);
+        best = r.best, sum = r.sum;
+      } else if (count > 0) {
+        // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all underflow (S'_j = 0, or
+        // subnormal: log2 flushes it to -inf) has LSE_j < m / T - 87 and never wins: the tile's max
+        // group has S' >= 1 and Gumbel draws span G_max - G_min < 19.5, so this is exact.
+        const GroupNoise noise =
+            group_noise(noise_key, draw, static_cast<uint64_t>(row), static_cast<uint32_t>(col0 + c) / kGroupColumns);
+        const float lse_base = __fmul_rn(mc, kLn2);
+        const float key0 = __fadd_rn(__fmaf_rn(fast_log2(s0), kLn2, lse_base), group_gumbel(noise.gumbel0));
+        const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), group_gumbel(noise.gumbel1));
+        const bool second = key1 > key0;  // ties to the lower group
+        // Within the group: the first column whose running sum exceeds t = u_C * S.
+        const float s = second ? s1 : s0;
+        const float target = fminf(__fmul_rn(bits_to_unit_float(second ? noise.choice1 : noise.choice0), s), below(s));
+        float group[kGroupColumns];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        sum += fast_exp2(__fmul_rn(__fsub_rn(logit[q][i], m), log2e_t));  // 2^-inf = 0: masked columns
-    // Candidates: a logit >= floor_logit (then the thread's max is one) or NaN (then the sum is
-    // NaN; so it is when every logit of the tile row is -inf, where every column is a candidate).
-    const bool any = !(thread_max < floor_logit) || sum != sum;
-    sum = group_sum<kRowThreads>(m == -INFINITY ? 0.0f : sum);
-    if (active && any) {
-#pragma unroll
-      for (int q = 0; q < kQuads; ++q)
-        *reinterpret_cast<float4*>(row_bias + (q * kRowThreads + seg) * 4) =
-            make_float4(logit[q][0], logit[q][1], logit[q][2], logit[q][3]);
-      best = score_candidates(best, row_bias, seg * 4, kRowThreads * 4, kQuads, valid, floor_logit, t, inv_t,
-                              col0, static_cast<uint64_t>(row), draw);
+        for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
+        const int i = (second ? kGroupColumns : 0) + first_above(group, target);
+        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, thread_logit<BT, WT, kPlain>(own, base + at, i, args)};
+        sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
+      }
+      if (!active) sum = 0.0f;
+      best = row_best<kRowThreads>(best);
+      sum = row_sum<kRowThreads>(sum);
     }
-    mine = best.index != INT32_MAX ? argmax_key64(best.score, best.index) : 0ull;
-    if (mine != 0) atomicMax(&best_key[local_row], mine);
-    if (active && seg == 0 && m > seen_max) atomicMax(ws.row_max + row, float_key(m));
-    }
-    __syncthreads();
-    if (active) {
+    if (active && seg == 0) {
       MarkovPartial* p = ws.partials + row * gridDim.x + blockIdx.x;
-      const unsigned long long winner = best_key[local_row];
-      if (mine != 0 && mine == winner) p->score = best.score, p->index = best.index, p->logit = best.logit;
-      if (seg == 0) {
-        if (winner == 0) p->score = -INFINITY, p->index = INT32_MAX, p->logit = 0.0f;
-        p->max = m, p->sum = sum;
-      }
+      p->score = best.score, p->index = best.index, p->logit = best.logit;
+      p->max = m, p->sum = sum;
     }
     // Last-CTA ticket: every writer fences, then one thread counts this CTA in.
     __threadfence();
@@ -412,8 +532,7 @@ __global__ void __launch_bounds__(BlockShape<WT>::kThreads)
       __threadfence();
       merge_chunk(MarkovOutputs{args.tokens, args.token_logits, args.token_scores, args.stat_max,
                                 args.stat_sum, args.temperature, args.gamma},
-                  ws.partials, static_cast<int>(gridDim.x), row0, chunk_rows, k, ws.row_max,
-                  ws.tickets + row0 / kChunkRows);
+                  ws.partials, static_cast<int>(gridDim.x), row0, chunk_rows, k, ws.tickets + row0 / kChunkRows);
     }
   }
 }
@@ -451,7 +570,7 @@ __global__ void markov_confidence_kernel(MarkovBlockArgs args) {
 }
 
 template <typename WT, int kTileV>
-using BlockLayout = MarkovTileLayout<WT, kTileV, BlockShape<WT>::kOutputs>;
+using BlockLayout = MarkovTileLayout<WT, kTileV, BlockShape<WT>::kOutputs, EpilogueShape<kTileV>::kBiasLd>;
 
 bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
   return args.softcap <= 0.0f && args.logits_out == nullptr && args.logits_dtype == weight_dtype &&
@@ -461,7 +580,7 @@ bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
 template <typename BT, typename WT, int kTileV, bool kPlain>
 cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaStream_t stream) {
   const BlockLayout<WT, kTileV> layout(static_cast<int>(args.rank));
-  const size_t smem = layout.total_bytes();
+  const size_t smem = layout.staged_bytes();  // the bias tile is static shared memory
   cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WT, kTileV, kPlain>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
@@ -519,17 +638,12 @@ struct WorkspaceLayout {
     const int64_t chunk = (weight_bytes == 4 ? kTileOutputs : 2 * kTileOutputs) / tile_v;
     partial_bytes = static_cast<size_t>(rows * ceil_div(vocab, tile_v)) * sizeof(MarkovPartial);
     counter_offset = (partial_bytes + 15) / 16 * 16;
-    counter_words = static_cast<size_t>(ceil_div(rows, chunk) + rows);
+    counter_words = static_cast<size_t>(ceil_div(rows, chunk));
   }
   size_t total() const { return counter_offset + counter_words * sizeof(unsigned); }
 };
 
 }  // namespace
-
-void markov_gumbel_bounds(float* gumbel_max, float* gumbel_min) {
-  *gumbel_max = kGumbelMax;
-  *gumbel_min = kGumbelMin;
-}
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile.
@@ -537,18 +651,19 @@ int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
 }
 
 size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
-  // The larger of markov_block's tile (BlockLayout) and chain_verify's (the default layout).
+  // The larger of markov_block's tile (BlockLayout: W2 and E dynamic, the bias tile static) and
+  // chain_verify's (the default layout, all dynamic).
   const int r = static_cast<int>(rank);
   size_t dynamic;
   if (weight_bytes == 4) {
-    dynamic = MarkovTileLayout<float, 64>(r).total_bytes();
+    dynamic = std::max(BlockLayout<float, 64>(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
   } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
-    dynamic = BlockLayout<__half, 128>(r).total_bytes();
+    dynamic = std::max(BlockLayout<__half, 128>(r).total_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
-    dynamic = BlockLayout<__half, 64>(r).total_bytes();
+    dynamic = std::max(BlockLayout<__half, 64>(r).total_bytes(), MarkovTileLayout<__half, 64>(r).total_bytes());
   }
-  // + stage_rows' static row tables and the epilogue's per-row winners
-  return dynamic + 2 * kMaxStagedRows * sizeof(void*) + 2 * kTileOutputs / 64 * sizeof(uint64_t) + 16;
+  // + stage_rows' static row tables and the last-CTA flag
+  return dynamic + 2 * kMaxStagedRows * sizeof(void*) + 16;
 }
 
 size_t markov_block_workspace_bytes(int64_t rows, int64_t vocab, int weight_bytes) {
@@ -561,18 +676,17 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
   if (args.rank < 1 || args.rank > kMarkovMaxRank) return "markov_block: rank must be in [1, 512]";
   if (args.rows > 0x7FFFFFFF || args.vocab_start + args.vocab > 0x7FFFFFFF)
     return "markov_block: shape too large";
-  if (args.vocab_start < 0 || args.vocab_start % 4 != 0 || args.vocab_start + args.vocab > args.vocab_total)
-    return "markov_block: the shard [vocab_start, vocab_start + V) must start at a multiple of 4 "
-           "inside [0, vocab_total)";
+  if (args.vocab_start < 0 || args.vocab_start % 16 != 0 || args.vocab_start + args.vocab > args.vocab_total)
+    return "markov_block: the shard [vocab_start, vocab_start + V) must start at a multiple of 16 (the "
+           "grouped sampler's groups) inside [0, vocab_total)";
   if (args.first_position < 0 || args.first_position + args.gamma > 256)
     return "markov_block: first_position + gamma must be <= 256";
   const WorkspaceLayout wl(args.rows, args.vocab, weight_dtype == 0 ? 4 : 2);
   unsigned char* bytes = static_cast<unsigned char*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(bytes + wl.counter_offset);
-  const MarkovWorkspace ws{reinterpret_cast<MarkovPartial*>(bytes), counters,
-                           counters + (wl.counter_words - args.rows)};
+  const MarkovWorkspace ws{reinterpret_cast<MarkovPartial*>(bytes), counters};
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
-  // The tickets and running maxima start at zero (a memset node in a captured graph).
+  // The tickets start at zero (a memset node in a captured graph).
   cudaError_t err = cudaMemsetAsync(counters, 0, wl.counter_words * sizeof(unsigned), stream);
   if (err == cudaSuccess)
     err = with_dtype(weight_dtype, [&](auto weight) {

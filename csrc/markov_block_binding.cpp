@@ -56,14 +56,6 @@ void bind_markov_block(py::module_& m) {
   m.def("markov_block_workspace_bytes", &markov_block_workspace_bytes, py::arg("rows"),
         py::arg("vocab"), py::arg("weight_bytes"),
         "Bytes of scratch markov_block needs for one block.");
-  m.def(
-      "markov_gumbel_bounds",
-      [] {
-        float gumbel_max = 0.0f, gumbel_min = 0.0f;
-        markov_gumbel_bounds(&gumbel_max, &gumbel_min);
-        return py::make_tuple(gumbel_max, gumbel_min);
-      },
-      "(G_max, G_min): the bounds markov_block assumes for its Gumbel noise.");
   m.def("markov_block_smem_bytes", &markov_block_smem_bytes, py::arg("rows"), py::arg("rank"),
         py::arg("weight_bytes"), "Shared memory per CTA of the Markov tile kernels.");
 }

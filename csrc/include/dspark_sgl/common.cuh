@@ -163,6 +163,19 @@ __device__ __forceinline__ float fast_exp2(float x) {
 #endif
 }
 
+// log2(x) on the special-function unit: one MUFU.LG2 (lg2.approx.ftz: about 2^-22 absolute
+// error, subnormal inputs flush to zero, so log2 of them is -inf); for the grouped sampler's
+// group keys, whose contract allows a 1e-4 relative difference. The emulator computes log2f.
+__device__ __forceinline__ float fast_log2(float x) {
+#ifdef CUEMU
+  return log2f(x);
+#else
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
 // The two bfloat16 values packed in a 32-bit word (the first in the low half), as float32.
 __device__ __forceinline__ float bf16_bits_low(unsigned bits) { return __uint_as_float(bits << 16); }
 __device__ __forceinline__ float bf16_bits_high(unsigned bits) { return __uint_as_float(bits & 0xffff0000u); }
@@ -180,6 +193,81 @@ __device__ __forceinline__ void round_pair_to_type(float& a, float& b) {
     const __half2 p = __floats2half2_rn(a, b);
     a = __low2float(p), b = __high2float(p);
   }
+}
+
+// Packed 16-bit arithmetic on two values of type T (bfloat16 or half) held in one 32-bit word,
+// the first value in the low half: (a, b) rounded to T and packed (cvt.rn.{bf16x2,f16x2}.f32,
+// the same rounding as round_pair_to_type), the sum of two packed pairs rounded once to T
+// (add.rn: no contraction into an FMA), and their maximum (max: a NaN half yields the other
+// operand, as fmaxf). The emulator computes each in float32 and rounds to T, which equals the
+// single rounding: see add_pair_rn.
+template <typename T>
+__device__ __forceinline__ unsigned pack_pair_rn(float a, float b) {
+  static_assert(sizeof(T) == 2, "16-bit types only");
+  unsigned bits;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    const __nv_bfloat162 p = __floats2bfloat162_rn(a, b);
+    memcpy(&bits, &p, sizeof(bits));
+  } else {
+    const __half2 p = __floats2half2_rn(a, b);
+    memcpy(&bits, &p, sizeof(bits));
+  }
+  return bits;
+}
+
+// The two values of a packed pair as float32 (exact).
+template <typename T>
+__device__ __forceinline__ float2 unpack_pair(unsigned bits) {
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    return make_float2(bf16_bits_low(bits), bf16_bits_high(bits));
+  } else {
+    __half2 p;
+    memcpy(&p, &bits, sizeof(bits));
+    return make_float2(__low2float(p), __high2float(p));
+  }
+}
+
+// (a.lo + b.lo, a.hi + b.hi), each exact sum rounded once to T. This equals rounding the float32
+// sum to T (what the scalar path computes): a and b are T values (q = 8 significand bits for
+// bfloat16, 11 for half), float32 has p = 24 >= 2q + 2, so by Figueroa's theorem ("When is double
+// rounding innocuous?", 1995) RN_q(RN_24(a + b)) = RN_q(a + b) for every sum that is a normal
+// number. Subnormal sums of two T values are multiples of T's smallest subnormal and exact in
+// float32 (no first rounding). Overflow agrees too: bfloat16 has float32's exponent range; for
+// half, a float32 sum rounds up to half's overflow threshold 65520 only from [65520 - 2^-9, 65520),
+// which needs a summand below 4 next to one above 65516, and no half lies in (65504, 65520).
+// +-inf and NaN operands give +-inf and NaN either way (NaN payloads may differ; a NaN is only
+// ever tested for).
+template <typename T>
+__device__ __forceinline__ unsigned add_pair_rn(unsigned a, unsigned b) {
+#ifdef CUEMU
+  const float2 x = unpack_pair<T>(a), y = unpack_pair<T>(b);
+  return pack_pair_rn<T>(x.x + y.x, x.y + y.y);
+#else
+  unsigned d;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm("add.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  } else {
+    asm("add.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  }
+  return d;
+#endif
+}
+
+// (max(a.lo, b.lo), max(a.hi, b.hi)): exact; a NaN half yields the other operand (fmaxf's rule).
+template <typename T>
+__device__ __forceinline__ unsigned max_pair(unsigned a, unsigned b) {
+#ifdef CUEMU
+  const float2 x = unpack_pair<T>(a), y = unpack_pair<T>(b);
+  return pack_pair_rn<T>(fmaxf(x.x, y.x), fmaxf(x.y, y.y));
+#else
+  unsigned d;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm("max.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  } else {
+    asm("max.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  }
+  return d;
+#endif
 }
 
 __device__ __forceinline__ float gumbel_from_bits(uint32_t bits) {

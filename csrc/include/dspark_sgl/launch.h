@@ -69,9 +69,6 @@ struct MarkovBlockArgs {
 };
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes);
-// The bounds markov_block assumes for the Gumbel noise -logf(-logf(u)) of every uniform
-// bits_to_unit_float can give (the candidate search is exact only if they hold).
-void markov_gumbel_bounds(float* gumbel_max, float* gumbel_min);
 size_t markov_block_workspace_bytes(int64_t rows, int64_t vocab, int weight_bytes);
 // Shared memory per CTA of the tile kernels (markov_block and chain_verify's recompute).
 size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes);

@@ -29,10 +29,12 @@ struct WeightTraits {
 };
 
 // Shared-memory geometry of one tile for rank r; kOutputs = kChunkRows * kTileV bias values
-// per chunk (a multiple of kTileOutputs: each warp computes kOutputs / kTileOutputs WMMA tiles).
-template <typename WT, int kTileV, int kOutputs = kTileOutputs>
+// per chunk (a multiple of kTileOutputs: each warp computes kOutputs / kTileOutputs WMMA tiles),
+// stored row-major with a row stride of kBiasLd floats (>= kTileV, a multiple of 4: WMMA's ldm).
+template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kBiasLd = kTileV>
 struct MarkovTileLayout {
   static_assert(kOutputs % kTileOutputs == 0, "whole WMMA tiles per warp");
+  static_assert(kBiasLd >= kTileV && kBiasLd % 4 == 0, "a WMMA-storable bias row stride");
   static constexpr int kChunkRows = kOutputs / kTileV;
   int rank;
   int k_padded;  // r rounded up to the MMA depth (16) for 16-bit weights, r for float32
@@ -49,11 +51,13 @@ struct MarkovTileLayout {
   }
   __host__ __device__ size_t w2_bytes() const { return size_t(kTileV) * ld * sizeof(WT); }
   __host__ __device__ size_t e_bytes() const { return size_t(kChunkRows) * ld * sizeof(WT); }
-  __host__ __device__ size_t bias_bytes() const { return size_t(kOutputs) * sizeof(float); }
+  __host__ __device__ size_t bias_bytes() const { return size_t(kChunkRows) * kBiasLd * sizeof(float); }
   __host__ __device__ size_t total_bytes() const {
     // Every region starts 128-byte aligned (WMMA needs 32).
     return align(w2_bytes()) + align(e_bytes()) + align(bias_bytes());
   }
+  // The W2 tile and E only (a kernel keeping the bias tile in static shared memory).
+  __host__ __device__ size_t staged_bytes() const { return align(w2_bytes()) + align(e_bytes()); }
   __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
 };
 
@@ -72,9 +76,33 @@ struct MarkovTileLayout {
 // weights (odd ld: rows not 16-byte aligned in shared memory) copy element by element.
 constexpr int kMaxStagedRows = 128;
 
+// Where the calling thread starts in the 16-byte pieces of rows of k_padded elements of type WT
+// (piece c of row i for idx = i * per_row + c, idx = threadIdx.x + n * blockDim.x) and how it
+// advances: the divisions stage_rows needs, computed once for any number of calls.
+template <typename WT>
+struct StagePlan {
+  int per_row, step_rows, step_pieces, first_row, first_piece;
+  __device__ explicit StagePlan(int k_padded) {
+    per_row = k_padded / (16 / int(sizeof(WT)));
+    step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
+    first_row = threadIdx.x / per_row, first_piece = threadIdx.x % per_row;
+  }
+};
+
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
+                                           const StagePlan<WT>& plan, SrcFn row_source);
+
 template <typename WT, typename SrcFn>
 __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
                                            SrcFn row_source) {
+  stage_rows(dst, count, rank, k_padded, ld, StagePlan<WT>(k_padded), row_source);
+}
+
+// The same with the thread's plan given (a kernel staging rows in a loop computes it once).
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
+                                           const StagePlan<WT>& plan, SrcFn row_source) {
   __shared__ const WT* sources[kMaxStagedRows];
   for (int i = threadIdx.x; i < count; i += blockDim.x) sources[i] = row_source(i);
   __syncthreads();
@@ -82,9 +110,8 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   const bool vectorized = sizeof(WT) == 2 && rank % kVec == 0;
   if (vectorized) {
     // Piece c of row i for idx = i * per_row + c; (i, c) advance by blockDim.x without a divide.
-    const int per_row = k_padded / kVec;
-    const int step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
-    int i = threadIdx.x / per_row, c = threadIdx.x % per_row;
+    const int per_row = plan.per_row, step_rows = plan.step_rows, step_pieces = plan.step_pieces;
+    int i = plan.first_row, c = plan.first_piece;
     while (i < count) {
       const WT* s = sources[i];
       const int k = c * kVec;
@@ -109,16 +136,16 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
 }
 
-// bias[kChunkRows, kTileV] (row-major, float32) = E @ W2_tile^T, at least for the first
+// bias[kChunkRows, kTileV] (row-major, row stride kBiasLd, float32) = E @ W2_tile^T, at least for the first
 // `valid_rows` rows (16-bit weights: the row blocks past them are skipped when a warp owns more
 // than two, so E rows there need not be staged; float32 weights: every row). Call with all kThreads threads. With 16-bit weights
 // each warp computes a kM x kN block of 16x16 tiles (kOutputs / (256 * warps) tiles), so each
 // E fragment serves kN W2 fragments and each W2 fragment kM E fragments.
-template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kThreads = kTileThreads>
+template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kThreads = kTileThreads, int kBiasLd = kTileV>
 __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bias,
-                                          const MarkovTileLayout<WT, kTileV, kOutputs>& layout,
+                                          const MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>& layout,
                                           int valid_rows = kOutputs / kTileV) {
-  constexpr int kChunkRows = MarkovTileLayout<WT, kTileV, kOutputs>::kChunkRows;
+  constexpr int kChunkRows = MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>::kChunkRows;
   if constexpr (WeightTraits<WT>::kTensorCores) {
     namespace wmma = nvcuda::wmma;
     constexpr int kWarps = kThreads / 32, kBlocksM = kChunkRows / 16, kBlocksN = kTileV / 16;
@@ -158,7 +185,7 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
       for (int i = 0; i < M; ++i)
 #pragma unroll
         for (int j = 0; j < kN; ++j)
-          wmma::store_matrix_sync(bias + (m_first + i) * 16 * kTileV + (n0 + j) * 16, acc[i][j], kTileV,
+          wmma::store_matrix_sync(bias + (m_first + i) * 16 * kBiasLd + (n0 + j) * 16, acc[i][j], kBiasLd,
                                   wmma::mem_row_major);
     };
     if constexpr (kM > 2) {
@@ -185,19 +212,19 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
         acc[i] = fmaf(to_float(es[size_t(group + i * kGroups) * layout.ld + k]), w, acc[i]);
     }
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) bias[(group + i * kGroups) * kTileV + col] = acc[i];
+    for (int i = 0; i < kRowsPerThread; ++i) bias[(group + i * kGroups) * kBiasLd + col] = acc[i];
   }
 }
 
 // The shared-memory regions of one tile, carved from the dynamic buffer.
-template <typename WT, int kTileV, int kOutputs = kTileOutputs>
+template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kBiasLd = kTileV>
 struct MarkovTileSmem {
   WT* w2;
   WT* e;
   float* bias;
 
-  __device__ MarkovTileSmem(unsigned char* base, const MarkovTileLayout<WT, kTileV, kOutputs>& layout) {
-    using L = MarkovTileLayout<WT, kTileV, kOutputs>;
+  __device__ MarkovTileSmem(unsigned char* base, const MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>& layout) {
+    using L = MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>;
     w2 = reinterpret_cast<WT*>(base);
     e = reinterpret_cast<WT*>(base + L::align(layout.w2_bytes()));
     bias = reinterpret_cast<float*>(base + L::align(layout.w2_bytes()) + L::align(layout.e_bytes()));

@@ -42,6 +42,36 @@ DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t k0, uint32_
   return ctr;
 }
 
+// The round keys of Philox4x32-10 for one seed, computed once for a key that draws many blocks;
+// philox4x32_10(ctr, keys) gives the same numbers as philox4x32_10(ctr, k0, k1).
+struct PhiloxRoundKeys {
+  uint32_t k0[10], k1[10];
+};
+
+DSPARK_HOST_DEVICE PhiloxRoundKeys philox_round_keys(uint64_t seed) {
+  PhiloxRoundKeys keys{};
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    keys.k0[round] = k0, keys.k1[round] = k1;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return keys;
+}
+
+DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, const PhiloxRoundKeys& keys) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo32(kM0, ctr.x, hi0, lo0);
+    mulhilo32(kM1, ctr.z, hi1, lo1);
+    ctr = Philox4x32{hi1 ^ ctr.y ^ keys.k0[round], lo1, hi0 ^ ctr.w ^ keys.k1[round], lo0};
+  }
+  return ctr;
+}
+
 // The (seed, offset) of one launch. Either may be read from device memory so a
 // captured CUDA graph draws fresh numbers on every replay.
 struct PhiloxArgs {

@@ -53,6 +53,7 @@
 #define __noinline__ __attribute__((noinline))
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __maxnreg__(...)
 #define __align__(n) alignas(n)
 #define __shared__ static thread_local
 #define __constant__
