@@ -12,6 +12,8 @@
 // x_k, its logit and key, the max and the sum. The sampled x_k is the previous token of position
 // k + 1. Then one launch computes the confidence logits sigmoid((w . [h_k; W1[x_{k-1}]] + b) / T_k)
 // for every (row, k). The full [R, g, V] logits are written only when the caller asks for them.
+// An int8 W2 with per-row scales (w2_scale given; W1 16-bit) is staged as int8 and converted to the
+// MMA's 16-bit operand, its scales applied to the float32 dot products (markov_int8.cuh).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 
 #include "dspark_sgl/common.cuh"
 #include "dspark_sgl/launch.h"
+#include "dspark_sgl/markov_int8.cuh"
 #include "dspark_sgl/markov_tile.cuh"
 
 namespace dspark_sgl {
@@ -321,16 +324,16 @@ __device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
 // count: its columns inside the shard. Returns their max (NaN ignored, as fmaxf). With base
 // logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
 // at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type).
-template <typename BT, typename WT, bool kPlain>
-__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const BT* base,
-                                               int count, const MarkovBlockArgs& args, int64_t at) {
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const float* scale,
+                                               const BT* base, int count, const MarkovBlockArgs& args, int64_t at) {
   constexpr int kQuads = kThreadColumns / 4;
   if constexpr (kPlain && std::is_same<BT, WT>::value && sizeof(WT) == 2) {
     constexpr unsigned kNegInf = std::is_same<WT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;
     unsigned pair[kThreadColumns / 2];
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
       const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
       pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
       pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
@@ -353,7 +356,7 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
     float m = -INFINITY;
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
       float rb[4] = {b.x, b.y, b.z, b.w};
       round_pair_to_type<WT>(rb[0], rb[1]);
       round_pair_to_type<WT>(rb[2], rb[3]);
@@ -387,10 +390,11 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
 }
 
 // The logit of one of the thread's columns (i), recomputed as thread_logits computes it.
-template <typename BT, typename WT, bool kPlain>
-__device__ __forceinline__ float thread_logit(const float* bias, const BT* base, int i, const MarkovBlockArgs& args) {
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __forceinline__ float thread_logit(const float* bias, const float* scale, const BT* base, int i,
+                                              const MarkovBlockArgs& args) {
   const float u = kPlain ? load_float(base + i) : softcap(load_float(base + i), args.softcap);
-  const float x = __fadd_rn(u, round_to_type<WT>(bias[i]));
+  const float x = __fadd_rn(u, round_to_type<WT>(kScaled ? __fmul_rn(bias[i], scale[i]) : bias[i]));
   return kPlain ? round_to_type<WT>(x) : round_to_dtype(x, args.logits_dtype);
 }
 
@@ -403,9 +407,11 @@ struct BlockShape {
   static constexpr int kOutputs = WeightTraits<WT>::kTensorCores ? 2 * kTileOutputs : kTileOutputs;
 };
 
-template <typename BT, typename WT, int kTileV, bool kPlain>
+template <typename BT, typename WS, int kTileV, bool kPlain>
 __global__ void __maxnreg__(168)
     markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
+  using WT = typename WeightStorage<WS>::type;  // W1's type and the MMA's (W2's, unless int8)
+  constexpr bool kInt8 = WeightStorage<WS>::kInt8;
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kThreads = BlockShape<WT>::kThreads, kOutputs = BlockShape<WT>::kOutputs;
   using Shape = EpilogueShape<kTileV>;
@@ -415,7 +421,10 @@ __global__ void __maxnreg__(168)
   static_assert(kChunkRows * kRowThreads <= kThreads, "an epilogue thread per 32 columns of a chunk");
   const Layout layout(static_cast<int>(args.rank));
   MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);  // W2 and E (dynamic: rank-sized)
-  __shared__ __align__(128) float bias[kChunkRows * kBiasLd];        // static: fixed addresses
+  const Int8W2Layout<kTileV, kThreads / 32> int8_layout(static_cast<int>(args.rank));
+  const Int8W2Smem<WT, kTileV, kThreads / 32> int8_tile(smem, int8_layout);
+  if constexpr (kInt8) tile.e = reinterpret_cast<WT*>(int8_tile.end);  // an int8 W2's regions, then E
+  __align__(128) __shared__ float bias[kChunkRows * kBiasLd];        // static: fixed addresses
   __shared__ bool last_cta;
 
   const int64_t vocab = args.vocab, rank = args.rank;
@@ -429,9 +438,13 @@ __global__ void __maxnreg__(168)
   args.philox.resolve(draw.seed, draw.offset);
   const NoiseKey noise_key(draw);
 
-  stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
-    return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
-  });
+  if constexpr (kInt8) {
+    stage_int8_tile(int8_tile, int8_layout, static_cast<const int8_t*>(args.w2), args.w2_scale, v0, vocab);
+  } else {
+    stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
+      return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
+    });
+  }
 
   const StagePlan<WT> e_plan(layout.k_padded);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -450,7 +463,12 @@ __global__ void __maxnreg__(168)
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
       return w1 + clamp_index(prev, args.vocab_total) * rank;
     });
-    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);
+    if constexpr (kInt8) {
+      bias_tile_int8<WT, kTileV, kOutputs, kThreads, kBiasLd>(int8_tile.w2, int8_layout.ld, int8_tile.operand, tile.e,
+                                                              bias, layout, chunk_rows);
+    } else {
+      bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);
+    }
     __syncthreads();
 
     // Epilogue: this thread's 32 columns (two groups) of one row, all in registers. A warp holding
@@ -467,7 +485,8 @@ __global__ void __maxnreg__(168)
       float* own = bias + local_row * kBiasLd + c;  // its bias values (its logits on the rare path)
       const int64_t at = (row * args.gamma + k) * vocab + v0 + c;
       float l[kThreadColumns];
-      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain>(l, own, base + at, count, args, at));
+      const float* scale = int8_tile.scale + c;  // an int8 W2's scales of the thread's columns
+      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args, at));
       // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
       // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
       // relative to its result (no cancellation). The sums below are taken against mc; the tile
@@ -510,7 +529,8 @@ __global__ void __maxnreg__(168)
 #pragma unroll
         for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
         const int i = (second ? kGroupColumns : 0) + first_above(group, target);
-        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, thread_logit<BT, WT, kPlain>(own, base + at, i, args)};
+        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i,
+                           thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args)};
         sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
       }
       if (!active) sum = 0.0f;
@@ -577,25 +597,42 @@ bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
          args.vocab % 4 == 0;
 }
 
-template <typename BT, typename WT, int kTileV, bool kPlain>
+// Dynamic shared memory of the tile kernel: W2 (16-bit or float32) and E, or an int8 W2's regions
+// (Int8W2Layout) and E; the bias tile is static shared memory.
+template <typename WT, int kTileV>
+size_t tile_dynamic_bytes(int rank, bool int8_w2) {
+  const BlockLayout<WT, kTileV> layout(rank);
+  if (!int8_w2) return layout.staged_bytes();
+  return Int8W2Layout<kTileV, BlockShape<WT>::kThreads / 32>(rank).total_bytes() + layout.align(layout.e_bytes());
+}
+
+// The int8-W2 kernel's shared memory, the static bias tile included.
+template <int kTileV>
+size_t int8_block_bytes(int rank) {
+  const BlockLayout<__half, kTileV> layout(rank);
+  return tile_dynamic_bytes<__half, kTileV>(rank, true) + layout.align(layout.bias_bytes());
+}
+
+// WS: the weights (WeightStorage: WT, or Int8W2<WT>).
+template <typename BT, typename WS, int kTileV, bool kPlain>
 cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaStream_t stream) {
-  const BlockLayout<WT, kTileV> layout(static_cast<int>(args.rank));
-  const size_t smem = layout.staged_bytes();  // the bias tile is static shared memory
-  cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WT, kTileV, kPlain>,
+  using WT = typename WeightStorage<WS>::type;
+  const size_t smem = tile_dynamic_bytes<WT, kTileV>(static_cast<int>(args.rank), WeightStorage<WS>::kInt8);
+  cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WS, kTileV, kPlain>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
   for (int k = 0; k < args.gamma; ++k)
-    markov_tile_kernel<BT, WT, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, k, ws);
+    markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, k, ws);
   return cudaGetLastError();
 }
 
-template <typename BT, typename WT, int kTileV>
+template <typename BT, typename WS, int kTileV>
 cudaError_t launch_variant(const MarkovBlockArgs& args, int weight_dtype, MarkovWorkspace ws,
                            cudaStream_t stream) {
-  if (plain_block(args, weight_dtype)) return launch_tiles<BT, WT, kTileV, true>(args, ws, stream);
-  return launch_tiles<BT, WT, kTileV, false>(args, ws, stream);
+  if (plain_block(args, weight_dtype)) return launch_tiles<BT, WS, kTileV, true>(args, ws, stream);
+  return launch_tiles<BT, WS, kTileV, false>(args, ws, stream);
 }
 
 template <typename BT, typename WT>
@@ -604,8 +641,11 @@ cudaError_t launch_for_weights(const MarkovBlockArgs& args, int weight_dtype, Ma
   if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
   } else {
-    if (markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128)
-      return launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
+    const bool wide = markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128;
+    if (args.w2_scale != nullptr)  // an int8 W2 (per-row scales) with this 16-bit W1
+      return wide ? launch_variant<BT, Int8W2<WT>, 128>(args, weight_dtype, ws, stream)
+                  : launch_variant<BT, Int8W2<WT>, 64>(args, weight_dtype, ws, stream);
+    if (wide) return launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
   }
 }
@@ -647,7 +687,7 @@ struct WorkspaceLayout {
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile.
-  return weight_bytes == 2 && rows > 32 ? 128 : 64;
+  return weight_bytes <= 2 && rows > 32 ? 128 : 64;  // 1: an int8 W2 (16-bit W1), as 16-bit weights
 }
 
 size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
@@ -657,6 +697,8 @@ size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
   size_t dynamic;
   if (weight_bytes == 4) {
     dynamic = std::max(BlockLayout<float, 64>(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
+  } else if (weight_bytes == 1) {  // an int8 W2: markov_block only (chain_verify's recompute refuses it)
+    dynamic = markov_block_tile_vocab(rows, weight_bytes) == 128 ? int8_block_bytes<128>(r) : int8_block_bytes<64>(r);
   } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
     dynamic = std::max(BlockLayout<__half, 128>(r).total_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
@@ -681,6 +723,8 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
            "grouped sampler's groups) inside [0, vocab_total)";
   if (args.first_position < 0 || args.first_position + args.gamma > 256)
     return "markov_block: first_position + gamma must be <= 256";
+  if (args.w2_scale != nullptr && weight_dtype == 0)
+    return "markov_block: an int8 W2 (w2_scale given) needs a 16-bit W1 (bfloat16 or float16)";
   const WorkspaceLayout wl(args.rows, args.vocab, weight_dtype == 0 ? 4 : 2);
   unsigned char* bytes = static_cast<unsigned char*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(bytes + wl.counter_offset);
