@@ -57,6 +57,7 @@ def assert_int8_blocks_match(ours: markov.DraftBlock, ref: markov.DraftBlock, ca
 INT8_SHAPES = ["R1-g1", "R8-g5-big-V", "R33-g16-odd-V-r200", "rank512", "many-rows"]
 
 
+@pytest.mark.race_schedule
 @pytest.mark.parametrize("shape", INT8_SHAPES, ids=str)
 @pytest.mark.parametrize(("wdtype", "bdtype"), [(BF16, BF16), (F16, F32)], ids=str)
 def test_markov_block_int8_w2_is_bit_identical_on_exact_inputs(backend, shape, wdtype, bdtype):

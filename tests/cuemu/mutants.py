@@ -226,6 +226,24 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "markov_int8_scale_of_the_wrong_column",
+        "include/dspark_sgl/markov_int8.cuh",
+        "make_float4(__fmul_rn(b.x, s.x), __fmul_rn(b.y, s.y),",
+        "make_float4(__fmul_rn(b.x, s.y), __fmul_rn(b.y, s.x),",
+        "an int8 W2's dot products scaled by a neighbouring vocabulary row's scale",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_int8_operand_transposed",
+        "include/dspark_sgl/markov_int8.cuh",
+        "WT* b_dst = buffers + (lane / 2) * 16 + 8 * (lane % 2);",
+        "WT* b_dst = buffers + (lane % 16) * 16 + 8 * (lane / 16);",
+        "the converted W2 block lands in the operand buffer with rows and halves mixed up (a wrong MMA operand)",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
         "block_merge_missing_syncthreads",
         "include/dspark_sgl/common.cuh",
         "  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = value;\n  __syncthreads();",
@@ -296,6 +314,29 @@ def _check_markov() -> list[str]:
     return failures
 
 
+def _check_markov_int8() -> list[str]:
+    from test_kernel_markov_int8 import assert_int8_blocks_match, draft_int8, int8_case
+
+    from dspark_sgl import _dispatch
+
+    failures = []
+    # a 64-wide tile chunk; 128-wide tiles, 3 chunks (fp16); rank 200: byte-by-byte staging
+    for rows, vocab, rank, wdtype in (
+        (3, 1100, 64, torch.bfloat16),
+        (40, 1100, 64, torch.float16),
+        (5, 700, 200, torch.bfloat16),
+    ):
+        case = int8_case(torch.device("cpu"), rows, 3, vocab, rank, wdtype=wdtype, seed=rows)
+        ours = draft_int8(case)
+        with _dispatch.forced_reference():
+            ref = draft_int8(case)
+        try:
+            assert_int8_blocks_match(ours, ref, case)
+        except AssertionError as exc:
+            failures.append(f"int8 W2 R={rows} r={rank} {wdtype}: {_first_line(exc)}")
+    return failures
+
+
 def _check_verify() -> list[str]:
     from kernel_backend import Backend, counting_launches
     from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest, verify_case
@@ -343,6 +384,7 @@ def _check_verify() -> list[str]:
 CHECKS: dict[str, Callable[[], list[str]]] = {
     "schedule": _check_schedule,
     "markov": _check_markov,
+    "markov_int8": _check_markov_int8,
     "verify": _check_verify,
 }
 
