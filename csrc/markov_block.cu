@@ -641,11 +641,10 @@ cudaError_t launch_for_weights(const MarkovBlockArgs& args, int weight_dtype, Ma
   if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
   } else {
-    const bool wide = markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128;
-    if (args.w2_scale != nullptr)  // an int8 W2 (per-row scales) with this 16-bit W1
-      return wide ? launch_variant<BT, Int8W2<WT>, 128>(args, weight_dtype, ws, stream)
-                  : launch_variant<BT, Int8W2<WT>, 64>(args, weight_dtype, ws, stream);
-    if (wide) return launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
+    if (args.w2_scale != nullptr)  // an int8 W2 (per-row scales) with this 16-bit W1: 128-wide tiles
+      return launch_variant<BT, Int8W2<WT>, 128>(args, weight_dtype, ws, stream);
+    if (markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128)
+      return launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
   }
 }
@@ -687,7 +686,10 @@ struct WorkspaceLayout {
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile.
-  return weight_bytes <= 2 && rows > 32 ? 128 : 64;  // 1: an int8 W2 (16-bit W1), as 16-bit weights
+  // An int8 W2 (weight_bytes 1, 16-bit W1): always 128 wide, so that one CTA keeps 128 x r bytes
+  // (32 KB at r = 256) of W2 in flight, as a 64-wide 16-bit tile does.
+  if (weight_bytes == 1) return 128;
+  return weight_bytes == 2 && rows > 32 ? 128 : 64;
 }
 
 size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
@@ -698,7 +700,7 @@ size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
   if (weight_bytes == 4) {
     dynamic = std::max(BlockLayout<float, 64>(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
   } else if (weight_bytes == 1) {  // an int8 W2: markov_block only (chain_verify's recompute refuses it)
-    dynamic = markov_block_tile_vocab(rows, weight_bytes) == 128 ? int8_block_bytes<128>(r) : int8_block_bytes<64>(r);
+    dynamic = int8_block_bytes<128>(r);
   } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
     dynamic = std::max(BlockLayout<__half, 128>(r).total_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
@@ -725,7 +727,7 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
     return "markov_block: first_position + gamma must be <= 256";
   if (args.w2_scale != nullptr && weight_dtype == 0)
     return "markov_block: an int8 W2 (w2_scale given) needs a 16-bit W1 (bfloat16 or float16)";
-  const WorkspaceLayout wl(args.rows, args.vocab, weight_dtype == 0 ? 4 : 2);
+  const WorkspaceLayout wl(args.rows, args.vocab, args.w2_scale != nullptr ? 1 : weight_dtype == 0 ? 4 : 2);
   unsigned char* bytes = static_cast<unsigned char*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(bytes + wl.counter_offset);
   const MarkovWorkspace ws{reinterpret_cast<MarkovPartial*>(bytes), counters};
