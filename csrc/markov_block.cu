@@ -12,8 +12,8 @@
 // x_k, its logit and key, the max and the sum. The sampled x_k is the previous token of position
 // k + 1. Then one launch computes the confidence logits sigmoid((w . [h_k; W1[x_{k-1}]] + b) / T_k)
 // for every (row, k). The full [R, g, V] logits are written only when the caller asks for them.
-// An int8 W2 with per-row scales (w2_scale given; W1 16-bit) is staged as int8 and converted to the
-// MMA's 16-bit operand, its scales applied to the float32 dot products (markov_int8.cuh).
+// An int8 W2 with per-row scales (w2_scale given; W1 16-bit) is staged as int8 and widened in shared
+// memory to the MMA's 16-bit operand, its scales applied to the float32 dot products (markov_int8.cuh).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -421,9 +421,7 @@ __global__ void __maxnreg__(168)
   static_assert(kChunkRows * kRowThreads <= kThreads, "an epilogue thread per 32 columns of a chunk");
   const Layout layout(static_cast<int>(args.rank));
   MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);  // W2 and E (dynamic: rank-sized)
-  const Int8W2Layout<kTileV, kThreads / 32> int8_layout(static_cast<int>(args.rank));
-  const Int8W2Smem<WT, kTileV, kThreads / 32> int8_tile(smem, int8_layout);
-  if constexpr (kInt8) tile.e = reinterpret_cast<WT*>(int8_tile.end);  // an int8 W2's regions, then E
+  float* w2_scales = reinterpret_cast<float*>(smem + layout.staged_bytes());  // an int8 W2's, after E
   __align__(128) __shared__ float bias[kChunkRows * kBiasLd];        // static: fixed addresses
   __shared__ bool last_cta;
 
@@ -438,8 +436,11 @@ __global__ void __maxnreg__(168)
   args.philox.resolve(draw.seed, draw.offset);
   const NoiseKey noise_key(draw);
 
-  if constexpr (kInt8) {
-    stage_int8_tile(int8_tile, int8_layout, static_cast<const int8_t*>(args.w2), args.w2_scale, v0, vocab);
+  if constexpr (kInt8) {  // staged as int8 into the 16-bit tile's region, widened there
+    const Int8W2Layout<kTileV> int8_layout(static_cast<int>(args.rank));
+    stage_int8_tile(reinterpret_cast<int8_t*>(tile.w2), w2_scales, int8_layout, static_cast<const int8_t*>(args.w2),
+                    args.w2_scale, v0, vocab);
+    widen_int8_tile(tile.w2, int8_layout, layout.ld);
   } else {
     stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
       return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
@@ -463,12 +464,7 @@ __global__ void __maxnreg__(168)
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
       return w1 + clamp_index(prev, args.vocab_total) * rank;
     });
-    if constexpr (kInt8) {
-      bias_tile_int8<WT, kTileV, kOutputs, kThreads, kBiasLd>(int8_tile.w2, int8_layout.ld, int8_tile.operand, tile.e,
-                                                              bias, layout, chunk_rows);
-    } else {
-      bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);
-    }
+    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);
     __syncthreads();
 
     // Epilogue: this thread's 32 columns (two groups) of one row, all in registers. A warp holding
@@ -485,7 +481,7 @@ __global__ void __maxnreg__(168)
       float* own = bias + local_row * kBiasLd + c;  // its bias values (its logits on the rare path)
       const int64_t at = (row * args.gamma + k) * vocab + v0 + c;
       float l[kThreadColumns];
-      const float* scale = int8_tile.scale + c;  // an int8 W2's scales of the thread's columns
+      const float* scale = w2_scales + c;  // an int8 W2's scales of the thread's columns
       m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args, at));
       // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
       // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
@@ -597,13 +593,12 @@ bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
          args.vocab % 4 == 0;
 }
 
-// Dynamic shared memory of the tile kernel: W2 (16-bit or float32) and E, or an int8 W2's regions
-// (Int8W2Layout) and E; the bias tile is static shared memory.
+// Dynamic shared memory of the tile kernel: W2 (an int8 W2 widened to 16 bits in place) and E, then
+// an int8 W2's scales; the bias tile is static shared memory.
 template <typename WT, int kTileV>
 size_t tile_dynamic_bytes(int rank, bool int8_w2) {
   const BlockLayout<WT, kTileV> layout(rank);
-  if (!int8_w2) return layout.staged_bytes();
-  return Int8W2Layout<kTileV, BlockShape<WT>::kThreads / 32>(rank).total_bytes() + layout.align(layout.e_bytes());
+  return layout.staged_bytes() + (int8_w2 ? Int8W2Layout<kTileV>::scale_bytes() : 0);
 }
 
 // The int8-W2 kernel's shared memory, the static bias tile included.
