@@ -201,12 +201,18 @@ INT8_TILE = 128
 _INT8_KERNEL = f"markov_tile_kernel<__nv_bfloat16, dspark_sgl::Int8W2<__nv_bfloat16>, {INT8_TILE}, true>"
 # The optional int8 W2's cost in acceptance: dspark_sgl eval --markov-w2 int8 on the embedded pair
 # (last session's measurement; not rerun by this model).
-INT8_TAU_NOTE = "optional (eval --markov-w2 int8): tau 1.766 int8 vs 1.760 bf16 on the embedded pair, SE 0.012"
+INT8_TAU_NOTE = (
+    "optional (eval --markov-w2 int8): tau 1.766 int8 vs 1.760 bf16 on the embedded pair, SE 0.012"
+)
+
+
+INT8_WIDEN_PIECES = 8  # widen_int8_tile's kPieces: 16-value pieces a thread widens per batch
 
 
 def _markov_int8_loops() -> list[LoopName]:
-    """markov_block's named loops with an int8 W2 (bf16 W1, statistics form): the int8 staging, the
-    MMA with its per-warp conversion of each W2 block, and the chunk loop with the scale multiply."""
+    """markov_block's named loops with an int8 W2 (bf16 W1, statistics form): the int8 staging, its
+    widening in place to bf16 (once per CTA), the MMA (bias_tile, as with a bf16 W2), and the chunk
+    loop with the scale multiply."""
     k, w = _INT8_KERNEL, INT8_TILE
     return [
         LoopName(
@@ -226,13 +232,16 @@ def _markov_int8_loops() -> list[LoopName]:
             _ONE_COPY,
         ),
         LoopName(
-            f"markov_int8.mma.{w}",
+            f"markov_int8.widen.{w}",
             k,
-            ((_INT8, _MMA_K),),
-            1,
-            "16x16x16 MMA of a warp (its share of converting the int8 W2 block)",
-            _WMMA_STEP,
+            (
+                (_MARKOV, r"widen_int8_tile\(tile\.w2,"),
+                (_INT8, r"for \(int hi = kTileV; hi > 0; hi -= batch_rows\)"),
+            ),
+            INT8_WIDEN_PIECES * 16,
+            "int8 W2 element widened to bf16 (a batch of 8 pieces of 16 a thread)",
         ),
+        LoopName(f"markov_int8.mma.{w}", k, ((_TILE, _MMA_K),), 1, "16x16x16 MMA of a warp", _WMMA_STEP),
         LoopName(
             f"markov_int8.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"
         ),
@@ -550,6 +559,7 @@ def markov_block(
     warp_rows = sum(math.ceil(n / rows_per_warp) * rows_per_warp for n in chunk_rows)
     instructions = (
         loops[f"{name}.w2_stage.{w}"] * t * w * k
+        + (loops[f"{name}.widen.{w}"] * t * w * k if int8_w2 else 0.0)
         + loops[f"{name}.e_stage.{w}"] * t * blocks * 16 * k
         + loops[f"{name}.mma.{w}"] * t * blocks * (w // 16) * 32 * (k // 16)
         + loops[f"{name}.epilogue.{w}"] * t * w * warp_rows
@@ -1065,9 +1075,8 @@ def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
         w = INT8_TILE
         lines.append(
             f"- int8 W2 ({w}-wide tiles): {loops[f'markov_int8.epilogue.{w}']:.1f} instructions per sampled"
-            f" element (the chunk loop, the scale multiply included); its MMA step"
-            f" {loops[f'markov_int8.mma.{w}']:.1f} per 16x16x16 MMA (the int8 block's conversion included)"
-            f" against {loops.get(f'markov.mma.{w}', float('nan')):.1f} with a bf16 W2"
+            f" element (the chunk loop, the scale multiply included); widening the staged tile to bf16"
+            f" {loops[f'markov_int8.widen.{w}']:.2f} per W2 element (once per CTA)"
         )
     return lines
 

@@ -248,7 +248,8 @@ MUTANTS = [
         "include/dspark_sgl/markov_int8.cuh",
         "  for (int hi = kTileV; hi > 0; hi -= batch_rows) {  // int8 W2 widening, from the last rows\n"
         "    const int lo = max(0, hi - batch_rows);",
-        "  for (int lo = 0; lo < kTileV; lo += batch_rows) {\n    const int hi = min(kTileV, lo + batch_rows);",
+        "  for (int lo = 0; lo < kTileV; lo += batch_rows) {\n"
+        "    const int hi = min(kTileV, lo + batch_rows);",
         "the 16-bit rows widened first land on int8 rows not yet read (the in-place order reversed)",
         ("markov_int8",),
         SCHEDULES,
