@@ -90,7 +90,7 @@ class Int8VanillaMarkovHead(VanillaMarkovHead):
 
     w1: [V, r] float32/bf16/fp16; w2: [V, r] int8 in [-127, 127]; w2_scale: [V] float32 >= 0;
     :func:`int8_bias` is its bias, rounded to W1's dtype (:attr:`bias_dtype`). It drafts as a
-    vanilla head (statistics, the statistics form of verification) on the reference path.
+    vanilla head (statistics, the statistics form of verification); markov_block runs it with a 16-bit W1.
     """
 
     def __init__(self, w1: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor) -> None:
