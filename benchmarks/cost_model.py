@@ -218,7 +218,7 @@ def _markov_int8_loops() -> list[LoopName]:
         LoopName(
             f"markov_int8.w2_stage.{w}",
             k,
-            ((_MARKOV, r"stage_int8_tile\(int8_tile,"), (_INT8, r"while \(i < kTileV\) \{")),
+            ((_MARKOV, r"stage_int8_tile\(reinterpret_cast"), (_INT8, r"while \(i < kTileV\) \{")),
             16,
             "int8 W2 element (16-byte copy)",
             _ONE_COPY,

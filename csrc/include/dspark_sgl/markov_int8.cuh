@@ -92,15 +92,12 @@ __device__ __forceinline__ void stage_int8_tile(int8_t* w2s, float* scale_s, con
   __syncthreads();
 }
 
-// Four int8 values (the bytes of `word`, in order) as four WT values (exact), two 32-bit pairs:
-// each byte b as the float 2^23 + 128 + b (its bits 0x4B0000xx with xx = b ^ 0x80), minus 2^23 + 128.
+// Four int8 values (the bytes of `word`, in order) as four WT values (exact), two 32-bit pairs.
 template <typename WT>
 __device__ __forceinline__ uint2 int8x4_to(unsigned word) {
-  const unsigned biased = word ^ 0x80808080u;
   float v[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-    v[i] = __fsub_rn(__uint_as_float(0x4B000000u | ((biased >> (8 * i)) & 0xFFu)), 8388736.0f);
+  for (int i = 0; i < 4; ++i) v[i] = static_cast<float>(static_cast<int8_t>(word >> (8 * i)));
   return make_uint2(pack_pair_rn<WT>(v[0], v[1]), pack_pair_rn<WT>(v[2], v[3]));
 }
 
@@ -120,12 +117,15 @@ __device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTi
   for (int hi = kTileV; hi > 0; hi -= batch_rows) {  // int8 W2 widening, from the last rows
     const int lo = max(0, hi - batch_rows);
     uint4 piece[kPieces];
-    int row[kPieces], col[kPieces];
+    int dst_at[kPieces];  // the piece's first element in the 16-bit tile
+    unsigned in_batch = 0;
     int i = lo + static_cast<int>(threadIdx.x) / per_row, c = static_cast<int>(threadIdx.x) % per_row;
 #pragma unroll
     for (int n = 0; n < kPieces; ++n) {
-      row[n] = i, col[n] = c;
-      if (i < hi) piece[n] = *reinterpret_cast<const uint4*>(bytes + size_t(i) * layout.ld8 + 16 * c);
+      const bool in = i < hi;
+      in_batch |= unsigned(in) << n;
+      piece[n] = in ? *reinterpret_cast<const uint4*>(bytes + size_t(i) * layout.ld8 + 16 * c) : make_uint4(0, 0, 0, 0);
+      dst_at[n] = i * ld + 16 * c;
       i += step_rows;
       c += step_pieces;
       if (c >= per_row) {
@@ -136,12 +136,12 @@ __device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTi
     __syncthreads();  // every int8 byte of rows [lo, hi) is read before any is overwritten
 #pragma unroll
     for (int n = 0; n < kPieces; ++n) {
-      if (row[n] >= hi) continue;
-      WT* dst = tile + size_t(row[n]) * ld + 16 * col[n];
       const uint2 a = int8x4_to<WT>(piece[n].x), b = int8x4_to<WT>(piece[n].y);
-      const uint2 c2 = int8x4_to<WT>(piece[n].z), d = int8x4_to<WT>(piece[n].w);
-      *reinterpret_cast<uint4*>(dst) = make_uint4(a.x, a.y, b.x, b.y);
-      *reinterpret_cast<uint4*>(dst + 8) = make_uint4(c2.x, c2.y, d.x, d.y);
+      const uint2 e = int8x4_to<WT>(piece[n].z), f = int8x4_to<WT>(piece[n].w);
+      if ((in_batch >> n) & 1u) {
+        *reinterpret_cast<uint4*>(tile + dst_at[n]) = make_uint4(a.x, a.y, b.x, b.y);
+        *reinterpret_cast<uint4*>(tile + dst_at[n] + 8) = make_uint4(e.x, e.y, f.x, f.y);
+      }
     }
   }
   __syncthreads();
