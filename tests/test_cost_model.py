@@ -364,6 +364,7 @@ def _all_met() -> list[cost_model.ModeledOp]:
     return [
         cost_model.ModeledOp("markov_block", 129280, 8, 5, [fast], slow, 1e6),
         cost_model.ModeledOp("markov_block", 129280, 1, 5, [fast], slow, 1e6),
+        cost_model.ModeledOp("markov_block_int8", 129280, 8, 5, [fast], slow, 1e6),
         cost_model.ModeledOp("chain_verify", 129280, 8, 5, [fast], slow, 1e6),
         cost_model.ModeledOp("schedule_causal", 0, 256, 16, [cost_model.Launch("s", 0, 1e5, True)], slow, 0),
     ]
