@@ -141,8 +141,11 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
 # markov_block's 16-bit tile kernel (markov_block.cu): 128 threads, 4096 bias values a chunk,
 # 32 columns (two sampler groups) of one row per thread; the rare path (greedy and non-finite rows)
 # and the merge are out-of-line functions.
-_MARKOV_CHUNK = r"for \(int64_t row0 = 0; row0 < args\.rows; row0 \+= kChunkRows\)"
-_RARE_PARTIAL = r"__device__ __noinline__ RarePartial rare_partial\("
+_MARKOV_CHUNK = r"for \(int row0 = 0; row0 < rows; row0 \+= kChunkRows, at \+= at_step,"
+_RARE_PARTIAL = (
+    r"template <typename BT, typename WT, bool kPlain, bool kScaled>\n"
+    r"__device__ __noinline__ RarePartial rare_partial\("
+)
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
 MARKOV_THREADS = 128
 MARKOV_OUTPUTS = 4096  # bias values per chunk (kChunkRows x kTileV)
@@ -174,14 +177,22 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
         LoopName(
             f"markov.epilogue.{tile_v}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"
         ),
-        # The rare path's whole function (not run for a sampled row with finite logits): what a
-        # greedy row, or a thread holding a NaN / +inf, adds per 32 columns.
+        # What a greedy row adds: the rare path's one pass (its logits recomputed, the softmax terms,
+        # the argmax; out of line), and the rare path's whole function (a static size, not what
+        # one call runs).
+        LoopName(
+            f"markov.greedy.{tile_v}",
+            k,
+            ((_MARKOV, r"for \(int greedy_column = 0; greedy_column < n; \+\+greedy_column\)"),),
+            1,
+            "column of a greedy row (out of line: logit, softmax term, argmax)",
+        ),
         LoopName(
             f"markov.rare_call.{tile_v}",
             k,
             ((_MARKOV, _RARE_PARTIAL),),
             MARKOV_COLUMNS,
-            "column of a greedy or non-finite row (one call per 32 columns)",
+            "column of a non-finite row (static size of the function / 32 columns)",
             kind="code",
         ),
         LoopName(
@@ -1059,17 +1070,20 @@ def breakdown(paths: list[ModeledOp], device: Device = H100) -> list[list[str]]:
 
 def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
     """What markov_block's rows cost per element: a sampled row (the chunk loop, the budgeted
-    path) and a greedy or non-finite row (plus one rare-path call per 32 columns)."""
+    path), a greedy row (plus the out-of-line argmax scan) and a non-finite row (plus the rare
+    path's function, its static size)."""
     loops = loop_instructions(counts)
     lines = ["Markov block per element (modeled, SASS static counts):", ""]
     for tile_v in (64, 128):
         if f"markov.epilogue.{tile_v}" not in loops:
             continue
         sampled = markov_per_element(tile_v, loops)
-        rare = loops.get(f"markov.rare_call.{tile_v}", float("nan"))
+        greedy = loops.get(f"markov.greedy.{tile_v}", math.nan)
+        rare = loops.get(f"markov.rare_call.{tile_v}", math.nan)
         lines.append(
             f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop);"
-            f" a greedy or non-finite row adds the rare path, {rare:.1f} per element"
+            f" a greedy row adds {greedy:.1f} (out of line: its logits recomputed, the argmax), a NaN /"
+            f" +inf row up to {rare:.1f} (the rare path's static size)"
         )
     if f"markov_int8.epilogue.{INT8_TILE}" in loops:
         w = INT8_TILE

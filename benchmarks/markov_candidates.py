@@ -1,11 +1,11 @@
-"""How often markov_block's bounded Gumbel search has to draw noise: the candidate fraction, measured.
+"""How often a bounded per-column Gumbel search would have to draw noise: the candidate fraction, measured.
 
-markov_block (csrc/markov_block.cu) draws Philox noise and computes the exact Gumbel score only for
-the candidate columns of a (row, tile): columns whose logit is at least ``candidate_floor`` of the
-largest logit it knows of, where every other column provably loses. The out-of-line rare path
-draws one Philox block per 4-column quad that holds a candidate, so the cost model needs the
-fraction of quads that hold one. This script applies the kernel's rule (the same float32
-operations, ``candidate_floor``) to logits and reports that fraction two ways:
+markov_block (csrc/markov_block.cu) used to draw Philox noise and compute the exact Gumbel score only
+for the candidate columns of a (row, tile): columns whose logit is at least ``candidate_floor`` of the
+largest logit it knew of, where every other column provably loses, one Philox block per 4-column
+quad that held a candidate. This script applies that rule (the same float32 operations,
+``candidate_floor``, kept here) to logits and reports the fraction of quads holding a candidate
+two ways:
 
 - ``tile``: the (row, tile) max only, as a CTA of the first wave sees it (no other tile's max has
   been published yet): an upper bound;
@@ -15,8 +15,10 @@ operations, ``candidate_floor``) to logits and reports that fraction two ways:
 On the embedded target/draft pair under models/ (the draft's Markov logits during generation, at
 T = 1 and T = 0.7) and on synthetic rows at V = 129280 (peaky: one logit 12 above N(0, 2^2), flat:
 N(0, 1)). Greedy rows (T = 0) take only the max column. Prints a markdown table; writes JSON with
-``--out``. The cost model (``cost_model.py``) reads ``CANDIDATE_FRACTIONS`` from that JSON file
-(``benchmarks/markov_candidates.json``), so a rerun updates the model.
+``--out`` (``benchmarks/markov_candidates.json``). This measurement (every quad a candidate on real
+logits) is why markov_block now draws with the grouped sampler (GROUPED_SAMPLER.md: noise per group
+of 16 columns, no bounded search); the kernel no longer has the candidate rule replayed here, and the
+cost model no longer reads the JSON.
 
     python benchmarks/markov_candidates.py [--prompts N] [--tokens N] [--out FILE]
 """
@@ -40,7 +42,7 @@ GUMBEL_MIN = np.float32(-2.8116)
 
 
 def candidate_floor(m: np.ndarray, t: float) -> np.ndarray:
-    """markov_block.cu candidate_floor, elementwise over float32 maxima ``m`` (T > 0)."""
+    """The former markov_block.cu candidate_floor, elementwise over float32 maxima ``m`` (T > 0)."""
     f = np.float32
     inv_t = f(1.0) / f(t)
     with np.errstate(invalid="ignore", over="ignore"):

@@ -166,33 +166,62 @@ __device__ __forceinline__ float row_sum(float x) {
   return x;
 }
 
+// The logit of one of the thread's columns (i), recomputed as thread_logits computes it (kScaled:
+// an int8 W2, the bias value times its column's scale, scale[i], before it is rounded).
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __forceinline__ float thread_logit(const float* bias, const float* scale, const BT* base, int i, float cap,
+                                              int logits_dtype) {
+  const float u = kPlain ? load_float(base + i) : softcap(load_float(base + i), cap);
+  const float x = __fadd_rn(u, round_to_type<WT>(kScaled ? __fmul_rn(bias[i], scale[i]) : bias[i]));
+  return kPlain ? round_to_type<WT>(x) : round_to_dtype(x, logits_dtype);
+}
+
 // One thread's partial on the rare path, and its sum of exp((l - m) / T).
 struct RarePartial {
   ArgMaxLogit best;
   float sum;
 };
 
-// The rare path, out of line: greedy rows (T <= 0: the first-index argmax, key = the logit), and
-// sampled rows the fast path cannot take: a thread holding a NaN (its first NaN, key NaN) or a
+// The rare path, out of line: rows the fast paths cannot take, greedy ones (T <= 0: the first-index
+// argmax, NaN above every number, key = the logit) and sampled ones: a thread holding a NaN (its first NaN, key NaN) or a
 // +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row of nothing but -inf
 // (its first column, key -inf), and rows where m * log2(e) / T is beyond float range (the grouped
 // sampler as the reference writes it: x = l / T, each group's max subtracted first, IEEE expf and
 // logf; a thread beside another's +inf gets finite keys, which lose to it).
-// logits: the thread's kThreadColumns logits (shared memory); count: how many of them lie in the
-// shard (<= 0: none, an empty partial); col: the global column of logits[0] (a multiple of 16);
-// m: the (row, tile) max. The sum is computed with the subtraction first (never overflows).
-__device__ __noinline__ RarePartial rare_partial(const float* logits, int count, int32_t col, float m, float t,
-                                                 float inv_t, uint64_t row, DrawKey key) {
+// bias, scale, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
+// of them lie in the shard (<= 0: none, an empty partial); col: the global column of the first (a
+// multiple of 16); m: the (row, tile) max; sum: the fast path's sum of exp((l - m) / T), kept for a
+// greedy row with finite logits, else recomputed with the subtraction first (it never overflows).
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __noinline__ RarePartial rare_partial(const float* bias, const float* scale, const BT* base, float cap,
+                                                 int logits_dtype, int count, int32_t col, float m, float t,
+                                                 float inv_t, float sum, uint64_t row, DrawKey key) {
   RarePartial out{ArgMaxLogit::empty(), 0.0f};
   const int n = min(count, kThreadColumns);
   if (n <= 0) return out;
   const float log2e_t = __fmul_rn(inv_t, kLog2e);
-  if (m != -INFINITY)
-    for (int i = 0; i < n; ++i) out.sum += fast_exp2(__fmul_rn(__fsub_rn(logits[i], m), log2e_t));
-  if (!(t > 0.0f)) {
-    for (int i = 0; i < n; ++i) out.best.add(logits[i], col + i, logits[i]);
+  if (!(t > 0.0f) && fabsf(m) < INFINITY && !(sum != sum)) {
+    // A greedy row with finite logits (and -inf): the first-index argmax, the fast path's sum.
+    out.sum = sum;
+    for (int greedy_column = 0; greedy_column < n; ++greedy_column) {
+      const float x = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, greedy_column, cap, logits_dtype);
+      if (x > out.best.score || out.best.index == INT32_MAX) out.best = ArgMaxLogit{x, col + greedy_column, x};
+    }
     return out;
   }
+  if (!(t > 0.0f)) {  // a greedy row holding a NaN or +inf: one pass, NaN above every number
+    for (int i = 0; i < n; ++i) {
+      const float x = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, i, cap, logits_dtype);
+      if (m != -INFINITY) out.sum += fast_exp2(__fmul_rn(__fsub_rn(x, m), log2e_t));
+      out.best.add(x, col + i, x);
+    }
+    return out;
+  }
+  float logits[kThreadColumns];
+  for (int i = 0; i < n; ++i)
+    logits[i] = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, i, cap, logits_dtype);
+  if (m != -INFINITY)
+    for (int i = 0; i < n; ++i) out.sum += fast_exp2(__fmul_rn(__fsub_rn(logits[i], m), log2e_t));
   int nan_at = -1, inf_at = -1;
   for (int i = n - 1; i >= 0; --i) {
     const float x = __fdiv_rn(logits[i], t);
@@ -389,15 +418,6 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
   }
 }
 
-// The logit of one of the thread's columns (i), recomputed as thread_logits computes it.
-template <typename BT, typename WT, bool kPlain, bool kScaled>
-__device__ __forceinline__ float thread_logit(const float* bias, const float* scale, const BT* base, int i,
-                                              const MarkovBlockArgs& args) {
-  const float u = kPlain ? load_float(base + i) : softcap(load_float(base + i), args.softcap);
-  const float x = __fadd_rn(u, round_to_type<WT>(kScaled ? __fmul_rn(bias[i], scale[i]) : bias[i]));
-  return kPlain ? round_to_type<WT>(x) : round_to_dtype(x, args.logits_dtype);
-}
-
 // Threads and bias values per chunk of the tile kernel: 16-bit weights, 128 threads for 4096
 // values (each warp four WMMA tiles, each thread 32 logits of one row); float32, 256 for 2048
 // (the MMA on every thread, the epilogue on the first two warps: 32 rows of 2 threads).
@@ -452,8 +472,13 @@ __global__ void __maxnreg__(168)
   const int seg = lane / 8 % kRowThreads;
   const int local_row = warp * kRowsPerWarp + lane % 8 + 8 * (lane / (8 * kRowThreads));
   const int c = seg * kThreadColumns;  // the thread's first column in the tile
-  for (int64_t row0 = 0; row0 < args.rows; row0 += kChunkRows) {
-    const int chunk_rows = static_cast<int>(min(int64_t(kChunkRows), args.rows - row0));
+  const int rows = static_cast<int>(args.rows);  // < 2^31 (launch_markov_block checks)
+  // The thread's first column in the flat [R, g, V] logits and its partial, advanced a chunk at a time.
+  int64_t at = (int64_t(local_row) * args.gamma + k) * vocab + v0 + c;
+  const int64_t at_step = int64_t(kChunkRows) * args.gamma * vocab;
+  MarkovPartial* partial = ws.partials + int64_t(local_row) * gridDim.x + blockIdx.x;
+  for (int row0 = 0; row0 < rows; row0 += kChunkRows, at += at_step, partial += kChunkRows * gridDim.x) {
+    const int chunk_rows = min(kChunkRows, rows - row0);
     // 64-row chunks (16-bit weights, 64-wide tiles): the MMA reads only the 16-row blocks of E
     // holding a row (bias_tile skips the others when a warp owns more than two)
     stage_rows(tile.e, WeightTraits<WT>::kTensorCores && kChunkRows > 32 ? min(kChunkRows, (chunk_rows + 15) / 16 * 16)
@@ -469,7 +494,7 @@ __global__ void __maxnreg__(168)
 
     // Epilogue: this thread's 32 columns (two groups) of one row, all in registers. A warp holding
     // no row of the chunk skips it (a warp-uniform test: its shuffles stay within the warp).
-    const int64_t row = row0 + local_row;
+    const int row = row0 + local_row;
     const bool active = local_row < chunk_rows;
     float m = -INFINITY, sum = 0.0f;
     ArgMaxLogit best = ArgMaxLogit::empty();
@@ -478,8 +503,7 @@ __global__ void __maxnreg__(168)
       const bool sampled = t > 0.0f;
       const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
       const int count = active ? valid - c : 0;
-      float* own = bias + local_row * kBiasLd + c;  // its bias values (its logits on the rare path)
-      const int64_t at = (row * args.gamma + k) * vocab + v0 + c;
+      const float* own = bias + local_row * kBiasLd + c;  // its bias values
       float l[kThreadColumns];
       const float* scale = w2_scales + c;  // an int8 W2's scales of the thread's columns
       m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args, at));
@@ -503,10 +527,10 @@ __global__ void __maxnreg__(168)
       sum = __fadd_rn(s0, s1);
       // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
       if (active && (!sampled || !(fabsf(mc) < INFINITY) || sum != sum)) {
-#pragma unroll
-        for (int q = 0; q < kThreadColumns / 4; ++q)
-          *reinterpret_cast<float4*>(own + 4 * q) = make_float4(l[4 * q], l[4 * q + 1], l[4 * q + 2], l[4 * q + 3]);
-        const RarePartial r = rare_partial(own, count, col0 + c, m, t, inv_t, static_cast<uint64_t>(row), draw);
+        const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
+        const RarePartial r = rare_partial<BT, WT, kPlain, kInt8>(own, scale, base + at, args.softcap, args.logits_dtype,
+                                                                  count, col0 + c, m, t, inv_t, rescaled,
+                                                                  static_cast<uint64_t>(row), draw);
         best = r.best, sum = r.sum;
       } else if (count > 0) {
         // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all underflow (S'_j = 0, or
@@ -526,7 +550,8 @@ __global__ void __maxnreg__(168)
         for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
         const int i = (second ? kGroupColumns : 0) + first_above(group, target);
         best = ArgMaxLogit{second ? key1 : key0, col0 + c + i,
-                           thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args)};
+                           thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args.softcap,
+                                                               args.logits_dtype)};
         sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
       }
       if (!active) sum = 0.0f;
@@ -534,9 +559,8 @@ __global__ void __maxnreg__(168)
       sum = row_sum<kRowThreads>(sum);
     }
     if (active && seg == 0) {
-      MarkovPartial* p = ws.partials + row * gridDim.x + blockIdx.x;
-      p->score = best.score, p->index = best.index, p->logit = best.logit;
-      p->max = m, p->sum = sum;
+      partial->score = best.score, partial->index = best.index, partial->logit = best.logit;
+      partial->max = m, partial->sum = sum;
     }
     // Last-CTA ticket: every writer fences, then one thread counts this CTA in.
     __threadfence();

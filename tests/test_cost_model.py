@@ -30,7 +30,7 @@ def test_markov_block_bytes_and_launches_by_hand():
     # V = 129280, R = 8 (64-wide tiles: ceil(129280 / 64) = 2020, one 64-row chunk), g = 5, bf16.
     path = cost_model.markov_block(129280, 8, 5, ZERO)
     w2 = 129280 * 256 * 2  # 66,191,360
-    counters = (1 + 8) * 4  # a ticket per chunk, a running max per row
+    counters = 1 * 4  # a ticket per chunk
     tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 2 * 8 * 2020 * 20 + 8 * 24 + counters
     assert tile == 68_910_660
     assert [launch.bytes for launch in path.ours] == [counters] + [tile] * 5
@@ -38,16 +38,14 @@ def test_markov_block_bytes_and_launches_by_hand():
     assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
     # R = 64 takes the 128-wide tile: ceil(129280 / 128) = 1010 partials per row, 32-row chunks.
     wide = cost_model.markov_block(129280, 64, 5, ZERO)
-    assert wide.ours[0].bytes == (2 + 64) * 4
+    assert wide.ours[0].bytes == 2 * 4
     assert "128" in wide.ours[1].kernel
 
 
 def test_markov_block_instructions_follow_the_launch_geometry():
     # One instruction per unit of one loop at a time: the thread-iterations of that loop.
-    none = cost_model.CandidateRates(0.0, 0.0, 0.0, "none")
-
-    def only(name: str, rows: int, rates: cost_model.CandidateRates = none) -> float:
-        return cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}, rates).ours[1].instructions
+    def only(name: str, rows: int) -> float:
+        return cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}).ours[1].instructions
 
     assert only("markov.w2_stage.64", 8) == 2020 * 64 * 256  # every W2 element of every tile
     assert only("markov.e_stage.64", 8) == 2020 * 16 * 256  # R = 8: one 16-row block of W1 rows
@@ -59,38 +57,9 @@ def test_markov_block_instructions_follow_the_launch_geometry():
     assert only("markov.e_stage.128", 256) == 1010 * 8 * 32 * 256  # 8 chunks of 32 rows
     assert only("markov.merge.64", 8) == 8 * 2048  # a lane per partial, 2020 rounded to 32
     assert only("markov.merge_call.128", 256) == 8 * 128  # every thread of 8 merging CTAs
-    # The candidate path per element of a row: per quad holding a candidate, per exact score.
-    half = cost_model.CandidateRates(0.5, 0.25, 0.1, "test")
-    assert only("markov.candidates.64", 8, half) == pytest.approx(
-        0.5 * 8 * 2020 * 64 / 4 - 8 * 2020 * 64 / 32
-    )
-    assert only("markov.candidates_call.64", 8, half) == pytest.approx(8 * 2020 * 64 / 32)
-    # (the candidates' and the exact loops are inside the function: the call is what is left)
-    assert only("markov.exact_score.64", 8, half) == pytest.approx(
-        0.25 * 0.1 * 8 * 2020 * 64 - 8 * 2020 * 64 / 32
-    )
-
-
-def test_candidate_rates_come_from_the_measurement(tmp_path):
-    measured = [
-        {
-            "source": cost_model.CANDIDATE_SOURCE,
-            "T": t,
-            "tile": 64,
-            "seen": seen,
-            "quad_fraction": q,
-            "column_fraction": q / 2,
-            "exact_fraction": 0.1,
-        }
-        for t, q in ((1.0, 0.9), (0.7, 0.4))
-        for seen in ("tile", "row")
-    ]
-    path = tmp_path / "rates.json"
-    path.write_text(json.dumps(measured), encoding="utf-8")
-    rates = cost_model.candidate_rates(64, path)
-    assert (rates.quads, rates.columns, rates.exact) == (0.9, 0.45, 0.1)  # the larger temperature's
-    assert cost_model.candidate_rates(128, path) == cost_model.WORST_CASE  # nothing measured
-    assert cost_model.candidate_rates(64, tmp_path / "missing.json") == cost_model.WORST_CASE
+    # Rows are modeled sampled with finite logits: the rare path (greedy, NaN / +inf rows) is not
+    # in the modeled time (its cost per element is reported beside it).
+    assert only("markov.rare_call.64", 8) == 0 and only("markov.greedy.128", 256) == 0
 
 
 def test_verify_bytes_by_hand():
@@ -370,36 +339,23 @@ def _all_met() -> list[cost_model.ModeledOp]:
     ]
 
 
-def _lean_candidates(counts: dict[str, sass_loops.LoopCount]) -> dict[str, sass_loops.LoopCount]:
-    """``counts`` with a candidate path of one instruction per unit (it then adds about one
-    instruction per element to the epilogue at any candidate rate)."""
-    lean = dict(counts)
-    for name, c in counts.items():
-        if ".candidates" in name or ".exact_score." in name:
-            lean[name] = sass_loops.LoopCount(name, c.kernel, 1, 1, c.unit, "", 1.0, {})
-    return lean
-
-
 def test_budgets_met_and_broken():
-    verdicts = cost_model.budgets(_all_met(), _lean_candidates(_counts(20)))
+    verdicts = cost_model.budgets(_all_met(), _counts(20))
     assert all(v.met for v in verdicts), [v.line() for v in verdicts]
     broken_kernel = cost_model.ModeledOp(
         "markov_block", 151936, 64, 7, [cost_model.Launch("slow", 1e8)], [], 1e6
     )
-    verdicts = cost_model.budgets([*_all_met(), broken_kernel], _lean_candidates(_counts(20)))
+    verdicts = cost_model.budgets([*_all_met(), broken_kernel], _counts(20))
     failed = [v for v in verdicts if not v.met]
     assert [v.budget for v in failed] == [
         "Markov block <= 1.3x its floor at R >= 8",
         "Markov block >= 2x faster than SGLang's path at R >= 8",
     ]
     assert "V=151936 R=64 g=7 H100" in failed[0].line()
-    too_many = cost_model.budgets(_all_met(), _lean_candidates(_counts(26)))
-    assert [v.met for v in too_many].count(False) == 1
-    # The candidate path counts: a lean chunk loop with a costly rare path breaks the budget.
-    costly = cost_model.budgets(_all_met(), _counts(20))
-    assert [v.budget for v in costly if not v.met] == [
+    too_many = cost_model.budgets(_all_met(), _counts(26))
+    assert [v.budget for v in too_many if not v.met] == [
         "Markov epilogue <= 25 SASS instructions per sampled element (outside the MMA;"
-        " the chunk loop plus the candidate path at the measured rates)"
+        " the chunk loop: statistics and the grouped sampler)"
     ]
 
 
@@ -411,9 +367,7 @@ def test_check_flag_exit_status(monkeypatch, tmp_path, broken):
             cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 1e9)], [], 1e6)
         )
     monkeypatch.setattr(cost_model.sass_loops, "missing_tools", lambda from_extension=False: [])
-    monkeypatch.setattr(
-        cost_model.sass_loops, "count_loops", lambda loops, extension=None: _lean_candidates(_counts(20))
-    )
+    monkeypatch.setattr(cost_model.sass_loops, "count_loops", lambda loops, extension=None: _counts(20))
     monkeypatch.setattr(cost_model, "model", lambda loops: rows)
     out = tmp_path / "report.md"
     assert cost_model.main(["--check", "--out", str(out)]) == (1 if broken else 0)
@@ -422,18 +376,18 @@ def test_check_flag_exit_status(monkeypatch, tmp_path, broken):
 
 
 def test_guard_holds_owed_budgets_at_their_pinned_ratio():
-    verdicts = cost_model.budgets(_all_met(), _lean_candidates(_counts(20)))
+    verdicts = cost_model.budgets(_all_met(), _counts(20))
     pinned = cost_model.pin(verdicts)
     assert all(0 < ratio <= 1 for ratio in pinned.values()), pinned
     assert cost_model.guard(verdicts, pinned) == []
     # A budget still owed (pinned above 1) may not get worse than its pin.
     slow = cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 1e9)], [], 1e6)
-    owed = cost_model.budgets([*_all_met(), slow], _lean_candidates(_counts(20)))
+    owed = cost_model.budgets([*_all_met(), slow], _counts(20))
     owed_pin = cost_model.pin(owed)
     budget = "Verification <= 1.3x reading the target logits once"
     assert owed_pin[budget] > 1 and cost_model.guard(owed, owed_pin) == []
     slower = cost_model.ModeledOp("chain_verify", 151936, 256, 7, [cost_model.Launch("x", 2e9)], [], 1e6)
-    worse = cost_model.budgets([*_all_met(), slower], _lean_candidates(_counts(20)))
+    worse = cost_model.budgets([*_all_met(), slower], _counts(20))
     assert [line.split(":")[0] for line in cost_model.guard(worse, owed_pin)] == [budget]
     # A met budget may not break, however little; an unknown budget is reported.
     assert cost_model.guard(owed, pinned) and cost_model.guard(verdicts, {}) != []

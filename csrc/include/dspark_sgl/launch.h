@@ -38,9 +38,10 @@ std::string launch_philox_uniform(float* out, const int64_t* rows, const int64_t
 // SGLang's DSparkConfidenceHead computes in its weight dtype), sts_temperatures [g] float32
 // or null, outputs conf_logits / confidence [R, g] float32.
 // A vocab shard: w2 / base_logits hold the global columns [vocab_start, vocab_start + V)
-// (vocab_start % 4 == 0) of a vocabulary of vocab_total = rows of w1; the noise is keyed
-// by the global column and tokens are global ids. first_position: the Philox position of
-// k = 0. token_scores [R, g] float32 (or null): the winners' Gumbel-max keys.
+// (vocab_start % 16 == 0: whole sampler groups) of a vocabulary of vocab_total = rows of w1; the
+// noise is keyed by the global columns' groups and tokens are global ids. first_position: the
+// Philox position of k = 0. token_scores [R, g] float32 (or null): the drawn tokens' group keys
+// (the logit on greedy rows).
 struct MarkovBlockArgs {
   const void* base_logits;
   const int64_t* anchor;

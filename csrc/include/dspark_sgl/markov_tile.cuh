@@ -78,12 +78,13 @@ constexpr int kMaxStagedRows = 128;
 
 // Where the calling thread starts in the 16-byte pieces of rows of k_padded elements of type WT
 // (piece c of row i for idx = i * per_row + c, idx = threadIdx.x + n * blockDim.x) and how it
-// advances: the divisions stage_rows needs, computed once for any number of calls.
+// advances: the divisions stage_rows needs, computed once for any number of calls (used only by
+// the 16-byte copies; a row narrower than 16 bytes gets a plan of one piece, never used).
 template <typename WT>
 struct StagePlan {
   int per_row, step_rows, step_pieces, first_row, first_piece;
   __device__ explicit StagePlan(int k_padded) {
-    per_row = k_padded / (16 / int(sizeof(WT)));
+    per_row = max(1, k_padded / (16 / int(sizeof(WT))));
     step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
     first_row = threadIdx.x / per_row, first_piece = threadIdx.x % per_row;
   }
@@ -92,6 +93,18 @@ struct StagePlan {
 template <typename WT, typename SrcFn>
 __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
                                            const StagePlan<WT>& plan, SrcFn row_source);
+
+// stage_rows' element-by-element copy, out of line (ranks not a multiple of 8, float32 weights):
+// rows whose source is null, and [rank, k_padded), are zero filled.
+template <typename WT>
+__device__ __noinline__ void stage_rows_by_element(WT* dst, const WT* const* sources, int count, int rank,
+                                                   int k_padded, int ld) {
+  for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
+    const int i = idx / k_padded, k = idx % k_padded;
+    const WT* s = sources[i];
+    dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
+  }
+}
 
 template <typename WT, typename SrcFn>
 __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
@@ -127,11 +140,7 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
     cp_async_commit();
     cp_async_wait<0>();
   } else {
-    for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
-      const int i = idx / k_padded, k = idx % k_padded;
-      const WT* s = sources[i];
-      dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
-    }
+    stage_rows_by_element(dst, sources, count, rank, k_padded, ld);
   }
   __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
 }
