@@ -6,7 +6,9 @@ parameters, following the kernels' loads), the SASS instructions of each named l
 from the sm_90a build of csrc/ as it is now, ``benchmarks/sass_loops.py``), and
 
     modeled time = sum over launches of max(bytes / bandwidth, thread-instructions / issue rate)
-                   + launches x launch cost
+                   + the launch's boundary: the launch cost, or for a programmatic dependent of the
+                     launch before it (csrc/include/dspark_sgl/dependent_launch.cuh) the dependent
+                     launch cost (an assumed fraction of it)
 
 on an H100 and an H200, against the floor (the bytes that must move, at full bandwidth, in
 one launch: W2 once per position plus the base logits for the Markov block, the target
@@ -66,12 +68,26 @@ class Device:
     sm_issue_rate: float  # thread-instructions/s, one SM (a one-CTA kernel)
     launch_cost: float  # s per kernel boundary
     source: str
+    dependent_launch_cost: float = 0.0  # s per boundary to a programmatic dependent (set below)
 
 
 _ISSUE = SMS * 4 * 1.75e9 * 32  # SPEC.md section 8: 132 SMs x 4 schedulers x 1.75 GHz x 32 lanes
 _SM_ISSUE = 4 * 1.75e9 * 32
 _LAUNCH = 2.0e-6  # assumed: one kernel boundary of a graph replay; not measured in this project
 _LAUNCH_NOTE = "launch cost 2.0 us: an assumption (no device measured it yet)"
+# A programmatic dependent launch (PDL, sm_90): NVIDIA's CUDA Programming Guide ("Programmatic
+# Dependent Launch", docs.nvidia.com/cuda/cuda-programming-guide/04-special-topics/
+# programmatic-dependent-launch.html) describes the dependent grid being launched, and running
+# the code before its griddepcontrol.wait, while the primary still executes: the launch latency
+# overlaps the primary's tail. What stays exposed (the wait's release after the primary completes
+# and flushes its memory, then the dependent's own work) is documented nowhere as a number.
+DEPENDENT_FRACTION = 0.5  # assumed: half of a kernel boundary stays exposed; not measured
+_DEPENDENT_LAUNCH = DEPENDENT_FRACTION * _LAUNCH
+_DEPENDENT_NOTE = (
+    f"programmatic dependent launch boundary {_DEPENDENT_LAUNCH * 1e6:.1f} us = {DEPENDENT_FRACTION} x the"
+    " launch cost: an assumption (the CUDA Programming Guide's PDL section says the dependent's launch"
+    " overlaps the primary's execution, not how much of the boundary it hides; no device measured it)"
+)
 H100 = Device(
     "H100",
     3.0e12,
@@ -79,7 +95,8 @@ H100 = Device(
     _SM_ISSUE,
     _LAUNCH,
     "H100 SXM: 3.0 TB/s measured copy (SPEC.md section 8); issue 132 SMs x 4 schedulers x 1.75 GHz"
-    f" x 32 = {_ISSUE / 1e12:.1f} T thread-instr/s (SPEC.md section 8); {_LAUNCH_NOTE}",
+    f" x 32 = {_ISSUE / 1e12:.1f} T thread-instr/s (SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}",
+    _DEPENDENT_LAUNCH,
 )
 H200 = Device(
     "H200",
@@ -89,7 +106,8 @@ H200 = Device(
     _LAUNCH,
     "H200: 4.3 TB/s device-to-device copy measured on this workplace's H200 (device KINDS.md,"
     " 2026-10-28 and 2026-11-04; datasheet 4.8); same SMs and clocks as the H100 (device H200.md,"
-    f" SPEC.md section 8); {_LAUNCH_NOTE}",
+    f" SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}",
+    _DEPENDENT_LAUNCH,
 )
 DEVICES = (H100, H200)
 
@@ -436,14 +454,23 @@ class Launch:
     bytes: float
     instructions: float = 0.0  # thread-instructions; 0 where not modeled
     one_cta: bool = False  # issue limited to one SM
+    dependent: bool = False  # a programmatic dependent of the launch before it (PDL)
 
     def terms(self, device: Device) -> tuple[float, float]:
         """(bytes / bandwidth, thread-instructions / issue rate) in seconds."""
         issue = device.sm_issue_rate if self.one_cta else device.issue_rate
         return self.bytes / device.bandwidth, self.instructions / issue
 
+    def boundary(self, device: Device) -> float:
+        """The kernel boundary before this launch: a full launch, or one to a programmatic dependent."""
+        return device.dependent_launch_cost if self.dependent else device.launch_cost
+
     def time(self, device: Device) -> float:
-        return max(self.terms(device)) + device.launch_cost
+        return max(self.terms(device)) + self.boundary(device)
+
+    @property
+    def kind(self) -> str:
+        return "programmatic dependent" if self.dependent else "full boundary"
 
 
 @dataclass
@@ -477,11 +504,26 @@ class ModeledOp:
 
     def bound(self, device: Device) -> str:
         """What the largest share of the modeled time goes to: memory, issue or launches."""
-        shares = {"memory": 0.0, "issue": 0.0, "launches": len(self.ours) * device.launch_cost}
+        shares = {"memory": 0.0, "issue": 0.0, "launches": sum(lc.boundary(device) for lc in self.ours)}
         for launch in self.ours:
             memory, issue = launch.terms(device)
             shares["memory" if memory >= issue else "issue"] += max(memory, issue)
         return max(shares, key=shares.__getitem__)
+
+    def dependents(self) -> int:
+        return sum(launch.dependent for launch in self.ours)
+
+    def launch_kinds(self) -> str:
+        """Each run of equal launches (kernel name without template arguments) with its count and
+        boundary kind, in launch order."""
+        runs: list[list] = []
+        for launch in self.ours:
+            key = (launch.kernel.split("<")[0].split(" ")[0], launch.kind)
+            if runs and runs[-1][0] == key:
+                runs[-1][1] += 1
+            else:
+                runs.append([key, 1])
+        return ", ".join(f"{name}{f' x {n}' if n > 1 else ''} ({kind})" for (name, kind), n in runs)
 
 
 def _sglang(launches: sglang_path_model.Launches) -> list[Launch]:
@@ -677,12 +719,13 @@ def verify(
         row_instructions,
     )
     notes = [
-        "floor: the target logits read once; pass 2 counted as a launch even when it exits at once",
+        "floor: the target logits read once; pass 2 counted as a launch (a programmatic dependent of"
+        " pass 1) even when it exits at once",
         "bonus draw: candidate fractions measured by benchmarks/gumbel_candidates.py (see cost_model.py)",
     ]
     if not rejected:
         tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])
-        pass2 = Launch("verify_residual_markov_kernel (exits: nothing rejected)", tiles * 4)
+        pass2 = Launch("verify_residual_markov_kernel (exits: nothing rejected)", tiles * 4, dependent=True)
     elif logits_form:
         parts = min(chunks * (gamma + 1), math.ceil(vocab / 2048))
         resample = rows * parts * RESIDUAL_PARTIAL
@@ -700,6 +743,7 @@ def verify(
             * (loops["verify.residual.logits_candidates"] - 4 * loops["verify.residual.logits_exact"])
             + rows * bonus_exact_columns(vocab, parts) * loops["verify.residual.logits_exact"]
             + loops["verify.residual.merge"] * rows * parts,
+            dependent=True,
         )
     else:
         geo = _tile_geometry(vocab, rows)
@@ -713,6 +757,7 @@ def verify(
             + 2 * resample,
             _tile_instructions("verify.residual", geo, loops)
             + loops["verify.residual.merge"] * rows * geo["tiles"],
+            dependent=True,
         )
         notes.append(
             "W2 recompute: W2 read once per launch (at R * g < r keeping the draft logits moves less)"
@@ -1001,7 +1046,7 @@ def path_cells(path: ModeledOp) -> list[str]:
         str(path.vocab) if path.vocab else "-",
         str(path.rows),
         str(path.gamma),
-        str(len(path.ours)),
+        f"{len(path.ours)} ({path.dependents()} PDL)" if path.dependents() else str(len(path.ours)),
         f"{path.bytes() / 1e6:.1f}",
         f"{path.instructions() / 1e9:.3f}",
         path.bound(H100),
@@ -1102,7 +1147,8 @@ def report(
     lines = [
         f"Modeled (no GPU), {datetime.date.today()}: `python benchmarks/cost_model.py`, SASS of {source}.",
         "Every time below is MODELED, not measured: the sum over launches of"
-        " max(bytes / bandwidth, thread-instructions / issue rate) + launches x launch cost.",
+        " max(bytes / bandwidth, thread-instructions / issue rate) + the launch's boundary (the launch cost;"
+        " for a programmatic dependent launch, PDL, the assumed dependent launch cost).",
         "",
         "Device constants:",
         *(f"- {d.source}" for d in DEVICES),
@@ -1121,6 +1167,7 @@ def report(
         "Notes: floor = the floor bytes at full bandwidth plus one launch;"
         " ours/floor and SGLang/ours are ratios of modeled times.",
         *sorted({f"- {p.op}: {note}" for p in paths for note in p.notes}),
+        *sorted({f"- {p.op}: launches: {p.launch_kinds()}" for p in paths}),
         "",
         f"Where the time goes (modeled, H100, V={BREAKDOWN_SHAPE[0]} R={BREAKDOWN_SHAPE[1]}"
         f" g={BREAKDOWN_SHAPE[2]}; the scheduler at R={BREAKDOWN_SHAPE[1]} g={BREAKDOWN_SHAPE[2]}):",
@@ -1135,8 +1182,43 @@ def report(
         "",
         "Budgets (modeled):",
         *(v.line() for v in verdicts),
+        "",
+        dependent_sensitivity_line(paths),
     ]
     return "\n".join(lines)
+
+
+def dependent_break_even(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> float:
+    """The largest programmatic-dependent boundary (s) at which every verification row meets its
+    budget (<= 1.3x the floor), everything else as modeled; negative: none does."""
+    worst = math.inf
+    for path in paths:
+        if path.op != "chain_verify" or not path.dependents():
+            continue
+        for device in devices:
+            rest = sum(
+                max(lc.terms(device)) + (0.0 if lc.dependent else lc.boundary(device)) for lc in path.ours
+            )
+            worst = min(worst, (1.3 * path.floor(device) - rest) / path.dependents())
+    return worst
+
+
+def dependent_sensitivity_line(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> str:
+    """The verification budget's sensitivity to the assumed dependent launch cost."""
+    at = dependent_break_even(paths, devices)
+    assumed = f"assumed now {_DEPENDENT_LAUNCH * 1e6:.2f} us = {DEPENDENT_FRACTION} x {_LAUNCH * 1e6:.1f} us"
+    if not math.isfinite(at):
+        return f"Sensitivity (modeled): no verification row has a programmatic dependent launch ({assumed})."
+    if at < 0:
+        return (
+            "Sensitivity (modeled): the verification budget is not met at any programmatic dependent"
+            f" boundary cost, even 0 us ({assumed})."
+        )
+    return (
+        "Sensitivity (modeled): the verification budget holds at every row while a programmatic"
+        f" dependent boundary costs at most {at * 1e6:.2f} us ({at / _LAUNCH:.2f} x the launch cost;"
+        f" {assumed})."
+    )
 
 
 def markov_per_element(tile_v: int, loops: Mapping[str, float]) -> float:

@@ -13,7 +13,12 @@
 //                           writes accept_lens and out_tokens, and counts the sampled requests
 //                           that were rejected.
 //   verify_residual_kernel  pass 2 (one of two forms), behind that device-side count: launched
-//                           unconditionally, every CTA exits at once when nothing was rejected.
+//                           unconditionally as a programmatic dependent of pass 1
+//                           (dependent_launch.cuh), so its launch and prologue (the seeds, the
+//                           slab, the tile layout: nothing pass 1 writes) overlap pass 1's tail;
+//                           it reads the count and the stop rows only after
+//                           wait_for_primary_grid(). Every CTA exits at once when nothing was
+//                           rejected.
 //                           Otherwise it draws the correction argmax(log max(0, p_s - q_s) + G)
 //                           (the bonus at s when every residual is 0) at the stop row s of each
 //                           rejected sampled request; without full draft logits the draft row at
@@ -31,6 +36,7 @@
 #include <type_traits>
 
 #include "dspark_sgl/common.cuh"
+#include "dspark_sgl/dependent_launch.cuh"
 #include "dspark_sgl/launch.h"
 #include "dspark_sgl/markov_tile.cuh"
 
@@ -404,6 +410,9 @@ __device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* pa
 template <typename TT, typename DT>
 __global__ void __launch_bounds__(kRowThreads)
     verify_rows_kernel(ChainVerifyArgs args, RowPartial* partials, StopInfo* stops) {
+  // Pass 2 may launch now: it waits for this grid's completion before it reads anything this
+  // grid writes, so the trigger's position only decides how early its prologue runs.
+  allow_dependent_launch();
   const int64_t row = blockIdx.z, j = blockIdx.y, chunk_id = blockIdx.x;
   const int64_t g = args.gamma, vocab = args.vocab;
   const int64_t len = clamp_index(args.verify_lens[row], g + 1);
@@ -579,22 +588,24 @@ __device__ __noinline__ ArgMax residual_candidates(Group<4> group, int32_t v0, R
 template <typename TT, typename DT>
 __global__ void __launch_bounds__(kRowThreads)
     verify_residual_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
-  if (nothing_rejected(args)) return;  // uniform: the count is final before this launch
+  // Before the wait: only what pass 1 does not write (the inputs, this CTA's slab).
   const int64_t row = blockIdx.y, g = args.gamma, vocab = args.vocab;
-  const StopInfo info = stops[row];
   const int parts = static_cast<int>(gridDim.x);
+  const float t = args.temperature[row];
+  uint64_t seed, offset;
+  args.philox.resolve(seed, offset);
+  const int64_t chunk = chunk_columns(vocab, parts);
+  const Slab slab{static_cast<int32_t>(blockIdx.x * chunk), static_cast<int32_t>(min(vocab, (blockIdx.x + 1) * chunk))};
+  wait_for_primary_grid();  // pass 1 complete: the rejected count and the stop rows are final
+  if (nothing_rejected(args)) return;  // uniform
+  const StopInfo info = stops[row];
   if (needs_residual(info)) {  // uniform per CTA
-    const float t = args.temperature[row];
     const float inv_t = __frcp_rn(t);
     const float log_norm = __fadd_rn(info.t_max, logf(info.t_sum));
     const int64_t s = info.stop;
-    uint64_t seed, offset;
-    args.philox.resolve(seed, offset);
     const BonusNoise noise{seed, offset, static_cast<uint64_t>(row), static_cast<uint32_t>(s)};
     const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
     const DT* draft = static_cast<const DT*>(args.draft_logits) + (row * g + s) * vocab;
-    const int64_t chunk = chunk_columns(vocab, parts);
-    const Slab slab{static_cast<int32_t>(blockIdx.x * chunk), static_cast<int32_t>(min(vocab, (blockIdx.x + 1) * chunk))};
     const ResidualRow<DT> rr{draft, info, t, inv_t, log_norm, slab.end, noise};
     ArgMax best = ArgMax::empty();
     float threshold = -INFINITY;  // of the group's largest x * (1/T): gumbel_threshold of log p's bound
@@ -628,7 +639,8 @@ __global__ void __launch_bounds__(kRowThreads)
 template <typename TT, typename WT, int kTileV>
 __global__ void __launch_bounds__(kTileThreads)
     verify_residual_markov_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
-  if (nothing_rejected(args)) return;  // uniform: no W2 byte is read when nothing was rejected
+  // Before the wait: the tile layout and the seeds (nothing pass 1 writes). W2 is staged only
+  // after it, behind the count: no W2 byte is read when nothing was rejected.
   extern __shared__ __align__(128) unsigned char smem[];
   using Layout = MarkovTileLayout<WT, kTileV>;
   constexpr int kChunkRows = Layout::kChunkRows;
@@ -647,6 +659,8 @@ __global__ void __launch_bounds__(kTileThreads)
   __shared__ int s_count;
   if (threadIdx.x == 0) s_count = 0;
   LastRows last{s_rows, &s_count};
+  wait_for_primary_grid();  // pass 1 complete: the count and the stop rows of every chunk are final
+  if (nothing_rejected(args)) return;  // uniform
 
   stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
     return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
@@ -728,8 +742,9 @@ cudaError_t launch_markov_residual(const ChainVerifyArgs& args, const Workspace&
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
-  verify_residual_markov_kernel<TT, WT, kTileV><<<tiles, kTileThreads, smem, stream>>>(args, w.stops, w.resample);
-  return cudaGetLastError();
+  err = launch_programmatic_dependent(verify_residual_markov_kernel<TT, WT, kTileV>, dim3(tiles), dim3(kTileThreads),
+                                      smem, stream, args, static_cast<const StopInfo*>(w.stops), w.resample);
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename TT, typename DT>
@@ -741,8 +756,10 @@ cudaError_t launch_typed(const ChainVerifyArgs& args, int weight_dtype, const Wo
     // As many CTAs per request as pass 1 ran per request, at least 2048 columns each.
     const int64_t parts = std::min<int64_t>(args.stat_chunks * (args.gamma + 1), ceil_div(args.vocab, 2048));
     const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(args.rows));
-    verify_residual_kernel<TT, DT><<<grid, kRowThreads, 0, stream>>>(args, w.stops, w.resample);
-    return cudaGetLastError();
+    const cudaError_t err = launch_programmatic_dependent(verify_residual_kernel<TT, DT>, grid, dim3(kRowThreads), 0,
+                                                          stream, args, static_cast<const StopInfo*>(w.stops),
+                                                          w.resample);
+    return err != cudaSuccess ? err : cudaGetLastError();
   }
   const bool wide = markov_block_tile_vocab(args.rows, weight_dtype == 0 ? 4 : 2) == 128;
   return with_dtype(weight_dtype, [&](auto weight) {

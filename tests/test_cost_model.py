@@ -146,6 +146,65 @@ def test_time_is_max_of_bytes_and_issue_plus_launch():
     assert cost_model.Launch("k", 0, 5e6, one_cta=True).time(device) == pytest.approx(5e-4 + 1e-6)
 
 
+def test_a_programmatic_dependent_launch_costs_the_dependent_boundary():
+    device = cost_model.Device("test", 1e12, 1e12, 1e10, 2e-6, "", 0.5e-6)
+    full, dependent = cost_model.Launch("a", 2e6), cost_model.Launch("b", 2e6, dependent=True)
+    assert full.time(device) == pytest.approx(2e-6 + 2e-6)
+    assert dependent.time(device) == pytest.approx(2e-6 + 0.5e-6)
+    assert (full.kind, dependent.kind) == ("full boundary", "programmatic dependent")
+    op = cost_model.ModeledOp("chain_verify", 129280, 1, 5, [full, dependent], [], 1e6)
+    assert op.time(device) == pytest.approx((2e-6 + 2e-6) + (2e-6 + 0.5e-6))
+    assert op.dependents() == 1
+    assert op.launch_kinds() == "a (full boundary), b (programmatic dependent)"
+    repeated = cost_model.ModeledOp("x", 0, 1, 3, [cost_model.Launch("k<int>", 0)] * 3 + [dependent], [], 0)
+    assert repeated.launch_kinds() == "k x 3 (full boundary), b (programmatic dependent)"
+    # The boundary, not the bytes, decides where a launch-bound op's time goes.
+    assert (
+        cost_model.ModeledOp("y", 0, 1, 1, [cost_model.Launch("z", 1e3)] * 2, [], 0).bound(device)
+        == "launches"
+    )
+
+
+def test_the_devices_price_a_dependent_boundary_as_the_stated_fraction():
+    for device in cost_model.DEVICES:
+        assert device.dependent_launch_cost == pytest.approx(
+            cost_model.DEPENDENT_FRACTION * device.launch_cost
+        )
+        assert 0 < device.dependent_launch_cost < device.launch_cost
+        assert "programmatic dependent launch boundary" in device.source and "assumption" in device.source
+
+
+def test_verification_pass_2_is_the_only_programmatic_dependent():
+    paths = cost_model.model(dict(ZERO))
+    for path in paths:
+        kinds = [launch.dependent for launch in path.ours]
+        assert kinds == ([False, True] if path.op.startswith("chain_verify") else [False] * len(kinds))
+    h100 = cost_model.H100
+    verify = cost_model.verify(129280, 1, 5, ZERO)
+    assert verify.time(h100) == pytest.approx(
+        sum(max(lc.terms(h100)) for lc in verify.ours) + h100.launch_cost + h100.dependent_launch_cost
+    )
+    text = cost_model.report(paths, _counts(10), cost_model.budgets(paths, _counts(10)), "test")
+    assert (
+        "- chain_verify: launches: verify_rows_kernel (full boundary), verify_residual_markov_kernel" in text
+    )
+    assert "2 (1 PDL)" in text
+
+
+def test_the_dependent_break_even_by_hand():
+    device = cost_model.Device("test", 1e12, 1e12, 1e10, 2e-6, "", 1e-6)
+    # The floor: 1e6 bytes (1 us) + one launch (2 us); the budget 1.3 x 3 us = 3.9 us.
+    exits = cost_model.Launch("exits", 0.5e6, dependent=True)  # 0.5 us of its own, then its boundary
+    slow = cost_model.ModeledOp("chain_verify", 129280, 1, 5, [cost_model.Launch("r", 2e6), exits], [], 1e6)
+    fast = cost_model.ModeledOp("chain_verify", 129280, 1, 5, [cost_model.Launch("r", 1e6), exits], [], 1e6)
+    assert cost_model.dependent_break_even([fast], (device,)) == pytest.approx(3.9e-6 - 3e-6 - 0.5e-6)
+    assert cost_model.dependent_break_even([slow], (device,)) == pytest.approx(3.9e-6 - 4e-6 - 0.5e-6)
+    assert cost_model.dependent_break_even([fast, slow], (device,)) < 0  # the worst row decides
+    assert "at most 0.40 us" in cost_model.dependent_sensitivity_line([fast], (device,))
+    assert "not met at any" in cost_model.dependent_sensitivity_line([slow], (device,))
+    assert "no verification row" in cost_model.dependent_sensitivity_line([], (device,))
+
+
 # ---- the SASS reader on a synthetic listing -------------------------------------------
 
 

@@ -26,6 +26,7 @@ SM90_SHARED_MEMORY_OPTIN = 232448  # bytes per block
 SM90_MULTIPROCESSORS = 132
 _PATCHED = (
     "_extension",
+    "launch",
     "_extension_error",
     "_extension_tried",
     "kernel_path",
@@ -86,7 +87,18 @@ def emulated(module: ModuleType) -> Iterator[None]:
             )
         return None
 
+    def launch(op: str, device: torch.device, *args: object) -> None:
+        """``_dispatch.launch``, then a check that the launcher left no launch queued (the emulator
+        runs a queued launch at the next runtime call: a launcher ends with cudaGetLastError)."""
+        saved["launch"](op, device, *args)
+        if module._cuemu.cuemu_queued_launches():
+            module._cuemu.cuemu_synchronize()
+            raise RuntimeError(
+                f"{op}: the launcher returned with a launch queued (it must end with cudaGetLastError)"
+            )
+
     _dispatch._extension, _dispatch._extension_error, _dispatch._extension_tried = module, None, True
+    _dispatch.launch = launch
     _dispatch.kernel_path = kernel_path
     _dispatch.current_stream_handle = lambda device: 0
     _dispatch.multiprocessor_count = lambda device: SM90_MULTIPROCESSORS

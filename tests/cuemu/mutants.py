@@ -282,6 +282,38 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "verify_residual_reads_the_count_before_the_wait",
+        "chain_verify.cu",
+        "  wait_for_primary_grid();  // pass 1 complete: the rejected count and the stop rows are final\n"
+        "  if (nothing_rejected(args)) return;  // uniform\n",
+        "  if (nothing_rejected(args)) return;  // uniform\n  wait_for_primary_grid();\n",
+        "pass 2 (full draft logits) reads the rejected count while pass 1 may still run: it sees no "
+        "rejection and exits, rejected rows keep no correction token",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_residual_markov_without_the_wait",
+        "chain_verify.cu",
+        "  wait_for_primary_grid();  // pass 1 complete: "
+        "the count and the stop rows of every chunk are final\n",
+        "",
+        "pass 2 (draft statistics) never waits for pass 1: it reads the count and the stop rows before "
+        "pass 1 has written them",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "dependent_launch_wait_does_nothing",
+        "include/dspark_sgl/dependent_launch.cuh",
+        "  ::cuemu::grid_dependency_wait();\n",
+        "",
+        "griddepcontrol.wait compiled to nothing: every dependent reads its primary's output while the "
+        "primary may still run",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
         "block_merge_missing_syncthreads",
         "include/dspark_sgl/common.cuh",
         "  if (threadIdx.x % 32 == 0) shared[threadIdx.x / 32] = value;\n  __syncthreads();",

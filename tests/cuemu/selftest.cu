@@ -11,6 +11,7 @@
 #include <string>
 
 #include "dspark_sgl/async_copy.cuh"
+#include "dspark_sgl/dependent_launch.cuh"
 
 namespace {
 
@@ -196,6 +197,38 @@ __global__ void async_copy_misuse(const int4* in, int4* global_out, int kind) {
   global_out[t] = static_slots[t];
 }
 
+// Programmatic dependent launch. The primary triggers at once and writes `value` to data[0, n).
+__global__ void pdl_primary(int* data, int n, int value) {
+  dspark_sgl::allow_dependent_launch();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) data[i] = value;
+}
+
+// The dependent: each thread reads data[i] before the wait (before[i]) and after it (after[i]);
+// kept[i] says whether the static and dynamic shared memory written before the wait still hold
+// it after. Thread 0 waits only after a barrier the others reach after their waits: the block
+// holds threads at the barrier and at the wait at once. `wait` 0 drops both waits (a bug).
+__global__ void pdl_dependent(const int* data, int* before, int* after, int* kept, int wait) {
+  __shared__ int block_tag;
+  extern __shared__ int own[];
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  before[i] = data[i];
+  if (threadIdx.x == 0) block_tag = 1000 + blockIdx.x;
+  own[threadIdx.x] = i;
+  if (wait && threadIdx.x != 0) dspark_sgl::wait_for_primary_grid();
+  __syncthreads();
+  if (wait && threadIdx.x == 0) dspark_sgl::wait_for_primary_grid();
+  after[i] = data[i];
+  kept[i] = block_tag == 1000 + static_cast<int>(blockIdx.x) && own[threadIdx.x] == i;
+}
+
+// One link of a chain of dependents: reads *in before and after its wait, then writes *out.
+__global__ void pdl_relay(const int* in, int* out, int* seen, int value) {
+  seen[0] = *in;
+  dspark_sgl::wait_for_primary_grid();
+  seen[1] = *in;
+  *out = value;
+}
+
 std::string result() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
@@ -268,4 +301,44 @@ CUEMU_EXPORT const char* st_async_copy_neighbour(const int4* in, int* out, int t
 CUEMU_EXPORT const char* st_async_copy_misuse(const int4* in, int4* global_out, int kind) {
   async_copy_misuse<<<1, 32, 32 * sizeof(int4)>>>(in, global_out, kind);
   return ret(result());
+}
+// `blocks` x `threads` dependent threads on a primary that writes 5 over data's earlier values;
+// `queued` 0: a cudaGetLastError between the launches runs the primary first; `wait` 0: the
+// dependent never waits.
+CUEMU_EXPORT const char* st_dependent_launch(int* data, int* before, int* after, int* kept, int blocks, int threads,
+                                             int queued, int wait) {
+  pdl_primary<<<2, 64>>>(data, blocks * threads, 5);
+  if (!queued && cudaGetLastError() != cudaSuccess) return ret(result());
+  const cudaError_t e = dspark_sgl::launch_programmatic_dependent(pdl_dependent, dim3(blocks), dim3(threads),
+                                                                  threads * sizeof(int), nullptr, data, before,
+                                                                  after, kept, wait);
+  if (e != cudaSuccess) return ret(cudaGetErrorString(e));
+  return ret(result());
+}
+// A -> B -> C, each the programmatic dependent of the one before: A writes cell[0] = 1, B reads
+// cell[0] (seen[0, 2)) and writes cell[1] = 2, C reads cell[1] (seen[2, 4)) and writes cell[2] = 3.
+CUEMU_EXPORT const char* st_dependent_chain(int* cell, int* seen) {
+  pdl_relay<<<1, 32>>>(cell + 3, cell, seen + 4, 1);
+  cudaError_t e = dspark_sgl::launch_programmatic_dependent(pdl_relay, dim3(1), dim3(32), 0, nullptr,
+                                                            static_cast<const int*>(cell), cell + 1, seen, 2);
+  if (e == cudaSuccess)
+    e = dspark_sgl::launch_programmatic_dependent(pdl_relay, dim3(1), dim3(32), 0, nullptr,
+                                                  static_cast<const int*>(cell + 1), cell + 2, seen + 2, 3);
+  if (e != cudaSuccess) return ret(cudaGetErrorString(e));
+  return ret(result());
+}
+// The launch errors cudaLaunchKernelEx returns: 0 a block of 2048 threads, 1 an attribute the
+// emulator does not model (cooperative launch).
+CUEMU_EXPORT const char* st_dependent_launch_error(int* cell, int kind) {
+  cudaLaunchAttribute attribute[1] = {};
+  attribute[0].id = cudaLaunchAttributeCooperative;
+  attribute[0].val.cooperative = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(1);
+  config.blockDim = dim3(kind == 0 ? 2048 : 32);
+  config.attrs = attribute;
+  config.numAttrs = kind == 0 ? 0 : 1;
+  const cudaError_t e = cudaLaunchKernelEx(&config, pdl_relay, static_cast<const int*>(cell), cell + 1, cell + 2, 0);
+  cudaGetLastError();
+  return ret(e == cudaSuccess ? std::string() : std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
 }

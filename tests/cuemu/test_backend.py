@@ -37,3 +37,22 @@ def test_the_emulator_stands_in_only_inside_the_test(emulated_extension):
 def test_the_emulated_extension_is_this_checkouts_build(emulated_extension):
     assert emulated_extension.__file__ == str(build(DEFAULT_OUT, CSRC))
     assert emulated_extension.cuda_archs == "cuemu"
+
+
+def test_chain_verify_pass_2_runs_as_a_dependent_of_pass_1(emulated_extension):
+    """Both forms of pass 2 are programmatic dependents whose blocks run up to their wait before
+    pass 1 (the emulator's adversarial order), and the launcher leaves nothing queued."""
+    from kernel_backend import Backend, counting_launches
+    from test_gpu_kernels import accepting_case, assert_verify_matches
+
+    backend = Backend("cuemu", torch.device("cpu"), full=False)
+    runtime = emulated_extension._cuemu
+    with harness.emulated(emulated_extension), counting_launches(backend.launches):
+        case, block, target, lens = accepting_case(backend, 6, 3, 256, reject_at=[0, 1, 2, None, 1, 0])
+        for side in (block.logits, block.stats):
+            before = runtime.cuemu_early_dependent_launches()
+            acc, _ = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
+            assert runtime.cuemu_early_dependent_launches() >= before + 1
+            assert runtime.cuemu_queued_launches() == 0
+            assert acc.tolist() == [0, 1, 2, 3, 1, 0]
+    assert harness.last_fault(emulated_extension) == ""

@@ -31,6 +31,9 @@ ENTRY_POINTS = (
     "st_async_copy_groups",
     "st_async_copy_neighbour",
     "st_async_copy_misuse",
+    "st_dependent_launch",
+    "st_dependent_chain",
+    "st_dependent_launch_error",
 )
 POISON = -1  # a 32-bit word of the dynamic shared memory poison pattern (0xff bytes)
 
@@ -264,3 +267,81 @@ def test_async_copy_into_static_shared_memory(runtime):
     out = torch.zeros(32, 4, dtype=torch.int32)
     assert runtime.st_async_copy_misuse(_ptr(src), _ptr(out), 0) == b""
     assert torch.equal(out, src)
+
+
+STALE, FRESH = -7, 5  # the values before and after the primary of st_dependent_launch
+
+
+@pytest.mark.parametrize("schedule", ["forward", "greedy-reverse"])
+def test_a_dependent_runs_up_to_its_wait_before_the_primary(runtime, monkeypatch, schedule):
+    """Blocks of a programmatic dependent read the primary's output before griddepcontrol.wait as
+    it was before the primary ran (up to the parked-block limit; later blocks start after the
+    primary, as a GPU may start them), after the wait as the primary left it; shared memory and
+    a barrier that some threads reach while others wait survive the parking."""
+    monkeypatch.setenv("CUEMU_SCHEDULE", schedule)
+    early = runtime.cuemu_early_block_limit()
+    blocks, threads = early + 8, 64
+    n = blocks * threads
+    data = torch.full((n,), STALE, dtype=torch.int32)
+    before, after, kept = (torch.zeros(n, dtype=torch.int32) for _ in range(3))
+    launches = runtime.cuemu_early_dependent_launches()
+    assert (
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 1, 1)
+        == b""
+    )
+    assert runtime.cuemu_early_dependent_launches() == launches + 1
+    assert runtime.cuemu_queued_launches() == 0
+    per_block = before.view(blocks, threads)
+    assert bool((per_block[:early] == STALE).all()) and bool((per_block[early:] == FRESH).all())
+    assert bool((after == FRESH).all()) and bool((kept == 1).all())
+
+
+def test_a_dependent_that_never_waits_runs_entirely_before_its_primary(runtime):
+    """Blocks that exit without waiting hold no parking slot: every block of a dependent without a
+    wait (past the parked-block limit too) reads the primary's output as it was before."""
+    blocks, threads = runtime.cuemu_early_block_limit() + 8, 32
+    data = torch.full((blocks * threads,), STALE, dtype=torch.int32)
+    before, after, kept = (torch.zeros(blocks * threads, dtype=torch.int32) for _ in range(3))
+    assert (
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 1, 0)
+        == b""
+    )
+    assert bool((before == STALE).all()) and bool((after == STALE).all()) and bool((kept == 1).all())
+    assert bool((data == FRESH).all())  # the primary ran after
+
+
+def test_a_dependent_without_a_queued_primary_waits_for_nothing(runtime):
+    """A runtime call between the launches runs the primary first: the dependent sees its output
+    everywhere, and the launch is not counted as one that ran before its primary."""
+    blocks, threads = 4, 32
+    data = torch.full((blocks * threads,), STALE, dtype=torch.int32)
+    before, after, kept = (torch.zeros(blocks * threads, dtype=torch.int32) for _ in range(3))
+    launches = runtime.cuemu_early_dependent_launches()
+    assert (
+        runtime.st_dependent_launch(_ptr(data), _ptr(before), _ptr(after), _ptr(kept), blocks, threads, 0, 1)
+        == b""
+    )
+    assert runtime.cuemu_early_dependent_launches() == launches
+    assert bool((before == FRESH).all()) and bool((after == FRESH).all()) and bool((kept == 1).all())
+
+
+def test_a_chain_of_dependents_sees_each_primary_only_after_its_wait(runtime):
+    """A -> B -> C: B's part before its wait runs before A, C's before the rest of B."""
+    cell = torch.zeros(4, dtype=torch.int32)
+    seen = torch.full((6,), -1, dtype=torch.int32)
+    assert runtime.st_dependent_chain(_ptr(cell), _ptr(seen)) == b""
+    assert seen[:4].tolist() == [0, 1, 0, 2]  # B: before, after; C: before, after
+    assert cell[:3].tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        (0, b"cudaErrorInvalidConfiguration: invalid launch configuration"),
+        (1, b"attribute 2 is not emulated"),
+    ],
+)
+def test_dependent_launch_errors_are_returned_by_the_launch(runtime, kind, message):
+    cell = torch.zeros(4, dtype=torch.int32)
+    msg = runtime.st_dependent_launch_error(_ptr(cell), kind)
+    assert message in msg, msg

@@ -14,6 +14,8 @@
 //                          order or a random one; this exposes code that orders two warps with
 //                          only __syncwarp, or lanes that rely on implicit warp lockstep.
 //   CUEMU_STRICT_EXIT=1    fault when a thread exits while others wait at __syncthreads
+//   CUEMU_EARLY_BLOCKS=n   blocks of a programmatic dependent launch parked at griddepcontrol.wait
+//                          before its primary runs (default 8)
 //   CUEMU_STACK_KB=n       fiber stack size (default 256)
 //   CUEMU_VERBOSE=1        print every launch and fault to stderr
 #include <link.h>
@@ -21,7 +23,9 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdarg>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <string>
@@ -39,6 +43,9 @@
 extern "C" void cuemu_ctx_switch(void** save_sp, void* load_sp);
 extern "C" void cuemu_fiber_start();
 #endif
+
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
 
 namespace cuemu {
 
@@ -138,10 +145,15 @@ struct alignas(128) Worker {
   // block barrier
   unsigned bar_gen = 0, bar_arrived = 0, live = 0;
   Fiber* current = nullptr;
-  const GridRun* launch = nullptr;
+  GridRun* launch = nullptr;
   bool aborted = false;
   std::mt19937 rng{12345};
   std::vector<int> order;
+
+  Worker() = default;
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
+  ~Worker();
 };
 
 thread_local Worker* tl_worker = nullptr;
@@ -152,7 +164,33 @@ struct GridRun {
   const void* arg;
   std::atomic<uint64_t> next_block{0};
   std::atomic<bool> aborted{false};
+  // Programmatic dependent launch: 0 while the primary has not run (griddepcontrol.wait blocks),
+  // 1 once it has, or when there is no primary. Written under dependency_mutex while every
+  // thread that reads it is parked or not started.
+  unsigned dependency_gen = 1;
+  std::mutex dependency_mutex;
+  std::condition_variable released, settled_cv;
+  unsigned settled = 0;  // early threads that have parked a block or run out of blocks
+  unsigned turn = 0;     // once resolved: the early thread whose parked block may resume
 };
+
+thread_local bool tl_settled = false;  // this early thread has told the host it parked or ended
+thread_local bool tl_parked = false;   // this early thread holds a parked block (it takes no more)
+thread_local unsigned tl_early_index = 0;
+
+// Called on an early thread whose block can only go on once the primary has run: tells the host
+// and sleeps until the dependency resolves.
+void park(GridRun& L) {
+  std::unique_lock<std::mutex> lock(L.dependency_mutex);
+  if (L.dependency_gen != 0) return;
+  if (!tl_settled) {
+    tl_settled = true;
+    ++L.settled;
+    L.settled_cv.notify_all();
+  }
+  tl_parked = true;
+  L.released.wait(lock, [&] { return L.dependency_gen != 0 && L.turn == tl_early_index; });
+}
 
 std::mutex g_error_mutex;
 cudaError_t g_last_error = cudaSuccess;
@@ -243,6 +281,11 @@ void ensure_fibers(Worker& w, unsigned n) {
   }
 }
 
+Worker::~Worker() {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (Fiber& f : fibers) munmap(f.stack - page, f.stack_size + page);
+}
+
 void yield_to_scheduler() {
   Worker& w = *tl_worker;
   Fiber* f = w.current;
@@ -321,7 +364,7 @@ void report_deadlock(Worker& w) {
   w.aborted = true;
 }
 
-void run_block(Worker& w, const GridRun& L, uint64_t linear_block, Order order) {
+void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
   const dim3 g = L.shape.grid, b = L.shape.block;
   w.info.idx = uint3{static_cast<unsigned>(linear_block % g.x),
                      static_cast<unsigned>((linear_block / g.x) % g.y),
@@ -363,6 +406,8 @@ void run_block(Worker& w, const GridRun& L, uint64_t linear_block, Order order) 
   w.order.resize(n);
   for (unsigned t = 0; t < n; ++t) w.order[t] = static_cast<int>(t);
   tl_block = &w.info;
+  ::blockDim = b;
+  ::gridDim = g;
   unsigned done = 0;
   // Resumes fiber t if it can run; returns whether it ran.
   auto step = [&](unsigned t) -> bool {
@@ -403,7 +448,17 @@ void run_block(Worker& w, const GridRun& L, uint64_t linear_block, Order order) 
     }
     if (!progressed && done < n && !w.aborted) {
       w.current = nullptr;
-      report_deadlock(w);  // sets w.aborted
+      bool at_dependency = false;  // threads held by griddepcontrol.wait: the primary must run first
+      for (unsigned t = 0; t < n; ++t) {
+        const Fiber& f = w.fibers[t];
+        at_dependency |= f.state == FiberState::kWaiting && f.wait_gen == &L.dependency_gen &&
+                         *f.wait_gen == f.wait_value;
+      }
+      if (at_dependency) {
+        park(L);
+      } else {
+        report_deadlock(w);  // sets w.aborted
+      }
     }
   }
   tl_thread = nullptr;
@@ -479,6 +534,7 @@ void worker_loop(Worker& w, GridRun& L) {
     const uint64_t blk = L.next_block.fetch_add(1, std::memory_order_relaxed);
     if (blk >= total) break;
     run_block(w, L, blk, order);
+    if (tl_parked) break;  // an early thread: the blocks after the primary run on the pool
     ++ran;
     if (w.aborted) L.aborted.store(true);
   }
@@ -721,7 +777,120 @@ size_t max_dynamic_shared(const void* func) {
   return it == g_max_dynamic_smem.end() ? 48 * 1024 : static_cast<size_t>(it->second);
 }
 
-void run_grid(const LaunchShape& shape, BodyFn body, const void* arg) {
+namespace {
+
+bool context_faulted() {
+  std::lock_guard<std::mutex> lock(g_error_mutex);
+  return g_sticky_error != cudaSuccess;
+}
+
+// Runs the blocks of `L` not taken yet on the worker pool (the calling thread is worker 0).
+void run_blocks(GridRun& L) {
+  if (context_faulted()) {  // a faulted context runs nothing
+    L.aborted.store(true);
+    return;
+  }
+  auto& pool = workers();
+  const dim3 g = L.shape.grid, b = L.shape.block;
+  const uint64_t blocks = uint64_t(g.x) * g.y * g.z;
+  const size_t n = static_cast<size_t>(std::min<uint64_t>(pool.size(), blocks));
+  if (verbose())
+    std::fprintf(stderr, "cuemu: launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu on %zu worker(s)\n", g.x, g.y, g.z,
+                 b.x, b.y, b.z, L.shape.smem, n);
+  std::vector<std::thread> helpers;
+  for (size_t i = 1; i < n; ++i) helpers.emplace_back([&, i] { worker_loop(pool[i], L); });
+  worker_loop(pool[0], L);
+  for (auto& t : helpers) t.join();
+}
+
+int early_block_limit() {
+  static const int limit = std::max(1, env_int("CUEMU_EARLY_BLOCKS", 8));
+  return limit;
+}
+
+
+// A queued launch; `early` are the threads of a dependent's blocks parked at their wait.
+struct QueuedLaunch {
+  std::unique_ptr<GridRun> run;
+  void* arg = nullptr;
+  void (*destroy)(void*) = nullptr;
+  std::vector<std::thread> early;
+  // The workers of the parked blocks, freed when the launch finishes: every loaded build (each
+  // mutant is one) would otherwise keep CUEMU_EARLY_BLOCKS x threads fiber stacks mapped.
+  std::vector<std::unique_ptr<Worker>> early_workers;
+
+  ~QueuedLaunch() { destroy(arg); }
+};
+
+std::mutex g_stream_mutex;  // the one emulated stream: launches and synchronisations in order
+std::unique_ptr<QueuedLaunch> g_queued;
+std::atomic<int> g_early_dependent_launches{0};
+
+// The dependent's blocks up to their waits, one thread at a time (deterministic): each early
+// thread runs blocks until one parks (or the grid runs out), then the next thread starts.
+void run_until_waits(QueuedLaunch& q) {
+  GridRun& L = *q.run;
+  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  for (int i = 0; i < early_block_limit(); ++i) {
+    if (L.next_block.load() >= total || L.aborted.load() || context_faulted()) break;
+    q.early_workers.push_back(std::make_unique<Worker>());
+    Worker& w = *q.early_workers.back();
+    q.early.emplace_back([&L, &w, i] {
+      tl_settled = false;
+      tl_parked = false;
+      tl_early_index = static_cast<unsigned>(i);
+      worker_loop(w, L);
+      std::lock_guard<std::mutex> lock(L.dependency_mutex);
+      if (!tl_settled) {
+        tl_settled = true;
+        ++L.settled;
+        L.settled_cv.notify_all();
+      }
+    });
+    std::unique_lock<std::mutex> lock(L.dependency_mutex);
+    L.settled_cv.wait(lock, [&] { return L.settled == static_cast<unsigned>(i + 1); });
+  }
+}
+
+// Runs a queued launch to completion: a dependent's parked blocks resume one at a time, in the
+// order they parked (CUEMU_WORKERS=1 stays deterministic), then the rest run on the pool.
+void finish(QueuedLaunch& q) {
+  GridRun& L = *q.run;
+  for (size_t i = 0; i < q.early.size(); ++i) {
+    {
+      std::lock_guard<std::mutex> lock(L.dependency_mutex);
+      L.dependency_gen = 1;
+      L.turn = static_cast<unsigned>(i);
+    }
+    L.released.notify_all();
+    q.early[i].join();
+  }
+  {
+    std::lock_guard<std::mutex> lock(L.dependency_mutex);
+    L.dependency_gen = 1;
+  }
+  run_blocks(L);
+  q.early_workers.clear();
+}
+
+void synchronize_locked() {
+  if (!g_queued) return;
+  std::unique_ptr<QueuedLaunch> q = std::move(g_queued);
+  finish(*q);
+}
+
+}  // namespace
+
+void synchronize() {
+  std::lock_guard<std::mutex> lock(g_stream_mutex);
+  synchronize_locked();
+}
+
+cudaError_t enqueue_grid(const LaunchShape& shape, BodyFn body, void* arg, void (*destroy)(void*),
+                         bool programmatic_dependent) {
+  auto q = std::make_unique<QueuedLaunch>();
+  q->arg = arg;
+  q->destroy = destroy;
   const dim3 g = shape.grid, b = shape.block;
   const uint64_t threads = uint64_t(b.x) * b.y * b.z;
   if (g.x == 0 || g.y == 0 || g.z == 0 || threads == 0 || threads > 1024 || b.x > 1024 || b.y > 1024 ||
@@ -730,32 +899,42 @@ void run_grid(const LaunchShape& shape, BodyFn body, const void* arg) {
     std::snprintf(buf, sizeof buf, "invalid launch configuration: grid (%u,%u,%u) block (%u,%u,%u)", g.x, g.y, g.z,
                   b.x, b.y, b.z);
     set_last_error(cudaErrorInvalidConfiguration, buf);
-    return;
+    return cudaErrorInvalidConfiguration;
   }
   if (shape.smem > max_dynamic_shared(shape.func)) {
     set_last_error(cudaErrorInvalidValue, "launch with " + std::to_string(shape.smem) +
                                               " bytes of dynamic shared memory above the kernel's limit " +
                                               std::to_string(max_dynamic_shared(shape.func)));
-    return;
+    return cudaErrorInvalidValue;
   }
-  {
-    std::lock_guard<std::mutex> lock(g_error_mutex);
-    if (g_sticky_error != cudaSuccess) return;  // a faulted context runs nothing
+  q->run = std::make_unique<GridRun>();
+  q->run->shape = shape;
+  q->run->body = body;
+  q->run->arg = arg;
+  std::lock_guard<std::mutex> lock(g_stream_mutex);
+  if (programmatic_dependent && g_queued) {  // the primary has not run yet: the dependent goes first
+    q->run->dependency_gen = 0;
+    if (verbose()) std::fprintf(stderr, "cuemu: programmatic dependent launch: blocks up to their wait first\n");
+    run_until_waits(*q);
+    ++g_early_dependent_launches;
   }
-  GridRun L;
-  L.shape = shape;
-  L.body = body;
-  L.arg = arg;
-  auto& pool = workers();
-  const uint64_t blocks = uint64_t(g.x) * g.y * g.z;
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(pool.size(), blocks));
-  if (verbose())
-    std::fprintf(stderr, "cuemu: launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu on %zu worker(s)\n", g.x, g.y, g.z,
-                 b.x, b.y, b.z, shape.smem, n);
-  std::vector<std::thread> helpers;
-  for (size_t i = 1; i < n; ++i) helpers.emplace_back([&, i] { worker_loop(pool[i], L); });
-  worker_loop(pool[0], L);
-  for (auto& t : helpers) t.join();
+  synchronize_locked();  // the launch before this one (a dependent's primary) runs now
+  g_queued = std::move(q);
+  return cudaSuccess;
+}
+
+void grid_dependency_wait() {
+  Worker& w = *tl_worker;
+  GridRun& L = *w.launch;
+  if (L.dependency_gen != 0) return;  // not a dependent, or the primary has completed
+  wait_until_changed(&L.dependency_gen, 0, "griddepcontrol.wait", 0);
+}
+
+void grid_dependency_trigger() {
+  if (tl_worker == nullptr || tl_worker->current == nullptr) {
+    std::fprintf(stderr, "cuemu: griddepcontrol.launch_dependents outside a kernel\n");
+    std::abort();
+  }
 }
 
 }  // namespace cuemu
@@ -766,12 +945,14 @@ extern "C" void cuemu_fiber_start() { cuemu::fiber_entry(); }
 
 // ---- runtime API ------------------------------------------------------------------------------
 cudaError_t cudaGetLastError() {
+  cuemu::synchronize();
   std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
   const cudaError_t e = cuemu::g_last_error;
   if (cuemu::g_sticky_error == cudaSuccess) cuemu::g_last_error = cudaSuccess;
   return e;
 }
 cudaError_t cudaPeekAtLastError() {
+  cuemu::synchronize();
   std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
   return cuemu::g_last_error;
 }
@@ -804,6 +985,7 @@ int __syncthreads_or(int predicate) { return __syncthreads_count(predicate) != 0
 
 // Reset the sticky fault state (tests call this between cases).
 extern "C" __attribute__((visibility("default"))) void cuemu_reset() {
+  cuemu::synchronize();
   std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
   cuemu::g_last_error = cudaSuccess;
   cuemu::g_sticky_error = cudaSuccess;
@@ -814,3 +996,16 @@ extern "C" __attribute__((visibility("default"))) const char* cuemu_last_message
   std::lock_guard<std::mutex> lock(cuemu::g_error_mutex);
   return cuemu::g_error_message.c_str();
 }
+// Programmatic dependent launches whose blocks ran up to their waits before their primary.
+extern "C" __attribute__((visibility("default"))) int cuemu_early_dependent_launches() {
+  return cuemu::g_early_dependent_launches.load();
+}
+// CUEMU_EARLY_BLOCKS: the most blocks of a dependent that run up to their wait before the primary.
+extern "C" __attribute__((visibility("default"))) int cuemu_early_block_limit() { return cuemu::early_block_limit(); }
+// Launches queued and not run yet (a launcher must end with cudaGetLastError: zero after it).
+extern "C" __attribute__((visibility("default"))) int cuemu_queued_launches() {
+  std::lock_guard<std::mutex> lock(cuemu::g_stream_mutex);
+  return cuemu::g_queued ? 1 : 0;
+}
+// Runs the queued launch (the harness's check after every kernel call).
+extern "C" __attribute__((visibility("default"))) void cuemu_synchronize() { cuemu::synchronize(); }

@@ -26,6 +26,27 @@
 // storage), a source that is not 16-byte aligned or lies in shared memory, src_bytes other
 // than 0 or 16, and a thread that exits with copies no wait retired (committed or not): no
 // thread can read such a copy safely, so it is a bug even where a GPU would land it.
+//
+// Launches are asynchronous, as on a GPU: a launch is queued and runs at the next runtime call
+// (another launch, cudaGetLastError / cudaPeekAtLastError, a synchronisation, a memset or memcpy;
+// not cudaFuncSetAttribute), so every launcher must end with cudaGetLastError (it always did).
+// A launch configuration error is still reported at the launch.
+//
+// Programmatic dependent launch (csrc/include/dspark_sgl/dependent_launch.cuh): a launch with
+// cudaLaunchAttributeProgrammaticStreamSerialization runs adversarially against the queued launch
+// before it (its primary): its first blocks run until every thread has reached
+// griddepcontrol.wait (grid_dependency_wait) or exited BEFORE the primary runs at all, so a read
+// of the primary's output before the wait sees what was there before; then the primary runs;
+// then the parked blocks resume one at a time, in the order they parked (CUEMU_WORKERS=1 stays
+// deterministic), and the remaining blocks run (their waits return at once: a block
+// that starts after the primary has completed is legal on a GPU too). At most
+// CUEMU_EARLY_BLOCKS (default 8) blocks are parked at once (each holds an OS thread, as its
+// static __shared__ variables are thread-local); blocks that exit without waiting do not count,
+// so a kernel that never waits runs entirely before its primary. The trigger
+// (griddepcontrol.launch_dependents) is accepted and does nothing: the model already lets the
+// dependent start as early as any trigger could. Without a queued primary (a runtime call in
+// between ran it) the wait returns at once; cuemu_early_dependent_launches() counts the dependent
+// launches that did run before their primary.
 #pragma once
 
 #include <algorithm>
@@ -98,6 +119,25 @@ enum cudaError_t : int {
 using cudaError = cudaError_t;
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+// cudaLaunchKernelEx's configuration (driver_types.h layout; the emulator implements the
+// programmatic stream serialization attribute only and rejects the others).
+enum cudaLaunchAttributeID : int {
+  cudaLaunchAttributeIgnore = 0,
+  cudaLaunchAttributeCooperative = 2,
+  cudaLaunchAttributeClusterDimension = 4,
+  cudaLaunchAttributeProgrammaticStreamSerialization = 6,
+  cudaLaunchAttributeProgrammaticEvent = 7,
+};
+union cudaLaunchAttributeValue {
+  char pad[64];
+  int cooperative;
+  int programmaticStreamSerializationAllowed;
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  char pad[8 - sizeof(cudaLaunchAttributeID)];
+  cudaLaunchAttributeValue val;
+};
 enum cudaFuncAttribute : int {
   cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
   cudaFuncAttributePreferredSharedMemoryCarveout = 9,
@@ -159,6 +199,11 @@ unsigned exited_lanes_mask();  // lanes of the caller's warp that have exited
 void async_copy_16(void* dst, const void* src, int src_bytes);
 void async_commit_group();
 void async_wait_group(int n);
+// Programmatic dependent launch, in kernel code (see the header comment).
+void grid_dependency_wait();
+void grid_dependency_trigger();
+// Runs the queued launch (every runtime call that orders against kernels calls it).
+void synchronize();
 
 template <typename T>
 inline T* dynamic_shared() {
@@ -232,28 +277,32 @@ struct LaunchShape {
   const void* func;
 };
 using BodyFn = void (*)(const void* launch);
-void run_grid(const LaunchShape& shape, BodyFn body, const void* launch);
+// Queues a launch (runs the one queued before it); `arg` is owned by the launch (freed with
+// `destroy`). Returns the configuration error, if any (also the last error).
+cudaError_t enqueue_grid(const LaunchShape& shape, BodyFn body, void* arg, void (*destroy)(void*),
+                         bool programmatic_dependent);
 
 template <typename... P>
 struct Launch {
   void (*kernel)(P...);
   LaunchShape shape;
+  bool programmatic_dependent = false;
 
   template <typename... A>
-  void operator()(A&&... args) const {
+  cudaError_t operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel launched with the wrong number of arguments");
     struct Bound {
       void (*kernel)(P...);
       std::tuple<std::decay_t<P>...> params;
     };
-    const Bound bound{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
-    run_grid(
+    Bound* bound = new Bound{kernel, std::tuple<std::decay_t<P>...>(std::forward<A>(args)...)};
+    return enqueue_grid(
         shape,
         [](const void* p) {
           const Bound& b = *static_cast<const Bound*>(p);
           std::apply(b.kernel, b.params);  // each thread gets its own copy of the parameters
         },
-        &bound);
+        bound, [](void* p) { delete static_cast<Bound*>(p); }, programmatic_dependent);
   }
 };
 
@@ -267,8 +316,9 @@ inline Launch<P...> launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t s
 
 #define threadIdx (::cuemu::tl_thread->idx)
 #define blockIdx (::cuemu::tl_block->idx)
-#define blockDim (::cuemu::tl_block->dim)
-#define gridDim (::cuemu::tl_block->grid)
+// Variables, not macros: cudaLaunchConfig_t has members of these names (set at every block start).
+extern thread_local dim3 blockDim;
+extern thread_local dim3 gridDim;
 #define warpSize 32
 
 // ---- synchronisation ------------------------------------------------------------------------
@@ -459,6 +509,36 @@ const char* cudaGetErrorString(cudaError_t e);
 const char* cudaGetErrorName(cudaError_t e);
 inline cudaError_t cudaDeviceSynchronize() { return cudaPeekAtLastError(); }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaPeekAtLastError(); }
+struct cudaLaunchConfig_t {
+  dim3 gridDim;
+  dim3 blockDim;
+  size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned int numAttrs;
+};
+// The variadic cudaLaunchKernelEx of cuda_runtime.h (the arguments coerced to the kernel's types).
+template <typename... P, typename... A>
+inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
+  bool dependent = false;
+  for (unsigned i = 0; i < config->numAttrs; ++i) {
+    const cudaLaunchAttribute& a = config->attrs[i];
+    if (a.id == cudaLaunchAttributeProgrammaticStreamSerialization) {
+      dependent = a.val.programmaticStreamSerializationAllowed != 0;
+    } else if (a.id != cudaLaunchAttributeIgnore) {
+      ::cuemu::set_last_error(cudaErrorInvalidValue, "cudaLaunchKernelEx: launch attribute " +
+                                                         std::to_string(static_cast<int>(a.id)) +
+                                                         " is not emulated");
+      return cudaErrorInvalidValue;
+    }
+  }
+  const ::cuemu::Launch<P...> launch{
+      kernel,
+      ::cuemu::LaunchShape{config->gridDim, config->blockDim, config->dynamicSmemBytes,
+                           reinterpret_cast<const void*>(kernel)},
+      dependent};
+  return launch(std::forward<A>(args)...);
+}
 template <typename F>
 inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int value) {
   cudaError_t err = cudaSuccess;
@@ -466,11 +546,13 @@ inline cudaError_t cudaFuncSetAttribute(F* func, cudaFuncAttribute attr, int val
   return err;
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) {
+  ::cuemu::synchronize();
   std::memset(p, v, n);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void* p, int v, size_t n) { return cudaMemsetAsync(p, v, n); }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind, cudaStream_t = nullptr) {
+  ::cuemu::synchronize();
   std::memmove(d, s, n);
   return cudaSuccess;
 }
@@ -480,6 +562,7 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
   return *p ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 inline cudaError_t cudaFree(void* p) {
+  ::cuemu::synchronize();
   std::free(p);
   return cudaSuccess;
 }
