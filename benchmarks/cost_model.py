@@ -201,9 +201,10 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
         LoopName(
             f"markov.greedy.{tile_v}",
             k,
-            ((_MARKOV, r"for \(int greedy_column = 0; greedy_column < n; \+\+greedy_column\)"),),
-            1,
-            "column of a greedy row (out of line: logit, softmax term, argmax)",
+            ((_MARKOV, r"if \(!\(t > 0\.0f\) && fabsf\(m\) < INFINITY && !\(sum != sum\)\) \{"),),
+            MARKOV_COLUMNS,
+            "column of a greedy row (out of line: its 32 logits again, the argmax)",
+            kind="code",
         ),
         LoopName(
             f"markov.rare_call.{tile_v}",

@@ -63,7 +63,8 @@ struct NoiseKey {
   uint32_t counter_z, counter_w;
   __device__ explicit NoiseKey(DrawKey key)
       : round_keys(philox_round_keys(key.seed)),
-        counter_z((key.position & 0xFFu) | (kStreamDraft << 8) | (static_cast<uint32_t>((key.offset >> 32) & 0xFFFFu) << 16)),
+        counter_z((key.position & 0xFFu) | (kStreamDraft << 8) |
+                  (static_cast<uint32_t>((key.offset >> 32) & 0xFFFFu) << 16)),
         counter_w(static_cast<uint32_t>(key.offset)) {}
   __device__ __forceinline__ Philox4x32 block(uint64_t row, uint32_t block) const {
     return philox4x32_10(Philox4x32{block, static_cast<uint32_t>(row), counter_z, counter_w}, round_keys);
@@ -166,6 +167,103 @@ __device__ __forceinline__ float row_sum(float x) {
   return x;
 }
 
+// Four consecutive logits of type BT as float32, or four -inf where !valid (16-byte aligned
+// for float, 8-byte for 16-bit types).
+template <typename BT>
+__device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
+  if constexpr (std::is_same<BT, float>::value) {
+    return valid ? *reinterpret_cast<const float4*>(p) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+  } else {
+    constexpr unsigned kNegInf = std::is_same<BT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;  // two -inf
+    const uint2 raw = valid ? *reinterpret_cast<const uint2*>(p) : make_uint2(kNegInf, kNegInf);
+    if constexpr (std::is_same<BT, __nv_bfloat16>::value) {
+      return make_float4(bf16_bits_low(raw.x), bf16_bits_high(raw.x), bf16_bits_low(raw.y), bf16_bits_high(raw.y));
+    } else {
+      __half v[4];
+      memcpy(v, &raw, sizeof(raw));
+      return make_float4(to_float(v[0]), to_float(v[1]), to_float(v[2]), to_float(v[3]));
+    }
+  }
+}
+
+// kPlain: no softcap, no logits kept, logits in the weights' dtype and vocab % 4 == 0 (the
+// statistics form SGLang's step runs): vector loads of the base logits and no branch for the
+// other cases in the epilogue. Otherwise every case, scalar loads.
+//
+// One thread's kThreadColumns logits (float32, -inf past the shard) from its bias values (shared
+// memory) and base logits (`base`: column `at` of the flat [R, g, V] logits, where logits_out, if
+// not null, keeps them); cap, logits_dtype: the softcap and the logits' dtype; count: its columns
+// inside the shard. Returns their max (NaN ignored, as fmaxf). With base
+// logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
+// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type). kScaled: an
+// int8 W2, each bias value times its column's scale (scale: the thread's kThreadColumns) first.
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const float* scale,
+                                               const BT* base, int count, float cap, int logits_dtype,
+                                               void* logits_out, int64_t at) {
+  constexpr int kQuads = kThreadColumns / 4;
+  if constexpr (kPlain && std::is_same<BT, WT>::value && sizeof(WT) == 2) {
+    constexpr unsigned kNegInf = std::is_same<WT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;
+    unsigned pair[kThreadColumns / 2];
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q) {
+      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
+      const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
+      pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
+      pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
+    }
+    unsigned top[kThreadColumns / 4];
+#pragma unroll
+    for (int i = 0; i < kThreadColumns / 4; ++i) top[i] = max_pair<WT>(pair[2 * i], pair[2 * i + 1]);
+#pragma unroll
+    for (int width = kThreadColumns / 8; width > 0; width /= 2)
+#pragma unroll
+      for (int i = 0; i < width; ++i) top[i] = max_pair<WT>(top[i], top[i + width]);
+#pragma unroll
+    for (int i = 0; i < kThreadColumns / 2; ++i) {
+      const float2 x = unpack_pair<WT>(pair[i]);
+      l[2 * i] = x.x, l[2 * i + 1] = x.y;
+    }
+    const float2 x = unpack_pair<WT>(top[0]);
+    return fmaxf(x.x, x.y);
+  } else {
+    float m = -INFINITY;
+#pragma unroll
+    for (int q = 0; q < kQuads; ++q) {
+      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
+      float rb[4] = {b.x, b.y, b.z, b.w};
+      round_pair_to_type<WT>(rb[0], rb[1]);
+      round_pair_to_type<WT>(rb[2], rb[3]);
+      float u[4];
+      if constexpr (kPlain) {
+        const float4 x = load_quad(base + 4 * q, 4 * q < count);
+        u[0] = x.x, u[1] = x.y, u[2] = x.z, u[3] = x.w;
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          u[i] = 4 * q + i < count ? softcap(load_float(base + 4 * q + i), cap) : -INFINITY;
+      }
+      float* x = l + 4 * q;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) x[i] = __fadd_rn(u[i], rb[i]);
+      if constexpr (kPlain) {
+        round_pair_to_type<WT>(x[0], x[1]);
+        round_pair_to_type<WT>(x[2], x[3]);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if constexpr (!kPlain) {
+          x[i] = round_to_dtype(x[i], logits_dtype);
+          if (logits_out != nullptr && 4 * q + i < count)
+            store_as_dtype(logits_out, at + 4 * q + i, x[i], logits_dtype);
+        }
+        m = fmaxf(m, x[i]);
+      }
+    }
+    return m;
+  }
+}
+
 // The logit of one of the thread's columns (i), recomputed as thread_logits computes it (kScaled:
 // an int8 W2, the bias value times its column's scale, scale[i], before it is rounded).
 template <typename BT, typename WT, bool kPlain, bool kScaled>
@@ -182,12 +280,12 @@ struct RarePartial {
   float sum;
 };
 
-// The rare path, out of line: rows the fast paths cannot take, greedy ones (T <= 0: the first-index
-// argmax, NaN above every number, key = the logit) and sampled ones: a thread holding a NaN (its first NaN, key NaN) or a
-// +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row of nothing but -inf
-// (its first column, key -inf), and rows where m * log2(e) / T is beyond float range (the grouped
-// sampler as the reference writes it: x = l / T, each group's max subtracted first, IEEE expf and
-// logf; a thread beside another's +inf gets finite keys, which lose to it).
+// The rare path, out of line: greedy rows (T <= 0: the first-index argmax, NaN above every number,
+// key = the logit) and the sampled rows the fast path cannot take: a thread holding a NaN (its
+// first NaN, key NaN) or a +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row
+// of nothing but -inf (its first column, key -inf), and rows where m * log2(e) / T is beyond float
+// range (the grouped sampler as the reference writes it: x = l / T, each group's max subtracted
+// first, IEEE expf and logf; a thread beside another's +inf gets finite keys, which lose to it).
 // bias, scale, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
 // of them lie in the shard (<= 0: none, an empty partial); col: the global column of the first (a
 // multiple of 16); m: the (row, tile) max; sum: the fast path's sum of exp((l - m) / T), kept for a
@@ -201,12 +299,18 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const float*
   if (n <= 0) return out;
   const float log2e_t = __fmul_rn(inv_t, kLog2e);
   if (!(t > 0.0f) && fabsf(m) < INFINITY && !(sum != sum)) {
-    // A greedy row with finite logits (and -inf): the first-index argmax, the fast path's sum.
-    out.sum = sum;
-    for (int greedy_column = 0; greedy_column < n; ++greedy_column) {
-      const float x = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, greedy_column, cap, logits_dtype);
-      if (x > out.best.score || out.best.index == INT32_MAX) out.best = ArgMaxLogit{x, col + greedy_column, x};
+    // A greedy row with finite logits (and -inf): its logits recomputed as the fast path's (in
+    // registers, no stores), the first-index argmax, the fast path's sum.
+    float l[kThreadColumns];
+    thread_logits<BT, WT, kPlain, kScaled>(l, bias, scale, base, n, cap, logits_dtype, nullptr, 0);
+    float top = l[0];
+    int at = 0;
+#pragma unroll
+    for (int i = 1; i < kThreadColumns; ++i) {  // columns past the shard are -inf: never above
+      if (l[i] > top) top = l[i], at = i;
     }
+    out.best = ArgMaxLogit{top, col + at, top};
+    out.sum = sum;
     return out;
   }
   if (!(t > 0.0f)) {  // a greedy row holding a NaN or +inf: one pass, NaN above every number
@@ -325,99 +429,6 @@ __device__ __noinline__ void merge_chunk(MarkovOutputs out, const MarkovPartial*
   if (threadIdx.x == 0) *ticket = 0;
 }
 
-// Four consecutive logits of type BT as float32, or four -inf where !valid (16-byte aligned
-// for float, 8-byte for 16-bit types).
-template <typename BT>
-__device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
-  if constexpr (std::is_same<BT, float>::value) {
-    return valid ? *reinterpret_cast<const float4*>(p) : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
-  } else {
-    constexpr unsigned kNegInf = std::is_same<BT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;  // two -inf
-    const uint2 raw = valid ? *reinterpret_cast<const uint2*>(p) : make_uint2(kNegInf, kNegInf);
-    if constexpr (std::is_same<BT, __nv_bfloat16>::value) {
-      return make_float4(bf16_bits_low(raw.x), bf16_bits_high(raw.x), bf16_bits_low(raw.y), bf16_bits_high(raw.y));
-    } else {
-      __half v[4];
-      memcpy(v, &raw, sizeof(raw));
-      return make_float4(to_float(v[0]), to_float(v[1]), to_float(v[2]), to_float(v[3]));
-    }
-  }
-}
-
-// kPlain: no softcap, no logits kept, logits in the weights' dtype and vocab % 4 == 0 (the
-// statistics form SGLang's step runs): vector loads of the base logits and no branch for the
-// other cases in the epilogue. Otherwise every case, scalar loads.
-//
-// One thread's kThreadColumns logits (float32, -inf past the shard) from its bias values (shared
-// memory) and base logits (`base`, column `at` of the flat [R, g, V] logits for logits_out);
-// count: its columns inside the shard. Returns their max (NaN ignored, as fmaxf). With base
-// logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
-// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type).
-template <typename BT, typename WT, bool kPlain, bool kScaled>
-__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const float* scale,
-                                               const BT* base, int count, const MarkovBlockArgs& args, int64_t at) {
-  constexpr int kQuads = kThreadColumns / 4;
-  if constexpr (kPlain && std::is_same<BT, WT>::value && sizeof(WT) == 2) {
-    constexpr unsigned kNegInf = std::is_same<WT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;
-    unsigned pair[kThreadColumns / 2];
-#pragma unroll
-    for (int q = 0; q < kQuads; ++q) {
-      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
-      const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
-      pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
-      pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
-    }
-    unsigned top[kThreadColumns / 4];
-#pragma unroll
-    for (int i = 0; i < kThreadColumns / 4; ++i) top[i] = max_pair<WT>(pair[2 * i], pair[2 * i + 1]);
-#pragma unroll
-    for (int width = kThreadColumns / 8; width > 0; width /= 2)
-#pragma unroll
-      for (int i = 0; i < width; ++i) top[i] = max_pair<WT>(top[i], top[i + width]);
-#pragma unroll
-    for (int i = 0; i < kThreadColumns / 2; ++i) {
-      const float2 x = unpack_pair<WT>(pair[i]);
-      l[2 * i] = x.x, l[2 * i + 1] = x.y;
-    }
-    const float2 x = unpack_pair<WT>(top[0]);
-    return fmaxf(x.x, x.y);
-  } else {
-    float m = -INFINITY;
-#pragma unroll
-    for (int q = 0; q < kQuads; ++q) {
-      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
-      float rb[4] = {b.x, b.y, b.z, b.w};
-      round_pair_to_type<WT>(rb[0], rb[1]);
-      round_pair_to_type<WT>(rb[2], rb[3]);
-      float u[4];
-      if constexpr (kPlain) {
-        const float4 x = load_quad(base + 4 * q, 4 * q < count);
-        u[0] = x.x, u[1] = x.y, u[2] = x.z, u[3] = x.w;
-      } else {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) u[i] = 4 * q + i < count ? softcap(load_float(base + 4 * q + i), args.softcap) : -INFINITY;
-      }
-      float* x = l + 4 * q;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) x[i] = __fadd_rn(u[i], rb[i]);
-      if constexpr (kPlain) {
-        round_pair_to_type<WT>(x[0], x[1]);
-        round_pair_to_type<WT>(x[2], x[3]);
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if constexpr (!kPlain) {
-          x[i] = round_to_dtype(x[i], args.logits_dtype);
-          if (args.logits_out != nullptr && 4 * q + i < count)
-            store_as_dtype(args.logits_out, at + 4 * q + i, x[i], args.logits_dtype);
-        }
-        m = fmaxf(m, x[i]);
-      }
-    }
-    return m;
-  }
-}
-
 // Threads and bias values per chunk of the tile kernel: 16-bit weights, 128 threads for 4096
 // values (each warp four WMMA tiles, each thread 32 logits of one row); float32, 256 for 2048
 // (the MMA on every thread, the epilogue on the first two warps: 32 rows of 2 threads).
@@ -504,9 +515,10 @@ __global__ void __maxnreg__(168)
       const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
       const int count = active ? valid - c : 0;
       const float* own = bias + local_row * kBiasLd + c;  // its bias values
-      float l[kThreadColumns];
       const float* scale = w2_scales + c;  // an int8 W2's scales of the thread's columns
-      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args, at));
+      float l[kThreadColumns];
+      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args.softcap,
+                                                                    args.logits_dtype, args.logits_out, at));
       // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
       // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
       // relative to its result (no cancellation). The sums below are taken against mc; the tile
@@ -549,9 +561,9 @@ __global__ void __maxnreg__(168)
 #pragma unroll
         for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
         const int i = (second ? kGroupColumns : 0) + first_above(group, target);
-        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i,
-                           thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args.softcap,
-                                                               args.logits_dtype)};
+        const float logit =
+            thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args.softcap, args.logits_dtype);
+        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, logit};
         sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
       }
       if (!active) sum = 0.0f;

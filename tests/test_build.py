@@ -38,13 +38,13 @@ def test_launchers_report_bad_arguments_without_touching_the_device():
     args.update(rows=1, gamma=1, vocab=8, rank=513)
     with pytest.raises(RuntimeError, match="rank must be in"):
         ext.markov_block(args)
-    args.update(rank=8, vocab_total=16, vocab_start=2)
-    with pytest.raises(RuntimeError, match="multiple of 4"):
+    args.update(rank=8, vocab_total=32, vocab_start=8)  # shards start on a sampler group of 16
+    with pytest.raises(RuntimeError, match="multiple of 16"):
         ext.markov_block(args)
-    args.update(vocab_start=12)
+    args.update(vocab_start=32)
     with pytest.raises(RuntimeError, match="inside"):
         ext.markov_block(args)
-    args.update(vocab_start=8, first_position=255, gamma=2)
+    args.update(vocab_start=16, first_position=255, gamma=2)
     with pytest.raises(RuntimeError, match="first_position"):
         ext.markov_block(args)
     args = dict.fromkeys(_SCHEDULE_KEYS, 0)

@@ -84,10 +84,10 @@ MUTANTS = [
     Mutant(
         "markov_divergent_shuffle",
         "markov_block.cu",
-        "      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>("
-        "l, own, scale, base + at, count, args, at));",
-        "      m = thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args, at);\n"
-        "      if (active) m = row_max<kRowThreads>(m);",
+        "      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count,"
+        " args.softcap,\n" + " " * 68 + "args.logits_dtype, args.logits_out, at));",
+        "      m = thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args.softcap,"
+        " args.logits_dtype, args.logits_out, at);\n      if (active) m = row_max<kRowThreads>(m);",
         "rows past the end skip a full-mask shuffle: a hang or garbage on a GPU",
         ("markov",),
         SCHEDULES,

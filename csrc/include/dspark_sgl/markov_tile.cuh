@@ -145,11 +145,12 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
 }
 
-// bias[kChunkRows, kTileV] (row-major, row stride kBiasLd, float32) = E @ W2_tile^T, at least for the first
-// `valid_rows` rows (16-bit weights: the row blocks past them are skipped when a warp owns more
-// than two, so E rows there need not be staged; float32 weights: every row). Call with all kThreads threads. With 16-bit weights
-// each warp computes a kM x kN block of 16x16 tiles (kOutputs / (256 * warps) tiles), so each
-// E fragment serves kN W2 fragments and each W2 fragment kM E fragments.
+// bias[kChunkRows, kTileV] (row-major, row stride kBiasLd, float32) = E @ W2_tile^T, at least for
+// the first `valid_rows` rows (16-bit weights: the row blocks past them are skipped when a warp owns
+// more than two, so E rows there need not be staged; float32 weights: every row). Call with all
+// kThreads threads. With 16-bit weights each warp computes a kM x kN block of 16x16 tiles
+// (kOutputs / (256 * warps) tiles), so each E fragment serves kN W2 fragments and each W2 fragment
+// kM E fragments.
 template <typename WT, int kTileV, int kOutputs = kTileOutputs, int kThreads = kTileThreads, int kBiasLd = kTileV>
 __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bias,
                                           const MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>& layout,
