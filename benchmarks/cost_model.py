@@ -161,7 +161,8 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
 # and the merge are out-of-line functions.
 _MARKOV_CHUNK = r"for \(int row0 = 0; row0 < rows; row0 \+= kChunkRows, at \+= at_step,"
 _RARE_PARTIAL = (
-    r"template <typename BT, typename WT, bool kPlain>\n__device__ __noinline__ RarePartial rare_partial\("
+    r"template <typename BT, typename WT, bool kPlain, bool kScaled>\n"
+    r"__device__ __noinline__ RarePartial rare_partial\("
 )
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
 MARKOV_THREADS = 128
@@ -224,9 +225,71 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
     ]
 
 
+# markov_block with an int8 W2 (per-row scales; markov_int8.cuh): always 128-wide tiles.
+_INT8 = "include/dspark_sgl/markov_int8.cuh"
+INT8_TILE = 128
+_INT8_KERNEL = f"markov_tile_kernel<__nv_bfloat16, dspark_sgl::Int8W2<__nv_bfloat16>, {INT8_TILE}, true>"
+# The optional int8 W2's cost in acceptance: dspark_sgl eval --markov-w2 int8 on the embedded pair
+# (last session's measurement; not rerun by this model).
+INT8_TAU_NOTE = (
+    "optional (eval --markov-w2 int8): tau 1.766 int8 vs 1.760 bf16 on the embedded pair, SE 0.012"
+)
+
+
+INT8_WIDEN_PIECES = 8  # widen_int8_tile's kPieces: 16-value pieces a thread widens per batch
+
+
+def _markov_int8_loops() -> list[LoopName]:
+    """markov_block's named loops with an int8 W2 (bf16 W1, statistics form): the int8 staging, its
+    widening in place to bf16 (once per CTA), the MMA (bias_tile, as with a bf16 W2), and the chunk
+    loop with the scale multiply."""
+    k, w = _INT8_KERNEL, INT8_TILE
+    return [
+        LoopName(
+            f"markov_int8.w2_stage.{w}",
+            k,
+            ((_MARKOV, r"stage_int8_tile\(reinterpret_cast"), (_INT8, r"while \(i < kTileV\) \{")),
+            16,
+            "int8 W2 element (16-byte copy)",
+            _ONE_COPY,
+        ),
+        LoopName(
+            f"markov_int8.e_stage.{w}",
+            k,
+            ((_MARKOV, r"stage_rows\(tile\.e,"), (_TILE, _STAGE_VECTOR)),
+            8,
+            "W1 element (16-byte copy)",
+            _ONE_COPY,
+        ),
+        LoopName(
+            f"markov_int8.widen.{w}",
+            k,
+            (
+                (_MARKOV, r"widen_int8_tile\(tile\.w2,"),
+                (_INT8, r"for \(int hi = kTileV; hi > 0; hi -= batch_rows\)"),
+            ),
+            INT8_WIDEN_PIECES * 16,
+            "int8 W2 element widened to bf16 (a batch of 8 pieces of 16 a thread)",
+        ),
+        LoopName(f"markov_int8.mma.{w}", k, ((_TILE, _MMA_K),), 1, "16x16x16 MMA of a warp", _WMMA_STEP),
+        LoopName(
+            f"markov_int8.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"
+        ),
+        LoopName(
+            f"markov_int8.merge.{w}",
+            k,
+            ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),
+            1,
+            "tile partial",
+        ),
+        LoopName(f"markov_int8.merge_call.{w}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
+    ]
+
+
 LOOPS: list[LoopName] = [
     *_markov_loops(64),
     *_markov_loops(128),
+    *_markov_int8_loops(),
     LoopName(
         "verify.rows.target",
         _ROWS_KERNEL,
@@ -500,9 +563,10 @@ def _tile_instructions(prefix: str, geo: dict[str, int], loops: Mapping[str, flo
     )
 
 
-def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
-    """markov_block's launch geometry for 16-bit weights (markov_block.cu BlockShape)."""
-    tile_v = 128 if rows > 32 else 64
+def _markov_geometry(vocab: int, rows: int, int8_w2: bool = False) -> dict[str, int]:
+    """markov_block's launch geometry for 16-bit weights (markov_block.cu BlockShape; an int8 W2:
+    128-wide tiles at every R, markov_block_tile_vocab)."""
+    tile_v = 128 if rows > 32 or int8_w2 else 64
     chunk = MARKOV_OUTPUTS // tile_v
     return {
         "tile_v": tile_v,
@@ -514,9 +578,14 @@ def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
     }
 
 
-def markov_block(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) -> ModeledOp:
+def markov_block(
+    vocab: int, rows: int, gamma: int, loops: Mapping[str, float], int8_w2: bool = False
+) -> ModeledOp:
     """markov_block, statistics form (no [R, g, V] logits kept): a memset of the tickets, then
     one launch per position (the last CTA of each row chunk merges it).
+    ``int8_w2``: the optional int8 W2 with per-row scales (op ``markov_block_int8``): W2 moves
+    V r bytes plus V float32 scales a position, and the int8 kernel's loops count; its floor is
+    its own bytes, SGLang's path is the same bf16 one.
 
     ``loops``: SASS instructions per unit of each named loop (``LoopCount.per_item``). Every row is
     modeled as sampled with finite logits (the grouped sampler in the chunk loop, no rare path).
@@ -527,9 +596,11 @@ def markov_block(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) 
     chunk loop on every thread of a warp that holds a row, and
     the merge (a lane per tile partial; every thread of the merging CTA runs merge_chunk once).
     """
-    geo = _markov_geometry(vocab, rows)
+    geo = _markov_geometry(vocab, rows, int8_w2)
     w, t, k = geo["tile_v"], geo["tiles"], geo["k_pad"]
-    w2, base, w1 = vocab * RANK * ELEM, rows * vocab * ELEM, rows * RANK * ELEM
+    w2 = vocab * RANK + vocab * 4 if int8_w2 else vocab * RANK * ELEM
+    base, w1 = rows * vocab * ELEM, rows * RANK * ELEM
+    name = "markov_int8" if int8_w2 else "markov"
     partials = rows * t * 20  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
     outputs = rows * (8 + 4 * 4)  # token, logit, score, max, sum
     counters = geo["chunks"] * 4  # a ticket per row chunk
@@ -541,31 +612,35 @@ def markov_block(vocab: int, rows: int, gamma: int, loops: Mapping[str, float]) 
     rows_per_warp = 32 // geo["row_threads"]
     warp_rows = sum(math.ceil(n / rows_per_warp) * rows_per_warp for n in chunk_rows)
     instructions = (
-        loops[f"markov.w2_stage.{w}"] * t * w * k
-        + loops[f"markov.e_stage.{w}"] * t * blocks * 16 * k
-        + loops[f"markov.mma.{w}"] * t * blocks * (w // 16) * 32 * (k // 16)
-        + loops[f"markov.epilogue.{w}"] * t * w * warp_rows
-        + loops[f"markov.merge.{w}"] * rows * math.ceil(t / 32) * 32
-        + loops[f"markov.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
+        loops[f"{name}.w2_stage.{w}"] * t * w * k
+        + (loops[f"{name}.widen.{w}"] * t * w * k if int8_w2 else 0.0)
+        + loops[f"{name}.e_stage.{w}"] * t * blocks * 16 * k
+        + loops[f"{name}.mma.{w}"] * t * blocks * (w // 16) * 32 * (k // 16)
+        + loops[f"{name}.epilogue.{w}"] * t * w * warp_rows
+        + loops[f"{name}.merge.{w}"] * rows * math.ceil(t / 32) * 32
+        + loops[f"{name}.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
     )
     tile = Launch(
-        f"markov_tile_kernel<bf16, bf16, {w}, true>",
+        f"markov_tile_kernel<bf16, {'Int8W2<bf16>' if int8_w2 else 'bf16'}, {w}, true>",
         w2 + base + w1 + rows * 12 + 2 * partials + outputs + counters,
         instructions,
     )
     memset = Launch("cudaMemsetAsync (tickets)", counters)
+    notes = [
+        "W1 rows counted once (every CTA re-reads them from L2); the confidence launch not modeled",
+        "every row sampled with finite logits (greedy rows add the rare path: markov.rare_call)",
+    ]
+    if int8_w2:
+        notes.append(f"int8 W2 (W2 bytes V r + 4 V scales; SGLang's path bf16): {INT8_TAU_NOTE}")
     return ModeledOp(
-        "markov_block",
+        "markov_block_int8" if int8_w2 else "markov_block",
         vocab,
         rows,
         gamma,
         [memset] + [tile] * gamma,
         _sglang(sglang_path_model.markov_block(vocab, rows, gamma, RANK, ELEM)),
         gamma * (w2 + base),
-        [
-            "W1 rows counted once (every CTA re-reads them from L2); the confidence launch not modeled",
-            "every row sampled with finite logits (greedy rows add the rare path: markov.rare_call)",
-        ],
+        notes,
     )
 
 
@@ -761,6 +836,7 @@ def model(loops: Mapping[str, float]) -> list[ModeledOp]:
         for rows in ROWS:
             for gamma in GAMMAS:
                 paths.append(markov_block(vocab, rows, gamma, loops))
+                paths.append(markov_block(vocab, rows, gamma, loops, int8_w2=True))
                 paths.extend(verify(vocab, rows, gamma, loops, case) for case in VERIFY_CASES)
     for rows in ROWS:
         for gamma in SCHEDULE_GAMMAS:
@@ -801,11 +877,13 @@ def staging_in_flight(counts: Mapping[str, LoopCount]) -> list[StageFlight]:
         if "_stage." not in name:
             continue
         tile_v = int(name.rsplit(".", 1)[1])
-        markov = name.startswith("markov.")  # markov_block: 4096 bias values a chunk, 128 threads
+        prefix = name.split(".", 1)[0]
+        markov = prefix in ("markov", "markov_int8")  # markov_block: 4096 bias values a chunk, 128 threads
         chunk = (MARKOV_OUTPUTS if markov else 2048) // tile_v
         threads = MARKOV_THREADS if markov else STAGE_THREADS
         rows = tile_v if ".w2_stage." in name else chunk
-        staged = rows * math.ceil(RANK / 16) * 16 * ELEM
+        elem = 1 if name.startswith("markov_int8.w2_stage.") else ELEM  # an int8 W2: a byte a value
+        staged = rows * math.ceil(RANK / 16) * 16 * elem
         ops = c.opcodes
         synchronous = ops.get("global/generic", 0) + ops.get("cp.async wait", 0)
         asynchronous = ops.get("cp.async", 0) > 0 and synchronous == 0
@@ -894,6 +972,12 @@ def budgets(
         _check(
             "Markov block >= 2x faster than SGLang's path at R >= 8",
             [p for p in markov if p.rows >= 8],
+            lambda p, d: _over(2.0 * p.time(d), p.sglang_time(d)),
+            devices,
+        ),
+        _check(
+            f"Markov block with the int8 W2 >= 2x faster than SGLang's path at R >= 8 ({INT8_TAU_NOTE})",
+            [p for p in paths if p.op == "markov_block_int8" and p.rows >= 8],
             lambda p, d: _over(2.0 * p.time(d), p.sglang_time(d)),
             devices,
         ),
@@ -1046,6 +1130,13 @@ def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
             f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop);"
             f" a greedy row adds {greedy:.1f} (out of line: its logits recomputed, the argmax), a NaN /"
             f" +inf row up to {rare:.1f} (the rare path's static size)"
+        )
+    if f"markov_int8.epilogue.{INT8_TILE}" in loops:
+        w = INT8_TILE
+        lines.append(
+            f"- int8 W2 ({w}-wide tiles): {loops[f'markov_int8.epilogue.{w}']:.1f} instructions per sampled"
+            f" element (the chunk loop, the scale multiply included); widening the staged tile to bf16"
+            f" {loops[f'markov_int8.widen.{w}']:.2f} per W2 element (once per CTA)"
         )
     return lines
 

@@ -12,6 +12,8 @@
 // x_k, its logit and key, the max and the sum. The sampled x_k is the previous token of position
 // k + 1. Then one launch computes the confidence logits sigmoid((w . [h_k; W1[x_{k-1}]] + b) / T_k)
 // for every (row, k). The full [R, g, V] logits are written only when the caller asks for them.
+// An int8 W2 with per-row scales (w2_scale given; W1 16-bit) is staged as int8 and widened in shared
+// memory to the MMA's 16-bit operand, its scales applied to the float32 dot products (markov_int8.cuh).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -21,6 +23,7 @@
 
 #include "dspark_sgl/common.cuh"
 #include "dspark_sgl/launch.h"
+#include "dspark_sgl/markov_int8.cuh"
 #include "dspark_sgl/markov_tile.cuh"
 
 namespace dspark_sgl {
@@ -192,18 +195,19 @@ __device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
 // not null, keeps them); cap, logits_dtype: the softcap and the logits' dtype; count: its columns
 // inside the shard. Returns their max (NaN ignored, as fmaxf). With base
 // logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
-// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type).
-template <typename BT, typename WT, bool kPlain>
-__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const BT* base,
-                                               int count, float cap, int logits_dtype, void* logits_out,
-                                               int64_t at) {
+// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type). kScaled: an
+// int8 W2, each bias value times its column's scale (scale: the thread's kThreadColumns) first.
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const float* scale,
+                                               const BT* base, int count, float cap, int logits_dtype,
+                                               void* logits_out, int64_t at) {
   constexpr int kQuads = kThreadColumns / 4;
   if constexpr (kPlain && std::is_same<BT, WT>::value && sizeof(WT) == 2) {
     constexpr unsigned kNegInf = std::is_same<WT, __half>::value ? 0xfc00fc00u : 0xff80ff80u;
     unsigned pair[kThreadColumns / 2];
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
       const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
       pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
       pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
@@ -226,7 +230,7 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
     float m = -INFINITY;
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = *reinterpret_cast<const float4*>(bias + 4 * q);
+      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
       float rb[4] = {b.x, b.y, b.z, b.w};
       round_pair_to_type<WT>(rb[0], rb[1]);
       round_pair_to_type<WT>(rb[2], rb[3]);
@@ -260,11 +264,13 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
   }
 }
 
-// The logit of one of the thread's columns (i), recomputed as thread_logits computes it.
-template <typename BT, typename WT, bool kPlain>
-__device__ __forceinline__ float thread_logit(const float* bias, const BT* base, int i, float cap, int logits_dtype) {
+// The logit of one of the thread's columns (i), recomputed as thread_logits computes it (kScaled:
+// an int8 W2, the bias value times its column's scale, scale[i], before it is rounded).
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __forceinline__ float thread_logit(const float* bias, const float* scale, const BT* base, int i, float cap,
+                                              int logits_dtype) {
   const float u = kPlain ? load_float(base + i) : softcap(load_float(base + i), cap);
-  const float x = __fadd_rn(u, round_to_type<WT>(bias[i]));
+  const float x = __fadd_rn(u, round_to_type<WT>(kScaled ? __fmul_rn(bias[i], scale[i]) : bias[i]));
   return kPlain ? round_to_type<WT>(x) : round_to_dtype(x, logits_dtype);
 }
 
@@ -280,14 +286,14 @@ struct RarePartial {
 // of nothing but -inf (its first column, key -inf), and rows where m * log2(e) / T is beyond float
 // range (the grouped sampler as the reference writes it: x = l / T, each group's max subtracted
 // first, IEEE expf and logf; a thread beside another's +inf gets finite keys, which lose to it).
-// bias, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
+// bias, scale, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
 // of them lie in the shard (<= 0: none, an empty partial); col: the global column of the first (a
 // multiple of 16); m: the (row, tile) max; sum: the fast path's sum of exp((l - m) / T), kept for a
 // greedy row with finite logits, else recomputed with the subtraction first (it never overflows).
-template <typename BT, typename WT, bool kPlain>
-__device__ __noinline__ RarePartial rare_partial(const float* bias, const BT* base, float cap, int logits_dtype,
-                                                 int count, int32_t col, float m, float t, float inv_t, float sum,
-                                                 uint64_t row, DrawKey key) {
+template <typename BT, typename WT, bool kPlain, bool kScaled>
+__device__ __noinline__ RarePartial rare_partial(const float* bias, const float* scale, const BT* base, float cap,
+                                                 int logits_dtype, int count, int32_t col, float m, float t,
+                                                 float inv_t, float sum, uint64_t row, DrawKey key) {
   RarePartial out{ArgMaxLogit::empty(), 0.0f};
   const int n = min(count, kThreadColumns);
   if (n <= 0) return out;
@@ -296,7 +302,7 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const BT* ba
     // A greedy row with finite logits (and -inf): its logits recomputed as the fast path's (in
     // registers, no stores), the first-index argmax, the fast path's sum.
     float l[kThreadColumns];
-    thread_logits<BT, WT, kPlain>(l, bias, base, n, cap, logits_dtype, nullptr, 0);
+    thread_logits<BT, WT, kPlain, kScaled>(l, bias, scale, base, n, cap, logits_dtype, nullptr, 0);
     float top = l[0];
     int at = 0;
 #pragma unroll
@@ -309,14 +315,15 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const BT* ba
   }
   if (!(t > 0.0f)) {  // a greedy row holding a NaN or +inf: one pass, NaN above every number
     for (int i = 0; i < n; ++i) {
-      const float x = thread_logit<BT, WT, kPlain>(bias, base, i, cap, logits_dtype);
+      const float x = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, i, cap, logits_dtype);
       if (m != -INFINITY) out.sum += fast_exp2(__fmul_rn(__fsub_rn(x, m), log2e_t));
       out.best.add(x, col + i, x);
     }
     return out;
   }
   float logits[kThreadColumns];
-  for (int i = 0; i < n; ++i) logits[i] = thread_logit<BT, WT, kPlain>(bias, base, i, cap, logits_dtype);
+  for (int i = 0; i < n; ++i)
+    logits[i] = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, i, cap, logits_dtype);
   if (m != -INFINITY)
     for (int i = 0; i < n; ++i) out.sum += fast_exp2(__fmul_rn(__fsub_rn(logits[i], m), log2e_t));
   int nan_at = -1, inf_at = -1;
@@ -431,9 +438,11 @@ struct BlockShape {
   static constexpr int kOutputs = WeightTraits<WT>::kTensorCores ? 2 * kTileOutputs : kTileOutputs;
 };
 
-template <typename BT, typename WT, int kTileV, bool kPlain>
+template <typename BT, typename WS, int kTileV, bool kPlain>
 __global__ void __maxnreg__(168)
     markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
+  using WT = typename WeightStorage<WS>::type;  // W1's type and the MMA's (W2's, unless int8)
+  constexpr bool kInt8 = WeightStorage<WS>::kInt8;
   extern __shared__ __align__(128) unsigned char smem[];
   constexpr int kThreads = BlockShape<WT>::kThreads, kOutputs = BlockShape<WT>::kOutputs;
   using Shape = EpilogueShape<kTileV>;
@@ -443,6 +452,7 @@ __global__ void __maxnreg__(168)
   static_assert(kChunkRows * kRowThreads <= kThreads, "an epilogue thread per 32 columns of a chunk");
   const Layout layout(static_cast<int>(args.rank));
   MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);  // W2 and E (dynamic: rank-sized)
+  float* w2_scales = reinterpret_cast<float*>(smem + layout.staged_bytes());  // an int8 W2's, after E
   __align__(128) __shared__ float bias[kChunkRows * kBiasLd];        // static: fixed addresses
   __shared__ bool last_cta;
 
@@ -457,9 +467,16 @@ __global__ void __maxnreg__(168)
   args.philox.resolve(draw.seed, draw.offset);
   const NoiseKey noise_key(draw);
 
-  stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
-    return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
-  });
+  if constexpr (kInt8) {  // staged as int8 into the 16-bit tile's region, widened there
+    const Int8W2Layout<kTileV> int8_layout(static_cast<int>(args.rank));
+    stage_int8_tile(reinterpret_cast<int8_t*>(tile.w2), w2_scales, int8_layout, static_cast<const int8_t*>(args.w2),
+                    args.w2_scale, v0, vocab);
+    widen_int8_tile(tile.w2, int8_layout, layout.ld);
+  } else {
+    stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
+      return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
+    });
+  }
 
   const StagePlan<WT> e_plan(layout.k_padded);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -498,9 +515,10 @@ __global__ void __maxnreg__(168)
       const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
       const int count = active ? valid - c : 0;
       const float* own = bias + local_row * kBiasLd + c;  // its bias values
+      const float* scale = w2_scales + c;  // an int8 W2's scales of the thread's columns
       float l[kThreadColumns];
-      m = row_max<kRowThreads>(
-          thread_logits<BT, WT, kPlain>(l, own, base + at, count, args.softcap, args.logits_dtype, args.logits_out, at));
+      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args.softcap,
+                                                                    args.logits_dtype, args.logits_out, at));
       // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
       // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
       // relative to its result (no cancellation). The sums below are taken against mc; the tile
@@ -522,9 +540,9 @@ __global__ void __maxnreg__(168)
       // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
       if (active && (!sampled || !(fabsf(mc) < INFINITY) || sum != sum)) {
         const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
-        const RarePartial r = rare_partial<BT, WT, kPlain>(own, base + at, args.softcap, args.logits_dtype, count,
-                                                           col0 + c, m, t, inv_t, rescaled, static_cast<uint64_t>(row),
-                                                           draw);
+        const RarePartial r = rare_partial<BT, WT, kPlain, kInt8>(own, scale, base + at, args.softcap, args.logits_dtype,
+                                                                  count, col0 + c, m, t, inv_t, rescaled,
+                                                                  static_cast<uint64_t>(row), draw);
         best = r.best, sum = r.sum;
       } else if (count > 0) {
         // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all underflow (S'_j = 0, or
@@ -543,7 +561,8 @@ __global__ void __maxnreg__(168)
 #pragma unroll
         for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
         const int i = (second ? kGroupColumns : 0) + first_above(group, target);
-        const float logit = thread_logit<BT, WT, kPlain>(own, base + at, i, args.softcap, args.logits_dtype);
+        const float logit =
+            thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args.softcap, args.logits_dtype);
         best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, logit};
         sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
       }
@@ -610,25 +629,41 @@ bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
          args.vocab % 4 == 0;
 }
 
-template <typename BT, typename WT, int kTileV, bool kPlain>
+// Dynamic shared memory of the tile kernel: W2 (an int8 W2 widened to 16 bits in place) and E, then
+// an int8 W2's scales; the bias tile is static shared memory.
+template <typename WT, int kTileV>
+size_t tile_dynamic_bytes(int rank, bool int8_w2) {
+  const BlockLayout<WT, kTileV> layout(rank);
+  return layout.staged_bytes() + (int8_w2 ? Int8W2Layout<kTileV>::scale_bytes() : 0);
+}
+
+// The int8-W2 kernel's shared memory, the static bias tile included.
+template <int kTileV>
+size_t int8_block_bytes(int rank) {
+  const BlockLayout<__half, kTileV> layout(rank);
+  return tile_dynamic_bytes<__half, kTileV>(rank, true) + layout.align(layout.bias_bytes());
+}
+
+// WS: the weights (WeightStorage: WT, or Int8W2<WT>).
+template <typename BT, typename WS, int kTileV, bool kPlain>
 cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaStream_t stream) {
-  const BlockLayout<WT, kTileV> layout(static_cast<int>(args.rank));
-  const size_t smem = layout.staged_bytes();  // the bias tile is static shared memory
-  cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WT, kTileV, kPlain>,
+  using WT = typename WeightStorage<WS>::type;
+  const size_t smem = tile_dynamic_bytes<WT, kTileV>(static_cast<int>(args.rank), WeightStorage<WS>::kInt8);
+  cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WS, kTileV, kPlain>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
   for (int k = 0; k < args.gamma; ++k)
-    markov_tile_kernel<BT, WT, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, k, ws);
+    markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, k, ws);
   return cudaGetLastError();
 }
 
-template <typename BT, typename WT, int kTileV>
+template <typename BT, typename WS, int kTileV>
 cudaError_t launch_variant(const MarkovBlockArgs& args, int weight_dtype, MarkovWorkspace ws,
                            cudaStream_t stream) {
-  if (plain_block(args, weight_dtype)) return launch_tiles<BT, WT, kTileV, true>(args, ws, stream);
-  return launch_tiles<BT, WT, kTileV, false>(args, ws, stream);
+  if (plain_block(args, weight_dtype)) return launch_tiles<BT, WS, kTileV, true>(args, ws, stream);
+  return launch_tiles<BT, WS, kTileV, false>(args, ws, stream);
 }
 
 template <typename BT, typename WT>
@@ -637,6 +672,8 @@ cudaError_t launch_for_weights(const MarkovBlockArgs& args, int weight_dtype, Ma
   if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
   } else {
+    if (args.w2_scale != nullptr)  // an int8 W2 (per-row scales) with this 16-bit W1: 128-wide tiles
+      return launch_variant<BT, Int8W2<WT>, 128>(args, weight_dtype, ws, stream);
     if (markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128)
       return launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
@@ -680,6 +717,9 @@ struct WorkspaceLayout {
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile.
+  // An int8 W2 (weight_bytes 1, 16-bit W1): always 128 wide, so that one CTA keeps 128 x r bytes
+  // (32 KB at r = 256) of W2 in flight, as a 64-wide 16-bit tile does.
+  if (weight_bytes == 1) return 128;
   return weight_bytes == 2 && rows > 32 ? 128 : 64;
 }
 
@@ -690,6 +730,8 @@ size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
   size_t dynamic;
   if (weight_bytes == 4) {
     dynamic = std::max(BlockLayout<float, 64>(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
+  } else if (weight_bytes == 1) {  // an int8 W2: markov_block only (chain_verify's recompute refuses it)
+    dynamic = int8_block_bytes<128>(r);
   } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
     dynamic = std::max(BlockLayout<__half, 128>(r).total_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
@@ -714,7 +756,9 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
            "grouped sampler's groups) inside [0, vocab_total)";
   if (args.first_position < 0 || args.first_position + args.gamma > 256)
     return "markov_block: first_position + gamma must be <= 256";
-  const WorkspaceLayout wl(args.rows, args.vocab, weight_dtype == 0 ? 4 : 2);
+  if (args.w2_scale != nullptr && weight_dtype == 0)
+    return "markov_block: an int8 W2 (w2_scale given) needs a 16-bit W1 (bfloat16 or float16)";
+  const WorkspaceLayout wl(args.rows, args.vocab, args.w2_scale != nullptr ? 1 : weight_dtype == 0 ? 4 : 2);
   unsigned char* bytes = static_cast<unsigned char*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(bytes + wl.counter_offset);
   const MarkovWorkspace ws{reinterpret_cast<MarkovPartial*>(bytes), counters};

@@ -18,6 +18,7 @@ void bind_markov_block(py::module_& m) {
         a.anchor = ptr<const int64_t>(d, "anchor");
         a.w1 = ptr<const void>(d, "w1");
         a.w2 = ptr<const void>(d, "w2");
+        a.w2_scale = ptr<const float>(d, "w2_scale");
         a.temperature = ptr<const float>(d, "temperature");
         a.rows = integer(d, "rows");
         a.gamma = integer(d, "gamma");

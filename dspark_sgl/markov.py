@@ -679,6 +679,10 @@ def sample_block_with_head(
     device = base_logits.device
     if head.w1.device != device:
         raise ValueError(f"the Markov head is on {head.w1.device} but base_logits is on {device}")
+    w2_scale = getattr(head, "w2_scale", None)
+    if w2_scale is not None:  # an int8 W2 (markov_quant): the scales the kernel and reference read
+        _checks.tensor("head.w2", head.w2, dtypes=(torch.int8,), shape=(vocab, head.rank), device=device)
+        _checks.tensor("head.w2_scale", w2_scale, dtypes=(torch.float32,), shape=(vocab,), device=device)
     rng.check_seed_offset(seed, offset, device)
     needs_hidden = head.needs_hidden or confidence_head is not None
     if hidden is not None or needs_hidden:
@@ -792,8 +796,10 @@ def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int, device: 
     if not isinstance(head, VanillaMarkovHead):
         return f"{type(head).__name__} has no CUDA kernel (vanilla head only)"
     if getattr(head, "w2_scale", None) is not None:
-        return "an int8 W2 (per-row scales) has no CUDA kernel path yet (16-bit or float32 W2 only)"
-    if head.w1.dtype != head.w2.dtype:
+        if head.w1.dtype not in (torch.bfloat16, torch.float16):
+            # the kernel converts int8 W2 to W1's type for the tensor cores; float32 has no such MMA path
+            return f"an int8 W2 needs a 16-bit W1 (bfloat16 or float16), got {head.w1.dtype}"
+    elif head.w1.dtype != head.w2.dtype:
         return f"w1 ({head.w1.dtype}) and w2 ({head.w2.dtype}) differ in dtype"
     if head.vocab_start % DRAFT_GROUP and vocab:
         return f"a vocab shard starting at {head.vocab_start}, not a multiple of {DRAFT_GROUP} (draft groups)"
@@ -825,6 +831,9 @@ def _sample_block_cuda(
     device = base_logits.device
     base = _dispatch.aligned(base_logits)
     w1, w2 = _dispatch.aligned(head.w1), _dispatch.aligned(head.w2)
+    w2_scale = getattr(head, "w2_scale", None)  # an int8 W2's per-row scales (markov_quant)
+    if w2_scale is not None:
+        w2_scale = _dispatch.aligned(w2_scale)
     anchor = anchor.contiguous()
 
     def f32(*shape: int) -> torch.Tensor:
@@ -858,7 +867,8 @@ def _sample_block_cuda(
             "anchor": _dispatch.pointer(anchor),
             "w1": _dispatch.pointer(w1),
             "w2": _dispatch.pointer(w2),
-            "weight_dtype": _dispatch.dtype_code(w2),
+            "w2_scale": _dispatch.pointer(w2_scale),
+            "weight_dtype": _dispatch.dtype_code(w1),
             "temperature": _dispatch.pointer(temperature.contiguous()),
             "rows": rows,
             "gamma": gamma,
@@ -903,6 +913,7 @@ def _sample_block_cuda(
         logits_dtype=logits_dtype,
         token_scores=token_scores,
         vocab_start=head.vocab_start,
+        w2_scale=w2_scale,
     )
     return DraftBlock(
         tokens=tokens, logits=logits, confidence=confidence, confidence_logits=conf_logits, stats=stats

@@ -19,9 +19,12 @@ from, and both verification forms use exactly those: ``DraftBlock.logits``, or t
 :class:`~dspark_sgl.markov.DraftStats`, which carries ``w2`` (int8) and ``w2_scale`` and
 recomputes a rejected row with :func:`int8_bias`, the drafting formula.
 
-Not done: a CUDA kernel path. ``markov_block`` and ``chain_verify`` read 16-bit or float32 W2
-only, so an int8 head drafts and verifies with the references (the dispatcher logs why); an
-int8 head is not vocab-sharded either.
+CUDA: ``markov_block`` drafts with an int8 head whose W1 is bf16 or fp16 (csrc/include/dspark_sgl/
+markov_int8.cuh: the int8 tile is widened to W1's type for the tensor cores, the scale applied to
+the float32 dot product in this order). Not done: a float32 W1 (no int8 path: the reference
+drafts), chain_verify's statistics form (its recompute of a rejected row reads 16-bit or float32
+W2 only: the reference verifies; the logits form runs the kernel), and vocab sharding of an int8
+head. The dispatcher logs which path runs and why.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class Int8VanillaMarkovHead(VanillaMarkovHead):
 
     w1: [V, r] float32/bf16/fp16; w2: [V, r] int8 in [-127, 127]; w2_scale: [V] float32 >= 0;
     :func:`int8_bias` is its bias, rounded to W1's dtype (:attr:`bias_dtype`). It drafts as a
-    vanilla head (statistics, the statistics form of verification) on the reference path.
+    vanilla head (statistics, the statistics form of verification); markov_block runs it with a 16-bit W1.
     """
 
     def __init__(self, w1: torch.Tensor, w2: torch.Tensor, w2_scale: torch.Tensor) -> None:

@@ -314,6 +314,32 @@ def _counts(per_item: float, staging: dict[str, int] | None = None) -> dict[str,
     }
 
 
+def test_markov_block_with_an_int8_w2_by_hand():
+    # V = 129280, R = 8, g = 5: W2 is V r bytes and V float32 scales; 128-wide tiles at every R
+    # (ceil(129280 / 128) = 1010 partials per row, one 32-row chunk); SGLang's path is the bf16 one.
+    path = cost_model.markov_block(129280, 8, 5, ZERO, int8_w2=True)
+    assert path.op == "markov_block_int8" and "Int8W2" in path.ours[1].kernel
+    w2 = 129280 * 256 + 129280 * 4
+    counters = 4  # one ticket
+    tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 2 * 8 * 1010 * 20 + 8 * 24 + counters
+    assert [launch.bytes for launch in path.ours] == [counters] + [tile] * 5
+    assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
+    bf16 = cost_model.markov_block(129280, 8, 5, ZERO)
+    assert [lc.bytes for lc in path.sglang] == [lc.bytes for lc in bf16.sglang]
+
+    def only(name: str, rows: int) -> float:
+        return (
+            cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}, int8_w2=True).ours[1].instructions
+        )
+
+    assert only("markov_int8.w2_stage.128", 8) == 1010 * 128 * 256  # every W2 element of every tile
+    assert only("markov_int8.widen.128", 8) == 1010 * 128 * 256  # widened once per CTA
+    assert only("markov_int8.widen.128", 256) == 1010 * 128 * 256  # whatever the chunks
+    assert only("markov_int8.mma.128", 8) == 1010 * 2 * 8 * 32 * 16  # a 32-row chunk: 2 x 8 blocks
+    assert only("markov_int8.epilogue.128", 1) == 1010 * 128 * 8  # R = 1: the warp of 8 rows runs
+    assert only("markov.w2_stage.64", 8) == 0  # the bf16 kernel's loops do not count
+
+
 def test_staging_in_flight_by_hand():
     # r = 256, bf16: a 64-wide W2 tile is 64 x 256 x 2 = 32 KB, a 128-wide one 64 KB; W1 chunks
     # of 32 / 16 rows are 16 KB / 8 KB.
@@ -323,6 +349,7 @@ def test_staging_in_flight_by_hand():
     assert flights["markov.e_stage.64"].in_flight == 32768  # markov_block: 64-row chunks
     assert flights["markov.e_stage.128"].in_flight == 16384
     assert flights["verify.residual.e_stage.128"].in_flight == 8192
+    assert flights["markov_int8.w2_stage.128"].in_flight == 32768  # int8: 128 x 256 bytes
     assert cost_model._in_flight_verdict(_counts(3)).met
     # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes (128 in
     # markov_block's CTA).
@@ -354,7 +381,7 @@ def test_the_table_has_every_required_row():
     for name in counts:
         assert f"| {name} |" in text
     assert "MODELED" in text and "Modeled (no GPU)" in text
-    assert len(cost_model.budgets(paths, counts)) == 7
+    assert len(cost_model.budgets(paths, counts)) == 8
     assert "KB in flight" in text
 
 
@@ -365,6 +392,7 @@ def _all_met() -> list[cost_model.ModeledOp]:
     return [
         cost_model.ModeledOp("markov_block", 129280, 8, 5, [fast], slow, 1e6),
         cost_model.ModeledOp("markov_block", 129280, 1, 5, [fast], slow, 1e6),
+        cost_model.ModeledOp("markov_block_int8", 129280, 8, 5, [fast], slow, 1e6),
         cost_model.ModeledOp("chain_verify", 129280, 8, 5, [fast], slow, 1e6),
         cost_model.ModeledOp("schedule_causal", 0, 256, 16, [cost_model.Launch("s", 0, 1e5, True)], slow, 0),
     ]

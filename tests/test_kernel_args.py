@@ -63,8 +63,24 @@ def test_markov_block_arguments(captured):
     assert args["rows"] == 3 and args["gamma"] == 4 and args["vocab"] == 64 and args["rank"] == 8
     assert args["logits_out"] == 0 and args["hidden"] != 0 and args["conf_bias_value"] == 0.5
     assert args["conf_uses_markov"] == 1 and args["seed_value"] == 1 and args["offset_value"] == 2
+    assert args["w2_scale"] == 0  # W2 in W1's dtype
     with pytest.raises(RuntimeError, match="rank must be in"):
         EXT.markov_block({**args, "rank": 513})
+
+
+def test_markov_block_arguments_with_an_int8_w2(captured):
+    from dspark_sgl.markov_quant import Int8VanillaMarkovHead
+
+    gen = torch.Generator().manual_seed(1)
+    rows, gamma, vocab, rank = 3, 2, 64, 16
+    w1, w2 = (torch.randn(vocab, rank, generator=gen).to(torch.bfloat16) for _ in range(2))
+    head = Int8VanillaMarkovHead.quantize(markov.VanillaMarkovHead(w1, w2))
+    base = torch.randn(rows, gamma, vocab, generator=gen)
+    markov.sample_block_with_head(base, torch.tensor([0, 1, 2]), head, torch.ones(rows), seed=1, offset=2)
+    args = captured["markov_block"]
+    assert args["w2_scale"] != 0 and args["weight_dtype"] == _dispatch.dtype_code(torch.bfloat16)
+    with pytest.raises(RuntimeError, match=r"an int8 W2 \(w2_scale given\) needs a 16-bit W1"):
+        EXT.markov_block({**args, "weight_dtype": _dispatch.dtype_code(torch.float32)})
 
 
 def test_chain_verify_arguments_in_both_forms(captured):

@@ -189,7 +189,9 @@ def test_verification_rejects_statistics_with_a_bad_scale():
         verify.chain_verify(target, block.stats, block.tokens, lens, temperature, seed=0, offset=0)
 
 
-def test_the_kernel_path_falls_back_to_the_reference_with_a_reason(backend, caplog):
+def test_the_kernel_path_drafts_and_verification_falls_back_with_a_reason(backend, caplog):
+    """markov_block drafts with a 16-bit W1's int8 head; chain_verify's statistics form has no
+    int8 recompute and runs the reference (the dispatcher logs why)."""
     w1, w2 = _weights(512, 16, BF16, seed=7)
     head = Int8VanillaMarkovHead.quantize(
         markov.VanillaMarkovHead(w1.to(backend.device), w2.to(backend.device))
@@ -203,7 +205,6 @@ def test_the_kernel_path_falls_back_to_the_reference_with_a_reason(backend, capl
         target = torch.randn(4, 4, 512).to(backend.device)
         lens = torch.full((4,), 3, dtype=torch.int32, device=backend.device)
         verify.chain_verify(target, block.stats, block.tokens, lens, temperature, seed=0, offset=0)
-    assert not backend.ran("markov_block") and not backend.ran("chain_verify")
+    assert backend.ran("markov_block") and not backend.ran("chain_verify")
     messages = [r.getMessage() for r in caplog.records]
-    assert any("int8 W2 (per-row scales) has no CUDA kernel path" in m for m in messages), messages
     assert any("statistics form of an int8 W2 has no CUDA kernel path" in m for m in messages), messages

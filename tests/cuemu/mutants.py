@@ -84,11 +84,10 @@ MUTANTS = [
     Mutant(
         "markov_divergent_shuffle",
         "markov_block.cu",
-        "      m = row_max<kRowThreads>(\n"
-        "          thread_logits<BT, WT, kPlain>(l, own, base + at, count, args.softcap, args.logits_dtype,"
-        " args.logits_out, at));",
-        "      m = thread_logits<BT, WT, kPlain>(l, own, base + at, count, args.softcap, args.logits_dtype,"
-        " args.logits_out, at);\n      if (active) m = row_max<kRowThreads>(m);",
+        "      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count,"
+        " args.softcap,\n" + " " * 68 + "args.logits_dtype, args.logits_out, at));",
+        "      m = thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args.softcap,"
+        " args.logits_dtype, args.logits_out, at);\n      if (active) m = row_max<kRowThreads>(m);",
         "rows past the end skip a full-mask shuffle: a hang or garbage on a GPU",
         ("markov",),
         SCHEDULES,
@@ -254,6 +253,35 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "markov_int8_scale_of_the_wrong_column",
+        "include/dspark_sgl/markov_int8.cuh",
+        "make_float4(__fmul_rn(b.x, s.x), __fmul_rn(b.y, s.y),",
+        "make_float4(__fmul_rn(b.x, s.y), __fmul_rn(b.y, s.x),",
+        "an int8 W2's dot products scaled by a neighbouring vocabulary row's scale",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_int8_widening_without_a_barrier",
+        "include/dspark_sgl/markov_int8.cuh",
+        "    __syncthreads();  // every int8 byte of rows [lo, hi) is read before any is overwritten\n",
+        "",
+        "a thread writes widened W2 rows over int8 bytes that other threads have not read yet",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_int8_widening_from_the_first_rows",
+        "include/dspark_sgl/markov_int8.cuh",
+        "  for (int hi = kTileV; hi > 0; hi -= batch_rows) {  // int8 W2 widening, from the last rows\n"
+        "    const int lo = max(0, hi - batch_rows);",
+        "  for (int lo = 0; lo < kTileV; lo += batch_rows) {\n"
+        "    const int hi = min(kTileV, lo + batch_rows);",
+        "the 16-bit rows widened first land on int8 rows not yet read (the in-place order reversed)",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
         "verify_residual_reads_the_count_before_the_wait",
         "chain_verify.cu",
         "  wait_for_primary_grid();  // pass 1 complete: the rejected count and the stop rows are final\n"
@@ -362,6 +390,29 @@ def _check_markov() -> list[str]:
     return failures
 
 
+def _check_markov_int8() -> list[str]:
+    from test_kernel_markov_int8 import assert_int8_blocks_match, draft_int8, int8_case
+
+    from dspark_sgl import _dispatch
+
+    failures = []
+    # a 64-wide tile chunk; 128-wide tiles, 3 chunks (fp16); rank 200: byte-by-byte staging
+    for rows, vocab, rank, wdtype in (
+        (3, 1100, 64, torch.bfloat16),
+        (40, 1100, 64, torch.float16),
+        (5, 700, 200, torch.bfloat16),
+    ):
+        case = int8_case(torch.device("cpu"), rows, 3, vocab, rank, wdtype=wdtype, seed=rows)
+        ours = draft_int8(case)
+        with _dispatch.forced_reference():
+            ref = draft_int8(case)
+        try:
+            assert_int8_blocks_match(ours, ref, case)
+        except AssertionError as exc:
+            failures.append(f"int8 W2 R={rows} r={rank} {wdtype}: {_first_line(exc)}")
+    return failures
+
+
 def _check_verify() -> list[str]:
     from kernel_backend import Backend, counting_launches
     from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest, verify_case
@@ -409,6 +460,7 @@ def _check_verify() -> list[str]:
 CHECKS: dict[str, Callable[[], list[str]]] = {
     "schedule": _check_schedule,
     "markov": _check_markov,
+    "markov_int8": _check_markov_int8,
     "verify": _check_verify,
 }
 

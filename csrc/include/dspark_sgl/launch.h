@@ -27,7 +27,9 @@ std::string launch_philox_uniform(float* out, const int64_t* rows, const int64_t
                                   const int64_t* offset_ptr, uint32_t stream, uintptr_t cuda_stream);
 
 // ---- markov_block -------------------------------------------------------------------
-// All tensors contiguous. base_logits [R, g, V]; w1, w2 [V, r] (same dtype); anchor [R]
+// All tensors contiguous. base_logits [R, g, V]; w1, w2 [V, r] (same dtype, or with w2_scale
+// [V] float32 non-null: w2 int8 in [-127, 127] with per-row scales, w1 bf16 or fp16, the weight
+// dtype code W1's; dspark_sgl/markov_quant.py orders the bias's operations); anchor [R]
 // int64; temperature [R] float32. Outputs: tokens [R, g] int64, token_logits / stat_max /
 // stat_sum [R, g] float32, logits_out [R, g, V] in logits_dtype or null (the logits are
 // rounded to logits_dtype before anything uses them). With hidden [R, g, H]
@@ -45,6 +47,7 @@ struct MarkovBlockArgs {
   const int64_t* anchor;
   const void* w1;
   const void* w2;
+  const float* w2_scale;  // null: w2 in W1's dtype; else int8 W2's per-row scales [V]
   const float* temperature;
   int64_t rows, gamma, vocab, rank;
   int64_t vocab_start, vocab_total, first_position;
