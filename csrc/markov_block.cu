@@ -333,7 +333,7 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const float*
     if (x == INFINITY) inf_at = i;
   }
   if (nan_at >= 0) {
-    out.best = ArgMaxLogit{logits[nan_at], col + nan_at, logits[nan_at]};
+    out.best = ArgMaxLogit{NAN, col + nan_at, logits[nan_at]};  // x = l / T is NaN (l may not be)
   } else if (inf_at >= 0) {
     out.best = ArgMaxLogit{INFINITY, col + inf_at, logits[inf_at]};
   } else {
@@ -545,9 +545,9 @@ __global__ void __maxnreg__(168)
                                                                   static_cast<uint64_t>(row), draw);
         best = r.best, sum = r.sum;
       } else if (count > 0) {
-        // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all underflow (S'_j = 0, or
-        // subnormal: log2 flushes it to -inf) has LSE_j < m / T - 87 and never wins: the tile's max
-        // group has S' >= 1 and Gumbel draws span G_max - G_min < 19.5, so this is exact.
+        // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all flush to 0 (S'_j = 0: 16
+        // terms each under 2^-126) has LSE_j < m / T - 84 and never wins: the tile's max group has
+        // S' >= 1 and Gumbel draws span G_max - G_min < 19.5, so this is exact.
         const GroupNoise noise =
             group_noise(noise_key, draw, static_cast<uint64_t>(row), static_cast<uint32_t>(col0 + c) / kGroupColumns);
         const float lse_base = __fmul_rn(mc, kLn2);
@@ -560,7 +560,9 @@ __global__ void __maxnreg__(168)
         float group[kGroupColumns];
 #pragma unroll
         for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
-        const int i = (second ? kGroupColumns : 0) + first_above(group, target);
+        // Clamped to the thread's columns: a group without mass (its key -inf, which never wins)
+        // makes first_above return 15, possibly past the row's last column.
+        const int i = min((second ? kGroupColumns : 0) + first_above(group, target), count - 1);
         const float logit =
             thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args.softcap, args.logits_dtype);
         best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, logit};

@@ -33,16 +33,20 @@ def is_draft_near_tie(
     """Whether local columns a and b of one row's logits [V] are both within rounding of the
     reference's draw (greedy rows: equal logits)."""
     if not temperature > 0:
-        return bool(logits[a].float() == logits[b].float())
+        # Equal logits are no tie (the first index wins, on every path); logits within one
+        # 16-bit step of each other are (the kernel's may round to the other side).
+        la, lb = float(logits[a]), float(logits[b])
+        return la != lb and abs(la - lb) <= 2.0**-7 * max(1.0, abs(la), abs(lb))
     keys, mass, u_cut = _row_groups(logits, temperature, seed, offset, row, position, vocab_start)
-    ga, gb = a // markov.DRAFT_GROUP, b // markov.DRAFT_GROUP
+    front = vocab_start % markov.DRAFT_GROUP  # draft_groups' group g starts at local 16 g - front
+    ga, gb = (a + front) // markov.DRAFT_GROUP, (b + front) // markov.DRAFT_GROUP
     if ga != gb:
         ka, kb = float(keys[ga]), float(keys[gb])
         return abs(ka - kb) <= KEY_TIE * max(1.0, abs(ka), abs(kb))
     group_mass = mass[ga]
     total = float(group_mass.sum())
     cut = float(u_cut[ga]) * total
-    lo, hi = sorted((a % markov.DRAFT_GROUP, b % markov.DRAFT_GROUP))
+    lo, hi = sorted(((a + front) % markov.DRAFT_GROUP, (b + front) % markov.DRAFT_GROUP))
     running = group_mass.cumsum(0)
     return any(abs(float(running[i]) - cut) <= SUM_TIE * total for i in range(lo, hi))
 

@@ -137,6 +137,23 @@ def test_markov_block_is_bit_identical_on_exact_inputs(backend, shape, wdtype, b
     assert_blocks_match(ours, ref, case["temperature"])
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=str)
+@pytest.mark.parametrize("shape", ["R1-g7-big-V", "R8-g5-big-V", "rank512"], ids=str)
+def test_markov_block_plain_16bit_path_matches_on_exact_inputs(backend, shape, dtype):
+    """What SGLang's statistics-form step runs (no logits kept, step logits in the weights'
+    dtype, V % 4 == 0): the packed 16-bit adds and maxima of the plain epilogue."""
+    rows, gamma, vocab, rank = backend.size(*MARKOV_SHAPES[shape])
+    assert vocab % 4 == 0
+    case = markov_case(backend.device, rows, gamma, vocab, rank, wdtype=dtype, bdtype=dtype, seed=2)
+    ours = draft(case, keep_logits=False, logits_dtype=dtype)
+    assert backend.ran("markov_block")
+    assert ours.logits is None
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=False, logits_dtype=dtype)
+    same = assert_blocks_match(ours, ref, case["temperature"])
+    assert bool(same.any())
+
+
 @pytest.mark.parametrize(("wdtype", "bdtype"), DTYPE_PAIRS, ids=str)
 @pytest.mark.parametrize("shape", ["R8-g5-big-V", "many-rows"], ids=str)
 def test_markov_block_is_bit_identical_for_every_dtype_pair(backend, shape, wdtype, bdtype):

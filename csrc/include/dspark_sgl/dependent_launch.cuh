@@ -6,7 +6,9 @@
 //   - the dependent's threads may run any code before wait_for_primary_grid() that neither reads
 //     memory the primary writes nor writes memory the primary reads or writes; after the wait,
 //     every memory operation of the primary grid has completed and is visible. Memory written by
-//     kernels before the primary is visible throughout (the primary itself started after them);
+//     kernels before the primary is visible throughout only when the primary was launched
+//     normally, or triggers after its own wait: in a chain K1 -> K2 -> K3 of dependents whose K2
+//     triggers at once, K3's code before its wait may run while K1 is still running;
 //   - allow_dependent_launch() in the primary only lets the dependent grid be scheduled (once every
 //     CTA of the primary has called it or exited). It publishes nothing: what the primary writes
 //     before the trigger is no more visible to the dependent than what it writes after it, so the
@@ -70,7 +72,9 @@ cudaError_t launch_programmatic_dependent(void (*kernel)(Params...), dim3 grid, 
   config.stream = stream;
   config.attrs = attribute;
   config.numAttrs = 1;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+  if (err != cudaSuccess) cudaGetLastError();  // returned here: not left for an unrelated later check
+  return err;
 }
 
 }  // namespace dspark_sgl
