@@ -104,9 +104,9 @@ MUTANTS = [
     Mutant(
         "markov_draw_one_column_late",
         "markov_block.cu",
-        "const int i = (second ? kGroupColumns : 0) + first_above(group, target);",
-        "const int i = (second ? kGroupColumns : 0)"
-        " + min(first_above(group, target) + 1, kGroupColumns - 1);",
+        "const int i = min((second ? kGroupColumns : 0) + first_above(group, target), count - 1);",
+        "const int i = min((second ? kGroupColumns : 0)"
+        " + min(first_above(group, target) + 1, kGroupColumns - 1), count - 1);",
         "the running sum is read one column off: the token after the crossing is drawn",
         ("markov",),
         SCHEDULES,
