@@ -130,27 +130,26 @@ _PLAIN_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s
 _BONUS_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> group;"
 
 
+def _stage_loop(name: str, kernel: str, file: str, operand: str, what: str) -> LoopName:
+    """A 16-bit tile's staging loop: ``stage_rows(tile.<operand>, ...)`` in ``file``, one
+    16-byte cp.async (8 elements of ``what``) per iteration."""
+    return LoopName(
+        name,
+        kernel,
+        ((file, rf"stage_rows\(tile\.{operand},"), (_TILE, _STAGE_VECTOR)),
+        8,
+        f"{what} element (16-byte copy)",
+        _ONE_COPY,
+    )
+
+
 def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopName]:
     """The four loops of verification's Markov recompute (the default MarkovTileLayout: 256 threads,
     2048 bias values a chunk)."""
     k = f"{kernel}<__nv_bfloat16, __nv_bfloat16, {tile_v}>"
     return [
-        LoopName(
-            f"{prefix}.w2_stage.{tile_v}",
-            k,
-            ((file, r"stage_rows\(tile\.w2,"), (_TILE, _STAGE_VECTOR)),
-            8,
-            "W2 element (16-byte copy)",
-            _ONE_COPY,
-        ),
-        LoopName(
-            f"{prefix}.e_stage.{tile_v}",
-            k,
-            ((file, r"stage_rows\(tile\.e,"), (_TILE, _STAGE_VECTOR)),
-            8,
-            "W1 element (16-byte copy)",
-            _ONE_COPY,
-        ),
+        _stage_loop(f"{prefix}.w2_stage.{tile_v}", k, file, "w2", "W2"),
+        _stage_loop(f"{prefix}.e_stage.{tile_v}", k, file, "e", "W1"),
         LoopName(f"{prefix}.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16-deep k-step of a warp", _WMMA_STEP),
         LoopName(f"{prefix}.epilogue.{tile_v}", k, ((file, _PASS),), 4, "sampled element"),
     ]
@@ -174,22 +173,8 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
     """markov_block's named loops and out-of-line functions at one tile width (bf16, statistics form)."""
     k = f"markov_tile_kernel<__nv_bfloat16, __nv_bfloat16, {tile_v}, true>"
     return [
-        LoopName(
-            f"markov.w2_stage.{tile_v}",
-            k,
-            ((_MARKOV, r"stage_rows\(tile\.w2,"), (_TILE, _STAGE_VECTOR)),
-            8,
-            "W2 element (16-byte copy)",
-            _ONE_COPY,
-        ),
-        LoopName(
-            f"markov.e_stage.{tile_v}",
-            k,
-            ((_MARKOV, r"stage_rows\(tile\.e,"), (_TILE, _STAGE_VECTOR)),
-            8,
-            "W1 element (16-byte copy)",
-            _ONE_COPY,
-        ),
+        _stage_loop(f"markov.w2_stage.{tile_v}", k, _MARKOV, "w2", "W2"),
+        _stage_loop(f"markov.e_stage.{tile_v}", k, _MARKOV, "e", "W1"),
         LoopName(f"markov.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16x16x16 MMA of a warp", _WMMA_STEP),
         # The chunk loop minus its nested loops: the epilogue and every other per-chunk instruction.
         LoopName(
@@ -253,14 +238,7 @@ def _markov_int8_loops() -> list[LoopName]:
             "int8 W2 element (16-byte copy)",
             _ONE_COPY,
         ),
-        LoopName(
-            f"markov_int8.e_stage.{w}",
-            k,
-            ((_MARKOV, r"stage_rows\(tile\.e,"), (_TILE, _STAGE_VECTOR)),
-            8,
-            "W1 element (16-byte copy)",
-            _ONE_COPY,
-        ),
+        _stage_loop(f"markov_int8.e_stage.{w}", k, _MARKOV, "e", "W1"),
         LoopName(
             f"markov_int8.widen.{w}",
             k,

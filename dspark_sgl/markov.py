@@ -496,8 +496,6 @@ def sample_from_logits(
     """A sample of ``softmax(logits / T)`` per row, argmax where ``T == 0``: the token of
     :func:`draft_sample`. logits: [R, V] float32, temperature: [R] float32, position: int or
     [R] int64. Returns [R] int64 column indices of ``logits``."""
-    if rng.noise_unused(temperature):
-        return logits.argmax(dim=-1)
     return draft_sample(
         logits,
         temperature,
