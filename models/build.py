@@ -233,8 +233,10 @@ def step_target(
     first = 0
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
-        if state["steps"] != steps or state["config"] != TARGET_CONFIG:
-            raise ValueError(f"{ckpt} is from another run (steps/config differ); remove it or use --force")
+        if state["config"] != TARGET_CONFIG or state["step"] >= steps:
+            raise ValueError(f"{ckpt} is from another run (config or step count); remove it or use --force")
+        if state["steps"] != steps:
+            log(f"target: re-planning the cosine schedule from {state['steps']} to {steps} steps")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -81,7 +81,7 @@ def test_target_stage_resumes_to_the_uninterrupted_weights(build, tmp_path, monk
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 
-def test_target_stage_refuses_a_checkpoint_of_another_run(build, tmp_path, monkeypatch):
+def test_target_stage_refuses_another_run_and_replans_a_shorter_one(build, tmp_path, monkeypatch):
     work, target = _work(build, tmp_path)
     clip = torch.nn.utils.clip_grad_norm_
     calls = {"n": 0}
@@ -96,9 +96,14 @@ def test_target_stage_refuses_a_checkpoint_of_another_run(build, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         build.step_target(work, target, steps=6, batch=2, seq=16, save_every=2)
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-    with pytest.raises(ValueError, match="from another run"):
-        build.step_target(work, target, steps=8, batch=2, seq=16, save_every=2)
-    build.step_target(work, target, steps=6, batch=2, seq=16, save_every=2)
+    assert torch.load(work / "target-train" / "checkpoint.pt", weights_only=False)["step"] == 2
+    with pytest.raises(ValueError, match="from another run"):  # already past the new end
+        build.step_target(work, target, steps=2, batch=2, seq=16, save_every=2)
+    other = build.TARGET_CONFIG | {"num_hidden_layers": build.TARGET_CONFIG["num_hidden_layers"] + 1}
+    with monkeypatch.context() as patch, pytest.raises(ValueError, match="from another run"):
+        patch.setattr(build, "TARGET_CONFIG", other)
+        build.step_target(work, target, steps=6, batch=2, seq=16, save_every=2)
+    build.step_target(work, target, steps=3, batch=2, seq=16, save_every=2)  # a shorter plan resumes
     assert (target / "model.safetensors").is_file()
     assert not (work / "target-train" / "checkpoint.pt").exists()
 
