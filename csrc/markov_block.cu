@@ -274,6 +274,11 @@ __device__ __forceinline__ float thread_logit(const float* bias, const float* sc
   return kPlain ? round_to_type<WT>(x) : round_to_dtype(x, logits_dtype);
 }
 
+// The fast path's bound on |mc| = |fl(m log2(e) / T)|: below 2^30, |err| = |m c2 - mc| <= 32, so
+// every term 2^(l c2 - mc) of a column l <= m is at most 2^32 and the max column's at least 2^-32
+// (a 32-column sum stays far inside float range, no term of the max flushes to zero).
+constexpr float kFastExpOffsetLimit = 1073741824.0f;  // 2^30
+
 // One thread's partial on the rare path, and its sum of exp((l - m) / T).
 struct RarePartial {
   ArgMaxLogit best;
@@ -286,6 +291,8 @@ struct RarePartial {
 // of nothing but -inf (its first column, key -inf), and rows where m * log2(e) / T is beyond float
 // range (the grouped sampler as the reference writes it: x = l / T, each group's max subtracted
 // first, IEEE expf and logf; a thread beside another's +inf gets finite keys, which lose to it).
+// A greedy row keeps the fast path's sum only where it is exact enough (|m log2(e)| below
+// kFastExpOffsetLimit); otherwise its one pass recomputes the sum with the subtraction first.
 // bias, scale, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
 // of them lie in the shard (<= 0: none, an empty partial); col: the global column of the first (a
 // multiple of 16); m: the (row, tile) max; sum: the fast path's sum of exp((l - m) / T), kept for a
@@ -298,7 +305,7 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const float*
   const int n = min(count, kThreadColumns);
   if (n <= 0) return out;
   const float log2e_t = __fmul_rn(inv_t, kLog2e);
-  if (!(t > 0.0f) && fabsf(m) < INFINITY && !(sum != sum)) {
+  if (!(t > 0.0f) && fabsf(__fmul_rn(m, log2e_t)) < kFastExpOffsetLimit && !(sum != sum)) {
     // A greedy row with finite logits (and -inf): its logits recomputed as the fast path's (in
     // registers, no stores), the first-index argmax, the fast path's sum.
     float l[kThreadColumns];
@@ -313,7 +320,7 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const float*
     out.sum = sum;
     return out;
   }
-  if (!(t > 0.0f)) {  // a greedy row holding a NaN or +inf: one pass, NaN above every number
+  if (!(t > 0.0f)) {  // a greedy row holding a NaN, +inf or huge logits: one pass, NaN above every number
     for (int i = 0; i < n; ++i) {
       const float x = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, i, cap, logits_dtype);
       if (m != -INFINITY) out.sum += fast_exp2(__fmul_rn(__fsub_rn(x, m), log2e_t));
@@ -523,6 +530,8 @@ __global__ void __maxnreg__(168)
       // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
       // relative to its result (no cancellation). The sums below are taken against mc; the tile
       // sum is rescaled by 2^-err once, and the keys use mc itself: LSE_j = ln 2 (mc + log2 S'_j).
+      // |err| <= ulp(mc) / 2, so the terms stay in float range only while |mc| is bounded
+      // (kFastExpOffsetLimit); a tiny T with ordinary logits goes to the rare path.
       const float c2 = __fmul_rn(inv_t, kLog2e);
       const float mc = __fmul_rn(m, c2);
       float run[kThreadColumns];  // each group's running sums of 2^(l c2 - mc), in column order
@@ -537,8 +546,8 @@ __global__ void __maxnreg__(168)
       }
       const float s0 = run[kGroupColumns - 1], s1 = run[kThreadColumns - 1];
       sum = __fadd_rn(s0, s1);
-      // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
-      if (active && (!sampled || !(fabsf(mc) < INFINITY) || sum != sum)) {
+      // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or |mc| >= kFastExpOffsetLimit.
+      if (active && (!sampled || !(fabsf(mc) < kFastExpOffsetLimit) || sum != sum)) {
         const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
         const RarePartial r = rare_partial<BT, WT, kPlain, kInt8>(own, scale, base + at, args.softcap, args.logits_dtype,
                                                                   count, col0 + c, m, t, inv_t, rescaled,

@@ -320,6 +320,45 @@ def test_markov_block_mixes_greedy_unit_temperature_sampled_masked_and_nan_rows(
     torch.testing.assert_close(ours.stats.sum[clean], ref.stats.sum[clean], rtol=1e-5, atol=0)
 
 
+def test_markov_block_rare_rows_plus_inf_overflowing_temperature_and_masked_tiles(backend, monkeypatch):
+    # The out-of-line rare path's other cases (NaN rows: the test above), position 0 of each row:
+    # row 0 (T = 1) and row 1 (greedy) hold two +inf logits: the first wins; row 2's x = l / T
+    # overflows to +inf at one column only; row 3's x is finite but m log2(e) / T is beyond float
+    # (the fast path's exp2 argument): its far largest logit wins; row 4 has whole vocabulary tiles
+    # of -inf (both tile widths) beside finite ones; row 5 is -inf everywhere: its first column.
+    monkeypatch.setenv("DSPARK_SGL_CHECK_VALUES", "0")
+    rows, gamma, vocab, rank = backend.size((8, 2, 32000, 64), (8, 2, 1100, 64))
+    case = markov_case(backend.device, rows, gamma, vocab, rank, seed=9)
+    base = case["base_logits"].float().cpu()
+    base[0, 0, 40] = base[0, 0, 900] = base[1, 0, 41] = base[1, 0, 700] = float("inf")
+    base[2, 0, 77] = 1000.0
+    base[3, 0, 55] = 248.0
+    base[4, 0, 128:384] = float("-inf")
+    base[5, 0, :] = float("-inf")
+    case["base_logits"] = base.to(backend.device, BF16)
+    temperature = torch.tensor([1.0, 0.0, 1e-36, 1e-36, 1.0, 1.0, 0.7, 0.0])
+    case["temperature"] = temperature.to(backend.device)
+    ours = draft(case, keep_logits=True)
+    assert backend.ran("markov_block")
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    logits = ref.logits[:, 0].float().cpu()
+    t = torch.tensor(1e-36, dtype=torch.float32)
+    assert torch.isposinf(logits[2] / t).nonzero().flatten().tolist() == [77]  # the case it claims
+    assert torch.isfinite(logits[3] / t).all() and torch.isinf(logits[3, 55] * math.log2(math.e) / t)
+    expected = {0: 40, 1: 41, 2: 77, 3: 55, 5: 0}
+    assert {r: int(ref.tokens[r, 0]) for r in expected} == expected
+    assert {r: int(ours.tokens[r, 0]) for r in expected} == expected
+    assert not bool(ref.logits[4, 0, 128:384].isfinite().any())
+    assert not 128 <= int(ours.tokens[4, 0]) < 384
+    assert_draft_tokens_match(ours, ref, case["temperature"].cpu(), seed=7, offset=3)
+    assert torch.equal(ours.logits.isnan(), ref.logits.isnan())
+    assert torch.equal(ours.logits.isinf(), ref.logits.isinf())
+    scores = ours.stats.token_scores[:, 0].cpu()
+    assert torch.isposinf(scores[[0, 2]]).all() and torch.isneginf(scores[5])  # +inf keys; an all -inf row's -inf
+    assert torch.isposinf(ours.stats.token_logits[[0, 1], 0].cpu()).all()
+
+
 @pytest.mark.parametrize("softcap", [None, 30.0])
 def test_markov_block_tokens_differ_only_at_near_ties_on_real_valued_inputs(backend, softcap):
     rows, gamma, vocab = backend.size((64, 7, 129280), (16, 4, 4096))

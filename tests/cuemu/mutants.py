@@ -145,6 +145,16 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "markov_fast_path_at_any_finite_offset",
+        "markov_block.cu",
+        "!(fabsf(mc) < kFastExpOffsetLimit)",
+        "!(fabsf(mc) < INFINITY)",
+        "a tiny temperature keeps ordinary logits on the fast path, whose terms 2^(l c2 - mc) overflow"
+        " (|m c2 - mc| up to ulp(mc) / 2): a +inf key at a finite logit wins the row",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
         "markov_ticket_not_reset",
         "markov_block.cu",
         "  if (threadIdx.x == 0) *ticket = 0;\n",
@@ -387,6 +397,10 @@ def _check_markov() -> list[str]:
     ):
         case = markov_case(torch.device("cpu"), rows, 3, vocab, 64, wdtype=wdtype, hidden=32)
         compare(case, f"R={rows} {wdtype}")
+    # A tiny temperature: x = l / T stays finite, m log2(e) / T is far beyond 2^30.
+    case = markov_case(torch.device("cpu"), 4, 1, 1100, 64)
+    case["temperature"] = torch.full((4,), 1e-36)
+    compare(case, "T = 1e-36")
     return failures
 
 
