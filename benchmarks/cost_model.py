@@ -186,7 +186,13 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
         LoopName(
             f"markov.greedy.{tile_v}",
             k,
-            ((_MARKOV, r"if \(!\(t > 0\.0f\) && fabsf\(__fmul_rn\(m, log2e_t\)\) < kFastExpOffsetLimit && !\(sum != sum\)\) \{"),),
+            (
+                (
+                    _MARKOV,
+                    r"if \(!\(t > 0\.0f\) && fabsf\(__fmul_rn\(m, log2e_t\)\) < kFastExpOffsetLimit"
+                    r" && !\(sum != sum\)\) \{",
+                ),
+            ),
             MARKOV_COLUMNS,
             "column of a greedy row (out of line: its 32 logits again, the argmax)",
             kind="code",
