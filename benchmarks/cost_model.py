@@ -1169,6 +1169,9 @@ def report(
         *(v.line() for v in verdicts),
         "",
         dependent_sensitivity_line(paths),
+        "",
+        "The 2x-SGLang budget at the floor (modeled):",
+        *floor_reach_lines(paths),
     ]
     return "\n".join(lines)
 
@@ -1204,6 +1207,30 @@ def dependent_sensitivity_line(paths: list[ModeledOp], devices: tuple[Device, ..
         f" dependent boundary costs at most {at * 1e6:.2f} us ({at / _LAUNCH:.2f} x the launch cost;"
         f" {assumed})."
     )
+
+
+def floor_speedup_over_sglang(
+    paths: list[ModeledOp], op: str, devices: tuple[Device, ...] = DEVICES
+) -> float:
+    """The least SGLang time / floor over ``op``'s rows at R >= 8: the most any kernel that moves
+    the floor bytes in one launch could be faster than SGLang's modeled path (nan: no rows)."""
+    ratios = [p.sglang_time(d) / p.floor(d) for p in paths if p.op == op and p.rows >= 8 for d in devices]
+    return min(ratios, default=float("nan"))
+
+
+def floor_reach_lines(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> list[str]:
+    """Whether the 2x-SGLang budget is reachable at all: a kernel at its floor against SGLang."""
+    lines = []
+    for op, what in (("markov_block", "bf16 W2"), ("markov_block_int8", "int8 W2")):
+        best = floor_speedup_over_sglang(paths, op, devices)
+        if math.isnan(best):
+            continue
+        verdict = "reachable" if best >= 2.0 else "NOT reachable by any kernel that reads these bytes"
+        lines.append(
+            f"- {op} ({what}): a kernel at its floor would be at least {best:.2f}x faster than SGLang's"
+            f" modeled path at every row with R >= 8: 2x is {verdict}."
+        )
+    return lines
 
 
 def markov_per_element(tile_v: int, loops: Mapping[str, float]) -> float:

@@ -205,6 +205,25 @@ def test_the_dependent_break_even_by_hand():
     assert "no verification row" in cost_model.dependent_sensitivity_line([], (device,))
 
 
+def test_the_floor_speedup_over_sglang_by_hand():
+    device = cost_model.Device("test", 1e12, 1e12, 1e10, 2e-6, "", 1e-6)
+    # floor: 4e6 bytes (4 us) + one launch (2 us) = 6 us; SGLang: 10 us + 2 launches = 14 us, or 8 us.
+    sglang = [cost_model.Launch("a", 5e6), cost_model.Launch("b", 5e6)]
+    fast = cost_model.ModeledOp("markov_block", 129280, 8, 5, [cost_model.Launch("k", 4e6)], sglang, 4e6)
+    slow = cost_model.ModeledOp("markov_block", 129280, 64, 5, [], [cost_model.Launch("a", 6e6)], 4e6)
+    small = cost_model.ModeledOp("markov_block", 129280, 1, 5, [], [cost_model.Launch("a", 0)], 4e6)
+    assert cost_model.floor_speedup_over_sglang([fast, small], "markov_block", (device,)) == pytest.approx(
+        14 / 6
+    )
+    assert cost_model.floor_speedup_over_sglang([fast, slow], "markov_block", (device,)) == pytest.approx(
+        8 / 6
+    )
+    assert math.isnan(cost_model.floor_speedup_over_sglang([fast], "markov_block_int8", (device,)))
+    (line,) = cost_model.floor_reach_lines([fast, slow], (device,))
+    assert "at least 1.33x" in line and "NOT reachable" in line
+    assert "2x is reachable" in cost_model.floor_reach_lines([fast], (device,))[0]
+
+
 # ---- the SASS reader on a synthetic listing -------------------------------------------
 
 
