@@ -165,8 +165,8 @@ MUTANTS = [
     Mutant(
         "markov_position_without_the_wait",
         "markov_block.cu",
-        "  wait_for_primary_grid();\n  allow_dependent_launch();\n\n  const StagePlan<WT> e_plan(layout.k_padded);",
-        "  allow_dependent_launch();\n\n  const StagePlan<WT> e_plan(layout.k_padded);",
+        "  wait_for_primary_grid();\n  allow_dependent_launch();\n",
+        "  allow_dependent_launch();\n",
         "position k + 1 gathers W1[x_k] (and writes its partials and tickets) without waiting for position"
         " k: it reads the token before position k has drawn it",
         ("markov",),
