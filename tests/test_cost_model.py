@@ -200,6 +200,11 @@ def test_the_programmatic_dependents_are_verification_pass_2_and_the_later_marko
         "- chain_verify: launches: verify_rows_kernel (full boundary), verify_residual_markov_kernel" in text
     )
     assert "2 (1 PDL)" in text
+    assert (
+        "- markov_block: launches: cudaMemsetAsync (full boundary), markov_tile_kernel (full boundary),"
+        " markov_tile_kernel x 4 (programmatic dependent)" in text
+    )
+    assert "6 (4 PDL)" in text
 
 
 def test_the_dependent_break_even_by_hand():
