@@ -40,7 +40,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -566,7 +566,8 @@ def markov_block(
     vocab: int, rows: int, gamma: int, loops: Mapping[str, float], int8_w2: bool = False
 ) -> ModeledOp:
     """markov_block, statistics form (no [R, g, V] logits kept): a memset of the tickets, then
-    one launch per position (the last CTA of each row chunk merges it).
+    one launch per position (the last CTA of each row chunk merges it); position 0 behind the
+    memset is a full boundary, positions 1..g-1 programmatic dependents of the position before.
     ``int8_w2``: the optional int8 W2 with per-row scales (op ``markov_block_int8``): W2 moves
     V r bytes plus V float32 scales a position, and the int8 kernel's loops count; its floor is
     its own bytes, SGLang's path is the same bf16 one.
@@ -621,7 +622,7 @@ def markov_block(
         vocab,
         rows,
         gamma,
-        [memset] + [tile] * gamma,
+        [memset, tile] + [replace(tile, dependent=True)] * (gamma - 1),
         _sglang(sglang_path_model.markov_block(vocab, rows, gamma, RANK, ELEM)),
         gamma * (w2 + base),
         notes,

@@ -14,6 +14,23 @@
 // for every (row, k). The full [R, g, V] logits are written only when the caller asks for them.
 // An int8 W2 with per-row scales (w2_scale given; W1 16-bit) is staged as int8 and widened in shared
 // memory to the MMA's 16-bit operand, its scales applied to the float32 dot products (markov_int8.cuh).
+//
+// Programmatic dependent launch (dependent_launch.cuh): positions 1..g-1 are programmatic
+// dependents of the position before, and the confidence launch of the last position. A tile CTA
+// resolves its Philox key and stages (an int8 W2: stages and widens) its W2 tile, none of which
+// depends on an earlier position, then waits for the previous position's grid; every read of a
+// previous token (and of the anchor), of the workspace, and every write comes after the wait.
+// Each CTA triggers its dependents right after its wait. The next position launches only once every
+// CTA of this one has triggered or exited, so its CTAs take SM slots and shared memory only after
+// all of this position's CTAs are resident (none of them is ever kept waiting for a slot); they
+// fill the slots that this position's last wave frees and stage their W2 tiles while it drains
+// and merges. Triggering after the wait (not at entry) keeps the chain one position deep: position
+// k + 2 cannot start before k has completed, so no more than one position's CTAs ever sit parked
+// at a wait, and the code before a wait sees everything written before its primary started.
+// Position 0 is launched normally: it follows the memset of the tickets, and a programmatic edge
+// exists only between two kernels. The chain is graph-capturable (programmatic edges in CUDA
+// graphs, CUDA 12.3+). Each position's CTAs all wait, so a position completes only after the one
+// before it: after the confidence kernel's wait, every position's tokens are final.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -22,6 +39,7 @@
 #include <type_traits>
 
 #include "dspark_sgl/common.cuh"
+#include "dspark_sgl/dependent_launch.cuh"
 #include "dspark_sgl/launch.h"
 #include "dspark_sgl/markov_int8.cuh"
 #include "dspark_sgl/markov_tile.cuh"
@@ -484,6 +502,11 @@ __global__ void __maxnreg__(168)
       return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
     });
   }
+  // Position k > 0 is a programmatic dependent of position k - 1: everything above (the Philox
+  // key, the W2 tile) overlaps the previous position's tail; every read of a previous token and of
+  // the workspace, and every write, comes after this wait. Then the next position may launch.
+  wait_for_primary_grid();
+  allow_dependent_launch();
 
   const StagePlan<WT> e_plan(layout.k_padded);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -615,6 +638,10 @@ __global__ void markov_confidence_kernel(MarkovBlockArgs args) {
   float acc = 0.0f;
   for (int64_t i = lane; i < args.hidden_size; i += 32)
     acc = fmaf(round_to_dtype(to_float(hidden[i]), pd), w[i], acc);
+  // A programmatic dependent of the last position: the hidden-state half above overlaps its tail;
+  // the tokens are read, and the outputs written, after every position has completed (each
+  // position waited for the one before it).
+  wait_for_primary_grid();
   if (args.conf_uses_markov) {
     const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
     const WT* emb = static_cast<const WT*>(args.w1) + clamp_index(prev, args.vocab_total) * args.rank;
@@ -665,9 +692,15 @@ cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaSt
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
-  for (int k = 0; k < args.gamma; ++k)
-    markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, k, ws);
-  return cudaGetLastError();
+  // Position 0 behind the tickets' memset (a full boundary: not a kernel), every later one a
+  // programmatic dependent of the position before it.
+  markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, 0, ws);
+  for (int k = 1; k < args.gamma; ++k) {
+    err = launch_programmatic_dependent(markov_tile_kernel<BT, WS, kTileV, kPlain>, dim3(tiles),
+                                        dim3(BlockShape<WT>::kThreads), smem, stream, args, k, ws);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;  // position 0's launch error: launch_block's one cudaGetLastError
 }
 
 template <typename BT, typename WS, int kTileV>
@@ -695,20 +728,22 @@ template <typename WT>
 cudaError_t launch_confidence(const MarkovBlockArgs& args, int hidden_dtype, cudaStream_t stream) {
   const int64_t warps = args.rows * args.gamma;
   const unsigned blocks = static_cast<unsigned>(ceil_div(warps * 32, 256));
-  return with_dtype(hidden_dtype, [&](auto hidden) {
-    markov_confidence_kernel<typename decltype(hidden)::type, WT><<<blocks, 256, 0, stream>>>(args);
-    return cudaGetLastError();
+  return with_dtype(hidden_dtype, [&](auto hidden) {  // a programmatic dependent of the last position
+    return launch_programmatic_dependent(markov_confidence_kernel<typename decltype(hidden)::type, WT>, dim3(blocks),
+                                         dim3(256), 0, stream, args);
   });
 }
 
 template <typename WT>
 cudaError_t launch_block(const MarkovBlockArgs& args, int base_dtype, int weight_dtype, int hidden_dtype,
                          MarkovWorkspace ws, cudaStream_t stream) {
-  const cudaError_t err = with_dtype(base_dtype, [&](auto base) {
+  cudaError_t err = with_dtype(base_dtype, [&](auto base) {
     return launch_for_weights<typename decltype(base)::type, WT>(args, weight_dtype, ws, stream);
   });
-  if (err != cudaSuccess || args.hidden == nullptr) return err;
-  return launch_confidence<WT>(args, hidden_dtype, stream);
+  if (err == cudaSuccess && args.hidden != nullptr) err = launch_confidence<WT>(args, hidden_dtype, stream);
+  // One check after the last launch (position 0's <<<>>> included): no synchronising call between
+  // a primary and its dependent (the emulator runs its queued launch at any runtime call).
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 // Workspace layout (bytes from its start): partials, then the counters (16-byte aligned).

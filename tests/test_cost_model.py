@@ -35,6 +35,12 @@ def test_markov_block_bytes_and_launches_by_hand():
     assert tile == 68_910_628
     assert [launch.bytes for launch in path.ours] == [counters] + [tile] * 5
     assert len(path.ours) == 6  # the memset, then one launch per position (the reduction is fused)
+    # position 0 behind the memset a full boundary, every later position a programmatic dependent
+    assert [launch.dependent for launch in path.ours] == [False, False, True, True, True, True]
+    h100 = cost_model.H100
+    assert path.time(h100) == pytest.approx(
+        sum(max(lc.terms(h100)) for lc in path.ours) + 2 * h100.launch_cost + 4 * h100.dependent_launch_cost
+    )
     assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
     # R = 64 takes the 128-wide tile: ceil(129280 / 128) = 1010 partials per row, 32-row chunks.
     wide = cost_model.markov_block(129280, 64, 5, ZERO)
@@ -174,11 +180,16 @@ def test_the_devices_price_a_dependent_boundary_as_the_stated_fraction():
         assert "programmatic dependent launch boundary" in device.source and "assumption" in device.source
 
 
-def test_verification_pass_2_is_the_only_programmatic_dependent():
+def test_the_programmatic_dependents_are_verification_pass_2_and_the_later_markov_positions():
     paths = cost_model.model(dict(ZERO))
     for path in paths:
         kinds = [launch.dependent for launch in path.ours]
-        assert kinds == ([False, True] if path.op.startswith("chain_verify") else [False] * len(kinds))
+        if path.op.startswith("chain_verify"):
+            assert kinds == [False, True]
+        elif path.op.startswith("markov_block"):  # the memset, position 0, then g - 1 dependents
+            assert kinds == [False, False] + [True] * (path.gamma - 1)
+        else:
+            assert kinds == [False] * len(kinds)
     h100 = cost_model.H100
     verify = cost_model.verify(129280, 1, 5, ZERO)
     assert verify.time(h100) == pytest.approx(
@@ -189,6 +200,11 @@ def test_verification_pass_2_is_the_only_programmatic_dependent():
         "- chain_verify: launches: verify_rows_kernel (full boundary), verify_residual_markov_kernel" in text
     )
     assert "2 (1 PDL)" in text
+    assert (
+        "- markov_block: launches: cudaMemsetAsync (full boundary), markov_tile_kernel (full boundary),"
+        " markov_tile_kernel x 4 (programmatic dependent)" in text
+    )
+    assert "6 (4 PDL)" in text
 
 
 def test_the_dependent_break_even_by_hand():

@@ -173,6 +173,16 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "markov_position_without_the_wait",
+        "markov_block.cu",
+        "  wait_for_primary_grid();\n  allow_dependent_launch();\n",
+        "  allow_dependent_launch();\n",
+        "position k + 1 gathers W1[x_k] (and writes its partials and tickets) without waiting for position"
+        " k: it reads the token before position k has drawn it",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
         "markov_bad_wmma_ldm",
         "include/dspark_sgl/markov_tile.cuh",
         "ld = k_padded + 8;",

@@ -56,3 +56,23 @@ def test_chain_verify_pass_2_runs_as_a_dependent_of_pass_1(emulated_extension):
             assert runtime.cuemu_queued_launches() == 0
             assert acc.tolist() == [0, 1, 2, 3, 1, 0]
     assert harness.last_fault(emulated_extension) == ""
+
+
+def test_markov_block_positions_run_as_dependents_of_the_position_before(emulated_extension):
+    """Positions 1..g-1 and the confidence launch are programmatic dependents whose blocks run up
+    to their wait before the launch they depend on (the emulator's adversarial order): g early
+    dependents per block, the outputs still the reference's, nothing left queued."""
+    from test_gpu_kernels import assert_blocks_match, draft, markov_case
+
+    runtime = emulated_extension._cuemu
+    gamma = 4
+    case = markov_case(torch.device("cpu"), 5, gamma, 700, 64, hidden=16)
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    with harness.emulated(emulated_extension):
+        before = runtime.cuemu_early_dependent_launches()
+        ours = draft(case, keep_logits=True)
+        assert runtime.cuemu_early_dependent_launches() - before == gamma
+        assert runtime.cuemu_queued_launches() == 0
+    assert_blocks_match(ours, ref, case["temperature"])
+    assert harness.last_fault(emulated_extension) == ""
