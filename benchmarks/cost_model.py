@@ -233,7 +233,10 @@ def _markov_int8_loops() -> list[LoopName]:
         LoopName(
             f"markov_int8.w2_stage.{w}",
             k,
-            ((_MARKOV, r"stage_int8_tile<kTileV, kThreads>\("), (_INT8, r"for \(int p = threadIdx\.x; p < copied;")),
+            (
+                (_MARKOV, r"stage_int8_tile<kTileV, kThreads>\("),
+                (_INT8, r"for \(int p = threadIdx\.x; p < copied;"),
+            ),
             16,
             "int8 W2 element (16-byte copy)",
             _ONE_COPY,

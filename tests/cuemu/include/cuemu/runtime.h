@@ -481,7 +481,8 @@ inline unsigned __brev(unsigned x) {
 // bit 3 set faults: the documentation leaves that bit out, and prmt's default mode then replicates
 // the selected byte's sign instead of copying it. The upper 16 bits of s are documented unused.
 inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
-  if (s & 0x8888u) ::cuemu::fault("__byte_perm: selector 0x%04x sets a nibble's bit 3 (sign replication)", s & 0xffffu);
+  if (s & 0x8888u)
+    ::cuemu::fault("__byte_perm: selector 0x%04x sets a nibble's bit 3 (sign replication)", s & 0xffffu);
   const unsigned long long bytes = (static_cast<unsigned long long>(y) << 32) | x;
   unsigned r = 0;
   for (int n = 0; n < 4; ++n) r |= static_cast<unsigned>((bytes >> (8 * ((s >> (4 * n)) & 7u))) & 0xffu) << (8 * n);
