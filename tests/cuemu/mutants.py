@@ -291,6 +291,15 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "markov_int8_widening_swaps_a_pair",
+        "include/dspark_sgl/markov_int8.cuh",
+        "__byte_perm(word, high, 0x4140)",
+        "__byte_perm(word, high, 0x4041)",
+        "the byte permute puts W2 values k and k + 1 (k = 0 mod 4) in each other's place",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
         "verify_residual_reads_the_count_before_the_wait",
         "chain_verify.cu",
         "  wait_for_primary_grid();  // pass 1 complete: the rejected count and the stop rows are final\n"
