@@ -89,7 +89,10 @@ __device__ __forceinline__ void stage_int8_tile(int8_t* w2s, float* scale_s, con
 }
 
 // Where chunk j (8 values, 16 bytes) of row i of the widened 16-bit W2 tile starts, in elements
-// from the tile's start: the layout bias_tile reads (MarkovTileLayout: rows of ld elements).
+// from the tile's start: the layout bias_tile reads (MarkovTileLayout: rows of ld elements). Every
+// widened store goes through it. Another layout keeps widen_int8_tile's in-place order valid
+// while every chunk of row i lies at or after byte i * ld8 of the tile, where row i's int8 copy
+// starts (batch [lo, hi) then writes nothing below the int8 rows [0, lo) still to be read).
 __device__ __forceinline__ int widened_at(int i, int j, int ld) { return i * ld + 8 * j; }
 
 // Four int8 values (the bytes of `word`, in order) as four WT values (exact), two 32-bit pairs,
