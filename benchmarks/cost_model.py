@@ -239,7 +239,10 @@ def _markov_int8_loops() -> list[LoopName]:
         LoopName(
             f"markov_int8.w2_stage.{w}",
             k,
-            ((_MARKOV, r"stage_int8_tile\(reinterpret_cast"), (_INT8, r"while \(i < kTileV\) \{")),
+            (
+                (_MARKOV, r"stage_int8_tile<kTileV, kThreads>\("),
+                (_INT8, r"for \(int p = threadIdx\.x; p < copied;"),
+            ),
             16,
             "int8 W2 element (16-byte copy)",
             _ONE_COPY,
@@ -249,7 +252,7 @@ def _markov_int8_loops() -> list[LoopName]:
             f"markov_int8.widen.{w}",
             k,
             (
-                (_MARKOV, r"widen_int8_tile\(tile\.w2,"),
+                (_MARKOV, r"widen_int8_tile<WT, kTileV, kThreads>\(tile\.w2,"),
                 (_INT8, r"for \(int hi = kTileV; hi > 0; hi -= batch_rows\)"),
             ),
             INT8_WIDEN_PIECES * 16,

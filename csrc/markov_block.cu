@@ -494,9 +494,9 @@ __global__ void __maxnreg__(168)
 
   if constexpr (kInt8) {  // staged as int8 into the 16-bit tile's region, widened there
     const Int8W2Layout<kTileV> int8_layout(static_cast<int>(args.rank));
-    stage_int8_tile(reinterpret_cast<int8_t*>(tile.w2), w2_scales, int8_layout, static_cast<const int8_t*>(args.w2),
-                    args.w2_scale, v0, vocab);
-    widen_int8_tile(tile.w2, int8_layout, layout.ld);
+    stage_int8_tile<kTileV, kThreads>(reinterpret_cast<int8_t*>(tile.w2), w2_scales, int8_layout,
+                                      static_cast<const int8_t*>(args.w2), args.w2_scale, v0, vocab);
+    widen_int8_tile<WT, kTileV, kThreads>(tile.w2, int8_layout, layout.ld);
   } else {
     stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
       return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;

@@ -78,6 +78,28 @@ def test_markov_block_int8_w2_is_bit_identical_on_exact_inputs(backend, shape, w
         )
 
 
+@pytest.mark.parametrize("rank", [64, 40], ids=lambda r: f"r{r}")  # 16-byte staging; byte staging
+@pytest.mark.parametrize("wdtype", [BF16, F16], ids=str)
+def test_markov_block_int8_w2_widens_every_int8_value_exactly(backend, wdtype, rank):
+    """The widening of the staged int8 tile (markov_int8.cuh: bit patterns and one subtraction, no
+    conversion instruction) gives float(q) for every value q in [-127, 127]: with W1[n] the n-th unit
+    row, scales 1 and zero base logits, row n's logit of token v is q[v, n] itself."""
+    vocab = backend.size(1300, 300)  # several 128-wide tiles, the last one partial
+    q = (torch.arange(vocab * rank).reshape(vocab, rank) % 255 - 127).to(torch.int8)
+    w1 = torch.zeros(vocab, rank)
+    w1[:rank] = torch.eye(rank)
+    head = Int8VanillaMarkovHead(
+        w1.to(backend.device, wdtype), q.to(backend.device), torch.ones(vocab).to(backend.device)
+    )
+    base = torch.zeros(rank, 1, vocab, dtype=wdtype, device=backend.device)
+    anchor = torch.arange(rank, device=backend.device)
+    block = markov.sample_block_with_head(
+        base, anchor, head, torch.ones(rank, device=backend.device), seed=SEED, offset=OFFSET
+    )
+    assert backend.ran("markov_block")
+    assert torch.equal(block.logits[:, 0].float().cpu(), q.T.float())
+
+
 @pytest.mark.parametrize("wdtype", [BF16, F16], ids=str)
 def test_markov_block_int8_w2_statistics_form_matches_the_reference(backend, wdtype):
     """keep_logits=False with the base logits in W1's dtype: the kernel's plain epilogue; the

@@ -284,7 +284,7 @@ MUTANTS = [
     Mutant(
         "markov_int8_widening_without_a_barrier",
         "include/dspark_sgl/markov_int8.cuh",
-        "    __syncthreads();  // every int8 byte of rows [lo, hi) is read before any is overwritten\n",
+        "    __syncthreads();  // every int8 byte of the batch's rows is read before any is overwritten\n",
         "",
         "a thread writes widened W2 rows over int8 bytes that other threads have not read yet",
         ("markov_int8",),
@@ -294,10 +294,28 @@ MUTANTS = [
         "markov_int8_widening_from_the_first_rows",
         "include/dspark_sgl/markov_int8.cuh",
         "  for (int hi = kTileV; hi > 0; hi -= batch_rows) {  // int8 W2 widening, from the last rows\n"
-        "    const int lo = max(0, hi - batch_rows);",
-        "  for (int lo = 0; lo < kTileV; lo += batch_rows) {\n"
-        "    const int hi = min(kTileV, lo + batch_rows);",
+        "    const int lo = hi - batch_rows;",
+        "  for (int top = batch_rows; top - batch_rows < kTileV; top += batch_rows) {\n"
+        "    const int hi = min(top, kTileV), lo = top - batch_rows;",
         "the 16-bit rows widened first land on int8 rows not yet read (the in-place order reversed)",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_int8_widening_drops_the_sign_bit",
+        "include/dspark_sgl/markov_int8.cuh",
+        "sub_pair_rn<WT>(lo & 0xff7fff7fu, lo & 0xff80ff80u)",
+        "sub_pair_rn<WT>(lo & 0xff7fff7fu, lo & 0xff00ff00u)",
+        "the bf16 widening subtracts 128 for every byte: negative int8 W2 values come out 128 too high",
+        ("markov_int8",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_int8_widening_swaps_a_pair",
+        "include/dspark_sgl/markov_int8.cuh",
+        "__byte_perm(word, high, 0x4140)",
+        "__byte_perm(word, high, 0x4041)",
+        "the byte permute puts W2 values k and k + 1 (k = 0 mod 4) in each other's place",
         ("markov_int8",),
         SCHEDULES,
     ),

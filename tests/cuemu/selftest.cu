@@ -12,6 +12,7 @@
 
 #include "dspark_sgl/async_copy.cuh"
 #include "dspark_sgl/dependent_launch.cuh"
+#include "dspark_sgl/markov_int8.cuh"
 
 namespace {
 
@@ -91,6 +92,26 @@ __global__ void convert_16bit(const float* in, uint16_t* bf16, uint16_t* f16, fl
   f16[i] = __half_as_ushort(h);
   back[2 * i] = __bfloat162float(b);
   back[2 * i + 1] = __half2float(h);
+}
+
+// out[i] = __byte_perm(x[i], y[i], s[i]) for i < n (one thread each).
+__global__ void byte_perm(const unsigned* x, const unsigned* y, const unsigned* s, unsigned* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __byte_perm(x[i], y[i], s[i]);
+}
+
+// The int8 W2 widening of markov_int8.cuh on every byte: thread t widens the word of bytes
+// 4t .. 4t + 3 (as int8) to bf16 (out_bf16[4t ..]) and to half (out_f16[4t ..]), as bit patterns.
+__global__ void widen_int8(uint16_t* out_bf16, uint16_t* out_f16) {
+  const unsigned b = 4 * threadIdx.x;
+  const unsigned word = b | (b + 1) << 8 | (b + 2) << 16 | (b + 3) << 24;
+  const uint2 w = dspark_sgl::int8x4_to<__nv_bfloat16>(word), h = dspark_sgl::int8x4_to<__half>(word);
+  const unsigned words[4] = {w.x, w.y, h.x, h.y};
+  for (int k = 0; k < 4; ++k) {
+    uint16_t* out = k < 2 ? out_bf16 : out_f16;
+    out[b + 2 * (k % 2)] = static_cast<uint16_t>(words[k] & 0xffffu);
+    out[b + 2 * (k % 2) + 1] = static_cast<uint16_t>(words[k] >> 16);
+  }
 }
 
 // Per warp: ballot, all, any of (lane % 3 == 0); per block: __syncthreads_count of odd threads.
@@ -271,6 +292,14 @@ CUEMU_EXPORT const char* st_reverse_block(const int* in, int* out, int blocks, i
 }
 CUEMU_EXPORT const char* st_convert_16bit(const float* in, uint16_t* bf16, uint16_t* f16, float* back, int n) {
   convert_16bit<<<(n + 255) / 256, 256>>>(in, bf16, f16, back, n);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_byte_perm(const unsigned* x, const unsigned* y, const unsigned* s, unsigned* out, int n) {
+  byte_perm<<<(n + 127) / 128, 128>>>(x, y, s, out, n);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_widen_int8(uint16_t* out_bf16, uint16_t* out_f16) {
+  widen_int8<<<1, 64>>>(out_bf16, out_f16);
   return ret(result());
 }
 CUEMU_EXPORT const char* st_votes(unsigned* out) {

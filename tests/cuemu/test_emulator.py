@@ -25,6 +25,8 @@ ENTRY_POINTS = (
     "st_reverse_block",
     "st_dynamic_smem_sum",
     "st_convert_16bit",
+    "st_byte_perm",
+    "st_widen_int8",
     "st_votes",
     "st_matches",
     "st_cross_warp_syncwarp",
@@ -127,6 +129,44 @@ def test_16bit_conversions_round_like_torch(runtime):
     assert torch.equal(f16, values.to(torch.float16).view(torch.int16))
     assert torch.equal(back.view(n, 2)[:, 0], values.to(BF16).float())
     assert torch.equal(back.view(n, 2)[:, 1], values.to(torch.float16).float())
+
+
+def _byte_perm(x: int, y: int, s: int) -> int:
+    """__byte_perm as the CUDA Math API documents it: byte n is byte s<4n+2:4n> of {y, x}."""
+    word = (y << 32) | x
+    return sum(((word >> (8 * ((s >> (4 * n)) & 7))) & 0xFF) << (8 * n) for n in range(4))
+
+
+def test_byte_perm_selects_the_documented_bytes(runtime):
+    gen = torch.Generator().manual_seed(5)
+    n = 512
+    x, y = (torch.randint(0, 2**32, (n,), generator=gen, dtype=torch.int64) for _ in range(2))
+    s = torch.randint(0, 8, (n, 4), generator=gen, dtype=torch.int64)  # selector nibbles 0..7
+    s = (s << torch.tensor([0, 4, 8, 12])).sum(dim=1) | (torch.randint(0, 2**16, (n,), generator=gen) << 16)
+    s[:4] = torch.tensor([0x3210, 0x7654, 0x4140, 0x4342])  # identity, y, markov_int8's two selectors
+    words = [t.to(torch.int32) for t in (x, y, s)]  # uint32 bit patterns (the upper 16 bits of s unused)
+    out = torch.zeros(n, dtype=torch.int32)
+    assert runtime.st_byte_perm(*(_ptr(w) for w in words), _ptr(out), n) == b""
+    want = [_byte_perm(int(a), int(b), int(c)) for a, b, c in zip(x, y, s, strict=True)]
+    assert [int(v) & 0xFFFFFFFF for v in out] == want
+
+
+def test_byte_perm_with_a_sign_replicating_selector_faults(runtime):
+    words = [torch.tensor([v], dtype=torch.int32) for v in (0x11223344, 0x55667788, 0x4148)]
+    out = torch.zeros(1, dtype=torch.int32)
+    msg = runtime.st_byte_perm(*(_ptr(w) for w in words), _ptr(out), 1)
+    assert b"selector 0x4148 sets a nibble's bit 3" in msg, msg
+
+
+def test_int8_widening_is_exact_for_every_byte(runtime):
+    """markov_int8.cuh's int8x4_to (bit patterns and one 16-bit subtraction a pair, no conversion
+    instruction) gives float(b) in bfloat16 and half for all 256 int8 values, -128 included."""
+    out_bf16 = torch.zeros(256, dtype=torch.int16)
+    out_f16 = torch.zeros(256, dtype=torch.int16)
+    assert runtime.st_widen_int8(_ptr(out_bf16), _ptr(out_f16)) == b""
+    values = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.int8).float()
+    assert torch.equal(out_bf16, values.to(BF16).view(torch.int16))
+    assert torch.equal(out_f16, values.to(torch.float16).view(torch.int16))
 
 
 def test_wmma_bf16_matches_a_matmul_in_both_b_layouts(runtime):

@@ -253,6 +253,24 @@ __device__ __forceinline__ unsigned add_pair_rn(unsigned a, unsigned b) {
 #endif
 }
 
+// (a.lo - b.lo, a.hi - b.hi), each exact difference rounded once to T (add_pair_rn's argument
+// holds for differences: the emulator's float32 difference rounded to T is the same value).
+template <typename T>
+__device__ __forceinline__ unsigned sub_pair_rn(unsigned a, unsigned b) {
+#ifdef CUEMU
+  const float2 x = unpack_pair<T>(a), y = unpack_pair<T>(b);
+  return pack_pair_rn<T>(x.x - y.x, x.y - y.y);
+#else
+  unsigned d;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  } else {
+    asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+  }
+  return d;
+#endif
+}
+
 // (max(a.lo, b.lo), max(a.hi, b.hi)): exact; a NaN half yields the other operand (fmaxf's rule).
 template <typename T>
 __device__ __forceinline__ unsigned max_pair(unsigned a, unsigned b) {

@@ -7,8 +7,9 @@
 //
 // The CTA stages its int8 tile [kTileV, r] once with cp.async (16 bytes = 16 values a copy: half
 // the bytes of a 16-bit tile in flight) and its kTileV scales with plain loads, then widens the
-// tile in place to WT (int8 values are exact in bf16 and fp16, so the MMA's products are those of
-// the reference), once for all of the CTA's row chunks; bias_tile then runs unchanged. The
+// tile in place to WT with integer bit tricks and one exact 16-bit subtraction per pair, no
+// conversion instruction (int8 values are exact in bf16 and fp16, so the MMA's products are those
+// of the reference), once for all of the CTA's row chunks; bias_tile then runs unchanged. The
 // epilogue multiplies the float32 accumulator values by their column's scale where it rounds the
 // bias (scaled_bias).
 #pragma once
@@ -37,18 +38,19 @@ struct WeightStorage<Int8W2<WT>> {
   static constexpr bool kInt8 = true;
 };
 
-// The int8 W2 tile [kTileV, r] is staged into the start of MarkovTileLayout's 16-bit W2 region,
-// in rows of ld8 = k_padded + 16 bytes (16-byte aligned for cp.async), then widened in place to
-// the 16-bit rows bias_tile reads (ld elements): a row's 16-bit copy starts at or after its int8
-// copy (ld8 <= 2 ld bytes), so widening the rows from the last to the first, each batch read into
-// registers before a barrier and written after it, never overwrites int8 bytes still to be read.
+// The int8 W2 tile [kTileV, r] is staged into the start of MarkovTileLayout's 16-bit W2 region as
+// one contiguous run of kTileV rows of k_padded bytes (ld8 = k_padded, a multiple of 16: every row
+// 16-byte aligned for cp.async), then widened in place to the 16-bit rows bias_tile reads (row i at
+// widened_at(i, 0, ld)). A row's 16-bit copy starts at or after its int8 copy (i * ld8 <= 2 i ld
+// bytes), so widening batches of rows from the last to the first, each batch read into registers
+// before a barrier and written after it, never overwrites int8 bytes still to be read.
 template <int kTileV>
 struct Int8W2Layout {
   int rank;
   int k_padded;
   int ld8;  // bytes between int8 rows
 
-  __host__ __device__ explicit Int8W2Layout(int r) : rank(r), k_padded((r + 15) / 16 * 16), ld8(k_padded + 16) {}
+  __host__ __device__ explicit Int8W2Layout(int r) : rank(r), k_padded((r + 15) / 16 * 16), ld8(k_padded) {}
   __host__ __device__ static constexpr size_t scale_bytes() { return size_t(kTileV) * sizeof(float); }
 };
 
@@ -56,35 +58,29 @@ struct Int8W2Layout {
 
 // Stages rows [v0, v0 + kTileV) of the int8 W2 [vocab, rank] into `w2s` (int8 rows of ld8 bytes)
 // and their scales into `scale_s` [kTileV], zero filling [rank, k_padded) and the rows past the
-// vocabulary (scale 0). Call with all threads of the CTA; on return both are visible to every
-// thread. With rank a multiple of 16 every 16-byte piece is one cp.async (the rows of a
-// _dispatch.aligned tensor are then 16-byte aligned), all in one group; other ranks copy byte by byte.
-template <int kTileV>
+// vocabulary (scale 0). Call with all kThreads threads of the CTA; on return both are visible to
+// every thread. With rank a multiple of 16 (ld8 = rank) the tile's rows are the same contiguous run
+// of bytes in W2 and in the tile: its 16-byte piece p is at 16 p in both (W2 rows of a
+// _dispatch.aligned tensor are then 16-byte aligned), one cp.async each, all in one group; other
+// ranks copy byte by byte.
+template <int kTileV, int kThreads>
 __device__ __forceinline__ void stage_int8_tile(int8_t* w2s, float* scale_s, const Int8W2Layout<kTileV>& layout,
                                                 const int8_t* w2, const float* scale, int64_t v0, int64_t vocab) {
   const int rows = static_cast<int>(min(int64_t(kTileV), vocab - v0));
-  for (int i = threadIdx.x; i < kTileV; i += blockDim.x) scale_s[i] = i < rows ? scale[v0 + i] : 0.0f;
   const int8_t* src = w2 + v0 * layout.rank;
   if (layout.rank % 16 == 0) {
-    // Piece c of row i for idx = i * per_row + c; (i, c) advance by blockDim.x without a divide.
-    const int per_row = layout.k_padded / 16;
-    const int step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
-    int i = threadIdx.x / per_row, c = threadIdx.x % per_row;
-    while (i < kTileV) {  // int8 W2 pieces
-      const bool copy = i < rows;
-      cp_async_16(w2s + size_t(i) * layout.ld8 + 16 * c, copy ? src + size_t(i) * layout.rank + 16 * c : nullptr,
-                  copy ? 16 : 0);
-      i += step_rows;
-      c += step_pieces;
-      if (c >= per_row) {
-        c -= per_row;
-        ++i;
-      }
-    }
+    const int copied = rows * (layout.rank / 16), pieces = kTileV * (layout.rank / 16);
+    const int8_t* from = src + 16 * threadIdx.x;
+    int8_t* to = w2s + 16 * threadIdx.x;
+    for (int p = threadIdx.x; p < copied; p += kThreads, from += 16 * kThreads, to += 16 * kThreads)
+      cp_async_16(to, from, 16);  // int8 W2 pieces
+    for (int p = copied + threadIdx.x; p < pieces; p += kThreads) cp_async_16(w2s + 16 * p, nullptr, 0);
     cp_async_commit();
+    for (int i = threadIdx.x; i < kTileV; i += kThreads) scale_s[i] = i < rows ? scale[v0 + i] : 0.0f;
     cp_async_wait<0>();
   } else {
-    for (int idx = threadIdx.x; idx < kTileV * layout.k_padded; idx += blockDim.x) {
+    for (int i = threadIdx.x; i < kTileV; i += kThreads) scale_s[i] = i < rows ? scale[v0 + i] : 0.0f;
+    for (int idx = threadIdx.x; idx < kTileV * layout.k_padded; idx += kThreads) {
       const int i = idx / layout.k_padded, k = idx % layout.k_padded;
       w2s[size_t(i) * layout.ld8 + k] = i < rows && k < layout.rank ? src[size_t(i) * layout.rank + k] : int8_t(0);
     }
@@ -92,55 +88,75 @@ __device__ __forceinline__ void stage_int8_tile(int8_t* w2s, float* scale_s, con
   __syncthreads();
 }
 
-// Four int8 values (the bytes of `word`, in order) as four WT values (exact), two 32-bit pairs.
+// Where chunk j (8 values, 16 bytes) of row i of the widened 16-bit W2 tile starts, in elements
+// from the tile's start: the layout bias_tile reads (MarkovTileLayout: rows of ld elements). Every
+// widened store goes through it. Another layout keeps widen_int8_tile's in-place order valid
+// while every chunk of row i lies at or after byte i * ld8 of the tile, where row i's int8 copy
+// starts (batch [lo, hi) then writes nothing below the int8 rows [0, lo) still to be read).
+__device__ __forceinline__ int widened_at(int i, int j, int ld) { return i * ld + 8 * j; }
+
+// Four int8 values (the bytes of `word`, in order) as four WT values (exact), two 32-bit pairs,
+// with no conversion instruction: integer bit patterns and one exact 16-bit subtraction per pair.
+//   bfloat16: for a byte b, the patterns 0x4300 | (b & 0x7f) and 0x4300 | (b & 0x80) are the values
+//     128 + (b & 0x7f) and 128 or 256 (b's sign bit lands on the exponent's low bit); their
+//     difference is b, exact. A pair: one byte permute, two masks, one bf16x2 subtraction.
+//   half: 0x6400 | (b ^ 0x80) is 1024 + (b + 128) (ten mantissa bits of unit 1), minus 1152
+//     (0x6480) is b. A word: one XOR, then per pair one byte permute and one f16x2 subtraction.
+// `zero` must be 0: a caller passing a value the compiler cannot fold (widen_int8_tile) keeps the
+// permute's constant byte source in one register; with a literal, ptxas rematerializes a selector
+// for each permute (about one more instruction a pair in markov_tile_kernel).
 template <typename WT>
-__device__ __forceinline__ uint2 int8x4_to(unsigned word) {
-  float v[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) v[i] = static_cast<float>(static_cast<int8_t>(word >> (8 * i)));
-  return make_uint2(pack_pair_rn<WT>(v[0], v[1]), pack_pair_rn<WT>(v[2], v[3]));
+__device__ __forceinline__ uint2 int8x4_to(unsigned word, unsigned zero = 0) {
+  static_assert(sizeof(WT) == 2, "an int8 value widens to a 16-bit type");
+  if constexpr (std::is_same<WT, __nv_bfloat16>::value) {
+    // (bytes 1, 0) and (bytes 3, 2) in the low bytes of two halves whose high bytes are 0x43
+    const unsigned high = 0x43434343u | zero;
+    const unsigned lo = __byte_perm(word, high, 0x4140), hi = __byte_perm(word, high, 0x4342);
+    return make_uint2(sub_pair_rn<WT>(lo & 0xff7fff7fu, lo & 0xff80ff80u),
+                      sub_pair_rn<WT>(hi & 0xff7fff7fu, hi & 0xff80ff80u));
+  } else {
+    const unsigned high = 0x64646464u | zero, biased = word ^ 0x80808080u;  // each byte b + 128, unsigned
+    const unsigned lo = __byte_perm(biased, high, 0x4140), hi = __byte_perm(biased, high, 0x4342);
+    return make_uint2(sub_pair_rn<WT>(lo, 0x64806480u), sub_pair_rn<WT>(hi, 0x64806480u));
+  }
 }
 
-// Widens the staged int8 tile in place into kTileV rows of WT (k_padded values, row stride ld
-// elements) at the same address, the layout bias_tile reads. Batches of rows from the last: each
-// thread reads up to kPieces 16-byte pieces (16 values) into registers, the CTA synchronizes,
-// then it writes them widened (32 bytes a piece). Call with all threads; on return the 16-bit tile
-// is visible to every thread.
-template <typename WT, int kTileV>
+// Widens the staged int8 tile in place into kTileV rows of WT (k_padded values, at widened_at) at
+// the same address, the layout bias_tile reads. Thread t widens piece c = t % per_row (16 values) of
+// rows t / per_row + n * row_step (row_step = kThreads / per_row rows a pass; the last
+// kThreads % per_row threads idle): constant strides, no divide in the loop. Batches of kPieces
+// passes from the last rows: each thread reads its pieces of the batch into registers, the CTA
+// synchronizes, then it writes them widened (32 bytes a piece). Call with all kThreads threads; on
+// return the 16-bit tile is visible to every thread.
+template <typename WT, int kTileV, int kThreads>
 __device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTileV>& layout, int ld) {
-  static_assert(sizeof(WT) == 2, "an int8 W2 widens to a 16-bit MMA operand");
   constexpr int kPieces = 8;
   const int8_t* bytes = reinterpret_cast<const int8_t*>(tile);
   const int per_row = layout.k_padded / 16;
-  const int batch_rows = max(1, kPieces * static_cast<int>(blockDim.x) / per_row);
-  const int step_rows = blockDim.x / per_row, step_pieces = blockDim.x % per_row;
+  const int row_step = kThreads / per_row, batch_rows = kPieces * row_step;  // per_row <= 32 < kThreads
+  const int c = static_cast<int>(threadIdx.x) % per_row;
+  const int first = static_cast<int>(threadIdx.x) < row_step * per_row ? static_cast<int>(threadIdx.x) / per_row
+                                                                         : batch_rows;  // idle: no row
+  const unsigned zero = unsigned(layout.ld8) >> 16;  // 0 (ld8 <= 512), for int8x4_to
+  uint4 piece[kPieces];  // a piece outside the batch keeps its last value, converted and not stored
+#pragma unroll
+  for (int n = 0; n < kPieces; ++n) piece[n] = make_uint4(0, 0, 0, 0);
   for (int hi = kTileV; hi > 0; hi -= batch_rows) {  // int8 W2 widening, from the last rows
-    const int lo = max(0, hi - batch_rows);
-    uint4 piece[kPieces];
-    int dst_at[kPieces];  // the piece's first element in the 16-bit tile
-    unsigned in_batch = 0;
-    int i = lo + static_cast<int>(threadIdx.x) / per_row, c = static_cast<int>(threadIdx.x) % per_row;
+    const int lo = hi - batch_rows;                  // rows [max(lo, 0), hi): the batch
 #pragma unroll
     for (int n = 0; n < kPieces; ++n) {
-      const bool in = i < hi;
-      in_batch |= unsigned(in) << n;
-      piece[n] = in ? *reinterpret_cast<const uint4*>(bytes + size_t(i) * layout.ld8 + 16 * c) : make_uint4(0, 0, 0, 0);
-      dst_at[n] = i * ld + 16 * c;
-      i += step_rows;
-      c += step_pieces;
-      if (c >= per_row) {
-        c -= per_row;
-        ++i;
-      }
+      const int i = lo + first + n * row_step;
+      if (unsigned(i) < unsigned(hi)) piece[n] = *reinterpret_cast<const uint4*>(bytes + i * layout.ld8 + 16 * c);
     }
-    __syncthreads();  // every int8 byte of rows [lo, hi) is read before any is overwritten
+    __syncthreads();  // every int8 byte of the batch's rows is read before any is overwritten
 #pragma unroll
     for (int n = 0; n < kPieces; ++n) {
-      const uint2 a = int8x4_to<WT>(piece[n].x), b = int8x4_to<WT>(piece[n].y);
-      const uint2 e = int8x4_to<WT>(piece[n].z), f = int8x4_to<WT>(piece[n].w);
-      if ((in_batch >> n) & 1u) {
-        *reinterpret_cast<uint4*>(tile + dst_at[n]) = make_uint4(a.x, a.y, b.x, b.y);
-        *reinterpret_cast<uint4*>(tile + dst_at[n] + 8) = make_uint4(e.x, e.y, f.x, f.y);
+      const int i = lo + first + n * row_step;
+      const uint2 a = int8x4_to<WT>(piece[n].x, zero), b = int8x4_to<WT>(piece[n].y, zero);
+      const uint2 e = int8x4_to<WT>(piece[n].z, zero), f = int8x4_to<WT>(piece[n].w, zero);
+      if (unsigned(i) < unsigned(hi)) {
+        *reinterpret_cast<uint4*>(tile + widened_at(i, 2 * c, ld)) = make_uint4(a.x, a.y, b.x, b.y);
+        *reinterpret_cast<uint4*>(tile + widened_at(i, 2 * c + 1, ld)) = make_uint4(e.x, e.y, f.x, f.y);
       }
     }
   }

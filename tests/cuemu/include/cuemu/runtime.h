@@ -476,6 +476,18 @@ inline unsigned __brev(unsigned x) {
   for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
   return r;
 }
+// __byte_perm(x, y, s) (PTX prmt): byte n of the result is byte s<4n+2:4n> of the eight bytes of
+// {y, x} (x's bytes 0-3, y's 4-7), as the CUDA Math API documents it. A selector with a nibble's
+// bit 3 set faults: the documentation leaves that bit out, and prmt's default mode then replicates
+// the selected byte's sign instead of copying it. The upper 16 bits of s are documented unused.
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  if (s & 0x8888u)
+    ::cuemu::fault("__byte_perm: selector 0x%04x sets a nibble's bit 3 (sign replication)", s & 0xffffu);
+  const unsigned long long bytes = (static_cast<unsigned long long>(y) << 32) | x;
+  unsigned r = 0;
+  for (int n = 0; n < 4; ++n) r |= static_cast<unsigned>((bytes >> (8 * ((s >> (4 * n)) & 7u))) & 0xffu) << (8 * n);
+  return r;
+}
 inline unsigned umin(unsigned a, unsigned b) { return a < b ? a : b; }
 inline unsigned umax(unsigned a, unsigned b) { return a > b ? a : b; }
 template <typename T>
