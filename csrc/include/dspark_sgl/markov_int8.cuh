@@ -8,7 +8,7 @@
 // The CTA stages its int8 tile [kTileV, r] once with cp.async (16 bytes = 16 values a copy: half
 // the bytes of a 16-bit tile in flight) and its kTileV scales with plain loads, then widens the
 // tile in place to WT (int8 values are exact in bf16 and fp16, so the MMA's products are those of
-// the reference), once for all of the CTA's row chunks; bias_tile then runs unchanged. The
+// the reference), once for all of the CTA's row chunks; warp_bias_mma then runs unchanged. The
 // epilogue multiplies the float32 accumulator values by their column's scale where it rounds the
 // bias (scaled_bias).
 #pragma once
@@ -37,11 +37,12 @@ struct WeightStorage<Int8W2<WT>> {
   static constexpr bool kInt8 = true;
 };
 
-// The int8 W2 tile [kTileV, r] is staged into the start of MarkovTileLayout's 16-bit W2 region,
+// The int8 W2 tile [kTileV, r] is staged into the start of MmaTileLayout's 16-bit W2 region,
 // in rows of ld8 = k_padded + 16 bytes (16-byte aligned for cp.async), then widened in place to
-// the 16-bit rows bias_tile reads (ld elements): a row's 16-bit copy starts at or after its int8
-// copy (ld8 <= 2 ld bytes), so widening the rows from the last to the first, each batch read into
-// registers before a barrier and written after it, never overwrites int8 bytes still to be read.
+// the 16-bit rows warp_bias_mma reads (row i at w2_row(i) >= i ld elements): a row's 16-bit copy
+// starts at or after its int8 copy (ld8 <= 2 ld bytes), so widening the rows from the last to the
+// first, each batch read into registers before a barrier and written after it, never overwrites int8
+// bytes still to be read.
 template <int kTileV>
 struct Int8W2Layout {
   int rank;
@@ -101,13 +102,14 @@ __device__ __forceinline__ uint2 int8x4_to(unsigned word) {
   return make_uint2(pack_pair_rn<WT>(v[0], v[1]), pack_pair_rn<WT>(v[2], v[3]));
 }
 
-// Widens the staged int8 tile in place into kTileV rows of WT (k_padded values, row stride ld
-// elements) at the same address, the layout bias_tile reads. Batches of rows from the last: each
+// Widens the staged int8 tile in place into kTileV rows of WT (k_padded values) at the same address,
+// row i at rows.w2_row(i) elements: the layout warp_bias_mma reads. Batches of rows from the last: each
 // thread reads up to kPieces 16-byte pieces (16 values) into registers, the CTA synchronizes,
 // then it writes them widened (32 bytes a piece). Call with all threads; on return the 16-bit tile
 // is visible to every thread.
 template <typename WT, int kTileV>
-__device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTileV>& layout, int ld) {
+__device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTileV>& layout,
+                                                const MmaTileLayout& rows) {
   static_assert(sizeof(WT) == 2, "an int8 W2 widens to a 16-bit MMA operand");
   constexpr int kPieces = 8;
   const int8_t* bytes = reinterpret_cast<const int8_t*>(tile);
@@ -125,7 +127,7 @@ __device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTi
       const bool in = i < hi;
       in_batch |= unsigned(in) << n;
       piece[n] = in ? *reinterpret_cast<const uint4*>(bytes + size_t(i) * layout.ld8 + 16 * c) : make_uint4(0, 0, 0, 0);
-      dst_at[n] = i * ld + 16 * c;
+      dst_at[n] = rows.w2_row(i) + 16 * c;
       i += step_rows;
       c += step_pieces;
       if (c >= per_row) {

@@ -17,6 +17,7 @@
 
 #include "dspark_sgl/async_copy.cuh"
 #include "dspark_sgl/common.cuh"
+#include "dspark_sgl/mma_fragment.cuh"
 
 namespace dspark_sgl {
 
@@ -56,8 +57,38 @@ struct MarkovTileLayout {
     // Every region starts 128-byte aligned (WMMA needs 32).
     return align(w2_bytes()) + align(e_bytes()) + align(bias_bytes());
   }
-  // The W2 tile and E only (a kernel keeping the bias tile in static shared memory).
+  // The W2 tile and E only (a kernel keeping the bias tile in static shared memory), E after W2.
   __host__ __device__ size_t staged_bytes() const { return align(w2_bytes()) + align(e_bytes()); }
+  __host__ __device__ size_t e_offset() const { return align(w2_bytes()); }
+  __host__ __device__ int w2_row(int c) const { return c * ld; }  // the first element of W2 row c
+  __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
+};
+
+// The register-resident tile of markov_block with 16-bit weights (mma.sync, mma_fragment.cuh): the
+// CTA's kMmaWarps warps each compute 16 rows x kMmaTileV columns of the bias, the float32
+// accumulators staying in registers for the epilogue. Shared memory holds the W2 tile (kMmaTileV
+// rows, the vocabulary columns v0 + c, k contiguous) and E (kMmaChunkRows rows of k_padded, linear
+// with stride ld). W2 row c starts at w2_row(c) = c ld + 16 (c >> 5) elements: with ld / 8 odd
+// (16-byte units), the 8 rows one ldmatrix matrix reads (c = 32 q + 2 j + s, q < 4, s < 2) fall
+// on 8 distinct 16-byte bank groups; linear rows would put the rows 32 apart on the same ones.
+constexpr int kMmaTileV = 128;
+constexpr int kMmaWarps = 4;
+constexpr int kMmaChunkRows = 16 * kMmaWarps;
+constexpr int kMmaTiles = kMmaTileV / 8;  // n8 tiles of a warp: 4 accumulators each a thread
+
+struct MmaTileLayout {
+  int rank;
+  int k_padded;  // r rounded up to the MMA depth (16); the staging zero fills [r, k_padded)
+  int ld;        // E's row stride and W2's base stride (elements): k_padded + 8, a multiple of 8
+
+  __host__ __device__ explicit MmaTileLayout(int r) : rank(r), k_padded((r + 15) / 16 * 16), ld(k_padded + 8) {}
+  // The first element of W2 row c (16-byte aligned), for the staging, the int8 widening and the MMA.
+  __host__ __device__ int w2_row(int c) const { return c * ld + 16 * (c >> 5); }
+  __host__ __device__ size_t w2_bytes() const { return size_t(w2_row(kMmaTileV)) * 2; }
+  __host__ __device__ size_t e_bytes() const { return size_t(kMmaChunkRows) * ld * 2; }
+  // W2 then E, each region 128-byte aligned.
+  __host__ __device__ size_t staged_bytes() const { return align(w2_bytes()) + align(e_bytes()); }
+  __host__ __device__ size_t e_offset() const { return align(w2_bytes()); }
   __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
 };
 
@@ -90,32 +121,29 @@ struct StagePlan {
   }
 };
 
-template <typename WT, typename SrcFn>
-__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
-                                           const StagePlan<WT>& plan, SrcFn row_source);
+// Row i of a tile staged with a row stride of ld elements starts at element i * ld.
+struct LinearRows {
+  int ld;
+  __device__ __forceinline__ size_t operator()(int i) const { return size_t(i) * ld; }
+};
 
 // stage_rows' element-by-element copy, out of line (ranks not a multiple of 8, float32 weights):
-// rows whose source is null, and [rank, k_padded), are zero filled.
-template <typename WT>
+// rows whose source is null, and [rank, k_padded), are zero filled; row i starts at dst + row_at(i).
+template <typename WT, typename RowAt>
 __device__ __noinline__ void stage_rows_by_element(WT* dst, const WT* const* sources, int count, int rank,
-                                                   int k_padded, int ld) {
+                                                   int k_padded, RowAt row_at) {
   for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
     const int i = idx / k_padded, k = idx % k_padded;
     const WT* s = sources[i];
-    dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
+    dst[row_at(i) + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
   }
 }
 
-template <typename WT, typename SrcFn>
-__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
-                                           SrcFn row_source) {
-  stage_rows(dst, count, rank, k_padded, ld, StagePlan<WT>(k_padded), row_source);
-}
-
-// The same with the thread's plan given (a kernel staging rows in a loop computes it once).
-template <typename WT, typename SrcFn>
-__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
-                                           const StagePlan<WT>& plan, SrcFn row_source) {
+// The same as stage_rows with row i at dst + row_at(i) (16-byte aligned for the 16-byte copies):
+// a tile whose rows are not evenly spaced (MmaTileLayout's W2 rows).
+template <typename WT, typename RowAt, typename SrcFn>
+__device__ __forceinline__ void stage_rows_at(WT* dst, int count, int rank, int k_padded, RowAt row_at,
+                                              const StagePlan<WT>& plan, SrcFn row_source) {
   __shared__ const WT* sources[kMaxStagedRows];
   for (int i = threadIdx.x; i < count; i += blockDim.x) sources[i] = row_source(i);
   __syncthreads();
@@ -129,7 +157,7 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
       const WT* s = sources[i];
       const int k = c * kVec;
       const bool copy = s != nullptr && k < rank;  // else a zero fill: nothing is read
-      cp_async_16(dst + size_t(i) * ld + k, copy ? s + k : nullptr, copy ? 16 : 0);
+      cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0);
       i += step_rows;
       c += step_pieces;
       if (c >= per_row) {
@@ -140,9 +168,21 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
     cp_async_commit();
     cp_async_wait<0>();
   } else {
-    stage_rows_by_element(dst, sources, count, rank, k_padded, ld);
+    stage_rows_by_element(dst, sources, count, rank, k_padded, row_at);
   }
   __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
+}
+
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld, SrcFn row_source) {
+  stage_rows_at(dst, count, rank, k_padded, LinearRows{ld}, StagePlan<WT>(k_padded), row_source);
+}
+
+// The same with the thread's plan given (a kernel staging rows in a loop computes it once).
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
+                                           const StagePlan<WT>& plan, SrcFn row_source) {
+  stage_rows_at(dst, count, rank, k_padded, LinearRows{ld}, plan, row_source);
 }
 
 // bias[kChunkRows, kTileV] (row-major, row stride kBiasLd, float32) = E @ W2_tile^T, at least for
@@ -223,6 +263,44 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
     }
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) bias[(group + i * kGroups) * kBiasLd + col] = acc[i];
+  }
+}
+
+// One warp's 16 x kMmaTileV bias block: acc[j][i] += E[row] . W2[col] over k < k_padded for the
+// calling lane (g = lane / 4, t = lane % 4) at row = g + 8 (i >> 1) of the warp's 16 E rows (e: the
+// first) and tile column col = 32 t + 2 j + (i & 1). So each thread holds 32 consecutive columns
+// of two rows, acc[j][0..1] of row g and acc[j][2..3] of row g + 8 (the epilogue's layout).
+//
+// The n-tiles' columns are permuted for this: position p of n-tile j (its B column p, the rows
+// ldmatrix reads for it) is tile column 32 (p >> 1) + 2 j + (p & 1). Per k16 step: one ldmatrix_x4
+// of A (lane i addresses E row i % 8 + 8 ((i / 8) & 1), k offset 8 (i / 16): a[0..3] in mma order),
+// then per pair of n-tiles (2 jj, 2 jj + 1) one ldmatrix_x4 of B (matrix m = i / 8: n-tile
+// 2 jj + (m >> 1), k half m & 1) and two MMAs. Call with all lanes of the warp (warp-uniform).
+template <typename WT>
+__device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const WT* w2s, const WT* e,
+                                              const MmaTileLayout& layout) {
+  const int lane = threadIdx.x % 32, p = lane % 8, m = lane / 8;
+  const WT* a_at = e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1);
+  // Tile column 32 (p >> 1) + 2 (m >> 1) + (p & 1) + 4 jj for the pair jj: below the next multiple of
+  // 32, so w2_row advances by 4 ld per pair.
+  const WT* b_at = w2s + layout.w2_row(32 * (p >> 1) + 2 * (m >> 1) + (p & 1)) + 8 * (m & 1);
+  const int pair_step = 4 * layout.ld;
+#pragma unroll
+  for (int j = 0; j < kMmaTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+#pragma unroll 1
+  for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {  // the MMA's k-loop
+    uint32_t a[4];
+    ldmatrix_x4(a, a_at + k0);
+#pragma unroll
+    for (int jj = 0; jj < kMmaTiles / 2; ++jj) {
+      uint32_t b[4];
+      ldmatrix_x4(b, b_at + jj * pair_step + k0);
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_m16n8k16<WT>(acc[2 * jj], a, b0);
+      mma_m16n8k16<WT>(acc[2 * jj + 1], a, b1);
+    }
   }
 }
 

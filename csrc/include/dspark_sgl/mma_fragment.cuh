@@ -21,6 +21,8 @@
 // 16-bit values are exact; the tensor core's own summation order is not reproduced).
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
