@@ -290,7 +290,7 @@ __device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const 
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
 #pragma unroll 1
-  for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {  // the MMA's k-loop
+  for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {  // warp_bias_mma's k-loop
     uint32_t a[4];
     ldmatrix_x4(a, a_at + k0);
 #pragma unroll
