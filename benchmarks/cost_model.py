@@ -120,9 +120,10 @@ _SCHEDULE = "schedule.cu"
 _SORT_ITEMS = (1, 2, 4, 8, 16, 32)  # schedule_kernel's keys per sorting thread (one instance each)
 _SCHEDULE_KERNEL = "schedule_kernel<float, 8>"  # loops whose code is the same in every instance
 _TILE = "include/dspark_sgl/markov_tile.cuh"
-_STAGE_VECTOR = r"while \(i < count\) \{"
+# stage_rows' 16-byte copies when whole rows fit a pass (r = 256: k_padded / 8 = 32 divides the CTA)
+_STAGE_VECTOR = r"for \(int i = plan\.first_row; i < count; i \+= step_rows\) \{"
 _MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\) \{\n"  # bias_tile's WMMA k-loop
-_MMA_SYNC_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\) \{  // warp_bias_mma's k-loop"
+_MMA_SYNC_K = r"for \(int k0 = 16; k0 < layout\.k_padded; k0 \+= 16\) step\(\);  // warp_bias_mma's k-loop"
 _ONE_COPY = (r"^LDGSTS\b", 1)  # one cp.async (LDGSTS) per staged 16-byte piece
 _WMMA_STEP = (r"^(HMMA|HGMMA)\b", 2)  # wmma m16n16k16 bf16 = two HMMA.16816
 _MMA_SYNC_STEP = (r"^HMMA\b", 16)  # a warp's k16 step over 128 columns: 16 mma.m16n8k16 = 16 HMMA.16816
@@ -173,6 +174,22 @@ MARKOV_COLUMNS = 32  # columns of one row per thread (a thread holds two rows: 6
 MARKOV_CHUNK_ELEMENTS = 2 * MARKOV_COLUMNS  # a thread's elements per chunk-loop iteration
 
 
+def _merge_loop(name: str, kernel: str) -> LoopName:
+    """merge_chunk's loop over a row's tile partials (a lane per partial). The compiler unrolls it
+    (4 partials a SASS iteration, five volatile loads each) inside the per-row loop whose body holds
+    the remainder iterations and the row's reductions: the unrolled main loop is the one counted
+    (innermost), the rest of merge_chunk is in merge_call's static size."""
+    return LoopName(
+        name,
+        kernel,
+        ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),
+        1,
+        "tile partial",
+        (r"^LDG\b", 5),
+        innermost=True,
+    )
+
+
 def _markov_loops() -> list[LoopName]:
     """markov_block's named loops and out-of-line functions (bf16, statistics form, 128-wide tiles)."""
     w = MARKOV_TILE
@@ -209,13 +226,7 @@ def _markov_loops() -> list[LoopName]:
             "column of a non-finite row (static size of the function / 32 columns)",
             kind="code",
         ),
-        LoopName(
-            f"markov.merge.{w}",
-            k,
-            ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),  # in merge_chunk
-            1,
-            "tile partial",
-        ),
+        _merge_loop(f"markov.merge.{w}", k),
         LoopName(f"markov.merge_call.{w}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
     ]
 
@@ -270,13 +281,7 @@ def _markov_int8_loops() -> list[LoopName]:
         LoopName(
             f"markov_int8.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_CHUNK_ELEMENTS, "sampled element"
         ),
-        LoopName(
-            f"markov_int8.merge.{w}",
-            k,
-            ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),
-            1,
-            "tile partial",
-        ),
+        _merge_loop(f"markov_int8.merge.{w}", k),
         LoopName(f"markov_int8.merge_call.{w}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
     ]
 

@@ -95,8 +95,8 @@ MUTANTS = [
     Mutant(
         "markov_mma_a_registers_swapped",
         "include/dspark_sgl/markov_tile.cuh",
-        "const WT* a_at = e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1);",
-        "const WT* a_at = e + (p + 8 * (m >> 1)) * layout.ld + 8 * (m & 1);",
+        "shared_address(e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1))",
+        "shared_address(e + (p + 8 * (m >> 1)) * layout.ld + 8 * (m & 1))",
         "ldmatrix's second and third A matrices exchanged: mma reads a2, a3 (row g + 8) where a4, a5 (k + 8) are",
         ("markov",),
         SCHEDULES,

@@ -152,17 +152,30 @@ __device__ __forceinline__ void stage_rows_at(WT* dst, int count, int rank, int 
   if (vectorized) {
     // Piece c of row i for idx = i * per_row + c; (i, c) advance by blockDim.x without a divide.
     const int per_row = plan.per_row, step_rows = plan.step_rows, step_pieces = plan.step_pieces;
-    int i = plan.first_row, c = plan.first_piece;
-    while (i < count) {
-      const WT* s = sources[i];
-      const int k = c * kVec;
-      const bool copy = s != nullptr && k < rank;  // else a zero fill: nothing is read
-      cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0);
-      i += step_rows;
-      c += step_pieces;
-      if (c >= per_row) {
-        c -= per_row;
-        ++i;
+    if (step_pieces == 0) {
+      // A row's pieces divide the CTA (k_padded / 8 divides blockDim.x, e.g. r = 256): each pass
+      // copies whole rows, so the thread's piece, and whether it lies past the rank, are fixed.
+      const int k = plan.first_piece * kVec;
+      const bool in_rank = k < rank;
+#pragma unroll 4
+      for (int i = plan.first_row; i < count; i += step_rows) {
+        const WT* s = sources[i];
+        const bool copy = in_rank && s != nullptr;  // else a zero fill: nothing is read
+        cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0);
+      }
+    } else {
+      int i = plan.first_row, c = plan.first_piece;
+      while (i < count) {
+        const WT* s = sources[i];
+        const int k = c * kVec;
+        const bool copy = s != nullptr && k < rank;  // else a zero fill: nothing is read
+        cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0);
+        i += step_rows;
+        c += step_pieces;
+        if (c >= per_row) {
+          c -= per_row;
+          ++i;
+        }
       }
     }
     cp_async_commit();
@@ -280,28 +293,37 @@ template <typename WT>
 __device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const WT* w2s, const WT* e,
                                               const MmaTileLayout& layout) {
   const int lane = threadIdx.x % 32, p = lane % 8, m = lane / 8;
-  const WT* a_at = e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1);
-  // Tile column 32 (p >> 1) + 2 (m >> 1) + (p & 1) + 4 jj for the pair jj: below the next multiple of
-  // 32, so w2_row advances by 4 ld per pair.
-  const WT* b_at = w2s + layout.w2_row(32 * (p >> 1) + 2 * (m >> 1) + (p & 1)) + 8 * (m & 1);
-  const int pair_step = 4 * layout.ld;
+  // Byte addresses in shared memory, advanced 32 bytes (16 values of k) a step. B: tile column
+  // 32 (p >> 1) + 2 (m >> 1) + (p & 1) + 4 jj for the pair jj, below the next multiple of 32, so
+  // w2_row advances by 4 ld per pair.
+  SharedAddress a_at = shared_address(e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1));
+  SharedAddress b_at[kMmaTiles / 2];
+  const WT* b_first = w2s + layout.w2_row(32 * (p >> 1) + 2 * (m >> 1) + (p & 1)) + 8 * (m & 1);
 #pragma unroll
-  for (int j = 0; j < kMmaTiles; ++j)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
-#pragma unroll 1
-  for (int k0 = 0; k0 < layout.k_padded; k0 += 16) {  // warp_bias_mma's k-loop
+  for (int jj = 0; jj < kMmaTiles / 2; ++jj) b_at[jj] = shared_address(b_first + jj * 4 * layout.ld);
+  constexpr int kStep = 16 * sizeof(WT);
+  // One k16 step: A's fragment, then per pair of n-tiles B's and two MMAs.
+  auto step = [&]() {
     uint32_t a[4];
-    ldmatrix_x4(a, a_at + k0);
+    ldmatrix_x4(a, a_at);
+    a_at += kStep;
 #pragma unroll
     for (int jj = 0; jj < kMmaTiles / 2; ++jj) {
       uint32_t b[4];
-      ldmatrix_x4(b, b_at + jj * pair_step + k0);
+      ldmatrix_x4(b, b_at[jj]);
+      b_at[jj] += kStep;
       const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
       mma_m16n8k16<WT>(acc[2 * jj], a, b0);
       mma_m16n8k16<WT>(acc[2 * jj + 1], a, b1);
     }
-  }
+  };
+#pragma unroll
+  for (int j = 0; j < kMmaTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+  step();  // k0 = 0 (k_padded >= 16): on the zero accumulators, out of the loop
+#pragma unroll 4
+  for (int k0 = 16; k0 < layout.k_padded; k0 += 16) step();  // warp_bias_mma's k-loop
 }
 
 // The shared-memory regions of one tile, carved from the dynamic buffer.

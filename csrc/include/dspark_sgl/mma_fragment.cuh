@@ -59,26 +59,45 @@ __device__ __forceinline__ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[
 #endif
 }
 
-// Four 8 x 8 matrices of 16-bit values; row_address: this lane's row (row lane % 8 of matrix lane / 8).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
+// A shared-memory byte address as ldmatrix takes it: 32 bits of the shared window on the device (byte
+// arithmetic on it stays in 32-bit registers, folded into the instruction's offset where constant);
+// the pointer itself under the emulator.
 #ifdef CUEMU
-  ::cuemu::ldmatrix(r, 4, row_address);
+using SharedAddress = uintptr_t;
+__device__ __forceinline__ SharedAddress shared_address(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 #else
-  const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row_address));
+using SharedAddress = unsigned;
+__device__ __forceinline__ SharedAddress shared_address(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+#endif
+
+// Four 8 x 8 matrices of 16-bit values; row_address: this lane's row (row lane % 8 of matrix lane / 8).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], SharedAddress row_address) {
+#ifdef CUEMU
+  ::cuemu::ldmatrix(r, 4, reinterpret_cast<const void*>(row_address));
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(at));
+               : "r"(row_address));
 #endif
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row_address) {
+  ldmatrix_x4(r, shared_address(row_address));
 }
 
 // Two 8 x 8 matrices; the row addresses of lanes 0-15 are used.
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row_address) {
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], SharedAddress row_address) {
 #ifdef CUEMU
-  ::cuemu::ldmatrix(r, 2, row_address);
+  ::cuemu::ldmatrix(r, 2, reinterpret_cast<const void*>(row_address));
 #else
-  const unsigned at = static_cast<unsigned>(__cvta_generic_to_shared(row_address));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(at));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+               : "=r"(r[0]), "=r"(r[1])
+               : "r"(row_address));
 #endif
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row_address) {
+  ldmatrix_x2(r, shared_address(row_address));
 }
 
 }  // namespace dspark_sgl
