@@ -158,18 +158,21 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
     ]
 
 
-# markov_block's 16-bit tile kernel (markov_block.cu): 128 threads (4 warps), 128-wide tiles at every R,
-# 64-row chunks; each warp computes 16 rows x 128 columns of the bias with mma.sync into registers
-# (warp_bias_mma) and runs the epilogue on them: each thread 32 columns (two sampler groups) of two
-# rows. The rare path (greedy and non-finite rows) and the merge are out-of-line functions.
+# markov_block's 16-bit tile kernel (markov_block.cu): 256 threads (8 warps), 256-wide tiles at every R,
+# 64-row chunks; each warp computes 16 rows x 128 columns (half a tile) of the bias with mma.sync into
+# registers (warp_bias_mma) and runs the epilogue on them: each thread 32 columns (two sampler groups)
+# of two rows, a partial per row and half tile. The rare path (greedy and non-finite rows) and the
+# merge are out-of-line functions.
 _MARKOV_CHUNK = r"for \(int row0 = 0; row0 < rows; row0 \+= kChunkRows\) \{"
 _MARKOV_W2_STAGE = r"stage_rows_at\(\n\s*w2s,"
 _MARKOV_E_STAGE = r"stage_rows\(es,"
 _RARE_PARTIAL = r"__device__ __noinline__ RarePartial rare_partial\("
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
-MARKOV_THREADS = 128
-MARKOV_TILE = 128  # markov_block's tile width with 16-bit W1 (BlockShape; float32 weights: 64, not modeled)
-MARKOV_CHUNK_ROWS = 64  # kMmaChunkRows: 16 rows a warp
+MARKOV_THREADS = 256
+MARKOV_TILE = 256  # markov_block's tile width with 16-bit W1 (BlockShape; float32 weights: 64, not modeled)
+MARKOV_WARP_COLUMNS = 128  # kMmaWarpColumns
+MARKOV_SEGMENTS = MARKOV_TILE // MARKOV_WARP_COLUMNS  # partials per row and tile (a warp's columns each)
+MARKOV_CHUNK_ROWS = 64  # kMmaChunkRows: 16 rows a pair of warps
 MARKOV_COLUMNS = 32  # columns of one row per thread (a thread holds two rows: 64 elements a chunk)
 MARKOV_CHUNK_ELEMENTS = 2 * MARKOV_COLUMNS  # a thread's elements per chunk-loop iteration
 
@@ -191,7 +194,7 @@ def _merge_loop(name: str, kernel: str) -> LoopName:
 
 
 def _markov_loops() -> list[LoopName]:
-    """markov_block's named loops and out-of-line functions (bf16, statistics form, 128-wide tiles)."""
+    """markov_block's named loops and out-of-line functions (bf16, statistics form, 256-wide tiles)."""
     w = MARKOV_TILE
     k = f"markov_tile_kernel<__nv_bfloat16, __nv_bfloat16, {w}, true>"
     return [
@@ -231,7 +234,7 @@ def _markov_loops() -> list[LoopName]:
     ]
 
 
-# markov_block with an int8 W2 (per-row scales; markov_int8.cuh): the same 128-wide mma.sync tile.
+# markov_block with an int8 W2 (per-row scales; markov_int8.cuh): the same 256-wide mma.sync tile.
 _INT8 = "include/dspark_sgl/markov_int8.cuh"
 INT8_TILE = MARKOV_TILE
 _INT8_KERNEL = f"markov_tile_kernel<__nv_bfloat16, dspark_sgl::Int8W2<__nv_bfloat16>, {INT8_TILE}, true>"
@@ -563,12 +566,13 @@ def _tile_instructions(prefix: str, geo: dict[str, int], loops: Mapping[str, flo
 
 
 def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
-    """markov_block's launch geometry with 16-bit W1 (markov_block.cu BlockShape: 128-wide tiles and
-    64-row chunks at every R, bf16 or int8 W2)."""
+    """markov_block's launch geometry with 16-bit W1 (markov_block.cu BlockShape: 256-wide tiles, two
+    partials a row and tile, and 64-row chunks at every R, bf16 or int8 W2)."""
     chunk = MARKOV_CHUNK_ROWS
     return {
         "tile_v": MARKOV_TILE,
         "tiles": math.ceil(vocab / MARKOV_TILE),
+        "partials": math.ceil(vocab / MARKOV_TILE) * MARKOV_SEGMENTS,  # per row
         "chunk": chunk,
         "chunks": math.ceil(rows / chunk),
         "k_pad": math.ceil(RANK / 16) * 16,
@@ -588,30 +592,30 @@ def markov_block(
     modeled as sampled with finite logits (the grouped sampler in the chunk loop, no rare path).
 
     Per launch: staging (tile_v W2 rows per CTA; per chunk the W1 rows of its 16-row blocks that
-    hold a row), the MMA (a warp per such block: k_pad / 16 k16 steps over 128 columns, 32 threads
-    each), the chunk loop on every thread of a warp that holds a row (64 elements a thread: 32
-    columns of two rows), and the merge (a lane per tile partial; every thread of the merging CTA
-    runs merge_chunk once).
+    hold a row), the MMA (two warps per such block, each k_pad / 16 k16 steps over 128 columns, 32
+    threads; the first step is in the chunk loop's count), the chunk loop on every thread of a warp
+    that holds a row (64 elements a thread: 32 columns of two rows), and the merge (a lane per
+    partial, two a row and tile; every thread of the merging CTA runs merge_chunk once).
     """
     geo = _markov_geometry(vocab, rows)
     w, t, k = geo["tile_v"], geo["tiles"], geo["k_pad"]
     w2 = vocab * RANK + vocab * 4 if int8_w2 else vocab * RANK * ELEM
     base, w1 = rows * vocab * ELEM, rows * RANK * ELEM
     name = "markov_int8" if int8_w2 else "markov"
-    partials = rows * t * 20  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
+    partials = rows * geo["partials"] * 20  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
     outputs = rows * (8 + 4 * 4)  # token, logit, score, max, sum
     counters = geo["chunks"] * 4  # a ticket per row chunk
-    # Per chunk: E rows and warps (each 16 rows: its MMA and its epilogue) in whole 16-row blocks
-    # holding a row.
+    # Per chunk: E rows and warp pairs (each 16 rows x 256 columns: the MMA and the epilogue of two
+    # warps) in whole 16-row blocks holding a row; the MMA's first k16 step is in the chunk loop.
     chunk_rows = [min(geo["chunk"], rows - r0) for r0 in range(0, rows, geo["chunk"])]
     blocks = sum(math.ceil(n / 16) for n in chunk_rows)
     instructions = (
         loops[f"{name}.w2_stage.{w}"] * t * w * k
         + (loops[f"{name}.widen.{w}"] * t * w * k if int8_w2 else 0.0)
         + loops[f"{name}.e_stage.{w}"] * t * blocks * 16 * k
-        + loops[f"{name}.mma.{w}"] * t * blocks * 32 * (k // 16)
+        + loops[f"{name}.mma.{w}"] * t * blocks * MARKOV_SEGMENTS * 32 * (k // 16 - 1)
         + loops[f"{name}.epilogue.{w}"] * t * w * blocks * 16
-        + loops[f"{name}.merge.{w}"] * rows * math.ceil(t / 32) * 32
+        + loops[f"{name}.merge.{w}"] * rows * math.ceil(geo["partials"] / 32) * 32
         + loops[f"{name}.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
     )
     tile = Launch(
@@ -872,7 +876,7 @@ def staging_in_flight(counts: Mapping[str, LoopCount]) -> list[StageFlight]:
             continue
         tile_v = int(name.rsplit(".", 1)[1])
         prefix = name.split(".", 1)[0]
-        markov = prefix in ("markov", "markov_int8")  # markov_block: 64-row chunks, 128 threads
+        markov = prefix in ("markov", "markov_int8")  # markov_block: 64-row chunks, 256 threads
         chunk = MARKOV_CHUNK_ROWS if markov else 2048 // tile_v
         threads = MARKOV_THREADS if markov else STAGE_THREADS
         rows = tile_v if ".w2_stage." in name else chunk
@@ -1120,7 +1124,7 @@ def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
         sampled = markov_per_element(tile_v, loops)
         greedy = loops.get(f"markov.greedy.{tile_v}", math.nan)
         rare = loops.get(f"markov.rare_call.{tile_v}", math.nan)
-        mma = loops.get(f"markov.mma.{tile_v}", math.nan) * 32 / (16 * tile_v)  # a warp: 16 x tile_v
+        mma = loops.get(f"markov.mma.{tile_v}", math.nan) * 32 / (16 * MARKOV_WARP_COLUMNS)  # a warp: 16 x 128
         lines.append(
             f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop, on the"
             f" MMA's accumulators); the mma.sync k-loop {mma:.2f} per element and k16 step"

@@ -39,7 +39,7 @@ struct MarkovPartial {
   float sum;
 };
 
-// The workspace of one block: partials [rows, tiles], then (zeroed by the launcher before the
+// The workspace of one block: partials [rows, tiles x segments], then (zeroed by the launcher before the
 // first position, reset by the merging CTA after each use) a ticket per row chunk.
 struct MarkovWorkspace {
   MarkovPartial* partials;
@@ -113,8 +113,12 @@ __device__ __forceinline__ float below(float s) { return __uint_as_float(__float
 
 // The first v with run[v] > t in a nondecreasing run[0..16) (15 if none: t >= run[15] only in an
 // empty group, whose key never wins): a binary search (lo += step while run[lo + step - 1] <= t)
-// whose probes are selects, no local memory.
-__device__ __forceinline__ int first_above(const float (&run)[kGroupColumns], float t) {
+// whose probes are selects, no local memory. Returns v's bits (v = 8 b8 + 4 b4 + 2 b2 + b1).
+struct SearchBits {
+  bool b8, b4, b2, b1;
+  __device__ __forceinline__ int value() const { return 8 * b8 + 4 * b4 + 2 * b2 + b1; }
+};
+__device__ __forceinline__ SearchBits search_running_sum(const float (&run)[kGroupColumns], float t) {
   const bool b8 = run[7] <= t;
   const bool b4 = (b8 ? run[11] : run[3]) <= t;
   const float p2[4] = {run[1], run[5], run[9], run[13]};
@@ -122,7 +126,22 @@ __device__ __forceinline__ int first_above(const float (&run)[kGroupColumns], fl
   const float p1[8] = {run[0], run[2], run[4], run[6], run[8], run[10], run[12], run[14]};
   const float q0 = b2 ? p1[1] : p1[0], q1 = b2 ? p1[3] : p1[2], q2 = b2 ? p1[5] : p1[4], q3 = b2 ? p1[7] : p1[6];
   const bool b1 = (b8 ? (b4 ? q3 : q2) : (b4 ? q1 : q0)) <= t;
-  return 8 * b8 + 4 * b4 + 2 * b2 + b1;
+  return SearchBits{b8, b4, b2, b1};
+}
+
+// The search's v, and val = vals[v] picked by selects on the same probe results (a register array
+// indexed at run time would live in local memory).
+__device__ __forceinline__ int first_above(const float (&run)[kGroupColumns], float t,
+                                           const float (&vals)[kGroupColumns], float& val) {
+  const SearchBits bits = search_running_sum(run, t);
+  float h[8], q[4];
+#pragma unroll
+  for (int n = 0; n < 8; ++n) h[n] = bits.b8 ? vals[8 + n] : vals[n];
+#pragma unroll
+  for (int n = 0; n < 4; ++n) q[n] = bits.b4 ? h[4 + n] : h[n];
+  const float d0 = bits.b2 ? q[2] : q[0], d1 = bits.b2 ? q[3] : q[1];
+  val = bits.b1 ? d1 : d0;
+  return bits.value();
 }
 
 // The float32 path's epilogue geometry (bias tile in shared memory): a thread owns kThreadColumns
@@ -167,22 +186,6 @@ __device__ __forceinline__ float row_sum(float x) {
 #pragma unroll
   for (int delta = kLaneStep; delta < kLaneStep * kRowThreads; delta *= 2) x += __shfl_xor_sync(0xffffffffu, x, delta);
   return x;
-}
-
-// v[i] for a runtime i in [0, N) (N a power of two), by selects on i's bits: a register array
-// indexed at run time would live in local memory.
-template <int N>
-__device__ __forceinline__ float select_column(const float (&v)[N], int i) {
-  float cur[N];
-#pragma unroll
-  for (int n = 0; n < N; ++n) cur[n] = v[n];
-#pragma unroll
-  for (int half = N / 2; half > 0; half /= 2) {
-    const bool upper = (i & half) != 0;
-#pragma unroll
-    for (int n = 0; n < half; ++n) cur[n] = upper ? cur[n + half] : cur[n];
-  }
-  return cur[0];
 }
 
 // Four consecutive logits of type BT as float32, or four -inf where !valid (16-byte aligned
@@ -438,16 +441,17 @@ __device__ __noinline__ void merge_chunk(MarkovOutputs out, const MarkovPartial*
 }
 
 // Threads of the tile kernel: 16-bit weights, kMmaWarps warps, each computing 16 rows x 128 columns
-// of the bias with mma.sync into registers (MmaTileLayout, warp_bias_mma) and running the epilogue on
-// them (each thread 32 columns of two rows); float32, 256 threads for 2048 values a chunk (the CUDA-
-// core product on every thread into a shared bias tile, the epilogue on the first two warps: 32 rows
-// of 2 threads).
+// (half a 256-wide tile) of the bias with mma.sync into registers (MmaTileLayout, warp_bias_mma) and
+// running the epilogue on them (each thread 32 columns of two rows; a partial per row and half tile);
+// float32, 256 threads for 2048 values a chunk (the CUDA-core product on every thread into a shared
+// bias tile, the epilogue on the first two warps: 32 rows of 2 threads; a partial per row and tile).
 template <typename WT>
 struct BlockShape {
   static constexpr bool kMma = WeightTraits<WT>::kTensorCores;
   static constexpr int kThreads = kMma ? 32 * kMmaWarps : kTileThreads;
   static constexpr int kTileV = kMma ? kMmaTileV : 64;
   static constexpr int kChunkRows = kMma ? kMmaChunkRows : kTileOutputs / 64;
+  static constexpr int kSegments = kMma ? kMmaTileV / kMmaWarpColumns : 1;  // partials per row and tile
 };
 
 // The float32 path's shared-memory tile (W2 and E dynamic; the bias tile static in the kernel).
@@ -514,13 +518,18 @@ __device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kTh
     // Within the group: the first column whose running sum exceeds t = u_C * S.
     const float s = second ? s1 : s0;
     const float target = fminf(__fmul_rn(bits_to_unit_float(second ? noise.choice1 : noise.choice0), s), below(s));
-    float group[kGroupColumns];
+    float group[kGroupColumns], logits[kGroupColumns];  // the drawn group's running sums and logits
 #pragma unroll
-    for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
-    // Clamped to the thread's columns: a group without mass (its key -inf, which never wins)
-    // makes first_above return 15, possibly past the row's last column.
-    const int i = min((second ? kGroupColumns : 0) + first_above(group, target), count - 1);
-    best = ArgMaxLogit{second ? key1 : key0, col + i, select_column(l, i)};
+    for (int v = 0; v < kGroupColumns; ++v) {
+      group[v] = second ? run[kGroupColumns + v] : run[v];
+      logits[v] = second ? l[kGroupColumns + v] : l[v];
+    }
+    // Clamped to the thread's columns: a group without mass (its key -inf, which never wins; its
+    // logit is then that of the unclamped column) makes first_above return 15, possibly past the
+    // row's last column.
+    float logit;
+    const int i = min((second ? kGroupColumns : 0) + first_above(group, target, logits, logit), count - 1);
+    best = ArgMaxLogit{second ? key1 : key0, col + i, logit};
     sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
   }
   if (!active) sum = 0.0f;
@@ -581,23 +590,26 @@ __global__ void __maxnreg__(168)
       return w1 + clamp_index(prev, args.vocab_total) * rank;
     });
     if constexpr (Shape::kMma) {
-      // The warp's 16 rows (a warp-uniform test: its shuffles stay within the warp). Thread (g, t)
-      // holds columns 32 t .. 32 t + 31 (two groups) of rows g and g + 8: the epilogue runs on them.
-      if (warp * 16 < chunk_rows) {
+      // The warp's 16 rows (row block warp / 2, a warp-uniform test: its shuffles stay within the warp)
+      // and 128 columns (half warp % 2). Thread (g, t) holds its columns 32 t .. 32 t + 31 (two groups)
+      // of rows g and g + 8: the epilogue runs on them.
+      const int block = warp / Shape::kSegments, half = warp % Shape::kSegments;
+      if (block * 16 < chunk_rows) {
         float acc[kMmaTiles][4];
-        warp_bias_mma<WT>(acc, w2s, es + size_t(warp) * 16 * layout.ld, layout);
-        const int g = lane / 4, c = kThreadColumns * (lane % 4);
+        warp_bias_mma<WT>(acc, w2s, es + size_t(block) * 16 * layout.ld, kMmaWarpColumns * half, layout);
+        const int g = lane / 4, c = kMmaWarpColumns * half + kThreadColumns * (lane % 4);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows g (accumulators 0, 1) and g + 8 (2, 3)
           float bias[kThreadColumns];
 #pragma unroll
           for (int j = 0; j < kMmaTiles; ++j) bias[2 * j] = acc[j][2 * h], bias[2 * j + 1] = acc[j][2 * h + 1];
-          const int local_row = 16 * warp + g + 8 * h, row = row0 + local_row;
+          const int local_row = 16 * block + g + 8 * h, row = row0 + local_row;
           const bool active = local_row < chunk_rows;
           const MarkovPartial p = segment_partial<BT, WT, kPlain, kInt8, 1, 4>(
               bias, w2_scales + c, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
               active, row, col0 + c, noise_key, draw);
-          if (active && lane % 4 == 0) ws.partials[int64_t(row) * gridDim.x + blockIdx.x] = p;
+          if (active && lane % 4 == 0)
+            ws.partials[(int64_t(row) * gridDim.x + blockIdx.x) * Shape::kSegments + half] = p;
         }
       }
     } else {
@@ -635,7 +647,8 @@ __global__ void __maxnreg__(168)
       __threadfence();
       merge_chunk(MarkovOutputs{args.tokens, args.token_logits, args.token_scores, args.stat_max,
                                 args.stat_sum, args.temperature, args.gamma},
-                  ws.partials, static_cast<int>(gridDim.x), row0, chunk_rows, k, ws.tickets + row0 / kChunkRows);
+                  ws.partials, static_cast<int>(gridDim.x) * Shape::kSegments, row0, chunk_rows, k,
+                  ws.tickets + row0 / kChunkRows);
     }
   }
 }
@@ -712,7 +725,7 @@ cudaError_t launch_for_weights(const MarkovBlockArgs& args, int weight_dtype, Ma
                                cudaStream_t stream) {
   if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
-  } else {  // 16-bit W1: the mma.sync tile, 128 wide at every R; W2 16-bit or int8 (per-row scales)
+  } else {  // 16-bit W1: the mma.sync tile, 256 wide at every R; W2 16-bit or int8 (per-row scales)
     if (args.w2_scale != nullptr) return launch_variant<BT, Int8W2<WT>, kMmaTileV>(args, weight_dtype, ws, stream);
     return launch_variant<BT, WT, kMmaTileV>(args, weight_dtype, ws, stream);
   }
@@ -744,7 +757,8 @@ struct WorkspaceLayout {
   WorkspaceLayout(int64_t rows, int64_t vocab, int weight_bytes) {
     const int tile_v = weight_bytes == 4 ? BlockShape<float>::kTileV : kMmaTileV;
     const int64_t chunk = weight_bytes == 4 ? BlockShape<float>::kChunkRows : kMmaChunkRows;
-    partial_bytes = static_cast<size_t>(rows * ceil_div(vocab, tile_v)) * sizeof(MarkovPartial);
+    const int64_t segments = weight_bytes == 4 ? BlockShape<float>::kSegments : BlockShape<__half>::kSegments;
+    partial_bytes = static_cast<size_t>(rows * ceil_div(vocab, tile_v) * segments) * sizeof(MarkovPartial);
     counter_offset = (partial_bytes + 15) / 16 * 16;
     counter_words = static_cast<size_t>(ceil_div(rows, chunk));
   }
@@ -756,7 +770,7 @@ struct WorkspaceLayout {
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Verification's recompute of the Markov bias (chain_verify.cu, WMMA through a shared bias tile):
   // wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile. markov_block
-  // itself uses 128-wide tiles with 16-bit W1 at every R (BlockShape) and 64 with float32.
+  // itself uses 256-wide tiles with 16-bit W1 at every R (BlockShape) and 64 with float32.
   if (weight_bytes == 1) return 128;
   return weight_bytes == 2 && rows > 32 ? 128 : 64;
 }

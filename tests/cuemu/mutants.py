@@ -104,8 +104,8 @@ MUTANTS = [
     Mutant(
         "markov_mma_b_row_of_another_lane",
         "include/dspark_sgl/markov_tile.cuh",
-        "layout.w2_row(32 * (p >> 1) + 2 * (m >> 1) + (p & 1))",
-        "layout.w2_row(32 * (p & 3) + 2 * (m >> 1) + (p >> 2))",
+        "layout.w2_row(col0 + 32 * (p >> 1) + 2 * (m >> 1) + (p & 1))",
+        "layout.w2_row(col0 + 32 * (p & 3) + 2 * (m >> 1) + (p >> 2))",
         "a lane addresses the W2 row of another n-position: the accumulators hold other columns than the"
         " epilogue's",
         ("markov",),
@@ -150,9 +150,9 @@ MUTANTS = [
     Mutant(
         "markov_draw_one_column_late",
         "markov_block.cu",
-        "const int i = min((second ? kGroupColumns : 0) + first_above(group, target), count - 1);",
+        "const int i = min((second ? kGroupColumns : 0) + first_above(group, target, logits, logit), count - 1);",
         "const int i = min((second ? kGroupColumns : 0)"
-        " + min(first_above(group, target) + 1, kGroupColumns - 1), count - 1);",
+        " + min(first_above(group, target, logits, logit) + 1, kGroupColumns - 1), count - 1);",
         "the running sum is read one column off: the token after the crossing is drawn",
         ("markov",),
         SCHEDULES,

@@ -64,17 +64,19 @@ struct MarkovTileLayout {
   __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
 };
 
-// The register-resident tile of markov_block with 16-bit weights (mma.sync, mma_fragment.cuh): the
-// CTA's kMmaWarps warps each compute 16 rows x kMmaTileV columns of the bias, the float32
-// accumulators staying in registers for the epilogue. Shared memory holds the W2 tile (kMmaTileV
-// rows, the vocabulary columns v0 + c, k contiguous) and E (kMmaChunkRows rows of k_padded, linear
-// with stride ld). W2 row c starts at w2_row(c) = c ld + 16 (c >> 5) elements: with ld / 8 odd
-// (16-byte units), the 8 rows one ldmatrix matrix reads (c = 32 q + 2 j + s, q < 4, s < 2) fall
-// on 8 distinct 16-byte bank groups; linear rows would put the rows 32 apart on the same ones.
-constexpr int kMmaTileV = 128;
-constexpr int kMmaWarps = 4;
-constexpr int kMmaChunkRows = 16 * kMmaWarps;
-constexpr int kMmaTiles = kMmaTileV / 8;  // n8 tiles of a warp: 4 accumulators each a thread
+// The register-resident tile of markov_block with 16-bit weights (mma.sync, mma_fragment.cuh): a
+// CTA of kMmaWarps warps owns kMmaTileV vocabulary columns; warp w computes 16 rows (row block w / 2)
+// x kMmaWarpColumns columns (half w % 2) of the bias, the float32 accumulators staying in registers
+// for the epilogue. Shared memory holds the W2 tile (kMmaTileV rows, the vocabulary columns v0 + c,
+// k contiguous) and E (kMmaChunkRows rows of k_padded, linear with stride ld). W2 row c starts at
+// w2_row(c) = c ld + 16 (c >> 5) elements: with ld / 8 odd (16-byte units), the 8 rows one ldmatrix
+// matrix reads (c = 32 q + 2 j + s + const, q < 4, s < 2) fall on 8 distinct 16-byte bank groups;
+// linear rows would put the rows 32 apart on the same ones.
+constexpr int kMmaTileV = 256;
+constexpr int kMmaWarps = 8;
+constexpr int kMmaWarpColumns = 128;                             // a warp's columns: two halves a tile
+constexpr int kMmaChunkRows = 16 * kMmaWarps * kMmaWarpColumns / kMmaTileV;  // 64
+constexpr int kMmaTiles = kMmaWarpColumns / 8;  // n8 tiles of a warp: 4 accumulators each a thread
 
 struct MmaTileLayout {
   int rank;
@@ -105,7 +107,7 @@ struct MmaTileLayout {
 // _dispatch.aligned tensors, so every row of a rank-multiple-of-8 matrix is) and destinations
 // (MarkovTileLayout: 128-byte aligned regions, ld a multiple of 8). Other ranks and float32
 // weights (odd ld: rows not 16-byte aligned in shared memory) copy element by element.
-constexpr int kMaxStagedRows = 128;
+constexpr int kMaxStagedRows = kMmaTileV;
 
 // Where the calling thread starts in the 16-byte pieces of rows of k_padded elements of type WT
 // (piece c of row i for idx = i * per_row + c, idx = threadIdx.x + n * blockDim.x) and how it
@@ -160,8 +162,8 @@ __device__ __forceinline__ void stage_rows_at(WT* dst, int count, int rank, int 
 #pragma unroll 4
       for (int i = plan.first_row; i < count; i += step_rows) {
         const WT* s = sources[i];
-        const bool copy = in_rank && s != nullptr;  // else a zero fill: nothing is read
-        cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0);
+        const bool copy = in_rank && s != nullptr;  // else a zero fill: nothing is read (s may be null)
+        cp_async_16(dst + row_at(i) + k, s + (copy ? k : 0), copy ? 16 : 0);
       }
     } else {
       int i = plan.first_row, c = plan.first_piece;
@@ -279,18 +281,19 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
   }
 }
 
-// One warp's 16 x kMmaTileV bias block: acc[j][i] += E[row] . W2[col] over k < k_padded for the
+// One warp's 16 x kMmaWarpColumns bias block: acc[j][i] += E[row] . W2[col] over k < k_padded for the
 // calling lane (g = lane / 4, t = lane % 4) at row = g + 8 (i >> 1) of the warp's 16 E rows (e: the
-// first) and tile column col = 32 t + 2 j + (i & 1). So each thread holds 32 consecutive columns
-// of two rows, acc[j][0..1] of row g and acc[j][2..3] of row g + 8 (the epilogue's layout).
+// first) and tile column col = col0 + 32 t + 2 j + (i & 1) (col0: the warp's first column, a multiple
+// of 32). So each thread holds 32 consecutive columns of two rows, acc[j][0..1] of row g and
+// acc[j][2..3] of row g + 8 (the epilogue's layout).
 //
 // The n-tiles' columns are permuted for this: position p of n-tile j (its B column p, the rows
-// ldmatrix reads for it) is tile column 32 (p >> 1) + 2 j + (p & 1). Per k16 step: one ldmatrix_x4
+// ldmatrix reads for it) is column col0 + 32 (p >> 1) + 2 j + (p & 1). Per k16 step: one ldmatrix_x4
 // of A (lane i addresses E row i % 8 + 8 ((i / 8) & 1), k offset 8 (i / 16): a[0..3] in mma order),
 // then per pair of n-tiles (2 jj, 2 jj + 1) one ldmatrix_x4 of B (matrix m = i / 8: n-tile
 // 2 jj + (m >> 1), k half m & 1) and two MMAs. Call with all lanes of the warp (warp-uniform).
 template <typename WT>
-__device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const WT* w2s, const WT* e,
+__device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const WT* w2s, const WT* e, int col0,
                                               const MmaTileLayout& layout) {
   const int lane = threadIdx.x % 32, p = lane % 8, m = lane / 8;
   // Byte addresses in shared memory, advanced 32 bytes (16 values of k) a step. B: tile column
@@ -298,7 +301,7 @@ __device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const 
   // w2_row advances by 4 ld per pair.
   SharedAddress a_at = shared_address(e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1));
   SharedAddress b_at[kMmaTiles / 2];
-  const WT* b_first = w2s + layout.w2_row(32 * (p >> 1) + 2 * (m >> 1) + (p & 1)) + 8 * (m & 1);
+  const WT* b_first = w2s + layout.w2_row(col0 + 32 * (p >> 1) + 2 * (m >> 1) + (p & 1)) + 8 * (m & 1);
 #pragma unroll
   for (int jj = 0; jj < kMmaTiles / 2; ++jj) b_at[jj] = shared_address(b_first + jj * 4 * layout.ld);
   constexpr int kStep = 16 * sizeof(WT);
@@ -322,7 +325,7 @@ __device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const 
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
   step();  // k0 = 0 (k_padded >= 16): on the zero accumulators, out of the loop
-#pragma unroll 4
+#pragma unroll 8
   for (int k0 = 16; k0 < layout.k_padded; k0 += 16) step();  // warp_bias_mma's k-loop
 }
 
