@@ -445,19 +445,30 @@ __device__ __noinline__ void merge_chunk(MarkovOutputs out, const MarkovPartial*
 // running the epilogue on them (each thread 32 columns of two rows; a partial per row and half tile);
 // float32, 256 threads for 2048 values a chunk (the CUDA-core product on every thread into a shared
 // bias tile, the epilogue on the first two warps: 32 rows of 2 threads; a partial per row and tile).
-template <typename WT>
+template <typename WT, int kTileWidth>
 struct BlockShape {
   static constexpr bool kMma = WeightTraits<WT>::kTensorCores;
-  static constexpr int kThreads = kMma ? 32 * kMmaWarps : kTileThreads;
-  static constexpr int kTileV = kMma ? kMmaTileV : 64;
+  static_assert(kMma ? kTileWidth % kMmaWarpColumns == 0 && kTileWidth <= kMmaMaxTileV : kTileWidth == 64,
+                "a tile of whole 128-column segments (16-bit weights), 64 columns (float32)");
+  static constexpr int kTileV = kTileWidth;
+  static constexpr int kSegments = kMma ? kTileV / kMmaWarpColumns : 1;  // partials per row and tile
+  static constexpr int kThreads = kMma ? 32 * 4 * kSegments : kTileThreads;
   static constexpr int kChunkRows = kMma ? kMmaChunkRows : kTileOutputs / 64;
-  static constexpr int kSegments = kMma ? kMmaTileV / kMmaWarpColumns : 1;  // partials per row and tile
 };
 
 // The float32 path's shared-memory tile (W2 and E dynamic; the bias tile static in the kernel).
 using Fp32Layout = MarkovTileLayout<float, 64, kTileOutputs, EpilogueShape<64>::kBiasLd>;
 template <typename WT>
-using BlockLayout = std::conditional_t<BlockShape<WT>::kMma, MmaTileLayout, Fp32Layout>;
+using BlockLayout = std::conditional_t<WeightTraits<WT>::kTensorCores, MmaTileLayout, Fp32Layout>;
+
+template <typename WT, int kTileV>
+__host__ __device__ BlockLayout<WT> block_layout(int rank) {
+  if constexpr (WeightTraits<WT>::kTensorCores) {
+    return MmaTileLayout(rank, kTileV);
+  } else {
+    return Fp32Layout(rank);
+  }
+}
 
 // The epilogue of one (row, tile) segment: the calling thread's kThreadColumns bias values (float32
 // registers) of row `row`, its first column at global column col (a multiple of 16) and at `at` in
@@ -543,11 +554,10 @@ __global__ void __maxnreg__(168)
     markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
   using WT = typename WeightStorage<WS>::type;  // W1's type and the MMA's (W2's, unless int8)
   constexpr bool kInt8 = WeightStorage<WS>::kInt8;
-  using Shape = BlockShape<WT>;
-  static_assert(kTileV == Shape::kTileV, "the tile width of the weights' path");
+  using Shape = BlockShape<WT, kTileV>;
   constexpr int kChunkRows = Shape::kChunkRows;
   extern __shared__ __align__(128) unsigned char smem[];
-  const BlockLayout<WT> layout(static_cast<int>(args.rank));
+  const BlockLayout<WT> layout = block_layout<WT, kTileV>(static_cast<int>(args.rank));
   WT* w2s = reinterpret_cast<WT*>(smem);                                      // W2 (dynamic: rank-sized)
   WT* es = reinterpret_cast<WT*>(smem + layout.e_offset());                   // E, after W2
   float* w2_scales = reinterpret_cast<float*>(smem + layout.staged_bytes());  // an int8 W2's, after E
@@ -692,24 +702,25 @@ bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
 
 // Dynamic shared memory of the tile kernel: W2 (an int8 W2 widened to 16 bits in place) and E, then
 // an int8 W2's scales (the float32 path's bias tile is static shared memory).
-template <typename WT>
+template <typename WT, int kTileV>
 size_t tile_dynamic_bytes(int rank, bool int8_w2) {
-  const BlockLayout<WT> layout(rank);
-  return layout.staged_bytes() + (int8_w2 ? Int8W2Layout<kMmaTileV>::scale_bytes() : 0);
+  const BlockLayout<WT> layout = block_layout<WT, kTileV>(rank);
+  return layout.staged_bytes() + (int8_w2 ? Int8W2Layout<kTileV>::scale_bytes() : 0);
 }
 
 // WS: the weights (WeightStorage: WT, or Int8W2<WT>).
 template <typename BT, typename WS, int kTileV, bool kPlain>
 cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaStream_t stream) {
   using WT = typename WeightStorage<WS>::type;
-  const size_t smem = tile_dynamic_bytes<WT>(static_cast<int>(args.rank), WeightStorage<WS>::kInt8);
+  const size_t smem = tile_dynamic_bytes<WT, kTileV>(static_cast<int>(args.rank), WeightStorage<WS>::kInt8);
   cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WS, kTileV, kPlain>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
   for (int k = 0; k < args.gamma; ++k)
-    markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, k, ws);
+    markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT, kTileV>::kThreads, smem, stream>>>(args, k,
+                                                                                                       ws);
   return cudaGetLastError();
 }
 
@@ -725,9 +736,13 @@ cudaError_t launch_for_weights(const MarkovBlockArgs& args, int weight_dtype, Ma
                                cudaStream_t stream) {
   if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
-  } else {  // 16-bit W1: the mma.sync tile, 256 wide at every R; W2 16-bit or int8 (per-row scales)
-    if (args.w2_scale != nullptr) return launch_variant<BT, Int8W2<WT>, kMmaTileV>(args, weight_dtype, ws, stream);
-    return launch_variant<BT, WT, kMmaTileV>(args, weight_dtype, ws, stream);
+  } else {  // 16-bit W1: the mma.sync tile at every R (mma_tile_vocab); W2 16-bit or int8 (per-row scales)
+    const bool wide = mma_tile_vocab(static_cast<int>(args.rank)) == 256;
+    if (args.w2_scale != nullptr)
+      return wide ? launch_variant<BT, Int8W2<WT>, 256>(args, weight_dtype, ws, stream)
+                  : launch_variant<BT, Int8W2<WT>, 128>(args, weight_dtype, ws, stream);
+    return wide ? launch_variant<BT, WT, 256>(args, weight_dtype, ws, stream)
+                : launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
   }
 }
 
@@ -755,9 +770,10 @@ cudaError_t launch_block(const MarkovBlockArgs& args, int base_dtype, int weight
 struct WorkspaceLayout {
   size_t partial_bytes, counter_offset, counter_words;
   WorkspaceLayout(int64_t rows, int64_t vocab, int weight_bytes) {
-    const int tile_v = weight_bytes == 4 ? BlockShape<float>::kTileV : kMmaTileV;
-    const int64_t chunk = weight_bytes == 4 ? BlockShape<float>::kChunkRows : kMmaChunkRows;
-    const int64_t segments = weight_bytes == 4 ? BlockShape<float>::kSegments : BlockShape<__half>::kSegments;
+    // 16-bit weights: 2 ceil(V / 256) >= ceil(V / 128) partials a row, whichever tile the rank takes.
+    const int tile_v = weight_bytes == 4 ? 64 : kMmaMaxTileV;
+    const int64_t chunk = weight_bytes == 4 ? BlockShape<float, 64>::kChunkRows : kMmaChunkRows;
+    const int64_t segments = weight_bytes == 4 ? 1 : kMmaMaxTileV / kMmaWarpColumns;
     partial_bytes = static_cast<size_t>(rows * ceil_div(vocab, tile_v) * segments) * sizeof(MarkovPartial);
     counter_offset = (partial_bytes + 15) / 16 * 16;
     counter_words = static_cast<size_t>(ceil_div(rows, chunk));
@@ -770,7 +786,7 @@ struct WorkspaceLayout {
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Verification's recompute of the Markov bias (chain_verify.cu, WMMA through a shared bias tile):
   // wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile. markov_block
-  // itself uses 256-wide tiles with 16-bit W1 at every R (BlockShape) and 64 with float32.
+  // itself uses mma_tile_vocab(r) (256, or 128 above r = 256) with 16-bit W1 at every R, 64 with float32.
   if (weight_bytes == 1) return 128;
   return weight_bytes == 2 && rows > 32 ? 128 : 64;
 }
@@ -783,11 +799,11 @@ size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
   if (weight_bytes == 4) {
     dynamic = std::max(Fp32Layout(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
   } else if (weight_bytes == 1) {  // an int8 W2: markov_block only (chain_verify's recompute refuses it)
-    dynamic = tile_dynamic_bytes<__half>(r, true);
+    dynamic = mma_tile_vocab(r) == 256 ? tile_dynamic_bytes<__half, 256>(r, true) : tile_dynamic_bytes<__half, 128>(r, true);
   } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
-    dynamic = std::max(MmaTileLayout(r).staged_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
+    dynamic = std::max(MmaTileLayout(r, mma_tile_vocab(r)).staged_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
-    dynamic = std::max(MmaTileLayout(r).staged_bytes(), MarkovTileLayout<__half, 64>(r).total_bytes());
+    dynamic = std::max(MmaTileLayout(r, mma_tile_vocab(r)).staged_bytes(), MarkovTileLayout<__half, 64>(r).total_bytes());
   }
   // + stage_rows' static row tables and the last-CTA flag
   return dynamic + 2 * kMaxStagedRows * sizeof(void*) + 16;

@@ -27,8 +27,8 @@ ZERO = {loop.name: 0.0 for loop in cost_model.LOOPS}
 
 
 def test_markov_block_bytes_and_launches_by_hand():
-    # V = 129280, R = 8 (128-wide tiles at every R: ceil(129280 / 128) = 1010, one 64-row chunk),
-    # g = 5, bf16.
+    # V = 129280, R = 8 (256-wide tiles at every R: ceil(129280 / 256) = 505, two partials a row and
+    # tile, one 64-row chunk), g = 5, bf16.
     path = cost_model.markov_block(129280, 8, 5, ZERO)
     w2 = 129280 * 256 * 2  # 66,191,360
     counters = 1 * 4  # a ticket per chunk
@@ -40,7 +40,7 @@ def test_markov_block_bytes_and_launches_by_hand():
     # R = 256: four 64-row chunks, a ticket each.
     wide = cost_model.markov_block(129280, 256, 5, ZERO)
     assert wide.ours[0].bytes == 4 * 4
-    assert "128" in wide.ours[1].kernel
+    assert "256" in wide.ours[1].kernel
 
 
 def test_markov_block_instructions_follow_the_launch_geometry():
@@ -48,19 +48,20 @@ def test_markov_block_instructions_follow_the_launch_geometry():
     def only(name: str, rows: int) -> float:
         return cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}).ours[1].instructions
 
-    assert only("markov.w2_stage.128", 8) == 1010 * 128 * 256  # every W2 element of every tile
-    assert only("markov.e_stage.128", 8) == 1010 * 16 * 256  # R = 8: one 16-row block of W1 rows
-    assert only("markov.e_stage.128", 20) == 1010 * 32 * 256
-    assert only("markov.e_stage.128", 256) == 1010 * 4 * 64 * 256  # 4 chunks of 64 rows
-    assert only("markov.mma.128", 8) == 1010 * 1 * 32 * 16  # one warp: 16 k16 steps, 32 threads
-    assert only("markov.mma.128", 256) == 1010 * 16 * 32 * 16  # 4 chunks of 4 warps
-    assert only("markov.epilogue.128", 1) == 1010 * 128 * 16  # R = 1: the warp of 16 rows runs
-    assert only("markov.epilogue.128", 256) == 1010 * 128 * 256
-    assert only("markov.merge.128", 8) == 8 * 1024  # a lane per partial, 1010 rounded to 32
-    assert only("markov.merge_call.128", 256) == 4 * 128  # every thread of 4 merging CTAs
+    assert only("markov.w2_stage.256", 8) == 505 * 256 * 256  # every W2 element of every tile
+    assert only("markov.e_stage.256", 8) == 505 * 16 * 256  # R = 8: one 16-row block of W1 rows
+    assert only("markov.e_stage.256", 20) == 505 * 32 * 256
+    assert only("markov.e_stage.256", 256) == 505 * 4 * 64 * 256  # 4 chunks of 64 rows
+    # two warps a 16-row block, 15 k16 steps in the loop (the first is in the chunk loop), 32 threads
+    assert only("markov.mma.256", 8) == 505 * 1 * 2 * 15 * 32
+    assert only("markov.mma.256", 256) == 505 * 16 * 2 * 15 * 32  # 4 chunks of 4 blocks
+    assert only("markov.epilogue.256", 1) == 505 * 256 * 16  # R = 1: the two warps of 16 rows run
+    assert only("markov.epilogue.256", 256) == 505 * 256 * 256
+    assert only("markov.merge.256", 8) == 8 * 1024  # a lane per partial, 2 x 505 rounded to 32
+    assert only("markov.merge_call.256", 256) == 4 * 256  # every thread of 4 merging CTAs
     # Rows are modeled sampled with finite logits: the rare path (greedy, NaN / +inf rows) is not
     # in the modeled time (its cost per element is reported beside it).
-    assert only("markov.rare_call.128", 8) == 0 and only("markov.greedy.128", 256) == 0
+    assert only("markov.rare_call.256", 8) == 0 and only("markov.greedy.256", 256) == 0
 
 
 def test_verify_bytes_by_hand():
@@ -316,8 +317,8 @@ def _counts(per_item: float, staging: dict[str, int] | None = None) -> dict[str,
 
 
 def test_markov_block_with_an_int8_w2_by_hand():
-    # V = 129280, R = 8, g = 5: W2 is V r bytes and V float32 scales; 128-wide tiles at every R
-    # (ceil(129280 / 128) = 1010 partials per row, one 64-row chunk); SGLang's path is the bf16 one.
+    # V = 129280, R = 8, g = 5: W2 is V r bytes and V float32 scales; 256-wide tiles at every R
+    # (2 x ceil(129280 / 256) = 1010 partials per row, one 64-row chunk); SGLang's path is the bf16 one.
     path = cost_model.markov_block(129280, 8, 5, ZERO, int8_w2=True)
     assert path.op == "markov_block_int8" and "Int8W2" in path.ours[1].kernel
     w2 = 129280 * 256 + 129280 * 4
@@ -333,29 +334,29 @@ def test_markov_block_with_an_int8_w2_by_hand():
             cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}, int8_w2=True).ours[1].instructions
         )
 
-    assert only("markov_int8.w2_stage.128", 8) == 1010 * 128 * 256  # every W2 element of every tile
-    assert only("markov_int8.widen.128", 8) == 1010 * 128 * 256  # widened once per CTA
-    assert only("markov_int8.widen.128", 256) == 1010 * 128 * 256  # whatever the chunks
-    assert only("markov_int8.mma.128", 8) == 1010 * 1 * 32 * 16  # one warp: 16 k16 steps
-    assert only("markov_int8.epilogue.128", 1) == 1010 * 128 * 16  # R = 1: the warp of 16 rows runs
-    assert only("markov.w2_stage.128", 8) == 0  # the bf16 kernel's loops do not count
+    assert only("markov_int8.w2_stage.256", 8) == 505 * 256 * 256  # every W2 element of every tile
+    assert only("markov_int8.widen.256", 8) == 505 * 256 * 256  # widened once per CTA
+    assert only("markov_int8.widen.256", 256) == 505 * 256 * 256  # whatever the chunks
+    assert only("markov_int8.mma.256", 8) == 505 * 1 * 2 * 15 * 32  # two warps: 15 k16 steps each
+    assert only("markov_int8.epilogue.256", 1) == 505 * 256 * 16  # R = 1: the two warps of 16 rows
+    assert only("markov.w2_stage.256", 8) == 0  # the bf16 kernel's loops do not count
 
 
 def test_staging_in_flight_by_hand():
-    # r = 256, bf16: markov_block's 128-wide W2 tile is 128 x 256 x 2 = 64 KB, its 64-row W1 chunk
+    # r = 256, bf16: markov_block's 256-wide W2 tile is 256 x 256 x 2 = 128 KB, its 64-row W1 chunk
     # 32 KB; verification's recompute chunks of 16 rows (128-wide tiles) 8 KB.
     flights = {f.loop: f for f in cost_model.staging_in_flight(_counts(3))}
-    assert flights["markov.w2_stage.128"].in_flight == 65536
-    assert flights["markov.e_stage.128"].in_flight == 32768  # markov_block: 64-row chunks
+    assert flights["markov.w2_stage.256"].in_flight == 131072
+    assert flights["markov.e_stage.256"].in_flight == 32768  # markov_block: 64-row chunks
     assert flights["verify.residual.e_stage.128"].in_flight == 8192
-    assert flights["markov_int8.w2_stage.128"].in_flight == 32768  # int8: 128 x 256 bytes
+    assert flights["markov_int8.w2_stage.256"].in_flight == 65536  # int8: 256 x 256 bytes
     assert cost_model._in_flight_verdict(_counts(3)).met
-    # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes (128 in
-    # markov_block's CTA).
+    # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes (markov_block's
+    # CTA and verification's alike).
     synchronous = _counts(3, {"global/generic": 1, "shared": 1})
-    assert {f.in_flight for f in cost_model.staging_in_flight(synchronous)} == {2048, 4096}
+    assert {f.in_flight for f in cost_model.staging_in_flight(synchronous)} == {4096}
     verdict = cost_model._in_flight_verdict(synchronous)
-    assert not verdict.met and "markov.w2_stage.128: 2 KB" in verdict.line()
+    assert not verdict.met and "markov.w2_stage.256: 4 KB" in verdict.line()
     # cp.async with a wait inside the loop: one copy per thread in flight again.
     waiting = _counts(3, {"cp.async": 1, "cp.async wait": 1})
     assert not cost_model._in_flight_verdict(waiting).met
@@ -471,8 +472,9 @@ def test_every_named_loop_is_found_in_the_build(real_build):
         assert count.instructions > 0, count
         assert 0 < count.coverage <= 1, count
     # The tile kernels' MMA loop issues tensor-core instructions; the epilogue does not.
-    assert counts["markov.mma.128"].opcodes.get("MMA", 0) > 0
-    assert counts["markov.epilogue.128"].opcodes.get("MMA", 0) == 0
+    assert counts["markov.mma.256"].opcodes.get("MMA", 0) > 0
+    # markov_block's chunk loop holds the MMA's first k16 step only (peeled onto zero accumulators).
+    assert counts["markov.epilogue.256"].opcodes.get("MMA", 0) == 16
     # The 16-bit staging loops issue cp.async only: the whole stage is in flight before the wait.
     assert all(f.asynchronous for f in cost_model.staging_in_flight(counts))
 

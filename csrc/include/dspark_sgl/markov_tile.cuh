@@ -65,28 +65,34 @@ struct MarkovTileLayout {
 };
 
 // The register-resident tile of markov_block with 16-bit weights (mma.sync, mma_fragment.cuh): a
-// CTA of kMmaWarps warps owns kMmaTileV vocabulary columns; warp w computes 16 rows (row block w / 2)
-// x kMmaWarpColumns columns (half w % 2) of the bias, the float32 accumulators staying in registers
-// for the epilogue. Shared memory holds the W2 tile (kMmaTileV rows, the vocabulary columns v0 + c,
-// k contiguous) and E (kMmaChunkRows rows of k_padded, linear with stride ld). W2 row c starts at
-// w2_row(c) = c ld + 16 (c >> 5) elements: with ld / 8 odd (16-byte units), the 8 rows one ldmatrix
-// matrix reads (c = 32 q + 2 j + s + const, q < 4, s < 2) fall on 8 distinct 16-byte bank groups;
-// linear rows would put the rows 32 apart on the same ones.
-constexpr int kMmaTileV = 256;
-constexpr int kMmaWarps = 8;
-constexpr int kMmaWarpColumns = 128;                             // a warp's columns: two halves a tile
-constexpr int kMmaChunkRows = 16 * kMmaWarps * kMmaWarpColumns / kMmaTileV;  // 64
+// CTA owns tile_v (256, or 128 where a wide tile's shared memory does not fit the rank) vocabulary
+// columns and has 4 x tile_v / 128 warps; warp w computes 16 rows (row block w / (tile_v / 128)) x
+// kMmaWarpColumns columns (segment w % (tile_v / 128)) of the bias, the float32 accumulators staying
+// in registers for the epilogue. Shared memory holds the W2 tile (tile_v rows, the vocabulary columns
+// v0 + c, k contiguous) and E (kMmaChunkRows rows of k_padded, linear with stride ld). W2 row c
+// starts at w2_row(c) = c ld + 16 (c >> 5) elements: with ld / 8 odd (16-byte units), the 8 rows one
+// ldmatrix matrix reads (c = 32 q + 2 j + s + const, q < 4, s < 2) fall on 8 distinct 16-byte bank
+// groups; linear rows would put the rows 32 apart on the same ones.
+constexpr int kMmaMaxTileV = 256;
+constexpr int kMmaWarpColumns = 128;  // a warp's columns: one segment of a tile
+constexpr int kMmaChunkRows = 64;     // 4 row blocks of 16
 constexpr int kMmaTiles = kMmaWarpColumns / 8;  // n8 tiles of a warp: 4 accumulators each a thread
+
+// The tile width markov_block takes with 16-bit W1 at rank r: 256 while its shared memory fits
+// (r <= 256: 169 KB at r = 256), else 128 (200 KB at r = 512).
+__host__ __device__ constexpr int mma_tile_vocab(int rank) { return rank <= 256 ? 256 : 128; }
 
 struct MmaTileLayout {
   int rank;
   int k_padded;  // r rounded up to the MMA depth (16); the staging zero fills [r, k_padded)
   int ld;        // E's row stride and W2's base stride (elements): k_padded + 8, a multiple of 8
+  int tile_v;    // the tile's columns (W2 rows)
 
-  __host__ __device__ explicit MmaTileLayout(int r) : rank(r), k_padded((r + 15) / 16 * 16), ld(k_padded + 8) {}
+  __host__ __device__ MmaTileLayout(int r, int tile_columns)
+      : rank(r), k_padded((r + 15) / 16 * 16), ld(k_padded + 8), tile_v(tile_columns) {}
   // The first element of W2 row c (16-byte aligned), for the staging, the int8 widening and the MMA.
   __host__ __device__ int w2_row(int c) const { return c * ld + 16 * (c >> 5); }
-  __host__ __device__ size_t w2_bytes() const { return size_t(w2_row(kMmaTileV)) * 2; }
+  __host__ __device__ size_t w2_bytes() const { return size_t(w2_row(tile_v)) * 2; }
   __host__ __device__ size_t e_bytes() const { return size_t(kMmaChunkRows) * ld * 2; }
   // W2 then E, each region 128-byte aligned.
   __host__ __device__ size_t staged_bytes() const { return align(w2_bytes()) + align(e_bytes()); }
@@ -107,7 +113,7 @@ struct MmaTileLayout {
 // _dispatch.aligned tensors, so every row of a rank-multiple-of-8 matrix is) and destinations
 // (MarkovTileLayout: 128-byte aligned regions, ld a multiple of 8). Other ranks and float32
 // weights (odd ld: rows not 16-byte aligned in shared memory) copy element by element.
-constexpr int kMaxStagedRows = kMmaTileV;
+constexpr int kMaxStagedRows = kMmaMaxTileV;
 
 // Where the calling thread starts in the 16-byte pieces of rows of k_padded elements of type WT
 // (piece c of row i for idx = i * per_row + c, idx = threadIdx.x + n * blockDim.x) and how it
