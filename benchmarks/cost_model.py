@@ -210,7 +210,9 @@ def _markov_loops() -> list[LoopName]:
         ),
         # The chunk loop minus its nested loops: the epilogue on the accumulators (two rows a thread)
         # and every other per-chunk instruction.
-        LoopName(f"markov.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_CHUNK_ELEMENTS, "sampled element"),
+        LoopName(
+            f"markov.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_CHUNK_ELEMENTS, "sampled element"
+        ),
         # What a greedy row adds: the rare path's argmax pass over the thread's 32 logits (out of line),
         # and the rare path's whole function (a static size, not what one call runs).
         LoopName(
@@ -282,7 +284,11 @@ def _markov_int8_loops() -> list[LoopName]:
             _MMA_SYNC_STEP,
         ),
         LoopName(
-            f"markov_int8.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_CHUNK_ELEMENTS, "sampled element"
+            f"markov_int8.epilogue.{w}",
+            k,
+            ((_MARKOV, _MARKOV_CHUNK),),
+            MARKOV_CHUNK_ELEMENTS,
+            "sampled element",
         ),
         _merge_loop(f"markov_int8.merge.{w}", k),
         LoopName(f"markov_int8.merge_call.{w}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
@@ -602,7 +608,9 @@ def markov_block(
     w2 = vocab * RANK + vocab * 4 if int8_w2 else vocab * RANK * ELEM
     base, w1 = rows * vocab * ELEM, rows * RANK * ELEM
     name = "markov_int8" if int8_w2 else "markov"
-    partials = rows * geo["partials"] * 20  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
+    partials = (
+        rows * geo["partials"] * 20
+    )  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
     outputs = rows * (8 + 4 * 4)  # token, logit, score, max, sum
     counters = geo["chunks"] * 4  # a ticket per row chunk
     # Per chunk: E rows and warp pairs (each 16 rows x 256 columns: the MMA and the epilogue of two
@@ -1124,7 +1132,9 @@ def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
         sampled = markov_per_element(tile_v, loops)
         greedy = loops.get(f"markov.greedy.{tile_v}", math.nan)
         rare = loops.get(f"markov.rare_call.{tile_v}", math.nan)
-        mma = loops.get(f"markov.mma.{tile_v}", math.nan) * 32 / (16 * MARKOV_WARP_COLUMNS)  # a warp: 16 x 128
+        mma = (
+            loops.get(f"markov.mma.{tile_v}", math.nan) * 32 / (16 * MARKOV_WARP_COLUMNS)
+        )  # a warp: 16 x 128
         lines.append(
             f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop, on the"
             f" MMA's accumulators); the mma.sync k-loop {mma:.2f} per element and k16 step"

@@ -452,7 +452,9 @@ def count_loop(
     candidates = list(mostly_named)
     if loop.innermost:
         candidates = [
-            sp for sp in candidates if not any(o != sp and sp[0] <= o[0] and o[1] <= sp[1] for o in mostly_named)
+            sp
+            for sp in candidates
+            if not any(o != sp and sp[0] <= o[0] and o[1] <= sp[1] for o in mostly_named)
         ]
     span = max(candidates, key=lambda sp: len(mostly_named[sp]))
     claimed.add(span)

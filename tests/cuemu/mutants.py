@@ -74,9 +74,8 @@ MUTANTS = [
     Mutant(
         "markov_missing_syncthreads",
         "markov_block.cu",
-        "      bias_tile<WT, kTileV, kTileOutputs, kTileThreads, kBiasLd>(w2s, es, bias_s, layout, chunk_rows);\n"
-        "      __syncthreads();",
-        "      bias_tile<WT, kTileV, kTileOutputs, kTileThreads, kBiasLd>(w2s, es, bias_s, layout, chunk_rows);",
+        "(w2s, es, bias_s, layout, chunk_rows);\n      __syncthreads();",
+        "(w2s, es, bias_s, layout, chunk_rows);",
         "the float32 path's bias tile is read before every warp has written its part",
         ("markov",),
         SCHEDULES,
@@ -97,7 +96,8 @@ MUTANTS = [
         "include/dspark_sgl/markov_tile.cuh",
         "shared_address(e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1))",
         "shared_address(e + (p + 8 * (m >> 1)) * layout.ld + 8 * (m & 1))",
-        "ldmatrix's second and third A matrices exchanged: mma reads a2, a3 (row g + 8) where a4, a5 (k + 8) are",
+        "ldmatrix's second and third A matrices exchanged: mma reads a2, a3 (row g + 8) where a4, a5"
+        " (k + 8) are",
         ("markov",),
         SCHEDULES,
     ),
@@ -134,7 +134,8 @@ MUTANTS = [
         "include/dspark_sgl/markov_tile.cuh",
         "ld(k_padded + 8)",
         "ld(k_padded + 4)",
-        "a row stride that is not a multiple of 16 bytes (misaligned cp.async destinations and ldmatrix rows)",
+        "a row stride that is not a multiple of 16 bytes (misaligned cp.async destinations and ldmatrix"
+        " rows)",
         ("markov",),
         SCHEDULES,
     ),
@@ -150,7 +151,8 @@ MUTANTS = [
     Mutant(
         "markov_draw_one_column_late",
         "markov_block.cu",
-        "const int i = min((second ? kGroupColumns : 0) + first_above(group, target, logits, logit), count - 1);",
+        "const int i = min((second ? kGroupColumns : 0) + first_above(group, target, logits, logit),"
+        " count - 1);",
         "const int i = min((second ? kGroupColumns : 0)"
         " + min(first_above(group, target, logits, logit) + 1, kGroupColumns - 1), count - 1);",
         "the running sum is read one column off: the token after the crossing is drawn",

@@ -204,7 +204,9 @@ def test_mma_fragment_misuse_is_reported(runtime, misuse, message):
     a, bt, c, slot_a, slot_b = _mma_operands(BF16, 0)
     d = torch.zeros(16, 8)
     regs = torch.zeros(32, 4, dtype=torch.int32)
-    msg = runtime.st_mma_tile(_ptr(a), _ptr(bt), _ptr(c), _ptr(slot_a), _ptr(slot_b), _ptr(d), _ptr(regs), 0, misuse)
+    msg = runtime.st_mma_tile(
+        _ptr(a), _ptr(bt), _ptr(c), _ptr(slot_a), _ptr(slot_b), _ptr(d), _ptr(regs), 0, misuse
+    )
     assert message in msg
 
 
