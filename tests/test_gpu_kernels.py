@@ -69,9 +69,9 @@ def draft(case, *, seed=7, offset=3, **kw) -> markov.DraftBlock:
     return markov.sample_block(**case, seed=seed, offset=offset, **kw)
 
 
-# (rows, gamma, vocab, rank) on a device, and on the emulator. 16-bit weights use 128-wide vocabulary
-# tiles at every R, in chunks of 64 rows (16 a warp, warps without a row skip the MMA); float32
-# weights 64-wide tiles in chunks of 32 rows.
+# (rows, gamma, vocab, rank) on a device, and on the emulator. 16-bit weights use 256-wide vocabulary
+# tiles (128-wide above r = 256: "rank512") at every R, in chunks of 64 rows (16 rows a pair of warps;
+# warps without a row skip the MMA); float32 weights 64-wide tiles in chunks of 32 rows.
 MARKOV_SHAPES = {
     "R1-g1": ((1, 1, 1000, 256), (1, 1, 1000, 256)),
     "R1-g7-big-V": ((1, 7, 129280, 256), (1, 7, 4096, 256)),
