@@ -120,23 +120,26 @@ _SCHEDULE = "schedule.cu"
 _SORT_ITEMS = (1, 2, 4, 8, 16, 32)  # schedule_kernel's keys per sorting thread (one instance each)
 _SCHEDULE_KERNEL = "schedule_kernel<float, 8>"  # loops whose code is the same in every instance
 _TILE = "include/dspark_sgl/markov_tile.cuh"
-_STAGE_VECTOR = r"while \(i < count\) \{"
-_MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\)"
+# stage_rows' 16-byte copies when whole rows fit a pass (r = 256: k_padded / 8 = 32 divides the CTA)
+_STAGE_VECTOR = r"for \(int i = plan\.first_row; i < count; i \+= step_rows\) \{"
+_MMA_K = r"for \(int k0 = 0; k0 < layout\.k_padded; k0 \+= 16\) \{\n"  # bias_tile's WMMA k-loop
+_MMA_SYNC_K = r"for \(int k0 = 16; k0 < layout\.k_padded; k0 \+= 16\) step\(\);  // warp_bias_mma's k-loop"
 _ONE_COPY = (r"^LDGSTS\b", 1)  # one cp.async (LDGSTS) per staged 16-byte piece
 _WMMA_STEP = (r"^(HMMA|HGMMA)\b", 2)  # wmma m16n16k16 bf16 = two HMMA.16816
+_MMA_SYNC_STEP = (r"^HMMA\b", 16)  # a warp's k16 step over 128 columns: 16 mma.m16n8k16 = 16 HMMA.16816
 _PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
 _ROWS_KERNEL = "verify_rows_kernel<__nv_bfloat16, __nv_bfloat16>"
 _PLAIN_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> plain;"
 _BONUS_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> group;"
 
 
-def _stage_loop(name: str, kernel: str, file: str, operand: str, what: str) -> LoopName:
-    """A 16-bit tile's staging loop: ``stage_rows(tile.<operand>, ...)`` in ``file``, one
+def _stage_loop(name: str, kernel: str, file: str, call: str, what: str) -> LoopName:
+    """A 16-bit tile's staging loop: the stage_rows call ``call`` (a regex) in ``file``, one
     16-byte cp.async (8 elements of ``what``) per iteration."""
     return LoopName(
         name,
         kernel,
-        ((file, rf"stage_rows\(tile\.{operand},"), (_TILE, _STAGE_VECTOR)),
+        ((file, call), (_TILE, _STAGE_VECTOR)),
         8,
         f"{what} element (16-byte copy)",
         _ONE_COPY,
@@ -148,43 +151,72 @@ def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopNa
     2048 bias values a chunk)."""
     k = f"{kernel}<__nv_bfloat16, __nv_bfloat16, {tile_v}>"
     return [
-        _stage_loop(f"{prefix}.w2_stage.{tile_v}", k, file, "w2", "W2"),
-        _stage_loop(f"{prefix}.e_stage.{tile_v}", k, file, "e", "W1"),
+        _stage_loop(f"{prefix}.w2_stage.{tile_v}", k, file, r"stage_rows\(tile\.w2,", "W2"),
+        _stage_loop(f"{prefix}.e_stage.{tile_v}", k, file, r"stage_rows\(tile\.e,", "W1"),
         LoopName(f"{prefix}.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16-deep k-step of a warp", _WMMA_STEP),
         LoopName(f"{prefix}.epilogue.{tile_v}", k, ((file, _PASS),), 4, "sampled element"),
     ]
 
 
-# markov_block's 16-bit tile kernel (markov_block.cu): 128 threads, 4096 bias values a chunk,
-# 32 columns (two sampler groups) of one row per thread; the rare path (greedy and non-finite rows)
-# and the merge are out-of-line functions.
-_MARKOV_CHUNK = r"for \(int row0 = 0; row0 < rows; row0 \+= kChunkRows, at \+= at_step,"
-_RARE_PARTIAL = (
-    r"template <typename BT, typename WT, bool kPlain, bool kScaled>\n"
-    r"__device__ __noinline__ RarePartial rare_partial\("
-)
+# markov_block's 16-bit tile kernel (markov_block.cu): 256 threads (8 warps), 256-wide tiles at every R,
+# 64-row chunks; each warp computes 16 rows x 128 columns (half a tile) of the bias with mma.sync into
+# registers (warp_bias_mma) and runs the epilogue on them: each thread 32 columns (two sampler groups)
+# of two rows, a partial per row and half tile. The rare path (greedy and non-finite rows) and the
+# merge are out-of-line functions.
+_MARKOV_CHUNK = r"for \(int row0 = 0; row0 < rows; row0 \+= kChunkRows\) \{"
+_MARKOV_W2_STAGE = r"stage_rows_at\(\n\s*w2s,"
+_MARKOV_E_STAGE = r"stage_rows\(es,"
+_RARE_PARTIAL = r"__device__ __noinline__ RarePartial rare_partial\("
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
-MARKOV_THREADS = 128
-MARKOV_OUTPUTS = 4096  # bias values per chunk (kChunkRows x kTileV)
-MARKOV_COLUMNS = 32  # columns of one row per thread and chunk
+MARKOV_THREADS = 256
+MARKOV_TILE = 256  # markov_block's tile width with 16-bit W1 (BlockShape; float32 weights: 64, not modeled)
+MARKOV_WARP_COLUMNS = 128  # kMmaWarpColumns
+MARKOV_SEGMENTS = MARKOV_TILE // MARKOV_WARP_COLUMNS  # partials per row and tile (a warp's columns each)
+MARKOV_CHUNK_ROWS = 64  # kMmaChunkRows: 16 rows a pair of warps
+MARKOV_COLUMNS = 32  # columns of one row per thread (a thread holds two rows: 64 elements a chunk)
+MARKOV_CHUNK_ELEMENTS = 2 * MARKOV_COLUMNS  # a thread's elements per chunk-loop iteration
 
 
-def _markov_loops(tile_v: int) -> list[LoopName]:
-    """markov_block's named loops and out-of-line functions at one tile width (bf16, statistics form)."""
-    k = f"markov_tile_kernel<__nv_bfloat16, __nv_bfloat16, {tile_v}, true>"
+def _merge_loop(name: str, kernel: str) -> LoopName:
+    """merge_chunk's loop over a row's tile partials (a lane per partial). The compiler unrolls it
+    (4 partials a SASS iteration, five volatile loads each) inside the per-row loop whose body holds
+    the remainder iterations and the row's reductions: the unrolled main loop is the one counted
+    (innermost), the rest of merge_chunk is in merge_call's static size."""
+    return LoopName(
+        name,
+        kernel,
+        ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),
+        1,
+        "tile partial",
+        (r"^LDG\b", 5),
+        innermost=True,
+    )
+
+
+def _markov_loops() -> list[LoopName]:
+    """markov_block's named loops and out-of-line functions (bf16, statistics form, 256-wide tiles)."""
+    w = MARKOV_TILE
+    k = f"markov_tile_kernel<__nv_bfloat16, __nv_bfloat16, {w}, true>"
     return [
-        _stage_loop(f"markov.w2_stage.{tile_v}", k, _MARKOV, "w2", "W2"),
-        _stage_loop(f"markov.e_stage.{tile_v}", k, _MARKOV, "e", "W1"),
-        LoopName(f"markov.mma.{tile_v}", k, ((_TILE, _MMA_K),), 1, "16x16x16 MMA of a warp", _WMMA_STEP),
-        # The chunk loop minus its nested loops: the epilogue and every other per-chunk instruction.
+        _stage_loop(f"markov.w2_stage.{w}", k, _MARKOV, _MARKOV_W2_STAGE, "W2"),
+        _stage_loop(f"markov.e_stage.{w}", k, _MARKOV, _MARKOV_E_STAGE, "W1"),
         LoopName(
-            f"markov.epilogue.{tile_v}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"
+            f"markov.mma.{w}",
+            k,
+            ((_TILE, _MMA_SYNC_K),),
+            1,
+            "k16 step of a warp (16 rows x 128 columns: 9 ldmatrix.x4, 16 mma.m16n8k16)",
+            _MMA_SYNC_STEP,
         ),
-        # What a greedy row adds: the rare path's one pass (its logits recomputed, the softmax terms,
-        # the argmax; out of line), and the rare path's whole function (a static size, not what
-        # one call runs).
+        # The chunk loop minus its nested loops: the epilogue on the accumulators (two rows a thread)
+        # and every other per-chunk instruction.
         LoopName(
-            f"markov.greedy.{tile_v}",
+            f"markov.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_CHUNK_ELEMENTS, "sampled element"
+        ),
+        # What a greedy row adds: the rare path's argmax pass over the thread's 32 logits (out of line),
+        # and the rare path's whole function (a static size, not what one call runs).
+        LoopName(
+            f"markov.greedy.{w}",
             k,
             (
                 (
@@ -194,31 +226,25 @@ def _markov_loops(tile_v: int) -> list[LoopName]:
                 ),
             ),
             MARKOV_COLUMNS,
-            "column of a greedy row (out of line: its 32 logits again, the argmax)",
+            "column of a greedy row (out of line: the argmax of its 32 logits)",
             kind="code",
         ),
         LoopName(
-            f"markov.rare_call.{tile_v}",
+            f"markov.rare_call.{w}",
             k,
             ((_MARKOV, _RARE_PARTIAL),),
             MARKOV_COLUMNS,
             "column of a non-finite row (static size of the function / 32 columns)",
             kind="code",
         ),
-        LoopName(
-            f"markov.merge.{tile_v}",
-            k,
-            ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),  # in merge_chunk
-            1,
-            "tile partial",
-        ),
-        LoopName(f"markov.merge_call.{tile_v}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
+        _merge_loop(f"markov.merge.{w}", k),
+        LoopName(f"markov.merge_call.{w}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
     ]
 
 
-# markov_block with an int8 W2 (per-row scales; markov_int8.cuh): always 128-wide tiles.
+# markov_block with an int8 W2 (per-row scales; markov_int8.cuh): the same 256-wide mma.sync tile.
 _INT8 = "include/dspark_sgl/markov_int8.cuh"
-INT8_TILE = 128
+INT8_TILE = MARKOV_TILE
 _INT8_KERNEL = f"markov_tile_kernel<__nv_bfloat16, dspark_sgl::Int8W2<__nv_bfloat16>, {INT8_TILE}, true>"
 # The optional int8 W2's cost in acceptance: dspark_sgl eval --markov-w2 int8 on the embedded pair
 # (last session's measurement; not rerun by this model).
@@ -232,50 +258,54 @@ INT8_WIDEN_PIECES = 8  # widen_int8_tile's kPieces: 16-value pieces a thread wid
 
 def _markov_int8_loops() -> list[LoopName]:
     """markov_block's named loops with an int8 W2 (bf16 W1, statistics form): the int8 staging, its
-    widening in place to bf16 (once per CTA), the MMA (bias_tile, as with a bf16 W2), and the chunk
-    loop with the scale multiply."""
+    widening in place to bf16 (once per CTA), the MMA (warp_bias_mma, as with a bf16 W2), and the
+    chunk loop with the scale multiply."""
     k, w = _INT8_KERNEL, INT8_TILE
     return [
         LoopName(
             f"markov_int8.w2_stage.{w}",
             k,
             (
-                (_MARKOV, r"stage_int8_tile<kTileV, kThreads>\("),
+                (_MARKOV, r"stage_int8_tile<kTileV, Shape::kThreads>\("),
                 (_INT8, r"for \(int p = threadIdx\.x; p < copied;"),
             ),
             16,
             "int8 W2 element (16-byte copy)",
             _ONE_COPY,
         ),
-        _stage_loop(f"markov_int8.e_stage.{w}", k, _MARKOV, "e", "W1"),
+        _stage_loop(f"markov_int8.e_stage.{w}", k, _MARKOV, _MARKOV_E_STAGE, "W1"),
         LoopName(
             f"markov_int8.widen.{w}",
             k,
             (
-                (_MARKOV, r"widen_int8_tile<WT, kTileV, kThreads>\(tile\.w2,"),
+                (_MARKOV, r"widen_int8_tile<WT, kTileV, Shape::kThreads>\(w2s,"),
                 (_INT8, r"for \(int hi = kTileV; hi > 0; hi -= batch_rows\)"),
             ),
             INT8_WIDEN_PIECES * 16,
             "int8 W2 element widened to bf16 (a batch of 8 pieces of 16 a thread)",
         ),
-        LoopName(f"markov_int8.mma.{w}", k, ((_TILE, _MMA_K),), 1, "16x16x16 MMA of a warp", _WMMA_STEP),
         LoopName(
-            f"markov_int8.epilogue.{w}", k, ((_MARKOV, _MARKOV_CHUNK),), MARKOV_COLUMNS, "sampled element"
-        ),
-        LoopName(
-            f"markov_int8.merge.{w}",
+            f"markov_int8.mma.{w}",
             k,
-            ((_MARKOV, r"for \(int tile = lane; tile < tiles; tile \+= 32\)"),),
+            ((_TILE, _MMA_SYNC_K),),
             1,
-            "tile partial",
+            "k16 step of a warp (16 rows x 128 columns)",
+            _MMA_SYNC_STEP,
         ),
+        LoopName(
+            f"markov_int8.epilogue.{w}",
+            k,
+            ((_MARKOV, _MARKOV_CHUNK),),
+            MARKOV_CHUNK_ELEMENTS,
+            "sampled element",
+        ),
+        _merge_loop(f"markov_int8.merge.{w}", k),
         LoopName(f"markov_int8.merge_call.{w}", k, ((_MARKOV, _MERGE_CHUNK),), 1, "call", kind="code"),
     ]
 
 
 LOOPS: list[LoopName] = [
-    *_markov_loops(64),
-    *_markov_loops(128),
+    *_markov_loops(),
     *_markov_int8_loops(),
     LoopName(
         "verify.rows.target",
@@ -550,17 +580,16 @@ def _tile_instructions(prefix: str, geo: dict[str, int], loops: Mapping[str, flo
     )
 
 
-def _markov_geometry(vocab: int, rows: int, int8_w2: bool = False) -> dict[str, int]:
-    """markov_block's launch geometry for 16-bit weights (markov_block.cu BlockShape; an int8 W2:
-    128-wide tiles at every R, markov_block_tile_vocab)."""
-    tile_v = 128 if rows > 32 or int8_w2 else 64
-    chunk = MARKOV_OUTPUTS // tile_v
+def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
+    """markov_block's launch geometry with 16-bit W1 (markov_block.cu BlockShape: 256-wide tiles, two
+    partials a row and tile, and 64-row chunks at every R, bf16 or int8 W2)."""
+    chunk = MARKOV_CHUNK_ROWS
     return {
-        "tile_v": tile_v,
-        "tiles": math.ceil(vocab / tile_v),
+        "tile_v": MARKOV_TILE,
+        "tiles": math.ceil(vocab / MARKOV_TILE),
+        "partials": math.ceil(vocab / MARKOV_TILE) * MARKOV_SEGMENTS,  # per row
         "chunk": chunk,
         "chunks": math.ceil(rows / chunk),
-        "row_threads": MARKOV_THREADS // chunk,
         "k_pad": math.ceil(RANK / 16) * 16,
     }
 
@@ -579,33 +608,32 @@ def markov_block(
     modeled as sampled with finite logits (the grouped sampler in the chunk loop, no rare path).
 
     Per launch: staging (tile_v W2 rows per CTA; per chunk the W1 rows of its 16-row blocks that
-    hold a row, all of them for 32-row chunks), the MMA (those row blocks x tile_v/16
-    16x16x16 steps, 32 threads each), the
-    chunk loop on every thread of a warp that holds a row, and
-    the merge (a lane per tile partial; every thread of the merging CTA runs merge_chunk once).
+    hold a row), the MMA (two warps per such block, each k_pad / 16 k16 steps over 128 columns, 32
+    threads; the first step is in the chunk loop's count), the chunk loop on every thread of a warp
+    that holds a row (64 elements a thread: 32 columns of two rows), and the merge (a lane per
+    partial, two a row and tile; every thread of the merging CTA runs merge_chunk once).
     """
-    geo = _markov_geometry(vocab, rows, int8_w2)
+    geo = _markov_geometry(vocab, rows)
     w, t, k = geo["tile_v"], geo["tiles"], geo["k_pad"]
     w2 = vocab * RANK + vocab * 4 if int8_w2 else vocab * RANK * ELEM
     base, w1 = rows * vocab * ELEM, rows * RANK * ELEM
     name = "markov_int8" if int8_w2 else "markov"
-    partials = rows * t * 20  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
+    partials = (
+        rows * geo["partials"] * 20
+    )  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
     outputs = rows * (8 + 4 * 4)  # token, logit, score, max, sum
     counters = geo["chunks"] * 4  # a ticket per row chunk
-    # Per chunk: E rows and MMA row blocks in whole 16-row blocks holding a row; the chunk loop
-    # on every thread of a warp that holds a row (rows_per_warp rows a warp).
+    # Per chunk: E rows and warp pairs (each 16 rows x 256 columns: the MMA and the epilogue of two
+    # warps) in whole 16-row blocks holding a row; the MMA's first k16 step is in the chunk loop.
     chunk_rows = [min(geo["chunk"], rows - r0) for r0 in range(0, rows, geo["chunk"])]
-    # bias_tile skips empty row blocks only for 64-row chunks (four blocks a warp)
-    blocks = sum(math.ceil(n / 16) if geo["chunk"] > 32 else geo["chunk"] // 16 for n in chunk_rows)
-    rows_per_warp = 32 // geo["row_threads"]
-    warp_rows = sum(math.ceil(n / rows_per_warp) * rows_per_warp for n in chunk_rows)
+    blocks = sum(math.ceil(n / 16) for n in chunk_rows)
     instructions = (
         loops[f"{name}.w2_stage.{w}"] * t * w * k
         + (loops[f"{name}.widen.{w}"] * t * w * k if int8_w2 else 0.0)
         + loops[f"{name}.e_stage.{w}"] * t * blocks * 16 * k
-        + loops[f"{name}.mma.{w}"] * t * blocks * (w // 16) * 32 * (k // 16)
-        + loops[f"{name}.epilogue.{w}"] * t * w * warp_rows
-        + loops[f"{name}.merge.{w}"] * rows * math.ceil(t / 32) * 32
+        + loops[f"{name}.mma.{w}"] * t * blocks * MARKOV_SEGMENTS * 32 * (k // 16 - 1)
+        + loops[f"{name}.epilogue.{w}"] * t * w * blocks * 16
+        + loops[f"{name}.merge.{w}"] * rows * math.ceil(geo["partials"] / 32) * 32
         + loops[f"{name}.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
     )
     tile = Launch(
@@ -866,8 +894,8 @@ def staging_in_flight(counts: Mapping[str, LoopCount]) -> list[StageFlight]:
             continue
         tile_v = int(name.rsplit(".", 1)[1])
         prefix = name.split(".", 1)[0]
-        markov = prefix in ("markov", "markov_int8")  # markov_block: 4096 bias values a chunk, 128 threads
-        chunk = (MARKOV_OUTPUTS if markov else 2048) // tile_v
+        markov = prefix in ("markov", "markov_int8")  # markov_block: 64-row chunks, 256 threads
+        chunk = MARKOV_CHUNK_ROWS if markov else 2048 // tile_v
         threads = MARKOV_THREADS if markov else STAGE_THREADS
         rows = tile_v if ".w2_stage." in name else chunk
         elem = 1 if name.startswith("markov_int8.w2_stage.") else ELEM  # an int8 W2: a byte a value
@@ -1108,16 +1136,20 @@ def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
     path's function, its static size)."""
     loops = loop_instructions(counts)
     lines = ["Markov block per element (modeled, SASS static counts):", ""]
-    for tile_v in (64, 128):
+    for tile_v in (MARKOV_TILE,):
         if f"markov.epilogue.{tile_v}" not in loops:
             continue
         sampled = markov_per_element(tile_v, loops)
         greedy = loops.get(f"markov.greedy.{tile_v}", math.nan)
         rare = loops.get(f"markov.rare_call.{tile_v}", math.nan)
+        mma = (
+            loops.get(f"markov.mma.{tile_v}", math.nan) * 32 / (16 * MARKOV_WARP_COLUMNS)
+        )  # a warp: 16 x 128
         lines.append(
-            f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop);"
-            f" a greedy row adds {greedy:.1f} (out of line: its logits recomputed, the argmax), a NaN /"
-            f" +inf row up to {rare:.1f} (the rare path's static size)"
+            f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop, on the"
+            f" MMA's accumulators); the mma.sync k-loop {mma:.2f} per element and k16 step"
+            f" ({mma * RANK / 16:.1f} at r = {RANK}); a greedy row adds {greedy:.1f} (out of line: the argmax"
+            f" of its logits), a NaN / +inf row up to {rare:.1f} (the rare path's static size)"
         )
     if f"markov_int8.epilogue.{INT8_TILE}" in loops:
         w = INT8_TILE

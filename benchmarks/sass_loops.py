@@ -343,6 +343,10 @@ class LoopName:
     # (straight-line code: an unrolled region or an out-of-line function's static size, what
     # one pass issues with every branch taken).
     kind: str = "loop"
+    # True: among the SASS loops that are mostly its code, take the innermost (one holding no other
+    # such loop) rather than the one with the most of its code: a source loop the compiler unrolled
+    # into a main loop nested in a loop whose body holds the remainder iterations (and code around it).
+    innermost: bool = False
 
 
 @dataclass(frozen=True)
@@ -445,7 +449,14 @@ def count_loop(
     }
     if not mostly_named:
         raise LookupError(f"{loop.name}: no SASS loop of {loop.kernel} is mostly its code (fully unrolled?)")
-    span = max(mostly_named, key=lambda sp: len(mostly_named[sp]))
+    candidates = list(mostly_named)
+    if loop.innermost:
+        candidates = [
+            sp
+            for sp in candidates
+            if not any(o != sp and sp[0] <= o[0] and o[1] <= sp[1] for o in mostly_named)
+        ]
+    span = max(candidates, key=lambda sp: len(mostly_named[sp]))
     claimed.add(span)
     body = bodies[span]
     unroll = 1

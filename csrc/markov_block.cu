@@ -57,7 +57,7 @@ struct MarkovPartial {
   float sum;
 };
 
-// The workspace of one block: partials [rows, tiles], then (zeroed by the launcher before the
+// The workspace of one block: partials [rows, tiles x segments], then (zeroed by the launcher before the
 // first position, reset by the merging CTA after each use) a ticket per row chunk.
 struct MarkovWorkspace {
   MarkovPartial* partials;
@@ -131,8 +131,12 @@ __device__ __forceinline__ float below(float s) { return __uint_as_float(__float
 
 // The first v with run[v] > t in a nondecreasing run[0..16) (15 if none: t >= run[15] only in an
 // empty group, whose key never wins): a binary search (lo += step while run[lo + step - 1] <= t)
-// whose probes are selects, no local memory.
-__device__ __forceinline__ int first_above(const float (&run)[kGroupColumns], float t) {
+// whose probes are selects, no local memory. Returns v's bits (v = 8 b8 + 4 b4 + 2 b2 + b1).
+struct SearchBits {
+  bool b8, b4, b2, b1;
+  __device__ __forceinline__ int value() const { return 8 * b8 + 4 * b4 + 2 * b2 + b1; }
+};
+__device__ __forceinline__ SearchBits search_running_sum(const float (&run)[kGroupColumns], float t) {
   const bool b8 = run[7] <= t;
   const bool b4 = (b8 ? run[11] : run[3]) <= t;
   const float p2[4] = {run[1], run[5], run[9], run[13]};
@@ -140,14 +144,30 @@ __device__ __forceinline__ int first_above(const float (&run)[kGroupColumns], fl
   const float p1[8] = {run[0], run[2], run[4], run[6], run[8], run[10], run[12], run[14]};
   const float q0 = b2 ? p1[1] : p1[0], q1 = b2 ? p1[3] : p1[2], q2 = b2 ? p1[5] : p1[4], q3 = b2 ? p1[7] : p1[6];
   const bool b1 = (b8 ? (b4 ? q3 : q2) : (b4 ? q1 : q0)) <= t;
-  return 8 * b8 + 4 * b4 + 2 * b2 + b1;
+  return SearchBits{b8, b4, b2, b1};
 }
 
-// The epilogue's thread geometry: a thread owns kThreadColumns consecutive columns of one row, so
-// kRowThreads = kTileV / 32 threads share a row. A row's threads are lanes l, l + 8 (, l + 16,
-// l + 24): the 8 lanes of a quarter warp hold 8 consecutive rows of the same column segment, and
-// with the bias rows kTileV + 4 floats apart (kBiasLd / 4 = 1 mod 8) their float4 reads fall on
-// 8 distinct 16-byte bank groups: conflict-free. Row reductions are shuffles across lanes 8 apart.
+// The search's v, and val = vals[v] picked by selects on the same probe results (a register array
+// indexed at run time would live in local memory).
+__device__ __forceinline__ int first_above(const float (&run)[kGroupColumns], float t,
+                                           const float (&vals)[kGroupColumns], float& val) {
+  const SearchBits bits = search_running_sum(run, t);
+  float h[8], q[4];
+#pragma unroll
+  for (int n = 0; n < 8; ++n) h[n] = bits.b8 ? vals[8 + n] : vals[n];
+#pragma unroll
+  for (int n = 0; n < 4; ++n) q[n] = bits.b4 ? h[4 + n] : h[n];
+  const float d0 = bits.b2 ? q[2] : q[0], d1 = bits.b2 ? q[3] : q[1];
+  val = bits.b1 ? d1 : d0;
+  return bits.value();
+}
+
+// The float32 path's epilogue geometry (bias tile in shared memory): a thread owns kThreadColumns
+// consecutive columns of one row, so kRowThreads = kTileV / 32 threads share a row. A row's threads
+// are lanes l, l + 8 (, l + 16, l + 24): the 8 lanes of a quarter warp hold 8 consecutive rows of
+// the same column segment, and with the bias rows kTileV + 4 floats apart (kBiasLd / 4 = 1 mod 8)
+// their float4 reads fall on 8 distinct 16-byte bank groups: conflict-free. Row reductions are
+// shuffles across lanes 8 apart. (16-bit weights: the MMA's accumulators, 4 lanes 1 apart a row.)
 template <int kTileV>
 struct EpilogueShape {
   static constexpr int kRowThreads = kTileV / kThreadColumns;
@@ -156,15 +176,15 @@ struct EpilogueShape {
   static_assert(kTileV % kThreadColumns == 0 && (kBiasLd / 4) % 8 == 1, "conflict-free bias rows");
 };
 
-// A row's best partial across its threads (argmax_beats' order), reduced on argmax_key's integer
-// keys: the key is converted once per thread, not at every step (the inverse gives the score back;
-// a NaN comes back as a NaN, -0 as +0).
-template <int kRowThreads>
+// A row's best partial across its kRowThreads threads, lanes kLaneStep apart (argmax_beats' order),
+// reduced on argmax_key's integer keys: the key is converted once per thread, not at every step (the
+// inverse gives the score back; a NaN comes back as a NaN, -0 as +0).
+template <int kLaneStep, int kRowThreads>
 __device__ __forceinline__ ArgMaxLogit row_best(ArgMaxLogit a) {
   int32_t key = argmax_key(a.score), index = a.index;
   float logit = a.logit;
 #pragma unroll
-  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) {
+  for (int delta = kLaneStep; delta < kLaneStep * kRowThreads; delta *= 2) {
     const int32_t k = __shfl_xor_sync(0xffffffffu, key, delta), i = __shfl_xor_sync(0xffffffffu, index, delta);
     const float l = __shfl_xor_sync(0xffffffffu, logit, delta);
     if (k > key || (k == key && i < index)) key = k, index = i, logit = l;
@@ -172,16 +192,17 @@ __device__ __forceinline__ ArgMaxLogit row_best(ArgMaxLogit a) {
   const float score = key == INT32_MAX ? NAN : __int_as_float(key >= 0 ? key : key ^ INT32_MAX);
   return ArgMaxLogit{score, index, logit};
 }
-template <int kRowThreads>
+template <int kLaneStep, int kRowThreads>
 __device__ __forceinline__ float row_max(float x) {
 #pragma unroll
-  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, delta));
+  for (int delta = kLaneStep; delta < kLaneStep * kRowThreads; delta *= 2)
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, delta));
   return x;
 }
-template <int kRowThreads>
+template <int kLaneStep, int kRowThreads>
 __device__ __forceinline__ float row_sum(float x) {
 #pragma unroll
-  for (int delta = 8; delta < 8 * kRowThreads; delta *= 2) x += __shfl_xor_sync(0xffffffffu, x, delta);
+  for (int delta = kLaneStep; delta < kLaneStep * kRowThreads; delta *= 2) x += __shfl_xor_sync(0xffffffffu, x, delta);
   return x;
 }
 
@@ -204,19 +225,25 @@ __device__ __forceinline__ float4 load_quad(const BT* p, bool valid) {
   }
 }
 
+// Bias values 4 q .. 4 q + 3 of a thread's columns.
+__device__ __forceinline__ float4 bias_quad(const float (&bias)[kThreadColumns], int q) {
+  return make_float4(bias[4 * q], bias[4 * q + 1], bias[4 * q + 2], bias[4 * q + 3]);
+}
+
 // kPlain: no softcap, no logits kept, logits in the weights' dtype and vocab % 4 == 0 (the
 // statistics form SGLang's step runs): vector loads of the base logits and no branch for the
 // other cases in the epilogue. Otherwise every case, scalar loads.
 //
-// One thread's kThreadColumns logits (float32, -inf past the shard) from its bias values (shared
-// memory) and base logits (`base`: column `at` of the flat [R, g, V] logits, where logits_out, if
+// One thread's kThreadColumns logits (float32, -inf past the shard) from its bias values (float32
+// registers: the MMA's accumulators) and base logits (`base`: column `at` of the flat [R, g, V] logits, where logits_out, if
 // not null, keeps them); cap, logits_dtype: the softcap and the logits' dtype; count: its columns
 // inside the shard. Returns their max (NaN ignored, as fmaxf). With base
 // logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
 // at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type). kScaled: an
 // int8 W2, each bias value times its column's scale (scale: the thread's kThreadColumns) first.
 template <typename BT, typename WT, bool kPlain, bool kScaled>
-__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float* bias, const float* scale,
+__device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float (&bias)[kThreadColumns],
+                                               const float* scale,
                                                const BT* base, int count, float cap, int logits_dtype,
                                                void* logits_out, int64_t at) {
   constexpr int kQuads = kThreadColumns / 4;
@@ -225,7 +252,7 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
     unsigned pair[kThreadColumns / 2];
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
+      const float4 b = scaled_bias<kScaled>(bias_quad(bias, q), scale + 4 * q);
       const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
       pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
       pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
@@ -248,7 +275,7 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
     float m = -INFINITY;
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = scaled_bias<kScaled>(*reinterpret_cast<const float4*>(bias + 4 * q), scale + 4 * q);
+      const float4 b = scaled_bias<kScaled>(bias_quad(bias, q), scale + 4 * q);
       float rb[4] = {b.x, b.y, b.z, b.w};
       round_pair_to_type<WT>(rb[0], rb[1]);
       round_pair_to_type<WT>(rb[2], rb[3]);
@@ -282,16 +309,6 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
   }
 }
 
-// The logit of one of the thread's columns (i), recomputed as thread_logits computes it (kScaled:
-// an int8 W2, the bias value times its column's scale, scale[i], before it is rounded).
-template <typename BT, typename WT, bool kPlain, bool kScaled>
-__device__ __forceinline__ float thread_logit(const float* bias, const float* scale, const BT* base, int i, float cap,
-                                              int logits_dtype) {
-  const float u = kPlain ? load_float(base + i) : softcap(load_float(base + i), cap);
-  const float x = __fadd_rn(u, round_to_type<WT>(kScaled ? __fmul_rn(bias[i], scale[i]) : bias[i]));
-  return kPlain ? round_to_type<WT>(x) : round_to_dtype(x, logits_dtype);
-}
-
 // The fast path's bound on |mc| = |fl(m log2(e) / T)|: below 2^30, |err| = |m c2 - mc| <= 32, so
 // every term 2^(l c2 - mc) of a column l <= m is at most 2^32 and the max column's at least 2^-32
 // (a 32-column sum stays far inside float range, no term of the max flushes to zero).
@@ -311,23 +328,20 @@ struct RarePartial {
 // first, IEEE expf and logf; a thread beside another's +inf gets finite keys, which lose to it).
 // A greedy row keeps the fast path's sum only where it is exact enough (|m log2(e)| below
 // kFastExpOffsetLimit); otherwise its one pass recomputes the sum with the subtraction first.
-// bias, scale, base, cap, logits_dtype: the thread's columns as thread_logit reads them; count: how many
-// of them lie in the shard (<= 0: none, an empty partial); col: the global column of the first (a
-// multiple of 16); m: the (row, tile) max; sum: the fast path's sum of exp((l - m) / T), kept for a
-// greedy row with finite logits, else recomputed with the subtraction first (it never overflows).
-template <typename BT, typename WT, bool kPlain, bool kScaled>
-__device__ __noinline__ RarePartial rare_partial(const float* bias, const float* scale, const BT* base, float cap,
-                                                 int logits_dtype, int count, int32_t col, float m, float t,
+// logits: the thread's kThreadColumns logits as the fast path computed them (thread_logits, -inf past
+// the shard; a copy in local memory); count: how many of them lie in the shard (<= 0: none, an empty
+// partial); col: the global column of the first (a multiple of 16); m: the (row, tile) max; sum: the
+// fast path's sum of exp((l - m) / T), kept for a greedy row with finite logits, else recomputed with
+// the subtraction first (it never overflows).
+__device__ __noinline__ RarePartial rare_partial(const float* logits, int count, int32_t col, float m, float t,
                                                  float inv_t, float sum, uint64_t row, DrawKey key) {
   RarePartial out{ArgMaxLogit::empty(), 0.0f};
   const int n = min(count, kThreadColumns);
   if (n <= 0) return out;
   const float log2e_t = __fmul_rn(inv_t, kLog2e);
   if (!(t > 0.0f) && fabsf(__fmul_rn(m, log2e_t)) < kFastExpOffsetLimit && !(sum != sum)) {
-    // A greedy row with finite logits (and -inf): its logits recomputed as the fast path's (in
-    // registers, no stores), the first-index argmax, the fast path's sum.
-    float l[kThreadColumns];
-    thread_logits<BT, WT, kPlain, kScaled>(l, bias, scale, base, n, cap, logits_dtype, nullptr, 0);
+    // A greedy row with finite logits (and -inf): the first-index argmax, the fast path's sum.
+    const float* l = logits;
     float top = l[0];
     int at = 0;
 #pragma unroll
@@ -340,15 +354,12 @@ __device__ __noinline__ RarePartial rare_partial(const float* bias, const float*
   }
   if (!(t > 0.0f)) {  // a greedy row holding a NaN, +inf or huge logits: one pass, NaN above every number
     for (int i = 0; i < n; ++i) {
-      const float x = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, i, cap, logits_dtype);
+      const float x = logits[i];
       if (m != -INFINITY) out.sum += fast_exp2(__fmul_rn(__fsub_rn(x, m), log2e_t));
       out.best.add(x, col + i, x);
     }
     return out;
   }
-  float logits[kThreadColumns];
-  for (int i = 0; i < n; ++i)
-    logits[i] = thread_logit<BT, WT, kPlain, kScaled>(bias, scale, base, i, cap, logits_dtype);
   if (m != -INFINITY)
     for (int i = 0; i < n; ++i) out.sum += fast_exp2(__fmul_rn(__fsub_rn(logits[i], m), log2e_t));
   int nan_at = -1, inf_at = -1;
@@ -454,31 +465,127 @@ __device__ __noinline__ void merge_chunk(MarkovOutputs out, const MarkovPartial*
   if (threadIdx.x == 0) *ticket = 0;
 }
 
-// Threads and bias values per chunk of the tile kernel: 16-bit weights, 128 threads for 4096
-// values (each warp four WMMA tiles, each thread 32 logits of one row); float32, 256 for 2048
-// (the MMA on every thread, the epilogue on the first two warps: 32 rows of 2 threads).
-template <typename WT>
+// Threads of the tile kernel: 16-bit weights, kMmaWarps warps, each computing 16 rows x 128 columns
+// (half a 256-wide tile) of the bias with mma.sync into registers (MmaTileLayout, warp_bias_mma) and
+// running the epilogue on them (each thread 32 columns of two rows; a partial per row and half tile);
+// float32, 256 threads for 2048 values a chunk (the CUDA-core product on every thread into a shared
+// bias tile, the epilogue on the first two warps: 32 rows of 2 threads; a partial per row and tile).
+template <typename WT, int kTileWidth>
 struct BlockShape {
-  static constexpr int kThreads = WeightTraits<WT>::kTensorCores ? 128 : kTileThreads;
-  static constexpr int kOutputs = WeightTraits<WT>::kTensorCores ? 2 * kTileOutputs : kTileOutputs;
+  static constexpr bool kMma = WeightTraits<WT>::kTensorCores;
+  static_assert(kMma ? kTileWidth % kMmaWarpColumns == 0 && kTileWidth <= kMmaMaxTileV : kTileWidth == 64,
+                "a tile of whole 128-column segments (16-bit weights), 64 columns (float32)");
+  static constexpr int kTileV = kTileWidth;
+  static constexpr int kSegments = kMma ? kTileV / kMmaWarpColumns : 1;  // partials per row and tile
+  static constexpr int kThreads = kMma ? 32 * 4 * kSegments : kTileThreads;
+  static constexpr int kChunkRows = kMma ? kMmaChunkRows : kTileOutputs / 64;
 };
+
+// The float32 path's shared-memory tile (W2 and E dynamic; the bias tile static in the kernel).
+using Fp32Layout = MarkovTileLayout<float, 64, kTileOutputs, EpilogueShape<64>::kBiasLd>;
+template <typename WT>
+using BlockLayout = std::conditional_t<WeightTraits<WT>::kTensorCores, MmaTileLayout, Fp32Layout>;
+
+template <typename WT, int kTileV>
+__host__ __device__ BlockLayout<WT> block_layout(int rank) {
+  if constexpr (WeightTraits<WT>::kTensorCores) {
+    return MmaTileLayout(rank, kTileV);
+  } else {
+    return Fp32Layout(rank);
+  }
+}
+
+// The epilogue of one (row, tile) segment: the calling thread's kThreadColumns bias values (float32
+// registers) of row `row`, its first column at global column col (a multiple of 16) and at `at` in
+// the flat [R, g, V] logits, `count` of them in the shard (0 for a row past the block: !active);
+// scale: an int8 W2's scales of the thread's columns. The row's kRowThreads threads are lanes
+// kLaneStep apart; every lane of the warp calls (the row reductions are full-warp shuffles). Returns
+// the (row, tile) partial, reduced over the row's threads: the drawn token with its key and logit,
+// the max and the sum of exp((l - max) / T).
+template <typename BT, typename WT, bool kPlain, bool kScaled, int kLaneStep, int kRowThreads>
+__device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kThreadColumns], const float* scale,
+                                                        const MarkovBlockArgs& args, int64_t at, int count,
+                                                        bool active, int row, int32_t col, const NoiseKey& noise_key,
+                                                        DrawKey draw) {
+  const BT* base = static_cast<const BT*>(args.base_logits) + at;
+  ArgMaxLogit best = ArgMaxLogit::empty();
+  const float t = active ? args.temperature[row] : 0.0f;
+  const bool sampled = t > 0.0f;
+  const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
+  float l[kThreadColumns];
+  const float m = row_max<kLaneStep, kRowThreads>(thread_logits<BT, WT, kPlain, kScaled>(
+      l, bias, scale, base, count, args.softcap, args.logits_dtype, args.logits_out, at));
+  // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
+  // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
+  // relative to its result (no cancellation). The sums below are taken against mc; the tile
+  // sum is rescaled by 2^-err once, and the keys use mc itself: LSE_j = ln 2 (mc + log2 S'_j).
+  const float c2 = __fmul_rn(inv_t, kLog2e);
+  const float mc = __fmul_rn(m, c2);
+  float run[kThreadColumns];  // each group's running sums of 2^(l c2 - mc), in column order
+#pragma unroll
+  for (int g = 0; g < 2; ++g) {
+    float s = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kGroupColumns; ++v) {
+      s = __fadd_rn(s, fast_exp2(__fmaf_rn(l[g * kGroupColumns + v], c2, -mc)));
+      run[g * kGroupColumns + v] = s;
+    }
+  }
+  const float s0 = run[kGroupColumns - 1], s1 = run[kThreadColumns - 1];
+  float sum = __fadd_rn(s0, s1);
+  // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
+  if (active && (!sampled || !(fabsf(mc) < kFastExpOffsetLimit) || sum != sum)) {
+    const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
+    float logits[kThreadColumns];  // a copy for the out-of-line call: `l` keeps no address
+#pragma unroll
+    for (int i = 0; i < kThreadColumns; ++i) logits[i] = l[i];
+    const RarePartial r = rare_partial(logits, count, col, m, t, inv_t, rescaled, static_cast<uint64_t>(row), draw);
+    best = r.best, sum = r.sum;
+  } else if (count > 0) {
+    // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all flush to 0 (S'_j = 0: 16
+    // terms each under 2^-126) has LSE_j < m / T - 84 and never wins: the tile's max group has
+    // S' >= 1 and Gumbel draws span G_max - G_min < 19.5, so this is exact.
+    const GroupNoise noise =
+        group_noise(noise_key, draw, static_cast<uint64_t>(row), static_cast<uint32_t>(col) / kGroupColumns);
+    const float lse_base = __fmul_rn(mc, kLn2);
+    const float key0 = __fadd_rn(__fmaf_rn(fast_log2(s0), kLn2, lse_base), group_gumbel(noise.gumbel0));
+    const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), group_gumbel(noise.gumbel1));
+    const bool second = key1 > key0;  // ties to the lower group
+    // Within the group: the first column whose running sum exceeds t = u_C * S.
+    const float s = second ? s1 : s0;
+    const float target = fminf(__fmul_rn(bits_to_unit_float(second ? noise.choice1 : noise.choice0), s), below(s));
+    float group[kGroupColumns], logits[kGroupColumns];  // the drawn group's running sums and logits
+#pragma unroll
+    for (int v = 0; v < kGroupColumns; ++v) {
+      group[v] = second ? run[kGroupColumns + v] : run[v];
+      logits[v] = second ? l[kGroupColumns + v] : l[v];
+    }
+    // Clamped to the thread's columns: a group without mass (its key -inf, which never wins; its
+    // logit is then that of the unclamped column) makes first_above return 15, possibly past the
+    // row's last column.
+    float logit;
+    const int i = min((second ? kGroupColumns : 0) + first_above(group, target, logits, logit), count - 1);
+    best = ArgMaxLogit{second ? key1 : key0, col + i, logit};
+    sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
+  }
+  if (!active) sum = 0.0f;
+  best = row_best<kLaneStep, kRowThreads>(best);
+  sum = row_sum<kLaneStep, kRowThreads>(sum);
+  return MarkovPartial{best.score, best.index, best.logit, m, sum};
+}
 
 template <typename BT, typename WS, int kTileV, bool kPlain>
 __global__ void __maxnreg__(168)
     markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
   using WT = typename WeightStorage<WS>::type;  // W1's type and the MMA's (W2's, unless int8)
   constexpr bool kInt8 = WeightStorage<WS>::kInt8;
+  using Shape = BlockShape<WT, kTileV>;
+  constexpr int kChunkRows = Shape::kChunkRows;
   extern __shared__ __align__(128) unsigned char smem[];
-  constexpr int kThreads = BlockShape<WT>::kThreads, kOutputs = BlockShape<WT>::kOutputs;
-  using Shape = EpilogueShape<kTileV>;
-  constexpr int kRowThreads = Shape::kRowThreads, kRowsPerWarp = Shape::kRowsPerWarp, kBiasLd = Shape::kBiasLd;
-  using Layout = MarkovTileLayout<WT, kTileV, kOutputs, kBiasLd>;
-  constexpr int kChunkRows = Layout::kChunkRows;
-  static_assert(kChunkRows * kRowThreads <= kThreads, "an epilogue thread per 32 columns of a chunk");
-  const Layout layout(static_cast<int>(args.rank));
-  MarkovTileSmem<WT, kTileV, kOutputs, kBiasLd> tile(smem, layout);  // W2 and E (dynamic: rank-sized)
+  const BlockLayout<WT> layout = block_layout<WT, kTileV>(static_cast<int>(args.rank));
+  WT* w2s = reinterpret_cast<WT*>(smem);                                      // W2 (dynamic: rank-sized)
+  WT* es = reinterpret_cast<WT*>(smem + layout.e_offset());                   // E, after W2
   float* w2_scales = reinterpret_cast<float*>(smem + layout.staged_bytes());  // an int8 W2's, after E
-  __align__(128) __shared__ float bias[kChunkRows * kBiasLd];        // static: fixed addresses
   __shared__ bool last_cta;
 
   const int64_t vocab = args.vocab, rank = args.rank;
@@ -487,20 +594,20 @@ __global__ void __maxnreg__(168)
   const int32_t col0 = static_cast<int32_t>(args.vocab_start + v0);  // a multiple of 16
   const WT* w1 = static_cast<const WT*>(args.w1);
   const WT* w2 = static_cast<const WT*>(args.w2);
-  const BT* base = static_cast<const BT*>(args.base_logits);
   DrawKey draw{0, 0, static_cast<uint32_t>(args.first_position + k)};
   args.philox.resolve(draw.seed, draw.offset);
   const NoiseKey noise_key(draw);
 
   if constexpr (kInt8) {  // staged as int8 into the 16-bit tile's region, widened there
     const Int8W2Layout<kTileV> int8_layout(static_cast<int>(args.rank));
-    stage_int8_tile<kTileV, kThreads>(reinterpret_cast<int8_t*>(tile.w2), w2_scales, int8_layout,
+    stage_int8_tile<kTileV, Shape::kThreads>(reinterpret_cast<int8_t*>(w2s), w2_scales, int8_layout,
                                       static_cast<const int8_t*>(args.w2), args.w2_scale, v0, vocab);
-    widen_int8_tile<WT, kTileV, kThreads>(tile.w2, int8_layout, layout.ld);
+    widen_int8_tile<WT, kTileV, Shape::kThreads>(w2s, int8_layout, layout);
   } else {
-    stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
-      return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
-    });
+    stage_rows_at(
+        w2s, kTileV, layout.rank, layout.k_padded, [&](int i) { return size_t(layout.w2_row(i)); },
+        StagePlan<WT>(layout.k_padded),
+        [&](int i) -> const WT* { return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr; });
   }
   // Position k > 0 is a programmatic dependent of position k - 1: everything above (the Philox
   // key, the W2 tile) overlaps the previous position's tail; every read of a previous token and of
@@ -510,103 +617,65 @@ __global__ void __maxnreg__(168)
 
   const StagePlan<WT> e_plan(layout.k_padded);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int seg = lane / 8 % kRowThreads;
-  const int local_row = warp * kRowsPerWarp + lane % 8 + 8 * (lane / (8 * kRowThreads));
-  const int c = seg * kThreadColumns;  // the thread's first column in the tile
   const int rows = static_cast<int>(args.rows);  // < 2^31 (launch_markov_block checks)
-  // The thread's first column in the flat [R, g, V] logits and its partial, advanced a chunk at a time.
-  int64_t at = (int64_t(local_row) * args.gamma + k) * vocab + v0 + c;
-  const int64_t at_step = int64_t(kChunkRows) * args.gamma * vocab;
-  MarkovPartial* partial = ws.partials + int64_t(local_row) * gridDim.x + blockIdx.x;
-  for (int row0 = 0; row0 < rows; row0 += kChunkRows, at += at_step, partial += kChunkRows * gridDim.x) {
+  for (int row0 = 0; row0 < rows; row0 += kChunkRows) {
     const int chunk_rows = min(kChunkRows, rows - row0);
-    // 64-row chunks (16-bit weights, 64-wide tiles): the MMA reads only the 16-row blocks of E
-    // holding a row (bias_tile skips the others when a warp owns more than two)
-    stage_rows(tile.e, WeightTraits<WT>::kTensorCores && kChunkRows > 32 ? min(kChunkRows, (chunk_rows + 15) / 16 * 16)
-                                                                          : kChunkRows,
-               layout.rank, layout.k_padded, layout.ld, e_plan, [&](int i) -> const WT* {
+    // 16-bit weights: only the 16-row blocks of E holding a row are staged (a warp with none skips the
+    // MMA); float32: every row.
+    stage_rows(es, Shape::kMma ? min(kChunkRows, (chunk_rows + 15) / 16 * 16) : kChunkRows, layout.rank,
+               layout.k_padded, layout.ld, e_plan, [&](int i) -> const WT* {
       const int64_t row = row0 + i;
       if (row >= args.rows) return nullptr;
       const int64_t prev = k == 0 ? args.anchor[row] : args.tokens[row * args.gamma + k - 1];
       return w1 + clamp_index(prev, args.vocab_total) * rank;
     });
-    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);
-    __syncthreads();
-
-    // Epilogue: this thread's 32 columns (two groups) of one row, all in registers. A warp holding
-    // no row of the chunk skips it (a warp-uniform test: its shuffles stay within the warp).
-    const int row = row0 + local_row;
-    const bool active = local_row < chunk_rows;
-    float m = -INFINITY, sum = 0.0f;
-    ArgMaxLogit best = ArgMaxLogit::empty();
-    if (warp * kRowsPerWarp < chunk_rows) {
-      const float t = active ? args.temperature[row] : 0.0f;
-      const bool sampled = t > 0.0f;
-      const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
-      const int count = active ? valid - c : 0;
-      const float* own = bias + local_row * kBiasLd + c;  // its bias values
-      const float* scale = w2_scales + c;  // an int8 W2's scales of the thread's columns
-      float l[kThreadColumns];
-      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args.softcap,
-                                                                    args.logits_dtype, args.logits_out, at));
-      // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
-      // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
-      // relative to its result (no cancellation). The sums below are taken against mc; the tile
-      // sum is rescaled by 2^-err once, and the keys use mc itself: LSE_j = ln 2 (mc + log2 S'_j).
-      // |err| <= ulp(mc) / 2, so the terms stay in float range only while |mc| is bounded
-      // (kFastExpOffsetLimit); a tiny T with ordinary logits goes to the rare path.
-      const float c2 = __fmul_rn(inv_t, kLog2e);
-      const float mc = __fmul_rn(m, c2);
-      float run[kThreadColumns];  // each group's running sums of 2^(l c2 - mc), in column order
+    if constexpr (Shape::kMma) {
+      // The warp's 16 rows (row block warp / 2, a warp-uniform test: its shuffles stay within the warp)
+      // and 128 columns (half warp % 2). Thread (g, t) holds its columns 32 t .. 32 t + 31 (two groups)
+      // of rows g and g + 8: the epilogue runs on them.
+      const int block = warp / Shape::kSegments, half = warp % Shape::kSegments;
+      if (block * 16 < chunk_rows) {
+        float acc[kMmaTiles][4];
+        warp_bias_mma<WT>(acc, w2s, es + size_t(block) * 16 * layout.ld, kMmaWarpColumns * half, layout);
+        const int g = lane / 4, c = kMmaWarpColumns * half + kThreadColumns * (lane % 4);
 #pragma unroll
-      for (int g = 0; g < 2; ++g) {
-        float s = 0.0f;
+        for (int h = 0; h < 2; ++h) {  // rows g (accumulators 0, 1) and g + 8 (2, 3)
+          float bias[kThreadColumns];
 #pragma unroll
-        for (int v = 0; v < kGroupColumns; ++v) {
-          s = __fadd_rn(s, fast_exp2(__fmaf_rn(l[g * kGroupColumns + v], c2, -mc)));
-          run[g * kGroupColumns + v] = s;
+          for (int j = 0; j < kMmaTiles; ++j) bias[2 * j] = acc[j][2 * h], bias[2 * j + 1] = acc[j][2 * h + 1];
+          const int local_row = 16 * block + g + 8 * h, row = row0 + local_row;
+          const bool active = local_row < chunk_rows;
+          const MarkovPartial p = segment_partial<BT, WT, kPlain, kInt8, 1, 4>(
+              bias, w2_scales + c, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
+              active, row, col0 + c, noise_key, draw);
+          if (active && lane % 4 == 0)
+            ws.partials[(int64_t(row) * gridDim.x + blockIdx.x) * Shape::kSegments + half] = p;
         }
       }
-      const float s0 = run[kGroupColumns - 1], s1 = run[kThreadColumns - 1];
-      sum = __fadd_rn(s0, s1);
-      // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or |mc| >= kFastExpOffsetLimit.
-      if (active && (!sampled || !(fabsf(mc) < kFastExpOffsetLimit) || sum != sum)) {
-        const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
-        const RarePartial r = rare_partial<BT, WT, kPlain, kInt8>(own, scale, base + at, args.softcap, args.logits_dtype,
-                                                                  count, col0 + c, m, t, inv_t, rescaled,
-                                                                  static_cast<uint64_t>(row), draw);
-        best = r.best, sum = r.sum;
-      } else if (count > 0) {
-        // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all flush to 0 (S'_j = 0: 16
-        // terms each under 2^-126) has LSE_j < m / T - 84 and never wins: the tile's max group has
-        // S' >= 1 and Gumbel draws span G_max - G_min < 19.5, so this is exact.
-        const GroupNoise noise =
-            group_noise(noise_key, draw, static_cast<uint64_t>(row), static_cast<uint32_t>(col0 + c) / kGroupColumns);
-        const float lse_base = __fmul_rn(mc, kLn2);
-        const float key0 = __fadd_rn(__fmaf_rn(fast_log2(s0), kLn2, lse_base), group_gumbel(noise.gumbel0));
-        const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), group_gumbel(noise.gumbel1));
-        const bool second = key1 > key0;  // ties to the lower group
-        // Within the group: the first column whose running sum exceeds t = u_C * S.
-        const float s = second ? s1 : s0;
-        const float target = fminf(__fmul_rn(bits_to_unit_float(second ? noise.choice1 : noise.choice0), s), below(s));
-        float group[kGroupColumns];
+    } else {
+      using Epilogue = EpilogueShape<kTileV>;
+      constexpr int kRowThreads = Epilogue::kRowThreads, kRowsPerWarp = Epilogue::kRowsPerWarp;
+      constexpr int kBiasLd = Epilogue::kBiasLd;
+      static_assert(kChunkRows * kRowThreads <= Shape::kThreads, "an epilogue thread per 32 columns of a chunk");
+      __align__(128) __shared__ float bias_s[kChunkRows * kBiasLd];  // static: fixed addresses
+      bias_tile<WT, kTileV, kTileOutputs, kTileThreads, kBiasLd>(w2s, es, bias_s, layout, chunk_rows);
+      __syncthreads();
+      // A warp holding no row of the chunk skips it (a warp-uniform test).
+      if (warp * kRowsPerWarp < chunk_rows) {
+        const int seg = lane / 8 % kRowThreads, c = seg * kThreadColumns;
+        const int local_row = warp * kRowsPerWarp + lane % 8 + 8 * (lane / (8 * kRowThreads)), row = row0 + local_row;
+        const bool active = local_row < chunk_rows;
+        float bias[kThreadColumns];
 #pragma unroll
-        for (int v = 0; v < kGroupColumns; ++v) group[v] = second ? run[kGroupColumns + v] : run[v];
-        // Clamped to the thread's columns: a group without mass (its key -inf, which never wins)
-        // makes first_above return 15, possibly past the row's last column.
-        const int i = min((second ? kGroupColumns : 0) + first_above(group, target), count - 1);
-        const float logit =
-            thread_logit<BT, WT, kPlain, kInt8>(own, scale, base + at, i, args.softcap, args.logits_dtype);
-        best = ArgMaxLogit{second ? key1 : key0, col0 + c + i, logit};
-        sum = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
+        for (int q = 0; q < kThreadColumns / 4; ++q) {
+          const float4 b = *reinterpret_cast<const float4*>(bias_s + local_row * kBiasLd + c + 4 * q);
+          bias[4 * q] = b.x, bias[4 * q + 1] = b.y, bias[4 * q + 2] = b.z, bias[4 * q + 3] = b.w;
+        }
+        const MarkovPartial p = segment_partial<BT, WT, kPlain, kInt8, 8, kRowThreads>(
+            bias, w2_scales + c, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
+            active, row, col0 + c, noise_key, draw);
+        if (active && seg == 0) ws.partials[int64_t(row) * gridDim.x + blockIdx.x] = p;
       }
-      if (!active) sum = 0.0f;
-      best = row_best<kRowThreads>(best);
-      sum = row_sum<kRowThreads>(sum);
-    }
-    if (active && seg == 0) {
-      partial->score = best.score, partial->index = best.index, partial->logit = best.logit;
-      partial->max = m, partial->sum = sum;
     }
     // Last-CTA ticket: every writer fences, then one thread counts this CTA in.
     __threadfence();
@@ -618,7 +687,8 @@ __global__ void __maxnreg__(168)
       __threadfence();
       merge_chunk(MarkovOutputs{args.tokens, args.token_logits, args.token_scores, args.stat_max,
                                 args.stat_sum, args.temperature, args.gamma},
-                  ws.partials, static_cast<int>(gridDim.x), row0, chunk_rows, k, ws.tickets + row0 / kChunkRows);
+                  ws.partials, static_cast<int>(gridDim.x) * Shape::kSegments, row0, chunk_rows, k,
+                  ws.tickets + row0 / kChunkRows);
     }
   }
 }
@@ -659,27 +729,17 @@ __global__ void markov_confidence_kernel(MarkovBlockArgs args) {
   }
 }
 
-template <typename WT, int kTileV>
-using BlockLayout = MarkovTileLayout<WT, kTileV, BlockShape<WT>::kOutputs, EpilogueShape<kTileV>::kBiasLd>;
-
 bool plain_block(const MarkovBlockArgs& args, int weight_dtype) {
   return args.softcap <= 0.0f && args.logits_out == nullptr && args.logits_dtype == weight_dtype &&
          args.vocab % 4 == 0;
 }
 
 // Dynamic shared memory of the tile kernel: W2 (an int8 W2 widened to 16 bits in place) and E, then
-// an int8 W2's scales; the bias tile is static shared memory.
+// an int8 W2's scales (the float32 path's bias tile is static shared memory).
 template <typename WT, int kTileV>
 size_t tile_dynamic_bytes(int rank, bool int8_w2) {
-  const BlockLayout<WT, kTileV> layout(rank);
+  const BlockLayout<WT> layout = block_layout<WT, kTileV>(rank);
   return layout.staged_bytes() + (int8_w2 ? Int8W2Layout<kTileV>::scale_bytes() : 0);
-}
-
-// The int8-W2 kernel's shared memory, the static bias tile included.
-template <int kTileV>
-size_t int8_block_bytes(int rank) {
-  const BlockLayout<__half, kTileV> layout(rank);
-  return tile_dynamic_bytes<__half, kTileV>(rank, true) + layout.align(layout.bias_bytes());
 }
 
 // WS: the weights (WeightStorage: WT, or Int8W2<WT>).
@@ -694,10 +754,10 @@ cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaSt
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
   // Position 0 behind the tickets' memset (a full boundary: not a kernel), every later one a
   // programmatic dependent of the position before it.
-  markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT>::kThreads, smem, stream>>>(args, 0, ws);
+  markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT, kTileV>::kThreads, smem, stream>>>(args, 0, ws);
   for (int k = 1; k < args.gamma; ++k) {
     err = launch_programmatic_dependent(markov_tile_kernel<BT, WS, kTileV, kPlain>, dim3(tiles),
-                                        dim3(BlockShape<WT>::kThreads), smem, stream, args, k, ws);
+                                        dim3(BlockShape<WT, kTileV>::kThreads), smem, stream, args, k, ws);
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;  // position 0's launch error: launch_block's one cudaGetLastError
@@ -715,12 +775,13 @@ cudaError_t launch_for_weights(const MarkovBlockArgs& args, int weight_dtype, Ma
                                cudaStream_t stream) {
   if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
     return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
-  } else {
-    if (args.w2_scale != nullptr)  // an int8 W2 (per-row scales) with this 16-bit W1: 128-wide tiles
-      return launch_variant<BT, Int8W2<WT>, 128>(args, weight_dtype, ws, stream);
-    if (markov_block_tile_vocab(args.rows, static_cast<int>(sizeof(WT))) == 128)
-      return launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
-    return launch_variant<BT, WT, 64>(args, weight_dtype, ws, stream);
+  } else {  // 16-bit W1: the mma.sync tile at every R (mma_tile_vocab); W2 16-bit or int8 (per-row scales)
+    const bool wide = mma_tile_vocab(static_cast<int>(args.rank)) == 256;
+    if (args.w2_scale != nullptr)
+      return wide ? launch_variant<BT, Int8W2<WT>, 256>(args, weight_dtype, ws, stream)
+                  : launch_variant<BT, Int8W2<WT>, 128>(args, weight_dtype, ws, stream);
+    return wide ? launch_variant<BT, WT, 256>(args, weight_dtype, ws, stream)
+                : launch_variant<BT, WT, 128>(args, weight_dtype, ws, stream);
   }
 }
 
@@ -750,9 +811,11 @@ cudaError_t launch_block(const MarkovBlockArgs& args, int base_dtype, int weight
 struct WorkspaceLayout {
   size_t partial_bytes, counter_offset, counter_words;
   WorkspaceLayout(int64_t rows, int64_t vocab, int weight_bytes) {
-    const int tile_v = markov_block_tile_vocab(rows, weight_bytes);
-    const int64_t chunk = (weight_bytes == 4 ? kTileOutputs : 2 * kTileOutputs) / tile_v;
-    partial_bytes = static_cast<size_t>(rows * ceil_div(vocab, tile_v)) * sizeof(MarkovPartial);
+    // 16-bit weights: 2 ceil(V / 256) >= ceil(V / 128) partials a row, whichever tile the rank takes.
+    const int tile_v = weight_bytes == 4 ? 64 : kMmaMaxTileV;
+    const int64_t chunk = weight_bytes == 4 ? BlockShape<float, 64>::kChunkRows : kMmaChunkRows;
+    const int64_t segments = weight_bytes == 4 ? 1 : kMmaMaxTileV / kMmaWarpColumns;
+    partial_bytes = static_cast<size_t>(rows * ceil_div(vocab, tile_v) * segments) * sizeof(MarkovPartial);
     counter_offset = (partial_bytes + 15) / 16 * 16;
     counter_words = static_cast<size_t>(ceil_div(rows, chunk));
   }
@@ -762,26 +825,26 @@ struct WorkspaceLayout {
 }  // namespace
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
-  // Wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile.
-  // An int8 W2 (weight_bytes 1, 16-bit W1): always 128 wide, so that one CTA keeps 128 x r bytes
-  // (32 KB at r = 256) of W2 in flight, as a 64-wide 16-bit tile does.
+  // Verification's recompute of the Markov bias (chain_verify.cu, WMMA through a shared bias tile):
+  // wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile. markov_block
+  // itself uses mma_tile_vocab(r) (256, or 128 above r = 256) with 16-bit W1 at every R, 64 with float32.
   if (weight_bytes == 1) return 128;
   return weight_bytes == 2 && rows > 32 ? 128 : 64;
 }
 
 size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
-  // The larger of markov_block's tile (BlockLayout: W2 and E dynamic, the bias tile static) and
+  // The larger of markov_block's tile (W2 and E dynamic, the float32 path's bias tile static) and
   // chain_verify's (the default layout, all dynamic).
   const int r = static_cast<int>(rank);
   size_t dynamic;
   if (weight_bytes == 4) {
-    dynamic = std::max(BlockLayout<float, 64>(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
+    dynamic = std::max(Fp32Layout(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
   } else if (weight_bytes == 1) {  // an int8 W2: markov_block only (chain_verify's recompute refuses it)
-    dynamic = int8_block_bytes<128>(r);
+    dynamic = mma_tile_vocab(r) == 256 ? tile_dynamic_bytes<__half, 256>(r, true) : tile_dynamic_bytes<__half, 128>(r, true);
   } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
-    dynamic = std::max(BlockLayout<__half, 128>(r).total_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
+    dynamic = std::max(MmaTileLayout(r, mma_tile_vocab(r)).staged_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
-    dynamic = std::max(BlockLayout<__half, 64>(r).total_bytes(), MarkovTileLayout<__half, 64>(r).total_bytes());
+    dynamic = std::max(MmaTileLayout(r, mma_tile_vocab(r)).staged_bytes(), MarkovTileLayout<__half, 64>(r).total_bytes());
   }
   // + stage_rows' static row tables and the last-CTA flag
   return dynamic + 2 * kMaxStagedRows * sizeof(void*) + 16;

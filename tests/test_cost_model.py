@@ -27,12 +27,13 @@ ZERO = {loop.name: 0.0 for loop in cost_model.LOOPS}
 
 
 def test_markov_block_bytes_and_launches_by_hand():
-    # V = 129280, R = 8 (64-wide tiles: ceil(129280 / 64) = 2020, one 64-row chunk), g = 5, bf16.
+    # V = 129280, R = 8 (256-wide tiles at every R: ceil(129280 / 256) = 505, two partials a row and
+    # tile, one 64-row chunk), g = 5, bf16.
     path = cost_model.markov_block(129280, 8, 5, ZERO)
     w2 = 129280 * 256 * 2  # 66,191,360
     counters = 1 * 4  # a ticket per chunk
-    tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 2 * 8 * 2020 * 20 + 8 * 24 + counters
-    assert tile == 68_910_628
+    tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 2 * 8 * 1010 * 20 + 8 * 24 + counters
+    assert tile == 68_587_428
     assert [launch.bytes for launch in path.ours] == [counters] + [tile] * 5
     assert len(path.ours) == 6  # the memset, then one launch per position (the reduction is fused)
     # position 0 behind the memset a full boundary, every later position a programmatic dependent
@@ -42,10 +43,10 @@ def test_markov_block_bytes_and_launches_by_hand():
         sum(max(lc.terms(h100)) for lc in path.ours) + 2 * h100.launch_cost + 4 * h100.dependent_launch_cost
     )
     assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
-    # R = 64 takes the 128-wide tile: ceil(129280 / 128) = 1010 partials per row, 32-row chunks.
-    wide = cost_model.markov_block(129280, 64, 5, ZERO)
-    assert wide.ours[0].bytes == 2 * 4
-    assert "128" in wide.ours[1].kernel
+    # R = 256: four 64-row chunks, a ticket each.
+    wide = cost_model.markov_block(129280, 256, 5, ZERO)
+    assert wide.ours[0].bytes == 4 * 4
+    assert "256" in wide.ours[1].kernel
 
 
 def test_markov_block_instructions_follow_the_launch_geometry():
@@ -53,19 +54,20 @@ def test_markov_block_instructions_follow_the_launch_geometry():
     def only(name: str, rows: int) -> float:
         return cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}).ours[1].instructions
 
-    assert only("markov.w2_stage.64", 8) == 2020 * 64 * 256  # every W2 element of every tile
-    assert only("markov.e_stage.64", 8) == 2020 * 16 * 256  # R = 8: one 16-row block of W1 rows
-    assert only("markov.e_stage.64", 20) == 2020 * 32 * 256
-    assert only("markov.mma.64", 8) == 2020 * 1 * 4 * 32 * 16  # one row block x 4 column blocks
-    assert only("markov.mma.128", 256) == 1010 * 8 * 2 * 8 * 32 * 16  # 8 chunks of 2 x 8 blocks
-    assert only("markov.epilogue.64", 1) == 2020 * 64 * 16  # R = 1: the warp of 16 rows runs
-    assert only("markov.epilogue.128", 256) == 1010 * 128 * 256
-    assert only("markov.e_stage.128", 256) == 1010 * 8 * 32 * 256  # 8 chunks of 32 rows
-    assert only("markov.merge.64", 8) == 8 * 2048  # a lane per partial, 2020 rounded to 32
-    assert only("markov.merge_call.128", 256) == 8 * 128  # every thread of 8 merging CTAs
+    assert only("markov.w2_stage.256", 8) == 505 * 256 * 256  # every W2 element of every tile
+    assert only("markov.e_stage.256", 8) == 505 * 16 * 256  # R = 8: one 16-row block of W1 rows
+    assert only("markov.e_stage.256", 20) == 505 * 32 * 256
+    assert only("markov.e_stage.256", 256) == 505 * 4 * 64 * 256  # 4 chunks of 64 rows
+    # two warps a 16-row block, 15 k16 steps in the loop (the first is in the chunk loop), 32 threads
+    assert only("markov.mma.256", 8) == 505 * 1 * 2 * 15 * 32
+    assert only("markov.mma.256", 256) == 505 * 16 * 2 * 15 * 32  # 4 chunks of 4 blocks
+    assert only("markov.epilogue.256", 1) == 505 * 256 * 16  # R = 1: the two warps of 16 rows run
+    assert only("markov.epilogue.256", 256) == 505 * 256 * 256
+    assert only("markov.merge.256", 8) == 8 * 1024  # a lane per partial, 2 x 505 rounded to 32
+    assert only("markov.merge_call.256", 256) == 4 * 256  # every thread of 4 merging CTAs
     # Rows are modeled sampled with finite logits: the rare path (greedy, NaN / +inf rows) is not
     # in the modeled time (its cost per element is reported beside it).
-    assert only("markov.rare_call.64", 8) == 0 and only("markov.greedy.128", 256) == 0
+    assert only("markov.rare_call.256", 8) == 0 and only("markov.greedy.256", 256) == 0
 
 
 def test_verify_bytes_by_hand():
@@ -350,8 +352,8 @@ def _counts(per_item: float, staging: dict[str, int] | None = None) -> dict[str,
 
 
 def test_markov_block_with_an_int8_w2_by_hand():
-    # V = 129280, R = 8, g = 5: W2 is V r bytes and V float32 scales; 128-wide tiles at every R
-    # (ceil(129280 / 128) = 1010 partials per row, one 32-row chunk); SGLang's path is the bf16 one.
+    # V = 129280, R = 8, g = 5: W2 is V r bytes and V float32 scales; 256-wide tiles at every R
+    # (2 x ceil(129280 / 256) = 1010 partials per row, one 64-row chunk); SGLang's path is the bf16 one.
     path = cost_model.markov_block(129280, 8, 5, ZERO, int8_w2=True)
     assert path.op == "markov_block_int8" and "Int8W2" in path.ours[1].kernel
     w2 = 129280 * 256 + 129280 * 4
@@ -367,31 +369,29 @@ def test_markov_block_with_an_int8_w2_by_hand():
             cost_model.markov_block(129280, rows, 1, {**ZERO, name: 1.0}, int8_w2=True).ours[1].instructions
         )
 
-    assert only("markov_int8.w2_stage.128", 8) == 1010 * 128 * 256  # every W2 element of every tile
-    assert only("markov_int8.widen.128", 8) == 1010 * 128 * 256  # widened once per CTA
-    assert only("markov_int8.widen.128", 256) == 1010 * 128 * 256  # whatever the chunks
-    assert only("markov_int8.mma.128", 8) == 1010 * 2 * 8 * 32 * 16  # a 32-row chunk: 2 x 8 blocks
-    assert only("markov_int8.epilogue.128", 1) == 1010 * 128 * 8  # R = 1: the warp of 8 rows runs
-    assert only("markov.w2_stage.64", 8) == 0  # the bf16 kernel's loops do not count
+    assert only("markov_int8.w2_stage.256", 8) == 505 * 256 * 256  # every W2 element of every tile
+    assert only("markov_int8.widen.256", 8) == 505 * 256 * 256  # widened once per CTA
+    assert only("markov_int8.widen.256", 256) == 505 * 256 * 256  # whatever the chunks
+    assert only("markov_int8.mma.256", 8) == 505 * 1 * 2 * 15 * 32  # two warps: 15 k16 steps each
+    assert only("markov_int8.epilogue.256", 1) == 505 * 256 * 16  # R = 1: the two warps of 16 rows
+    assert only("markov.w2_stage.256", 8) == 0  # the bf16 kernel's loops do not count
 
 
 def test_staging_in_flight_by_hand():
-    # r = 256, bf16: a 64-wide W2 tile is 64 x 256 x 2 = 32 KB, a 128-wide one 64 KB; W1 chunks
-    # of 32 / 16 rows are 16 KB / 8 KB.
+    # r = 256, bf16: markov_block's 256-wide W2 tile is 256 x 256 x 2 = 128 KB, its 64-row W1 chunk
+    # 32 KB; verification's recompute chunks of 16 rows (128-wide tiles) 8 KB.
     flights = {f.loop: f for f in cost_model.staging_in_flight(_counts(3))}
-    assert flights["markov.w2_stage.64"].in_flight == 32768
-    assert flights["markov.w2_stage.128"].in_flight == 65536
-    assert flights["markov.e_stage.64"].in_flight == 32768  # markov_block: 64-row chunks
-    assert flights["markov.e_stage.128"].in_flight == 16384
+    assert flights["markov.w2_stage.256"].in_flight == 131072
+    assert flights["markov.e_stage.256"].in_flight == 32768  # markov_block: 64-row chunks
     assert flights["verify.residual.e_stage.128"].in_flight == 8192
-    assert flights["markov_int8.w2_stage.128"].in_flight == 32768  # int8: 128 x 256 bytes
+    assert flights["markov_int8.w2_stage.256"].in_flight == 65536  # int8: 256 x 256 bytes
     assert cost_model._in_flight_verdict(_counts(3)).met
-    # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes (128 in
-    # markov_block's CTA).
+    # A load per thread and iteration (the synchronous copy): 256 threads x 16 bytes (markov_block's
+    # CTA and verification's alike).
     synchronous = _counts(3, {"global/generic": 1, "shared": 1})
-    assert {f.in_flight for f in cost_model.staging_in_flight(synchronous)} == {2048, 4096}
+    assert {f.in_flight for f in cost_model.staging_in_flight(synchronous)} == {4096}
     verdict = cost_model._in_flight_verdict(synchronous)
-    assert not verdict.met and "markov.w2_stage.64: 2 KB" in verdict.line()
+    assert not verdict.met and "markov.w2_stage.256: 4 KB" in verdict.line()
     # cp.async with a wait inside the loop: one copy per thread in flight again.
     waiting = _counts(3, {"cp.async": 1, "cp.async wait": 1})
     assert not cost_model._in_flight_verdict(waiting).met
@@ -507,8 +507,9 @@ def test_every_named_loop_is_found_in_the_build(real_build):
         assert count.instructions > 0, count
         assert 0 < count.coverage <= 1, count
     # The tile kernels' MMA loop issues tensor-core instructions; the epilogue does not.
-    assert counts["markov.mma.64"].opcodes.get("MMA", 0) > 0
-    assert counts["markov.epilogue.128"].opcodes.get("MMA", 0) == 0
+    assert counts["markov.mma.256"].opcodes.get("MMA", 0) > 0
+    # markov_block's chunk loop holds the MMA's first k16 step only (peeled onto zero accumulators).
+    assert counts["markov.epilogue.256"].opcodes.get("MMA", 0) == 16
     # The 16-bit staging loops issue cp.async only: the whole stage is in flight before the wait.
     assert all(f.asynchronous for f in cost_model.staging_in_flight(counts))
 

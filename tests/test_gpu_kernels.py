@@ -69,8 +69,9 @@ def draft(case, *, seed=7, offset=3, **kw) -> markov.DraftBlock:
     return markov.sample_block(**case, seed=seed, offset=offset, **kw)
 
 
-# (rows, gamma, vocab, rank) on a device, and on the emulator. The 16-bit weights use 128-wide
-# vocabulary tiles (chunks of 16 rows) above 32 rows, else 64-wide ones (chunks of 32 rows).
+# (rows, gamma, vocab, rank) on a device, and on the emulator. 16-bit weights use 256-wide vocabulary
+# tiles (128-wide above r = 256: "rank512") at every R, in chunks of 64 rows (16 rows a pair of warps;
+# warps without a row skip the MMA); float32 weights 64-wide tiles in chunks of 32 rows.
 MARKOV_SHAPES = {
     "R1-g1": ((1, 1, 1000, 256), (1, 1, 1000, 256)),
     "R1-g7-big-V": ((1, 7, 129280, 256), (1, 7, 4096, 256)),
@@ -78,8 +79,8 @@ MARKOV_SHAPES = {
     # g = 16, odd vocabulary (not a multiple of either tile), rank not a multiple of 8 (scalar staging)
     "R33-g16-odd-V-r200": ((33, 16, 4099, 200), (33, 16, 1100, 200)),
     "rank512": ((64, 7, 129280, 512), (3, 2, 1536, 512)),
-    # rows above one chunk at either tile width
-    "many-rows": ((256, 5, 32000, 64), (40, 3, 1025, 64)),
+    # rows above one chunk on either path (a second 16-bit chunk of 6 rows: one warp's MMA)
+    "many-rows": ((256, 5, 32000, 64), (70, 3, 1025, 64)),
 }
 # (weight dtype, base-logit dtype): every instantiation on the exact-input test's first shapes
 DTYPE_PAIRS = [(w, b) for w in DTYPES for b in DTYPES]

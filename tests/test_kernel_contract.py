@@ -263,7 +263,7 @@ def test_inputs_on_a_non_current_gpu_run_there(backend):
         pytest.skip("needs two CUDA devices")
     dev = torch.device("cuda", 1)
     gen = torch.Generator().manual_seed(13)
-    rows, gamma, vocab, rank = 40, 3, 4099, 64  # rows > 32: the 128-wide tile and its attribute
+    rows, gamma, vocab, rank = 40, 3, 4099, 64  # the 256-wide mma.sync tile and its attribute
     w1, w2 = (_dyadic(gen, (vocab, rank), 2.0, 1 / 8).to(BF16).to(dev) for _ in range(2))
     base = _dyadic(gen, (rows, gamma, vocab), 8.0, 1 / 16).to(dev)
     anchor = torch.randint(0, vocab, (rows,), generator=gen).to(dev)

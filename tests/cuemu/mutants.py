@@ -74,21 +74,68 @@ MUTANTS = [
     Mutant(
         "markov_missing_syncthreads",
         "markov_block.cu",
-        "    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);\n"
-        "    __syncthreads();",
-        "    bias_tile<WT, kTileV, kOutputs, kThreads, kBiasLd>(tile.w2, tile.e, bias, layout, chunk_rows);",
-        "the bias tile is read before every warp has written its part",
+        "(w2s, es, bias_s, layout, chunk_rows);\n      __syncthreads();",
+        "(w2s, es, bias_s, layout, chunk_rows);",
+        "the float32 path's bias tile is read before every warp has written its part",
         ("markov",),
         SCHEDULES,
     ),
     Mutant(
         "markov_divergent_shuffle",
         "markov_block.cu",
-        "      m = row_max<kRowThreads>(thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count,"
-        " args.softcap,\n" + " " * 68 + "args.logits_dtype, args.logits_out, at));",
-        "      m = thread_logits<BT, WT, kPlain, kInt8>(l, own, scale, base + at, count, args.softcap,"
-        " args.logits_dtype, args.logits_out, at);\n      if (active) m = row_max<kRowThreads>(m);",
+        "  const float m = row_max<kLaneStep, kRowThreads>(thread_logits<BT, WT, kPlain, kScaled>(\n"
+        "      l, bias, scale, base, count, args.softcap, args.logits_dtype, args.logits_out, at));",
+        "  float m = thread_logits<BT, WT, kPlain, kScaled>(l, bias, scale, base, count, args.softcap,"
+        " args.logits_dtype, args.logits_out, at);\n  if (active) m = row_max<kLaneStep, kRowThreads>(m);",
         "rows past the end skip a full-mask shuffle: a hang or garbage on a GPU",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_mma_a_registers_swapped",
+        "include/dspark_sgl/markov_tile.cuh",
+        "shared_address(e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1))",
+        "shared_address(e + (p + 8 * (m >> 1)) * layout.ld + 8 * (m & 1))",
+        "ldmatrix's second and third A matrices exchanged: mma reads a2, a3 (row g + 8) where a4, a5"
+        " (k + 8) are",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_mma_b_row_of_another_lane",
+        "include/dspark_sgl/markov_tile.cuh",
+        "layout.w2_row(col0 + 32 * (p >> 1) + 2 * (m >> 1) + (p & 1))",
+        "layout.w2_row(col0 + 32 * (p & 3) + 2 * (m >> 1) + (p >> 2))",
+        "a lane addresses the W2 row of another n-position: the accumulators hold other columns than the"
+        " epilogue's",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_mma_c_rows_swapped",
+        "markov_block.cu",
+        "bias[2 * j] = acc[j][2 * h], bias[2 * j + 1] = acc[j][2 * h + 1];",
+        "bias[2 * j] = acc[j][2 - 2 * h], bias[2 * j + 1] = acc[j][3 - 2 * h];",
+        "the accumulators of rows g and g + 8 exchanged (c0, c1 are row g, c2, c3 row g + 8)",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_w2_staged_without_the_skew",
+        "markov_block.cu",
+        "[&](int i) { return size_t(layout.w2_row(i)); }",
+        "[&](int i) { return size_t(i) * layout.ld; }",
+        "W2 staged in linear rows while the MMA reads the skewed ones: rows past 32 read other columns",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_mma_ld_not_16_bytes",
+        "include/dspark_sgl/markov_tile.cuh",
+        "ld(k_padded + 8)",
+        "ld(k_padded + 4)",
+        "a row stride that is not a multiple of 16 bytes (misaligned cp.async destinations and ldmatrix"
+        " rows)",
         ("markov",),
         SCHEDULES,
     ),
@@ -104,9 +151,10 @@ MUTANTS = [
     Mutant(
         "markov_draw_one_column_late",
         "markov_block.cu",
-        "const int i = min((second ? kGroupColumns : 0) + first_above(group, target), count - 1);",
+        "const int i = min((second ? kGroupColumns : 0) + first_above(group, target, logits, logit),"
+        " count - 1);",
         "const int i = min((second ? kGroupColumns : 0)"
-        " + min(first_above(group, target) + 1, kGroupColumns - 1), count - 1);",
+        " + min(first_above(group, target, logits, logit) + 1, kGroupColumns - 1), count - 1);",
         "the running sum is read one column off: the token after the crossing is drawn",
         ("markov",),
         SCHEDULES,
@@ -115,9 +163,9 @@ MUTANTS = [
         "markov_group_key_without_gumbel",
         "markov_block.cu",
         "group_gumbel(noise.gumbel0));\n"
-        "        const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base),"
+        "    const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base),"
         " group_gumbel(noise.gumbel1));",
-        "0.0f);\n        const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), 0.0f);",
+        "0.0f);\n    const float key1 = __fadd_rn(__fmaf_rn(fast_log2(s1), kLn2, lse_base), 0.0f);",
         "the group keys lose their Gumbel draw: the group of largest mass always wins",
         ("markov",),
         SCHEDULES,
@@ -183,12 +231,12 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
-        "markov_bad_wmma_ldm",
+        "verify_recompute_bad_wmma_ldm",
         "include/dspark_sgl/markov_tile.cuh",
         "ld = k_padded + 8;",
         "ld = k_padded + 4;",
         "a WMMA leading dimension that is not a multiple of 16 bytes (misaligned fragment loads)",
-        ("markov",),
+        ("verify",),
         SCHEDULES,
     ),
     Mutant(
@@ -417,10 +465,12 @@ def _check_markov() -> list[str]:
         assert_blocks_match(ours, ref, case["temperature"], vocab_start=272)
     except (AssertionError, IndexError) as exc:
         failures.append(f"shard at 272: {_first_line(exc)}")
-    # one 64-wide tile chunk; 128-wide tiles, 3 chunks; 64-wide, 2 chunks, 65 tiles (two warps reduce)
+    # 16-bit: one warp of one chunk; three warps (the last part-filled); two chunks of 64 and 6 rows.
+    # float32: 64-wide tiles, 2 chunks, 65 tiles (two warps reduce)
     for rows, vocab, wdtype in (
         (3, 1100, torch.bfloat16),
         (40, 1100, torch.bfloat16),
+        (70, 700, torch.float16),
         (40, 4099, torch.float32),
     ):
         case = markov_case(torch.device("cpu"), rows, 3, vocab, 64, wdtype=wdtype, hidden=32)
@@ -438,7 +488,7 @@ def _check_markov_int8() -> list[str]:
     from dspark_sgl import _dispatch
 
     failures = []
-    # a 64-wide tile chunk; 128-wide tiles, 3 chunks (fp16); rank 200: byte-by-byte staging
+    # one warp; three warps (fp16); rank 200: byte-by-byte staging
     for rows, vocab, rank, wdtype in (
         (3, 1100, 64, torch.bfloat16),
         (40, 1100, 64, torch.float16),

@@ -13,6 +13,7 @@
 #include "dspark_sgl/async_copy.cuh"
 #include "dspark_sgl/dependent_launch.cuh"
 #include "dspark_sgl/markov_int8.cuh"
+#include "dspark_sgl/mma_fragment.cuh"
 
 namespace {
 
@@ -261,6 +262,36 @@ const char* ret(std::string s) {
   return g_text.c_str();
 }
 
+// One m16n8k16 tile through ldmatrix: A's 16 rows and B's 8 columns (k-contiguous rows of 16 values)
+// are copied into shared memory slots slot_a[row] / slot_b[n] (any permutation), each lane
+// addresses the documented row, and d = A B + c is written out in the accumulator layout
+// (d [16, 8] row-major); a_regs [32, 4] gets each lane's A registers as ldmatrix_x4 returned them.
+// misuse: 0 none, 1 a row address 8 bytes off, 2 a row in global memory, 3 lanes 16-31 skip the MMA.
+template <typename T>
+__global__ void mma_tile(const T* a, const T* b, const float* c, const int* slot_a, const int* slot_b, float* d,
+                         uint32_t* a_regs, int misuse) {
+  extern __shared__ __align__(16) unsigned char smem_bytes[];
+  T* rows = reinterpret_cast<T*>(smem_bytes);  // 24 slots of 16 values
+  const int lane = threadIdx.x % 32;
+  for (int i = lane; i < 16 * 16; i += 32) rows[slot_a[i / 16] * 16 + i % 16] = a[i];
+  for (int i = lane; i < 8 * 16; i += 32) rows[slot_b[i / 16] * 16 + i % 16] = b[i];
+  __syncwarp();
+  const int a_row = lane % 8 + 8 * (lane / 8 % 2), a_col = 8 * (lane / 16);
+  const T* a_at = rows + slot_a[a_row] * 16 + a_col;
+  if (misuse == 1 && lane == 5) a_at += 4;
+  if (misuse == 2 && lane == 9) a_at = a + a_row * 16 + a_col;
+  uint32_t ra[4], rb[2];
+  dspark_sgl::ldmatrix_x4(ra, a_at);
+  dspark_sgl::ldmatrix_x2(rb, rows + slot_b[lane % 8] * 16 + 8 * (lane / 8 % 2));
+  const int g = lane / 4, t = lane % 4;
+  float acc[4];
+  for (int i = 0; i < 4; ++i) acc[i] = c[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2];
+  if (misuse == 3 && lane >= 16) return;
+  dspark_sgl::mma_m16n8k16<T>(acc, ra, rb);
+  for (int i = 0; i < 4; ++i) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = acc[i];
+  for (int i = 0; i < 4; ++i) a_regs[lane * 4 + i] = ra[i];
+}
+
 }  // namespace
 
 #define CUEMU_EXPORT extern "C" __attribute__((visibility("default")))
@@ -370,4 +401,16 @@ CUEMU_EXPORT const char* st_dependent_launch_error(int* cell, int kind) {
   const cudaError_t e = cudaLaunchKernelEx(&config, pdl_relay, static_cast<const int*>(cell), cell + 1, cell + 2, 0);
   cudaGetLastError();
   return ret(e == cudaSuccess ? std::string() : std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+}
+// mma_tile in bf16 (fp16 0) or fp16 (1); see mma_tile for misuse.
+CUEMU_EXPORT const char* st_mma_tile(const uint16_t* a, const uint16_t* b, const float* c, const int* slot_a,
+                                     const int* slot_b, float* d, uint32_t* a_regs, int fp16, int misuse) {
+  if (fp16)
+    mma_tile<__half><<<1, 32, 24 * 16 * 2>>>(reinterpret_cast<const __half*>(a), reinterpret_cast<const __half*>(b),
+                                             c, slot_a, slot_b, d, a_regs, misuse);
+  else
+    mma_tile<__nv_bfloat16><<<1, 32, 24 * 16 * 2>>>(reinterpret_cast<const __nv_bfloat16*>(a),
+                                                    reinterpret_cast<const __nv_bfloat16*>(b), c, slot_a, slot_b,
+                                                    d, a_regs, misuse);
+  return ret(result());
 }

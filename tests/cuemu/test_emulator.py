@@ -21,6 +21,7 @@ ENTRY_POINTS = (
     "st_divergent_barrier",
     "st_exited_lanes",
     "st_wmma_bf16",
+    "st_mma_tile",
     "st_atomic_sum",
     "st_reverse_block",
     "st_dynamic_smem_sum",
@@ -187,6 +188,66 @@ def test_wmma_rejects_an_ldm_that_is_not_16_bytes(runtime):
     assert b"ldm 20 is not a multiple of 16 bytes" in runtime.st_wmma_bf16(
         _ptr(a), _ptr(b), _ptr(c), 20, 16, 0
     )
+
+
+def _mma_operands(dtype: torch.dtype, seed: int):
+    """A [16, 16], B^T [8, 16] (n rows, k contiguous), C [16, 8] and the shared-memory slots of their
+    rows: a random permutation of 24 slots, so a lane reading another lane's row address is seen."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(16, 16, generator=gen).to(dtype)
+    bt = torch.randn(8, 16, generator=gen).to(dtype)
+    c = torch.randn(16, 8, generator=gen)
+    slots = torch.randperm(24, generator=gen).to(torch.int32)
+    return a, bt, c, slots[:16].contiguous(), slots[16:].contiguous()
+
+
+def _ldmatrix_expected(a: torch.Tensor) -> torch.Tensor:
+    """[32, 4] registers of ldmatrix_x4 with lane i addressing row i % 8 of matrix i / 8, the matrices
+    A[0:8, 0:8], A[8:16, 0:8], A[0:8, 8:16], A[8:16, 8:16]: lane l gets row l / 4, elements 2 (l % 4)
+    and 2 (l % 4) + 1 (PTX ISA, ldmatrix), i.e. A's mma.m16n8k16 fragment a[0..3]."""
+    bits = a.view(torch.int16).to(torch.int64) & 0xFFFF
+    out = torch.zeros(32, 4, dtype=torch.int64)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for m in range(4):
+            row, col = g + 8 * (m % 2), 2 * t + 8 * (m // 2)
+            out[lane, m] = bits[row, col] | (bits[row, col + 1] << 16)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [BF16, torch.float16])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_mma_fragments_follow_the_documented_layouts(runtime, dtype, seed):
+    a, bt, c, slot_a, slot_b = _mma_operands(dtype, seed)
+    d = torch.zeros(16, 8)
+    regs = torch.zeros(32, 4, dtype=torch.int32)
+    fp16 = int(dtype == torch.float16)
+    msg = runtime.st_mma_tile(
+        _ptr(a), _ptr(bt), _ptr(c), _ptr(slot_a), _ptr(slot_b), _ptr(d), _ptr(regs), fp16, 0
+    )
+    assert msg == b""
+    assert torch.equal(regs.to(torch.int64) & 0xFFFFFFFF, _ldmatrix_expected(a))
+    # float32 sums of exact products, ascending k: float64 agrees to float32 rounding
+    expected = (a.double() @ bt.double().T + c.double()).float()
+    torch.testing.assert_close(d, expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "misuse, message",
+    [
+        (1, b"row address"),
+        (2, b"not in shared memory"),
+        (3, b"exited"),
+    ],
+)
+def test_mma_fragment_misuse_is_reported(runtime, misuse, message):
+    a, bt, c, slot_a, slot_b = _mma_operands(BF16, 0)
+    d = torch.zeros(16, 8)
+    regs = torch.zeros(32, 4, dtype=torch.int32)
+    msg = runtime.st_mma_tile(
+        _ptr(a), _ptr(bt), _ptr(c), _ptr(slot_a), _ptr(slot_b), _ptr(d), _ptr(regs), 0, misuse
+    )
+    assert message in msg
 
 
 def test_atomics_across_parallel_blocks(runtime):

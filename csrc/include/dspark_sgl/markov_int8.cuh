@@ -9,7 +9,7 @@
 // the bytes of a 16-bit tile in flight) and its kTileV scales with plain loads, then widens the
 // tile in place to WT with integer bit tricks and one exact 16-bit subtraction per pair, no
 // conversion instruction (int8 values are exact in bf16 and fp16, so the MMA's products are those
-// of the reference), once for all of the CTA's row chunks; bias_tile then runs unchanged. The
+// of the reference), once for all of the CTA's row chunks; warp_bias_mma then runs unchanged. The
 // epilogue multiplies the float32 accumulator values by their column's scale where it rounds the
 // bias (scaled_bias).
 #pragma once
@@ -38,10 +38,10 @@ struct WeightStorage<Int8W2<WT>> {
   static constexpr bool kInt8 = true;
 };
 
-// The int8 W2 tile [kTileV, r] is staged into the start of MarkovTileLayout's 16-bit W2 region as
+// The int8 W2 tile [kTileV, r] is staged into the start of MmaTileLayout's 16-bit W2 region as
 // one contiguous run of kTileV rows of k_padded bytes (ld8 = k_padded, a multiple of 16: every row
-// 16-byte aligned for cp.async), then widened in place to the 16-bit rows bias_tile reads (row i at
-// widened_at(i, 0, ld)). A row's 16-bit copy starts at or after its int8 copy (i * ld8 <= 2 i ld
+// 16-byte aligned for cp.async), then widened in place to the 16-bit rows warp_bias_mma reads (row i at
+// widened_at(i, 0, rows) = rows.w2_row(i)). A row's 16-bit copy starts at or after its int8 copy (i * ld8 <= 2 i ld
 // bytes), so widening batches of rows from the last to the first, each batch read into registers
 // before a barrier and written after it, never overwrites int8 bytes still to be read.
 template <int kTileV>
@@ -89,11 +89,13 @@ __device__ __forceinline__ void stage_int8_tile(int8_t* w2s, float* scale_s, con
 }
 
 // Where chunk j (8 values, 16 bytes) of row i of the widened 16-bit W2 tile starts, in elements
-// from the tile's start: the layout bias_tile reads (MarkovTileLayout: rows of ld elements). Every
-// widened store goes through it. Another layout keeps widen_int8_tile's in-place order valid
-// while every chunk of row i lies at or after byte i * ld8 of the tile, where row i's int8 copy
-// starts (batch [lo, hi) then writes nothing below the int8 rows [0, lo) still to be read).
-__device__ __forceinline__ int widened_at(int i, int j, int ld) { return i * ld + 8 * j; }
+// from the tile's start: the layout warp_bias_mma reads (MmaTileLayout::w2_row). Every widened store
+// goes through it. widen_int8_tile's in-place order stays valid while every chunk of row i lies at
+// or after byte i * ld8 of the tile, where row i's int8 copy starts (batch [lo, hi) then writes
+// nothing below the int8 rows [0, lo) still to be read): w2_row(i) >= i ld >= i k_padded elements.
+__device__ __forceinline__ int widened_at(int i, int j, const MmaTileLayout& rows) {
+  return rows.w2_row(i) + 8 * j;
+}
 
 // Four int8 values (the bytes of `word`, in order) as four WT values (exact), two 32-bit pairs,
 // with no conversion instruction: integer bit patterns and one exact 16-bit subtraction per pair.
@@ -122,14 +124,15 @@ __device__ __forceinline__ uint2 int8x4_to(unsigned word, unsigned zero = 0) {
 }
 
 // Widens the staged int8 tile in place into kTileV rows of WT (k_padded values, at widened_at) at
-// the same address, the layout bias_tile reads. Thread t widens piece c = t % per_row (16 values) of
+// the same address, the layout warp_bias_mma reads. Thread t widens piece c = t % per_row (16 values) of
 // rows t / per_row + n * row_step (row_step = kThreads / per_row rows a pass; the last
 // kThreads % per_row threads idle): constant strides, no divide in the loop. Batches of kPieces
 // passes from the last rows: each thread reads its pieces of the batch into registers, the CTA
 // synchronizes, then it writes them widened (32 bytes a piece). Call with all kThreads threads; on
 // return the 16-bit tile is visible to every thread.
 template <typename WT, int kTileV, int kThreads>
-__device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTileV>& layout, int ld) {
+__device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTileV>& layout,
+                                                const MmaTileLayout& rows) {
   constexpr int kPieces = 8;
   const int8_t* bytes = reinterpret_cast<const int8_t*>(tile);
   const int per_row = layout.k_padded / 16;
@@ -155,8 +158,8 @@ __device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTi
       const uint2 a = int8x4_to<WT>(piece[n].x, zero), b = int8x4_to<WT>(piece[n].y, zero);
       const uint2 e = int8x4_to<WT>(piece[n].z, zero), f = int8x4_to<WT>(piece[n].w, zero);
       if (unsigned(i) < unsigned(hi)) {
-        *reinterpret_cast<uint4*>(tile + widened_at(i, 2 * c, ld)) = make_uint4(a.x, a.y, b.x, b.y);
-        *reinterpret_cast<uint4*>(tile + widened_at(i, 2 * c + 1, ld)) = make_uint4(e.x, e.y, f.x, f.y);
+        *reinterpret_cast<uint4*>(tile + widened_at(i, 2 * c, rows)) = make_uint4(a.x, a.y, b.x, b.y);
+        *reinterpret_cast<uint4*>(tile + widened_at(i, 2 * c + 1, rows)) = make_uint4(e.x, e.y, f.x, f.y);
       }
     }
   }

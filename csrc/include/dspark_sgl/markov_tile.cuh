@@ -17,6 +17,7 @@
 
 #include "dspark_sgl/async_copy.cuh"
 #include "dspark_sgl/common.cuh"
+#include "dspark_sgl/mma_fragment.cuh"
 
 namespace dspark_sgl {
 
@@ -56,8 +57,46 @@ struct MarkovTileLayout {
     // Every region starts 128-byte aligned (WMMA needs 32).
     return align(w2_bytes()) + align(e_bytes()) + align(bias_bytes());
   }
-  // The W2 tile and E only (a kernel keeping the bias tile in static shared memory).
+  // The W2 tile and E only (a kernel keeping the bias tile in static shared memory), E after W2.
   __host__ __device__ size_t staged_bytes() const { return align(w2_bytes()) + align(e_bytes()); }
+  __host__ __device__ size_t e_offset() const { return align(w2_bytes()); }
+  __host__ __device__ int w2_row(int c) const { return c * ld; }  // the first element of W2 row c
+  __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
+};
+
+// The register-resident tile of markov_block with 16-bit weights (mma.sync, mma_fragment.cuh): a
+// CTA owns tile_v (256, or 128 where a wide tile's shared memory does not fit the rank) vocabulary
+// columns and has 4 x tile_v / 128 warps; warp w computes 16 rows (row block w / (tile_v / 128)) x
+// kMmaWarpColumns columns (segment w % (tile_v / 128)) of the bias, the float32 accumulators staying
+// in registers for the epilogue. Shared memory holds the W2 tile (tile_v rows, the vocabulary columns
+// v0 + c, k contiguous) and E (kMmaChunkRows rows of k_padded, linear with stride ld). W2 row c
+// starts at w2_row(c) = c ld + 16 (c >> 5) elements: with ld / 8 odd (16-byte units), the 8 rows one
+// ldmatrix matrix reads (c = 32 q + 2 j + s + const, q < 4, s < 2) fall on 8 distinct 16-byte bank
+// groups; linear rows would put the rows 32 apart on the same ones.
+constexpr int kMmaMaxTileV = 256;
+constexpr int kMmaWarpColumns = 128;  // a warp's columns: one segment of a tile
+constexpr int kMmaChunkRows = 64;     // 4 row blocks of 16
+constexpr int kMmaTiles = kMmaWarpColumns / 8;  // n8 tiles of a warp: 4 accumulators each a thread
+
+// The tile width markov_block takes with 16-bit W1 at rank r: 256 while its shared memory fits
+// (r <= 256: 169 KB at r = 256), else 128 (200 KB at r = 512).
+__host__ __device__ constexpr int mma_tile_vocab(int rank) { return rank <= 256 ? 256 : 128; }
+
+struct MmaTileLayout {
+  int rank;
+  int k_padded;  // r rounded up to the MMA depth (16); the staging zero fills [r, k_padded)
+  int ld;        // E's row stride and W2's base stride (elements): k_padded + 8, a multiple of 8
+  int tile_v;    // the tile's columns (W2 rows)
+
+  __host__ __device__ MmaTileLayout(int r, int tile_columns)
+      : rank(r), k_padded((r + 15) / 16 * 16), ld(k_padded + 8), tile_v(tile_columns) {}
+  // The first element of W2 row c (16-byte aligned), for the staging, the int8 widening and the MMA.
+  __host__ __device__ int w2_row(int c) const { return c * ld + 16 * (c >> 5); }
+  __host__ __device__ size_t w2_bytes() const { return size_t(w2_row(tile_v)) * 2; }
+  __host__ __device__ size_t e_bytes() const { return size_t(kMmaChunkRows) * ld * 2; }
+  // W2 then E, each region 128-byte aligned.
+  __host__ __device__ size_t staged_bytes() const { return align(w2_bytes()) + align(e_bytes()); }
+  __host__ __device__ size_t e_offset() const { return align(w2_bytes()); }
   __host__ __device__ static size_t align(size_t b) { return (b + 127) / 128 * 128; }
 };
 
@@ -74,7 +113,7 @@ struct MarkovTileLayout {
 // _dispatch.aligned tensors, so every row of a rank-multiple-of-8 matrix is) and destinations
 // (MarkovTileLayout: 128-byte aligned regions, ld a multiple of 8). Other ranks and float32
 // weights (odd ld: rows not 16-byte aligned in shared memory) copy element by element.
-constexpr int kMaxStagedRows = 128;
+constexpr int kMaxStagedRows = kMmaMaxTileV;
 
 // Where the calling thread starts in the 16-byte pieces of rows of k_padded elements of type WT
 // (piece c of row i for idx = i * per_row + c, idx = threadIdx.x + n * blockDim.x) and how it
@@ -90,32 +129,29 @@ struct StagePlan {
   }
 };
 
-template <typename WT, typename SrcFn>
-__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
-                                           const StagePlan<WT>& plan, SrcFn row_source);
+// Row i of a tile staged with a row stride of ld elements starts at element i * ld.
+struct LinearRows {
+  int ld;
+  __device__ __forceinline__ size_t operator()(int i) const { return size_t(i) * ld; }
+};
 
 // stage_rows' element-by-element copy, out of line (ranks not a multiple of 8, float32 weights):
-// rows whose source is null, and [rank, k_padded), are zero filled.
-template <typename WT>
+// rows whose source is null, and [rank, k_padded), are zero filled; row i starts at dst + row_at(i).
+template <typename WT, typename RowAt>
 __device__ __noinline__ void stage_rows_by_element(WT* dst, const WT* const* sources, int count, int rank,
-                                                   int k_padded, int ld) {
+                                                   int k_padded, RowAt row_at) {
   for (int idx = threadIdx.x; idx < count * k_padded; idx += blockDim.x) {
     const int i = idx / k_padded, k = idx % k_padded;
     const WT* s = sources[i];
-    dst[size_t(i) * ld + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
+    dst[row_at(i) + k] = (s != nullptr && k < rank) ? s[k] : WT(0.0f);
   }
 }
 
-template <typename WT, typename SrcFn>
-__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
-                                           SrcFn row_source) {
-  stage_rows(dst, count, rank, k_padded, ld, StagePlan<WT>(k_padded), row_source);
-}
-
-// The same with the thread's plan given (a kernel staging rows in a loop computes it once).
-template <typename WT, typename SrcFn>
-__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
-                                           const StagePlan<WT>& plan, SrcFn row_source) {
+// The same as stage_rows with row i at dst + row_at(i) (16-byte aligned for the 16-byte copies):
+// a tile whose rows are not evenly spaced (MmaTileLayout's W2 rows).
+template <typename WT, typename RowAt, typename SrcFn>
+__device__ __forceinline__ void stage_rows_at(WT* dst, int count, int rank, int k_padded, RowAt row_at,
+                                              const StagePlan<WT>& plan, SrcFn row_source) {
   __shared__ const WT* sources[kMaxStagedRows];
   for (int i = threadIdx.x; i < count; i += blockDim.x) sources[i] = row_source(i);
   __syncthreads();
@@ -124,25 +160,50 @@ __device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_p
   if (vectorized) {
     // Piece c of row i for idx = i * per_row + c; (i, c) advance by blockDim.x without a divide.
     const int per_row = plan.per_row, step_rows = plan.step_rows, step_pieces = plan.step_pieces;
-    int i = plan.first_row, c = plan.first_piece;
-    while (i < count) {
-      const WT* s = sources[i];
-      const int k = c * kVec;
-      const bool copy = s != nullptr && k < rank;  // else a zero fill: nothing is read
-      cp_async_16(dst + size_t(i) * ld + k, copy ? s + k : nullptr, copy ? 16 : 0);
-      i += step_rows;
-      c += step_pieces;
-      if (c >= per_row) {
-        c -= per_row;
-        ++i;
+    if (step_pieces == 0) {
+      // A row's pieces divide the CTA (k_padded / 8 divides blockDim.x, e.g. r = 256): each pass
+      // copies whole rows, so the thread's piece, and whether it lies past the rank, are fixed.
+      const int k = plan.first_piece * kVec;
+      const bool in_rank = k < rank;
+#pragma unroll 4
+      for (int i = plan.first_row; i < count; i += step_rows) {
+        const WT* s = sources[i];
+        const bool copy = in_rank && s != nullptr;  // else a zero fill: nothing is read (s may be null)
+        cp_async_16(dst + row_at(i) + k, s + (copy ? k : 0), copy ? 16 : 0);
+      }
+    } else {
+      int i = plan.first_row, c = plan.first_piece;
+      while (i < count) {
+        const WT* s = sources[i];
+        const int k = c * kVec;
+        const bool copy = s != nullptr && k < rank;  // else a zero fill: nothing is read
+        cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0);
+        i += step_rows;
+        c += step_pieces;
+        if (c >= per_row) {
+          c -= per_row;
+          ++i;
+        }
       }
     }
     cp_async_commit();
     cp_async_wait<0>();
   } else {
-    stage_rows_by_element(dst, sources, count, rank, k_padded, ld);
+    stage_rows_by_element(dst, sources, count, rank, k_padded, row_at);
   }
   __syncthreads();  // the rows are complete for every thread; `sources` is reused by the next call
+}
+
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld, SrcFn row_source) {
+  stage_rows_at(dst, count, rank, k_padded, LinearRows{ld}, StagePlan<WT>(k_padded), row_source);
+}
+
+// The same with the thread's plan given (a kernel staging rows in a loop computes it once).
+template <typename WT, typename SrcFn>
+__device__ __forceinline__ void stage_rows(WT* dst, int count, int rank, int k_padded, int ld,
+                                           const StagePlan<WT>& plan, SrcFn row_source) {
+  stage_rows_at(dst, count, rank, k_padded, LinearRows{ld}, plan, row_source);
 }
 
 // bias[kChunkRows, kTileV] (row-major, row stride kBiasLd, float32) = E @ W2_tile^T, at least for
@@ -224,6 +285,54 @@ __device__ __forceinline__ void bias_tile(const WT* w2s, const WT* es, float* bi
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) bias[(group + i * kGroups) * kBiasLd + col] = acc[i];
   }
+}
+
+// One warp's 16 x kMmaWarpColumns bias block: acc[j][i] += E[row] . W2[col] over k < k_padded for the
+// calling lane (g = lane / 4, t = lane % 4) at row = g + 8 (i >> 1) of the warp's 16 E rows (e: the
+// first) and tile column col = col0 + 32 t + 2 j + (i & 1) (col0: the warp's first column, a multiple
+// of 32). So each thread holds 32 consecutive columns of two rows, acc[j][0..1] of row g and
+// acc[j][2..3] of row g + 8 (the epilogue's layout).
+//
+// The n-tiles' columns are permuted for this: position p of n-tile j (its B column p, the rows
+// ldmatrix reads for it) is column col0 + 32 (p >> 1) + 2 j + (p & 1). Per k16 step: one ldmatrix_x4
+// of A (lane i addresses E row i % 8 + 8 ((i / 8) & 1), k offset 8 (i / 16): a[0..3] in mma order),
+// then per pair of n-tiles (2 jj, 2 jj + 1) one ldmatrix_x4 of B (matrix m = i / 8: n-tile
+// 2 jj + (m >> 1), k half m & 1) and two MMAs. Call with all lanes of the warp (warp-uniform).
+template <typename WT>
+__device__ __forceinline__ void warp_bias_mma(float (&acc)[kMmaTiles][4], const WT* w2s, const WT* e, int col0,
+                                              const MmaTileLayout& layout) {
+  const int lane = threadIdx.x % 32, p = lane % 8, m = lane / 8;
+  // Byte addresses in shared memory, advanced 32 bytes (16 values of k) a step. B: tile column
+  // 32 (p >> 1) + 2 (m >> 1) + (p & 1) + 4 jj for the pair jj, below the next multiple of 32, so
+  // w2_row advances by 4 ld per pair.
+  SharedAddress a_at = shared_address(e + (p + 8 * (m & 1)) * layout.ld + 8 * (m >> 1));
+  SharedAddress b_at[kMmaTiles / 2];
+  const WT* b_first = w2s + layout.w2_row(col0 + 32 * (p >> 1) + 2 * (m >> 1) + (p & 1)) + 8 * (m & 1);
+#pragma unroll
+  for (int jj = 0; jj < kMmaTiles / 2; ++jj) b_at[jj] = shared_address(b_first + jj * 4 * layout.ld);
+  constexpr int kStep = 16 * sizeof(WT);
+  // One k16 step: A's fragment, then per pair of n-tiles B's and two MMAs.
+  auto step = [&]() {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_at);
+    a_at += kStep;
+#pragma unroll
+    for (int jj = 0; jj < kMmaTiles / 2; ++jj) {
+      uint32_t b[4];
+      ldmatrix_x4(b, b_at[jj]);
+      b_at[jj] += kStep;
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_m16n8k16<WT>(acc[2 * jj], a, b0);
+      mma_m16n8k16<WT>(acc[2 * jj + 1], a, b1);
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < kMmaTiles; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[j][i] = 0.0f;
+  step();  // k0 = 0 (k_padded >= 16): on the zero accumulators, out of the loop
+#pragma unroll 8
+  for (int k0 = 16; k0 < layout.k_padded; k0 += 16) step();  // warp_bias_mma's k-loop
 }
 
 // The shared-memory regions of one tile, carved from the dynamic buffer.

@@ -743,6 +743,8 @@ void async_wait_group(int n) {
   f.async_copies.resize(kept);
 }
 
+bool is_shared_address(const void* p, size_t n) { return in_shared(p, n); }
+
 unsigned char* dynamic_shared_base() { return tl_worker->smem; }
 size_t dynamic_shared_size() { return tl_worker->smem_size; }
 

@@ -178,6 +178,8 @@ enum Collective : unsigned {
   kWmmaLoad,
   kWmmaStore,
   kWmmaMma,
+  kLdmatrix,
+  kMmaSync,
 };
 
 // Block-wide barrier (__syncthreads); `what` names it in a deadlock report.
@@ -192,6 +194,8 @@ unsigned warp_parity();
 [[noreturn]] void fault(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 [[noreturn]] void fiber_entry();
 unsigned char* dynamic_shared_base();
+// Whether [p, p + n) lies in the calling block's shared memory (dynamic, or a static __shared__).
+bool is_shared_address(const void* p, size_t n);
 size_t dynamic_shared_size();
 unsigned exited_lanes_mask();  // lanes of the caller's warp that have exited
 // cp.async of the calling thread (see the header comment): queue a 16-byte copy (src_bytes 16)
