@@ -609,7 +609,8 @@ def markov_block(
 
     Per launch: staging (tile_v W2 rows per CTA; per chunk the W1 rows of its 16-row blocks that
     hold a row), the MMA (two warps per such block, each k_pad / 16 k16 steps over 128 columns, 32
-    threads; the first step is in the chunk loop's count), the chunk loop on every thread of a warp
+    threads; the steps nvcc peeled into the chunk loop, the first at least, are in the chunk loop's
+    count, not the k-loop's), the chunk loop on every thread of a warp
     that holds a row (64 elements a thread: 32 columns of two rows), and the merge (a lane per
     partial, two a row and tile; every thread of the merging CTA runs merge_chunk once).
     """
@@ -627,11 +628,14 @@ def markov_block(
     # warps) in whole 16-row blocks holding a row; the MMA's first k16 step is in the chunk loop.
     chunk_rows = [min(geo["chunk"], rows - r0) for r0 in range(0, rows, geo["chunk"])]
     blocks = sum(math.ceil(n / 16) for n in chunk_rows)
+    # k16 steps nvcc peeled out of the k-loop into the chunk loop (counted there): 1 unless the
+    # chunk loop's SASS says otherwise (PEELED_MMA_STEPS, from its HMMA count)
+    peeled = loops.get(f"{name}.{PEELED_MMA_STEPS}.{w}", 1)
     instructions = (
         loops[f"{name}.w2_stage.{w}"] * t * w * k
         + (loops[f"{name}.widen.{w}"] * t * w * k if int8_w2 else 0.0)
         + loops[f"{name}.e_stage.{w}"] * t * blocks * 16 * k
-        + loops[f"{name}.mma.{w}"] * t * blocks * MARKOV_SEGMENTS * 32 * (k // 16 - 1)
+        + loops[f"{name}.mma.{w}"] * t * blocks * MARKOV_SEGMENTS * 32 * (k // 16 - peeled)
         + loops[f"{name}.epilogue.{w}"] * t * w * blocks * 16
         + loops[f"{name}.merge.{w}"] * rows * math.ceil(geo["partials"] / 32) * 32
         + loops[f"{name}.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
@@ -1276,9 +1280,20 @@ def markov_per_element(tile_v: int, loops: Mapping[str, float]) -> float:
     return loops[f"markov.epilogue.{tile_v}"]
 
 
+PEELED_MMA_STEPS = "peeled_mma_steps"  # loop_instructions' entry: k16 steps in a Markov chunk loop
+
+
 def loop_instructions(counts: Mapping[str, LoopCount]) -> dict[str, float]:
-    """Instructions per unit (element, pair, partial, ...) of each named loop: what the model uses."""
-    return {name: c.per_item for name, c in counts.items()}
+    """Instructions per unit (element, pair, partial, ...) of each named loop: what the model uses;
+    and for each Markov chunk loop on mma.sync tiles, ``<prefix>.peeled_mma_steps.<tile>``: the
+    warp k16 steps (16 HMMA each) nvcc moved out of the k-loop into it."""
+    out = {name: c.per_item for name, c in counts.items()}
+    for name, c in counts.items():
+        prefix, _, rest = name.partition(".")
+        loop, _, width = rest.partition(".")
+        if loop == "epilogue" and f"{prefix}.mma.{width}" in counts and c.opcodes.get("MMA", 0):
+            out[f"{prefix}.{PEELED_MMA_STEPS}.{width}"] = c.opcodes["MMA"] / _MMA_SYNC_STEP[1]
+    return out
 
 
 def _csrc_revision() -> str:

@@ -638,6 +638,14 @@ __global__ void __maxnreg__(168)
         float acc[kMmaTiles][4];
         warp_bias_mma<WT>(acc, w2s, es + size_t(block) * 16 * layout.ld, kMmaWarpColumns * half, layout);
         const int g = lane / 4, c = kMmaWarpColumns * half + kThreadColumns * (lane % 4);
+        if constexpr (kInt8) {  // fl(dot * scale) once for both rows: accumulator j, s is column c + 2 j + s
+#pragma unroll
+          for (int j = 0; j < kMmaTiles; ++j) {
+            const float2 s = *reinterpret_cast<const float2*>(w2_scales + c + 2 * j);
+            acc[j][0] = __fmul_rn(acc[j][0], s.x), acc[j][1] = __fmul_rn(acc[j][1], s.y);
+            acc[j][2] = __fmul_rn(acc[j][2], s.x), acc[j][3] = __fmul_rn(acc[j][3], s.y);
+          }
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows g (accumulators 0, 1) and g + 8 (2, 3)
           float bias[kThreadColumns];
@@ -645,7 +653,7 @@ __global__ void __maxnreg__(168)
           for (int j = 0; j < kMmaTiles; ++j) bias[2 * j] = acc[j][2 * h], bias[2 * j + 1] = acc[j][2 * h + 1];
           const int local_row = 16 * block + g + 8 * h, row = row0 + local_row;
           const bool active = local_row < chunk_rows;
-          const MarkovPartial p = segment_partial<BT, WT, kPlain, kInt8, 1, 4>(
+          const MarkovPartial p = segment_partial<BT, WT, kPlain, false, 1, 4>(  // scaled above
               bias, w2_scales + c, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
               active, row, col0 + c, noise_key, draw);
           if (active && lane % 4 == 0)

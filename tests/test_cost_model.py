@@ -61,6 +61,11 @@ def test_markov_block_instructions_follow_the_launch_geometry():
     # two warps a 16-row block, 15 k16 steps in the loop (the first is in the chunk loop), 32 threads
     assert only("markov.mma.256", 8) == 505 * 1 * 2 * 15 * 32
     assert only("markov.mma.256", 256) == 505 * 16 * 2 * 15 * 32  # 4 chunks of 4 blocks
+    # nvcc peeling 8 steps into the chunk loop (the int8 instantiation): 8 left in the k-loop
+    peeled = {**ZERO, "markov_int8.mma.256": 1.0, f"markov_int8.{cost_model.PEELED_MMA_STEPS}.256": 8.0}
+    assert (
+        cost_model.markov_block(129280, 8, 1, peeled, int8_w2=True).ours[1].instructions == 505 * 2 * 8 * 32
+    )
     assert only("markov.epilogue.256", 1) == 505 * 256 * 16  # R = 1: the two warps of 16 rows run
     assert only("markov.epilogue.256", 256) == 505 * 256 * 256
     assert only("markov.merge.256", 8) == 8 * 1024  # a lane per partial, 2 x 505 rounded to 32
@@ -68,6 +73,27 @@ def test_markov_block_instructions_follow_the_launch_geometry():
     # Rows are modeled sampled with finite logits: the rare path (greedy, NaN / +inf rows) is not
     # in the modeled time (its cost per element is reported beside it).
     assert only("markov.rare_call.256", 8) == 0 and only("markov.greedy.256", 256) == 0
+
+
+def test_the_peeled_mma_steps_come_from_the_chunk_loops_hmma_count():
+    def count(name: str, mma: int) -> sass_loops.LoopCount:
+        return sass_loops.LoopCount(name, "k", 640, 64, "element", "f:1-2", 1.0, {"MMA": mma} if mma else {})
+
+    counts = {
+        n.name: n
+        for n in (
+            count("markov.epilogue.256", 16),
+            count("markov.mma.256", 128),
+            count("markov_int8.epilogue.256", 128),
+            count("markov_int8.mma.256", 128),
+            count("verify.residual.epilogue.64", 0),
+        )
+    }
+    loops = cost_model.loop_instructions(counts)
+    assert loops["markov.epilogue.256"] == 10.0
+    assert loops[f"markov.{cost_model.PEELED_MMA_STEPS}.256"] == 1.0
+    assert loops[f"markov_int8.{cost_model.PEELED_MMA_STEPS}.256"] == 8.0
+    assert not any(name.startswith("verify.residual.peeled") for name in loops)  # no k-loop of its own
 
 
 def test_verify_bytes_by_hand():
