@@ -239,11 +239,10 @@ __device__ __forceinline__ float4 bias_quad(const float (&bias)[kThreadColumns],
 // not null, keeps them); cap, logits_dtype: the softcap and the logits' dtype; count: its columns
 // inside the shard. Returns their max (NaN ignored, as fmaxf). With base
 // logits in the weights' 16-bit type the plain form rounds, adds and takes the max two values
-// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type). kScaled: an
-// int8 W2, each bias value times its column's scale (scale: the thread's kThreadColumns) first.
-template <typename BT, typename WT, bool kPlain, bool kScaled>
+// at a time (add_pair_rn: the same values as float32 arithmetic rounded to the type). An int8 W2's
+// bias values arrive scaled (fl(dot * scale), the kernel's chunk loop).
+template <typename BT, typename WT, bool kPlain>
 __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const float (&bias)[kThreadColumns],
-                                               const float* scale,
                                                const BT* base, int count, float cap, int logits_dtype,
                                                void* logits_out, int64_t at) {
   constexpr int kQuads = kThreadColumns / 4;
@@ -252,7 +251,7 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
     unsigned pair[kThreadColumns / 2];
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = scaled_bias<kScaled>(bias_quad(bias, q), scale + 4 * q);
+      const float4 b = bias_quad(bias, q);
       const uint2 raw = 4 * q < count ? *reinterpret_cast<const uint2*>(base + 4 * q) : make_uint2(kNegInf, kNegInf);
       pair[2 * q] = add_pair_rn<WT>(raw.x, pack_pair_rn<WT>(b.x, b.y));
       pair[2 * q + 1] = add_pair_rn<WT>(raw.y, pack_pair_rn<WT>(b.z, b.w));
@@ -275,7 +274,7 @@ __device__ __forceinline__ float thread_logits(float (&l)[kThreadColumns], const
     float m = -INFINITY;
 #pragma unroll
     for (int q = 0; q < kQuads; ++q) {
-      const float4 b = scaled_bias<kScaled>(bias_quad(bias, q), scale + 4 * q);
+      const float4 b = bias_quad(bias, q);
       float rb[4] = {b.x, b.y, b.z, b.w};
       round_pair_to_type<WT>(rb[0], rb[1]);
       round_pair_to_type<WT>(rb[2], rb[3]);
@@ -497,13 +496,13 @@ __host__ __device__ BlockLayout<WT> block_layout(int rank) {
 
 // The epilogue of one (row, tile) segment: the calling thread's kThreadColumns bias values (float32
 // registers) of row `row`, its first column at global column col (a multiple of 16) and at `at` in
-// the flat [R, g, V] logits, `count` of them in the shard (0 for a row past the block: !active);
-// scale: an int8 W2's scales of the thread's columns. The row's kRowThreads threads are lanes
+// the flat [R, g, V] logits, `count` of them in the shard (0 for a row past the block: !active;
+// an int8 W2's values already scaled). The row's kRowThreads threads are lanes
 // kLaneStep apart; every lane of the warp calls (the row reductions are full-warp shuffles). Returns
 // the (row, tile) partial, reduced over the row's threads: the drawn token with its key and logit,
 // the max and the sum of exp((l - max) / T).
-template <typename BT, typename WT, bool kPlain, bool kScaled, int kLaneStep, int kRowThreads>
-__device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kThreadColumns], const float* scale,
+template <typename BT, typename WT, bool kPlain, int kLaneStep, int kRowThreads>
+__device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kThreadColumns],
                                                         const MarkovBlockArgs& args, int64_t at, int count,
                                                         bool active, int row, int32_t col, const NoiseKey& noise_key,
                                                         DrawKey draw) {
@@ -513,8 +512,8 @@ __device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kTh
   const bool sampled = t > 0.0f;
   const float inv_t = sampled ? __fdividef(1.0f, t) : 1.0f;
   float l[kThreadColumns];
-  const float m = row_max<kLaneStep, kRowThreads>(thread_logits<BT, WT, kPlain, kScaled>(
-      l, bias, scale, base, count, args.softcap, args.logits_dtype, args.logits_out, at));
+  const float m = row_max<kLaneStep, kRowThreads>(thread_logits<BT, WT, kPlain>(
+      l, bias, base, count, args.softcap, args.logits_dtype, args.logits_out, at));
   // exp((l - m) / T) = 2^(l c2 - mc) * 2^err with c2 = log2(e) / T, mc = fl(m c2) and
   // err = m c2 - mc (exact, an FMA): one FFMA and one MUFU.EX2 a column, the FFMA's rounding
   // relative to its result (no cancellation). The sums below are taken against mc; the tile
@@ -653,8 +652,8 @@ __global__ void __maxnreg__(168)
           for (int j = 0; j < kMmaTiles; ++j) bias[2 * j] = acc[j][2 * h], bias[2 * j + 1] = acc[j][2 * h + 1];
           const int local_row = 16 * block + g + 8 * h, row = row0 + local_row;
           const bool active = local_row < chunk_rows;
-          const MarkovPartial p = segment_partial<BT, WT, kPlain, false, 1, 4>(  // scaled above
-              bias, w2_scales + c, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
+          const MarkovPartial p = segment_partial<BT, WT, kPlain, 1, 4>(
+              bias, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
               active, row, col0 + c, noise_key, draw);
           if (active && lane % 4 == 0)
             ws.partials[(int64_t(row) * gridDim.x + blockIdx.x) * Shape::kSegments + half] = p;
@@ -679,8 +678,8 @@ __global__ void __maxnreg__(168)
           const float4 b = *reinterpret_cast<const float4*>(bias_s + local_row * kBiasLd + c + 4 * q);
           bias[4 * q] = b.x, bias[4 * q + 1] = b.y, bias[4 * q + 2] = b.z, bias[4 * q + 3] = b.w;
         }
-        const MarkovPartial p = segment_partial<BT, WT, kPlain, kInt8, 8, kRowThreads>(
-            bias, w2_scales + c, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
+        const MarkovPartial p = segment_partial<BT, WT, kPlain, 8, kRowThreads>(
+            bias, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
             active, row, col0 + c, noise_key, draw);
         if (active && seg == 0) ws.partials[int64_t(row) * gridDim.x + blockIdx.x] = p;
       }

@@ -83,9 +83,9 @@ MUTANTS = [
     Mutant(
         "markov_divergent_shuffle",
         "markov_block.cu",
-        "  const float m = row_max<kLaneStep, kRowThreads>(thread_logits<BT, WT, kPlain, kScaled>(\n"
-        "      l, bias, scale, base, count, args.softcap, args.logits_dtype, args.logits_out, at));",
-        "  float m = thread_logits<BT, WT, kPlain, kScaled>(l, bias, scale, base, count, args.softcap,"
+        "  const float m = row_max<kLaneStep, kRowThreads>(thread_logits<BT, WT, kPlain>(\n"
+        "      l, bias, base, count, args.softcap, args.logits_dtype, args.logits_out, at));",
+        "  float m = thread_logits<BT, WT, kPlain>(l, bias, base, count, args.softcap,"
         " args.logits_dtype, args.logits_out, at);\n  if (active) m = row_max<kLaneStep, kRowThreads>(m);",
         "rows past the end skip a full-mask shuffle: a hang or garbage on a GPU",
         ("markov",),
@@ -322,9 +322,9 @@ MUTANTS = [
     ),
     Mutant(
         "markov_int8_scale_of_the_wrong_column",
-        "include/dspark_sgl/markov_int8.cuh",
-        "make_float4(__fmul_rn(b.x, s.x), __fmul_rn(b.y, s.y),",
-        "make_float4(__fmul_rn(b.x, s.y), __fmul_rn(b.y, s.x),",
+        "markov_block.cu",
+        "acc[j][0] = __fmul_rn(acc[j][0], s.x), acc[j][1] = __fmul_rn(acc[j][1], s.y);",
+        "acc[j][0] = __fmul_rn(acc[j][0], s.y), acc[j][1] = __fmul_rn(acc[j][1], s.x);",
         "an int8 W2's dot products scaled by a neighbouring vocabulary row's scale",
         ("markov_int8",),
         SCHEDULES,

@@ -10,8 +10,8 @@
 // tile in place to WT with integer bit tricks and one exact 16-bit subtraction per pair, no
 // conversion instruction (int8 values are exact in bf16 and fp16, so the MMA's products are those
 // of the reference), once for all of the CTA's row chunks; warp_bias_mma then runs unchanged. The
-// epilogue multiplies the float32 accumulator values by their column's scale where it rounds the
-// bias (scaled_bias).
+// chunk loop multiplies the float32 accumulators by their column's scale before the epilogue rounds
+// the bias.
 #pragma once
 
 #include <cstdint>
@@ -164,18 +164,6 @@ __device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTi
     }
   }
   __syncthreads();
-}
-
-// Four float32 dot products of consecutive columns with their W2 scales applied, fl(dot * scale)
-// (kScaled: an int8 W2; otherwise b unchanged), before the bias is rounded to W1's type.
-template <bool kScaled>
-__device__ __forceinline__ float4 scaled_bias(float4 b, const float* scale) {
-  if constexpr (kScaled) {
-    const float4 s = *reinterpret_cast<const float4*>(scale);
-    return make_float4(__fmul_rn(b.x, s.x), __fmul_rn(b.y, s.y), __fmul_rn(b.z, s.z), __fmul_rn(b.w, s.w));
-  } else {
-    return b;
-  }
 }
 
 #endif  // __CUDACC__
