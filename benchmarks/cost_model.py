@@ -1149,17 +1149,21 @@ def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
         mma = (
             loops.get(f"markov.mma.{tile_v}", math.nan) * 32 / (16 * MARKOV_WARP_COLUMNS)
         )  # a warp: 16 x 128
+        peeled = loops.get(f"markov.{PEELED_MMA_STEPS}.{tile_v}", 0.0)
         lines.append(
             f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop, on the"
-            f" MMA's accumulators); the mma.sync k-loop {mma:.2f} per element and k16 step"
+            f" MMA's accumulators, less the {peeled:.0f} k16 steps nvcc peeled into it:"
+            f" {loops[f'markov.epilogue.{tile_v}']:.1f} with them); the mma.sync k-loop {mma:.2f} per element"
+            " and k16 step"
             f" ({mma * RANK / 16:.1f} at r = {RANK}); a greedy row adds {greedy:.1f} (out of line: the argmax"
             f" of its logits), a NaN / +inf row up to {rare:.1f} (the rare path's static size)"
         )
     if f"markov_int8.epilogue.{INT8_TILE}" in loops:
         w = INT8_TILE
         lines.append(
-            f"- int8 W2 ({w}-wide tiles): {loops[f'markov_int8.epilogue.{w}']:.1f} instructions per sampled"
-            f" element (the chunk loop, the scale multiply included); widening the staged tile to bf16"
+            f"- int8 W2 ({w}-wide tiles): {markov_per_element(w, loops, 'markov_int8'):.1f} instructions per"
+            f" sampled element (the chunk loop, the scale multiply included, less its peeled k16 steps:"
+            f" {loops[f'markov_int8.epilogue.{w}']:.1f} with them); widening the staged tile to bf16"
             f" {loops[f'markov_int8.widen.{w}']:.2f} per W2 element (once per CTA)"
         )
     return lines
@@ -1273,11 +1277,15 @@ def floor_reach_lines(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVI
     return lines
 
 
-def markov_per_element(tile_v: int, loops: Mapping[str, float]) -> float:
+def markov_per_element(tile_v: int, loops: Mapping[str, float], prefix: str = "markov") -> float:
     """Instructions per sampled element of markov_block outside the MMA and the staging: the
     chunk loop's static count (statistics and the grouped sampler; no out-of-line path runs for a
-    sampled row with finite logits)."""
-    return loops[f"markov.epilogue.{tile_v}"]
+    sampled row with finite logits) less the k16 steps nvcc peeled into it, each charged at the
+    k-loop's cost per step (a thread's step over 16 x 128 outputs covers MARKOV_CHUNK_ELEMENTS of
+    its elements per chunk)."""
+    peeled = loops.get(f"{prefix}.{PEELED_MMA_STEPS}.{tile_v}", 0.0)
+    mma_step = loops.get(f"{prefix}.mma.{tile_v}", 0.0)
+    return loops[f"{prefix}.epilogue.{tile_v}"] - peeled * mma_step / MARKOV_CHUNK_ELEMENTS
 
 
 PEELED_MMA_STEPS = "peeled_mma_steps"  # loop_instructions' entry: k16 steps in a Markov chunk loop

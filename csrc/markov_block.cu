@@ -542,8 +542,9 @@ __device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kTh
     best = r.best, sum = r.sum;
   } else if (count > 0) {
     // K_j = ln 2 (mc + log2 S'_j) + G_j. A group whose terms all flush to 0 (S'_j = 0: 16
-    // terms each under 2^-126) has LSE_j < m / T - 84 and never wins: the tile's max group has
-    // S' >= 1 and Gumbel draws span G_max - G_min < 19.5, so this is exact.
+    // terms each under 2^-126) has LSE_j < m / T - 62 (126 - 32 = 94 binary orders below the
+    // max term's 2^err >= 2^-32, |err| <= 32 under kFastExpOffsetLimit, plus ln 16) and never
+    // wins: the tile's max group has S' >= 2^-32 and Gumbel draws span G_max - G_min < 19.5.
     const GroupNoise noise =
         group_noise(noise_key, draw, static_cast<uint64_t>(row), static_cast<uint32_t>(col) / kGroupColumns);
     const float lse_base = __fmul_rn(mc, kLn2);
@@ -603,10 +604,12 @@ __global__ void __maxnreg__(168)
                                       static_cast<const int8_t*>(args.w2), args.w2_scale, v0, vocab);
     widen_int8_tile<WT, kTileV, Shape::kThreads>(w2s, int8_layout, layout);
   } else {
+    // The lambdas capture by value: a reference would let `layout` escape into the out-of-line scalar
+    // staging, and nvcc would then keep it in local memory, reloaded in the MMA's k-loop.
     stage_rows_at(
-        w2s, kTileV, layout.rank, layout.k_padded, [&](int i) { return size_t(layout.w2_row(i)); },
+        w2s, kTileV, layout.rank, layout.k_padded, [rows = layout](int i) { return size_t(rows.w2_row(i)); },
         StagePlan<WT>(layout.k_padded),
-        [&](int i) -> const WT* { return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr; });
+        [=](int i) -> const WT* { return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr; });
   }
   // Position k > 0 is a programmatic dependent of position k - 1: everything above (the Philox
   // key, the W2 tile) overlaps the previous position's tail; every read of a previous token and of

@@ -94,6 +94,10 @@ def test_the_peeled_mma_steps_come_from_the_chunk_loops_hmma_count():
     assert loops[f"markov.{cost_model.PEELED_MMA_STEPS}.256"] == 1.0
     assert loops[f"markov_int8.{cost_model.PEELED_MMA_STEPS}.256"] == 8.0
     assert not any(name.startswith("verify.residual.peeled") for name in loops)  # no k-loop of its own
+    # the epilogue budget's count leaves the peeled steps out, each at the k-loop's cost a step
+    per_step = loops["markov_int8.mma.256"] / cost_model.MARKOV_CHUNK_ELEMENTS
+    assert cost_model.markov_per_element(256, loops, "markov_int8") == pytest.approx(10.0 - 8 * per_step)
+    assert cost_model.markov_per_element(256, loops) == pytest.approx(10.0 - per_step)
 
 
 def test_verify_bytes_by_hand():

@@ -140,7 +140,9 @@ __device__ __forceinline__ void widen_int8_tile(WT* tile, const Int8W2Layout<kTi
   const int c = static_cast<int>(threadIdx.x) % per_row;
   const int first = static_cast<int>(threadIdx.x) < row_step * per_row ? static_cast<int>(threadIdx.x) / per_row
                                                                          : batch_rows;  // idle: no row
-  const unsigned zero = unsigned(layout.ld8) >> 16;  // 0 (ld8 <= 512), for int8x4_to
+  // 0 (ld8 <= 512) that nvcc cannot fold: int8x4_to's constant byte source then stays in one
+  // register instead of a selector rebuilt for every permute (see int8x4_to)
+  const unsigned zero = unsigned(layout.ld8) >> 16;
   uint4 piece[kPieces];  // a piece outside the batch keeps its last value, converted and not stored
 #pragma unroll
   for (int n = 0; n < kPieces; ++n) piece[n] = make_uint4(0, 0, 0, 0);

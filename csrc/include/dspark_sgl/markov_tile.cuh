@@ -2,13 +2,14 @@
 // sampler and by chain verification's recompute of a rejected row.
 //
 // A CTA owns columns [v0, v0 + kTileV) of the vocabulary. It stages W2[v0 : v0 + kTileV]
-// ([kTileV, r]) in shared memory once, then for each chunk of kChunkRows rows gathers
-// E = W1[prev] ([kChunkRows, r]) and computes bias = E @ W2_tile^T ([kChunkRows, kTileV],
-// float32) into shared memory. 16-bit weights use tensor cores (WMMA m16n16k16, float32
-// accumulate: the products of 16-bit values are exact, only the summation order differs
-// from the reference); float32 weights use CUDA-core FMAs. Readers round each bias value
-// to the weight type (round_to_type<WT>) before adding it, as SGLang's markov_w2 Linear
-// in the weights' dtype does.
+// ([kTileV, r]) in shared memory once, then for each chunk of rows gathers E = W1[prev]
+// ([chunk, r]) and computes bias = E @ W2_tile^T (float32). Two forms: markov_block's 16-bit
+// weights run warp_bias_mma (mma.sync m16n8k16 into registers, MmaTileLayout's skewed W2 rows);
+// verification's recompute and float32 weights run bias_tile into a shared bias tile (16-bit:
+// WMMA m16n16k16; float32: CUDA-core FMAs). Tensor cores accumulate in float32: the products of
+// 16-bit values are exact, only the summation order differs from the reference. Readers round
+// each bias value to the weight type (round_to_type<WT>) before adding it, as SGLang's
+// markov_w2 Linear in the weights' dtype does.
 #pragma once
 
 #include <mma.h>
@@ -111,7 +112,7 @@ struct MmaTileLayout {
 // (a zero fill for padding and null rows), all of them in one group, so the whole tile's
 // loads are in flight at once. This needs 16-byte aligned sources (the launchers pass
 // _dispatch.aligned tensors, so every row of a rank-multiple-of-8 matrix is) and destinations
-// (MarkovTileLayout: 128-byte aligned regions, ld a multiple of 8). Other ranks and float32
+// (MarkovTileLayout, MmaTileLayout: 128-byte aligned regions, ld a multiple of 8). Other ranks and float32
 // weights (odd ld: rows not 16-byte aligned in shared memory) copy element by element.
 constexpr int kMaxStagedRows = kMmaMaxTileV;
 
