@@ -538,8 +538,13 @@ def test_every_named_loop_is_found_in_the_build(real_build):
         assert 0 < count.coverage <= 1, count
     # The tile kernels' MMA loop issues tensor-core instructions; the epilogue does not.
     assert counts["markov.mma.256"].opcodes.get("MMA", 0) > 0
-    # markov_block's chunk loop holds the MMA's first k16 step only (peeled onto zero accumulators).
-    assert counts["markov.epilogue.256"].opcodes.get("MMA", 0) == 16
+    # markov_block's chunk loop holds whole k16 steps that nvcc peeled out of the k-loop (the first,
+    # onto zero accumulators, at least): the model charges the k-loop only the rest.
+    for prefix in ("markov", "markov_int8"):
+        mma = counts[f"{prefix}.epilogue.256"].opcodes.get("MMA", 0)
+        assert mma >= 16 and mma % 16 == 0
+        peeled = cost_model.loop_instructions(counts)[f"{prefix}.{cost_model.PEELED_MMA_STEPS}.256"]
+        assert peeled == mma / 16 <= cost_model.RANK // 16
     # The 16-bit staging loops issue cp.async only: the whole stage is in flight before the wait.
     assert all(f.asynchronous for f in cost_model.staging_in_flight(counts))
 

@@ -123,8 +123,8 @@ MUTANTS = [
     Mutant(
         "markov_w2_staged_without_the_skew",
         "markov_block.cu",
-        "[&](int i) { return size_t(layout.w2_row(i)); }",
-        "[&](int i) { return size_t(i) * layout.ld; }",
+        "[rows = layout](int i) { return size_t(rows.w2_row(i)); }",
+        "[rows = layout](int i) { return size_t(i) * rows.ld; }",
         "W2 staged in linear rows while the MMA reads the skewed ones: rows past 32 read other columns",
         ("markov",),
         SCHEDULES,
