@@ -628,9 +628,7 @@ def markov_block(
     # warps) in whole 16-row blocks holding a row; the MMA's first k16 step is in the chunk loop.
     chunk_rows = [min(geo["chunk"], rows - r0) for r0 in range(0, rows, geo["chunk"])]
     blocks = sum(math.ceil(n / 16) for n in chunk_rows)
-    # k16 steps nvcc peeled out of the k-loop into the chunk loop (counted there): 1 unless the
-    # chunk loop's SASS says otherwise (PEELED_MMA_STEPS, from its HMMA count)
-    peeled = loops.get(f"{name}.{PEELED_MMA_STEPS}.{w}", 1)
+    peeled = peeled_mma_steps(loops, name, w)  # counted in the chunk loop, not the k-loop
     instructions = (
         loops[f"{name}.w2_stage.{w}"] * t * w * k
         + (loops[f"{name}.widen.{w}"] * t * w * k if int8_w2 else 0.0)
@@ -1149,7 +1147,7 @@ def markov_rare_lines(counts: Mapping[str, LoopCount]) -> list[str]:
         mma = (
             loops.get(f"markov.mma.{tile_v}", math.nan) * 32 / (16 * MARKOV_WARP_COLUMNS)
         )  # a warp: 16 x 128
-        peeled = loops.get(f"markov.{PEELED_MMA_STEPS}.{tile_v}", 0.0)
+        peeled = peeled_mma_steps(loops, "markov", tile_v)
         lines.append(
             f"- {tile_v}-wide tiles: {sampled:.1f} instructions per sampled element (the chunk loop, on the"
             f" MMA's accumulators, less the {peeled:.0f} k16 steps nvcc peeled into it:"
@@ -1283,12 +1281,20 @@ def markov_per_element(tile_v: int, loops: Mapping[str, float], prefix: str = "m
     sampled row with finite logits) less the k16 steps nvcc peeled into it, each charged at the
     k-loop's cost per step (a thread's step over 16 x 128 outputs covers MARKOV_CHUNK_ELEMENTS of
     its elements per chunk)."""
-    peeled = loops.get(f"{prefix}.{PEELED_MMA_STEPS}.{tile_v}", 0.0)
     mma_step = loops.get(f"{prefix}.mma.{tile_v}", 0.0)
-    return loops[f"{prefix}.epilogue.{tile_v}"] - peeled * mma_step / MARKOV_CHUNK_ELEMENTS
+    return (
+        loops[f"{prefix}.epilogue.{tile_v}"]
+        - peeled_mma_steps(loops, prefix, tile_v) * mma_step / MARKOV_CHUNK_ELEMENTS
+    )
 
 
 PEELED_MMA_STEPS = "peeled_mma_steps"  # loop_instructions' entry: k16 steps in a Markov chunk loop
+
+
+def peeled_mma_steps(loops: Mapping[str, float], prefix: str, tile_v: int) -> float:
+    """The warp k16 steps of ``prefix``'s chunk loop (out of the k-loop): as its SASS counts them
+    (loop_instructions), else 1, the step warp_bias_mma peels itself."""
+    return loops.get(f"{prefix}.{PEELED_MMA_STEPS}.{tile_v}", 1.0)
 
 
 def loop_instructions(counts: Mapping[str, LoopCount]) -> dict[str, float]:

@@ -322,8 +322,8 @@ struct RarePartial {
 // The rare path, out of line: greedy rows (T <= 0: the first-index argmax, NaN above every number,
 // key = the logit) and the sampled rows the fast path cannot take: a thread holding a NaN (its
 // first NaN, key NaN) or a +inf of x = l / T (its first, key +inf; l / T may overflow), a tile row
-// of nothing but -inf (its first column, key -inf), and rows where m * log2(e) / T is beyond float
-// range (the grouped sampler as the reference writes it: x = l / T, each group's max subtracted
+// of nothing but -inf (its first column, key -inf), and rows where |m log2(e) / T| is at least
+// kFastExpOffsetLimit (the grouped sampler as the reference writes it: x = l / T, each group's max subtracted
 // first, IEEE expf and logf; a thread beside another's +inf gets finite keys, which lose to it).
 // A greedy row keeps the fast path's sum only where it is exact enough (|m log2(e)| below
 // kFastExpOffsetLimit); otherwise its one pass recomputes the sum with the subtraction first.
@@ -532,7 +532,7 @@ __device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kTh
   }
   const float s0 = run[kGroupColumns - 1], s1 = run[kThreadColumns - 1];
   float sum = __fadd_rn(s0, s1);
-  // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or m c2 beyond float range (mc).
+  // Rare: greedy rows, a NaN (the sum is NaN), m = +-inf or |mc| >= kFastExpOffsetLimit.
   if (active && (!sampled || !(fabsf(mc) < kFastExpOffsetLimit) || sum != sum)) {
     const float rescaled = __fmul_rn(sum, fast_exp2(-__fmaf_rn(m, c2, -mc)));
     float logits[kThreadColumns];  // a copy for the out-of-line call: `l` keeps no address
@@ -837,8 +837,8 @@ struct WorkspaceLayout {
 int markov_block_tile_vocab(int64_t rows, int weight_bytes) {
   // Verification's recompute of the Markov bias (chain_verify.cu, WMMA through a shared bias tile):
   // wider tiles halve the W1[prev] gathers per W2 byte once many rows share a tile. markov_block
-  // itself uses mma_tile_vocab(r) (256, or 128 above r = 256) with 16-bit W1 at every R, 64 with float32.
-  if (weight_bytes == 1) return 128;
+  // itself uses mma_tile_vocab(r) (256, or 128 above r = 256) with 16-bit W1 at every R, 64 with float32
+  // (an int8 W2 has no recompute: chain_verify refuses it).
   return weight_bytes == 2 && rows > 32 ? 128 : 64;
 }
 
@@ -851,10 +851,10 @@ size_t markov_block_smem_bytes(int64_t rows, int64_t rank, int weight_bytes) {
     dynamic = std::max(Fp32Layout(r).total_bytes(), MarkovTileLayout<float, 64>(r).total_bytes());
   } else if (weight_bytes == 1) {  // an int8 W2: markov_block only (chain_verify's recompute refuses it)
     dynamic = mma_tile_vocab(r) == 256 ? tile_dynamic_bytes<__half, 256>(r, true) : tile_dynamic_bytes<__half, 128>(r, true);
-  } else if (markov_block_tile_vocab(rows, weight_bytes) == 128) {
-    dynamic = std::max(MmaTileLayout(r, mma_tile_vocab(r)).staged_bytes(), MarkovTileLayout<__half, 128>(r).total_bytes());
   } else {
-    dynamic = std::max(MmaTileLayout(r, mma_tile_vocab(r)).staged_bytes(), MarkovTileLayout<__half, 64>(r).total_bytes());
+    const size_t recompute = markov_block_tile_vocab(rows, weight_bytes) == 128 ? MarkovTileLayout<__half, 128>(r).total_bytes()
+                                                                                : MarkovTileLayout<__half, 64>(r).total_bytes();
+    dynamic = std::max(MmaTileLayout(r, mma_tile_vocab(r)).staged_bytes(), recompute);
   }
   // + stage_rows' static row tables and the last-CTA flag
   return dynamic + 2 * kMaxStagedRows * sizeof(void*) + 16;

@@ -40,10 +40,11 @@ struct WeightStorage<Int8W2<WT>> {
 
 // The int8 W2 tile [kTileV, r] is staged into the start of MmaTileLayout's 16-bit W2 region as
 // one contiguous run of kTileV rows of k_padded bytes (ld8 = k_padded, a multiple of 16: every row
-// 16-byte aligned for cp.async), then widened in place to the 16-bit rows warp_bias_mma reads (row i at
-// widened_at(i, 0, rows) = rows.w2_row(i)). A row's 16-bit copy starts at or after its int8 copy (i * ld8 <= 2 i ld
-// bytes), so widening batches of rows from the last to the first, each batch read into registers
-// before a barrier and written after it, never overwrites int8 bytes still to be read.
+// 16-byte aligned for cp.async), then widened in place to the 16-bit rows warp_bias_mma reads (row
+// i at widened_at(i, 0, rows) = rows.w2_row(i)). A row's 16-bit copy starts at or after its int8
+// copy (i * ld8 <= 2 i ld bytes), so widening batches of rows from the last to the first, each
+// batch read into registers before a barrier and written after it, never overwrites int8 bytes
+// still to be read.
 template <int kTileV>
 struct Int8W2Layout {
   int rank;
