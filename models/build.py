@@ -387,7 +387,7 @@ def step_eval(target_dir: Path, work: Path, out_root: Path = HERE) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--force", action="store_true", help="redo every step")
-    p.add_argument("--target-steps", type=int, default=4000)
+    p.add_argument("--target-steps", type=int, default=2200)
     p.add_argument("--draft-steps", type=int, default=1500)
     p.add_argument("--save-every", type=int, default=100, help="target checkpoint interval (steps)")
     p.add_argument("--out", default=str(HERE), help="where the pair goes (default: models/, the shipped one)")
