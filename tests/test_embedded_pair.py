@@ -20,6 +20,12 @@ from dspark_sgl.evaluate import encode_prompt, load_pair, run_eval, stop_tokens
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 PROMPTS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "eval_prompts"
+GREEDY_TAU_FLOOR = 3.0
+T1_TAU_FLOOR = 2.5
+T1_FLOOR_REASON = (
+    "issue 15, not met: T = 1 tau is about 1.8 on this pair (held-out macro 1.78, models/README.md); "
+    "the 6.1 M-parameter target's entropy on its own T = 1 samples is about 3.4 nats a token"
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,20 +78,42 @@ def test_greedy_speculative_output_is_the_targets(pairs, name):
     assert result.tau > 1.0
 
 
-@pytest.mark.skipif(not PROMPTS.is_dir(), reason=f"no eval prompts at {PROMPTS}")
+def _held_out_tau(name: str, temperature: float) -> float:
+    """Macro tau of one draft on a slice of the held-out eval (prompts 0..3 of three datasets,
+    64 new tokens, fixed block, the paper's protocol)."""
+    args = argparse.Namespace(
+        target=str(MODELS / "target"), draft=str(MODELS / name), prompts=[str(PROMPTS)],
+        datasets="gsm8k,humaneval,mt-bench", num_prompts=4, skip_prompts=0, max_new_tokens=64,
+        max_prompt_tokens=4096, temperature=temperature, batch_size=4, seed=0, device="cpu",
+        dtype="float32", sts=None, no_chat_template=False, progress=False,
+    )  # fmt: skip
+    report, _ = run_eval(args)
+    return report["macro"]["tau"]
+
+
+needs_prompts = pytest.mark.skipif(not PROMPTS.is_dir(), reason=f"no eval prompts at {PROMPTS}")
+
+
+@needs_prompts
 def test_dspark_beats_dflash_beats_one_on_held_out_prompts():
-    """A small slice of the held-out eval (temperature 1, fixed block)."""
-    taus = {}
-    for name in ("dspark", "dflash"):
-        args = argparse.Namespace(
-            target=str(MODELS / "target"), draft=str(MODELS / name), prompts=[str(PROMPTS)],
-            datasets="gsm8k,humaneval,mt-bench", num_prompts=4, skip_prompts=0, max_new_tokens=64,
-            max_prompt_tokens=4096, temperature=1.0, batch_size=4, seed=0, device="cpu", dtype="float32",
-            sts=None, no_chat_template=False, progress=False,
-        )  # fmt: skip
-        report, _ = run_eval(args)
-        taus[name] = report["macro"]["tau"]
+    """Temperature 1, the paper's ordering."""
+    taus = {name: _held_out_tau(name, 1.0) for name in ("dspark", "dflash")}
     assert taus["dspark"] > taus["dflash"] > 1.0, taus
+
+
+@needs_prompts
+def test_greedy_held_out_tau_meets_the_floor():
+    """Issue 15's greedy floor (tau >= 3.0) on the held-out slice."""
+    tau = _held_out_tau("dspark", 0.0)
+    assert tau >= GREEDY_TAU_FLOOR, tau
+
+
+@needs_prompts
+@pytest.mark.xfail(strict=True, reason=T1_FLOOR_REASON)
+def test_temperature_one_held_out_tau_meets_the_floor():
+    """Issue 15's T = 1 floor (tau >= 2.5) on the held-out slice."""
+    tau = _held_out_tau("dspark", 1.0)
+    assert tau >= T1_TAU_FLOOR, tau
 
 
 def test_demo_runs_on_the_embedded_pair():
