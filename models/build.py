@@ -35,10 +35,9 @@ build can run across sessions in the background):
    ``calibrate`` of the DSpark draft (STS JSON beside it); reports under ``models/eval/``.
 
 The result depends on the Python version whose standard library is the corpus (3.11 here)
-and on the torch build; every step is seeded. Run time on a 2-core CPU: the shipped
-4-layer pair took about 1.5 hours (see models/README.md); the 12-layer target of
-:data:`TARGET_CONFIG` trains at the rate its log prints (``tok/s``), measured in
-models/README.md ("Next pair"). No GPU was available to time it there.
+and on the torch build; every step is seeded. Run time on an idle 2-core CPU: about
+2 h 10 min for the shipped pair (target 77 min, answers 12, drafts 24, eval 6-12; see
+models/README.md). No GPU was available to time it there.
 """
 
 from __future__ import annotations
