@@ -21,6 +21,7 @@ import importlib.metadata
 import importlib.util
 import json
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -206,7 +207,10 @@ def test_ragged_verification_cuts_verify_lengths_and_keeps_the_tokens(greedy_out
     assert len(lengths & {1, 2, 3}) >= 2, f"verify lengths seen: {sorted(lengths)}"
     assert set(hooks_that_ran(log)) >= {"budget", "topk", "accept", "cpu_verify_attention"}
     caps = [r["meta_info"]["spec_cap_length"] for r in alone + together]
-    assert all(1.0 <= c <= 3.0 for c in caps), caps
+    # Mean verify length per request: cut below the full window, the shorter the steeper the
+    # table (how far depends on the draft's confidence: about 3 on the embedded pair).
+    assert all(1.0 <= c < GAMMA + 1 for c in caps), caps
+    assert statistics.mean(caps) <= (GAMMA + 1) / 2, caps
     assert max(caps) - min(caps) > 0.1, caps  # the lengths differ between requests and steps
 
 
@@ -238,14 +242,19 @@ def test_mean_accept_length_agrees_with_eval_tau(on, prompt_ids, tmp_path):
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=ROOT, env=server_env(""), timeout=300, capture_output=True)
     tau = json.loads(report.read_text())["datasets"]["server"]["tau"]
+    rounds = len((tmp_path / "rounds.jsonl").read_text().splitlines())
     replies = [on.generate(_greedy(ids, ignore_eos=False)) for ids in prompt_ids]
     per_request = [r["meta_info"]["spec_accept_length"] for r in replies]
-    # SGLang counts the prefill's token too (completion_tokens / verify steps); eval's rounds do not.
+    # SGLang counts the prefill's token too (completion_tokens / verify steps); eval's rounds do
+    # not. Eval's tau also counts a last round's tokens past max_new_tokens, which SGLang's
+    # completion_tokens stops at: at tau about 4 that alone is 10-15 %. Same tokens in both, so
+    # the comparable quantity is the number of rounds (verify steps) they took.
     tokens = sum(r["meta_info"]["completion_tokens"] - 1 for r in replies)
     steps = sum(r["meta_info"]["spec_verify_ct"] for r in replies)
     rounded = [round(a, 2) for a in per_request]
     print(f"server accept length per request {rounded}; pooled {tokens / steps:.3f}; eval tau {tau:.3f}")
-    assert abs(tokens / steps - tau) <= 0.1 * tau, (tokens / steps, tau, per_request)
+    print(f"verify steps: server {steps}, eval {rounds}")
+    assert abs(steps - rounds) <= 0.1 * rounds, (steps, rounds, tokens / steps, tau, per_request)
 
 
 def test_bad_input_gets_an_error_and_the_server_keeps_serving(on, prompt_ids):
