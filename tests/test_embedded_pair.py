@@ -4,6 +4,7 @@ greedy decoding, the paper's ordering (DSpark tau > DFlash tau > 1), and the dem
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,7 @@ def test_greedy_speculative_output_is_the_targets(pairs, name):
     assert result.tau > 1.0
 
 
+@functools.cache
 def _held_out_tau(name: str, temperature: float) -> float:
     """Macro tau of one draft on a slice of the held-out eval (prompts 0..3 of three datasets,
     64 new tokens, fixed block, the paper's protocol)."""
