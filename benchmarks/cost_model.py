@@ -8,7 +8,8 @@ from the sm_90a build of csrc/ as it is now, ``benchmarks/sass_loops.py``), and
     modeled time = sum over launches of max(bytes / bandwidth, thread-instructions / issue rate)
                    + the launch's boundary: the launch cost, or for a programmatic dependent of the
                      launch before it (csrc/include/dspark_sgl/dependent_launch.cuh) the dependent
-                     launch cost (an assumed fraction of it)
+                     launch cost (an assumed fraction of it), or for the second phase of one launch
+                     (csrc/include/dspark_sgl/work_items.cuh) the assumed in-kernel handoff cost
 
 on an H100 and an H200, against the floor (the bytes that must move, at full bandwidth, in
 one launch: W2 once per position plus the base logits for the Markov block, the target
@@ -69,6 +70,7 @@ class Device:
     launch_cost: float  # s per kernel boundary
     source: str
     dependent_launch_cost: float = 0.0  # s per boundary to a programmatic dependent (set below)
+    handoff_cost: float = 0.0  # s per in-kernel handoff between two phases of one launch (set below)
 
 
 _ISSUE = SMS * 4 * 1.75e9 * 32  # SPEC.md section 8: 132 SMs x 4 schedulers x 1.75 GHz x 32 lanes
@@ -88,6 +90,18 @@ _DEPENDENT_NOTE = (
     " launch cost: an assumption (the CUDA Programming Guide's PDL section says the dependent's launch"
     " overlaps the primary's execution, not how much of the boundary it hides; no device measured it)"
 )
+# An in-kernel handoff (csrc/include/dspark_sgl/work_items.cuh): the CTAs of a launch's second phase
+# are resident, spinning on a count that the first phase's last CTA raises; what stays exposed after
+# that atomic is three dependent L2 round trips (the poll that sees the count, the read of what it
+# guards, the exit ticket) before the grid can complete. At an L2 hit latency of roughly 260-300
+# cycles (about 0.15-0.2 us at 1.75 GHz; published microbenchmarks of Hopper, not measured here)
+# that is 0.45-0.6 us. A PDL boundary has the same reads and ticket after its release, plus the
+# primary grid's completion and memory flush before it.
+HANDOFF_COST = 0.5e-6  # assumed: not measured
+_HANDOFF_NOTE = (
+    f"in-kernel handoff {HANDOFF_COST * 1e6:.1f} us: an assumption (three dependent L2 round trips"
+    " after the first phase's last atomic; no device measured it)"
+)
 H100 = Device(
     "H100",
     3.0e12,
@@ -95,8 +109,10 @@ H100 = Device(
     _SM_ISSUE,
     _LAUNCH,
     "H100 SXM: 3.0 TB/s measured copy (SPEC.md section 8); issue 132 SMs x 4 schedulers x 1.75 GHz"
-    f" x 32 = {_ISSUE / 1e12:.1f} T thread-instr/s (SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}",
+    f" x 32 = {_ISSUE / 1e12:.1f} T thread-instr/s (SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE};"
+    f" {_HANDOFF_NOTE}",
     _DEPENDENT_LAUNCH,
+    HANDOFF_COST,
 )
 H200 = Device(
     "H200",
@@ -106,8 +122,9 @@ H200 = Device(
     _LAUNCH,
     "H200: 4.3 TB/s device-to-device copy measured on this workplace's H200 (device KINDS.md,"
     " 2026-10-28 and 2026-11-04; datasheet 4.8); same SMs and clocks as the H100 (device H200.md,"
-    f" SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}",
+    f" SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}; {_HANDOFF_NOTE}",
     _DEPENDENT_LAUNCH,
+    HANDOFF_COST,
 )
 DEVICES = (H100, H200)
 
@@ -128,9 +145,15 @@ _ONE_COPY = (r"^LDGSTS\b", 1)  # one cp.async (LDGSTS) per staged 16-byte piece
 _WMMA_STEP = (r"^(HMMA|HGMMA)\b", 2)  # wmma m16n16k16 bf16 = two HMMA.16816
 _MMA_SYNC_STEP = (r"^HMMA\b", 16)  # a warp's k16 step over 128 columns: 16 mma.m16n8k16 = 16 HMMA.16816
 _PASS = r"for \(int pass = 0; pass < kChunkRows / kRowsPerPass; \+\+pass\)"
-_ROWS_KERNEL = "verify_rows_kernel<__nv_bfloat16, __nv_bfloat16>"
+# chain_verify_kernel<target, draft, weight, tile>: the statistics form (bf16 W2, 64-wide recompute
+# tile) holds pass 1's loops and the W2 recompute; tile 0 is the form with full draft logits.
+_VERIFY_KERNEL = "chain_verify_kernel"
+_ROWS_KERNEL = f"{_VERIFY_KERNEL}<__nv_bfloat16, __nv_bfloat16, __nv_bfloat16, 64>"
+_LOGITS_KERNEL = f"{_VERIFY_KERNEL}<__nv_bfloat16, __nv_bfloat16, float, 0>"
 _PLAIN_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> plain;"
 _BONUS_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> group;"
+_BONUS_EXACT = r"best\.add\(__fadd_rn\(__fdiv_rn\(x, t\), gumbel_from_bits\(bits\)\), v\);"  # bonus_column
+_BONUS_FIRST = r"template <int kG>\n__device__ __noinline__ ArgMax bonus_first_candidates\("
 
 
 def _stage_loop(name: str, kernel: str, file: str, call: str, what: str) -> LoopName:
@@ -149,7 +172,7 @@ def _stage_loop(name: str, kernel: str, file: str, call: str, what: str) -> Loop
 def _tile_loops(prefix: str, kernel: str, file: str, tile_v: int) -> list[LoopName]:
     """The four loops of verification's Markov recompute (the default MarkovTileLayout: 256 threads,
     2048 bias values a chunk)."""
-    k = f"{kernel}<__nv_bfloat16, __nv_bfloat16, {tile_v}>"
+    k = f"{kernel}<__nv_bfloat16, __nv_bfloat16, __nv_bfloat16, {tile_v}>"
     return [
         _stage_loop(f"{prefix}.w2_stage.{tile_v}", k, file, r"stage_rows\(tile\.w2,", "W2"),
         _stage_loop(f"{prefix}.e_stage.{tile_v}", k, file, r"stage_rows\(tile\.e,", "W1"),
@@ -332,9 +355,29 @@ LOOPS: list[LoopName] = [
     LoopName(
         "verify.rows.bonus_exact",
         _ROWS_KERNEL,
-        ((_VERIFY, r"best\.add\(__fadd_rn\(__fdiv_rn\(group\.x\[4 \* q \+ i\], t\)"),),
+        (
+            (_VERIFY, r"template <int kG>\n__device__ __noinline__ ArgMax bonus_candidates\("),
+            (_VERIFY, _BONUS_EXACT),
+        ),
         8,
         "exact column (IEEE x / T, two logf, score)",
+        kind="code",
+    ),
+    LoopName(
+        "verify.rows.bonus_first",
+        _ROWS_KERNEL,
+        ((_VERIFY, _BONUS_FIRST),),
+        1,
+        "a thread's first candidate group, whole out-of-line path (the seed's and the tested columns'"
+        " exact scores included)",
+        kind="code",
+    ),
+    LoopName(
+        "verify.rows.bonus_first_exact",
+        _ROWS_KERNEL,
+        ((_VERIFY, _BONUS_FIRST), (_VERIFY, _BONUS_EXACT)),
+        7,
+        "exact score of a tested column of a first group (the seed's is always paid)",
         kind="code",
     ),
     LoopName(
@@ -353,14 +396,14 @@ LOOPS: list[LoopName] = [
     ),
     LoopName(
         "verify.residual.logits",
-        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        _LOGITS_KERNEL,
         ((_VERIFY, r"slab\.for_each<4>\(target, \[&\]\(const TT\* p, int32_t v0\) \{"),),
         4,
         "stop-row column of a rejected row (Philox block of 4, its headroom and uniform tests)",
     ),
     LoopName(
         "verify.residual.logits_candidates",
-        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        _LOGITS_KERNEL,
         ((_VERIFY, r"template <typename DT>\n__device__ __noinline__ ArgMax residual_candidates\("),),
         1,
         "candidate block of 4, whole out-of-line path (its exact scores included)",
@@ -368,17 +411,17 @@ LOOPS: list[LoopName] = [
     ),
     LoopName(
         "verify.residual.logits_exact",
-        "verify_residual_kernel<__nv_bfloat16, __nv_bfloat16>",
+        _LOGITS_KERNEL,
         ((_VERIFY, r"residual_column\(best, rr\.info,"),),
         4,
         "exact residual column (IEEE p, q, logf, Gumbel)",
         kind="code",
     ),
-    *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 64),
-    *_tile_loops("verify.residual", "verify_residual_markov_kernel", _VERIFY, 128),
+    *_tile_loops("verify.residual", _VERIFY_KERNEL, _VERIFY, 64),
+    *_tile_loops("verify.residual", _VERIFY_KERNEL, _VERIFY, 128),
     LoopName(
         "verify.residual.merge",
-        "verify_residual_markov_kernel<__nv_bfloat16, __nv_bfloat16, 64>",
+        _ROWS_KERNEL,
         ((_VERIFY, r"for \(int part = threadIdx\.x % 32; part < parts; part \+= 32\) best\.merge"),),
         1,
         "tile partial of a rejected row",
@@ -473,6 +516,7 @@ class Launch:
     instructions: float = 0.0  # thread-instructions; 0 where not modeled
     one_cta: bool = False  # issue limited to one SM
     dependent: bool = False  # a programmatic dependent of the launch before it (PDL)
+    handoff: bool = False  # not a launch: the second phase of the launch before it (work_items.cuh)
 
     def terms(self, device: Device) -> tuple[float, float]:
         """(bytes / bandwidth, thread-instructions / issue rate) in seconds."""
@@ -480,7 +524,10 @@ class Launch:
         return self.bytes / device.bandwidth, self.instructions / issue
 
     def boundary(self, device: Device) -> float:
-        """The kernel boundary before this launch: a full launch, or one to a programmatic dependent."""
+        """The boundary before this launch: a full launch, one to a programmatic dependent, or an
+        in-kernel handoff from the phase before."""
+        if self.handoff:
+            return device.handoff_cost
         return device.dependent_launch_cost if self.dependent else device.launch_cost
 
     def time(self, device: Device) -> float:
@@ -488,6 +535,8 @@ class Launch:
 
     @property
     def kind(self) -> str:
+        if self.handoff:
+            return "in-kernel handoff"
         return "programmatic dependent" if self.dependent else "full boundary"
 
 
@@ -530,6 +579,13 @@ class ModeledOp:
 
     def dependents(self) -> int:
         return sum(launch.dependent for launch in self.ours)
+
+    def handoffs(self) -> int:
+        return sum(launch.handoff for launch in self.ours)
+
+    def launches(self) -> int:
+        """Kernel launches (an in-kernel handoff's phase is part of the launch before it)."""
+        return sum(not launch.handoff for launch in self.ours)
 
     def launch_kinds(self) -> str:
         """Each run of equal launches (kernel name without template arguments) with its count and
@@ -671,27 +727,44 @@ ROW_THREADS = 256  # chain_verify.cu kRowThreads
 ROW_PARTIAL = 32  # RowPartial: 2 SoftmaxStats + 2 ArgMax
 STOP_INFO = 24
 RESIDUAL_PARTIAL = 8  # ArgMax
-# The bounded Gumbel draws' candidate path (benchmarks/gumbel_candidates.py, 2026-12-01, on the
-# embedded target's logits and synthetic V = 129280 rows at T = 0.6 / 1 / 1.5): every group and
-# every Philox block takes it (measured 0.90-1.00: the logits' spread is below G_max + ln V), and
-# the columns scored exactly per thread fit 2.4 + 1.2 ln(columns per thread) (measured 4.9 at 8,
-# 5.4 at 16, 9.4 at 505 columns per thread). The residual draw of pass 2 is modeled the same way.
+RESIDUAL_CTAS_PER_SM = 4  # chain_verify.cu kResidualCtasPerSm
+# The bounded Gumbel draws' candidate path (benchmarks/gumbel_candidates.py, on the embedded
+# target's logits and synthetic V = 129280 rows at T = 0.6 / 1 / 1.5): every group and every
+# Philox block takes it (measured 0.90-1.00: the logits' spread is below G_max + ln V).
+# The bonus draw (2026-12-02, with each thread's first candidate group seeded by its likeliest
+# column): besides the seed, the columns scored exactly per thread fit 0.1 + 1.15 ln(n / 8) for n
+# columns a thread (measured at most 0.07 at 8, 0.70 at 16, 2.00 at 46, 3.84 at 252, 4.63 at 505).
+# The residual draw of pass 2 (no seed; 2026-12-01): 2.4 + 1.2 ln(n) (4.9 at 8, 9.4 at 505).
 BONUS_CANDIDATE_GROUPS = 1.0
 
 
+def _columns_per_thread(vocab: int, chunks: int) -> float:
+    return max(1.0, vocab / (chunks * ROW_THREADS))
+
+
 def bonus_exact_columns(vocab: int, chunks: int) -> float:
-    """Columns of one bonus row scored exactly (the fit above), all threads of its chunks."""
-    per_thread = max(1.0, vocab / (chunks * ROW_THREADS))
-    return min(per_thread, 2.4 + 1.2 * math.log(per_thread)) * chunks * ROW_THREADS
+    """Columns of one bonus row scored exactly besides the seeds (the fit above), all threads."""
+    n = _columns_per_thread(vocab, chunks)
+    return min(n - 1.0, 0.1 + 1.15 * math.log(max(n, 8.0) / 8.0)) * chunks * ROW_THREADS
+
+
+def residual_exact_columns(vocab: int, chunks: int) -> float:
+    """Columns of one rejected row's residual draw scored exactly (the fit above), all threads."""
+    n = _columns_per_thread(vocab, chunks)
+    return min(n, 2.4 + 1.2 * math.log(n)) * chunks * ROW_THREADS
 
 
 def _bonus_row_instructions(vocab: int, chunks: int, loops: Mapping[str, float]) -> float:
-    """One bonus row: the lean loop, the candidate groups' headrooms, Philox and uniform tests,
-    and the exact scores."""
+    """One bonus row: the lean loop; each thread's first candidate group (Philox, the seed's exact
+    score, the tests of the other seven); the later candidate groups' headrooms, Philox and uniform
+    tests; the exact scores besides the seeds."""
+    groups = vocab / 8
+    first = min(groups, chunks * ROW_THREADS)  # threads with a group
     return (
         loops["verify.rows.bonus"] * vocab
+        + first * (loops["verify.rows.bonus_first"] - 7 * loops["verify.rows.bonus_first_exact"])
         + BONUS_CANDIDATE_GROUPS
-        * (vocab / 8)
+        * (groups - first)
         * (loops["verify.rows.bonus_candidates"] - 8 * loops["verify.rows.bonus_exact"])
         + bonus_exact_columns(vocab, chunks) * loops["verify.rows.bonus_exact"]
     )
@@ -730,7 +803,7 @@ def verify(
     # Per request: lens, temperature; the last CTA reads the partials, the drafted tokens, their
     # target logits and draft statistics (12 bytes a position) and writes the chain and StopInfo.
     pass1 = Launch(
-        "verify_rows_kernel<bf16, bf16>",
+        "chain_verify_kernel<bf16, bf16, ...> pass 1",
         target
         + draft
         + 2 * partials
@@ -738,21 +811,22 @@ def verify(
         row_instructions,
     )
     notes = [
-        "floor: the target logits read once; pass 2 counted as a launch (a programmatic dependent of"
-        " pass 1) even when it exits at once",
+        "floor: the target logits read once; one launch (chain_verify_kernel), its pass 2 an in-kernel"
+        " handoff (work_items.cuh) charged even when it exits at once",
         "bonus draw: candidate fractions measured by benchmarks/gumbel_candidates.py (see cost_model.py)",
     ]
     if not rejected:
         tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])
-        pass2 = Launch("verify_residual_markov_kernel (exits: nothing rejected)", tiles * 4, dependent=True)
+        ctas = min(tiles, RESIDUAL_CTAS_PER_SM * SMS)  # each reads the counts and takes the exit ticket
+        pass2 = Launch("chain_verify_kernel pass 2 (exits: nothing rejected)", ctas * 12, handoff=True)
     elif logits_form:
         parts = min(chunks * (gamma + 1), math.ceil(vocab / 2048))
         resample = rows * parts * RESIDUAL_PARTIAL
         pass2 = Launch(
-            "verify_residual_kernel<bf16, bf16>",
+            "chain_verify_kernel<bf16, bf16, float, 0> pass 2",
             # the stop row of the target; of the draft only the exactly scored columns (sectors)
             rows * vocab * ELEM
-            + rows * bonus_exact_columns(vocab, parts) * 32
+            + rows * residual_exact_columns(vocab, parts) * 32
             + rows * STOP_INFO
             + 2 * resample,
             loops["verify.residual.logits"] * rows * vocab
@@ -760,15 +834,15 @@ def verify(
             * rows
             * (vocab / 4)
             * (loops["verify.residual.logits_candidates"] - 4 * loops["verify.residual.logits_exact"])
-            + rows * bonus_exact_columns(vocab, parts) * loops["verify.residual.logits_exact"]
+            + rows * residual_exact_columns(vocab, parts) * loops["verify.residual.logits_exact"]
             + loops["verify.residual.merge"] * rows * parts,
-            dependent=True,
+            handoff=True,
         )
     else:
         geo = _tile_geometry(vocab, rows)
         resample = rows * geo["tiles"] * RESIDUAL_PARTIAL
         pass2 = Launch(
-            f"verify_residual_markov_kernel<bf16, bf16, {geo['tile_v']}>",
+            f"chain_verify_kernel<bf16, bf16, bf16, {geo['tile_v']}> pass 2",
             vocab * RANK * ELEM
             + 2 * rows * vocab * ELEM
             + rows * RANK * ELEM
@@ -776,7 +850,7 @@ def verify(
             + 2 * resample,
             _tile_instructions("verify.residual", geo, loops)
             + loops["verify.residual.merge"] * rows * geo["tiles"],
-            dependent=True,
+            handoff=True,
         )
         notes.append(
             "W2 recompute: W2 read once per launch (at R * g < r keeping the draft logits moves less)"
@@ -1059,13 +1133,19 @@ LOOP_HEADER = [
 ]
 
 
+def _launch_cell(path: ModeledOp) -> str:
+    """Launches, with how many are programmatic dependents and how many phases are handoffs."""
+    extra = [f"{n} {what}" for n, what in ((path.dependents(), "PDL"), (path.handoffs(), "handoff")) if n]
+    return f"{path.launches()} ({', '.join(extra)})" if extra else str(path.launches())
+
+
 def path_cells(path: ModeledOp) -> list[str]:
     cells = [
         path.op,
         str(path.vocab) if path.vocab else "-",
         str(path.rows),
         str(path.gamma),
-        f"{len(path.ours)} ({path.dependents()} PDL)" if path.dependents() else str(len(path.ours)),
+        _launch_cell(path),
         f"{path.bytes() / 1e6:.1f}",
         f"{path.instructions() / 1e9:.3f}",
         path.bound(H100),
@@ -1210,7 +1290,7 @@ def report(
         "Budgets (modeled):",
         *(v.line() for v in verdicts),
         "",
-        dependent_sensitivity_line(paths),
+        handoff_sensitivity_line(paths),
         "",
         "The 2x-SGLang budget at the floor (modeled):",
         *floor_reach_lines(paths),
@@ -1218,36 +1298,33 @@ def report(
     return "\n".join(lines)
 
 
-def dependent_break_even(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> float:
-    """The largest programmatic-dependent boundary (s) at which every verification row meets its
-    budget (<= 1.3x the floor), everything else as modeled; negative: none does."""
+def handoff_break_even(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> float:
+    """The largest in-kernel handoff cost (s) at which every verification row meets its budget
+    (<= 1.3x the floor), everything else as modeled; negative: none does; inf: no row has one."""
     worst = math.inf
     for path in paths:
-        if path.op != "chain_verify" or not path.dependents():
+        if path.op != "chain_verify" or not path.handoffs():
             continue
         for device in devices:
-            rest = sum(
-                max(lc.terms(device)) + (0.0 if lc.dependent else lc.boundary(device)) for lc in path.ours
-            )
-            worst = min(worst, (1.3 * path.floor(device) - rest) / path.dependents())
+            rest = sum(max(lc.terms(device)) + (0.0 if lc.handoff else lc.boundary(device)) for lc in path.ours)
+            worst = min(worst, (1.3 * path.floor(device) - rest) / path.handoffs())
     return worst
 
 
-def dependent_sensitivity_line(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> str:
-    """The verification budget's sensitivity to the assumed dependent launch cost."""
-    at = dependent_break_even(paths, devices)
-    assumed = f"assumed now {_DEPENDENT_LAUNCH * 1e6:.2f} us = {DEPENDENT_FRACTION} x {_LAUNCH * 1e6:.1f} us"
+def handoff_sensitivity_line(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> str:
+    """The verification budget's sensitivity to the assumed in-kernel handoff cost."""
+    at = handoff_break_even(paths, devices)
+    assumed = f"assumed now {HANDOFF_COST * 1e6:.2f} us"
     if not math.isfinite(at):
-        return f"Sensitivity (modeled): no verification row has a programmatic dependent launch ({assumed})."
+        return f"Sensitivity (modeled): no verification row has an in-kernel handoff ({assumed})."
     if at < 0:
         return (
-            "Sensitivity (modeled): the verification budget is not met at any programmatic dependent"
-            f" boundary cost, even 0 us ({assumed})."
+            "Sensitivity (modeled): the verification budget is not met at any in-kernel handoff cost,"
+            f" even 0 us ({assumed})."
         )
     return (
-        "Sensitivity (modeled): the verification budget holds at every row while a programmatic"
-        f" dependent boundary costs at most {at * 1e6:.2f} us ({at / _LAUNCH:.2f} x the launch cost;"
-        f" {assumed})."
+        "Sensitivity (modeled): the verification budget holds at every row while the in-kernel handoff"
+        f" costs at most {at * 1e6:.2f} us ({at / _LAUNCH:.2f} x the launch cost; {assumed})."
     )
 
 

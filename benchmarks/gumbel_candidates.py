@@ -3,16 +3,18 @@
 Pass 1 of chain_verify draws the bonus argmax(t / T + G) while it streams the last verified row:
 each thread keeps its own running best and skips an 8-column group whose largest t * (1/T) is
 below best - G_max - slack (csrc/chain_verify.cu gumbel_threshold); a group that is not skipped
-computes Philox and the IEEE score of its candidate columns. This script replays that rule, thread
-by thread in the kernel's order, on
+computes Philox and the IEEE score of its candidate columns. A thread's first candidate group
+(bonus_first_candidates) first scores its likeliest column exactly (the seed) and tests the other
+seven against it. This script replays those rules, thread by thread in the kernel's order, on
 
 - real logits: the embedded target (models/target) on held-out prompts of shared/data, every
   position of the answer it generates (V = 4096, the kernel's layout for that V);
 - synthetic rows at V = 129280: Gaussian logits (std 2 and 4, the bulk of an LLM's logits) with a
   few high "plausible next tokens" on top,
 
-and prints the fraction of groups and of columns that take the exact path. cost_model.py uses the
-largest real-logit fraction at T = 1 (its constant BONUS_CANDIDATE_GROUPS, with this command).
+and prints the fraction of groups and of columns that take the exact path (seeds not counted), and
+those columns per thread. cost_model.py uses the largest real-logit group fraction at T = 1 (its
+constant BONUS_CANDIDATE_GROUPS) and a fit of the exact columns per thread (bonus_exact_columns).
 
     python benchmarks/gumbel_candidates.py [--prompts N]
 """
@@ -66,10 +68,11 @@ def uniform_floor(y: torch.Tensor) -> torch.Tensor:
 
 def exact_path_fractions(
     logits: torch.Tensor, temperature: float, chunks: int, seed: int = 0
-) -> tuple[float, float, float]:
-    """(groups, Philox blocks, columns) of one row [V] (V a multiple of 8) that take the bonus draw's
-    candidate path, its Philox and its exact score, at ``temperature``, with the row split into
-    ``chunks`` CTAs of 256 threads and each thread's running best, as the kernel runs it."""
+) -> tuple[float, float, float, float]:
+    """(groups, Philox blocks, columns, columns per thread) of one row [V] (V a multiple of 8) that
+    take the bonus draw's candidate path, its Philox and its exact score (a first group's seed not
+    counted), at ``temperature``, with the row split into ``chunks`` CTAs of 256 threads and each
+    thread's running best, as the kernel runs it."""
     vocab = logits.numel()
     x = logits.float()
     t = _f32(temperature)
@@ -77,7 +80,7 @@ def exact_path_fractions(
     score = x / t + (-torch.log(-torch.log(u)))
     fast = x * (1.0 / t)
     chunk = math.ceil(math.ceil(vocab / chunks) / 8) * 8
-    groups = blocks = exact = total_groups = 0
+    groups = blocks = exact = total_groups = threads = 0
     for c in range(chunks):
         start, end = c * chunk, min(vocab, (c + 1) * chunk)
         if start >= end:
@@ -85,27 +88,31 @@ def exact_path_fractions(
         n_groups = (end - start) // GROUP
         total_groups += n_groups
         g_fast, g_score, g_u = (a[start:end].view(n_groups, GROUP) for a in (fast, score, u))
+        threads += min(THREADS, n_groups)
         best = torch.full((THREADS,), -math.inf)
         for r0 in range(0, n_groups, THREADS):  # round r: group r0 + tid of every thread
             ids = torch.arange(r0, min(r0 + THREADS, n_groups))
             lanes = ids - r0
             candidate = ~(g_fast[ids].max(dim=1).values < threshold(best[lanes]))
             groups += int(candidate.sum())
+            first = candidate & (best[lanes] == -math.inf)  # bonus_first_candidates: every block near
+            seeded = torch.where(first, g_score[ids].argmax(dim=1), -1)
+            blocks += int(first.sum()) * (GROUP // 4)
+            best[lanes] = torch.where(first, g_score[ids].max(dim=1).values, best[lanes])
             for q in range(GROUP // 4):
                 room = headroom(best[lanes, None], g_fast[ids, 4 * q : 4 * q + 4])
-                near = candidate & (~(room >= GUMBEL_MAX)).any(dim=1)
-                blocks += int(near.sum())
+                near = candidate & (first | (~(room >= GUMBEL_MAX)).any(dim=1))
+                blocks += int((near & ~first).sum())
                 for i in range(4):
                     col = 4 * q + i
-                    skip = (room[:, i] >= GUMBEL_MAX) | (
-                        (room[:, i] > 0) & (g_u[ids, col] < uniform_floor(room[:, i]))
-                    )
-                    take = near & ~skip
+                    room_i = room[:, i]  # a first group's: against its seed
+                    skip = (room_i >= GUMBEL_MAX) | ((room_i > 0) & (g_u[ids, col] < uniform_floor(room_i)))
+                    take = near & ~skip & (seeded != col)
                     exact += int(take.sum())
                     best[lanes] = torch.where(
                         take, torch.maximum(best[lanes], g_score[ids, col]), best[lanes]
                     )
-    return groups / total_groups, blocks / (vocab / 4), exact / vocab
+    return groups / total_groups, blocks / (vocab / 4), exact / vocab, exact / threads
 
 
 def target_logits(prompts: int) -> torch.Tensor:
@@ -142,9 +149,10 @@ def synthetic_row(vocab: int, std: float, seed: int) -> torch.Tensor:
 
 def _rows(name: str, rows: list[torch.Tensor], chunks: int, temperature: float) -> str:
     fr = [exact_path_fractions(r, temperature, chunks, seed=i) for i, r in enumerate(rows)]
-    g, b, c = (sum(f[k] for f in fr) / len(fr) for k in range(3))
-    shape = f"{name}, {len(rows)} rows | {rows[0].numel()} | {chunks} | {temperature}"
-    return f"| {shape} | {g:.4f} | {b:.4f} | {c:.5f} |"
+    g, b, c, n = (sum(f[k] for f in fr) / len(fr) for k in range(4))
+    per_thread = rows[0].numel() / (chunks * THREADS)
+    shape = f"{name}, {len(rows)} rows | {rows[0].numel()} | {chunks} | {per_thread:.1f} | {temperature}"
+    return f"| {shape} | {g:.4f} | {b:.4f} | {c:.5f} | {n:.2f} |"
 
 
 def main() -> None:
@@ -155,10 +163,10 @@ def main() -> None:
     parser.add_argument("--positions", type=int, default=64, help="real-logit rows measured")
     args = parser.parse_args()
     print(
-        "| logits | V | chunks | T | groups on the candidate path | Philox blocks computed"
-        " | columns scored exactly |"
+        "| logits | V | chunks | columns a thread | T | groups on the candidate path | Philox blocks"
+        " computed | columns scored exactly | exactly scored a thread |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     real = list(target_logits(args.prompts)[: args.positions])
     for rows, gamma in ((1, 5), (256, 5)):
         for t in (0.6, 1.0, 1.5):
@@ -166,7 +174,7 @@ def main() -> None:
     vocab = 129280
     for std in (2.0, 4.0):
         synthetic = [synthetic_row(vocab, std, s) for s in range(2)]
-        for rows, gamma in ((1, 5), (256, 5)):
+        for rows, gamma in ((1, 5), (8, 5), (64, 5), (256, 5)):
             for t in (0.6, 1.0, 1.5):
                 print(_rows(f"synthetic std {std}", synthetic, stat_chunks(rows, gamma, vocab), t))
 

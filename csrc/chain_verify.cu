@@ -1,7 +1,9 @@
 // chain_verify: tree-free chain verification (rejection sampling, residual resample, bonus).
 //
-// Two launches, neither of which waits on the host:
-//   verify_rows_kernel      pass 1, grid (chunks, g+1, R): every verified target row j <= l_r is
+// One launch that waits on nothing (not the host, not another launch): chain_verify_kernel. Each
+// CTA takes a work item in start order (work_items.cuh); the first items are pass 1's, the rest
+// pass 2's, so pass 2 waits only on CTAs that are already running.
+//   pass 1 (verify_rows)    one item per (chunk, j, row): every verified target row j <= l_r is
 //                           read once, in `chunks` CTAs along V. Each CTA writes the softmax
 //                           statistics of t / T of its slab, the raw argmax (greedy) and, at
 //                           the last verified row j = l_r of a sampled request, the bounded
@@ -10,24 +12,22 @@
 //                           request (a ticket in `counters`, reset by that CTA) merges the
 //                           chunks and runs the acceptance tests u_j q_j(x_j) < p_j(x_j) of all
 //                           positions in parallel (a warp ballot finds the first failure),
-//                           writes accept_lens and out_tokens, and counts the sampled requests
-//                           that were rejected.
-//   verify_residual_kernel  pass 2 (one of two forms), behind that device-side count: launched
-//                           unconditionally as a programmatic dependent of pass 1
-//                           (dependent_launch.cuh), so its launch and prologue (the seeds, the
-//                           slab, the tile layout: nothing pass 1 writes) overlap pass 1's tail;
-//                           it reads the count and the stop rows only after
-//                           wait_for_primary_grid(). Every CTA exits at once when nothing was
-//                           rejected.
-//                           Otherwise it draws the correction argmax(log max(0, p_s - q_s) + G)
-//                           (the bonus at s when every residual is 0) at the stop row s of each
-//                           rejected sampled request; without full draft logits the draft row at
-//                           s is recomputed from the Markov head (verify_residual_markov_kernel,
-//                           the W2 tile read once for all rows). The last tile of a row (a
-//                           ticket) merges it; the last CTA resets the count.
+//                           writes accept_lens and out_tokens, counts the sampled requests that
+//                           were rejected, and raises the merged-request count.
+//   pass 2 (residual_*)     a few persistent CTAs (at most kResidualCtasPerSm a multiprocessor)
+//                           wait until every request is merged, read the rejected count, and
+//                           exit at once when nothing was rejected: no second launch, and no W2
+//                           byte read. Otherwise they draw the correction
+//                           argmax(log max(0, p_s - q_s) + G) (the bonus at s when every residual
+//                           is 0) at the stop row s of each rejected sampled request, walking
+//                           their items (logits form: (chunk, row) slabs of the stop rows; without
+//                           full draft logits the draft row at s is recomputed from the Markov
+//                           head, residual_from_markov: W2 tiles, each read once for all rows).
+//                           The last tile of a row (a ticket) merges it; the last pass-2 CTA
+//                           resets the counts.
 // Counters (int32, a layout independent of R): [0] rejected requests, [1] the pass-2 CTA ticket,
-// then kMaxRows pass-1 tickets and kMaxRows pass-2 tickets. They are created zero and every launch
-// leaves them zero.
+// [2] the work-item ticket, [3] merged requests, then kMaxRows pass-1 tickets and kMaxRows pass-2
+// tickets. They are created zero and every launch leaves them zero.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,9 +36,9 @@
 #include <type_traits>
 
 #include "dspark_sgl/common.cuh"
-#include "dspark_sgl/dependent_launch.cuh"
 #include "dspark_sgl/launch.h"
 #include "dspark_sgl/markov_tile.cuh"
+#include "dspark_sgl/work_items.cuh"
 
 namespace dspark_sgl {
 namespace {
@@ -56,7 +56,11 @@ constexpr float kGumbelMax = 16.64f;
 constexpr float kSkipSlack = 9.5367431640625e-07f;  // 2^-20
 
 constexpr int64_t kMaxRows = 65535;
-enum CounterSlot : int { kRejectedCount = 0, kResidualTicket = 1, kGlobalCounters = 2 };
+enum CounterSlot : int { kRejectedCount = 0, kResidualTicket = 1, kItemTicket = 2, kMergedCount = 3, kGlobalCounters = 4 };
+// Pass-2 CTAs per multiprocessor: enough to stream W2 (or the stop rows) when rows are rejected,
+// few enough that their wait and exit cost little when none is.
+constexpr int kResidualCtasPerSm = 4;
+static_assert(kRowThreads == kTileThreads, "one block shape serves both passes");
 
 __device__ __forceinline__ int32_t* global_counter(const ChainVerifyArgs& a, CounterSlot s) { return a.counters + s; }
 __device__ __forceinline__ int32_t* pass1_tickets(const ChainVerifyArgs& a) { return a.counters + kGlobalCounters; }
@@ -166,12 +170,21 @@ struct Group {
   float x[kG];
 };
 
-// The Gumbel candidates of one group (the bonus draw's rare path), by blocks of 4 columns: a
-// block with a column at most kGumbelMax below the best gets its Philox words; only a uniform
-// that can lift its column to the best (above gumbel_uniform_floor) pays for the IEEE x / T, the
-// two logf of G and the reference's score rn(x / T + G). Headrooms use the best at the block's
-// start (a later, higher best would only skip more). Returns the new best; out of line, so the
-// hot loop keeps its registers.
+// One column of a candidate block: skipped when its Gumbel value cannot lift it to the best
+// (headroom kGumbelMax or more, or a uniform below gumbel_uniform_floor), else the reference's
+// exact score rn(x / T + G), the IEEE x / T and the two logf of G.
+__device__ __forceinline__ void bonus_column(ArgMax& best, float x, int32_t v, float t, float headroom,
+                                             uint32_t bits) {
+  if (headroom >= kGumbelMax) return;
+  if (headroom > 0.0f && bits_to_unit_float(bits) < gumbel_uniform_floor(headroom)) return;
+  best.add(__fadd_rn(__fdiv_rn(x, t), gumbel_from_bits(bits)), v);
+}
+
+// The Gumbel candidates of one group (the bonus draw's candidate path), by blocks of 4 columns: a
+// block with a column at most kGumbelMax below the best gets its Philox words, and each of its
+// columns is tested (bonus_column). Headrooms use the best at the block's start (a later, higher
+// best would only skip more). Returns the new best; out of line, so the hot loop keeps its
+// registers.
 template <int kG>
 __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
                                                 BonusNoise noise, ArgMax best) {
@@ -189,11 +202,41 @@ __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, flo
     const Philox4x32 words = noise.block(v0 + 4 * q);
     const uint32_t bits[4] = {words.x, words.y, words.z, words.w};
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if (headroom[i] >= kGumbelMax) continue;
-      if (headroom[i] > 0.0f && bits_to_unit_float(bits[i]) < gumbel_uniform_floor(headroom[i])) continue;
-      best.add(__fadd_rn(__fdiv_rn(group.x[4 * q + i], t), gumbel_from_bits(bits[i])), v0 + 4 * q + i);
-    }
+    for (int i = 0; i < 4; ++i) bonus_column(best, group.x[4 * q + i], v0 + 4 * q + i, t, headroom[i], bits[i]);
+  }
+  return best;
+}
+
+// A thread's first candidate group (its best still empty, so every block is near): all its Philox
+// words first; the column of the highest approximate score (MUFU logs: a choice, never a result)
+// is scored exactly and becomes the best that the other columns are tested against, so that they
+// rarely need their exact score. Any best is a lower bound of the row's winning score: the draw is
+// the reference's either way. Out of line, called at most once or twice a thread.
+template <int kG>
+__device__ __noinline__ ArgMax bonus_first_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
+                                                      BonusNoise noise, ArgMax best) {
+  static_assert(kG % 4 == 0, "whole Philox blocks");
+  uint32_t bits[kG];
+  int32_t seeded = -1;
+  float likeliest = -INFINITY;
+#pragma unroll
+  for (int q = 0; q < kG / 4; ++q) {
+    const Philox4x32 words = noise.block(v0 + 4 * q);
+    bits[4 * q] = words.x, bits[4 * q + 1] = words.y, bits[4 * q + 2] = words.z, bits[4 * q + 3] = words.w;
+  }
+#pragma unroll
+  for (int i = 0; i < kG; ++i) {  // x / T + G less a constant: G = -ln 2 (log2(-log2 u) + log2(ln 2))
+    const float approx = __fmul_rn(group.x[i], inv_t) -
+                         0.6931471805599453f * fast_log2(-fast_log2(bits_to_unit_float(bits[i])));
+    if (approx > likeliest) likeliest = approx, seeded = i;
+  }
+#pragma unroll
+  for (int i = 0; i < kG; ++i)  // selects on a register index (no local-memory array)
+    if (i == seeded) best.add(__fadd_rn(__fdiv_rn(group.x[i], t), gumbel_from_bits(bits[i])), v0 + i);
+#pragma unroll
+  for (int i = 0; i < kG; ++i) {
+    if (i == seeded) continue;
+    bonus_column(best, group.x[i], v0 + i, t, gumbel_headroom(best.score, __fmul_rn(group.x[i], inv_t)), bits[i]);
   }
   return best;
 }
@@ -304,7 +347,8 @@ __device__ __forceinline__ void scan_row(const T* row, const Slab& slab, float t
         load_group<T, kG>(p, group.x);
         const float m = scan.add(group, v0, k);
         if (!(__fmul_rn(m, inv_t) < threshold)) {  // a Gumbel candidate (NaN: the exact rescan)
-          best = bonus_candidates<kG>(group, v0, t, inv_t, noise, best);
+          best = best.score == -INFINITY ? bonus_first_candidates<kG>(group, v0, t, inv_t, noise, best)
+                                         : bonus_candidates<kG>(group, v0, t, inv_t, noise, best);
           threshold = gumbel_threshold(best.score);
         }
       });
@@ -394,6 +438,7 @@ __device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* pa
   const int64_t next = !sampled ? s_argmax[stop] : (rejected ? -1 : s_bonus[stop]);
   int64_t* out = args.out_tokens + row * (g + 1);
   for (int64_t i = lane; i <= g; i += 32) out[i] = i < stop ? tokens[i] : (i == stop ? next : -1);
+  __syncwarp();  // the whole chain before lane 0 publishes it (pass 2 overwrites out[stop])
   if (lane != 0) return;
   args.accept_lens[row] = static_cast<int32_t>(stop);
   StopInfo info{static_cast<int32_t>(stop), (sampled ? kSampled : 0) | (rejected ? kRejected : 0),
@@ -405,15 +450,15 @@ __device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* pa
   stops[row] = info;
   if (sampled && rejected) atomicAdd(global_counter(args, kRejectedCount), 1);
   pass1_tickets(args)[row] = 0;  // every CTA of this request has taken its ticket
+  __threadfence();  // the chain, the stop and the rejected count before the merged count
+  int32_t* merged = global_counter(args, kMergedCount);
+  if (atomicAdd(merged, 1) == static_cast<int32_t>(args.rows) - 1 && g == 0) *merged = 0;  // no pass 2 waits
 }
 
+// Pass 1's item (chunk_id, j, row).
 template <typename TT, typename DT>
-__global__ void __launch_bounds__(kRowThreads)
-    verify_rows_kernel(ChainVerifyArgs args, RowPartial* partials, StopInfo* stops) {
-  // Pass 2 may launch now: it waits for this grid's completion before it reads anything this
-  // grid writes, so the trigger's position only decides how early its prologue runs.
-  allow_dependent_launch();
-  const int64_t row = blockIdx.z, j = blockIdx.y, chunk_id = blockIdx.x;
+__device__ __forceinline__ void verify_rows(const ChainVerifyArgs& args, RowPartial* partials, StopInfo* stops,
+                                            int64_t chunk_id, int64_t j, int64_t row) {
   const int64_t g = args.gamma, vocab = args.vocab;
   const int64_t len = clamp_index(args.verify_lens[row], g + 1);
   if (j > len) return;  // uniform per CTA; these CTAs take no ticket
@@ -460,13 +505,14 @@ __device__ __forceinline__ bool nothing_rejected(const ChainVerifyArgs& args) {
   return *global_counter(args, kRejectedCount) == 0;
 }
 
-// The last pass-2 CTA (every CTA has read the rejected count by now) resets the count.
-__device__ __forceinline__ void finish_residual_cta(const ChainVerifyArgs& args) {
+// The last of the `ctas` pass-2 CTAs (every one has read the counts by now) resets them.
+__device__ __forceinline__ void finish_residual_cta(const ChainVerifyArgs& args, int ctas) {
   __syncthreads();
   if (threadIdx.x != 0) return;
   int32_t* ticket = global_counter(args, kResidualTicket);
-  if (atomicAdd(ticket, 1) == static_cast<int>(gridDim.x * gridDim.y) - 1) {
+  if (atomicAdd(ticket, 1) == ctas - 1) {
     *global_counter(args, kRejectedCount) = 0;
+    *global_counter(args, kMergedCount) = 0;
     *ticket = 0;
   }
 }
@@ -581,25 +627,26 @@ __device__ __noinline__ ArgMax residual_candidates(Group<4> group, int32_t v0, R
   return best;
 }
 
-// Full draft logits, pass 2: grid (chunks, R) like pass 1; the CTAs of a rejected sampled row draw
-// the residual at its stop row s over their chunk with a bounded Gumbel draw (per block of 4 columns:
-// the headroom of log p, then Philox and the uniform bound, then the exact score). The last chunk
-// of a row (a ticket) merges the row and writes the token.
+// Full draft logits, pass 2: items (chunk, row), `parts` chunks a row, walked by `ctas` CTAs
+// from item k; the CTAs of a rejected sampled row draw the residual at its stop row s over their
+// chunk with a bounded Gumbel draw (per block of 4 columns: the headroom of log p, then Philox and
+// the uniform bound, then the exact score). The last chunk of a row (a ticket) merges the row and
+// writes the token.
 template <typename TT, typename DT>
-__global__ void __launch_bounds__(kRowThreads)
-    verify_residual_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
-  // Before the wait: only what pass 1 does not write (the inputs, this CTA's slab).
-  const int64_t row = blockIdx.y, g = args.gamma, vocab = args.vocab;
-  const int parts = static_cast<int>(gridDim.x);
-  const float t = args.temperature[row];
+__device__ void residual_from_logits(const ChainVerifyArgs& args, const StopInfo* stops, ArgMax* partials, int k,
+                                     int ctas, int parts) {
+  const int64_t g = args.gamma, vocab = args.vocab;
   uint64_t seed, offset;
   args.philox.resolve(seed, offset);
   const int64_t chunk = chunk_columns(vocab, parts);
-  const Slab slab{static_cast<int32_t>(blockIdx.x * chunk), static_cast<int32_t>(min(vocab, (blockIdx.x + 1) * chunk))};
-  wait_for_primary_grid();  // pass 1 complete: the rejected count and the stop rows are final
-  if (nothing_rejected(args)) return;  // uniform
-  const StopInfo info = stops[row];
-  if (needs_residual(info)) {  // uniform per CTA
+  __shared__ ArgMax s_best[kRowWarps];
+  __shared__ int s_last;
+  for (int64_t item = k; item < int64_t(parts) * args.rows; item += ctas) {
+    const int64_t row = item / parts, part = item % parts;
+    const StopInfo info = stops[row];
+    if (!needs_residual(info)) continue;  // uniform per CTA
+    const Slab slab{static_cast<int32_t>(part * chunk), static_cast<int32_t>(min(vocab, (part + 1) * chunk))};
+    const float t = args.temperature[row];
     const float inv_t = __frcp_rn(t);
     const float log_norm = __fadd_rn(info.t_max, logf(info.t_sum));
     const int64_t s = info.stop;
@@ -621,26 +668,23 @@ __global__ void __launch_bounds__(kRowThreads)
                                         2.0f * kSkipSlack));
       }
     });
-    __shared__ ArgMax s_best[kRowWarps];
     best = block_merge(best, s_best);
-    __shared__ int s_last;
     if (threadIdx.x == 0) {
-      partials[row * parts + blockIdx.x] = best;
+      partials[row * parts + part] = best;
       s_last = last_tile_of_row(args, row, parts);
     }
     __syncthreads();
     if (s_last && threadIdx.x < 32) write_residual_token<TT>(args, stops, partials, parts, row);
+    __syncthreads();  // s_last is read by every thread before the next item writes it
   }
-  finish_residual_cta(args);
 }
 
 // Statistics form: the draft row at s is softcap(U_s) + W1[x_{s-1}] @ W2^T (the product rounded to
-// the weight dtype, as markov_block), recomputed here for the rejected rows only.
+// the weight dtype, as markov_block), recomputed here for the rejected rows only: the W2 tiles of
+// kTileV rows, walked by `ctas` CTAs from tile k.
 template <typename TT, typename WT, int kTileV>
-__global__ void __launch_bounds__(kTileThreads)
-    verify_residual_markov_kernel(ChainVerifyArgs args, const StopInfo* stops, ArgMax* partials) {
-  // Before the wait: the tile layout and the seeds (nothing pass 1 writes). W2 is staged only
-  // after it, behind the count: no W2 byte is read when nothing was rejected.
+__device__ void residual_from_markov(const ChainVerifyArgs& args, const StopInfo* stops, ArgMax* partials, int k,
+                                     int ctas) {
   extern __shared__ __align__(128) unsigned char smem[];
   using Layout = MarkovTileLayout<WT, kTileV>;
   constexpr int kChunkRows = Layout::kChunkRows;
@@ -649,8 +693,7 @@ __global__ void __launch_bounds__(kTileThreads)
   const Layout layout(static_cast<int>(args.rank));
   MarkovTileSmem<WT, kTileV> tile(smem, layout);
   const int64_t g = args.gamma, vocab = args.vocab, rank = args.rank;
-  const int tiles = static_cast<int>(gridDim.x);
-  const int64_t v0 = int64_t(blockIdx.x) * kTileV;
+  const int tiles = static_cast<int>(ceil_div(vocab, kTileV));
   const WT* w1 = static_cast<const WT*>(args.w1);
   const WT* w2 = static_cast<const WT*>(args.w2);
   uint64_t seed, offset;
@@ -659,61 +702,95 @@ __global__ void __launch_bounds__(kTileThreads)
   __shared__ int s_count;
   if (threadIdx.x == 0) s_count = 0;
   LastRows last{s_rows, &s_count};
-  wait_for_primary_grid();  // pass 1 complete: the count and the stop rows of every chunk are final
-  if (nothing_rejected(args)) return;  // uniform
-
-  stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
-    return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
-  });
-  const int lane = threadIdx.x % kLanesPerRow, group = threadIdx.x / kLanesPerRow;
-  for (int64_t row0 = 0; row0 < args.rows; row0 += kChunkRows) {
-    const int64_t mine = row0 + threadIdx.x;
-    const bool chunk_rejected = threadIdx.x < kChunkRows && mine < args.rows && needs_residual(stops[mine]);
-    if (!__syncthreads_or(chunk_rejected)) continue;  // no GEMM for chunks without a rejection
-    stage_rows(tile.e, kChunkRows, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
-      const int64_t row = row0 + i;
-      if (row >= args.rows) return nullptr;
-      const StopInfo info = stops[row];
-      if (!needs_residual(info)) return nullptr;
-      const int64_t prev = info.stop == 0 ? args.anchor[row] : args.draft_tokens[row * g + info.stop - 1];
-      return w1 + clamp_index(prev, vocab) * rank;
+  for (int tile_id = k; tile_id < tiles; tile_id += ctas) {
+    const int64_t v0 = int64_t(tile_id) * kTileV;
+    __syncthreads();  // the previous tile's rows are read: its shared memory may be overwritten
+    stage_rows(tile.w2, kTileV, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
+      return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr;
     });
-    __syncthreads();
-    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);
-    __syncthreads();
-    for (int pass = 0; pass < kChunkRows / kRowsPerPass; ++pass) {
-      const int local_row = pass * kRowsPerPass + group;
-      const int64_t row = row0 + local_row;
-      const StopInfo info = row < args.rows ? stops[row] : StopInfo{0, 0, 0.f, 0.f, 0.f, 0.f};
-      const bool active = needs_residual(info);  // lane groups stay in the shuffles below
-      ArgMax acc = ArgMax::empty();
-      const int64_t col0 = v0 + lane * 4;
-      if (active && col0 < vocab) {
-        const float safe_t = args.temperature[row];
-        const int64_t s = info.stop;
-        const Philox4x32 r = philox_block(seed, offset, kStreamResample, static_cast<uint64_t>(row),
-                                          static_cast<uint32_t>(s), static_cast<uint32_t>(col0 / 4));
-        const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
-        const TT* base = static_cast<const TT*>(args.base_logits) + (row * g + s) * vocab;  // s < g
-        for (int i = 0; i < 4 && col0 + i < vocab; ++i) {
-          const float ts = __fdiv_rn(load_float(target + col0 + i), safe_t);
-          const float logit = round_to_dtype(
-              __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
-                        round_to_type<WT>(tile.bias[local_row * kTileV + lane * 4 + i])),
-              args.logits_dtype);
-          residual_column(acc, info, ts, __fdiv_rn(logit, safe_t), philox_word(r, col0 + i),
-                          static_cast<int32_t>(col0 + i));
+    const int lane = threadIdx.x % kLanesPerRow, group = threadIdx.x / kLanesPerRow;
+    for (int64_t row0 = 0; row0 < args.rows; row0 += kChunkRows) {
+      const int64_t mine = row0 + threadIdx.x;
+      const bool chunk_rejected = threadIdx.x < kChunkRows && mine < args.rows && needs_residual(stops[mine]);
+      if (!__syncthreads_or(chunk_rejected)) continue;  // no GEMM for chunks without a rejection
+      stage_rows(tile.e, kChunkRows, layout.rank, layout.k_padded, layout.ld, [&](int i) -> const WT* {
+        const int64_t row = row0 + i;
+        if (row >= args.rows) return nullptr;
+        const StopInfo info = stops[row];
+        if (!needs_residual(info)) return nullptr;
+        const int64_t prev = info.stop == 0 ? args.anchor[row] : args.draft_tokens[row * g + info.stop - 1];
+        return w1 + clamp_index(prev, vocab) * rank;
+      });
+      __syncthreads();
+      bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);
+      __syncthreads();
+      for (int pass = 0; pass < kChunkRows / kRowsPerPass; ++pass) {
+        const int local_row = pass * kRowsPerPass + group;
+        const int64_t row = row0 + local_row;
+        const StopInfo info = row < args.rows ? stops[row] : StopInfo{0, 0, 0.f, 0.f, 0.f, 0.f};
+        const bool active = needs_residual(info);  // lane groups stay in the shuffles below
+        ArgMax acc = ArgMax::empty();
+        const int64_t col0 = v0 + lane * 4;
+        if (active && col0 < vocab) {
+          const float safe_t = args.temperature[row];
+          const int64_t s = info.stop;
+          const Philox4x32 r = philox_block(seed, offset, kStreamResample, static_cast<uint64_t>(row),
+                                            static_cast<uint32_t>(s), static_cast<uint32_t>(col0 / 4));
+          const TT* target = static_cast<const TT*>(args.target_logits) + (row * (g + 1) + s) * vocab;
+          const TT* base = static_cast<const TT*>(args.base_logits) + (row * g + s) * vocab;  // s < g
+          for (int i = 0; i < 4 && col0 + i < vocab; ++i) {
+            const float ts = __fdiv_rn(load_float(target + col0 + i), safe_t);
+            const float logit = round_to_dtype(
+                __fadd_rn(softcap(load_float(base + col0 + i), args.softcap),
+                          round_to_type<WT>(tile.bias[local_row * kTileV + lane * 4 + i])),
+                args.logits_dtype);
+            residual_column(acc, info, ts, __fdiv_rn(logit, safe_t), philox_word(r, col0 + i),
+                            static_cast<int32_t>(col0 + i));
+          }
         }
+        acc = group_reduce<kLanesPerRow>(acc);
+        if (active && lane == 0) partials[row * tiles + tile_id] = acc;
       }
-      acc = group_reduce<kLanesPerRow>(acc);
-      if (active && lane == 0) partials[row * tiles + blockIdx.x] = acc;
+      __syncthreads();
+      if (chunk_rejected && last_tile_of_row(args, mine, tiles)) last.push(mine);
+      last.write<TT>(args, stops, partials, tiles);
     }
-    __syncthreads();
-    if (chunk_rejected && last_tile_of_row(args, mine, tiles)) last.push(mine);
-    last.write<TT>(args, stops, partials, tiles);
   }
-  finish_residual_cta(args);
 }
+
+// The one launch: work item `item` of `rows_items` pass-1 items and `residual_ctas` pass-2 CTAs.
+// kTileV == 0: the residual from full draft logits (WT unused); else from the Markov head.
+struct WorkItems {
+  int32_t rows_items, residual_ctas, residual_parts;  // residual_parts: chunks a row (logits form)
+};
+
+template <typename TT, typename DT, typename WT, int kTileV>
+__global__ void __launch_bounds__(kRowThreads)
+    chain_verify_kernel(ChainVerifyArgs args, RowPartial* row_partials, StopInfo* stops, ArgMax* resample,
+                        WorkItems items) {
+  __shared__ int32_t s_item;
+  if (threadIdx.x == 0) s_item = take_work_item(global_counter(args, kItemTicket), items.rows_items + items.residual_ctas);
+  __syncthreads();
+  const int32_t item = s_item;
+  if (item < items.rows_items) {
+    const int64_t chunks = args.stat_chunks, per_row = chunks * (args.gamma + 1);
+    verify_rows<TT, DT>(args, row_partials, stops, item % chunks, (item % per_row) / chunks, item / per_row);
+    return;
+  }
+  // Pass 2: only pass-1 items, all started before this one, raise the merged count.
+  if (threadIdx.x == 0) wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows));
+  __syncthreads();
+  if (!nothing_rejected(args)) {  // uniform
+    const int k = item - items.rows_items;
+    if constexpr (kTileV == 0) {
+      residual_from_logits<TT, DT>(args, stops, resample, k, items.residual_ctas, items.residual_parts);
+    } else {
+      residual_from_markov<TT, WT, kTileV>(args, stops, resample, k, items.residual_ctas);
+    }
+  }
+  finish_residual_cta(args, items.residual_ctas);
+}
+
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
@@ -734,41 +811,51 @@ Workspace carve(void* base, int64_t rows, int64_t gamma, int stat_chunks) {
   return w;
 }
 
-template <typename TT, typename WT, int kTileV>
-cudaError_t launch_markov_residual(const ChainVerifyArgs& args, const Workspace& w, cudaStream_t stream) {
-  const MarkovTileLayout<WT, kTileV> layout(static_cast<int>(args.rank));
-  const size_t smem = layout.total_bytes();
-  cudaError_t err = cudaFuncSetAttribute(verify_residual_markov_kernel<TT, WT, kTileV>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+// The pass-2 CTAs: at most kResidualCtasPerSm a multiprocessor, at most one an item; none at g = 0.
+cudaError_t residual_ctas(const ChainVerifyArgs& args, int64_t work, int32_t& ctas) {
+  ctas = 0;
+  if (args.gamma == 0) return cudaSuccess;
+  int device = 0, sms = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
-  err = launch_programmatic_dependent(verify_residual_markov_kernel<TT, WT, kTileV>, dim3(tiles), dim3(kTileThreads),
-                                      smem, stream, args, static_cast<const StopInfo*>(w.stops), w.resample);
-  return err != cudaSuccess ? err : cudaGetLastError();
+  ctas = static_cast<int32_t>(std::min<int64_t>(work, int64_t(kResidualCtasPerSm) * std::max(sms, 1)));
+  return cudaSuccess;
+}
+
+template <typename TT, typename DT, typename WT, int kTileV>
+cudaError_t launch_one(const ChainVerifyArgs& args, const Workspace& w, size_t smem, int64_t residual_work,
+                       int32_t residual_parts, cudaStream_t stream) {
+  auto kernel = chain_verify_kernel<TT, DT, WT, kTileV>;
+  WorkItems items{static_cast<int32_t>(args.stat_chunks * (args.gamma + 1) * args.rows), 0, residual_parts};
+  cudaError_t err = residual_ctas(args, residual_work, items.residual_ctas);
+  if (err == cudaSuccess && smem > 0)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  kernel<<<static_cast<unsigned>(items.rows_items + items.residual_ctas), kRowThreads, smem, stream>>>(
+      args, w.rows, w.stops, w.resample, items);
+  return cudaGetLastError();
 }
 
 template <typename TT, typename DT>
 cudaError_t launch_typed(const ChainVerifyArgs& args, int weight_dtype, const Workspace& w, cudaStream_t stream) {
-  const dim3 row_grid(args.stat_chunks, static_cast<unsigned>(args.gamma + 1), static_cast<unsigned>(args.rows));
-  verify_rows_kernel<TT, DT><<<row_grid, kRowThreads, 0, stream>>>(args, w.rows, w.stops);
-  if (args.gamma == 0) return cudaGetLastError();  // nothing to reject: only bonus draws
   if (args.draft_logits != nullptr) {
-    // As many CTAs per request as pass 1 ran per request, at least 2048 columns each.
+    // As many chunks a stop row as pass 1 ran CTAs per request, at least 2048 columns each.
     const int64_t parts = std::min<int64_t>(args.stat_chunks * (args.gamma + 1), ceil_div(args.vocab, 2048));
-    const dim3 grid(static_cast<unsigned>(parts), static_cast<unsigned>(args.rows));
-    const cudaError_t err = launch_programmatic_dependent(verify_residual_kernel<TT, DT>, grid, dim3(kRowThreads), 0,
-                                                          stream, args, static_cast<const StopInfo*>(w.stops),
-                                                          w.resample);
-    return err != cudaSuccess ? err : cudaGetLastError();
+    return launch_one<TT, DT, float, 0>(args, w, 0, parts * args.rows, static_cast<int32_t>(parts), stream);
   }
   const bool wide = markov_block_tile_vocab(args.rows, weight_dtype == 0 ? 4 : 2) == 128;
   return with_dtype(weight_dtype, [&](auto weight) {
     using WT = typename decltype(weight)::type;
+    auto markov = [&](auto tile_v) {
+      constexpr int kTileV = decltype(tile_v)::value;
+      const size_t smem = MarkovTileLayout<WT, kTileV>(static_cast<int>(args.rank)).total_bytes();
+      return launch_one<TT, TT, WT, kTileV>(args, w, smem, ceil_div(args.vocab, kTileV), 0, stream);
+    };
     if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
-      return launch_markov_residual<TT, WT, 64>(args, w, stream);
+      return markov(std::integral_constant<int, 64>{});
     } else {
-      return wide ? launch_markov_residual<TT, WT, 128>(args, w, stream)
-                  : launch_markov_residual<TT, WT, 64>(args, w, stream);
+      return wide ? markov(std::integral_constant<int, 128>{}) : markov(std::integral_constant<int, 64>{});
     }
   });
 }
@@ -801,7 +888,8 @@ std::string launch_chain_verify(const ChainVerifyArgs& args, int target_dtype, i
   if (args.gamma < 0 || args.gamma > kMaxGamma) return "chain_verify: g must be in [0, 32]";
   if (args.rows > kMaxRows) return "chain_verify: at most 65535 rows";
   if (args.stat_chunks < 1 || args.stat_chunks > 65535) return "chain_verify: bad stat_chunks";
-  if ((args.gamma + 1) * args.stat_chunks > 0x7FFFFFFF) return "chain_verify: too many chunks";
+  if ((args.gamma + 1) * args.stat_chunks * args.rows + int64_t(kResidualCtasPerSm) * 1024 > 0x7FFFFFFF)
+    return "chain_verify: too many chunks";
   if (args.counters == nullptr) return "chain_verify: no counters";
   if (args.draft_logits == nullptr && args.gamma > 0 && (args.rank < 1 || args.rank > kMarkovMaxRank))
     return "chain_verify: rank must be in [1, 512]";

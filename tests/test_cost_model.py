@@ -110,17 +110,19 @@ def test_verify_bytes_by_hand():
     partials = 48 * 11 * 32  # written, then read by each request's last CTA
     per_request = 12 + 5 * (8 + 2 + 12) + 6 * 8 + 4 + 24  # lens, T, tokens + logits + stats, chain
     assert rows_pass == target + 2 * partials + 8 * per_request
-    assert residual == 2020 * 4  # nothing rejected: every CTA reads the count and exits
+    # nothing rejected: the 4 x 132 pass-2 CTAs read the two counts and take the exit ticket
+    assert residual == 4 * 132 * 12
     logits = cost_model.verify(129280, 8, 5, ZERO, "chain_verify_rejected_logits")
     assert logits.ours[0].bytes == rows_pass + 8 * 5 * 129280 * 2  # the draft rows j < g too
     # pass 2 with full draft logits: 64 CTAs a request (min(11 x 6, 129280 / 2048)); the target's stop
     # row, a 32-byte sector of the draft row per exactly scored column, the StopInfo, the partials
-    exact = cost_model.bonus_exact_columns(129280, 64)
+    exact = cost_model.residual_exact_columns(129280, 64)
     assert exact == pytest.approx((2.4 + 1.2 * math.log(129280 / (64 * 256))) * 64 * 256)
     assert logits.ours[1].bytes == pytest.approx(8 * 129280 * 2 + 8 * exact * 32 + 8 * 24 + 2 * 8 * 64 * 8)
     w2 = cost_model.verify(129280, 8, 5, ZERO, "chain_verify_rejected_w2")
     assert w2.ours[1].bytes == 129280 * 256 * 2 + 2 * 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 24 + 2 * 8 * 2020 * 8
-    assert [len(p.ours) for p in (path, logits, w2)] == [2, 2, 2]
+    assert [len(p.ours) for p in (path, logits, w2)] == [2, 2, 2]  # two phases
+    assert [p.launches() for p in (path, logits, w2)] == [1, 1, 1]  # of one launch
 
 
 def test_verify_bonus_row_instructions_follow_the_measured_fractions():
@@ -129,11 +131,18 @@ def test_verify_bonus_row_instructions_follow_the_measured_fractions():
 
     assert only("verify.rows.target", 8) == 8 * 5 * 129280  # the g plain rows of every request
     assert only("verify.rows.bonus", 8) == 8 * 129280  # the bonus row
-    assert only("verify.rows.bonus_candidates", 256) == 256 * 129280 / 8  # every group (measured)
-    # R = 256: one chunk, 505 columns per thread, 2.4 + 1.2 ln 505 of them scored exactly
-    exact = (2.4 + 1.2 * math.log(129280 / 256)) * 256
-    # counted per exact column, not inside the candidate groups' count
-    assert only("verify.rows.bonus_exact", 256) == pytest.approx(256 * (exact - 129280))
+    # R = 256: one chunk of 256 threads, each with a first group, the other groups all candidates
+    assert only("verify.rows.bonus_first", 256) == 256 * 256
+    assert only("verify.rows.bonus_candidates", 256) == 256 * (129280 / 8 - 256)  # (measured)
+    # 505 columns per thread, 0.1 + 1.15 ln(505 / 8) of them scored exactly besides the seed; counted
+    # per exact column, not inside the candidate groups' counts
+    exact = (0.1 + 1.15 * math.log(129280 / 256 / 8)) * 256
+    assert only("verify.rows.bonus_exact", 256) == pytest.approx(256 * (exact - 8 * (129280 / 8 - 256)))
+    assert only("verify.rows.bonus_first_exact", 256) == pytest.approx(-256 * 7 * 256)
+    # R = 1: 64 chunks, 7.9 columns per thread: nearly every thread has one (first) group only
+    first = min(129280 / 8, 64 * 256)
+    assert only("verify.rows.bonus_first", 1) == first
+    assert only("verify.rows.bonus_candidates", 1) == pytest.approx(129280 / 8 - first)
     assert only("verify.rows.merge", 8) == 48 * 11
 
 
@@ -212,26 +221,41 @@ def test_the_devices_price_a_dependent_boundary_as_the_stated_fraction():
         assert "programmatic dependent launch boundary" in device.source and "assumption" in device.source
 
 
-def test_the_programmatic_dependents_are_verification_pass_2_and_the_later_markov_positions():
+def test_an_in_kernel_handoff_costs_the_handoff_boundary():
+    device = cost_model.Device("test", 1e12, 1e12, 1e10, 2e-6, "", 0.5e-6, 0.25e-6)
+    first, second = cost_model.Launch("k", 2e6), cost_model.Launch("k phase 2", 1e6, handoff=True)
+    assert second.time(device) == pytest.approx(1e-6 + 0.25e-6)
+    assert second.kind == "in-kernel handoff"
+    op = cost_model.ModeledOp("chain_verify", 129280, 1, 5, [first, second], [], 1e6)
+    assert (op.launches(), op.handoffs(), op.dependents()) == (1, 1, 0)
+    assert op.time(device) == pytest.approx((2e-6 + 2e-6) + (1e-6 + 0.25e-6))
+
+
+def test_the_devices_price_the_handoff_as_assumed():
+    for device in cost_model.DEVICES:
+        assert device.handoff_cost == cost_model.HANDOFF_COST
+        assert 0 < device.handoff_cost < device.dependent_launch_cost
+        assert "in-kernel handoff" in device.source and "assumption" in device.source
+
+
+def test_verification_is_one_launch_and_the_later_markov_positions_are_dependents():
     paths = cost_model.model(dict(ZERO))
     for path in paths:
-        kinds = [launch.dependent for launch in path.ours]
+        kinds = [(launch.dependent, launch.handoff) for launch in path.ours]
         if path.op.startswith("chain_verify"):
-            assert kinds == [False, True]
+            assert kinds == [(False, False), (False, True)]
         elif path.op.startswith("markov_block"):  # the memset, position 0, then g - 1 dependents
-            assert kinds == [False, False] + [True] * (path.gamma - 1)
+            assert kinds == [(False, False)] * 2 + [(True, False)] * (path.gamma - 1)
         else:
-            assert kinds == [False] * len(kinds)
+            assert kinds == [(False, False)] * len(kinds)
     h100 = cost_model.H100
     verify = cost_model.verify(129280, 1, 5, ZERO)
     assert verify.time(h100) == pytest.approx(
-        sum(max(lc.terms(h100)) for lc in verify.ours) + h100.launch_cost + h100.dependent_launch_cost
+        sum(max(lc.terms(h100)) for lc in verify.ours) + h100.launch_cost + h100.handoff_cost
     )
     text = cost_model.report(paths, _counts(10), cost_model.budgets(paths, _counts(10)), "test")
-    assert (
-        "- chain_verify: launches: verify_rows_kernel (full boundary), verify_residual_markov_kernel" in text
-    )
-    assert "2 (1 PDL)" in text
+    assert "- chain_verify: launches: chain_verify_kernel (full boundary), chain_verify_kernel (in-kernel handoff)" in text
+    assert "1 (1 handoff)" in text
     assert (
         "- markov_block: launches: cudaMemsetAsync (full boundary), markov_tile_kernel (full boundary),"
         " markov_tile_kernel x 4 (programmatic dependent)" in text
@@ -239,18 +263,18 @@ def test_the_programmatic_dependents_are_verification_pass_2_and_the_later_marko
     assert "6 (4 PDL)" in text
 
 
-def test_the_dependent_break_even_by_hand():
-    device = cost_model.Device("test", 1e12, 1e12, 1e10, 2e-6, "", 1e-6)
+def test_the_handoff_break_even_by_hand():
+    device = cost_model.Device("test", 1e12, 1e12, 1e10, 2e-6, "", 1e-6, 1e-6)
     # The floor: 1e6 bytes (1 us) + one launch (2 us); the budget 1.3 x 3 us = 3.9 us.
-    exits = cost_model.Launch("exits", 0.5e6, dependent=True)  # 0.5 us of its own, then its boundary
+    exits = cost_model.Launch("exits", 0.5e6, handoff=True)  # 0.5 us of its own, then its boundary
     slow = cost_model.ModeledOp("chain_verify", 129280, 1, 5, [cost_model.Launch("r", 2e6), exits], [], 1e6)
     fast = cost_model.ModeledOp("chain_verify", 129280, 1, 5, [cost_model.Launch("r", 1e6), exits], [], 1e6)
-    assert cost_model.dependent_break_even([fast], (device,)) == pytest.approx(3.9e-6 - 3e-6 - 0.5e-6)
-    assert cost_model.dependent_break_even([slow], (device,)) == pytest.approx(3.9e-6 - 4e-6 - 0.5e-6)
-    assert cost_model.dependent_break_even([fast, slow], (device,)) < 0  # the worst row decides
-    assert "at most 0.40 us" in cost_model.dependent_sensitivity_line([fast], (device,))
-    assert "not met at any" in cost_model.dependent_sensitivity_line([slow], (device,))
-    assert "no verification row" in cost_model.dependent_sensitivity_line([], (device,))
+    assert cost_model.handoff_break_even([fast], (device,)) == pytest.approx(3.9e-6 - 3e-6 - 0.5e-6)
+    assert cost_model.handoff_break_even([slow], (device,)) == pytest.approx(3.9e-6 - 4e-6 - 0.5e-6)
+    assert cost_model.handoff_break_even([fast, slow], (device,)) < 0  # the worst row decides
+    assert "at most 0.40 us" in cost_model.handoff_sensitivity_line([fast], (device,))
+    assert "not met at any" in cost_model.handoff_sensitivity_line([slow], (device,))
+    assert "no verification row" in cost_model.handoff_sensitivity_line([], (device,))
 
 
 def test_the_floor_speedup_over_sglang_by_hand():

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import importlib.machinery
 import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -113,3 +114,27 @@ def emulated(module: ModuleType) -> Iterator[None]:
             setattr(_dispatch, name, value)
         _dispatch._logged.clear()
         verify.forget_counters()
+
+
+def verify_merge_item(target_logits: torch.Tensor) -> int:
+    """chain_verify's work item whose hold delays the last request's merge the most: the last chunk
+    of position 0 (always verified) of row R - 1, item (R - 1) (g + 1) chunks + chunks - 1."""
+    rows, positions, vocab = target_logits.shape
+    chunks = verify._stat_chunks(rows, positions - 1, vocab, target_logits.device)
+    return (rows - 1) * positions * chunks + chunks - 1
+
+
+@contextlib.contextmanager
+def parked_item(item: int) -> Iterator[None]:
+    """CUEMU_PARK_ITEM inside the block: the CTA holding work item ``item`` waits after taking it
+    until every later CTA has finished or waits (tests/cuemu/src/runtime.cpp), so a CTA that reads
+    what ``item`` writes without waiting for it reads what was there before."""
+    old = os.environ.get("CUEMU_PARK_ITEM")
+    os.environ["CUEMU_PARK_ITEM"] = str(item)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUEMU_PARK_ITEM", None)
+        else:
+            os.environ["CUEMU_PARK_ITEM"] = old

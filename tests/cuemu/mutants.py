@@ -242,8 +242,8 @@ MUTANTS = [
     Mutant(
         "verify_resample_missing_syncthreads",
         "chain_verify.cu",
-        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);\n    __syncthreads();",
-        "    bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);",
+        "      bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);\n      __syncthreads();",
+        "      bias_tile<WT, kTileV>(tile.w2, tile.e, tile.bias, layout);",
         "the recomputed draft rows of the resample are read before they are complete",
         ("verify",),
         SCHEDULES,
@@ -368,24 +368,31 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
-        "verify_residual_reads_the_count_before_the_wait",
+        "verify_pass_2_without_the_wait",
         "chain_verify.cu",
-        "  wait_for_primary_grid();  // pass 1 complete: the rejected count and the stop rows are final\n"
-        "  if (nothing_rejected(args)) return;  // uniform\n",
-        "  if (nothing_rejected(args)) return;  // uniform\n  wait_for_primary_grid();\n",
-        "pass 2 (full draft logits) reads the rejected count while pass 1 may still run: it sees no "
-        "rejection and exits, rejected rows keep no correction token",
+        "  if (threadIdx.x == 0) wait_for_count(global_counter(args, kMergedCount), "
+        "static_cast<int32_t>(args.rows));\n",
+        "",
+        "pass 2 reads the rejected count and the stop rows while a request may not be merged yet: "
+        "its rejected rows keep no correction token",
         ("verify",),
         SCHEDULES,
     ),
     Mutant(
-        "verify_residual_markov_without_the_wait",
+        "verify_pass_2_waits_for_one_request_too_many",
         "chain_verify.cu",
-        "  wait_for_primary_grid();  // pass 1 complete: "
-        "the count and the stop rows of every chunk are final\n",
+        "wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows));",
+        "wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows) + 1);",
+        "pass 2 waits for a merge that never comes (a hang on a GPU): the emulator must fault, not hang",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_merged_count_not_reset",
+        "chain_verify.cu",
+        "    *global_counter(args, kMergedCount) = 0;\n",
         "",
-        "pass 2 (draft statistics) never waits for pass 1: it reads the count and the stop rows before "
-        "pass 1 has written them",
+        "the merged count survives the launch: the next launch's pass 2 stops waiting at once",
         ("verify",),
         SCHEDULES,
     ),
@@ -396,7 +403,7 @@ MUTANTS = [
         "",
         "griddepcontrol.wait compiled to nothing: every dependent reads its primary's output while the "
         "primary may still run",
-        ("verify",),
+        ("markov",),
         SCHEDULES,
     ),
     Mutant(
@@ -516,9 +523,12 @@ def _check_verify() -> list[str]:
 
     def check(what: str, target, side, block, lens, temperature) -> None:
         try:
-            for _ in range(2):  # the second launch runs on the counters the first one left
-                assert_verify_matches(backend, target, side, block, lens, temperature)
-                assert counters_at_rest(), "counters not zero after the launch"
+            for parked in (None, harness.verify_merge_item(target)):
+                # the second launch runs on the counters the first one left
+                with harness.parked_item(-1 if parked is None else parked):
+                    for _ in range(2):
+                        assert_verify_matches(backend, target, side, block, lens, temperature)
+                        assert counters_at_rest(), "counters not zero after the launch"
         except (AssertionError, IndexError) as exc:  # IndexError: a garbage token id
             failures.append(f"{what} {type(side).__name__}: {_first_line(exc) or 'outputs differ'}")
 
@@ -528,6 +538,10 @@ def _check_verify() -> list[str]:
             case, block, target, lens = verify_case(backend.device, rows, gamma, vocab)
             for side in (block.stats, block.logits):
                 check(f"R={rows} V={vocab}", target, side, block, lens, case["temperature"])
+        # only the last row rejected: its merge comes last when its item is parked
+        case, block, target, lens = accepting_case(backend, 5, 3, 700, reject_at=[None] * 4 + [1], greedy_every=17)
+        for side in (block.stats, block.logits):
+            check("last row rejected", target, side, block, lens, case["temperature"])
         # every draft accepted at a high temperature: every sampled row's bonus, every column a candidate
         case, block, target, lens = accepting_case(backend, 16, 3, 1024, greedy_every=17)
         check("bonus T=8", target, block.logits, block, lens, torch.full((16,), 8.0))

@@ -39,22 +39,26 @@ def test_the_emulated_extension_is_this_checkouts_build(emulated_extension):
     assert emulated_extension.cuda_archs == "cuemu"
 
 
-def test_chain_verify_pass_2_runs_as_a_dependent_of_pass_1(emulated_extension):
-    """Both forms of pass 2 are programmatic dependents whose blocks run up to their wait before
-    pass 1 (the emulator's adversarial order), and the launcher leaves nothing queued."""
+def test_chain_verify_is_one_launch_whose_pass_2_waits_for_the_last_merge(emulated_extension):
+    """Both forms are one launch (no programmatic dependent, nothing left queued). With the last
+    request's merge held back (its work item parked), pass 2's CTAs run up to their wait first and
+    the tokens are still the reference's; the counters are left zero."""
     from kernel_backend import Backend, counting_launches
-    from test_gpu_kernels import accepting_case, assert_verify_matches
+    from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest
 
     backend = Backend("cuemu", torch.device("cpu"), full=False)
     runtime = emulated_extension._cuemu
     with harness.emulated(emulated_extension), counting_launches(backend.launches):
         case, block, target, lens = accepting_case(backend, 6, 3, 256, reject_at=[0, 1, 2, None, 1, 0])
         for side in (block.logits, block.stats):
-            before = runtime.cuemu_early_dependent_launches()
-            acc, _ = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
-            assert runtime.cuemu_early_dependent_launches() >= before + 1
-            assert runtime.cuemu_queued_launches() == 0
-            assert acc.tolist() == [0, 1, 2, 3, 1, 0]
+            for item in (-1, harness.verify_merge_item(target)):
+                with harness.parked_item(item):
+                    before = runtime.cuemu_early_dependent_launches()
+                    acc, _ = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
+                    assert runtime.cuemu_early_dependent_launches() == before
+                    assert runtime.cuemu_queued_launches() == 0
+                    assert acc.tolist() == [0, 1, 2, 3, 1, 0]
+                    assert counters_at_rest()
     assert harness.last_fault(emulated_extension) == ""
 
 
