@@ -14,6 +14,7 @@
 #include "dspark_sgl/dependent_launch.cuh"
 #include "dspark_sgl/markov_int8.cuh"
 #include "dspark_sgl/mma_fragment.cuh"
+#include "dspark_sgl/work_items.cuh"
 
 namespace {
 
@@ -251,6 +252,33 @@ __global__ void pdl_relay(const int* in, int* out, int* seen, int value) {
   *out = value;
 }
 
+// Two phases through work items: items < n1 write their slice data[item * blockDim.x ..] and
+// raise *done; items >= n1 wait for *done >= target (n1; n1 + 1 is never reached), then sum all
+// of phase 1's slices into out[item - n1]. `wait` 0 drops the wait (a bug: a reader may see a
+// slice before it is written). misuse 1: thread 0 takes a second item, 2: total is one short.
+__global__ void work_items(int32_t* counter, int32_t* done, int* data, unsigned long long* out, int n1, int target,
+                           int wait, int misuse) {
+  __shared__ int item;
+  const int total = static_cast<int>(gridDim.x) - (misuse == 2);
+  if (threadIdx.x == 0) item = dspark_sgl::take_work_item(counter, total);
+  if (threadIdx.x == 0 && misuse == 1) dspark_sgl::take_work_item(counter, total);
+  __syncthreads();
+  if (item < n1) {
+    data[item * blockDim.x + threadIdx.x] = item * 1000 + static_cast<int>(threadIdx.x) + 1;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      atomicAdd(done, 1);
+    }
+    return;
+  }
+  if (wait && threadIdx.x == 0) dspark_sgl::wait_for_count(done, target);
+  __syncthreads();
+  unsigned long long sum = 0;
+  for (int i = threadIdx.x; i < n1 * static_cast<int>(blockDim.x); i += blockDim.x) sum += data[i];
+  atomicAdd(&out[item - n1], sum);
+}
+
 std::string result() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
@@ -413,4 +441,16 @@ CUEMU_EXPORT const char* st_mma_tile(const uint16_t* a, const uint16_t* b, const
                                                     reinterpret_cast<const __nv_bfloat16*>(b), c, slot_a, slot_b,
                                                     d, a_regs, misuse);
   return ret(result());
+}
+// work_items on n1 + n2 blocks of 64 threads.
+CUEMU_EXPORT const char* st_work_items(int32_t* counter, int32_t* done, int* data, unsigned long long* out, int n1,
+                                       int n2, int target, int wait, int misuse) {
+  work_items<<<n1 + n2, 64>>>(counter, done, data, out, n1, target, wait, misuse);
+  return ret(result());
+}
+// cudaDeviceGetAttribute(value, attr, 0): "" or the error's name.
+CUEMU_EXPORT const char* st_device_attribute(int* value, int attr) {
+  const cudaError_t e = cudaDeviceGetAttribute(value, static_cast<cudaDeviceAttr>(attr), 0);
+  cudaGetLastError();
+  return ret(e == cudaSuccess ? std::string() : std::string(cudaGetErrorName(e)));
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import shutil
+import time
 
 import pytest
 import torch
@@ -37,6 +38,8 @@ ENTRY_POINTS = (
     "st_dependent_launch",
     "st_dependent_chain",
     "st_dependent_launch_error",
+    "st_work_items",
+    "st_device_attribute",
 )
 POISON = -1  # a 32-bit word of the dynamic shared memory poison pattern (0xff bytes)
 
@@ -446,3 +449,102 @@ def test_dependent_launch_errors_are_returned_by_the_launch(runtime, kind, messa
     cell = torch.zeros(4, dtype=torch.int32)
     msg = runtime.st_dependent_launch_error(_ptr(cell), kind)
     assert message in msg, msg
+
+
+N1, N2, THREADS = 6, 5, 64  # st_work_items: writer and reader items, threads per block
+
+
+def _slice_sum(item: int) -> int:
+    """The sum of the slice phase-1 item `item` writes (item * 1000 + t + 1, t < THREADS)."""
+    return THREADS * item * 1000 + THREADS * (THREADS + 1) // 2
+
+
+def _work_items(runtime, target: int = N1, wait: int = 1, misuse: int = 0):
+    """Runs st_work_items; returns (message, the readers' sums, the ticket counter after it)."""
+    counter, done = torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
+    data = torch.zeros(N1 * THREADS, dtype=torch.int32)
+    out = torch.zeros(N2, dtype=torch.int64)
+    msg = runtime.st_work_items(
+        _ptr(counter), _ptr(done), _ptr(data), _ptr(out), N1, N2, target, wait, misuse
+    )
+    return msg, out.tolist(), int(counter)
+
+
+@pytest.mark.parametrize(
+    ("workers", "park", "schedule"),
+    [
+        ("1", None, "forward"),
+        ("2", None, "forward"),
+        ("1", N1 - 1, "forward"),
+        ("2", N1 - 1, "forward"),
+        ("1", N1 - 1, "greedy-reverse"),
+        ("2", N1 - 1, "greedy-reverse"),
+        ("2", 0, "forward"),
+        ("2", N1, "forward"),
+    ],
+)
+def test_work_items_that_wait_for_the_items_before_see_their_writes(
+    runtime, monkeypatch, workers, park, schedule
+):
+    """Readers that wait for the writers' count read every slice, whichever item is held back
+    (CUEMU_PARK_ITEM) and however blocks and threads interleave; every launch leaves the ticket
+    counter zero."""
+    monkeypatch.setenv("CUEMU_WORKERS", workers)
+    monkeypatch.setenv("CUEMU_SCHEDULE", schedule)
+    if park is not None:
+        monkeypatch.setenv("CUEMU_PARK_ITEM", str(park))
+    msg, sums, counter = _work_items(runtime)
+    assert msg == b""
+    assert sums == [sum(_slice_sum(i) for i in range(N1))] * N2
+    assert counter == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_parked_item_exposes_readers_that_do_not_wait(runtime, monkeypatch, workers):
+    """With the last writer held (CUEMU_PARK_ITEM = n1 - 1) until the later items are done,
+    readers without the wait miss its slice, every one of them (not a race the run may lose)."""
+    monkeypatch.setenv("CUEMU_WORKERS", workers)
+    monkeypatch.setenv("CUEMU_PARK_ITEM", str(N1 - 1))
+    msg, sums, counter = _work_items(runtime, wait=0)
+    assert msg == b""
+    assert sums == [sum(_slice_sum(i) for i in range(N1 - 1))] * N2
+    assert counter == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_wait_no_block_can_end_is_a_deadlock_fault(runtime, monkeypatch, workers):
+    """A target above what the writers raise faults at once (no timeout), naming the wait, the
+    count and the target; after cuemu_reset later launches run."""
+    monkeypatch.setenv("CUEMU_WORKERS", workers)
+    start = time.monotonic()
+    msg, _, _ = _work_items(runtime, target=N1 + 1)
+    assert time.monotonic() - start < 10.0
+    assert b"wait_for_count: deadlock: the count is 6, the target 7" in msg, msg
+    assert b"no block can raise it" in msg, msg
+    runtime.cuemu_reset()
+    msg, sums, counter = _work_items(runtime)
+    assert msg == b"" and counter == 0
+    assert sums == [sum(_slice_sum(i) for i in range(N1))] * N2
+
+
+@pytest.mark.parametrize(
+    ("misuse", "message"),
+    [
+        (1, b"take_work_item: a second item from counter"),
+        (2, b"take_work_item: total 10 is not the grid's block count 11"),
+    ],
+)
+def test_work_item_misuse_is_reported(runtime, misuse, message):
+    msg, _, _ = _work_items(runtime, misuse=misuse)
+    assert message in msg, msg
+
+
+def test_the_sm_count_is_cuemu_sms(runtime, monkeypatch):
+    value = ctypes.c_int(0)
+    monkeypatch.delenv("CUEMU_SMS", raising=False)
+    assert runtime.st_device_attribute(ctypes.byref(value), 16) == b""  # cudaDevAttrMultiProcessorCount
+    assert value.value == 4
+    monkeypatch.setenv("CUEMU_SMS", "7")
+    assert runtime.st_device_attribute(ctypes.byref(value), 16) == b""
+    assert value.value == 7
+    assert runtime.st_device_attribute(ctypes.byref(value), 1) == b"cudaErrorInvalidValue"

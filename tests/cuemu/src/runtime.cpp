@@ -3,7 +3,8 @@
 //
 // Environment:
 //   CUEMU_WORKERS=n        OS threads running blocks (default: hardware threads, at most 2 on
-//                          the CI machine); 1 makes a whole launch deterministic
+//                          the CI machine); 1 makes a whole launch deterministic. Read at every
+//                          launch.
 //   CUEMU_SCHEDULE=forward|reverse|random[:seed]|greedy|greedy-reverse|greedy-random[:seed]
 //                          how the scheduler interleaves a block's threads (a race-free kernel
 //                          gives the same result under every schedule). forward/reverse/random:
@@ -16,6 +17,17 @@
 //   CUEMU_STRICT_EXIT=1    fault when a thread exits while others wait at __syncthreads
 //   CUEMU_EARLY_BLOCKS=n   blocks of a programmatic dependent launch parked at griddepcontrol.wait
 //                          before its primary runs (default 8)
+//   CUEMU_PARK_ITEM=t      work items (take_work_item): the block that takes ticket t is held right
+//                          after taking it until every other block of the launch has finished
+//                          or waits in wait_for_count and no block is left to start (up to
+//                          kMaxParkHelpers extra OS threads start blocks meanwhile, one more each
+//                          time all others wait); then it resumes. A later item that reads what
+//                          item t writes without waiting for it reads stale data. Read at every
+//                          launch; unset or negative: off; not in a dependent launch's blocks
+//                          that run before their primary
+//   CUEMU_WAIT_TIMEOUT_S=n a wait_for_count that no detected deadlock ends faults after n s
+//                          (default 60)
+//   CUEMU_SMS=n            cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount) (default 4)
 //   CUEMU_STACK_KB=n       fiber stack size (default 256)
 //   CUEMU_VERBOSE=1        print every launch and fault to stderr
 #include <link.h>
@@ -23,8 +35,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdarg>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -111,6 +125,8 @@ struct Fiber {
   FiberState state = FiberState::kRunnable;
   const unsigned* wait_gen = nullptr;  // waiting until *wait_gen != wait_value
   unsigned wait_value = 0;
+  const int32_t* count = nullptr;  // wait_for_count: waiting until *count >= count_target
+  int32_t count_target = 0;
   const char* wait_what = nullptr;
   unsigned wait_mask = 0;
   char* stack = nullptr;
@@ -149,6 +165,7 @@ struct alignas(128) Worker {
   bool aborted = false;
   std::mt19937 rng{12345};
   std::vector<int> order;
+  std::vector<const int32_t*> took;  // the counters this block took a work item from
 
   Worker() = default;
   Worker(const Worker&) = delete;
@@ -172,11 +189,37 @@ struct GridRun {
   std::condition_variable released, settled_cv;
   unsigned settled = 0;  // early threads that have parked a block or run out of blocks
   unsigned turn = 0;     // once resolved: the early thread whose parked block may resume
+  bool early = false;    // run_until_waits ran blocks of this launch before its primary
+  // Work items. `active`: OS threads inside worker_loop on this launch (counted by whoever starts
+  // one, before it starts; each uncounts itself as it leaves). `stuck`: the workers whose block
+  // has nothing to run but fibers in wait_for_count (under progress_mutex). Only active workers
+  // raise counts, so all active workers stuck with no count reached is a deadlock.
+  std::atomic<int> active{0};
+  std::mutex progress_mutex;
+  std::vector<const Worker*> stuck;
+  int park_item = -1;  // CUEMU_PARK_ITEM at the launch
+  std::atomic<bool> park_taken{false};
+  // The extra workers that start blocks while an item is parked; joined by run_blocks.
+  std::vector<std::unique_ptr<Worker>> park_workers;
+  std::vector<std::thread> park_threads;
 };
+
+constexpr size_t kMaxParkHelpers = 32;
 
 thread_local bool tl_settled = false;  // this early thread has told the host it parked or ended
 thread_local bool tl_parked = false;   // this early thread holds a parked block (it takes no more)
 thread_local unsigned tl_early_index = 0;
+thread_local bool tl_early = false;    // this thread is one of a dependent's early threads
+
+// An early thread tells the host it will not take more blocks for now (parked or out of blocks).
+void settle_early_thread(GridRun& L) {
+  std::lock_guard<std::mutex> lock(L.dependency_mutex);
+  if (!tl_settled) {
+    tl_settled = true;
+    ++L.settled;
+    L.settled_cv.notify_all();
+  }
+}
 
 // Called on an early thread whose block can only go on once the primary has run: tells the host
 // and sleeps until the dependency resolves.
@@ -364,6 +407,95 @@ void report_deadlock(Worker& w) {
   w.aborted = true;
 }
 
+// A fiber of `w` in wait_for_count whose count is reached, else the first waiting one (or null).
+const Fiber* count_waiter(const Worker& w, bool* reached) {
+  const unsigned n = w.info.dim.x * w.info.dim.y * w.info.dim.z;
+  const Fiber* first = nullptr;
+  *reached = false;
+  for (unsigned t = 0; t < n && t < w.fibers.size(); ++t) {
+    const Fiber& f = w.fibers[t];
+    if (f.state != FiberState::kWaiting || f.count == nullptr) continue;
+    if (__atomic_load_n(f.count, __ATOMIC_ACQUIRE) >= f.count_target) {
+      *reached = true;
+      return &f;
+    }
+    if (first == nullptr) first = &f;
+  }
+  return first;
+}
+
+// Every runnable fiber of `w`'s block has run and some wait for counts that other blocks raise:
+// sleeps until one is reached. Faults (sets w.aborted) when every active worker of the launch is
+// stuck so with no count reached (a deadlock: no thread is left to raise one) or after
+// CUEMU_WAIT_TIMEOUT_S; abandons the block when the launch aborts.
+void wait_for_other_blocks(Worker& w, GridRun& L) {
+  {
+    std::lock_guard<std::mutex> lock(L.progress_mutex);
+    L.stuck.push_back(&w);
+  }
+  if (tl_early) settle_early_thread(L);  // the host may start the next early thread meanwhile
+  const auto start = std::chrono::steady_clock::now();
+  const auto timeout = std::chrono::seconds(std::max(1, env_int("CUEMU_WAIT_TIMEOUT_S", 60)));
+  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  std::string message;
+  for (unsigned spin = 0;; ++spin) {
+    bool reached;
+    const Fiber* f = count_waiter(w, &reached);
+    if (reached) break;
+    if (L.aborted.load()) {
+      w.aborted = true;  // another block faulted: this one is abandoned
+      break;
+    }
+    bool deadlock = false;
+    int active;
+    size_t stuck;
+    {
+      std::lock_guard<std::mutex> lock(L.progress_mutex);
+      active = L.active.load();
+      stuck = L.stuck.size();
+      if (stuck == static_cast<size_t>(active)) {
+        deadlock = true;
+        for (const Worker* o : L.stuck) {
+          bool r;
+          count_waiter(*o, &r);
+          deadlock &= !r;
+        }
+      }
+    }
+    const bool timed_out = !deadlock && std::chrono::steady_clock::now() - start > timeout;
+    if (deadlock || timed_out) {
+      const uint64_t started = std::min(L.next_block.load(), total);
+      char buf[512];
+      if (deadlock)
+        std::snprintf(buf, sizeof buf,
+                      "%s: deadlock: the count is %d, the target %d, and no block can raise it (every one of "
+                      "the %d running block(s) waits for a count; %llu of %llu blocks started)",
+                      f->wait_what, __atomic_load_n(f->count, __ATOMIC_ACQUIRE), f->count_target, active,
+                      static_cast<unsigned long long>(started), static_cast<unsigned long long>(total));
+      else
+        std::snprintf(buf, sizeof buf,
+                      "%s: the count is %d after %lld s (CUEMU_WAIT_TIMEOUT_S), the target %d (%llu of %llu "
+                      "blocks started)",
+                      f->wait_what, __atomic_load_n(f->count, __ATOMIC_ACQUIRE),
+                      static_cast<long long>(timeout.count()), f->count_target,
+                      static_cast<unsigned long long>(started), static_cast<unsigned long long>(total));
+      char loc[128];
+      std::snprintf(loc, sizeof loc, " [block (%u,%u,%u) thread (%u,%u,%u)]", w.info.idx.x, w.info.idx.y,
+                    w.info.idx.z, f->ts.idx.x, f->ts.idx.y, f->ts.idx.z);
+      message = std::string(buf) + loc;
+      w.aborted = true;
+      break;
+    }
+    if (spin < 64) std::this_thread::yield();
+    else std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  {
+    std::lock_guard<std::mutex> lock(L.progress_mutex);
+    L.stuck.erase(std::find(L.stuck.begin(), L.stuck.end(), &w));
+  }
+  if (!message.empty()) record_fault(message);
+}
+
 void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
   const dim3 g = L.shape.grid, b = L.shape.block;
   w.info.idx = uint3{static_cast<unsigned>(linear_block % g.x),
@@ -391,6 +523,7 @@ void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
   w.live = n;
   w.launch = &L;
   w.aborted = false;
+  w.took.clear();
   for (unsigned t = 0; t < n; ++t) {
     Fiber& f = w.fibers[t];
     f.ts.idx = uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
@@ -399,6 +532,7 @@ void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
     f.ts.warp = t / 32;
     f.state = FiberState::kRunnable;
     f.wait_gen = nullptr;
+    f.count = nullptr;
     f.async_copies.clear();  // an aborted block's fibers may have left some
     f.async_groups = 0;
     init_fiber_context(f);
@@ -414,7 +548,12 @@ void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
     Fiber& f = w.fibers[t];
     if (f.state == FiberState::kDone) return false;
     if (f.state == FiberState::kWaiting) {
-      if (*f.wait_gen == f.wait_value) return false;
+      if (f.count != nullptr) {
+        if (__atomic_load_n(f.count, __ATOMIC_ACQUIRE) < f.count_target) return false;
+        f.count = nullptr;
+      } else if (*f.wait_gen == f.wait_value) {
+        return false;
+      }
       f.state = FiberState::kRunnable;
     }
     w.current = &f;
@@ -449,13 +588,17 @@ void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
     if (!progressed && done < n && !w.aborted) {
       w.current = nullptr;
       bool at_dependency = false;  // threads held by griddepcontrol.wait: the primary must run first
+      bool at_count = false;       // threads in wait_for_count: other blocks must raise a count
       for (unsigned t = 0; t < n; ++t) {
         const Fiber& f = w.fibers[t];
         at_dependency |= f.state == FiberState::kWaiting && f.wait_gen == &L.dependency_gen &&
                          *f.wait_gen == f.wait_value;
+        at_count |= f.state == FiberState::kWaiting && f.count != nullptr;
       }
       if (at_dependency) {
         park(L);
+      } else if (at_count) {
+        wait_for_other_blocks(w, L);  // until a count is reached; a deadlock sets w.aborted
       } else {
         report_deadlock(w);  // sets w.aborted
       }
@@ -490,6 +633,7 @@ void on_signal(int sig, siginfo_t* info, void* uctx) {
   w->current->state = FiberState::kWaiting;
   w->current->wait_gen = &never;
   w->current->wait_value = 0;
+  w->current->count = nullptr;
   (void)uctx;
   switch_to(w->current->ctx, w->sched);
 }
@@ -515,6 +659,7 @@ void install_signal_handlers() {
   }
 }
 
+// Runs blocks of `L` until none is left; the caller has counted this thread in L.active.
 void worker_loop(Worker& w, GridRun& L) {
   install_signal_handlers();
   tl_worker = &w;
@@ -542,13 +687,17 @@ void worker_loop(Worker& w, GridRun& L) {
                               static_cast<unsigned long long>(ran), static_cast<unsigned long long>(total));
   tl_block = nullptr;
   tl_worker = nullptr;
+  L.active.fetch_sub(1);
 }
 
-std::vector<Worker>& workers() {
-  static std::vector<Worker> pool(static_cast<size_t>(std::max(1, env_int("CUEMU_WORKERS", 0) > 0
-                                                                      ? env_int("CUEMU_WORKERS", 0)
-                                                                      : static_cast<int>(std::thread::hardware_concurrency()))));
+// The pool grows to the largest CUEMU_WORKERS of any launch (a deque: workers never move).
+std::deque<Worker>& workers() {
+  static std::deque<Worker> pool;
   return pool;
+}
+size_t worker_count() {
+  const int n = env_int("CUEMU_WORKERS", 0);
+  return static_cast<size_t>(std::max(1, n > 0 ? n : static_cast<int>(std::thread::hardware_concurrency())));
 }
 
 const char* error_name(cudaError_t e) {
@@ -602,6 +751,7 @@ void fault(const char* fmt, ...) {
   w->current->state = FiberState::kWaiting;  // never resumed: the block is abandoned
   w->current->wait_gen = &never;
   w->current->wait_value = 0;
+  w->current->count = nullptr;
   switch_to(w->current->ctx, w->sched);
   std::abort();
 }
@@ -790,19 +940,24 @@ bool context_faulted() {
 void run_blocks(GridRun& L) {
   if (context_faulted()) {  // a faulted context runs nothing
     L.aborted.store(true);
-    return;
+  } else {
+    auto& pool = workers();
+    const dim3 g = L.shape.grid, b = L.shape.block;
+    const uint64_t blocks = uint64_t(g.x) * g.y * g.z;
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(worker_count(), blocks));
+    while (pool.size() < n) pool.emplace_back();
+    if (verbose())
+      std::fprintf(stderr, "cuemu: launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu on %zu worker(s)\n", g.x, g.y,
+                   g.z, b.x, b.y, b.z, L.shape.smem, n);
+    L.active.fetch_add(static_cast<int>(n));
+    std::vector<std::thread> helpers;
+    for (size_t i = 1; i < n; ++i) helpers.emplace_back([&, i] { worker_loop(pool[i], L); });
+    worker_loop(pool[0], L);
+    for (auto& t : helpers) t.join();
   }
-  auto& pool = workers();
-  const dim3 g = L.shape.grid, b = L.shape.block;
-  const uint64_t blocks = uint64_t(g.x) * g.y * g.z;
-  const size_t n = static_cast<size_t>(std::min<uint64_t>(pool.size(), blocks));
-  if (verbose())
-    std::fprintf(stderr, "cuemu: launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu on %zu worker(s)\n", g.x, g.y, g.z,
-                 b.x, b.y, b.z, L.shape.smem, n);
-  std::vector<std::thread> helpers;
-  for (size_t i = 1; i < n; ++i) helpers.emplace_back([&, i] { worker_loop(pool[i], L); });
-  worker_loop(pool[0], L);
-  for (auto& t : helpers) t.join();
+  // Every thread that could park an item has ended: no helper starts after this.
+  for (auto& t : L.park_threads) t.join();
+  L.park_threads.clear();
 }
 
 int early_block_limit() {
@@ -833,21 +988,19 @@ std::atomic<int> g_early_dependent_launches{0};
 void run_until_waits(QueuedLaunch& q) {
   GridRun& L = *q.run;
   const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  L.early = true;  // before any early thread starts: no work item of this launch is parked
   for (int i = 0; i < early_block_limit(); ++i) {
     if (L.next_block.load() >= total || L.aborted.load() || context_faulted()) break;
     q.early_workers.push_back(std::make_unique<Worker>());
     Worker& w = *q.early_workers.back();
+    L.active.fetch_add(1);
     q.early.emplace_back([&L, &w, i] {
       tl_settled = false;
       tl_parked = false;
+      tl_early = true;
       tl_early_index = static_cast<unsigned>(i);
       worker_loop(w, L);
-      std::lock_guard<std::mutex> lock(L.dependency_mutex);
-      if (!tl_settled) {
-        tl_settled = true;
-        ++L.settled;
-        L.settled_cv.notify_all();
-      }
+      settle_early_thread(L);
     });
     std::unique_lock<std::mutex> lock(L.dependency_mutex);
     L.settled_cv.wait(lock, [&] { return L.settled == static_cast<unsigned>(i + 1); });
@@ -913,6 +1066,7 @@ cudaError_t enqueue_grid(const LaunchShape& shape, BodyFn body, void* arg, void 
   q->run->shape = shape;
   q->run->body = body;
   q->run->arg = arg;
+  q->run->park_item = env_int("CUEMU_PARK_ITEM", -1);
   std::lock_guard<std::mutex> lock(g_stream_mutex);
   if (programmatic_dependent && g_queued) {  // the primary has not run yet: the dependent goes first
     q->run->dependency_gen = 0;
@@ -923,6 +1077,67 @@ cudaError_t enqueue_grid(const LaunchShape& shape, BodyFn body, void* arg, void 
   synchronize_locked();  // the launch before this one (a dependent's primary) runs now
   g_queued = std::move(q);
   return cudaSuccess;
+}
+
+namespace {
+
+// Holds the calling block (its OS thread) with work item `ticket` until every other active worker
+// has left or is stuck in wait_for_count and no block is left to start; while all others are
+// stuck and blocks are left, starts one more worker (up to kMaxParkHelpers) to start them.
+void hold_parked_item(GridRun& L, int32_t ticket) {
+  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  if (verbose()) std::fprintf(stderr, "cuemu: work item %d parked\n", ticket);
+  for (;;) {
+    if (L.aborted.load()) break;
+    {
+      std::lock_guard<std::mutex> lock(L.progress_mutex);
+      if (L.stuck.size() + 1 == static_cast<size_t>(L.active.load())) {  // no other worker makes progress
+        if (L.next_block.load() >= total || L.park_workers.size() >= kMaxParkHelpers) break;
+        L.park_workers.push_back(std::make_unique<Worker>());
+        Worker* helper = L.park_workers.back().get();
+        L.active.fetch_add(1);
+        L.park_threads.emplace_back([&L, helper] { worker_loop(*helper, L); });
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+  if (verbose())
+    std::fprintf(stderr, "cuemu: work item %d resumes (%zu helper worker(s))\n", ticket, L.park_workers.size());
+}
+
+}  // namespace
+
+int32_t take_work_item(int32_t* counter, int32_t total) {
+  Worker& w = *tl_worker;
+  GridRun& L = *w.launch;
+  const uint64_t blocks = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  if (total <= 0 || static_cast<uint64_t>(total) != blocks)
+    fault("take_work_item: total %d is not the grid's block count %llu", total,
+          static_cast<unsigned long long>(blocks));
+  if (std::find(w.took.begin(), w.took.end(), counter) != w.took.end())
+    fault("take_work_item: a second item from counter %p in one block (one thread of a block takes one)",
+          static_cast<void*>(counter));
+  w.took.push_back(counter);
+  const int32_t ticket = __atomic_fetch_add(counter, 1, __ATOMIC_SEQ_CST);
+  if (ticket < 0 || ticket >= total)
+    fault("take_work_item: ticket %d out of [0, %d): the counter %p was not zero at the launch", ticket, total,
+          static_cast<void*>(counter));
+  if (ticket == total - 1) __atomic_store_n(counter, 0, __ATOMIC_SEQ_CST);  // every block has its ticket
+  if (ticket == L.park_item && !L.early && !L.park_taken.exchange(true)) hold_parked_item(L, ticket);
+  return ticket;
+}
+
+void wait_for_count(const int32_t* counter, int32_t target, const char* what) {
+  if (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) {
+    Fiber& f = *tl_worker->current;
+    f.state = FiberState::kWaiting;  // runnable again once *counter >= target (run_block's step)
+    f.count = counter;
+    f.count_target = target;
+    f.wait_what = what;
+    f.wait_mask = 0;
+    yield_to_scheduler();
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
 void grid_dependency_wait() {
@@ -966,6 +1181,17 @@ const char* cudaGetErrorString(cudaError_t e) {
   s = e == cuemu::g_message_code && !cuemu::g_error_message.empty() ? cuemu::g_error_message
                                                                       : std::string(cuemu::error_name(e));
   return s.c_str();
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (attr != cudaDevAttrMultiProcessorCount || device != 0) {
+    cuemu::set_last_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute " +
+                                                     std::to_string(static_cast<int>(attr)) + " of device " +
+                                                     std::to_string(device) + " is not emulated");
+    return cudaErrorInvalidValue;
+  }
+  *value = std::max(1, cuemu::env_int("CUEMU_SMS", 4));
+  return cudaSuccess;
 }
 
 int __syncthreads_count(int predicate) {

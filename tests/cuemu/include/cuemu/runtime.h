@@ -47,6 +47,14 @@
 // dependent start as early as any trigger could. Without a queued primary (a runtime call in
 // between ran it) the wait returns at once; cuemu_early_dependent_launches() counts the dependent
 // launches that did run before their primary.
+//
+// Work items (csrc/include/dspark_sgl/work_items.cuh): take_work_item is a fetch-add on the
+// counter (the taker of the last ticket resets it; faults on a second take by one block, a total
+// other than the grid's block count, a ticket out of range). A thread in wait_for_count is not
+// runnable until the count reaches its target; the block's other threads run meanwhile, and once
+// none can, its OS thread sleeps until a count is reached. It faults (a deadlock, naming the
+// count and the target) when every OS thread of the launch is stuck so and no count is reached,
+// or after CUEMU_WAIT_TIMEOUT_S. CUEMU_PARK_ITEM holds one item back (runtime.cpp).
 #pragma once
 
 #include <algorithm>
@@ -142,6 +150,10 @@ enum cudaFuncAttribute : int {
   cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
   cudaFuncAttributePreferredSharedMemoryCarveout = 9,
 };
+// cudaDeviceGetAttribute emulates the SM count only (CUEMU_SMS, default 4: persistent loops loop).
+enum cudaDeviceAttr : int {
+  cudaDevAttrMultiProcessorCount = 16,
+};
 enum cudaMemcpyKind : int {
   cudaMemcpyHostToHost = 0,
   cudaMemcpyHostToDevice = 1,
@@ -206,6 +218,13 @@ void async_wait_group(int n);
 // Programmatic dependent launch, in kernel code (see the header comment).
 void grid_dependency_wait();
 void grid_dependency_trigger();
+// Work items (csrc/include/dspark_sgl/work_items.cuh; one thread of a block calls each): the next
+// ticket of a zero-at-rest counter (the taker of total - 1 resets it; total must be the grid's
+// block count; a block takes one ticket per counter), and a wait until *counter >= target that
+// lets the block's other threads run and faults on a deadlock (`what` names it). See runtime.cpp
+// for CUEMU_PARK_ITEM.
+int32_t take_work_item(int32_t* counter, int32_t total);
+void wait_for_count(const int32_t* counter, int32_t target, const char* what);
 // Runs the queued launch (every runtime call that orders against kernels calls it).
 void synchronize();
 
@@ -582,6 +601,7 @@ inline cudaError_t cudaFree(void* p) {
   std::free(p);
   return cudaSuccess;
 }
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
 inline cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
