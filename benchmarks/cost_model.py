@@ -152,7 +152,6 @@ _ROWS_KERNEL = f"{_VERIFY_KERNEL}<__nv_bfloat16, __nv_bfloat16, __nv_bfloat16, 6
 _LOGITS_KERNEL = f"{_VERIFY_KERNEL}<__nv_bfloat16, __nv_bfloat16, float, 0>"
 _PLAIN_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> plain;"
 _BONUS_SCAN = r"slab\.for_each<kG>\(row, \[&\]\(const T\* p, int32_t v0\) \{\n\s*Group<kG> group;"
-_BONUS_EXACT = r"best\.add\(__fadd_rn\(__fdiv_rn\(x, t\), gumbel_from_bits\(bits\)\), v\);"  # bonus_column
 _BONUS_FIRST = r"template <int kG>\n__device__ __noinline__ ArgMax bonus_first_candidates\("
 
 
@@ -349,36 +348,27 @@ LOOPS: list[LoopName] = [
         _ROWS_KERNEL,
         ((_VERIFY, r"template <int kG>\n__device__ __noinline__ ArgMax bonus_candidates\("),),
         1,
-        "candidate group of 8, whole out-of-line path (its exact scores included)",
-        kind="code",
+        "candidate group of 8, whole out-of-line path (its exact scores called)",
+        kind="function",
+        callee="16bonus_candidatesILi8E",
     ),
     LoopName(
         "verify.rows.bonus_exact",
         _ROWS_KERNEL,
-        (
-            (_VERIFY, r"template <int kG>\n__device__ __noinline__ ArgMax bonus_candidates\("),
-            (_VERIFY, _BONUS_EXACT),
-        ),
-        8,
-        "exact column (IEEE x / T, two logf, score)",
-        kind="code",
+        ((_VERIFY, r"__device__ __noinline__ float exact_gumbel_score\("),),
+        1,
+        "exact column (IEEE x / T, two logf, score: an out-of-line call)",
+        kind="function",
+        callee="18exact_gumbel_score",
     ),
     LoopName(
         "verify.rows.bonus_first",
         _ROWS_KERNEL,
         ((_VERIFY, _BONUS_FIRST),),
         1,
-        "a thread's first candidate group, whole out-of-line path (the seed's and the tested columns'"
-        " exact scores included)",
-        kind="code",
-    ),
-    LoopName(
-        "verify.rows.bonus_first_exact",
-        _ROWS_KERNEL,
-        ((_VERIFY, _BONUS_FIRST), (_VERIFY, _BONUS_EXACT)),
-        7,
-        "exact score of a tested column of a first group (the seed's is always paid)",
-        kind="code",
+        "a thread's first candidate group, whole out-of-line path (its exact scores called)",
+        kind="function",
+        callee="22bonus_first_candidatesILi8E",
     ),
     LoopName(
         "verify.rows.draft",
@@ -731,9 +721,10 @@ RESIDUAL_CTAS_PER_SM = 4  # chain_verify.cu kResidualCtasPerSm
 # The bounded Gumbel draws' candidate path (benchmarks/gumbel_candidates.py, on the embedded
 # target's logits and synthetic V = 129280 rows at T = 0.6 / 1 / 1.5): every group and every
 # Philox block takes it (measured 0.90-1.00: the logits' spread is below G_max + ln V).
-# The bonus draw (2026-12-02, with each thread's first candidate group seeded by its likeliest
-# column): besides the seed, the columns scored exactly per thread fit 0.1 + 1.15 ln(n / 8) for n
-# columns a thread (measured at most 0.07 at 8, 0.70 at 16, 2.00 at 46, 3.84 at 252, 4.63 at 505).
+# The bonus draw (2026-12-02, each thread's first candidate group seeded by its likeliest column,
+# a group's columns tested against the best at its start): besides the seed, the columns scored
+# exactly per thread fit 0.1 + 1.25 ln(n / 8) for n columns a thread (measured at most 0.07 at 8,
+# 0.85 at 16, 2.23 at 46, 4.14 at 252, 4.94 at 505).
 # The residual draw of pass 2 (no seed; 2026-12-01): 2.4 + 1.2 ln(n) (4.9 at 8, 9.4 at 505).
 BONUS_CANDIDATE_GROUPS = 1.0
 
@@ -745,7 +736,7 @@ def _columns_per_thread(vocab: int, chunks: int) -> float:
 def bonus_exact_columns(vocab: int, chunks: int) -> float:
     """Columns of one bonus row scored exactly besides the seeds (the fit above), all threads."""
     n = _columns_per_thread(vocab, chunks)
-    return min(n - 1.0, 0.1 + 1.15 * math.log(max(n, 8.0) / 8.0)) * chunks * ROW_THREADS
+    return min(n - 1.0, 0.1 + 1.25 * math.log(max(n, 8.0) / 8.0)) * chunks * ROW_THREADS
 
 
 def residual_exact_columns(vocab: int, chunks: int) -> float:
@@ -755,18 +746,16 @@ def residual_exact_columns(vocab: int, chunks: int) -> float:
 
 
 def _bonus_row_instructions(vocab: int, chunks: int, loops: Mapping[str, float]) -> float:
-    """One bonus row: the lean loop; each thread's first candidate group (Philox, the seed's exact
-    score, the tests of the other seven); the later candidate groups' headrooms, Philox and uniform
-    tests; the exact scores besides the seeds."""
+    """One bonus row: the lean loop; each thread's first candidate group (Philox, the seed, the
+    tests of the other seven); the later candidate groups' headrooms, Philox and uniform tests
+    (each out-of-line path at its whole static size); the exact scores, the seeds' included."""
     groups = vocab / 8
     first = min(groups, chunks * ROW_THREADS)  # threads with a group
     return (
         loops["verify.rows.bonus"] * vocab
-        + first * (loops["verify.rows.bonus_first"] - 7 * loops["verify.rows.bonus_first_exact"])
-        + BONUS_CANDIDATE_GROUPS
-        * (groups - first)
-        * (loops["verify.rows.bonus_candidates"] - 8 * loops["verify.rows.bonus_exact"])
-        + bonus_exact_columns(vocab, chunks) * loops["verify.rows.bonus_exact"]
+        + first * loops["verify.rows.bonus_first"]
+        + BONUS_CANDIDATE_GROUPS * (groups - first) * loops["verify.rows.bonus_candidates"]
+        + (first + bonus_exact_columns(vocab, chunks)) * loops["verify.rows.bonus_exact"]
     )
 
 
@@ -1255,7 +1244,8 @@ def report(
         f"Modeled (no GPU), {datetime.date.today()}: `python benchmarks/cost_model.py`, SASS of {source}.",
         "Every time below is MODELED, not measured: the sum over launches of"
         " max(bytes / bandwidth, thread-instructions / issue rate) + the launch's boundary (the launch cost;"
-        " for a programmatic dependent launch, PDL, the assumed dependent launch cost).",
+        " for a programmatic dependent launch, PDL, the assumed dependent launch cost; for the second phase"
+        " of one launch, an in-kernel handoff, the assumed handoff cost).",
         "",
         "Device constants:",
         *(f"- {d.source}" for d in DEVICES),
@@ -1306,7 +1296,9 @@ def handoff_break_even(paths: list[ModeledOp], devices: tuple[Device, ...] = DEV
         if path.op != "chain_verify" or not path.handoffs():
             continue
         for device in devices:
-            rest = sum(max(lc.terms(device)) + (0.0 if lc.handoff else lc.boundary(device)) for lc in path.ours)
+            rest = sum(
+                max(lc.terms(device)) + (0.0 if lc.handoff else lc.boundary(device)) for lc in path.ours
+            )
             worst = min(worst, (1.3 * path.floor(device) - rest) / path.handoffs())
     return worst
 

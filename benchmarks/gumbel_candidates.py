@@ -99,19 +99,17 @@ def exact_path_fractions(
             seeded = torch.where(first, g_score[ids].argmax(dim=1), -1)
             blocks += int(first.sum()) * (GROUP // 4)
             best[lanes] = torch.where(first, g_score[ids].max(dim=1).values, best[lanes])
-            for q in range(GROUP // 4):
-                room = headroom(best[lanes, None], g_fast[ids, 4 * q : 4 * q + 4])
-                near = candidate & (first | (~(room >= GUMBEL_MAX)).any(dim=1))
-                blocks += int((near & ~first).sum())
-                for i in range(4):
-                    col = 4 * q + i
-                    room_i = room[:, i]  # a first group's: against its seed
-                    skip = (room_i >= GUMBEL_MAX) | ((room_i > 0) & (g_u[ids, col] < uniform_floor(room_i)))
-                    take = near & ~skip & (seeded != col)
-                    exact += int(take.sum())
-                    best[lanes] = torch.where(
-                        take, torch.maximum(best[lanes], g_score[ids, col]), best[lanes]
-                    )
+            # every column is tested against the best at the group's start (a first group's: its seed)
+            room = headroom(best[lanes, None], g_fast[ids])
+            block_near = (~(room >= GUMBEL_MAX)).view(-1, GROUP // 4, 4).any(dim=2)
+            blocks += int((candidate[:, None] & ~first[:, None] & block_near).sum())
+            near = candidate[:, None] & (first[:, None] | block_near.repeat_interleave(4, dim=1))
+            skip = (room >= GUMBEL_MAX) | ((room > 0) & (g_u[ids] < uniform_floor(room)))
+            cols = torch.arange(GROUP)
+            take = near & ~skip & (seeded[:, None] != cols[None, :])
+            exact += int(take.sum())
+            scored = torch.where(take, g_score[ids], torch.tensor(-math.inf))
+            best[lanes] = torch.maximum(best[lanes], scored.max(dim=1).values)
     return groups / total_groups, blocks / (vocab / 4), exact / vocab, exact / threads
 
 

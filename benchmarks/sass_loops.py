@@ -220,6 +220,8 @@ class Function:
     name: str = ""  # demangled, without return type and arguments
     instructions: list[Instruction] = field(default_factory=list)
     labels: dict[str, int] = field(default_factory=dict)  # label -> index of the next instruction
+    # out-of-line functions nvcc placed in this function's section: mangled name -> (first, end)
+    subfunctions: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def divergent_copies(self) -> set[int]:
         """Instructions of the out-of-line copies nvcc emits for a warp collective it cannot prove
@@ -256,6 +258,7 @@ _LINE = re.compile(r'^\s*//## File "([^"]+)", line (\d+)(?: inlined at "[^"]+", 
 _INSTR = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;?\s*$")
 _FUNC = re.compile(r"^\.text\.(\S+):\s*$")
 _LABEL = re.compile(r"^(\.L_x_\d+):")
+_SUBFUNCTION = re.compile(r"^\$[^$\s]+\$(\S+):\s*$")  # $kernel$callee: an out-of-line callee's start
 
 
 def parse_disassembly(text: str) -> list[Function]:
@@ -283,10 +286,24 @@ def parse_disassembly(text: str) -> list[Function]:
         if m:
             current.labels[m.group(1)] = len(current.instructions)
             continue
+        m = _SUBFUNCTION.match(line)
+        if m:
+            _close_subfunction(current)
+            current.subfunctions[m.group(1)] = (len(current.instructions), -1)
+            continue
         m = _INSTR.match(line)
         if m:
             current.instructions.append(Instruction(int(m.group(1), 16), m.group(2), chain))
+    for fn in functions:
+        _close_subfunction(fn)
     return functions
+
+
+def _close_subfunction(fn: Function) -> None:
+    """Ends the last open out-of-line callee of ``fn`` at its current instruction count."""
+    for name, (first, end) in fn.subfunctions.items():
+        if end < 0:
+            fn.subfunctions[name] = (first, len(fn.instructions))
 
 
 def demangle(names: list[str]) -> list[str]:
@@ -341,8 +358,11 @@ class LoopName:
     anchor: tuple[str, int] | None = None
     # "loop": a SASS loop (above); "code": every instruction of the named frames, loop or not
     # (straight-line code: an unrolled region or an out-of-line function's static size, what
-    # one pass issues with every branch taken).
+    # one pass issues with every branch taken); "function": every instruction of the out-of-line
+    # callee whose mangled name contains ``callee`` (nvcc's inlining chains inside a callee can
+    # lose its own frame, so its frames undercount it; the frames then only locate the source).
     kind: str = "loop"
+    callee: str = ""
     # True: among the SASS loops that are mostly its code, take the innermost (one holding no other
     # such loop) rather than the one with the most of its code: a source loop the compiler unrolled
     # into a main loop nested in a loop whose body holds the remainder iterations (and code around it).
@@ -432,6 +452,8 @@ def count_loop(
     named = [i for i, ins in enumerate(fn.instructions) if _in_chain(ins.frames, ranges)]
     if not named:
         raise LookupError(f"{loop.name}: no instruction of {loop.kernel} comes from {ranges}")
+    if loop.kind == "function":
+        return _callee_count(fn, loop, ranges)
     if loop.kind == "code":
         return _straight_count(fn, loop, ranges, named)
     spans = fn.loops()
@@ -496,6 +518,25 @@ def _opcode_classes(opcodes: list[str]) -> dict[str, int]:
             if re.match(pattern, opcode):
                 ops[cls] += 1
     return dict(ops)
+
+
+def _callee_count(fn: Function, loop: LoopName, ranges: list[tuple[str, int, int]]) -> LoopCount:
+    """An out-of-line callee's static size: every instruction between its label and the next."""
+    spans = [span for name, span in fn.subfunctions.items() if loop.callee in name]
+    if len(spans) != 1:
+        raise LookupError(f"{loop.name}: {len(spans)} callees of {loop.kernel} match {loop.callee!r}")
+    first, end = spans[0]
+    file, lo, hi = ranges[0]
+    return LoopCount(
+        name=loop.name,
+        kernel=loop.kernel,
+        instructions=end - first,
+        per_iteration=loop.per_iteration,
+        unit=loop.unit,
+        source=f"{file}:{lo}-{hi}",
+        coverage=1.0,
+        opcodes=_opcode_classes([fn.instructions[i].opcode for i in range(first, end)]),
+    )
 
 
 def _straight_count(

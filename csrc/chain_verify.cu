@@ -170,25 +170,46 @@ struct Group {
   float x[kG];
 };
 
-// One column of a candidate block: skipped when its Gumbel value cannot lift it to the best
-// (headroom kGumbelMax or more, or a uniform below gumbel_uniform_floor), else the reference's
-// exact score rn(x / T + G), the IEEE x / T and the two logf of G.
-__device__ __forceinline__ void bonus_column(ArgMax& best, float x, int32_t v, float t, float headroom,
-                                             uint32_t bits) {
-  if (headroom >= kGumbelMax) return;
-  if (headroom > 0.0f && bits_to_unit_float(bits) < gumbel_uniform_floor(headroom)) return;
-  best.add(__fadd_rn(__fdiv_rn(x, t), gumbel_from_bits(bits)), v);
+// The reference's score of one column of the bonus draw: rn(x / T + G), the IEEE x / T and the two
+// IEEE logf of G = -log(-log(u)). Out of line: the bounded draw scores few columns exactly.
+__device__ __noinline__ float exact_gumbel_score(float x, float t, uint32_t bits) {
+  return __fadd_rn(__fdiv_rn(x, t), gumbel_from_bits(bits));
+}
+
+// Whether a column needs its exact score: not when its Gumbel value cannot lift it to the best
+// (headroom kGumbelMax or more, or a uniform below gumbel_uniform_floor of its headroom).
+__device__ __forceinline__ bool bonus_needs_score(float headroom, uint32_t bits) {
+  return !(headroom >= kGumbelMax) && !(headroom > 0.0f && bits_to_unit_float(bits) < gumbel_uniform_floor(headroom));
+}
+
+// Adds the exact scores of the columns in `need` (bit i: column v0 + i) to `best`, one out-of-line
+// call each; the column's value and bits are picked by selects (no local-memory array).
+template <int kG>
+__device__ __forceinline__ void add_exact_scores(ArgMax& best, uint32_t need, const Group<kG>& group,
+                                                 const uint32_t (&bits)[kG], int32_t v0, float t) {
+  while (need != 0) {
+    const int i = __ffs(static_cast<int>(need)) - 1;
+    need &= need - 1;
+    float x = group.x[0];
+    uint32_t u = bits[0];
+#pragma unroll
+    for (int k = 1; k < kG; ++k)
+      if (i == k) x = group.x[k], u = bits[k];
+    best.add(exact_gumbel_score(x, t, u), v0 + i);
+  }
 }
 
 // The Gumbel candidates of one group (the bonus draw's candidate path), by blocks of 4 columns: a
-// block with a column at most kGumbelMax below the best gets its Philox words, and each of its
-// columns is tested (bonus_column). Headrooms use the best at the block's start (a later, higher
-// best would only skip more). Returns the new best; out of line, so the hot loop keeps its
-// registers.
+// block with a column at most kGumbelMax below the best gets its Philox words; only a column whose
+// uniform can lift it to the best (bonus_needs_score) pays for its exact score. Every test uses the
+// best at the group's start (a later, higher best would only skip more). Returns the new best; out
+// of line, so the hot loop keeps its registers.
 template <int kG>
 __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
                                                 BonusNoise noise, ArgMax best) {
-  static_assert(kG % 4 == 0, "whole Philox blocks");
+  static_assert(kG % 4 == 0 && kG <= 32, "whole Philox blocks, one bit a column");
+  uint32_t bits[kG] = {};
+  uint32_t need = 0;
 #pragma unroll
   for (int q = 0; q < kG / 4; ++q) {
     float headroom[4];
@@ -200,44 +221,45 @@ __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, flo
     }
     if (!near) continue;
     const Philox4x32 words = noise.block(v0 + 4 * q);
-    const uint32_t bits[4] = {words.x, words.y, words.z, words.w};
+    bits[4 * q] = words.x, bits[4 * q + 1] = words.y, bits[4 * q + 2] = words.z, bits[4 * q + 3] = words.w;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) bonus_column(best, group.x[4 * q + i], v0 + 4 * q + i, t, headroom[i], bits[i]);
+    for (int i = 0; i < 4; ++i)
+      if (bonus_needs_score(headroom[i], bits[4 * q + i])) need |= 1u << (4 * q + i);
   }
+  add_exact_scores<kG>(best, need, group, bits, v0, t);
   return best;
 }
 
 // A thread's first candidate group (its best still empty, so every block is near): all its Philox
 // words first; the column of the highest approximate score (MUFU logs: a choice, never a result)
-// is scored exactly and becomes the best that the other columns are tested against, so that they
-// rarely need their exact score. Any best is a lower bound of the row's winning score: the draw is
-// the reference's either way. Out of line, called at most once or twice a thread.
+// is scored exactly (the seed) and becomes the best that the other columns are tested against, so
+// that they rarely need their exact score. Any column's exact score is a lower bound of the row's
+// winning score: the draw is the reference's either way. Out of line, called about once a thread.
 template <int kG>
 __device__ __noinline__ ArgMax bonus_first_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
                                                       BonusNoise noise, ArgMax best) {
-  static_assert(kG % 4 == 0, "whole Philox blocks");
+  static_assert(kG % 4 == 0 && kG <= 32, "whole Philox blocks, one bit a column");
   uint32_t bits[kG];
-  int32_t seeded = -1;
-  float likeliest = -INFINITY;
 #pragma unroll
   for (int q = 0; q < kG / 4; ++q) {
     const Philox4x32 words = noise.block(v0 + 4 * q);
     bits[4 * q] = words.x, bits[4 * q + 1] = words.y, bits[4 * q + 2] = words.z, bits[4 * q + 3] = words.w;
   }
+  int seeded = 0;
+  float likeliest = -INFINITY;
 #pragma unroll
   for (int i = 0; i < kG; ++i) {  // x / T + G less a constant: G = -ln 2 (log2(-log2 u) + log2(ln 2))
     const float approx = __fmul_rn(group.x[i], inv_t) -
                          0.6931471805599453f * fast_log2(-fast_log2(bits_to_unit_float(bits[i])));
     if (approx > likeliest) likeliest = approx, seeded = i;
   }
+  add_exact_scores<kG>(best, 1u << seeded, group, bits, v0, t);  // the seed
+  uint32_t need = 0;
 #pragma unroll
-  for (int i = 0; i < kG; ++i)  // selects on a register index (no local-memory array)
-    if (i == seeded) best.add(__fadd_rn(__fdiv_rn(group.x[i], t), gumbel_from_bits(bits[i])), v0 + i);
-#pragma unroll
-  for (int i = 0; i < kG; ++i) {
-    if (i == seeded) continue;
-    bonus_column(best, group.x[i], v0 + i, t, gumbel_headroom(best.score, __fmul_rn(group.x[i], inv_t)), bits[i]);
-  }
+  for (int i = 0; i < kG; ++i)
+    if (i != seeded && bonus_needs_score(gumbel_headroom(best.score, __fmul_rn(group.x[i], inv_t)), bits[i]))
+      need |= 1u << i;
+  add_exact_scores<kG>(best, need, group, bits, v0, t);
   return best;
 }
 

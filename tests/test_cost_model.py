@@ -134,11 +134,10 @@ def test_verify_bonus_row_instructions_follow_the_measured_fractions():
     # R = 256: one chunk of 256 threads, each with a first group, the other groups all candidates
     assert only("verify.rows.bonus_first", 256) == 256 * 256
     assert only("verify.rows.bonus_candidates", 256) == 256 * (129280 / 8 - 256)  # (measured)
-    # 505 columns per thread, 0.1 + 1.15 ln(505 / 8) of them scored exactly besides the seed; counted
-    # per exact column, not inside the candidate groups' counts
-    exact = (0.1 + 1.15 * math.log(129280 / 256 / 8)) * 256
-    assert only("verify.rows.bonus_exact", 256) == pytest.approx(256 * (exact - 8 * (129280 / 8 - 256)))
-    assert only("verify.rows.bonus_first_exact", 256) == pytest.approx(-256 * 7 * 256)
+    # 505 columns per thread, 0.1 + 1.25 ln(505 / 8) of them scored exactly besides the seed, each
+    # an out-of-line call counted once per exact column
+    exact = (0.1 + 1.25 * math.log(129280 / 256 / 8)) * 256
+    assert only("verify.rows.bonus_exact", 256) == pytest.approx(256 * (exact + 256))
     # R = 1: 64 chunks, 7.9 columns per thread: nearly every thread has one (first) group only
     first = min(129280 / 8, 64 * 256)
     assert only("verify.rows.bonus_first", 1) == first
@@ -254,7 +253,10 @@ def test_verification_is_one_launch_and_the_later_markov_positions_are_dependent
         sum(max(lc.terms(h100)) for lc in verify.ours) + h100.launch_cost + h100.handoff_cost
     )
     text = cost_model.report(paths, _counts(10), cost_model.budgets(paths, _counts(10)), "test")
-    assert "- chain_verify: launches: chain_verify_kernel (full boundary), chain_verify_kernel (in-kernel handoff)" in text
+    assert (
+        "- chain_verify: launches: chain_verify_kernel (full boundary),"
+        " chain_verify_kernel (in-kernel handoff)" in text
+    )
     assert "1 (1 handoff)" in text
     assert (
         "- markov_block: launches: cudaMemsetAsync (full boundary), markov_tile_kernel (full boundary),"

@@ -4,7 +4,9 @@
 ``dspark_sgl._dispatch`` treats the CPU as the device: the public functions take their CUDA branch
 (the same argument marshalling, raw pointers, launchers and kernels as on a GPU) with CPU tensors;
 ``_dispatch.forced_reference()`` still selects the PyTorch references. The device it stands for is
-an H100/H200 (sm_90): 132 SMs, 227 KiB of opt-in shared memory per block.
+an H100/H200 (sm_90): 132 SMs (for the Python side's launch shapes), 227 KiB of opt-in shared
+memory per block. The kernels' own ``cudaDeviceGetAttribute`` reports ``CUEMU_SMS`` (default 4),
+so that persistent loops over work really loop.
 """
 
 from __future__ import annotations

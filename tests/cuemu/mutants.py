@@ -539,7 +539,9 @@ def _check_verify() -> list[str]:
             for side in (block.stats, block.logits):
                 check(f"R={rows} V={vocab}", target, side, block, lens, case["temperature"])
         # only the last row rejected: its merge comes last when its item is parked
-        case, block, target, lens = accepting_case(backend, 5, 3, 700, reject_at=[None] * 4 + [1], greedy_every=17)
+        case, block, target, lens = accepting_case(
+            backend, 5, 3, 700, reject_at=[None] * 4 + [1], greedy_every=17
+        )
         for side in (block.stats, block.logits):
             check("last row rejected", target, side, block, lens, case["temperature"])
         # every draft accepted at a high temperature: every sampled row's bonus, every column a candidate
