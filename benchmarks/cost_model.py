@@ -594,6 +594,27 @@ def _sglang(launches: sglang_path_model.Launches) -> list[Launch]:
     return [Launch(name, float(b)) for name, b in launches]
 
 
+FUSED_CTAS_PER_SM = 3  # chain_verify.cu kFusedCtasPerSm, with its shared-memory constants below
+SHARED_MEMORY_PER_SM, RESERVED_PER_CTA, FUSED_STATIC_BYTES = 228 * 1024, 1024, 6144
+
+
+def _align128(b: int) -> int:
+    return (b + 127) // 128 * 128
+
+
+def verification_fused(rows: int) -> bool:
+    """chain_verify.cu fused_fits for the statistics form (bf16 weights, r = RANK): the recompute
+    tile's dynamic shared memory (MarkovTileLayout: W2 tile, E chunk, bias tile) leaves pass 1 at
+    least FUSED_CTAS_PER_SM CTAs a multiprocessor."""
+    tile_v = _tile_geometry(129280, rows)["tile_v"]
+    ld = math.ceil(RANK / 16) * 16 + 8
+    chunk_rows = 2048 // tile_v
+    smem = (
+        _align128(tile_v * ld * ELEM) + _align128(chunk_rows * ld * ELEM) + _align128(chunk_rows * tile_v * 4)
+    )
+    return FUSED_CTAS_PER_SM * (smem + FUSED_STATIC_BYTES + RESERVED_PER_CTA) <= SHARED_MEMORY_PER_SM
+
+
 def _tile_geometry(vocab: int, rows: int) -> dict[str, int]:
     """markov_block_tile_vocab and verification's recompute geometry (chain_verify.cu)."""
     tile_v = 128 if rows > 32 else 64  # 16-bit weights
@@ -800,14 +821,18 @@ def verify(
         row_instructions,
     )
     notes = [
-        "floor: the target logits read once; one launch (chain_verify_kernel), its pass 2 an in-kernel"
-        " handoff (work_items.cuh) charged even when it exits at once",
+        "floor: the target logits read once; pass 2 charged its boundary even when it exits at once: an"
+        " in-kernel handoff where it is fused into pass 1's launch (work_items.cuh), else a programmatic"
+        " dependent launch (statistics form at R > 32: its recompute tile's shared memory would cost"
+        " pass 1 occupancy, chain_verify.cu fused_fits)",
         "bonus draw: candidate fractions measured by benchmarks/gumbel_candidates.py (see cost_model.py)",
     ]
+    fused = logits_form or verification_fused(rows)
+    boundary = {"handoff": True} if fused else {"dependent": True}
     if not rejected:
         tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])
         ctas = min(tiles, RESIDUAL_CTAS_PER_SM * SMS)  # each reads the counts and takes the exit ticket
-        pass2 = Launch("chain_verify_kernel pass 2 (exits: nothing rejected)", ctas * 12, handoff=True)
+        pass2 = Launch("chain_verify_kernel pass 2 (exits: nothing rejected)", ctas * 12, **boundary)
     elif logits_form:
         parts = min(chunks * (gamma + 1), math.ceil(vocab / 2048))
         resample = rows * parts * RESIDUAL_PARTIAL
@@ -825,7 +850,7 @@ def verify(
             * (loops["verify.residual.logits_candidates"] - 4 * loops["verify.residual.logits_exact"])
             + rows * residual_exact_columns(vocab, parts) * loops["verify.residual.logits_exact"]
             + loops["verify.residual.merge"] * rows * parts,
-            handoff=True,
+            **boundary,
         )
     else:
         geo = _tile_geometry(vocab, rows)
@@ -839,7 +864,7 @@ def verify(
             + 2 * resample,
             _tile_instructions("verify.residual", geo, loops)
             + loops["verify.residual.merge"] * rows * geo["tiles"],
-            handoff=True,
+            **boundary,
         )
         notes.append(
             "W2 recompute: W2 read once per launch (at R * g < r keeping the draft logits moves less)"
@@ -1280,7 +1305,8 @@ def report(
         "Budgets (modeled):",
         *(v.line() for v in verdicts),
         "",
-        handoff_sensitivity_line(paths),
+        boundary_sensitivity_line(paths, "handoff"),
+        boundary_sensitivity_line(paths, "dependent"),
         "",
         "The 2x-SGLang budget at the floor (modeled):",
         *floor_reach_lines(paths),
@@ -1288,35 +1314,49 @@ def report(
     return "\n".join(lines)
 
 
-def handoff_break_even(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> float:
-    """The largest in-kernel handoff cost (s) at which every verification row meets its budget
-    (<= 1.3x the floor), everything else as modeled; negative: none does; inf: no row has one."""
+_BOUNDARY_KINDS = {
+    "handoff": ("an in-kernel handoff", lambda lc: lc.handoff, lambda: f"{HANDOFF_COST * 1e6:.2f} us"),
+    "dependent": (
+        "a programmatic dependent boundary",
+        lambda lc: lc.dependent,
+        lambda: f"{_DEPENDENT_LAUNCH * 1e6:.2f} us = {DEPENDENT_FRACTION} x {_LAUNCH * 1e6:.1f} us",
+    ),
+}
+
+
+def boundary_break_even(paths: list[ModeledOp], kind: str, devices: tuple[Device, ...] = DEVICES) -> float:
+    """The largest cost (s) of one boundary of ``kind`` ("handoff" or "dependent") at which every
+    verification row with such a boundary meets its budget (<= 1.3x the floor), everything else as
+    modeled; negative: none does; inf: no row has one."""
+    _, has, _ = _BOUNDARY_KINDS[kind]
     worst = math.inf
     for path in paths:
-        if path.op != "chain_verify" or not path.handoffs():
+        n = sum(has(lc) for lc in path.ours)
+        if path.op != "chain_verify" or not n:
             continue
         for device in devices:
-            rest = sum(
-                max(lc.terms(device)) + (0.0 if lc.handoff else lc.boundary(device)) for lc in path.ours
-            )
-            worst = min(worst, (1.3 * path.floor(device) - rest) / path.handoffs())
+            rest = sum(max(lc.terms(device)) + (0.0 if has(lc) else lc.boundary(device)) for lc in path.ours)
+            worst = min(worst, (1.3 * path.floor(device) - rest) / n)
     return worst
 
 
-def handoff_sensitivity_line(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> str:
-    """The verification budget's sensitivity to the assumed in-kernel handoff cost."""
-    at = handoff_break_even(paths, devices)
-    assumed = f"assumed now {HANDOFF_COST * 1e6:.2f} us"
+def boundary_sensitivity_line(
+    paths: list[ModeledOp], kind: str, devices: tuple[Device, ...] = DEVICES
+) -> str:
+    """The verification budget's sensitivity to the assumed cost of one kind of boundary."""
+    what, _, assumed_cost = _BOUNDARY_KINDS[kind]
+    at = boundary_break_even(paths, kind, devices)
+    assumed = f"assumed now {assumed_cost()}"
     if not math.isfinite(at):
-        return f"Sensitivity (modeled): no verification row has an in-kernel handoff ({assumed})."
+        return f"Sensitivity (modeled): no verification row has {what} ({assumed})."
     if at < 0:
         return (
-            "Sensitivity (modeled): the verification budget is not met at any in-kernel handoff cost,"
-            f" even 0 us ({assumed})."
+            f"Sensitivity (modeled): the verification budget is not met at any cost of {what}, even 0 us"
+            f" ({assumed})."
         )
     return (
-        "Sensitivity (modeled): the verification budget holds at every row while the in-kernel handoff"
-        f" costs at most {at * 1e6:.2f} us ({at / _LAUNCH:.2f} x the launch cost; {assumed})."
+        f"Sensitivity (modeled): the verification budget holds at every row with {what} while it costs at"
+        f" most {at * 1e6:.2f} us ({at / _LAUNCH:.2f} x the launch cost; {assumed})."
     )
 
 

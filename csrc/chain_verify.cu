@@ -2,7 +2,10 @@
 //
 // One launch that waits on nothing (not the host, not another launch): chain_verify_kernel. Each
 // CTA takes a work item in start order (work_items.cuh); the first items are pass 1's, the rest
-// pass 2's, so pass 2 waits only on CTAs that are already running.
+// pass 2's, so pass 2 waits only on CTAs that are already running. Where pass 2's recompute tile
+// (dynamic shared memory every CTA of the launch would carry) would cost pass 1 occupancy
+// (fused_fits: the statistics form at r = 256 and R > 32, fp32 weights, r = 512), the two passes
+// are two launches instead, pass 2 a programmatic dependent of pass 1 (dependent_launch.cuh).
 //   pass 1 (verify_rows)    one item per (chunk, j, row): every verified target row j <= l_r is
 //                           read once, in `chunks` CTAs along V. Each CTA writes the softmax
 //                           statistics of t / T of its slab, the raw argmax (greedy) and, at
@@ -15,9 +18,9 @@
 //                           writes accept_lens and out_tokens, counts the sampled requests that
 //                           were rejected, and raises the merged-request count.
 //   pass 2 (residual_*)     a few persistent CTAs (at most kResidualCtasPerSm a multiprocessor)
-//                           wait until every request is merged, read the rejected count, and
-//                           exit at once when nothing was rejected: no second launch, and no W2
-//                           byte read. Otherwise they draw the correction
+//                           wait until every request is merged (or, split, for pass 1's grid),
+//                           read the rejected count, and exit at once when nothing was rejected:
+//                           no W2 byte read. Otherwise they draw the correction
 //                           argmax(log max(0, p_s - q_s) + G) (the bonus at s when every residual
 //                           is 0) at the stop row s of each rejected sampled request, walking
 //                           their items (logits form: (chunk, row) slabs of the stop rows; without
@@ -26,8 +29,8 @@
 //                           The last tile of a row (a ticket) merges it; the last pass-2 CTA
 //                           resets the counts.
 // Counters (int32, a layout independent of R): [0] rejected requests, [1] the pass-2 CTA ticket,
-// [2] the work-item ticket, [3] merged requests, then kMaxRows pass-1 tickets and kMaxRows pass-2
-// tickets. They are created zero and every launch leaves them zero.
+// [2] the work-item ticket, [32] merged requests, then from [64] kMaxRows pass-1 tickets and
+// kMaxRows pass-2 tickets. They are created zero and every launch leaves them zero.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,6 +39,7 @@
 #include <type_traits>
 
 #include "dspark_sgl/common.cuh"
+#include "dspark_sgl/dependent_launch.cuh"
 #include "dspark_sgl/launch.h"
 #include "dspark_sgl/markov_tile.cuh"
 #include "dspark_sgl/work_items.cuh"
@@ -56,10 +60,20 @@ constexpr float kGumbelMax = 16.64f;
 constexpr float kSkipSlack = 9.5367431640625e-07f;  // 2^-20
 
 constexpr int64_t kMaxRows = 65535;
-enum CounterSlot : int { kRejectedCount = 0, kResidualTicket = 1, kItemTicket = 2, kMergedCount = 3, kGlobalCounters = 4 };
+// The merged count, which pass 2 polls, on a 128-byte line of its own (the tickets beside it are hot).
+enum CounterSlot : int {
+  kRejectedCount = 0,
+  kResidualTicket = 1,
+  kItemTicket = 2,
+  kMergedCount = 32,
+  kGlobalCounters = 64
+};
 // Pass-2 CTAs per multiprocessor: enough to stream W2 (or the stop rows) when rows are rejected,
 // few enough that their wait and exit cost little when none is.
 constexpr int kResidualCtasPerSm = 4;
+// Pass 1 is a bandwidth-bound stream of the logits: at least 3 CTAs of 256 threads a multiprocessor
+// (at most 85 registers a thread; a fused launch's shared memory allows as many, fused_fits).
+constexpr int kRowCtasPerSm = 3;
 static_assert(kRowThreads == kTileThreads, "one block shape serves both passes");
 
 __device__ __forceinline__ int32_t* global_counter(const ChainVerifyArgs& a, CounterSlot s) { return a.counters + s; }
@@ -413,9 +427,11 @@ __device__ __forceinline__ RowPartial merge_chunks(const RowPartial* p, int chun
 }
 
 // The last CTA of a request: merges every position, tests them all at once, writes the chain.
+// pass_2_waits: pass-2 CTAs of this launch wait for the merged count (and reset it); else the last
+// merger does.
 template <typename TT, typename DT>
 __device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* partials, StopInfo* stops,
-                               int64_t row, int64_t len, bool sampled, float safe_t) {
+                               int64_t row, int64_t len, bool sampled, float safe_t, bool pass_2_waits) {
   __shared__ SoftmaxStats s_target[kMaxGamma + 1], s_draft[kMaxGamma + 1];
   __shared__ int32_t s_argmax[kMaxGamma + 1], s_bonus[kMaxGamma + 1];
   __shared__ uint32_t s_accept[kMaxGamma];
@@ -474,16 +490,16 @@ __device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* pa
   pass1_tickets(args)[row] = 0;  // every CTA of this request has taken its ticket
   __threadfence();  // the chain, the stop and the rejected count before the merged count
   int32_t* merged = global_counter(args, kMergedCount);
-  if (atomicAdd(merged, 1) == static_cast<int32_t>(args.rows) - 1 && g == 0) *merged = 0;  // no pass 2 waits
+  if (atomicAdd(merged, 1) == static_cast<int32_t>(args.rows) - 1 && !pass_2_waits) *merged = 0;
 }
 
 // Pass 1's item (chunk_id, j, row).
 template <typename TT, typename DT>
 __device__ __forceinline__ void verify_rows(const ChainVerifyArgs& args, RowPartial* partials, StopInfo* stops,
-                                            int64_t chunk_id, int64_t j, int64_t row) {
+                                            int64_t chunk_id, int64_t j, int64_t row, bool pass_2_waits) {
   const int64_t g = args.gamma, vocab = args.vocab;
   const int64_t len = clamp_index(args.verify_lens[row], g + 1);
-  if (j > len) return;  // uniform per CTA; these CTAs take no ticket
+  if (j > len) return;  // uniform per CTA; these CTAs take no row ticket
   const float t = args.temperature[row];
   const bool sampled = t > 0.0f;
   const float safe_t = sampled ? t : 1.0f;
@@ -518,7 +534,7 @@ __device__ __forceinline__ void verify_rows(const ChainVerifyArgs& args, RowPart
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  accept_request<TT, DT>(args, partials, stops, row, len, sampled, safe_t);
+  accept_request<TT, DT>(args, partials, stops, row, len, sampled, safe_t, pass_2_waits);
 }
 
 // ---- pass 2 ---------------------------------------------------------------------------
@@ -531,6 +547,7 @@ __device__ __forceinline__ bool nothing_rejected(const ChainVerifyArgs& args) {
 __device__ __forceinline__ void finish_residual_cta(const ChainVerifyArgs& args, int ctas) {
   __syncthreads();
   if (threadIdx.x != 0) return;
+  __threadfence();  // this CTA's reads of the counts before its ticket (the last one resets them)
   int32_t* ticket = global_counter(args, kResidualTicket);
   if (atomicAdd(ticket, 1) == ctas - 1) {
     *global_counter(args, kRejectedCount) = 0;
@@ -780,28 +797,40 @@ __device__ void residual_from_markov(const ChainVerifyArgs& args, const StopInfo
   }
 }
 
-// The one launch: work item `item` of `rows_items` pass-1 items and `residual_ctas` pass-2 CTAs.
+// Work items of one launch: `rows_items` pass-1 items, then `residual_ctas` pass-2 CTAs.
+//   fused (both > 0): one launch, pass 2 waiting for the merged count (an in-kernel handoff);
+//   split: a pass-1 launch (residual_ctas == 0), then a pass-2 launch (rows_items == 0) as its
+//   programmatic dependent, where each CTA's blockIdx is its item and it waits for the primary grid.
 // kTileV == 0: the residual from full draft logits (WT unused); else from the Markov head.
 struct WorkItems {
   int32_t rows_items, residual_ctas, residual_parts;  // residual_parts: chunks a row (logits form)
 };
 
 template <typename TT, typename DT, typename WT, int kTileV>
-__global__ void __launch_bounds__(kRowThreads)
+__global__ void __launch_bounds__(kRowThreads, kRowCtasPerSm)
     chain_verify_kernel(ChainVerifyArgs args, RowPartial* row_partials, StopInfo* stops, ArgMax* resample,
                         WorkItems items) {
+  const bool split_residual = items.rows_items == 0;
   __shared__ int32_t s_item;
-  if (threadIdx.x == 0) s_item = take_work_item(global_counter(args, kItemTicket), items.rows_items + items.residual_ctas);
+  if (threadIdx.x == 0 && !split_residual)
+    s_item = take_work_item(global_counter(args, kItemTicket), items.rows_items + items.residual_ctas);
   __syncthreads();
-  const int32_t item = s_item;
+  const int32_t item = split_residual ? static_cast<int32_t>(blockIdx.x) : s_item;
   if (item < items.rows_items) {
+    // A split pass 2 may launch now: it waits for this grid's completion before it reads anything
+    // this grid writes, so the trigger's position only decides how early its prologue runs.
+    allow_dependent_launch();
     const int64_t chunks = args.stat_chunks, per_row = chunks * (args.gamma + 1);
-    verify_rows<TT, DT>(args, row_partials, stops, item % chunks, (item % per_row) / chunks, item / per_row);
+    verify_rows<TT, DT>(args, row_partials, stops, item % chunks, (item % per_row) / chunks, item / per_row,
+                        items.residual_ctas > 0);
     return;
   }
-  // Pass 2: only pass-1 items, all started before this one, raise the merged count.
-  if (threadIdx.x == 0) wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows));
-  __syncthreads();
+  if (split_residual) {
+    wait_for_primary_grid();  // pass 1 complete: the counts and the stop rows are final
+  } else {  // only pass-1 items, all started before this one, raise the merged count
+    if (threadIdx.x == 0) wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows));
+    __syncthreads();
+  }
   if (!nothing_rejected(args)) {  // uniform
     const int k = item - items.rows_items;
     if constexpr (kTileV == 0) {
@@ -812,7 +841,6 @@ __global__ void __launch_bounds__(kRowThreads)
   }
   finish_residual_cta(args, items.residual_ctas);
 }
-
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
@@ -845,34 +873,57 @@ cudaError_t residual_ctas(const ChainVerifyArgs& args, int64_t work, int32_t& ct
   return cudaSuccess;
 }
 
+// Pass 2 fused into pass 1's launch only where its dynamic shared memory (which every CTA of the
+// launch carries) leaves pass 1 at least kFusedCtasPerSm CTAs a multiprocessor (sm_90: 228 KB a
+// multiprocessor, 1 KB reserved a CTA; the kernel's static shared memory is about 5.5 KB): the
+// statistics form at r = 256 with 16-bit weights fuses at R <= 32 (the 64-wide tile, 58 KB).
+constexpr int kFusedCtasPerSm = 3;
+constexpr size_t kSharedMemoryPerSm = 228 * 1024, kReservedPerCta = 1024, kFusedStaticBytes = 6144;
+constexpr bool fused_fits(size_t smem) {
+  return kFusedCtasPerSm * (smem + kFusedStaticBytes + kReservedPerCta) <= kSharedMemoryPerSm;
+}
+
+// residual_work: pass 2's items (W2 tiles, or chunks x rows); fused: both passes in one launch,
+// else pass 1, then pass 2 as its programmatic dependent.
 template <typename TT, typename DT, typename WT, int kTileV>
-cudaError_t launch_one(const ChainVerifyArgs& args, const Workspace& w, size_t smem, int64_t residual_work,
-                       int32_t residual_parts, cudaStream_t stream) {
+cudaError_t launch_passes(const ChainVerifyArgs& args, const Workspace& w, size_t smem, int64_t residual_work,
+                          int32_t residual_parts, bool fused, cudaStream_t stream) {
   auto kernel = chain_verify_kernel<TT, DT, WT, kTileV>;
-  WorkItems items{static_cast<int32_t>(args.stat_chunks * (args.gamma + 1) * args.rows), 0, residual_parts};
-  cudaError_t err = residual_ctas(args, residual_work, items.residual_ctas);
-  if (err == cudaSuccess && smem > 0)
+  const int32_t rows_items = static_cast<int32_t>(args.stat_chunks * (args.gamma + 1) * args.rows);
+  int32_t ctas = 0;
+  cudaError_t err = residual_ctas(args, residual_work, ctas);
+  if (err == cudaSuccess && smem > 0 && ctas > 0)
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
-  kernel<<<static_cast<unsigned>(items.rows_items + items.residual_ctas), kRowThreads, smem, stream>>>(
-      args, w.rows, w.stops, w.resample, items);
-  return cudaGetLastError();
+  if (fused || ctas == 0) {
+    const WorkItems items{rows_items, ctas, residual_parts};
+    kernel<<<static_cast<unsigned>(rows_items + ctas), kRowThreads, ctas > 0 ? smem : 0, stream>>>(
+        args, w.rows, w.stops, w.resample, items);
+    return cudaGetLastError();
+  }
+  kernel<<<static_cast<unsigned>(rows_items), kRowThreads, 0, stream>>>(args, w.rows, w.stops, w.resample,
+                                                                        WorkItems{rows_items, 0, residual_parts});
+  err = launch_programmatic_dependent(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kRowThreads), smem, stream,
+                                      args, w.rows, w.stops, w.resample, WorkItems{0, ctas, residual_parts});
+  return err != cudaSuccess ? err : cudaGetLastError();
 }
 
 template <typename TT, typename DT>
 cudaError_t launch_typed(const ChainVerifyArgs& args, int weight_dtype, const Workspace& w, cudaStream_t stream) {
-  if (args.draft_logits != nullptr) {
+  if (args.draft_logits != nullptr) {  // no shared memory: always fused
     // As many chunks a stop row as pass 1 ran CTAs per request, at least 2048 columns each.
     const int64_t parts = std::min<int64_t>(args.stat_chunks * (args.gamma + 1), ceil_div(args.vocab, 2048));
-    return launch_one<TT, DT, float, 0>(args, w, 0, parts * args.rows, static_cast<int32_t>(parts), stream);
+    return launch_passes<TT, DT, float, 0>(args, w, 0, parts * args.rows, static_cast<int32_t>(parts), true,
+                                           stream);
   }
   const bool wide = markov_block_tile_vocab(args.rows, weight_dtype == 0 ? 4 : 2) == 128;
   return with_dtype(weight_dtype, [&](auto weight) {
     using WT = typename decltype(weight)::type;
     auto markov = [&](auto tile_v) {
       constexpr int kTileV = decltype(tile_v)::value;
-      const size_t smem = MarkovTileLayout<WT, kTileV>(static_cast<int>(args.rank)).total_bytes();
-      return launch_one<TT, TT, WT, kTileV>(args, w, smem, ceil_div(args.vocab, kTileV), 0, stream);
+      const size_t smem = args.gamma == 0 ? 0 : MarkovTileLayout<WT, kTileV>(static_cast<int>(args.rank)).total_bytes();
+      return launch_passes<TT, TT, WT, kTileV>(args, w, smem, ceil_div(args.vocab, kTileV), 0, fused_fits(smem),
+                                               stream);
     };
     if constexpr (std::is_same<WT, float>::value) {  // fp32 weights: the CUDA-core 64-wide tile
       return markov(std::integral_constant<int, 64>{});
@@ -896,7 +947,7 @@ cudaError_t launch_for_target(const ChainVerifyArgs& args, int draft_dtype, int 
 size_t chain_verify_workspace_bytes(int64_t rows, int64_t gamma, int64_t vocab, int stat_chunks,
                                     int weight_bytes) {
   (void)weight_bytes;
-  const int64_t tiles = ceil_div(vocab, 64);  // the narrowest tile of either residual kernel
+  const int64_t tiles = ceil_div(vocab, 64);  // the narrowest recompute tile
   return align256(sizeof(RowPartial) * rows * (gamma + 1) * stat_chunks) + align256(sizeof(StopInfo) * rows) +
          sizeof(ArgMax) * rows * tiles;
 }

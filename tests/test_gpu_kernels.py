@@ -465,13 +465,13 @@ def test_markov_block_refuses_a_confidence_head_on_another_device(backend):
 
 
 def verify_case(
-    device, rows, gamma, vocab, *, tdtype=BF16, wdtype=BF16, logits_dtype=F32, seed=0, greedy_every=3
+    device, rows, gamma, vocab, *, tdtype=BF16, wdtype=BF16, logits_dtype=F32, seed=0, greedy_every=3, rank=64
 ):
     """A drafted block (kernel) and a target near the draft, so chains are partly accepted. The
-    base logits are in the target's dtype (as the statistics form needs), the Markov weights in
-    ``wdtype``, the kept draft logits in ``logits_dtype``."""
+    base logits are in the target's dtype (as the statistics form needs), the Markov weights (rank
+    ``rank``) in ``wdtype``, the kept draft logits in ``logits_dtype``."""
     case = markov_case(
-        device, rows, max(gamma, 1), vocab, 64, wdtype=wdtype, bdtype=tdtype, dyadic=False, seed=seed
+        device, rows, max(gamma, 1), vocab, rank, wdtype=wdtype, bdtype=tdtype, dyadic=False, seed=seed
     )
     case["temperature"][::greedy_every] = 0.0
     block = draft(case, keep_logits=True, logits_dtype=logits_dtype)
@@ -597,6 +597,16 @@ def test_chain_verify_from_draft_statistics_matches_the_reference(backend, shape
 
 
 @pytest.mark.race_schedule
+def test_chain_verify_in_two_launches_matches_the_reference(backend):
+    """The statistics form where the recompute tile's shared memory would cost pass 1 occupancy
+    (r = 256 at R > 32: the 128-wide tile, 84 KB) runs pass 2 as a programmatic dependent."""
+    rows, gamma, vocab = backend.size((64, 5, 32000), (40, 3, 1100))
+    case, block, target, lens = verify_case(backend.device, rows, gamma, vocab, tdtype=BF16, rank=256)
+    assert_verify_matches(backend, target, block.stats, block, lens, case["temperature"])
+    assert counters_at_rest()
+
+
+@pytest.mark.race_schedule
 def test_chain_verify_all_accepted_gives_a_bonus_and_greedy_rows_the_argmax(backend):
     case, block, _, _ = verify_case(backend.device, 16, 5, 4096, tdtype=F32, greedy_every=2)
     target = torch.cat([block.logits, block.logits[:, :1]], dim=1)  # target == draft: accept all
@@ -655,12 +665,12 @@ def counters_at_rest() -> bool:
     return all(not bool(c.any()) for c in verify._COUNTERS.values())
 
 
-def accepting_case(backend, rows, gamma, vocab, *, reject_at=None, seed=0, greedy_every=3):
+def accepting_case(backend, rows, gamma, vocab, *, reject_at=None, seed=0, greedy_every=3, rank=64):
     """A block whose target equals its draft logits (every sampled draft is accepted: p == q), with
     row r rejected at position ``reject_at[r]`` (None: not rejected): there the draft token's
     target logit is -1e4 (p = 0: a sampled row rejects) and the greedy argmax moves elsewhere."""
     case, block, _, _ = verify_case(
-        backend.device, rows, gamma, vocab, tdtype=F32, seed=seed, greedy_every=greedy_every
+        backend.device, rows, gamma, vocab, tdtype=F32, seed=seed, greedy_every=greedy_every, rank=rank
     )
     target = torch.cat([block.logits[:, :gamma], block.logits[:, :1]], dim=1).float().clone()
     for r, j in enumerate(reject_at or []):

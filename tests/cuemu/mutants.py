@@ -379,6 +379,16 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "verify_split_pass_2_without_the_wait",
+        "chain_verify.cu",
+        "    wait_for_primary_grid();  // pass 1 complete: the counts and the stop rows are final\n",
+        "",
+        "the split pass 2 (statistics form at R > 32, a programmatic dependent) reads the rejected count "
+        "and the stop rows before pass 1 has written them",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
         "verify_pass_2_waits_for_one_request_too_many",
         "chain_verify.cu",
         "wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows));",
@@ -538,6 +548,9 @@ def _check_verify() -> list[str]:
             case, block, target, lens = verify_case(backend.device, rows, gamma, vocab)
             for side in (block.stats, block.logits):
                 check(f"R={rows} V={vocab}", target, side, block, lens, case["temperature"])
+        # r = 256 at R > 32: pass 2 in a second launch (a programmatic dependent)
+        case, block, target, lens = verify_case(backend.device, 40, 3, 700, rank=256)
+        check("R=40 r=256 (two launches)", target, block.stats, block, lens, case["temperature"])
         # only the last row rejected: its merge comes last when its item is parked
         case, block, target, lens = accepting_case(
             backend, 5, 3, 700, reject_at=[None] * 4 + [1], greedy_every=17

@@ -62,6 +62,29 @@ def test_chain_verify_is_one_launch_whose_pass_2_waits_for_the_last_merge(emulat
     assert harness.last_fault(emulated_extension) == ""
 
 
+def test_chain_verify_splits_where_the_recompute_tile_would_cost_pass_1_occupancy(emulated_extension):
+    """The statistics form at r = 256 and R > 32 (the 128-wide recompute tile) runs pass 2 as a programmatic
+    dependent of pass 1, whose blocks run up to their wait before pass 1 (the emulator's adversarial
+    order); the form with full draft logits stays one launch. Both give the reference's tokens."""
+    from kernel_backend import Backend, counting_launches
+    from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest
+
+    backend = Backend("cuemu", torch.device("cpu"), full=False)
+    runtime = emulated_extension._cuemu
+    rows = 40
+    reject_at = [r % 4 if r % 5 else None for r in range(rows)]
+    with harness.emulated(emulated_extension), counting_launches(backend.launches):
+        case, block, target, lens = accepting_case(backend, rows, 3, 256, reject_at=reject_at, rank=256)
+        for side, dependents in ((block.stats, 1), (block.logits, 0)):
+            before = runtime.cuemu_early_dependent_launches()
+            acc, _ = assert_verify_matches(backend, target, side, block, lens, case["temperature"])
+            assert runtime.cuemu_early_dependent_launches() - before == dependents
+            assert runtime.cuemu_queued_launches() == 0
+            assert acc.tolist() == [3 if j is None else j for j in reject_at]
+            assert counters_at_rest()
+    assert harness.last_fault(emulated_extension) == ""
+
+
 def test_markov_block_positions_run_as_dependents_of_the_position_before(emulated_extension):
     """Positions 1..g-1 and the confidence launch are programmatic dependents whose blocks run up
     to their wait before the launch they depend on (the emulator's adversarial order): g early

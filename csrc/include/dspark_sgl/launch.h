@@ -87,7 +87,8 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
 // base_logits [R, g, V] (dtype of target_logits), anchor [R], w1 / w2 [V, r], softcap.
 // Outputs: accept_lens [R] int32, out_tokens [R, g+1] int64. counters: int32
 // [chain_verify_counter_bytes() / 4], zero before the first launch; every launch leaves them zero
-// (tickets and the rejected-request count), so one buffer serves every launch of a stream.
+// (the work-item and row tickets, the rejected and merged request counts), so one buffer serves
+// every launch of a stream.
 struct ChainVerifyArgs {
   const void* target_logits;
   const void* draft_logits;

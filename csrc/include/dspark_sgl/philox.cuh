@@ -27,17 +27,23 @@ DSPARK_HOST_DEVICE void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t
   lo = static_cast<uint32_t>(product);
 }
 
-DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t k0, uint32_t k1) {
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;  // the key schedule's Weyl steps
+
+// One Philox4x32 round under the round key (k0, k1).
+DSPARK_HOST_DEVICE Philox4x32 philox_round(Philox4x32 ctr, uint32_t k0, uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  uint32_t hi0, lo0, hi1, lo1;
+  mulhilo32(kM0, ctr.x, hi0, lo0);
+  mulhilo32(kM1, ctr.z, hi1, lo1);
+  return Philox4x32{hi1 ^ ctr.y ^ k0, lo1, hi0 ^ ctr.w ^ k1, lo0};
+}
+
+DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t k0, uint32_t k1) {
 #pragma unroll
   for (int round = 0; round < 10; ++round) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(kM0, ctr.x, hi0, lo0);
-    mulhilo32(kM1, ctr.z, hi1, lo1);
-    ctr = Philox4x32{hi1 ^ ctr.y ^ k0, lo1, hi0 ^ ctr.w ^ k1, lo0};
-    k0 += kW0;
-    k1 += kW1;
+    ctr = philox_round(ctr, k0, k1);
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return ctr;
 }
@@ -54,21 +60,15 @@ DSPARK_HOST_DEVICE PhiloxRoundKeys philox_round_keys(uint64_t seed) {
 #pragma unroll
   for (int round = 0; round < 10; ++round) {
     keys.k0[round] = k0, keys.k1[round] = k1;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return keys;
 }
 
 DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, const PhiloxRoundKeys& keys) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
 #pragma unroll
-  for (int round = 0; round < 10; ++round) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(kM0, ctr.x, hi0, lo0);
-    mulhilo32(kM1, ctr.z, hi1, lo1);
-    ctr = Philox4x32{hi1 ^ ctr.y ^ keys.k0[round], lo1, hi0 ^ ctr.w ^ keys.k1[round], lo0};
-  }
+  for (int round = 0; round < 10; ++round) ctr = philox_round(ctr, keys.k0[round], keys.k1[round]);
   return ctr;
 }
 
