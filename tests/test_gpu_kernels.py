@@ -639,9 +639,10 @@ def test_chain_verify_reads_seed_and_offset_from_device_tensors(backend):
             assert torch.equal(acc, eager[0]) and torch.equal(out, eager[1])
 
 
-def test_chain_verify_replays_in_a_graph_with_fresh_offsets(backend):
+@pytest.mark.parametrize(("rows", "rank"), [(32, 64), (40, 256)], ids=["one-launch", "two-launches"])
+def test_chain_verify_replays_in_a_graph_with_fresh_offsets(backend, rows, rank):
     needs_cuda_graphs(backend)
-    case, block, target, lens = verify_case(backend.device, 32, 7, 8192)
+    case, block, target, lens = verify_case(backend.device, rows, 7, 8192, rank=rank)
     seed, offset = backend.tensor(5), backend.tensor(0)
     for side in (block.logits, block.stats):
         verify.chain_verify(target, side, block.tokens, lens, case["temperature"], seed=seed, offset=offset)
