@@ -602,13 +602,12 @@ def _align128(b: int) -> int:
     return (b + 127) // 128 * 128
 
 
-def verification_fused(rows: int) -> bool:
+def verification_fused(vocab: int, rows: int) -> bool:
     """chain_verify.cu fused_fits for the statistics form (bf16 weights, r = RANK): the recompute
     tile's dynamic shared memory (MarkovTileLayout: W2 tile, E chunk, bias tile) leaves pass 1 at
     least FUSED_CTAS_PER_SM CTAs a multiprocessor."""
-    tile_v = _tile_geometry(129280, rows)["tile_v"]
-    ld = math.ceil(RANK / 16) * 16 + 8
-    chunk_rows = 2048 // tile_v
+    geo = _tile_geometry(vocab, rows)
+    tile_v, chunk_rows, ld = geo["tile_v"], geo["chunk"], geo["k_pad"] + 8
     smem = (
         _align128(tile_v * ld * ELEM) + _align128(chunk_rows * ld * ELEM) + _align128(chunk_rows * tile_v * 4)
     )
@@ -827,7 +826,7 @@ def verify(
         " pass 1 occupancy, chain_verify.cu fused_fits)",
         "bonus draw: candidate fractions measured by benchmarks/gumbel_candidates.py (see cost_model.py)",
     ]
-    fused = logits_form or verification_fused(rows)
+    fused = logits_form or verification_fused(vocab, rows)
     boundary = {"handoff": True} if fused else {"dependent": True}
     if not rejected:
         tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])

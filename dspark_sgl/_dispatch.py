@@ -51,17 +51,24 @@ def force_reference() -> bool:
 
 
 @contextlib.contextmanager
-def forced_reference() -> Iterator[None]:
-    """Run the PyTorch references inside the block (sets ``DSPARK_SGL_FORCE_REFERENCE``)."""
-    old = os.environ.get("DSPARK_SGL_FORCE_REFERENCE")
-    os.environ["DSPARK_SGL_FORCE_REFERENCE"] = "1"
+def environ_setting(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` inside the block; the old value (or its absence) after it."""
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("DSPARK_SGL_FORCE_REFERENCE", None)
+            os.environ.pop(name, None)
         else:
-            os.environ["DSPARK_SGL_FORCE_REFERENCE"] = old
+            os.environ[name] = old
+
+
+@contextlib.contextmanager
+def forced_reference() -> Iterator[None]:
+    """Run the PyTorch references inside the block (sets ``DSPARK_SGL_FORCE_REFERENCE``)."""
+    with environ_setting("DSPARK_SGL_FORCE_REFERENCE", "1"):
+        yield
 
 
 def _log_once(op: str, path: str, reason: str) -> None:

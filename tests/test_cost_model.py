@@ -632,6 +632,21 @@ def test_the_gumbel_replay_uses_the_kernels_constants():
     assert gumbel_candidates.stat_chunks(8, 5, 129280) == cost_model.stat_chunks(129280, 8, 5)
 
 
+def test_the_dispatch_model_uses_the_kernels_constants():
+    """cost_model's fused / split choice and pass-2 CTA count are chain_verify.cu's."""
+    source = (Path(__file__).resolve().parent.parent / "csrc" / "chain_verify.cu").read_text()
+    assert f"constexpr int kFusedCtasPerSm = {cost_model.FUSED_CTAS_PER_SM};" in source
+    assert f"constexpr int kResidualCtasPerSm = {cost_model.RESIDUAL_CTAS_PER_SM};" in source
+    assert "kSharedMemoryPerSm = 228 * 1024, kReservedPerCta = 1024, kFusedStaticBytes = 6144;" in source
+    assert (cost_model.SHARED_MEMORY_PER_SM, cost_model.RESERVED_PER_CTA, cost_model.FUSED_STATIC_BYTES) == (
+        228 * 1024,
+        1024,
+        6144,
+    )
+    # r = 256, bf16: the 64-wide tile (R <= 32) fuses, the 128-wide one does not
+    assert cost_model.verification_fused(129280, 32) and not cost_model.verification_fused(129280, 33)
+
+
 def test_no_budget_is_worse_than_the_pinned_design(real_build):
     """CI's budget gate: what csrc/ builds to now against benchmarks/cost_budgets_pinned.json
     (met budgets stay met; budgets still owed cannot get worse; ``--pin`` after a real gain)."""

@@ -15,7 +15,6 @@ import contextlib
 import ctypes
 import importlib.machinery
 import importlib.util
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -131,12 +130,5 @@ def parked_item(item: int) -> Iterator[None]:
     """CUEMU_PARK_ITEM inside the block: the CTA holding work item ``item`` waits after taking it
     until every later CTA has finished or waits (tests/cuemu/src/runtime.cpp), so a CTA that reads
     what ``item`` writes without waiting for it reads what was there before."""
-    old = os.environ.get("CUEMU_PARK_ITEM")
-    os.environ["CUEMU_PARK_ITEM"] = str(item)
-    try:
+    with _dispatch.environ_setting("CUEMU_PARK_ITEM", str(item)):
         yield
-    finally:
-        if old is None:
-            os.environ.pop("CUEMU_PARK_ITEM", None)
-        else:
-            os.environ["CUEMU_PARK_ITEM"] = old

@@ -526,7 +526,7 @@ def _check_verify() -> list[str]:
     from kernel_backend import Backend, counting_launches
     from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest, verify_case
 
-    from dspark_sgl import verify
+    from dspark_sgl import _checks, verify
 
     backend = Backend("cuemu", torch.device("cpu"), full=False)
     failures = []
@@ -562,19 +562,12 @@ def _check_verify() -> list[str]:
         check("bonus T=8", target, block.logits, block, lens, torch.full((16,), 8.0))
         # a NaN in a bonus row (value checks off): the first NaN is drawn (the exact rescan)
         target[:, 3, 100:116] = float("nan")
-        old = os.environ.get("DSPARK_SGL_CHECK_VALUES")
-        os.environ["DSPARK_SGL_CHECK_VALUES"] = "0"
-        try:
+        with _checks.trusted_values():
             acc, out = verify.chain_verify(
                 target, block.logits, block.tokens, lens, torch.ones(16), seed=1, offset=1
             )
-            if not bool((acc == 3).all() and (out[:, 3] == 100).all()):
-                failures.append("bonus row with a NaN: the first NaN is not drawn")
-        finally:
-            if old is None:
-                os.environ.pop("DSPARK_SGL_CHECK_VALUES")
-            else:
-                os.environ["DSPARK_SGL_CHECK_VALUES"] = old
+        if not bool((acc == 3).all() and (out[:, 3] == 100).all()):
+            failures.append("bonus row with a NaN: the first NaN is not drawn")
     return failures
 
 
@@ -609,25 +602,22 @@ def build_mutants(mutants: list[Mutant], jobs: int | None = None) -> dict[str, P
 
 def run_check(module: ModuleType, check: str, schedule: str) -> list[str]:
     """Failures of ``check`` on ``module`` under ``schedule`` (a launch fault is one failure)."""
-    old = os.environ.get("CUEMU_SCHEDULE")
-    os.environ["CUEMU_SCHEDULE"] = schedule
-    try:
-        with harness.emulated(module):
-            try:
-                failures = CHECKS[check]()
-            except RuntimeError as exc:  # a launch the emulator faulted
-                failures = [f"launch failed: {_first_line(exc)}"]
-            except ValueError as exc:  # a kernel's output rejected as the next kernel's input
-                failures = [f"bad output: {_first_line(exc)}"]
-            fault = harness.last_fault(module)
-            if fault:
-                failures.append(f"emulator fault: {fault}")
-    finally:
-        harness.reset(module)
-        if old is None:
-            os.environ.pop("CUEMU_SCHEDULE", None)
-        else:
-            os.environ["CUEMU_SCHEDULE"] = old
+    from dspark_sgl import _dispatch
+
+    with _dispatch.environ_setting("CUEMU_SCHEDULE", schedule):
+        try:
+            with harness.emulated(module):
+                try:
+                    failures = CHECKS[check]()
+                except RuntimeError as exc:  # a launch the emulator faulted
+                    failures = [f"launch failed: {_first_line(exc)}"]
+                except ValueError as exc:  # a kernel's output rejected as the next kernel's input
+                    failures = [f"bad output: {_first_line(exc)}"]
+                fault = harness.last_fault(module)
+                if fault:
+                    failures.append(f"emulator fault: {fault}")
+        finally:
+            harness.reset(module)
     return failures
 
 

@@ -179,6 +179,7 @@ struct GridRun {
   LaunchShape shape;
   BodyFn body;
   const void* arg;
+  uint64_t blocks() const { return uint64_t(shape.grid.x) * shape.grid.y * shape.grid.z; }
   std::atomic<uint64_t> next_block{0};
   std::atomic<bool> aborted{false};
   // Programmatic dependent launch: 0 while the primary has not run (griddepcontrol.wait blocks),
@@ -436,7 +437,7 @@ void wait_for_other_blocks(Worker& w, GridRun& L) {
   if (tl_early) settle_early_thread(L);  // the host may start the next early thread meanwhile
   const auto start = std::chrono::steady_clock::now();
   const auto timeout = std::chrono::seconds(std::max(1, env_int("CUEMU_WAIT_TIMEOUT_S", 60)));
-  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  const uint64_t total = L.blocks();
   std::string message;
   for (unsigned spin = 0;; ++spin) {
     bool reached;
@@ -672,7 +673,7 @@ void worker_loop(Worker& w, GridRun& L) {
         (reinterpret_cast<uintptr_t>(w.smem_storage.data()) + 4095) & ~uintptr_t(4095));
   }
   w.smem_size = L.shape.smem;
-  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  const uint64_t total = L.blocks();
   uint64_t ran = 0;
   for (;;) {
     if (L.aborted.load(std::memory_order_relaxed)) break;
@@ -943,7 +944,7 @@ void run_blocks(GridRun& L) {
   } else {
     auto& pool = workers();
     const dim3 g = L.shape.grid, b = L.shape.block;
-    const uint64_t blocks = uint64_t(g.x) * g.y * g.z;
+    const uint64_t blocks = L.blocks();
     const size_t n = static_cast<size_t>(std::min<uint64_t>(worker_count(), blocks));
     while (pool.size() < n) pool.emplace_back();
     if (verbose())
@@ -987,7 +988,7 @@ std::atomic<int> g_early_dependent_launches{0};
 // thread runs blocks until one parks (or the grid runs out), then the next thread starts.
 void run_until_waits(QueuedLaunch& q) {
   GridRun& L = *q.run;
-  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  const uint64_t total = L.blocks();
   L.early = true;  // before any early thread starts: no work item of this launch is parked
   for (int i = 0; i < early_block_limit(); ++i) {
     if (L.next_block.load() >= total || L.aborted.load() || context_faulted()) break;
@@ -1085,7 +1086,7 @@ namespace {
 // has left or is stuck in wait_for_count and no block is left to start; while all others are
 // stuck and blocks are left, starts one more worker (up to kMaxParkHelpers) to start them.
 void hold_parked_item(GridRun& L, int32_t ticket) {
-  const uint64_t total = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  const uint64_t total = L.blocks();
   if (verbose()) std::fprintf(stderr, "cuemu: work item %d parked\n", ticket);
   for (;;) {
     if (L.aborted.load()) break;
@@ -1110,7 +1111,7 @@ void hold_parked_item(GridRun& L, int32_t ticket) {
 int32_t take_work_item(int32_t* counter, int32_t total) {
   Worker& w = *tl_worker;
   GridRun& L = *w.launch;
-  const uint64_t blocks = uint64_t(L.shape.grid.x) * L.shape.grid.y * L.shape.grid.z;
+  const uint64_t blocks = L.blocks();
   if (total <= 0 || static_cast<uint64_t>(total) != blocks)
     fault("take_work_item: total %d is not the grid's block count %llu", total,
           static_cast<unsigned long long>(blocks));
