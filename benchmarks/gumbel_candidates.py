@@ -55,9 +55,15 @@ def threshold(best: torch.Tensor) -> torch.Tensor:
     return (best - GUMBEL_MAX) - (best.abs() + GUMBEL_MAX) * SKIP_SLACK
 
 
+def _fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
+    """float32 a * b + c with one rounding, through float64 (the product is exact there)."""
+    return (a.double() * b + (c.double() if isinstance(c, torch.Tensor) else c)).float()
+
+
 def headroom(best: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
-    """gumbel_headroom, in float32."""
-    return (best - fast) - ((best.abs() + fast.abs()) * SKIP_SLACK + 1.52587890625e-05)
+    """gumbel_headroom (SkipBound), in float32."""
+    base = best - _fma(best.abs(), SKIP_SLACK, 1.52587890625e-05)
+    return _fma(-fast.abs(), SKIP_SLACK, base - fast)
 
 
 def uniform_floor(y: torch.Tensor) -> torch.Tensor:
@@ -95,15 +101,13 @@ def exact_path_fractions(
             lanes = ids - r0
             candidate = ~(g_fast[ids].max(dim=1).values < threshold(best[lanes]))
             groups += int(candidate.sum())
-            first = candidate & (best[lanes] == -math.inf)  # bonus_first_candidates: every block near
+            first = candidate & (best[lanes] == -math.inf)  # bonus_first_candidates
             seeded = torch.where(first, g_score[ids].argmax(dim=1), -1)
-            blocks += int(first.sum()) * (GROUP // 4)
+            blocks += int(candidate.sum()) * (GROUP // 4)  # a candidate group's Philox blocks, all
             best[lanes] = torch.where(first, g_score[ids].max(dim=1).values, best[lanes])
             # every column is tested against the best at the group's start (a first group's: its seed)
             room = headroom(best[lanes, None], g_fast[ids])
-            block_near = (~(room >= GUMBEL_MAX)).view(-1, GROUP // 4, 4).any(dim=2)
-            blocks += int((candidate[:, None] & ~first[:, None] & block_near).sum())
-            near = candidate[:, None] & (first[:, None] | block_near.repeat_interleave(4, dim=1))
+            near = candidate[:, None]
             skip = (room >= GUMBEL_MAX) | ((room > 0) & (g_u[ids] < uniform_floor(room)))
             cols = torch.arange(GROUP)
             take = near & ~skip & (seeded[:, None] != cols[None, :])

@@ -160,22 +160,40 @@ struct BonusNoise {
   __device__ __forceinline__ Philox4x32 block(int64_t col) const {
     return philox_block(seed, offset, kStreamResample, row, position, static_cast<uint32_t>(col / 4));
   }
+  // The N blocks from column v0 (a multiple of 4), computed together.
+  template <int N>
+  __device__ __forceinline__ void blocks(int32_t v0, Philox4x32 (&out)[N]) const {
+    philox_blocks<N>(seed, offset, kStreamResample, row, position, static_cast<uint32_t>(v0 / 4), out);
+  }
 };
 
-// How far below `best` a column's fast-scaled logit s_fast = x * (1/T) is, less every rounding:
-// a Gumbel value G < y cannot lift the column's score rn(x / T + G) to `best`. The slack covers
-// the IEEE x / T against s_fast (|s_fast| 2^-22), the score's rounding (|best| 2^-24) and the
-// error of the computed G (within 4e-6 for G in [-3, 16.64]). NaN in, NaN out (not skipped).
+// How far below one `best` a column's fast-scaled logit s_fast = x * (1/T) is, less every
+// rounding: a Gumbel value G < headroom(s_fast) cannot lift the column's score rn(x / T + G) to
+// `best`. headroom = best - s_fast - (|best| + |s_fast|) 2^-20 - 2^-16, computed as
+// (base - s_fast) - |s_fast| 2^-20 with base = best - (|best| 2^-20 + 2^-16) once per best. The
+// slack covers the IEEE x / T against s_fast (|s_fast| 2^-22), the score's rounding (|best| 2^-24),
+// the error of the computed G (within 4e-6 for G in [-3, 16.64]) and the four roundings here
+// (each within (|best| + |s_fast|) 2^-24 and 2^-40). NaN in, NaN out (not skipped); so is a +inf best.
+struct SkipBound {
+  float base;
+  __device__ __forceinline__ static SkipBound of(float best) {
+    return {__fsub_rn(best, __fmaf_rn(fabsf(best), kSkipSlack, 1.52587890625e-05f))};
+  }
+  __device__ __forceinline__ float headroom(float s_fast) const {
+    return __fmaf_rn(-fabsf(s_fast), kSkipSlack, __fsub_rn(base, s_fast));
+  }
+};
+
 __device__ __forceinline__ float gumbel_headroom(float best, float s_fast) {
-  return __fsub_rn(__fsub_rn(best, s_fast),
-                   __fadd_rn(__fmul_rn(__fadd_rn(fabsf(best), fabsf(s_fast)), kSkipSlack), 1.52587890625e-05f));
+  return SkipBound::of(best).headroom(s_fast);
 }
 
-// A lower bound of exp(-exp(-y)) for y > 0: a uniform u below it has -log(-log(u)) < y. Two
-// ex2.approx (2 ulp each) give it within 2^-20 relative; the factor 1 - 2^-18 covers that.
+// A lower bound of exp(-exp(-y)) for y > 0 in units of 2^-24 (uniform_units): a uniform u below
+// it has -log(-log(u)) < y. Two ex2.approx (2 ulp each) give exp(-exp(-y)) within 2^-20 relative;
+// the factor (1 - 2^-18) 2^24 covers that and scales exactly.
 __device__ __forceinline__ float gumbel_uniform_floor(float y) {
   constexpr float kLog2e = 1.4426950408889634f;
-  return __fmul_rn(fast_exp2(-__fmul_rn(fast_exp2(-__fmul_rn(y, kLog2e)), kLog2e)), 0.99999618530273438f);
+  return __fmul_rn(fast_exp2(-__fmul_rn(fast_exp2(-__fmul_rn(y, kLog2e)), kLog2e)), 16777152.0f);
 }
 
 // kG columns as float, passed by value (registers) to the out-of-line candidate path.
@@ -191,9 +209,12 @@ __device__ __noinline__ float exact_gumbel_score(float x, float t, uint32_t bits
 }
 
 // Whether a column needs its exact score: not when its Gumbel value cannot lift it to the best
-// (headroom kGumbelMax or more, or a uniform below gumbel_uniform_floor of its headroom).
+// (headroom kGumbelMax or more, or a uniform below gumbel_uniform_floor of its headroom). Every
+// test is evaluated (no branches): almost every column reaches the uniform test.
 __device__ __forceinline__ bool bonus_needs_score(float headroom, uint32_t bits) {
-  return !(headroom >= kGumbelMax) && !(headroom > 0.0f && bits_to_unit_float(bits) < gumbel_uniform_floor(headroom));
+  const bool far = headroom >= kGumbelMax;
+  const bool below = (headroom > 0.0f) & (uniform_units(bits) < gumbel_uniform_floor(headroom));
+  return !(far | below);
 }
 
 // Adds the exact scores of the columns in `need` (bit i: column v0 + i) to `best`, one out-of-line
@@ -213,33 +234,32 @@ __device__ __forceinline__ void add_exact_scores(ArgMax& best, uint32_t need, co
   }
 }
 
-// The Gumbel candidates of one group (the bonus draw's candidate path), by blocks of 4 columns: a
-// block with a column at most kGumbelMax below the best gets its Philox words; only a column whose
-// uniform can lift it to the best (bonus_needs_score) pays for its exact score. Every test uses the
-// best at the group's start (a later, higher best would only skip more). Returns the new best; out
-// of line, so the hot loop keeps its registers.
+// A group's Philox words, one a column: its kG / 4 blocks computed together.
+template <int kG>
+__device__ __forceinline__ void group_bits(const BonusNoise& noise, int32_t v0, uint32_t (&bits)[kG]) {
+  static_assert(kG % 4 == 0 && kG <= 32, "whole Philox blocks, one bit a column");
+  Philox4x32 words[kG / 4];
+  noise.blocks<kG / 4>(v0, words);
+#pragma unroll
+  for (int q = 0; q < kG / 4; ++q)
+    bits[4 * q] = words[q].x, bits[4 * q + 1] = words[q].y, bits[4 * q + 2] = words[q].z, bits[4 * q + 3] = words[q].w;
+}
+
+// The Gumbel candidates of one group (the bonus draw's candidate path): the group's Philox words
+// (the caller found a column of it within kGumbelMax of the best, and a block of 4 far columns
+// beside it is rare), then only a column whose uniform can lift it to the best (bonus_needs_score)
+// pays for its exact score. Every test uses the best at the group's start (a later, higher best
+// would only skip more). Returns the new best; out of line, so the hot loop keeps its registers.
 template <int kG>
 __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
                                                 BonusNoise noise, ArgMax best) {
-  static_assert(kG % 4 == 0 && kG <= 32, "whole Philox blocks, one bit a column");
-  uint32_t bits[kG] = {};
+  uint32_t bits[kG];
+  group_bits<kG>(noise, v0, bits);
+  const SkipBound bound = SkipBound::of(best.score);
   uint32_t need = 0;
 #pragma unroll
-  for (int q = 0; q < kG / 4; ++q) {
-    float headroom[4];
-    bool near = false;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      headroom[i] = gumbel_headroom(best.score, __fmul_rn(group.x[4 * q + i], inv_t));
-      near |= !(headroom[i] >= kGumbelMax);
-    }
-    if (!near) continue;
-    const Philox4x32 words = noise.block(v0 + 4 * q);
-    bits[4 * q] = words.x, bits[4 * q + 1] = words.y, bits[4 * q + 2] = words.z, bits[4 * q + 3] = words.w;
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-      if (bonus_needs_score(headroom[i], bits[4 * q + i])) need |= 1u << (4 * q + i);
-  }
+  for (int i = 0; i < kG; ++i)
+    if (bonus_needs_score(bound.headroom(__fmul_rn(group.x[i], inv_t)), bits[i])) need |= 1u << i;
   add_exact_scores<kG>(best, need, group, bits, v0, t);
   return best;
 }
@@ -252,13 +272,8 @@ __device__ __noinline__ ArgMax bonus_candidates(Group<kG> group, int32_t v0, flo
 template <int kG>
 __device__ __noinline__ ArgMax bonus_first_candidates(Group<kG> group, int32_t v0, float t, float inv_t,
                                                       BonusNoise noise, ArgMax best) {
-  static_assert(kG % 4 == 0 && kG <= 32, "whole Philox blocks, one bit a column");
   uint32_t bits[kG];
-#pragma unroll
-  for (int q = 0; q < kG / 4; ++q) {
-    const Philox4x32 words = noise.block(v0 + 4 * q);
-    bits[4 * q] = words.x, bits[4 * q + 1] = words.y, bits[4 * q + 2] = words.z, bits[4 * q + 3] = words.w;
-  }
+  group_bits<kG>(noise, v0, bits);
   int seeded = 0;
   float likeliest = -INFINITY;
 #pragma unroll
@@ -268,11 +283,11 @@ __device__ __noinline__ ArgMax bonus_first_candidates(Group<kG> group, int32_t v
     if (approx > likeliest) likeliest = approx, seeded = i;
   }
   add_exact_scores<kG>(best, 1u << seeded, group, bits, v0, t);  // the seed
+  const SkipBound bound = SkipBound::of(best.score);
   uint32_t need = 0;
 #pragma unroll
   for (int i = 0; i < kG; ++i)
-    if (i != seeded && bonus_needs_score(gumbel_headroom(best.score, __fmul_rn(group.x[i], inv_t)), bits[i]))
-      need |= 1u << i;
+    if (i != seeded && bonus_needs_score(bound.headroom(__fmul_rn(group.x[i], inv_t)), bits[i])) need |= 1u << i;
   add_exact_scores<kG>(best, need, group, bits, v0, t);
   return best;
 }
@@ -659,7 +674,7 @@ __device__ __noinline__ ArgMax residual_candidates(Group<4> group, int32_t v0, R
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     if (v0 + i >= rr.end || room[i] >= kGumbelMax) continue;
-    if (room[i] > 0.0f && bits_to_unit_float(bits[i]) < gumbel_uniform_floor(room[i])) continue;
+    if (room[i] > 0.0f && uniform_units(bits[i]) < gumbel_uniform_floor(room[i])) continue;
     residual_column(best, rr.info, __fdiv_rn(group.x[i], rr.t), __fdiv_rn(load_float(rr.draft + v0 + i), rr.t),
                     bits[i], v0 + i);
   }

@@ -276,6 +276,26 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "verify_uniform_floor_in_wrong_units",
+        "chain_verify.cu",
+        "kLog2e)), 16777152.0f);",
+        "kLog2e)), 33554304.0f);",
+        "the uniform bound is scaled by 2^25, not 2^24: uniforms whose Gumbel value could still win are"
+        " taken as below it and their columns skipped",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "philox_interleaved_keys_bumped_per_block",
+        "include/dspark_sgl/philox.cuh",
+        "    for (int n = 0; n < N; ++n) ctr[n] = philox_round(ctr[n], k0, k1);\n    k0 += kPhiloxW0;",
+        "    for (int n = 0; n < N; ++n) ctr[n] = philox_round(ctr[n], k0, k1), k0 += kPhiloxW0;\n",
+        "blocks computed together advance k0 once per block instead of once per round: with two or"
+        " more, every block draws other numbers than philox_block",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
         "verify_rescan_other_columns",
         "chain_verify.cu",
         "    scan_exact<T, kG>(row, slab, t, bonus, noise, stats, argmax, best);",
@@ -526,7 +546,7 @@ def _check_verify() -> list[str]:
     from kernel_backend import Backend, counting_launches
     from test_gpu_kernels import accepting_case, assert_verify_matches, counters_at_rest, verify_case
 
-    from dspark_sgl import _checks, verify
+    from dspark_sgl import _checks, _dispatch, verify
 
     backend = Backend("cuemu", torch.device("cpu"), full=False)
     failures = []
@@ -560,6 +580,14 @@ def _check_verify() -> list[str]:
         # every draft accepted at a high temperature: every sampled row's bonus, every column a candidate
         case, block, target, lens = accepting_case(backend, 16, 3, 1024, greedy_every=17)
         check("bonus T=8", target, block.logits, block, lens, torch.full((16,), 8.0))
+        # every draft accepted at T = 1, one CTA a row and position (pass 1 sized for one multiprocessor):
+        # 4 groups a thread, the later ones tested against a running best
+        case, block, target, lens = accepting_case(backend, 16, 3, 8192, greedy_every=17)
+        sms, _dispatch.multiprocessor_count = _dispatch.multiprocessor_count, lambda device: 1
+        try:
+            check("bonus, 4 groups a thread", target, block.logits, block, lens, torch.ones(16))
+        finally:
+            _dispatch.multiprocessor_count = sms
         # a NaN in a bonus row (value checks off): the first NaN is drawn (the exact rescan)
         target[:, 3, 100:116] = float("nan")
         with _checks.trusted_values():
