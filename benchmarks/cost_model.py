@@ -91,16 +91,17 @@ _DEPENDENT_NOTE = (
     " overlaps the primary's execution, not how much of the boundary it hides; no device measured it)"
 )
 # An in-kernel handoff (csrc/include/dspark_sgl/work_items.cuh): the CTAs of a launch's second phase
-# are resident, spinning on a count that the first phase's last CTA raises; what stays exposed after
-# that atomic is three dependent L2 round trips (the poll that sees the count, the read of what it
-# guards, the exit ticket) before the grid can complete. At an L2 hit latency of roughly 260-300
-# cycles (about 0.15-0.2 us at 1.75 GHz; published microbenchmarks of Hopper, not measured here)
-# that is 0.45-0.6 us. A PDL boundary has the same reads and ticket after its release, plus the
-# primary grid's completion and memory flush before it.
-HANDOFF_COST = 0.5e-6  # assumed: not measured
+# are resident, spinning on the merged-request word that the first phase's last CTA raises; it also
+# carries the rejected count, so what stays exposed after that atomic is two dependent L2 round trips
+# (the poll that sees the word, the exit ticket) before the grid can complete. At an L2 hit latency
+# of roughly 260-300 cycles (about 0.15-0.2 us at 1.75 GHz; published microbenchmarks of Hopper, not
+# measured here) that is 0.3-0.4 us, plus at most one 32 ns sleep between polls: the upper end is
+# assumed. A PDL boundary has the same word read and ticket after its release, plus the primary
+# grid's completion and memory flush before it.
+HANDOFF_COST = 0.4e-6  # assumed: not measured
 _HANDOFF_NOTE = (
-    f"in-kernel handoff {HANDOFF_COST * 1e6:.1f} us: an assumption (three dependent L2 round trips"
-    " after the first phase's last atomic; no device measured it)"
+    f"in-kernel handoff {HANDOFF_COST * 1e6:.1f} us: an assumption (two dependent L2 round trips"
+    " after the first phase's last atomic, the poll and the exit ticket; no device measured it)"
 )
 H100 = Device(
     "H100",
@@ -728,9 +729,12 @@ def markov_block(
     )
 
 
+ROW_CTAS_PER_SM = 3  # chain_verify.cu kRowCtasPerSm
+
+
 def stat_chunks(vocab: int, rows: int, gamma: int) -> int:
-    """CTAs per (row, position) of pass 1 (dspark_sgl/verify.py _stat_chunks)."""
-    return max(1, min(math.ceil(4 * SMS / (rows * (gamma + 1))), math.ceil(vocab / 2048)))
+    """CTAs per (row, position) of pass 1 (dspark_sgl/verify.py stat_chunks, SMS multiprocessors)."""
+    return max(1, min(math.ceil(ROW_CTAS_PER_SM * SMS / (rows * (gamma + 1))), math.ceil(vocab / 2048)))
 
 
 ROW_THREADS = 256  # chain_verify.cu kRowThreads
@@ -830,8 +834,8 @@ def verify(
     boundary = {"handoff": True} if fused else {"dependent": True}
     if not rejected:
         tiles = math.ceil(vocab / _tile_geometry(vocab, rows)["tile_v"])
-        ctas = min(tiles, RESIDUAL_CTAS_PER_SM * SMS)  # each reads the counts and takes the exit ticket
-        pass2 = Launch("chain_verify_kernel pass 2 (exits: nothing rejected)", ctas * 12, **boundary)
+        ctas = min(tiles, RESIDUAL_CTAS_PER_SM * SMS)  # each reads the word and takes the exit ticket
+        pass2 = Launch("chain_verify_kernel pass 2 (exits: nothing rejected)", ctas * 8, **boundary)
     elif logits_form:
         parts = min(chunks * (gamma + 1), math.ceil(vocab / 2048))
         resample = rows * parts * RESIDUAL_PARTIAL

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from any directory: this checkout's dspark_sgl
 
-from dspark_sgl import rng  # noqa: E402
+from dspark_sgl import rng, verify  # noqa: E402
 
 GUMBEL_MAX = 16.64  # kGumbelMax
 SKIP_SLACK = 2.0**-20  # kSkipSlack
@@ -42,8 +42,8 @@ SMS = 132
 
 
 def stat_chunks(rows: int, gamma: int, vocab: int) -> int:
-    """dspark_sgl/verify.py _stat_chunks on an H100/H200 (132 SMs)."""
-    return max(1, min(math.ceil(4 * SMS / (rows * (gamma + 1))), math.ceil(vocab / 2048)))
+    """dspark_sgl/verify.py stat_chunks on an H100/H200 (132 SMs)."""
+    return verify.stat_chunks(rows, gamma, vocab, SMS)
 
 
 def _f32(x: float) -> torch.Tensor:

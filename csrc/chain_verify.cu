@@ -15,21 +15,22 @@
 //                           request (a ticket in `counters`, reset by that CTA) merges the
 //                           chunks and runs the acceptance tests u_j q_j(x_j) < p_j(x_j) of all
 //                           positions in parallel (a warp ballot finds the first failure),
-//                           writes accept_lens and out_tokens, counts the sampled requests that
-//                           were rejected, and raises the merged-request count.
+//                           writes accept_lens and out_tokens, and raises the merged-request
+//                           word (its merged count, and its rejected count when the request is
+//                           sampled and rejected) in one atomic.
 //   pass 2 (residual_*)     a few persistent CTAs (at most kResidualCtasPerSm a multiprocessor)
 //                           wait until every request is merged (or, split, for pass 1's grid),
-//                           read the rejected count, and exit at once when nothing was rejected:
-//                           no W2 byte read. Otherwise they draw the correction
+//                           take the rejected count from the same word, and exit at once when
+//                           nothing was rejected: no W2 byte read. Otherwise they draw the correction
 //                           argmax(log max(0, p_s - q_s) + G) (the bonus at s when every residual
 //                           is 0) at the stop row s of each rejected sampled request, walking
 //                           their items (logits form: (chunk, row) slabs of the stop rows; without
 //                           full draft logits the draft row at s is recomputed from the Markov
 //                           head, residual_from_markov: W2 tiles, each read once for all rows).
 //                           The last tile of a row (a ticket) merges it; the last pass-2 CTA
-//                           resets the counts.
-// Counters (int32, a layout independent of R): [0] rejected requests, [1] the pass-2 CTA ticket,
-// [2] the work-item ticket, [32] merged requests, then from [64] kMaxRows pass-1 tickets and
+//                           resets the word.
+// Counters (int32, a layout independent of R): [0] the pass-2 CTA ticket, [1] the work-item ticket,
+// [32] the merged-request word (merged and rejected requests), then from [64] kMaxRows pass-1 tickets and
 // kMaxRows pass-2 tickets. They are created zero and every launch leaves them zero.
 #include <cuda_runtime.h>
 
@@ -60,14 +61,17 @@ constexpr float kGumbelMax = 16.64f;
 constexpr float kSkipSlack = 9.5367431640625e-07f;  // 2^-20
 
 constexpr int64_t kMaxRows = 65535;
-// The merged count, which pass 2 polls, on a 128-byte line of its own (the tickets beside it are hot).
-enum CounterSlot : int {
-  kRejectedCount = 0,
-  kResidualTicket = 1,
-  kItemTicket = 2,
-  kMergedCount = 32,
-  kGlobalCounters = 64
-};
+// The merged-request word, which pass 2 polls, on a 128-byte line of its own (the tickets beside it
+// are hot).
+enum CounterSlot : int { kResidualTicket = 0, kItemTicket = 1, kMergedRequests = 32, kGlobalCounters = 64 };
+// The merged-request word: the requests merged in bits 0-15 (R <= kMaxRows), the sampled ones among
+// them that were rejected in bits 16-31. Each request adds both with one atomic, so the poll that
+// sees every request merged also knows whether pass 2 has work: no further read before it exits.
+constexpr int32_t kMergedMask = 0xFFFF;
+constexpr uint32_t kRejectedUnit = 1u << 16;
+__device__ __forceinline__ uint32_t rejected_requests(int32_t merged_word) {
+  return static_cast<uint32_t>(merged_word) >> 16;
+}
 // Pass-2 CTAs per multiprocessor: enough to stream W2 (or the stop rows) when rows are rejected,
 // few enough that their wait and exit cost little when none is.
 constexpr int kResidualCtasPerSm = 4;
@@ -442,11 +446,11 @@ __device__ __forceinline__ RowPartial merge_chunks(const RowPartial* p, int chun
 }
 
 // The last CTA of a request: merges every position, tests them all at once, writes the chain.
-// pass_2_waits: pass-2 CTAs of this launch wait for the merged count (and reset it); else the last
-// merger does.
+// pass_2_resets: a pass 2 (this launch's CTAs, or the dependent launch's) reads the merged-request
+// word and resets it; else the last merger does.
 template <typename TT, typename DT>
 __device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* partials, StopInfo* stops,
-                               int64_t row, int64_t len, bool sampled, float safe_t, bool pass_2_waits) {
+                               int64_t row, int64_t len, bool sampled, float safe_t, bool pass_2_resets) {
   __shared__ SoftmaxStats s_target[kMaxGamma + 1], s_draft[kMaxGamma + 1];
   __shared__ int32_t s_argmax[kMaxGamma + 1], s_bonus[kMaxGamma + 1];
   __shared__ uint32_t s_accept[kMaxGamma];
@@ -501,17 +505,17 @@ __device__ void accept_request(const ChainVerifyArgs& args, const RowPartial* pa
     info.d_sum = args.draft_sum[row * g + stop];
   }
   stops[row] = info;
-  if (sampled && rejected) atomicAdd(global_counter(args, kRejectedCount), 1);
   pass1_tickets(args)[row] = 0;  // every CTA of this request has taken its ticket
-  __threadfence();  // the chain, the stop and the rejected count before the merged count
-  int32_t* merged = global_counter(args, kMergedCount);
-  if (atomicAdd(merged, 1) == static_cast<int32_t>(args.rows) - 1 && !pass_2_waits) *merged = 0;
+  __threadfence();  // the chain and the stop before the merged-request word
+  auto* merged = reinterpret_cast<uint32_t*>(global_counter(args, kMergedRequests));
+  const uint32_t seen = atomicAdd(merged, 1u + (sampled && rejected ? kRejectedUnit : 0u));
+  if ((seen & kMergedMask) == static_cast<uint32_t>(args.rows) - 1 && !pass_2_resets) *merged = 0;
 }
 
 // Pass 1's item (chunk_id, j, row).
 template <typename TT, typename DT>
 __device__ __forceinline__ void verify_rows(const ChainVerifyArgs& args, RowPartial* partials, StopInfo* stops,
-                                            int64_t chunk_id, int64_t j, int64_t row, bool pass_2_waits) {
+                                            int64_t chunk_id, int64_t j, int64_t row, bool pass_2_resets) {
   const int64_t g = args.gamma, vocab = args.vocab;
   const int64_t len = clamp_index(args.verify_lens[row], g + 1);
   if (j > len) return;  // uniform per CTA; these CTAs take no row ticket
@@ -549,24 +553,19 @@ __device__ __forceinline__ void verify_rows(const ChainVerifyArgs& args, RowPart
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  accept_request<TT, DT>(args, partials, stops, row, len, sampled, safe_t, pass_2_waits);
+  accept_request<TT, DT>(args, partials, stops, row, len, sampled, safe_t, pass_2_resets);
 }
 
 // ---- pass 2 ---------------------------------------------------------------------------
 
-__device__ __forceinline__ bool nothing_rejected(const ChainVerifyArgs& args) {
-  return *global_counter(args, kRejectedCount) == 0;
-}
-
-// The last of the `ctas` pass-2 CTAs (every one has read the counts by now) resets them.
+// The last of the `ctas` pass-2 CTAs (every one has read the merged-request word by now) resets it.
 __device__ __forceinline__ void finish_residual_cta(const ChainVerifyArgs& args, int ctas) {
   __syncthreads();
   if (threadIdx.x != 0) return;
-  __threadfence();  // this CTA's reads of the counts before its ticket (the last one resets them)
+  __threadfence();  // this CTA's read of the word before its ticket (the last one resets it)
   int32_t* ticket = global_counter(args, kResidualTicket);
   if (atomicAdd(ticket, 1) == ctas - 1) {
-    *global_counter(args, kRejectedCount) = 0;
-    *global_counter(args, kMergedCount) = 0;
+    *global_counter(args, kMergedRequests) = 0;
     *ticket = 0;
   }
 }
@@ -812,13 +811,15 @@ __device__ void residual_from_markov(const ChainVerifyArgs& args, const StopInfo
   }
 }
 
-// Work items of one launch: `rows_items` pass-1 items, then `residual_ctas` pass-2 CTAs.
-//   fused (both > 0): one launch, pass 2 waiting for the merged count (an in-kernel handoff);
-//   split: a pass-1 launch (residual_ctas == 0), then a pass-2 launch (rows_items == 0) as its
+// Work items of one launch: `rows_items` pass-1 items, then, unless `split`, `residual_ctas`
+// pass-2 CTAs.
+//   fused: one launch, pass 2 waiting for the merged-request word (an in-kernel handoff);
+//   split: a pass-1 launch, then a pass-2 launch (rows_items == 0) of residual_ctas CTAs as its
 //   programmatic dependent, where each CTA's blockIdx is its item and it waits for the primary grid.
 // kTileV == 0: the residual from full draft logits (WT unused); else from the Markov head.
 struct WorkItems {
   int32_t rows_items, residual_ctas, residual_parts;  // residual_parts: chunks a row (logits form)
+  bool split;
 };
 
 template <typename TT, typename DT, typename WT, int kTileV>
@@ -828,7 +829,8 @@ __global__ void __launch_bounds__(kRowThreads, kRowCtasPerSm)
   const bool split_residual = items.rows_items == 0;
   __shared__ int32_t s_item;
   if (threadIdx.x == 0 && !split_residual)
-    s_item = take_work_item(global_counter(args, kItemTicket), items.rows_items + items.residual_ctas);
+    s_item = take_work_item(global_counter(args, kItemTicket),
+                            items.rows_items + (items.split ? 0 : items.residual_ctas));
   __syncthreads();
   const int32_t item = split_residual ? static_cast<int32_t>(blockIdx.x) : s_item;
   if (item < items.rows_items) {
@@ -840,13 +842,16 @@ __global__ void __launch_bounds__(kRowThreads, kRowCtasPerSm)
                         items.residual_ctas > 0);
     return;
   }
+  __shared__ uint32_t s_rejected;
   if (split_residual) {
-    wait_for_primary_grid();  // pass 1 complete: the counts and the stop rows are final
-  } else {  // only pass-1 items, all started before this one, raise the merged count
-    if (threadIdx.x == 0) wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows));
-    __syncthreads();
+    wait_for_primary_grid();  // pass 1 complete: the merged-request word and the stop rows are final
+    if (threadIdx.x == 0) s_rejected = rejected_requests(*global_counter(args, kMergedRequests));
+  } else if (threadIdx.x == 0) {  // only pass-1 items, all started before this one, raise the word
+    s_rejected = rejected_requests(
+        wait_for_count(global_counter(args, kMergedRequests), static_cast<int32_t>(args.rows), kMergedMask));
   }
-  if (!nothing_rejected(args)) {  // uniform
+  __syncthreads();
+  if (s_rejected != 0) {  // uniform
     const int k = item - items.rows_items;
     if constexpr (kTileV == 0) {
       residual_from_logits<TT, DT>(args, stops, resample, k, items.residual_ctas, items.residual_parts);
@@ -911,15 +916,15 @@ cudaError_t launch_passes(const ChainVerifyArgs& args, const Workspace& w, size_
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   if (fused || ctas == 0) {
-    const WorkItems items{rows_items, ctas, residual_parts};
+    const WorkItems items{rows_items, ctas, residual_parts, false};
     kernel<<<static_cast<unsigned>(rows_items + ctas), kRowThreads, ctas > 0 ? smem : 0, stream>>>(
         args, w.rows, w.stops, w.resample, items);
     return cudaGetLastError();
   }
   kernel<<<static_cast<unsigned>(rows_items), kRowThreads, 0, stream>>>(args, w.rows, w.stops, w.resample,
-                                                                        WorkItems{rows_items, 0, residual_parts});
+                                                                        WorkItems{rows_items, ctas, residual_parts, true});
   err = launch_programmatic_dependent(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kRowThreads), smem, stream,
-                                      args, w.rows, w.stops, w.resample, WorkItems{0, ctas, residual_parts});
+                                      args, w.rows, w.stops, w.resample, WorkItems{0, ctas, residual_parts, true});
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 

@@ -245,10 +245,18 @@ def _kernel_unsupported(
     return None
 
 
-def _stat_chunks(rows: int, gamma: int, vocab: int, device: torch.device) -> int:
-    """CTAs per (row, position) of pass 1: about 4 waves over the SMs."""
-    wanted = math.ceil(4 * _dispatch.multiprocessor_count(device) / (rows * (gamma + 1)))
+ROW_CTAS_PER_SM = 3  # chain_verify.cu kRowCtasPerSm: pass 1's CTAs resident a multiprocessor
+
+
+def stat_chunks(rows: int, gamma: int, vocab: int, multiprocessors: int) -> int:
+    """CTAs per (row, position) of pass 1: about one wave of ROW_CTAS_PER_SM CTAs a multiprocessor,
+    at least 2048 columns a CTA (256 threads of 8 columns)."""
+    wanted = math.ceil(ROW_CTAS_PER_SM * multiprocessors / (rows * (gamma + 1)))
     return max(1, min(wanted, math.ceil(vocab / 2048)))
+
+
+def _stat_chunks(rows: int, gamma: int, vocab: int, device: torch.device) -> int:
+    return stat_chunks(rows, gamma, vocab, _dispatch.multiprocessor_count(device))
 
 
 # chain_verify's int32 tickets and rejected-request count, one buffer per (device, stream) for any

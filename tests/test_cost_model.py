@@ -20,6 +20,8 @@ import cost_model
 import sass_loops
 import sglang_path_model
 
+from dspark_sgl import verify
+
 ZERO = {loop.name: 0.0 for loop in cost_model.LOOPS}
 
 
@@ -101,24 +103,24 @@ def test_the_peeled_mma_steps_come_from_the_chunk_loops_hmma_count():
 
 
 def test_verify_bytes_by_hand():
-    # V = 129280, R = 8, g = 5: 48 verified positions, ceil(4 * 132 / 48) = 11 chunks each.
+    # V = 129280, R = 8, g = 5: 48 verified positions, ceil(3 * 132 / 48) = 9 chunks each.
     path = cost_model.verify(129280, 8, 5, ZERO)
-    assert cost_model.stat_chunks(129280, 8, 5) == 11
+    assert cost_model.stat_chunks(129280, 8, 5) == 9
     target = 8 * 6 * 129280 * 2
     assert path.floor_bytes == target == 12_410_880
     rows_pass, residual = (launch.bytes for launch in path.ours)
-    partials = 48 * 11 * 32  # written, then read by each request's last CTA
+    partials = 48 * 9 * 32  # written, then read by each request's last CTA
     per_request = 12 + 5 * (8 + 2 + 12) + 6 * 8 + 4 + 24  # lens, T, tokens + logits + stats, chain
     assert rows_pass == target + 2 * partials + 8 * per_request
-    # nothing rejected: the 4 x 132 pass-2 CTAs read the two counts and take the exit ticket
-    assert residual == 4 * 132 * 12
+    # nothing rejected: the 4 x 132 pass-2 CTAs read the merged-request word and take the exit ticket
+    assert residual == 4 * 132 * 8
     logits = cost_model.verify(129280, 8, 5, ZERO, "chain_verify_rejected_logits")
     assert logits.ours[0].bytes == rows_pass + 8 * 5 * 129280 * 2  # the draft rows j < g too
-    # pass 2 with full draft logits: 64 CTAs a request (min(11 x 6, 129280 / 2048)); the target's stop
+    # pass 2 with full draft logits: 54 CTAs a request (min(9 x 6, 129280 / 2048)); the target's stop
     # row, a 32-byte sector of the draft row per exactly scored column, the StopInfo, the partials
-    exact = cost_model.residual_exact_columns(129280, 64)
-    assert exact == pytest.approx((2.4 + 1.2 * math.log(129280 / (64 * 256))) * 64 * 256)
-    assert logits.ours[1].bytes == pytest.approx(8 * 129280 * 2 + 8 * exact * 32 + 8 * 24 + 2 * 8 * 64 * 8)
+    exact = cost_model.residual_exact_columns(129280, 54)
+    assert exact == pytest.approx((2.4 + 1.2 * math.log(129280 / (54 * 256))) * 54 * 256)
+    assert logits.ours[1].bytes == pytest.approx(8 * 129280 * 2 + 8 * exact * 32 + 8 * 24 + 2 * 8 * 54 * 8)
     w2 = cost_model.verify(129280, 8, 5, ZERO, "chain_verify_rejected_w2")
     assert w2.ours[1].bytes == 129280 * 256 * 2 + 2 * 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 24 + 2 * 8 * 2020 * 8
     assert [len(p.ours) for p in (path, logits, w2)] == [2, 2, 2]  # two phases
@@ -637,6 +639,15 @@ def test_the_dispatch_model_uses_the_kernels_constants():
     source = (Path(__file__).resolve().parent.parent / "csrc" / "chain_verify.cu").read_text()
     assert f"constexpr int kFusedCtasPerSm = {cost_model.FUSED_CTAS_PER_SM};" in source
     assert f"constexpr int kResidualCtasPerSm = {cost_model.RESIDUAL_CTAS_PER_SM};" in source
+    # pass 1's chunks: one wave at the CTAs a multiprocessor that its launch bounds promise
+    assert f"constexpr int kRowCtasPerSm = {verify.ROW_CTAS_PER_SM};" in source
+    assert cost_model.ROW_CTAS_PER_SM == verify.ROW_CTAS_PER_SM
+    for vocab in (*cost_model.VOCABS, 2048, 4096):
+        for rows in cost_model.ROWS:
+            for gamma in cost_model.GAMMAS:
+                assert cost_model.stat_chunks(vocab, rows, gamma) == verify.stat_chunks(
+                    rows, gamma, vocab, cost_model.SMS
+                )
     assert "kSharedMemoryPerSm = 228 * 1024, kReservedPerCta = 1024, kFusedStaticBytes = 6144;" in source
     assert (cost_model.SHARED_MEMORY_PER_SM, cost_model.RESERVED_PER_CTA, cost_model.FUSED_STATIC_BYTES) == (
         228 * 1024,

@@ -316,18 +316,19 @@ MUTANTS = [
     Mutant(
         "verify_rejected_count_not_raised",
         "chain_verify.cu",
-        "  if (sampled && rejected) atomicAdd(global_counter(args, kRejectedCount), 1);\n",
-        "",
+        "atomicAdd(merged, 1u + (sampled && rejected ? kRejectedUnit : 0u));",
+        "atomicAdd(merged, 1u);",
         "pass 2 sees nothing rejected and exits: rejected rows keep no correction token",
         ("verify",),
         SCHEDULES,
     ),
     Mutant(
-        "verify_rejected_count_not_reset",
+        "verify_merged_word_reset_by_the_last_merger",
         "chain_verify.cu",
-        "    *global_counter(args, kRejectedCount) = 0;\n",
-        "",
-        "the rejected count survives the launch: every later pass 2 runs (and a graph replay's flag lies)",
+        " && !pass_2_resets) *merged = 0;",
+        ") *merged = 0;",
+        "the last merger resets the merged-request word although a pass 2 still reads it: a split pass 2"
+        " sees nothing rejected, a fused one waits for a count that is gone",
         ("verify",),
         SCHEDULES,
     ),
@@ -390,9 +391,8 @@ MUTANTS = [
     Mutant(
         "verify_pass_2_without_the_wait",
         "chain_verify.cu",
-        "  if (threadIdx.x == 0) wait_for_count(global_counter(args, kMergedCount), "
-        "static_cast<int32_t>(args.rows));\n",
-        "",
+        "        wait_for_count(global_counter(args, kMergedRequests), static_cast<int32_t>(args.rows), kMergedMask));",
+        "        *global_counter(args, kMergedRequests));",
         "pass 2 reads the rejected count and the stop rows while a request may not be merged yet: "
         "its rejected rows keep no correction token",
         ("verify",),
@@ -401,7 +401,7 @@ MUTANTS = [
     Mutant(
         "verify_split_pass_2_without_the_wait",
         "chain_verify.cu",
-        "    wait_for_primary_grid();  // pass 1 complete: the counts and the stop rows are final\n",
+        "    wait_for_primary_grid();  // pass 1 complete: the merged-request word and the stop rows are final\n",
         "",
         "the split pass 2 (statistics form at R > 32, a programmatic dependent) reads the rejected count "
         "and the stop rows before pass 1 has written them",
@@ -411,18 +411,29 @@ MUTANTS = [
     Mutant(
         "verify_pass_2_waits_for_one_request_too_many",
         "chain_verify.cu",
-        "wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows));",
-        "wait_for_count(global_counter(args, kMergedCount), static_cast<int32_t>(args.rows) + 1);",
+        "static_cast<int32_t>(args.rows), kMergedMask));",
+        "static_cast<int32_t>(args.rows) + 1, kMergedMask));",
         "pass 2 waits for a merge that never comes (a hang on a GPU): the emulator must fault, not hang",
         ("verify",),
         SCHEDULES,
     ),
     Mutant(
-        "verify_merged_count_not_reset",
+        "verify_pass_2_waits_on_the_whole_word",
         "chain_verify.cu",
-        "    *global_counter(args, kMergedCount) = 0;\n",
+        "static_cast<int32_t>(args.rows), kMergedMask));",
+        "static_cast<int32_t>(args.rows)));",
+        "pass 2 compares the whole merged-request word with R: the first rejected request's merge (2^16)"
+        " ends the wait while other requests are not merged",
+        ("verify",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "verify_merged_word_not_reset",
+        "chain_verify.cu",
+        "    *global_counter(args, kMergedRequests) = 0;\n",
         "",
-        "the merged count survives the launch: the next launch's pass 2 stops waiting at once",
+        "the merged-request word survives the launch: the next launch's pass 2 stops waiting at once"
+        " (and sees the old rejections)",
         ("verify",),
         SCHEDULES,
     ),

@@ -256,8 +256,11 @@ __global__ void pdl_relay(const int* in, int* out, int* seen, int value) {
 // raise *done; items >= n1 wait for *done >= target (n1; n1 + 1 is never reached), then sum all
 // of phase 1's slices into out[item - n1]. `wait` 0 drops the wait (a bug: a reader may see a
 // slice before it is written). misuse 1: thread 0 takes a second item, 2: total is one short.
+// tagged 1: each writer also adds 1 << 16 (a second count in the high half), the readers wait on
+// the low half (mask 0xFFFF) and store the high half of the word that ended the wait in
+// tags[item - n1]; tagged 2: the same without the mask (a bug: the first writer ends the wait).
 __global__ void work_items(int32_t* counter, int32_t* done, int* data, unsigned long long* out, int n1, int target,
-                           int wait, int misuse) {
+                           int wait, int misuse, int tagged, int* tags) {
   __shared__ int item;
   const int total = static_cast<int>(gridDim.x) - (misuse == 2);
   if (threadIdx.x == 0) item = dspark_sgl::take_work_item(counter, total);
@@ -268,11 +271,14 @@ __global__ void work_items(int32_t* counter, int32_t* done, int* data, unsigned 
     __syncthreads();
     if (threadIdx.x == 0) {
       __threadfence();
-      atomicAdd(done, 1);
+      atomicAdd(done, tagged ? 1 + (1 << 16) : 1);
     }
     return;
   }
-  if (wait && threadIdx.x == 0) dspark_sgl::wait_for_count(done, target);
+  if (wait && threadIdx.x == 0) {
+    const int32_t seen = dspark_sgl::wait_for_count(done, target, tagged == 1 ? 0xFFFF : -1);
+    tags[item - n1] = static_cast<int>(static_cast<uint32_t>(seen) >> 16);
+  }
   __syncthreads();
   unsigned long long sum = 0;
   for (int i = threadIdx.x; i < n1 * static_cast<int>(blockDim.x); i += blockDim.x) sum += data[i];
@@ -444,8 +450,8 @@ CUEMU_EXPORT const char* st_mma_tile(const uint16_t* a, const uint16_t* b, const
 }
 // work_items on n1 + n2 blocks of 64 threads.
 CUEMU_EXPORT const char* st_work_items(int32_t* counter, int32_t* done, int* data, unsigned long long* out, int n1,
-                                       int n2, int target, int wait, int misuse) {
-  work_items<<<n1 + n2, 64>>>(counter, done, data, out, n1, target, wait, misuse);
+                                       int n2, int target, int wait, int misuse, int tagged, int* tags) {
+  work_items<<<n1 + n2, 64>>>(counter, done, data, out, n1, target, wait, misuse, tagged, tags);
   return ret(result());
 }
 // cudaDeviceGetAttribute(value, attr, 0): "" or the error's name.

@@ -459,14 +459,18 @@ def _slice_sum(item: int) -> int:
     return THREADS * item * 1000 + THREADS * (THREADS + 1) // 2
 
 
-def _work_items(runtime, target: int = N1, wait: int = 1, misuse: int = 0):
-    """Runs st_work_items; returns (message, the readers' sums, the ticket counter after it)."""
+def _work_items(runtime, target: int = N1, wait: int = 1, misuse: int = 0, tagged: int = 0, tags=None):
+    """Runs st_work_items; returns (message, the readers' sums, the ticket counter after it). With
+    ``tags`` (a list), the high halves the readers saw are appended to it."""
     counter, done = torch.zeros(1, dtype=torch.int32), torch.zeros(1, dtype=torch.int32)
     data = torch.zeros(N1 * THREADS, dtype=torch.int32)
     out = torch.zeros(N2, dtype=torch.int64)
+    seen = torch.full((N2,), -1, dtype=torch.int32)
     msg = runtime.st_work_items(
-        _ptr(counter), _ptr(done), _ptr(data), _ptr(out), N1, N2, target, wait, misuse
+        _ptr(counter), _ptr(done), _ptr(data), _ptr(out), N1, N2, target, wait, misuse, tagged, _ptr(seen)
     )
+    if tags is not None:
+        tags.extend(seen.tolist())
     return msg, out.tolist(), int(counter)
 
 
@@ -509,6 +513,24 @@ def test_a_parked_item_exposes_readers_that_do_not_wait(runtime, monkeypatch, wo
     assert msg == b""
     assert sums == [sum(_slice_sum(i) for i in range(N1 - 1))] * N2
     assert counter == 0
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_masked_wait_counts_its_bits_and_returns_the_word(runtime, monkeypatch, workers):
+    """Writers raise a second count in the word's high half: readers waiting on the low half (mask
+    0xFFFF) still see every slice with the last writer parked, and the word that ended each wait
+    holds all n1 high-half raises; waiting on the whole word (no mask) ends at the first writer:
+    every reader misses at least the parked writer's slice."""
+    monkeypatch.setenv("CUEMU_WORKERS", workers)
+    monkeypatch.setenv("CUEMU_PARK_ITEM", str(N1 - 1))
+    tags: list[int] = []
+    msg, sums, counter = _work_items(runtime, tagged=1, tags=tags)
+    assert msg == b"" and counter == 0
+    assert sums == [sum(_slice_sum(i) for i in range(N1))] * N2
+    assert tags == [N1] * N2
+    msg, sums, counter = _work_items(runtime, tagged=2)
+    assert msg == b"" and counter == 0
+    assert all(total <= sum(_slice_sum(i) for i in range(N1 - 1)) for total in sums), sums
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -7,7 +7,8 @@
 //     running CTAs, so the CTA holding ticket t knows that every ticket < t is held by a CTA that
 //     has started and that no CTA will ever wait for it. The CTA taking the last of `total`
 //     tickets resets the counter: every launch leaves it zero.
-//   - wait_for_count(): one thread spins until a counter reaches `target`, then fences. A CTA may
+//   - wait_for_count(): one thread spins until a counter's bits under `mask` reach `target`, then
+//     fences and returns the word it saw (other bits of it may carry what the raisers add). A CTA may
 //     only wait for counts that CTAs holding smaller tickets raise without waiting themselves:
 //     those CTAs are running, so the wait ends without any assumption on how many CTAs are
 //     resident. The raising side writes its results, __threadfence(), then atomicAdd()s the count.
@@ -37,19 +38,22 @@ __device__ __forceinline__ int32_t take_work_item(int32_t* counter, int32_t tota
 #endif
 }
 
-// Spins (one thread) until *counter >= target, then orders this thread's later reads after the
-// writes that preceded the raising atomics.
-__device__ __forceinline__ void wait_for_count(const int32_t* counter, int32_t target) {
+// Spins (one thread) until (*counter & mask) >= target, then orders this thread's later reads after
+// the writes that preceded the raising atomics; returns the counter's word that ended the wait. The
+// sleep between polls stays short (no backoff): a wait ends a launch's first phase, so its wake-up
+// latency is on the critical path, while a poll costs one L2 load.
+__device__ __forceinline__ int32_t wait_for_count(const int32_t* counter, int32_t target, int32_t mask = -1) {
 #ifdef CUEMU
-  ::cuemu::wait_for_count(counter, target, "wait_for_count");
+  return ::cuemu::wait_for_count(counter, target, mask, "wait_for_count");
 #else
+  int32_t seen;
   for (;;) {
-    int32_t seen;
     asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-    if (seen >= target) break;
+    if ((seen & mask) >= target) break;
     __nanosleep(32);
   }
   __threadfence();
+  return seen;
 #endif
 }
 

@@ -125,8 +125,8 @@ struct Fiber {
   FiberState state = FiberState::kRunnable;
   const unsigned* wait_gen = nullptr;  // waiting until *wait_gen != wait_value
   unsigned wait_value = 0;
-  const int32_t* count = nullptr;  // wait_for_count: waiting until *count >= count_target
-  int32_t count_target = 0;
+  const int32_t* count = nullptr;  // wait_for_count: waiting until (*count & count_mask) >= count_target
+  int32_t count_target = 0, count_mask = -1;
   const char* wait_what = nullptr;
   unsigned wait_mask = 0;
   char* stack = nullptr;
@@ -408,6 +408,9 @@ void report_deadlock(Worker& w) {
   w.aborted = true;
 }
 
+// The count a fiber in wait_for_count waits on: its counter's bits under its mask.
+int32_t waited_count(const Fiber& f) { return __atomic_load_n(f.count, __ATOMIC_ACQUIRE) & f.count_mask; }
+
 // A fiber of `w` in wait_for_count whose count is reached, else the first waiting one (or null).
 const Fiber* count_waiter(const Worker& w, bool* reached) {
   const unsigned n = w.info.dim.x * w.info.dim.y * w.info.dim.z;
@@ -416,7 +419,7 @@ const Fiber* count_waiter(const Worker& w, bool* reached) {
   for (unsigned t = 0; t < n && t < w.fibers.size(); ++t) {
     const Fiber& f = w.fibers[t];
     if (f.state != FiberState::kWaiting || f.count == nullptr) continue;
-    if (__atomic_load_n(f.count, __ATOMIC_ACQUIRE) >= f.count_target) {
+    if (waited_count(f) >= f.count_target) {
       *reached = true;
       return &f;
     }
@@ -471,14 +474,13 @@ void wait_for_other_blocks(Worker& w, GridRun& L) {
         std::snprintf(buf, sizeof buf,
                       "%s: deadlock: the count is %d, the target %d, and no block can raise it (every one of "
                       "the %d running block(s) waits for a count; %llu of %llu blocks started)",
-                      f->wait_what, __atomic_load_n(f->count, __ATOMIC_ACQUIRE), f->count_target, active,
+                      f->wait_what, waited_count(*f), f->count_target, active,
                       static_cast<unsigned long long>(started), static_cast<unsigned long long>(total));
       else
         std::snprintf(buf, sizeof buf,
                       "%s: the count is %d after %lld s (CUEMU_WAIT_TIMEOUT_S), the target %d (%llu of %llu "
                       "blocks started)",
-                      f->wait_what, __atomic_load_n(f->count, __ATOMIC_ACQUIRE),
-                      static_cast<long long>(timeout.count()), f->count_target,
+                      f->wait_what, waited_count(*f), static_cast<long long>(timeout.count()), f->count_target,
                       static_cast<unsigned long long>(started), static_cast<unsigned long long>(total));
       char loc[128];
       std::snprintf(loc, sizeof loc, " [block (%u,%u,%u) thread (%u,%u,%u)]", w.info.idx.x, w.info.idx.y,
@@ -550,7 +552,7 @@ void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
     if (f.state == FiberState::kDone) return false;
     if (f.state == FiberState::kWaiting) {
       if (f.count != nullptr) {
-        if (__atomic_load_n(f.count, __ATOMIC_ACQUIRE) < f.count_target) return false;
+        if (waited_count(f) < f.count_target) return false;
         f.count = nullptr;
       } else if (*f.wait_gen == f.wait_value) {
         return false;
@@ -1128,17 +1130,20 @@ int32_t take_work_item(int32_t* counter, int32_t total) {
   return ticket;
 }
 
-void wait_for_count(const int32_t* counter, int32_t target, const char* what) {
-  if (__atomic_load_n(counter, __ATOMIC_ACQUIRE) < target) {
+int32_t wait_for_count(const int32_t* counter, int32_t target, int32_t mask, const char* what) {
+  if ((__atomic_load_n(counter, __ATOMIC_ACQUIRE) & mask) < target) {
     Fiber& f = *tl_worker->current;
-    f.state = FiberState::kWaiting;  // runnable again once *counter >= target (run_block's step)
+    f.state = FiberState::kWaiting;  // runnable again once (*counter & mask) >= target (run_block's step)
     f.count = counter;
     f.count_target = target;
+    f.count_mask = mask;
     f.wait_what = what;
     f.wait_mask = 0;
     yield_to_scheduler();
   }
+  const int32_t seen = __atomic_load_n(counter, __ATOMIC_ACQUIRE);
   std::atomic_thread_fence(std::memory_order_seq_cst);
+  return seen;
 }
 
 void grid_dependency_wait() {

@@ -220,11 +220,11 @@ void grid_dependency_wait();
 void grid_dependency_trigger();
 // Work items (csrc/include/dspark_sgl/work_items.cuh; one thread of a block calls each): the next
 // ticket of a zero-at-rest counter (the taker of total - 1 resets it; total must be the grid's
-// block count; a block takes one ticket per counter), and a wait until *counter >= target that
-// lets the block's other threads run and faults on a deadlock (`what` names it). See runtime.cpp
-// for CUEMU_PARK_ITEM.
+// block count; a block takes one ticket per counter), and a wait until (*counter & mask) >= target
+// that lets the block's other threads run, faults on a deadlock (`what` names it) and returns the
+// counter's word that ended it. See runtime.cpp for CUEMU_PARK_ITEM.
 int32_t take_work_item(int32_t* counter, int32_t total);
-void wait_for_count(const int32_t* counter, int32_t target, const char* what);
+int32_t wait_for_count(const int32_t* counter, int32_t target, int32_t mask, const char* what);
 // Runs the queued launch (every runtime call that orders against kernels calls it).
 void synchronize();
 
