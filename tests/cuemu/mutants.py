@@ -391,7 +391,8 @@ MUTANTS = [
     Mutant(
         "verify_pass_2_without_the_wait",
         "chain_verify.cu",
-        "        wait_for_count(global_counter(args, kMergedRequests), static_cast<int32_t>(args.rows), kMergedMask));",
+        "        wait_for_count(global_counter(args, kMergedRequests), "
+        "static_cast<int32_t>(args.rows), kMergedMask));",
         "        *global_counter(args, kMergedRequests));",
         "pass 2 reads the rejected count and the stop rows while a request may not be merged yet: "
         "its rejected rows keep no correction token",
@@ -401,7 +402,8 @@ MUTANTS = [
     Mutant(
         "verify_split_pass_2_without_the_wait",
         "chain_verify.cu",
-        "    wait_for_primary_grid();  // pass 1 complete: the merged-request word and the stop rows are final\n",
+        "    wait_for_primary_grid();  // pass 1 complete: the merged-request word and the stop rows are"
+        " final\n",
         "",
         "the split pass 2 (statistics form at R > 32, a programmatic dependent) reads the rejected count "
         "and the stop rows before pass 1 has written them",

@@ -21,14 +21,14 @@ struct Philox4x32 {
   uint32_t x, y, z, w;
 };
 
-// The 64-bit product a * b as (hi, lo). On the device one mul.wide.u32 split by a mov: nvcc
-// compiles the C++ form to IMAD.WIDE.U32 plus an add of a zero high word (20 extra instructions
-// per Philox block, read from the sm_90a SASS); the numbers are the same.
+// The 64-bit product a * b as (hi, lo). On the device __umulhi and a 32-bit multiply: where the
+// round keys are not hoisted, nvcc compiles the 64-bit C++ form to IMAD.WIDE.U32 plus an add of a
+// zero high word (20 extra instructions per Philox block in chain_verify's candidate path, read
+// from the sm_90a SASS); the numbers are the same.
 DSPARK_HOST_DEVICE void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 #if defined(__CUDA_ARCH__) && !defined(CUEMU)
-  uint64_t product;
-  asm("mul.wide.u32 %0, %1, %2;" : "=l"(product) : "r"(a), "r"(b));
-  asm("mov.b64 {%0, %1}, %2;" : "=r"(lo), "=r"(hi) : "l"(product));
+  hi = __umulhi(a, b);
+  lo = a * b;
 #else
   const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
   hi = static_cast<uint32_t>(product >> 32);
