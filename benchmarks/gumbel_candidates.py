@@ -56,7 +56,9 @@ def threshold(best: torch.Tensor) -> torch.Tensor:
 
 
 def _fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> torch.Tensor:
-    """float32 a * b + c with one rounding, through float64 (the product is exact there)."""
+    """float32 a * b + c through float64: the product is exact there, the sum is rounded twice
+    (float64, then float32), which can differ from one fused rounding in rare halfway cases (a
+    replay of fractions, not of the kernel's bits)."""
     return (a.double() * b + (c.double() if isinstance(c, torch.Tensor) else c)).float()
 
 

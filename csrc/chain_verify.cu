@@ -925,7 +925,11 @@ cudaError_t launch_passes(const ChainVerifyArgs& args, const Workspace& w, size_
                                                                         WorkItems{rows_items, ctas, residual_parts, true});
   err = launch_programmatic_dependent(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kRowThreads), smem, stream,
                                       args, w.rows, w.stops, w.resample, WorkItems{0, ctas, residual_parts, true});
-  return err != cudaSuccess ? err : cudaGetLastError();
+  if (err != cudaSuccess) {  // pass 1 runs without the pass 2 that resets its merged-request word
+    cudaMemsetAsync(args.counters + kMergedRequests, 0, sizeof(int32_t), stream);
+    return err;
+  }
+  return cudaGetLastError();
 }
 
 template <typename TT, typename DT>

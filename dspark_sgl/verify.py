@@ -259,7 +259,7 @@ def _stat_chunks(rows: int, gamma: int, vocab: int, device: torch.device) -> int
     return stat_chunks(rows, gamma, vocab, _dispatch.multiprocessor_count(device))
 
 
-# chain_verify's int32 tickets and rejected-request count, one buffer per (device, stream) for any
+# chain_verify's int32 tickets and merged-request word, one buffer per (device, stream) for any
 # batch size: created zero, left zero by every launch, so graph replays need no reset. Never
 # replaced once cached (a captured graph keeps its address); inside a capture an uncached one is
 # made (a fill node of that graph) and not cached.

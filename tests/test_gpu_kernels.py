@@ -746,23 +746,26 @@ def test_chain_verify_bonus_draw_matches_the_reference_at_any_temperature(backen
 @pytest.mark.race_schedule
 def test_chain_verify_bonus_draw_with_several_groups_a_thread(backend, monkeypatch):
     """Pass 1 sized for a device of one multiprocessor: one CTA a row and position, so each thread
-    walks V / 2048 groups of the bonus row and every group after its first is tested against the
+    walks V / 1024 groups of 4 columns (fp32) or V / 2048 of 8 (bf16: two Philox blocks a group,
+    computed together) of the bonus row, and every group after its first is tested against the
     running best (the candidate path, not the seeded first group). Every draft is accepted; the
     bonus tokens are the reference's at every temperature, for several seeds."""
     monkeypatch.setattr(_dispatch, "multiprocessor_count", lambda device: 1)
     rows, gamma, vocab = 16, 3, backend.size(32768, 8192)
     assert verify._stat_chunks(rows, gamma, vocab, backend.device) == 1
     case, block, target, lens = accepting_case(backend, rows, gamma, vocab, greedy_every=rows + 1)
-    # the draft statistics hold at the case's temperature; full draft logits at any
-    runs = [(block.stats, case["temperature"])]
-    runs += [(block.logits, torch.full((rows,), t, device=backend.device)) for t in (0.7, 1.0, 3.0)]
-    for side, temp in runs:
-        acc, _ = assert_verify_matches(backend, target, side, block, lens, temp)
+    # the draft statistics hold at the case's temperature; full draft logits at any (in bf16 the
+    # target and the draft logits are rounded alike: p == q still)
+    runs = [(target, block.stats, case["temperature"])]
+    for logits, draft in ((target, block.logits), (target.bfloat16(), block.logits.bfloat16())):
+        runs += [(logits, draft, torch.full((rows,), t, device=backend.device)) for t in (0.7, 1.0, 3.0)]
+    for logits, side, temp in runs:
+        acc, _ = assert_verify_matches(backend, logits, side, block, lens, temp)
         assert bool((acc == gamma).all())
         for seed in range(3):
-            ours = verify.chain_verify(target, side, block.tokens, lens, temp, seed=seed, offset=5)
+            ours = verify.chain_verify(logits, side, block.tokens, lens, temp, seed=seed, offset=5)
             with _dispatch.forced_reference():
-                ref = verify.chain_verify(target, side, block.tokens, lens, temp, seed=seed, offset=5)
+                ref = verify.chain_verify(logits, side, block.tokens, lens, temp, seed=seed, offset=5)
             assert torch.equal(ours[0], ref[0]) and torch.equal(ours[1][:, gamma], ref[1][:, gamma])
 
 

@@ -594,11 +594,20 @@ def _check_verify() -> list[str]:
         case, block, target, lens = accepting_case(backend, 16, 3, 1024, greedy_every=17)
         check("bonus T=8", target, block.logits, block, lens, torch.full((16,), 8.0))
         # every draft accepted at T = 1, one CTA a row and position (pass 1 sized for one multiprocessor):
-        # 4 groups a thread, the later ones tested against a running best
+        # 8 groups of 4 columns a thread (fp32), 4 of 8 (bf16: two Philox blocks a group), the later
+        # ones tested against a running best
         case, block, target, lens = accepting_case(backend, 16, 3, 8192, greedy_every=17)
         sms, _dispatch.multiprocessor_count = _dispatch.multiprocessor_count, lambda device: 1
         try:
-            check("bonus, 4 groups a thread", target, block.logits, block, lens, torch.ones(16))
+            check("bonus, several groups a thread", target, block.logits, block, lens, torch.ones(16))
+            check(
+                "bonus, several groups a thread, bf16",
+                target.bfloat16(),
+                block.logits.bfloat16(),
+                block,
+                lens,
+                torch.ones(16),
+            )
         finally:
             _dispatch.multiprocessor_count = sms
         # a NaN in a bonus row (value checks off): the first NaN is drawn (the exact rescan)

@@ -127,6 +127,7 @@ struct Fiber {
   unsigned wait_value = 0;
   const int32_t* count = nullptr;  // wait_for_count: waiting until (*count & count_mask) >= count_target
   int32_t count_target = 0, count_mask = -1;
+  int32_t count_seen = 0;  // the counter's word that ended the wait (what the device's poll returns)
   const char* wait_what = nullptr;
   unsigned wait_mask = 0;
   char* stack = nullptr;
@@ -552,7 +553,9 @@ void run_block(Worker& w, GridRun& L, uint64_t linear_block, Order order) {
     if (f.state == FiberState::kDone) return false;
     if (f.state == FiberState::kWaiting) {
       if (f.count != nullptr) {
-        if (waited_count(f) < f.count_target) return false;
+        const int32_t seen = __atomic_load_n(f.count, __ATOMIC_ACQUIRE);
+        if ((seen & f.count_mask) < f.count_target) return false;
+        f.count_seen = seen;
         f.count = nullptr;
       } else if (*f.wait_gen == f.wait_value) {
         return false;
@@ -1131,7 +1134,8 @@ int32_t take_work_item(int32_t* counter, int32_t total) {
 }
 
 int32_t wait_for_count(const int32_t* counter, int32_t target, int32_t mask, const char* what) {
-  if ((__atomic_load_n(counter, __ATOMIC_ACQUIRE) & mask) < target) {
+  int32_t seen = __atomic_load_n(counter, __ATOMIC_ACQUIRE);
+  if ((seen & mask) < target) {
     Fiber& f = *tl_worker->current;
     f.state = FiberState::kWaiting;  // runnable again once (*counter & mask) >= target (run_block's step)
     f.count = counter;
@@ -1140,8 +1144,8 @@ int32_t wait_for_count(const int32_t* counter, int32_t target, int32_t mask, con
     f.wait_what = what;
     f.wait_mask = 0;
     yield_to_scheduler();
+    seen = f.count_seen;  // the word the step that woke this fiber saw, not a later one
   }
-  const int32_t seen = __atomic_load_n(counter, __ATOMIC_ACQUIRE);
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return seen;
 }
