@@ -63,7 +63,7 @@ def _fma(a: torch.Tensor, b: torch.Tensor | float, c: torch.Tensor | float) -> t
 
 
 def headroom(best: torch.Tensor, fast: torch.Tensor) -> torch.Tensor:
-    """gumbel_headroom (SkipBound), in float32."""
+    """SkipBound::of(best).headroom(fast) (csrc/chain_verify.cu), in float32."""
     base = best - _fma(best.abs(), SKIP_SLACK, 1.52587890625e-05)
     return _fma(-fast.abs(), SKIP_SLACK, base - fast)
 

@@ -178,6 +178,7 @@ struct BonusNoise {
 // slack covers the IEEE x / T against s_fast (|s_fast| 2^-22), the score's rounding (|best| 2^-24),
 // the error of the computed G (within 4e-6 for G in [-3, 16.64]) and the four roundings here
 // (each within (|best| + |s_fast|) 2^-24 and 2^-40). NaN in, NaN out (not skipped); so is a +inf best.
+// Computed once per best: every column a candidate path tests against the same best shares it.
 struct SkipBound {
   float base;
   __device__ __forceinline__ static SkipBound of(float best) {
@@ -187,10 +188,6 @@ struct SkipBound {
     return __fmaf_rn(-fabsf(s_fast), kSkipSlack, __fsub_rn(base, s_fast));
   }
 };
-
-__device__ __forceinline__ float gumbel_headroom(float best, float s_fast) {
-  return SkipBound::of(best).headroom(s_fast);
-}
 
 // A lower bound of exp(-exp(-y)) for y > 0 in units of 2^-24 (uniform_units): a uniform u below
 // it has -log(-log(u)) < y. Two ex2.approx (2 ulp each) give exp(-exp(-y)) within 2^-20 relative;
@@ -629,10 +626,10 @@ struct LastRows {
 };
 
 // log p_s(v) <= x / T - (t_max + log t_sum): the residual max(0, p - q) <= p bounds the score
-// rn(logf(residual) + G). This is the headroom of a column against `best` (gumbel_headroom) with the
+// rn(logf(residual) + G). This is the headroom of a column against the best (SkipBound) with the
 // extra rounding of that bound (|log_norm| and |s_fast| at 2^-20).
-__device__ __forceinline__ float residual_headroom(float best, float s_fast, float log_norm) {
-  return __fsub_rn(gumbel_headroom(best, __fsub_rn(s_fast, log_norm)),
+__device__ __forceinline__ float residual_headroom(const SkipBound& bound, float s_fast, float log_norm) {
+  return __fsub_rn(bound.headroom(__fsub_rn(s_fast, log_norm)),
                    __fmul_rn(__fadd_rn(fabsf(log_norm), fabsf(s_fast)), kSkipSlack));
 }
 
@@ -660,11 +657,12 @@ struct ResidualRow {
 // uniform bound, and the exact score for the columns left. Out of line; returns the new best.
 template <typename DT>
 __device__ __noinline__ ArgMax residual_candidates(Group<4> group, int32_t v0, ResidualRow<DT> rr, ArgMax best) {
+  const SkipBound bound = SkipBound::of(best.score);
   float room[4];
   bool near = false;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    room[i] = residual_headroom(best.score, __fmul_rn(group.x[i], rr.inv_t), rr.log_norm);
+    room[i] = residual_headroom(bound, __fmul_rn(group.x[i], rr.inv_t), rr.log_norm);
     near |= !(room[i] >= kGumbelMax) && v0 + i < rr.end;
   }
   if (!near) return best;

@@ -47,18 +47,8 @@ DSPARK_HOST_DEVICE Philox4x32 philox_round(Philox4x32 ctr, uint32_t k0, uint32_t
   return Philox4x32{hi1 ^ ctr.y ^ k0, lo1, hi0 ^ ctr.w ^ k1, lo0};
 }
 
-DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t k0, uint32_t k1) {
-#pragma unroll
-  for (int round = 0; round < 10; ++round) {
-    ctr = philox_round(ctr, k0, k1);
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
-  }
-  return ctr;
-}
-
-// N counters under one key, their rounds interleaved: each round key is computed once for all N
-// (the same numbers as N calls of philox4x32_10).
+// Philox4x32-10 of N counters under one key, their rounds interleaved: each round key is computed
+// once for all N (the same numbers as N calls of the one-counter form below).
 template <int N>
 DSPARK_HOST_DEVICE void philox4x32_10(Philox4x32 (&ctr)[N], uint32_t k0, uint32_t k1) {
 #pragma unroll
@@ -68,6 +58,12 @@ DSPARK_HOST_DEVICE void philox4x32_10(Philox4x32 (&ctr)[N], uint32_t k0, uint32_
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }
+}
+
+DSPARK_HOST_DEVICE Philox4x32 philox4x32_10(Philox4x32 ctr, uint32_t k0, uint32_t k1) {
+  Philox4x32 one[1] = {ctr};
+  philox4x32_10<1>(one, k0, k1);
+  return one[0];
 }
 
 // The round keys of Philox4x32-10 for one seed, computed once for a key that draws many blocks;
