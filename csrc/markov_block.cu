@@ -589,7 +589,13 @@ __global__ void __maxnreg__(168)
   __shared__ bool last_cta;
 
   const int64_t vocab = args.vocab, rank = args.rank;
-  const int64_t v0 = int64_t(blockIdx.x) * kTileV;
+  // Every other position walks the vocabulary tiles in the reverse of CTA order. CTAs start in about
+  // blockIdx order, so the first CTAs of position k + 1 read the W2 tiles that position k read last,
+  // while they are still in L2: an LRU cache that keeps C bytes of W2 serves the first C bytes of every
+  // position after the first, where one order every position would make each read a miss once W2 is
+  // larger than C. A tile's partials keep the tile's slot, so the merge and its results do not change.
+  const unsigned tile = (args.first_position + k) % 2 ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int64_t v0 = int64_t(tile) * kTileV;
   const int valid = static_cast<int>(min(int64_t(kTileV), vocab - v0));
   const int32_t col0 = static_cast<int32_t>(args.vocab_start + v0);  // a multiple of 16
   const WT* w1 = static_cast<const WT*>(args.w1);
@@ -659,7 +665,7 @@ __global__ void __maxnreg__(168)
               bias, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
               active, row, col0 + c, noise_key, draw);
           if (active && lane % 4 == 0)
-            ws.partials[(int64_t(row) * gridDim.x + blockIdx.x) * Shape::kSegments + half] = p;
+            ws.partials[(int64_t(row) * gridDim.x + tile) * Shape::kSegments + half] = p;
         }
       }
     } else {
@@ -684,7 +690,7 @@ __global__ void __maxnreg__(168)
         const MarkovPartial p = segment_partial<BT, WT, kPlain, 8, kRowThreads>(
             bias, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
             active, row, col0 + c, noise_key, draw);
-        if (active && seg == 0) ws.partials[int64_t(row) * gridDim.x + blockIdx.x] = p;
+        if (active && seg == 0) ws.partials[int64_t(row) * gridDim.x + tile] = p;
       }
     }
     // Last-CTA ticket: every writer fences, then one thread counts this CTA in.

@@ -16,6 +16,7 @@ import ctypes
 import importlib.machinery
 import importlib.util
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -53,6 +54,9 @@ def load(path: str | Path | None = None) -> ModuleType:
     loader.exec_module(module)
     runtime = ctypes.CDLL(path)
     runtime.cuemu_last_message.restype = ctypes.c_char_p
+    runtime.cuemu_trace_copies.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    runtime.cuemu_trace_size.restype = ctypes.c_size_t
+    runtime.cuemu_trace_entry.argtypes = [ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)]
     module._cuemu = runtime
     return module
 
@@ -65,6 +69,34 @@ def last_fault(module: ModuleType) -> str:
 def reset(module: ModuleType) -> None:
     """Clear the runtime's sticky error (a faulted launch stops every later one until then)."""
     module._cuemu.cuemu_reset()
+
+
+@dataclass(frozen=True)
+class TracedCopies:
+    """The cp.async copies one block of one launch made from a traced tensor: ``launch`` counts
+    launches in stream order, ``block`` is the linear block index, ``first_offset`` the lowest byte
+    offset into the tensor it read."""
+
+    launch: int
+    block: int
+    first_offset: int
+    copies: int
+
+
+@contextlib.contextmanager
+def copy_trace(module: ModuleType, tensor: torch.Tensor) -> Iterator[list[TracedCopies]]:
+    """Record every cp.async copy from ``tensor``'s storage inside the block; the list yielded is
+    filled, ordered by (launch, block), when the block ends."""
+    runtime, traced = module._cuemu, []
+    runtime.cuemu_trace_copies(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+    try:
+        yield traced
+        entry = (ctypes.c_uint64 * 4)()
+        for i in range(runtime.cuemu_trace_size()):
+            runtime.cuemu_trace_entry(i, entry)
+            traced.append(TracedCopies(*(int(v) for v in entry)))
+    finally:
+        runtime.cuemu_trace_copies(None, 0)
 
 
 @contextlib.contextmanager

@@ -72,6 +72,24 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "markov_tiles_in_one_order",
+        "markov_block.cu",
+        "const unsigned tile = (args.first_position + k) % 2 ? gridDim.x - 1 - blockIdx.x : blockIdx.x;",
+        "const unsigned tile = blockIdx.x;",
+        "every position reads W2 in the same tile order: once W2 is larger than L2, every read misses",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_tile_order_by_position_in_the_call",
+        "markov_block.cu",
+        "const unsigned tile = (args.first_position + k) % 2 ?",
+        "const unsigned tile = k % 2 ?",
+        "a block drafted one position per call (first_position = k) reads W2 in one order every call",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
         "markov_missing_syncthreads",
         "markov_block.cu",
         "(w2s, es, bias_s, layout, chunk_rows);\n      __syncthreads();",
@@ -529,7 +547,25 @@ def _check_markov() -> list[str]:
     case = markov_case(torch.device("cpu"), 4, 1, 1100, 64)
     case["temperature"] = torch.full((4,), 1e-36)
     compare(case, "T = 1e-36")
+    failures += _markov_tile_order()
     return failures
+
+
+def _markov_tile_order() -> list[str]:
+    """The W2 tile each block stages: its own index at even Philox positions, reversed at odd ones,
+    in a whole block and one position per call."""
+    from test_backend import markov_tile_orders
+    from test_gpu_kernels import markov_case
+
+    case = markov_case(torch.device("cpu"), 3, 3, 1100, 64)
+    tiles = list(range(5))
+    expected = {0: [tiles, tiles[::-1], tiles], 1: [tiles[::-1]], 2: [tiles]}
+    seen = markov_tile_orders(case, first_positions=(1, 2))
+    return [
+        f"tile order at first_position {k}: {seen[k]}, not {expected[k]}"
+        for k in expected
+        if seen[k] != expected[k]
+    ]
 
 
 def _check_markov_int8() -> list[str]:

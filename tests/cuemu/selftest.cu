@@ -195,6 +195,19 @@ __global__ void async_copy_neighbour(const int4* in, int* out, int sync) {
   out[t] = slots[(t + 1) % n].x;
 }
 
+// The copy trace: thread t of block b copies in[(gridDim.x - 1 - b) * stride + t] and other[t], and
+// zero-fills a slot naming in[0] as its source (src_bytes 0 reads nothing).
+__global__ void async_copy_traced(const int4* in, const int4* other, int stride) {
+  using namespace dspark_sgl;
+  extern __shared__ __align__(16) int4 slots[];
+  const int t = threadIdx.x, n = blockDim.x;
+  cp_async_16(&slots[t], &in[(gridDim.x - 1 - blockIdx.x) * stride + t], 16);
+  cp_async_16(&slots[n + t], &other[t], 16);
+  cp_async_16(&slots[2 * n + t], &in[0], 0);
+  cp_async_commit();
+  cp_async_wait<0>();
+}
+
 // One rule broken per `kind` (0: none, with a static __shared__ destination): 1 a misaligned
 // destination, 2 a misaligned source, 3 a global destination, 4 src_bytes 8, 5 a source in
 // shared memory, 6 the thread exits with a committed copy never waited for, 7 with a copy
@@ -390,6 +403,11 @@ CUEMU_EXPORT const char* st_async_copy_groups(const int4* in, int* out) {
 }
 CUEMU_EXPORT const char* st_async_copy_neighbour(const int4* in, int* out, int threads, int sync) {
   async_copy_neighbour<<<1, threads, threads * sizeof(int4)>>>(in, out, sync);
+  return ret(result());
+}
+CUEMU_EXPORT const char* st_async_copy_traced(const int4* in, const int4* other, int blocks, int threads,
+                                              int stride) {
+  async_copy_traced<<<blocks, threads, 3 * threads * sizeof(int4)>>>(in, other, stride);
   return ret(result());
 }
 CUEMU_EXPORT const char* st_async_copy_misuse(const int4* in, int4* global_out, int kind) {

@@ -39,6 +39,7 @@ ENTRY_POINTS = (
     "st_dependent_chain",
     "st_dependent_launch_error",
     "st_work_items",
+    "st_async_copy_traced",
     "st_device_attribute",
 )
 POISON = -1  # a 32-bit word of the dynamic shared memory poison pattern (0xff bytes)
@@ -371,6 +372,34 @@ def test_async_copy_into_static_shared_memory(runtime):
     out = torch.zeros(32, 4, dtype=torch.int32)
     assert runtime.st_async_copy_misuse(_ptr(src), _ptr(out), 0) == b""
     assert torch.equal(out, src)
+
+
+def test_the_copy_trace_records_each_blocks_first_source_in_the_traced_range(runtime):
+    """Per launch (numbered in stream order) and block: the lowest offset into the traced range that
+    its cp.async copies read and how many did; copies from elsewhere and zero-fills are not counted,
+    and nothing is recorded once the trace stops."""
+    runtime.cuemu_trace_copies.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    runtime.cuemu_trace_size.restype = ctypes.c_size_t
+    runtime.cuemu_trace_entry.argtypes = [ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)]
+    blocks, threads, stride = 3, 4, 8
+    src, other = _random_words(blocks * stride, 4), _random_words(threads, 5)
+    runtime.cuemu_trace_copies(_ptr(src), src.numel() * 4)
+    for _ in range(2):
+        assert runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride) == b""
+    entry, entries = (ctypes.c_uint64 * 4)(), []
+    for i in range(runtime.cuemu_trace_size()):
+        assert runtime.cuemu_trace_entry(i, entry) == 1
+        entries.append(tuple(entry))
+    assert runtime.cuemu_trace_entry(len(entries), entry) == 0
+    first = entries[0][0]
+    assert entries == [
+        (first + launch, b, (blocks - 1 - b) * stride * 16, threads)
+        for launch in range(2)
+        for b in range(blocks)
+    ]
+    runtime.cuemu_trace_copies(None, 0)
+    assert runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride) == b""
+    assert runtime.cuemu_trace_size() == 0
 
 
 STALE, FRESH = -7, 5  # the values before and after the primary of st_dependent_launch

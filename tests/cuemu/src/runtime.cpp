@@ -35,10 +35,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdarg>
 #include <deque>
+#include <iterator>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -200,6 +203,7 @@ struct GridRun {
   std::mutex progress_mutex;
   std::vector<const Worker*> stuck;
   int park_item = -1;  // CUEMU_PARK_ITEM at the launch
+  uint64_t serial = 0;  // launches in stream order, from 0 (the copy trace's launch number)
   std::atomic<bool> park_taken{false};
   // The extra workers that start blocks while an item is parked; joined by run_blocks.
   std::vector<std::unique_ptr<Worker>> park_workers;
@@ -235,6 +239,29 @@ void park(GridRun& L) {
   }
   tl_parked = true;
   L.released.wait(lock, [&] { return L.dependency_gen != 0 && L.turn == tl_early_index; });
+}
+
+// The copy trace (cuemu_trace_copies): per launch and block, the lowest offset into the traced range
+// that one of the block's cp.async copies read, and how many copies read it.
+struct CopyTrace {
+  uint64_t launch, block, first_offset, copies;
+};
+std::mutex g_trace_mutex;
+const unsigned char* g_trace_begin = nullptr;
+size_t g_trace_bytes = 0;
+std::map<std::pair<uint64_t, uint64_t>, CopyTrace> g_trace;
+std::atomic<uint64_t> g_launch_serial{0};
+
+void trace_copy(const void* src) {
+  std::lock_guard<std::mutex> lock(g_trace_mutex);
+  const auto* p = static_cast<const unsigned char*>(src);
+  if (g_trace_bytes == 0 || p < g_trace_begin || p >= g_trace_begin + g_trace_bytes) return;
+  const BlockInfo& b = *tl_block;
+  const uint64_t block = b.idx.x + uint64_t(b.grid.x) * (b.idx.y + uint64_t(b.grid.y) * b.idx.z);
+  const uint64_t launch = tl_worker->launch->serial, offset = static_cast<uint64_t>(p - g_trace_begin);
+  auto [it, fresh] = g_trace.try_emplace({launch, block}, CopyTrace{launch, block, offset, 0});
+  it->second.first_offset = std::min(it->second.first_offset, offset);
+  ++it->second.copies;
 }
 
 std::mutex g_error_mutex;
@@ -875,6 +902,7 @@ void async_copy_16(void* dst, const void* src, int src_bytes) {
           static_cast<void*>(tl_worker->smem), tl_worker->smem_size);
   if (src_bytes != 0 && in_shared(src, 16))
     fault("cp_async_16: source %p is in shared memory (cp.async reads global memory)", src);
+  if (src_bytes != 0) trace_copy(src);
   Fiber& f = *tl_worker->current;
   f.async_copies.push_back(AsyncCopy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src),
                                      src_bytes, f.async_groups});
@@ -1074,6 +1102,7 @@ cudaError_t enqueue_grid(const LaunchShape& shape, BodyFn body, void* arg, void 
   q->run->arg = arg;
   q->run->park_item = env_int("CUEMU_PARK_ITEM", -1);
   std::lock_guard<std::mutex> lock(g_stream_mutex);
+  q->run->serial = g_launch_serial++;
   if (programmatic_dependent && g_queued) {  // the primary has not run yet: the dependent goes first
     q->run->dependency_gen = 0;
     if (verbose()) std::fprintf(stderr, "cuemu: programmatic dependent launch: blocks up to their wait first\n");
@@ -1247,3 +1276,26 @@ extern "C" __attribute__((visibility("default"))) int cuemu_queued_launches() {
 }
 // Runs the queued launch (the harness's check after every kernel call).
 extern "C" __attribute__((visibility("default"))) void cuemu_synchronize() { cuemu::synchronize(); }
+// The copy trace: cuemu_trace_copies(begin, bytes) clears it and records, from then on, the cp.async
+// copies whose source lies in [begin, begin + bytes) (bytes 0: none). cuemu_trace_size() entries,
+// ordered by (launch, block); cuemu_trace_entry(i, out) writes {launch, block, lowest offset read,
+// copies} of entry i (launch: the launch's place in stream order, block: its linear index).
+extern "C" __attribute__((visibility("default"))) void cuemu_trace_copies(const void* begin, size_t bytes) {
+  cuemu::synchronize();
+  std::lock_guard<std::mutex> lock(cuemu::g_trace_mutex);
+  cuemu::g_trace.clear();
+  cuemu::g_trace_begin = static_cast<const unsigned char*>(begin);
+  cuemu::g_trace_bytes = bytes;
+}
+extern "C" __attribute__((visibility("default"))) size_t cuemu_trace_size() {
+  cuemu::synchronize();
+  std::lock_guard<std::mutex> lock(cuemu::g_trace_mutex);
+  return cuemu::g_trace.size();
+}
+extern "C" __attribute__((visibility("default"))) int cuemu_trace_entry(size_t i, uint64_t* out) {
+  std::lock_guard<std::mutex> lock(cuemu::g_trace_mutex);
+  if (i >= cuemu::g_trace.size()) return 0;
+  const cuemu::CopyTrace& t = std::next(cuemu::g_trace.begin(), static_cast<std::ptrdiff_t>(i))->second;
+  out[0] = t.launch, out[1] = t.block, out[2] = t.first_offset, out[3] = t.copies;
+  return 1;
+}
