@@ -5,7 +5,8 @@ scheduler also at g = 16): the launches, the bytes each launch must move (from t
 parameters, following the kernels' loads), the SASS instructions of each named loop (read
 from the sm_90a build of csrc/ as it is now, ``benchmarks/sass_loops.py``), and
 
-    modeled time = sum over launches of max(bytes / bandwidth, thread-instructions / issue rate)
+    modeled time = sum over launches of max(bytes from memory / bandwidth, bytes / L2 bandwidth,
+                                            thread-instructions / issue rate)
                    + the launch's boundary: the launch cost, or for a programmatic dependent of the
                      launch before it (csrc/include/dspark_sgl/dependent_launch.cuh) the dependent
                      launch cost (an assumed fraction of it), or for the second phase of one launch
@@ -16,7 +17,9 @@ one launch: W2 once per position plus the base logits for the Markov block, the 
 logits once for verification) and against SGLang 0.5.23's path modeled the same way
 (``benchmarks/sglang_path_model.py``). A launch's thread-instructions are, per named loop,
 its static instructions per unit (element, k-step, pair, ...) times the units the launch
-geometry gives. The budgets of the issue are printed as met / NOT met.
+geometry gives. Bytes from memory are the bytes less what L2 serves: only the Markov block's
+positions 1..g-1, which read W2 in the reverse of the order before (L2_RETAINED says how much). The
+budgets of the issue are printed as met / NOT met.
 
     python benchmarks/cost_model.py [--out FILE] [--check] [--guard] [--pin] [--extension dspark_sgl/_C*.so]
 
@@ -25,10 +28,11 @@ geometry gives. The budgets of the issue are printed as met / NOT met.
 cannot break); ``--pin`` rewrites that file from the design as it is. ``--extension`` reads
 the SASS of a built extension (``cuobjdump``) instead of compiling csrc/ (``nvcc``, cached
 under build/).
-What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 traffic
-(W1 rows gathered by every CTA), the confidence head, verification's acceptance tests (one
-warp a request; its chunk merges are modeled) and its out-of-line new-maximum path (a few per
-thread), the MUFU unit's quarter rate, and the scheduler's SPS bisection (once per thread).
+What is not modeled: latency (loads in flight, barriers, the tail of a grid), L2 hits other than
+the Markov block's W2 (W1 rows gathered by every CTA, any hit of SGLang's path), the confidence
+head, verification's acceptance tests (one warp a request; its chunk merges are modeled) and
+its out-of-line new-maximum path (a few per thread), the MUFU unit's quarter rate, and the
+scheduler's SPS bisection (once per thread).
 Static counts include branches an iteration does not take, so issue-bound rows err high.
 """
 
@@ -71,6 +75,9 @@ class Device:
     source: str
     dependent_launch_cost: float = 0.0  # s per boundary to a programmatic dependent (set below)
     handoff_cost: float = 0.0  # s per in-kernel handoff between two phases of one launch (set below)
+    l2_bytes: float = 0.0  # L2 capacity
+    l2_retained: float = 0.0  # the share of it that keeps a launch's last reads for the next (L2_RETAINED)
+    l2_bandwidth: float = math.inf  # bytes/s from L2 to the SMs, whole chip (L2_BANDWIDTH)
 
 
 _ISSUE = SMS * 4 * 1.75e9 * 32  # SPEC.md section 8: 132 SMs x 4 schedulers x 1.75 GHz x 32 lanes
@@ -103,6 +110,23 @@ _HANDOFF_NOTE = (
     f"in-kernel handoff {HANDOFF_COST * 1e6:.1f} us: an assumption (two dependent L2 round trips"
     " after the first phase's last atomic, the poll and the exit ticket; no device measured it)"
 )
+# L2 reuse between Markov positions (markov_block.cu walks the vocabulary tiles in the reverse of CTA
+# order at every other position). Under LRU a line hits when fewer distinct bytes than the cache
+# holds were touched since its last read. Position k + 1's j-th tile read (from the end) comes after j
+# tiles of position k (their W2 and that position's other bytes: base logits, partials) and j tiles of
+# position k + 1 (the same W2 lines, fresh other bytes): j (w + 2 o) distinct bytes for tiles of w W2
+# and o other bytes. So the first C W2 / (W2 + 2 other) bytes of W2 hit, where C is the L2 that keeps
+# them, up to all of W2. Position 0 gets none (the target's forward pass runs between rounds).
+# SGLang's path reads W2 in one order every position (its GEMM's): under LRU nothing of it hits once
+# W2 is larger than C, and the model gives it none.
+L2_RETAINED = 0.5  # assumed: C = half the L2 (one of its two partitions); true LRU over all of it: 1
+L2_BANDWIDTH = 5.5e12  # assumed: bytes/s from L2, both devices (NVIDIA publishes none); not measured
+_L2_NOTE = (
+    f"L2 reuse between Markov positions: C = {L2_RETAINED} x the L2 keeps the previous position's last"
+    f" W2 reads (an assumption; LRU over the whole L2 would be 1), L2 bandwidth"
+    f" {L2_BANDWIDTH / 1e12:.1f} TB/s (an assumption; every byte of a launch passes through L2);"
+    " no device measured either"
+)
 H100 = Device(
     "H100",
     3.0e12,
@@ -110,10 +134,13 @@ H100 = Device(
     _SM_ISSUE,
     _LAUNCH,
     "H100 SXM: 3.0 TB/s measured copy (SPEC.md section 8); issue 132 SMs x 4 schedulers x 1.75 GHz"
-    f" x 32 = {_ISSUE / 1e12:.1f} T thread-instr/s (SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE};"
-    f" {_HANDOFF_NOTE}",
+    f" x 32 = {_ISSUE / 1e12:.1f} T thread-instr/s (SPEC.md section 8); L2 50 MiB (NVIDIA's H100 whitepaper);"
+    f" {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}; {_HANDOFF_NOTE}; {_L2_NOTE}",
     _DEPENDENT_LAUNCH,
     HANDOFF_COST,
+    50 * 2**20,
+    L2_RETAINED,
+    L2_BANDWIDTH,
 )
 H200 = Device(
     "H200",
@@ -123,9 +150,13 @@ H200 = Device(
     _LAUNCH,
     "H200: 4.3 TB/s device-to-device copy measured on this workplace's H200 (device KINDS.md,"
     " 2026-10-28 and 2026-11-04; datasheet 4.8); same SMs and clocks as the H100 (device H200.md,"
-    f" SPEC.md section 8); {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}; {_HANDOFF_NOTE}",
+    f" SPEC.md section 8); L2 60 MB (PyTorch on this workplace's H200, device KINDS.md, 2026-10-28);"
+    f" {_LAUNCH_NOTE}; {_DEPENDENT_NOTE}; {_HANDOFF_NOTE}; {_L2_NOTE}",
     _DEPENDENT_LAUNCH,
     HANDOFF_COST,
+    60 * 2**20,
+    L2_RETAINED,
+    L2_BANDWIDTH,
 )
 DEVICES = (H100, H200)
 
@@ -508,11 +539,23 @@ class Launch:
     one_cta: bool = False  # issue limited to one SM
     dependent: bool = False  # a programmatic dependent of the launch before it (PDL)
     handoff: bool = False  # not a launch: the second phase of the launch before it (work_items.cuh)
+    l2_reuse: float = 0.0  # bytes (W2) read in the reverse of the launch before's order: L2 can serve some
+
+    def l2_hits(self, device: Device) -> float:
+        """Bytes L2 serves: the first C reuse / (reuse + 2 other) bytes of the reused ones (see
+        L2_RETAINED), C = the L2 bytes retained."""
+        if not self.l2_reuse:
+            return 0.0
+        other = self.bytes - self.l2_reuse
+        retained = device.l2_bytes * device.l2_retained
+        return min(self.l2_reuse, retained * self.l2_reuse / (self.l2_reuse + 2 * other))
 
     def terms(self, device: Device) -> tuple[float, float]:
-        """(bytes / bandwidth, thread-instructions / issue rate) in seconds."""
+        """(memory, thread-instructions / issue rate) in seconds; memory is the larger of the bytes
+        L2 does not serve over the memory bandwidth and all bytes over L2's."""
         issue = device.sm_issue_rate if self.one_cta else device.issue_rate
-        return self.bytes / device.bandwidth, self.instructions / issue
+        memory = max((self.bytes - self.l2_hits(device)) / device.bandwidth, self.bytes / device.l2_bandwidth)
+        return memory, self.instructions / issue
 
     def boundary(self, device: Device) -> float:
         """The boundary before this launch: a full launch, one to a programmatic dependent, or an
@@ -714,6 +757,8 @@ def markov_block(
     notes = [
         "W1 rows counted once (every CTA re-reads them from L2); the confidence launch not modeled",
         "every row sampled with finite logits (greedy rows add the rare path: markov.rare_call)",
+        "positions 1..g-1 read W2's tiles in the reverse of the position before's order: L2 serves the"
+        " first C W2 / (W2 + 2 other bytes) of W2 (L2_RETAINED); SGLang's path gets no L2 hits",
     ]
     if int8_w2:
         notes.append(f"int8 W2 (W2 bytes V r + 4 V scales; SGLang's path bf16): {INT8_TAU_NOTE}")
@@ -722,7 +767,7 @@ def markov_block(
         vocab,
         rows,
         gamma,
-        [memset, tile] + [replace(tile, dependent=True)] * (gamma - 1),
+        [memset, tile] + [replace(tile, dependent=True, l2_reuse=w2)] * (gamma - 1),
         _sglang(sglang_path_model.markov_block(vocab, rows, gamma, RANK, ELEM)),
         gamma * (w2 + base),
         notes,
@@ -1271,7 +1316,8 @@ def report(
     lines = [
         f"Modeled (no GPU), {datetime.date.today()}: `python benchmarks/cost_model.py`, SASS of {source}.",
         "Every time below is MODELED, not measured: the sum over launches of"
-        " max(bytes / bandwidth, thread-instructions / issue rate) + the launch's boundary (the launch cost;"
+        " max(bytes from memory / bandwidth, bytes / L2 bandwidth, thread-instructions / issue rate) + the"
+        " launch's boundary (the launch cost;"
         " for a programmatic dependent launch, PDL, the assumed dependent launch cost; for the second phase"
         " of one launch, an in-kernel handoff, the assumed handoff cost).",
         "",
@@ -1289,8 +1335,9 @@ def report(
         "",
         *_table(PATH_HEADER, [path_cells(p) for p in paths]),
         "",
-        "Notes: floor = the floor bytes at full bandwidth plus one launch;"
-        " ours/floor and SGLang/ours are ratios of modeled times.",
+        "Notes: floor = the floor bytes at full bandwidth plus one launch (the Markov block: W2 and the"
+        " base logits from memory every position; the L2 hits of its reversed positions can put it"
+        " under that); ours/floor and SGLang/ours are ratios of modeled times.",
         *sorted({f"- {p.op}: {note}" for p in paths for note in p.notes}),
         *sorted({f"- {p.op}: launches: {p.launch_kinds()}" for p in paths}),
         "",
@@ -1311,8 +1358,9 @@ def report(
         boundary_sensitivity_line(paths, "handoff"),
         boundary_sensitivity_line(paths, "dependent"),
         "",
-        "The 2x-SGLang budget at the floor (modeled):",
+        "The 2x-SGLang budget at the floor and against the L2 assumptions (modeled):",
         *floor_reach_lines(paths),
+        *l2_sensitivity_lines(paths),
     ]
     return "\n".join(lines)
 
@@ -1373,16 +1421,83 @@ def floor_speedup_over_sglang(
 
 
 def floor_reach_lines(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> list[str]:
-    """Whether the 2x-SGLang budget is reachable at all: a kernel at its floor against SGLang."""
+    """Whether the 2x-SGLang budget is reachable without L2 reuse: a kernel at its floor (every byte
+    from memory every position) against SGLang."""
     lines = []
     for op, what in (("markov_block", "bf16 W2"), ("markov_block_int8", "int8 W2")):
         best = floor_speedup_over_sglang(paths, op, devices)
         if math.isnan(best):
             continue
-        verdict = "reachable" if best >= 2.0 else "NOT reachable by any kernel that reads these bytes"
+        verdict = "reachable" if best >= 2.0 else "NOT reachable by a kernel that reads them all from memory"
         lines.append(
-            f"- {op} ({what}): a kernel at its floor would be at least {best:.2f}x faster than SGLang's"
-            f" modeled path at every row with R >= 8: 2x is {verdict}."
+            f"- {op} ({what}): a kernel at its floor (W2 and the base logits from memory every position)"
+            f" would be at least {best:.2f}x faster than SGLang's modeled path at every row with R >= 8:"
+            f" 2x is {verdict}."
+        )
+    return lines
+
+
+def sglang_speedup_holds(
+    paths: list[ModeledOp], op: str, devices: tuple[Device, ...], **device_fields: float
+) -> bool:
+    """Whether every row of ``op`` with R >= 8 is at least 2x faster than SGLang's path on every
+    device with ``device_fields`` replaced (e.g. ``l2_retained=0.8``)."""
+    rows = [p for p in paths if p.op == op and p.rows >= 8]
+    return bool(rows) and all(
+        2.0 * p.time(replace(d, **device_fields)) <= p.sglang_time(replace(d, **device_fields))
+        for p in rows
+        for d in devices
+    )
+
+
+def l2_break_even(
+    paths: list[ModeledOp],
+    op: str,
+    field_name: str,
+    lo: float,
+    hi: float,
+    devices: tuple[Device, ...] = DEVICES,
+) -> float | None:
+    """The least value of the device field ``field_name`` in [lo, hi] (``l2_retained`` or
+    ``l2_bandwidth``, the rest as modeled) at which ``op`` is 2x faster than SGLang at every row with
+    R >= 8; None if not even at ``hi``."""
+    if not sglang_speedup_holds(paths, op, devices, **{field_name: hi}):
+        return None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if sglang_speedup_holds(paths, op, devices, **{field_name: mid}) else (mid, hi)
+    return hi
+
+
+def l2_sensitivity_lines(paths: list[ModeledOp], devices: tuple[Device, ...] = DEVICES) -> list[str]:
+    """What the 2x-SGLang budget needs of the two L2 assumptions: the least share of the L2 keeping W2
+    with an unbounded L2 bandwidth, and the least L2 bandwidth with all of the L2 keeping it (each
+    the other's most generous value, so both are necessary)."""
+    lines = []
+    for op, what in (("markov_block", "bf16 W2"), ("markov_block_int8", "int8 W2")):
+        if not any(p.op == op for p in paths):
+            continue
+        if sglang_speedup_holds(paths, op, devices, l2_retained=0.0):
+            lines.append(f"- {op} ({what}): 2x SGLang at every row with R >= 8 holds with no L2 reuse.")
+            continue
+        free = tuple(replace(d, l2_bandwidth=math.inf) for d in devices)
+        whole = tuple(replace(d, l2_retained=1.0) for d in devices)
+        retained = l2_break_even(paths, op, "l2_retained", 0.0, 1.0, free)
+        bandwidth = l2_break_even(paths, op, "l2_bandwidth", 1e12, 100e12, whole)
+        needs_share = (
+            "no share of the L2 is enough"
+            if retained is None
+            else f"at least {retained:.2f} of the L2 must keep W2"
+        )
+        needs_bandwidth = (
+            "no L2 bandwidth up to 100 TB/s is enough"
+            if bandwidth is None
+            else f"L2 must deliver at least {bandwidth / 1e12:.1f} TB/s"
+        )
+        lines.append(
+            f"- {op} ({what}): for 2x SGLang at every row with R >= 8, {needs_share} between positions"
+            f" (with an unbounded L2 bandwidth; assumed {L2_RETAINED}), and {needs_bandwidth} (with all of"
+            f" the L2 keeping it; assumed {L2_BANDWIDTH / 1e12:.1f} TB/s)."
         )
     return lines
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -303,6 +304,94 @@ def test_the_floor_speedup_over_sglang_by_hand():
     (line,) = cost_model.floor_reach_lines([fast, slow], (device,))
     assert "at least 1.33x" in line and "NOT reachable" in line
     assert "2x is reachable" in cost_model.floor_reach_lines([fast], (device,))[0]
+
+
+def _lru_w2_hits(tiles: int, w2_lines: int, other_lines: int, capacity: int, reverse: bool) -> int:
+    """W2 lines that hit in an LRU cache of ``capacity`` lines at the second of two positions, each
+    reading per tile its W2 lines and then lines of its own position (base logits): the second
+    position in the reverse tile order, or in the same one."""
+    cache: OrderedDict[tuple, None] = OrderedDict()
+    hits = 0
+
+    def touch(line: tuple) -> bool:
+        hit = line in cache
+        cache[line] = None
+        cache.move_to_end(line)
+        if len(cache) > capacity:
+            cache.popitem(last=False)
+        return hit
+
+    for position in range(2):
+        order = range(tiles - 1, -1, -1) if position and reverse else range(tiles)
+        for t in order:
+            for i in range(w2_lines):
+                hits += touch(("w2", t, i)) and position == 1
+            for i in range(other_lines):
+                touch(("other", position, t, i))
+    return hits
+
+
+@pytest.mark.parametrize(("other_lines", "capacity"), [(0, 300), (1, 300), (4, 300), (1, 5000), (8, 100)])
+def test_the_l2_hits_of_a_reversed_position_are_an_lru_caches(other_lines, capacity):
+    """Launch.l2_hits (C reuse / (reuse + 2 other), at most all of it) against an LRU cache that
+    replays the kernel's order: within one tile of the simulation; reading in the same order again
+    (SGLang's path) hits nothing once W2 is larger than the cache."""
+    tiles, w2_lines = 200, 4
+    line = 128
+    device = cost_model.Device("test", 1e12, 1e12, 1e10, 0.0, "", l2_bytes=capacity * line, l2_retained=1.0)
+    reuse, other = tiles * w2_lines * line, tiles * other_lines * line
+    modeled = cost_model.Launch("k", reuse + other, l2_reuse=reuse).l2_hits(device) / line
+    simulated = _lru_w2_hits(tiles, w2_lines, other_lines, capacity, reverse=True)
+    assert abs(modeled - simulated) <= w2_lines + other_lines
+    if capacity < tiles * w2_lines:
+        assert _lru_w2_hits(tiles, w2_lines, other_lines, capacity, reverse=False) == 0
+
+
+def test_l2_hits_shorten_the_memory_term_but_not_below_l2_bandwidth():
+    device = cost_model.Device(
+        "test", 1e12, 1e12, 1e10, 0.0, "", l2_bytes=10e6, l2_retained=0.5, l2_bandwidth=4e12
+    )
+    # 5 MB retained; 8 MB reused, 1 MB other: 5 x 8 / (8 + 2) = 4 MB served by L2, 5 MB from memory.
+    launch = cost_model.Launch("k", 9e6, l2_reuse=8e6)
+    assert launch.l2_hits(device) == pytest.approx(4e6)
+    assert launch.terms(device)[0] == pytest.approx(5e-6)
+    assert cost_model.Launch("k", 9e6).terms(device)[0] == pytest.approx(9e-6)  # no reuse: all from memory
+    everything = cost_model.Device(
+        "test", 1e12, 1e12, 1e10, 0.0, "", l2_bytes=1e9, l2_retained=1.0, l2_bandwidth=4e12
+    )
+    assert launch.l2_hits(everything) == pytest.approx(8e6)  # at most the reused bytes
+    assert launch.terms(everything)[0] == pytest.approx(9e6 / 4e12)  # then L2's bandwidth bounds it
+
+
+def test_only_the_later_markov_positions_reuse_w2_through_l2():
+    path = cost_model.markov_block(129280, 8, 5, ZERO)
+    w2 = 129280 * 256 * 2
+    assert [launch.l2_reuse for launch in path.ours] == [0, 0] + [w2] * 4
+    int8 = cost_model.markov_block(129280, 8, 5, ZERO, int8_w2=True)
+    assert [launch.l2_reuse for launch in int8.ours][2:] == [129280 * 256 + 129280 * 4] * 4
+    assert all(launch.l2_reuse == 0 for launch in path.sglang)
+    for device in cost_model.DEVICES:
+        assert device.l2_retained == cost_model.L2_RETAINED and device.l2_bandwidth == cost_model.L2_BANDWIDTH
+    assert (cost_model.H100.l2_bytes, cost_model.H200.l2_bytes) == (50 * 2**20, 60 * 2**20)
+
+
+def test_the_l2_break_even_by_hand():
+    """One row: ours 2 launches of 8 MB (the second reusing 6 MB of W2), SGLang 24 MB at 1 TB/s."""
+    base = cost_model.Device(
+        "test", 1e12, 1e12, 1e10, 0.0, "", l2_bytes=16e6, l2_retained=0.5, l2_bandwidth=1e15
+    )
+    ours = [cost_model.Launch("k", 8e6), cost_model.Launch("k", 8e6, l2_reuse=6e6)]
+    # SGLang 24 us; ours 8 us + (8 MB - hits) / 1 TB/s: 2x needs hits >= 4 MB, i.e. retained x 16 MB
+    # x 6 / (6 + 4) >= 4 MB: retained >= 5 / 12.
+    row = cost_model.ModeledOp("markov_block", 129280, 8, 5, ours, [cost_model.Launch("s", 24e6)], 16e6)
+    at = cost_model.l2_break_even([row], "markov_block", "l2_retained", 0.0, 1.0, (base,))
+    assert at == pytest.approx(5 / 12, rel=1e-6)
+    assert cost_model.sglang_speedup_holds([row], "markov_block", (base,), l2_retained=0.42)
+    assert not cost_model.sglang_speedup_holds([row], "markov_block", (base,), l2_retained=0.41)
+    never = cost_model.ModeledOp("markov_block", 129280, 8, 5, ours, [cost_model.Launch("s", 10e6)], 16e6)
+    assert cost_model.l2_break_even([never], "markov_block", "l2_retained", 0.0, 1.0, (base,)) is None
+    (line,) = cost_model.l2_sensitivity_lines([row], (base,))
+    assert "at least 0.42 of the L2 must keep W2" in line
 
 
 # ---- the SASS reader on a synthetic listing -------------------------------------------
