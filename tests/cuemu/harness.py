@@ -99,6 +99,40 @@ def copy_trace(module: ModuleType, tensor: torch.Tensor) -> Iterator[list[Traced
         runtime.cuemu_trace_copies(None, 0)
 
 
+def markov_tile_orders(
+    module: ModuleType, case: dict, first_positions: tuple[int, ...] = ()
+) -> dict[int, list[list[int]]]:
+    """The W2 tile each block of each markov_block position launch stages (the lowest W2 offset its
+    cp.async copies read, in 16-bit 256-wide tiles), per launch in launch order, by block index:
+    under key 0 for the whole block of ``case`` (``markov.sample_block`` inputs, seed 7, offset 3),
+    under key k for its position k drafted alone with ``first_position=k``. Runs inside
+    ``emulated(module)``."""
+    from dspark_sgl import markov
+
+    tile_bytes = 256 * case["w2"].shape[1] * case["w2"].element_size()
+    head = markov.VanillaMarkovHead(case["w1"], case["w2"])
+    calls = {0: lambda: markov.sample_block(**case, seed=7, offset=3, keep_logits=True)}
+    for k in first_positions:
+        calls[k] = lambda k=k: markov.sample_block_with_head(
+            case["base_logits"][:, k : k + 1],
+            case["anchor"],
+            head,
+            case["temperature"],
+            seed=7,
+            offset=3,
+            first_position=k,
+        )
+    orders = {}
+    for k, call in calls.items():
+        with copy_trace(module, case["w2"]) as traced:
+            call()
+        launches: dict[int, dict[int, int]] = {}
+        for t in traced:
+            launches.setdefault(t.launch, {})[t.block] = t.first_offset // tile_bytes
+        orders[k] = [[tiles[b] for b in sorted(tiles)] for _, tiles in sorted(launches.items())]
+    return orders
+
+
 @contextlib.contextmanager
 def emulated(module: ModuleType) -> Iterator[None]:
     """Make ``_dispatch`` launch ``module``'s kernels for CPU tensors inside the block."""

@@ -554,13 +554,14 @@ def _check_markov() -> list[str]:
 def _markov_tile_order() -> list[str]:
     """The W2 tile each block stages: its own index at even Philox positions, reversed at odd ones,
     in a whole block and one position per call."""
-    from test_backend import markov_tile_orders
     from test_gpu_kernels import markov_case
+
+    from dspark_sgl import _dispatch
 
     case = markov_case(torch.device("cpu"), 3, 3, 1100, 64)
     tiles = list(range(5))
     expected = {0: [tiles, tiles[::-1], tiles], 1: [tiles[::-1]], 2: [tiles]}
-    seen = markov_tile_orders(case, first_positions=(1, 2))
+    seen = harness.markov_tile_orders(_dispatch._extension, case, first_positions=(1, 2))
     return [
         f"tile order at first_position {k}: {seen[k]}, not {expected[k]}"
         for k in expected

@@ -105,40 +105,6 @@ def test_markov_block_positions_run_as_dependents_of_the_position_before(emulate
     assert harness.last_fault(emulated_extension) == ""
 
 
-def markov_tile_orders(case: dict, first_positions: tuple[int, ...] = ()) -> dict[int, list[list[int]]]:
-    """The W2 tile each block of each markov_block position launch stages (the lowest W2 offset its
-    cp.async copies read, in 16-bit 256-wide tiles), per launch in launch order, by block index:
-    under key 0 for ``draft(case)``, under key k for position k of ``case`` drafted alone with
-    ``first_position=k``. Runs inside ``harness.emulated``."""
-    from test_gpu_kernels import draft
-
-    from dspark_sgl import markov
-
-    module = _dispatch._extension
-    tile_bytes = 256 * case["w2"].shape[1] * case["w2"].element_size()
-    head = markov.VanillaMarkovHead(case["w1"], case["w2"])
-    calls = {0: lambda: draft(case, keep_logits=True)}
-    for k in first_positions:
-        calls[k] = lambda k=k: markov.sample_block_with_head(
-            case["base_logits"][:, k : k + 1],
-            case["anchor"],
-            head,
-            case["temperature"],
-            seed=7,
-            offset=3,
-            first_position=k,
-        )
-    orders = {}
-    for k, call in calls.items():
-        with harness.copy_trace(module, case["w2"]) as traced:
-            call()
-        launches: dict[int, dict[int, int]] = {}
-        for t in traced:
-            launches.setdefault(t.launch, {})[t.block] = t.first_offset // tile_bytes
-        orders[k] = [[tiles[b] for b in sorted(tiles)] for _, tiles in sorted(launches.items())]
-    return orders
-
-
 def test_markov_block_positions_walk_w2_in_alternating_tile_order(emulated_extension):
     """Block b stages W2 tile b at even Philox positions and tile T - 1 - b at odd ones, so each
     position starts on the tiles the one before read last (the L2 reuse benchmarks/cost_model.py
@@ -152,7 +118,7 @@ def test_markov_block_positions_walk_w2_in_alternating_tile_order(emulated_exten
     with _dispatch.forced_reference():
         ref = draft(case, keep_logits=True)
     with harness.emulated(emulated_extension):
-        orders = markov_tile_orders(case, first_positions=(1, 2))
+        orders = harness.markov_tile_orders(emulated_extension, case, first_positions=(1, 2))
         ours = draft(case, keep_logits=True)
     assert orders == {0: [forward, backward, forward], 1: [backward], 2: [forward]}
     assert_blocks_match(ours, ref, case["temperature"])
