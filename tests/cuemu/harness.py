@@ -22,6 +22,7 @@ from types import ModuleType
 
 import torch
 
+from cuemu import c_api
 from cuemu.build import DEFAULT_OUT, build
 from dspark_sgl import _dispatch, verify
 
@@ -52,12 +53,7 @@ def load(path: str | Path | None = None) -> ModuleType:
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
-    runtime = ctypes.CDLL(path)
-    runtime.cuemu_last_message.restype = ctypes.c_char_p
-    runtime.cuemu_trace_copies.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    runtime.cuemu_trace_size.restype = ctypes.c_size_t
-    runtime.cuemu_trace_entry.argtypes = [ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)]
-    module._cuemu = runtime
+    module._cuemu = c_api.declare(ctypes.CDLL(path))
     return module
 
 
@@ -91,10 +87,7 @@ def copy_trace(module: ModuleType, tensor: torch.Tensor) -> Iterator[list[Traced
     runtime.cuemu_trace_copies(tensor.data_ptr(), tensor.numel() * tensor.element_size())
     try:
         yield traced
-        entry = (ctypes.c_uint64 * 4)()
-        for i in range(runtime.cuemu_trace_size()):
-            runtime.cuemu_trace_entry(i, entry)
-            traced.append(TracedCopies(*(int(v) for v in entry)))
+        traced.extend(TracedCopies(*entry) for entry in c_api.copy_trace_entries(runtime))
     finally:
         runtime.cuemu_trace_copies(None, 0)
 

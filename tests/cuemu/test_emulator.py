@@ -10,6 +10,7 @@ import time
 import pytest
 import torch
 
+from cuemu import c_api
 from cuemu.build import HERE, build_standalone
 
 pytestmark = [
@@ -47,10 +48,9 @@ POISON = -1  # a 32-bit word of the dynamic shared memory poison pattern (0xff b
 
 @pytest.fixture(scope="module")
 def selftest():
-    lib = ctypes.CDLL(str(build_standalone(HERE / "selftest.cu")))
+    lib = c_api.declare(ctypes.CDLL(str(build_standalone(HERE / "selftest.cu"))))
     for name in ENTRY_POINTS:
         getattr(lib, name).restype = ctypes.c_char_p
-    lib.cuemu_last_message.restype = ctypes.c_char_p
     return lib
 
 
@@ -378,19 +378,13 @@ def test_the_copy_trace_records_each_blocks_first_source_in_the_traced_range(run
     """Per launch (numbered in stream order) and block: the lowest offset into the traced range that
     its cp.async copies read and how many did; copies from elsewhere and zero-fills are not counted,
     and nothing is recorded once the trace stops."""
-    runtime.cuemu_trace_copies.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    runtime.cuemu_trace_size.restype = ctypes.c_size_t
-    runtime.cuemu_trace_entry.argtypes = [ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint64)]
     blocks, threads, stride = 3, 4, 8
     src, other = _random_words(blocks * stride, 4), _random_words(threads, 5)
     runtime.cuemu_trace_copies(_ptr(src), src.numel() * 4)
     for _ in range(2):
         assert runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride) == b""
-    entry, entries = (ctypes.c_uint64 * 4)(), []
-    for i in range(runtime.cuemu_trace_size()):
-        assert runtime.cuemu_trace_entry(i, entry) == 1
-        entries.append(tuple(entry))
-    assert runtime.cuemu_trace_entry(len(entries), entry) == 0
+    entries = c_api.copy_trace_entries(runtime)
+    assert runtime.cuemu_trace_entry(len(entries), (ctypes.c_uint64 * 4)()) == 0
     first = entries[0][0]
     assert entries == [
         (first + launch, b, (blocks - 1 - b) * stride * 16, threads)

@@ -259,9 +259,9 @@ void trace_copy(const void* src) {
   const BlockInfo& b = *tl_block;
   const uint64_t block = b.idx.x + uint64_t(b.grid.x) * (b.idx.y + uint64_t(b.grid.y) * b.idx.z);
   const uint64_t launch = tl_worker->launch->serial, offset = static_cast<uint64_t>(p - g_trace_begin);
-  auto [it, fresh] = g_trace.try_emplace({launch, block}, CopyTrace{launch, block, offset, 0});
-  it->second.first_offset = std::min(it->second.first_offset, offset);
-  ++it->second.copies;
+  CopyTrace& t = g_trace.try_emplace({launch, block}, CopyTrace{launch, block, offset, 0}).first->second;
+  t.first_offset = std::min(t.first_offset, offset);
+  ++t.copies;
 }
 
 std::mutex g_error_mutex;
