@@ -223,6 +223,10 @@ _MARKOV_E_STAGE = r"stage_rows\(es,"
 _RARE_PARTIAL = r"__device__ __noinline__ RarePartial rare_partial\("
 _MERGE_CHUNK = r"__device__ __noinline__ void merge_chunk\("
 MARKOV_THREADS = 256
+# The kernel the model reads: every position in one cooperative launch (markov_persistent_kernel, the
+# default where the device can hold its grid), one CTA per SM at r = 256 (169 KB of shared memory).
+MARKOV_KERNEL = "markov_persistent_kernel"
+MARKOV_CTAS_PER_SM = 1  # 233472 B of shared memory an SM / (135424 B W2 + 33792 B E + 4 KB static + 1 KB)
 MARKOV_TILE = 256  # markov_block's tile width with 16-bit W1 (BlockShape; float32 weights: 64, not modeled)
 MARKOV_WARP_COLUMNS = 128  # kMmaWarpColumns
 MARKOV_SEGMENTS = MARKOV_TILE // MARKOV_WARP_COLUMNS  # partials per row and tile (a warp's columns each)
@@ -250,7 +254,7 @@ def _merge_loop(name: str, kernel: str) -> LoopName:
 def _markov_loops() -> list[LoopName]:
     """markov_block's named loops and out-of-line functions (bf16, statistics form, 256-wide tiles)."""
     w = MARKOV_TILE
-    k = f"markov_tile_kernel<__nv_bfloat16, __nv_bfloat16, {w}, true>"
+    k = f"{MARKOV_KERNEL}<__nv_bfloat16, __nv_bfloat16, {w}, true>"
     return [
         _stage_loop(f"markov.w2_stage.{w}", k, _MARKOV, _MARKOV_W2_STAGE, "W2"),
         _stage_loop(f"markov.e_stage.{w}", k, _MARKOV, _MARKOV_E_STAGE, "W1"),
@@ -299,7 +303,7 @@ def _markov_loops() -> list[LoopName]:
 # markov_block with an int8 W2 (per-row scales; markov_int8.cuh): the same 256-wide mma.sync tile.
 _INT8 = "include/dspark_sgl/markov_int8.cuh"
 INT8_TILE = MARKOV_TILE
-_INT8_KERNEL = f"markov_tile_kernel<__nv_bfloat16, dspark_sgl::Int8W2<__nv_bfloat16>, {INT8_TILE}, true>"
+_INT8_KERNEL = f"{MARKOV_KERNEL}<__nv_bfloat16, dspark_sgl::Int8W2<__nv_bfloat16>, {INT8_TILE}, true>"
 # The optional int8 W2's cost in acceptance: dspark_sgl eval --markov-w2 int8 on the embedded pair
 # (last session's measurement; not rerun by this model).
 INT8_TAU_NOTE = (
@@ -707,9 +711,14 @@ def _markov_geometry(vocab: int, rows: int) -> dict[str, int]:
 def markov_block(
     vocab: int, rows: int, gamma: int, loops: Mapping[str, float], int8_w2: bool = False
 ) -> ModeledOp:
-    """markov_block, statistics form (no [R, g, V] logits kept): a memset of the tickets, then
-    one launch per position (the last CTA of each row chunk merges it); position 0 behind the
-    memset is a full boundary, positions 1..g-1 programmatic dependents of the position before.
+    """markov_block, statistics form (no [R, g, V] logits kept): a memset of the tickets, then one
+    cooperative launch for every position (markov_persistent_kernel; the last CTA of each row chunk
+    merges it), position 0 behind the memset a full boundary, positions 1..g-1 in-kernel handoffs
+    (they wait for the position before's merged count). CTA c of the P = SMS x MARKOV_CTAS_PER_SM owns
+    tiles c, c + P, ...; each position starts on the tile the position before ended on, still staged:
+    positions 1..g-1 read min(P, tiles) tiles of W2 from no memory, and stage the others. The tile a CTA
+    ends a position on is read evict-first, modeled as taking none of the L2 that keeps W2 (an
+    assumption: L2 evicts those lines before any other), so the reused W2 is the other tiles'.
     ``int8_w2``: the optional int8 W2 with per-row scales (op ``markov_block_int8``): W2 moves
     V r bytes plus V float32 scales a position, and the int8 kernel's loops count; its floor is
     its own bytes, SGLang's path is the same bf16 one.
@@ -749,16 +758,32 @@ def markov_block(
         + loops[f"{name}.merge_call.{w}"] * geo["chunks"] * MARKOV_THREADS
     )
     tile = Launch(
-        f"markov_tile_kernel<bf16, {'Int8W2<bf16>' if int8_w2 else 'bf16'}, {w}, true>",
+        f"{MARKOV_KERNEL}<bf16, {'Int8W2<bf16>' if int8_w2 else 'bf16'}, {w}, true>",
         w2 + base + w1 + rows * 12 + 2 * partials + outputs + counters,
         instructions,
+    )
+    # Positions 1..g-1: each CTA's first tile is still in shared memory (the last one the position before
+    # computed): neither its W2 bytes nor its staging instructions.
+    resident_tiles = min(t, SMS * MARKOV_CTAS_PER_SM)
+    resident = min(w2, w2 * resident_tiles * w / vocab)
+    staging = loops[f"{name}.w2_stage.{w}"] * resident_tiles * w * k
+    if int8_w2:
+        staging += loops[f"{name}.widen.{w}"] * resident_tiles * w * k
+    later = replace(
+        tile,
+        bytes=tile.bytes - resident,
+        instructions=instructions - staging,
+        handoff=True,
+        l2_reuse=w2 - resident,
     )
     memset = Launch("cudaMemsetAsync (tickets)", counters)
     notes = [
         "W1 rows counted once (every CTA re-reads them from L2); the confidence launch not modeled",
         "every row sampled with finite logits (greedy rows add the rare path: markov.rare_call)",
-        "positions 1..g-1 read W2's tiles in the reverse of the position before's order: L2 serves the"
-        " first C W2 / (W2 + 2 other bytes) of W2 (L2_RETAINED); SGLang's path gets no L2 hits",
+        f"positions 1..g-1: {resident_tiles} tiles of W2 still staged (a CTA's last tile of the position"
+        " before, read evict-first: assumed to take no L2), the rest W2' read in the reverse of the"
+        " position before's order: L2 serves the first C W2' / (W2' + 2 other bytes) of it (L2_RETAINED);"
+        " SGLang's path gets no L2 hits",
     ]
     if int8_w2:
         notes.append(f"int8 W2 (W2 bytes V r + 4 V scales; SGLang's path bf16): {INT8_TAU_NOTE}")
@@ -767,7 +792,7 @@ def markov_block(
         vocab,
         rows,
         gamma,
-        [memset, tile] + [replace(tile, dependent=True, l2_reuse=w2)] * (gamma - 1),
+        [memset, tile] + [later] * (gamma - 1),
         _sglang(sglang_path_model.markov_block(vocab, rows, gamma, RANK, ELEM)),
         gamma * (w2 + base),
         notes,

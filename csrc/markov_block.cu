@@ -39,10 +39,12 @@
 #include <type_traits>
 
 #include "dspark_sgl/common.cuh"
+#include "dspark_sgl/cooperative_launch.cuh"
 #include "dspark_sgl/dependent_launch.cuh"
 #include "dspark_sgl/launch.h"
 #include "dspark_sgl/markov_int8.cuh"
 #include "dspark_sgl/markov_tile.cuh"
+#include "dspark_sgl/work_items.cuh"
 
 namespace dspark_sgl {
 namespace {
@@ -58,10 +60,12 @@ struct MarkovPartial {
 };
 
 // The workspace of one block: partials [rows, tiles x segments], then (zeroed by the launcher before the
-// first position, reset by the merging CTA after each use) a ticket per row chunk.
+// first position) a ticket per row chunk (reset by the merging CTA after each use) and the count of
+// merged chunks, all positions together (what the persistent kernel's positions wait for).
 struct MarkovWorkspace {
   MarkovPartial* partials;
   unsigned* tickets;
+  int32_t* merged;
 };
 
 constexpr int kGroupColumns = 16;                  // a sampler group: global columns [16 j, 16 j + 16)
@@ -574,55 +578,76 @@ __device__ __forceinline__ MarkovPartial segment_partial(const float (&bias)[kTh
   return MarkovPartial{best.score, best.index, best.logit, m, sum};
 }
 
-template <typename BT, typename WS, int kTileV, bool kPlain>
-__global__ void __maxnreg__(168)
-    markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
-  using WT = typename WeightStorage<WS>::type;  // W1's type and the MMA's (W2's, unless int8)
-  constexpr bool kInt8 = WeightStorage<WS>::kInt8;
-  using Shape = BlockShape<WT, kTileV>;
-  constexpr int kChunkRows = Shape::kChunkRows;
-  extern __shared__ __align__(128) unsigned char smem[];
-  const BlockLayout<WT> layout = block_layout<WT, kTileV>(static_cast<int>(args.rank));
-  WT* w2s = reinterpret_cast<WT*>(smem);                                      // W2 (dynamic: rank-sized)
-  WT* es = reinterpret_cast<WT*>(smem + layout.e_offset());                   // E, after W2
-  float* w2_scales = reinterpret_cast<float*>(smem + layout.staged_bytes());  // an int8 W2's, after E
-  __shared__ bool last_cta;
+// A tile CTA's shared memory: W2 (dynamic: rank-sized), E after it, an int8 W2's scales after E.
+template <typename WT>
+struct TileBuffers {
+  WT* w2s;
+  WT* es;
+  float* w2_scales;
+  __device__ TileBuffers(unsigned char* smem, const BlockLayout<WT>& layout)
+      : w2s(reinterpret_cast<WT*>(smem)),
+        es(reinterpret_cast<WT*>(smem + layout.e_offset())),
+        w2_scales(reinterpret_cast<float*>(smem + layout.staged_bytes())) {}
+};
 
-  const int64_t vocab = args.vocab, rank = args.rank;
-  // Every other position walks the vocabulary tiles in the reverse of CTA order. CTAs start in about
-  // blockIdx order, so the first CTAs of position k + 1 read the W2 tiles that position k read last,
-  // while they are still in L2: an LRU cache that keeps C bytes of W2 serves the first C bytes of every
-  // position after the first, where one order every position would make each read a miss once W2 is
-  // larger than C. A tile's partials keep the tile's slot, so the merge and its results do not change.
-  const unsigned tile = (args.first_position + k) % 2 ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  const int64_t v0 = int64_t(tile) * kTileV;
-  const int valid = static_cast<int>(min(int64_t(kTileV), vocab - v0));
-  const int32_t col0 = static_cast<int32_t>(args.vocab_start + v0);  // a multiple of 16
-  const WT* w1 = static_cast<const WT*>(args.w1);
-  const WT* w2 = static_cast<const WT*>(args.w2);
+// The Philox key of position k's draws (its seed and offset read where the caller keeps them).
+__device__ __forceinline__ DrawKey position_key(const MarkovBlockArgs& args, int k) {
   DrawKey draw{0, 0, static_cast<uint32_t>(args.first_position + k)};
   args.philox.resolve(draw.seed, draw.offset);
-  const NoiseKey noise_key(draw);
+  return draw;
+}
 
-  if constexpr (kInt8) {  // staged as int8 into the 16-bit tile's region, widened there
+// Stages W2 tile `tile` (shard columns [tile kTileV, tile kTileV + kTileV)) into buf.w2s; an int8 W2 is
+// staged as int8 into the 16-bit tile's region and widened there, its scales into buf.w2_scales. Call with
+// every thread of the CTA, after every read of the tile before (the W2 region is overwritten); on return
+// every thread sees the tile. priority: the L2 eviction priority of the W2 lines read.
+template <typename WS, int kTileV>
+__device__ __forceinline__ void stage_w2_tile(const MarkovBlockArgs& args, unsigned tile,
+                                              const BlockLayout<typename WeightStorage<WS>::type> layout,
+                                              TileBuffers<typename WeightStorage<WS>::type> buf,
+                                              L2Priority priority = L2Priority::kNormal) {
+  using WT = typename WeightStorage<WS>::type;
+  using Shape = BlockShape<WT, kTileV>;
+  const int64_t vocab = args.vocab, rank = args.rank, v0 = int64_t(tile) * kTileV;
+  WT* w2s = buf.w2s;
+  if constexpr (WeightStorage<WS>::kInt8) {  // staged as int8 into the 16-bit tile's region, widened there
     const Int8W2Layout<kTileV> int8_layout(static_cast<int>(args.rank));
-    stage_int8_tile<kTileV, Shape::kThreads>(reinterpret_cast<int8_t*>(w2s), w2_scales, int8_layout,
-                                      static_cast<const int8_t*>(args.w2), args.w2_scale, v0, vocab);
+    stage_int8_tile<kTileV, Shape::kThreads>(reinterpret_cast<int8_t*>(w2s), buf.w2_scales, int8_layout,
+                                      static_cast<const int8_t*>(args.w2), args.w2_scale, v0, vocab, priority);
     widen_int8_tile<WT, kTileV, Shape::kThreads>(w2s, int8_layout, layout);
   } else {
+    const WT* w2 = static_cast<const WT*>(args.w2);
     // The lambdas capture by value: a reference would let `layout` escape into the out-of-line scalar
     // staging, and nvcc would then keep it in local memory, reloaded in the MMA's k-loop.
     stage_rows_at(
         w2s, kTileV, layout.rank, layout.k_padded, [rows = layout](int i) { return size_t(rows.w2_row(i)); },
         StagePlan<WT>(layout.k_padded),
-        [=](int i) -> const WT* { return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr; });
+        [=](int i) -> const WT* { return v0 + i < vocab ? w2 + (v0 + i) * rank : nullptr; }, priority);
   }
-  // Position k > 0 is a programmatic dependent of position k - 1: everything above (the Philox
-  // key, the W2 tile) overlaps the previous position's tail; every read of a previous token and of
-  // the workspace, and every write, comes after this wait. Then the next position may launch.
-  wait_for_primary_grid();
-  allow_dependent_launch();
+}
 
+// Position k on tile `tile` of `tiles`, its W2 staged in buf.w2s: per chunk of rows, E = W1[x_{k-1}] (the
+// previous position's tokens, which the caller has waited for), the bias and the epilogue into the
+// tile's partials; then the chunk's ticket: the last of the `tiles` tiles to finish the chunk merges it
+// (merge_chunk), then counts it in ws.merged. Every thread of the CTA calls; last_cta: a __shared__ flag.
+template <typename BT, typename WS, int kTileV, bool kPlain>
+__device__ __forceinline__ void tile_position(const MarkovBlockArgs& args, int k, unsigned tile, unsigned tiles,
+                                              MarkovWorkspace ws,
+                                              const BlockLayout<typename WeightStorage<WS>::type> layout,
+                                              TileBuffers<typename WeightStorage<WS>::type> buf, DrawKey draw,
+                                              const NoiseKey& noise_key, bool& last_cta) {
+  using WT = typename WeightStorage<WS>::type;  // W1's type and the MMA's (W2's, unless int8)
+  constexpr bool kInt8 = WeightStorage<WS>::kInt8;
+  using Shape = BlockShape<WT, kTileV>;
+  constexpr int kChunkRows = Shape::kChunkRows;
+  const WT* w2s = buf.w2s;
+  WT* es = buf.es;
+  const float* w2_scales = buf.w2_scales;
+  const int64_t vocab = args.vocab, rank = args.rank;
+  const int64_t v0 = int64_t(tile) * kTileV;
+  const int valid = static_cast<int>(min(int64_t(kTileV), vocab - v0));
+  const int32_t col0 = static_cast<int32_t>(args.vocab_start + v0);  // a multiple of 16
+  const WT* w1 = static_cast<const WT*>(args.w1);
   const StagePlan<WT> e_plan(layout.k_padded);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int rows = static_cast<int>(args.rows);  // < 2^31 (launch_markov_block checks)
@@ -665,7 +690,7 @@ __global__ void __maxnreg__(168)
               bias, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
               active, row, col0 + c, noise_key, draw);
           if (active && lane % 4 == 0)
-            ws.partials[(int64_t(row) * gridDim.x + tile) * Shape::kSegments + half] = p;
+            ws.partials[(int64_t(row) * tiles + tile) * Shape::kSegments + half] = p;
         }
       }
     } else {
@@ -690,21 +715,92 @@ __global__ void __maxnreg__(168)
         const MarkovPartial p = segment_partial<BT, WT, kPlain, 8, kRowThreads>(
             bias, args, (int64_t(row) * args.gamma + k) * vocab + v0 + c, active ? valid - c : 0,
             active, row, col0 + c, noise_key, draw);
-        if (active && seg == 0) ws.partials[int64_t(row) * gridDim.x + tile] = p;
+        if (active && seg == 0) ws.partials[int64_t(row) * tiles + tile] = p;
       }
     }
     // Last-CTA ticket: every writer fences, then one thread counts this CTA in.
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0)
-      last_cta = atomicAdd(ws.tickets + row0 / kChunkRows, 1u) == gridDim.x - 1;
+      last_cta = atomicAdd(ws.tickets + row0 / kChunkRows, 1u) == tiles - 1;
     __syncthreads();
     if (last_cta) {
       __threadfence();
       merge_chunk(MarkovOutputs{args.tokens, args.token_logits, args.token_scores, args.stat_max,
                                 args.stat_sum, args.temperature, args.gamma},
-                  ws.partials, static_cast<int>(gridDim.x) * Shape::kSegments, row0, chunk_rows, k,
+                  ws.partials, static_cast<int>(tiles) * Shape::kSegments, row0, chunk_rows, k,
                   ws.tickets + row0 / kChunkRows);
+      // The chunk's outputs (and its ticket's reset) before its count: each writer fences, one thread counts.
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x == 0) atomicAdd(ws.merged, 1);
+    }
+  }
+}
+
+// One position per launch: CTA b computes one tile of position k. Every other position walks the
+// vocabulary tiles in the reverse of CTA order. CTAs start in about blockIdx order, so the first CTAs
+// of position k + 1 read the W2 tiles that position k read last, while they are still in L2: an LRU
+// cache that keeps C bytes of W2 serves the first C bytes of every position after the first, where one
+// order every position would make each read a miss once W2 is larger than C. A tile's partials keep the
+// tile's slot, so the merge and its results do not change.
+template <typename BT, typename WS, int kTileV, bool kPlain>
+__global__ void __maxnreg__(168)
+    markov_tile_kernel(MarkovBlockArgs args, int k, MarkovWorkspace ws) {
+  using WT = typename WeightStorage<WS>::type;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ bool last_cta;
+  const BlockLayout<WT> layout = block_layout<WT, kTileV>(static_cast<int>(args.rank));
+  const TileBuffers<WT> buf(smem, layout);
+  const unsigned tile = (args.first_position + k) % 2 ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const DrawKey draw = position_key(args, k);
+  const NoiseKey noise_key(draw);
+  stage_w2_tile<WS, kTileV>(args, tile, layout, buf);
+  // Position k > 0 is a programmatic dependent of position k - 1: everything above (the Philox
+  // key, the W2 tile) overlaps the previous position's tail; every read of a previous token and of
+  // the workspace, and every write, comes after this wait. Then the next position may launch.
+  wait_for_primary_grid();
+  allow_dependent_launch();
+  tile_position<BT, WS, kTileV, kPlain>(args, k, tile, gridDim.x, ws, layout, buf, draw, noise_key, last_cta);
+}
+
+// Every position in one cooperative launch (all CTAs resident at once: a CTA waits for merges that every
+// other CTA's tiles feed). CTA b owns tiles b, b + P, b + 2 P, ... (P = gridDim.x <= tiles) and walks
+// them forward at even Philox positions, backward at odd ones, so each position starts on the tile the
+// position before ended on: its W2 is still in shared memory and is not staged again (P tiles of W2 a
+// position come from no memory at all), and the tiles after it are those the position before read
+// last (the L2 reuse of the per-position order). The tile a CTA ends a position on is read with L2's
+// evict-first priority: the next position finds it in shared memory, and its lines leave L2's room to
+// the tiles it will read from there. Position k > 0 waits, before its first E (the
+// previous tokens), until every chunk of position k - 1 is merged (ws.merged). A tile's partials keep
+// its slot, so the results are the per-position kernel's.
+template <typename BT, typename WS, int kTileV, bool kPlain>
+__global__ void __maxnreg__(168) markov_persistent_kernel(MarkovBlockArgs args, MarkovWorkspace ws) {
+  using WT = typename WeightStorage<WS>::type;
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ bool last_cta;
+  const BlockLayout<WT> layout = block_layout<WT, kTileV>(static_cast<int>(args.rank));
+  const TileBuffers<WT> buf(smem, layout);
+  // The confidence launch (a programmatic dependent) may take the slots this grid leaves free: every
+  // CTA of a cooperative grid is resident from the start, so none of them waits for a slot.
+  allow_dependent_launch();
+  const unsigned tiles = static_cast<unsigned>(ceil_div(args.vocab, int64_t(kTileV))), ctas = gridDim.x;
+  const int owned = static_cast<int>((tiles - 1 - blockIdx.x) / ctas) + 1;
+  const int32_t chunks = static_cast<int32_t>(ceil_div(args.rows, int64_t(BlockShape<WT, kTileV>::kChunkRows)));
+  for (int k = 0; k < args.gamma; ++k) {
+    const DrawKey draw = position_key(args, k);
+    const NoiseKey noise_key(draw);
+    const bool forward = (args.first_position + k) % 2 == 0;
+    for (int j = 0; j < owned; ++j) {
+      const unsigned tile = blockIdx.x + static_cast<unsigned>(forward ? j : owned - 1 - j) * ctas;
+      if (k == 0 || j > 0)
+        stage_w2_tile<WS, kTileV>(args, tile, layout, buf,
+                                  j == owned - 1 ? L2Priority::kEvictFirst : L2Priority::kNormal);
+      if (k > 0 && j == 0) {  // position k - 1 merged: its tokens, partial slots and tickets are free
+        if (threadIdx.x == 0) wait_for_count(ws.merged, k * chunks);
+        __syncthreads();
+      }
+      tile_position<BT, WS, kTileV, kPlain>(args, k, tile, tiles, ws, layout, buf, draw, noise_key, last_cta);
     }
   }
 }
@@ -768,6 +864,16 @@ cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaSt
                                          static_cast<int>(smem));
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
+  constexpr int kThreads = BlockShape<WT, kTileV>::kThreads;
+  if (args.persistent) {  // every position in one cooperative launch, where the device can hold its grid
+    const auto persistent = markov_persistent_kernel<BT, WS, kTileV, kPlain>;
+    err = cudaFuncSetAttribute(persistent, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    int ctas = 0;
+    if (err == cudaSuccess) err = resident_grid_limit(persistent, kThreads, smem, &ctas);
+    if (err != cudaSuccess) return err;
+    if (ctas > 0)
+      return launch_cooperative(persistent, dim3(std::min(tiles, ctas)), dim3(kThreads), smem, stream, args, ws);
+  }
   // Position 0 behind the tickets' memset (a full boundary: not a kernel), every later one a
   // programmatic dependent of the position before it.
   markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT, kTileV>::kThreads, smem, stream>>>(args, 0, ws);
@@ -833,7 +939,7 @@ struct WorkspaceLayout {
     const int64_t segments = weight_bytes == 4 ? 1 : kMmaMaxTileV / kMmaWarpColumns;
     partial_bytes = static_cast<size_t>(rows * ceil_div(vocab, tile_v) * segments) * sizeof(MarkovPartial);
     counter_offset = (partial_bytes + 15) / 16 * 16;
-    counter_words = static_cast<size_t>(ceil_div(rows, chunk));
+    counter_words = static_cast<size_t>(ceil_div(rows, chunk)) + 1;  // the tickets, the merged count
   }
   size_t total() const { return counter_offset + counter_words * sizeof(unsigned); }
 };
@@ -886,9 +992,10 @@ std::string launch_markov_block(const MarkovBlockArgs& args, int base_dtype, int
   const WorkspaceLayout wl(args.rows, args.vocab, args.w2_scale != nullptr ? 1 : weight_dtype == 0 ? 4 : 2);
   unsigned char* bytes = static_cast<unsigned char*>(workspace);
   unsigned* counters = reinterpret_cast<unsigned*>(bytes + wl.counter_offset);
-  const MarkovWorkspace ws{reinterpret_cast<MarkovPartial*>(bytes), counters};
+  const MarkovWorkspace ws{reinterpret_cast<MarkovPartial*>(bytes), counters,
+                           reinterpret_cast<int32_t*>(counters + wl.counter_words - 1)};
   const cudaStream_t stream = reinterpret_cast<cudaStream_t>(cuda_stream);
-  // The tickets start at zero (a memset node in a captured graph).
+  // The tickets and the merged count start at zero (a memset node in a captured graph).
   cudaError_t err = cudaMemsetAsync(counters, 0, wl.counter_words * sizeof(unsigned), stream);
   if (err == cudaSuccess)
     err = with_dtype(weight_dtype, [&](auto weight) {

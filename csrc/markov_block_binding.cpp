@@ -46,6 +46,7 @@ void bind_markov_block(py::module_& m) {
         a.logits_dtype = static_cast<int>(integer(d, "logits_dtype"));
         a.conf_logits = ptr<float>(d, "conf_logits");
         a.confidence = ptr<float>(d, "confidence");
+        a.persistent = static_cast<int>(integer(d, "persistent"));
         check("markov_block",
               launch_markov_block(a, static_cast<int>(integer(d, "base_dtype")),
                                   static_cast<int>(integer(d, "weight_dtype")),

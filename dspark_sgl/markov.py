@@ -29,6 +29,7 @@ once per position for all rows, and writes the [R, g, V] logits only when asked
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -789,6 +790,16 @@ def sample_block_with_head(
     )
 
 
+PERSISTENT_ENV = "DSPARK_SGL_MARKOV_PERSISTENT"
+
+
+def persistent_block() -> bool:
+    """Whether ``markov_block`` runs a block's positions in one cooperative launch (the default; the
+    kernel takes one launch per position where the device cannot hold the grid). ``0`` in
+    ``DSPARK_SGL_MARKOV_PERSISTENT`` asks for one launch per position."""
+    return os.environ.get(PERSISTENT_ENV, "1") not in ("", "0")
+
+
 def _markov_kernel_unsupported(head: MarkovHead, rows: int, vocab: int, device: torch.device) -> str | None:
     """Why ``markov_block`` cannot run these inputs (None when it can)."""
     if not isinstance(head, VanillaMarkovHead):
@@ -895,6 +906,7 @@ def _sample_block_cuda(
             "logits_dtype": _dispatch.dtype_code(logits_dtype),
             "conf_logits": _dispatch.pointer(conf_logits),
             "confidence": _dispatch.pointer(confidence),
+            "persistent": int(persistent_block()),
             "workspace": _dispatch.pointer(workspace),
             "cuda_stream": _dispatch.current_stream_handle(device),
         },

@@ -240,15 +240,15 @@ def test_the_devices_price_the_handoff_as_assumed():
         assert "in-kernel handoff" in device.source and "assumption" in device.source
 
 
-def test_verification_is_one_launch_and_the_later_markov_positions_are_dependents():
+def test_verification_is_one_launch_and_the_later_markov_positions_are_handoffs():
     paths = cost_model.model(dict(ZERO))
     for path in paths:
         kinds = [(launch.dependent, launch.handoff) for launch in path.ours]
         if path.op.startswith("chain_verify"):  # fused, or (statistics form at R > 32) two launches
             fused = path.op == "chain_verify_rejected_logits" or path.rows <= 32
             assert kinds == [(False, False), (False, True) if fused else (True, False)]
-        elif path.op.startswith("markov_block"):  # the memset, position 0, then g - 1 dependents
-            assert kinds == [(False, False)] * 2 + [(True, False)] * (path.gamma - 1)
+        elif path.op.startswith("markov_block"):  # the memset, position 0, then g - 1 handoffs
+            assert kinds == [(False, False)] * 2 + [(False, True)] * (path.gamma - 1)
         else:
             assert kinds == [(False, False)] * len(kinds)
     h100 = cost_model.H100
@@ -263,10 +263,10 @@ def test_verification_is_one_launch_and_the_later_markov_positions_are_dependent
     )
     assert "1 (1 handoff)" in text
     assert (
-        "- markov_block: launches: cudaMemsetAsync (full boundary), markov_tile_kernel (full boundary),"
-        " markov_tile_kernel x 4 (programmatic dependent)" in text
+        "- markov_block: launches: cudaMemsetAsync (full boundary), markov_persistent_kernel (full"
+        " boundary), markov_persistent_kernel x 4 (in-kernel handoff)" in text
     )
-    assert "6 (4 PDL)" in text
+    assert "2 (4 handoff)" in text
 
 
 def test_the_handoff_break_even_by_hand():
@@ -306,12 +306,18 @@ def test_the_floor_speedup_over_sglang_by_hand():
     assert "2x is reachable" in cost_model.floor_reach_lines([fast], (device,))[0]
 
 
-def _lru_w2_hits(tiles: int, w2_lines: int, other_lines: int, capacity: int, reverse: bool) -> int:
+def _lru_w2_hits(
+    tiles: int, w2_lines: int, other_lines: int, capacity: int, order: str, ctas: int = 1
+) -> int:
     """W2 lines that hit in an LRU cache of ``capacity`` lines at the second of two positions, each
-    reading per tile its W2 lines and then lines of its own position (base logits): the second
-    position in the reverse tile order, or in the same one."""
+    reading per tile its W2 lines and then lines of its own position (base logits), in waves of
+    ``ctas`` tiles (tile c + ctas i at wave i for CTA c, CTA by CTA). ``order``: the second position in
+    the reverse wave order ("reverse"), in the same one ("same"), or in the reverse one with each CTA's
+    first tile not read from memory (it is still staged: "persistent", markov_persistent_kernel), the
+    last wave of each position read evict-first (modeled as never kept: it takes no cache room)."""
     cache: OrderedDict[tuple, None] = OrderedDict()
     hits = 0
+    waves = tiles // ctas
 
     def touch(line: tuple) -> bool:
         hit = line in cache
@@ -322,29 +328,42 @@ def _lru_w2_hits(tiles: int, w2_lines: int, other_lines: int, capacity: int, rev
         return hit
 
     for position in range(2):
-        order = range(tiles - 1, -1, -1) if position and reverse else range(tiles)
-        for t in order:
-            for i in range(w2_lines):
-                hits += touch(("w2", t, i)) and position == 1
-            for i in range(other_lines):
-                touch(("other", position, t, i))
+        later = position == 1 and order != "same"
+        for j in range(waves):
+            wave = waves - 1 - j if later else j
+            for c in range(ctas):
+                t = c + ctas * wave
+                if order == "persistent" and position == 1 and j == 0:
+                    pass  # still staged: not read
+                elif order == "persistent" and j == waves - 1:
+                    if position == 1:  # evict-first: read (a hit where cached), never kept
+                        hits += sum(("w2", t, i) in cache for i in range(w2_lines))
+                else:
+                    for i in range(w2_lines):
+                        hits += touch(("w2", t, i)) and position == 1
+                for i in range(other_lines):
+                    touch(("other", position, t, i))
     return hits
 
 
+@pytest.mark.parametrize("ctas", [1, 10])
 @pytest.mark.parametrize(("other_lines", "capacity"), [(0, 300), (1, 300), (4, 300), (1, 5000), (8, 100)])
-def test_the_l2_hits_of_a_reversed_position_are_an_lru_caches(other_lines, capacity):
+def test_the_l2_hits_of_a_reversed_position_are_an_lru_caches(other_lines, capacity, ctas):
     """Launch.l2_hits (C reuse / (reuse + 2 other), at most all of it) against an LRU cache that
-    replays the kernel's order: within one tile of the simulation; reading in the same order again
-    (SGLang's path) hits nothing once W2 is larger than the cache."""
+    replays the kernel's order: within one wave of the simulation, for the per-position order (reuse:
+    all of W2) and the one-launch order (reuse: W2 less the tiles still staged, read evict-first);
+    reading in the same order again (SGLang's path) hits nothing once W2 is larger than the cache."""
     tiles, w2_lines = 200, 4
     line = 128
     device = cost_model.Device("test", 1e12, 1e12, 1e10, 0.0, "", l2_bytes=capacity * line, l2_retained=1.0)
-    reuse, other = tiles * w2_lines * line, tiles * other_lines * line
-    modeled = cost_model.Launch("k", reuse + other, l2_reuse=reuse).l2_hits(device) / line
-    simulated = _lru_w2_hits(tiles, w2_lines, other_lines, capacity, reverse=True)
-    assert abs(modeled - simulated) <= w2_lines + other_lines
+    other = tiles * other_lines * line
+    for order, staged in (("reverse", 0), ("persistent", ctas)):
+        reuse = (tiles - staged) * w2_lines * line
+        modeled = cost_model.Launch("k", reuse + other, l2_reuse=reuse).l2_hits(device) / line
+        simulated = _lru_w2_hits(tiles, w2_lines, other_lines, capacity, order, ctas)
+        assert abs(modeled - simulated) <= ctas * (w2_lines + other_lines), order
     if capacity < tiles * w2_lines:
-        assert _lru_w2_hits(tiles, w2_lines, other_lines, capacity, reverse=False) == 0
+        assert _lru_w2_hits(tiles, w2_lines, other_lines, capacity, "same", ctas) == 0
 
 
 def test_l2_hits_shorten_the_memory_term_but_not_below_l2_bandwidth():
@@ -364,11 +383,18 @@ def test_l2_hits_shorten_the_memory_term_but_not_below_l2_bandwidth():
 
 
 def test_only_the_later_markov_positions_reuse_w2_through_l2():
+    """Positions 1..g-1 (in-kernel handoffs of one launch) leave out the 132 tiles still staged (one
+    CTA a multiprocessor) from their bytes and reuse the rest of W2 through L2."""
     path = cost_model.markov_block(129280, 8, 5, ZERO)
-    w2 = 129280 * 256 * 2
-    assert [launch.l2_reuse for launch in path.ours] == [0, 0] + [w2] * 4
+    w2, staged = 129280 * 256 * 2, 132 * 256 / 129280
+    assert [launch.l2_reuse for launch in path.ours] == pytest.approx([0, 0] + [w2 * (1 - staged)] * 4)
+    assert [launch.handoff for launch in path.ours] == [False, False] + [True] * 4
+    assert path.ours[1].bytes - path.ours[2].bytes == pytest.approx(w2 * staged)
     int8 = cost_model.markov_block(129280, 8, 5, ZERO, int8_w2=True)
-    assert [launch.l2_reuse for launch in int8.ours][2:] == [129280 * 256 + 129280 * 4] * 4
+    w2_int8 = 129280 * 256 + 129280 * 4
+    assert [launch.l2_reuse for launch in int8.ours][2:] == pytest.approx([w2_int8 * (1 - staged)] * 4)
+    small = cost_model.markov_block(4096, 8, 5, ZERO)  # 16 tiles, every one still staged
+    assert all(launch.l2_reuse == 0 for launch in small.ours)
     assert all(launch.l2_reuse == 0 for launch in path.sglang)
     for device in cost_model.DEVICES:
         assert device.l2_retained == cost_model.L2_RETAINED and device.l2_bandwidth == cost_model.L2_BANDWIDTH

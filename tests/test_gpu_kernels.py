@@ -82,6 +82,8 @@ MARKOV_SHAPES = {
     # rows above one chunk on either path (a second 16-bit chunk of 6 rows: one warp's MMA)
     "many-rows": ((256, 5, 32000, 64), (70, 3, 1025, 64)),
 }
+# markov_block's launches: every position in one cooperative launch (the default), or one per position
+MARKOV_LAUNCHES = {"persistent": "1", "per-position": "0"}
 # (weight dtype, base-logit dtype): every instantiation on the exact-input test's first shapes
 DTYPE_PAIRS = [(w, b) for w in DTYPES for b in DTYPES]
 
@@ -126,9 +128,11 @@ def assert_blocks_match(
     return same
 
 
+@pytest.mark.parametrize("launch", MARKOV_LAUNCHES, ids=str)
 @pytest.mark.parametrize("shape", list(MARKOV_SHAPES), ids=str)
 @pytest.mark.parametrize(("wdtype", "bdtype"), [(BF16, BF16), (F32, F32), (F16, F32), (BF16, F32)], ids=str)
-def test_markov_block_is_bit_identical_on_exact_inputs(backend, shape, wdtype, bdtype):
+def test_markov_block_is_bit_identical_on_exact_inputs(backend, monkeypatch, launch, shape, wdtype, bdtype):
+    monkeypatch.setenv(markov.PERSISTENT_ENV, MARKOV_LAUNCHES[launch])
     rows, gamma, vocab, rank = backend.size(*MARKOV_SHAPES[shape])
     case = markov_case(backend.device, rows, gamma, vocab, rank, wdtype=wdtype, bdtype=bdtype, hidden=96)
     ours = draft(case, keep_logits=True)
@@ -407,8 +411,10 @@ def test_markov_block_reads_seed_and_offset_from_device_tensors(backend):
         assert torch.equal(from_tensors.confidence, from_ints.confidence)
 
 
-def test_markov_block_replays_in_a_cuda_graph(backend):
+@pytest.mark.parametrize("launch", MARKOV_LAUNCHES, ids=str)
+def test_markov_block_replays_in_a_cuda_graph(backend, monkeypatch, launch):
     needs_cuda_graphs(backend)
+    monkeypatch.setenv(markov.PERSISTENT_ENV, MARKOV_LAUNCHES[launch])
     case = markov_case(backend.device, 8, 5, 4096, 64, hidden=32)
     seed, offset = backend.tensor(11), backend.tensor(0)
     draft(case, seed=seed, offset=offset, keep_logits=False)  # warm-up outside capture

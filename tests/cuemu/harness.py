@@ -71,12 +71,15 @@ def reset(module: ModuleType) -> None:
 class TracedCopies:
     """The cp.async copies one block of one launch made from a traced tensor: ``launch`` counts
     launches in stream order, ``block`` is the linear block index, ``first_offset`` the lowest byte
-    offset into the tensor it read."""
+    offset into the tensor it read, ``offsets`` each copy's offset in the order the block issued them,
+    ``evict_first`` whether each asked L2 to evict its lines first."""
 
     launch: int
     block: int
     first_offset: int
     copies: int
+    offsets: tuple[int, ...]
+    evict_first: tuple[bool, ...]
 
 
 @contextlib.contextmanager
@@ -92,17 +95,41 @@ def copy_trace(module: ModuleType, tensor: torch.Tensor) -> Iterator[list[Traced
         runtime.cuemu_trace_copies(None, 0)
 
 
-def markov_tile_orders(
+MARKOV_TILE = 256  # markov_block's 16-bit tile width (W2 rows a tile)
+
+
+def staged_w2_tiles(traced: TracedCopies, w2: torch.Tensor) -> list[tuple[int, bool]]:
+    """The 16-bit markov_block W2 tiles one block staged, in order, each with whether its copies asked
+    L2 to evict the lines first: the block's copies in issue order, cut into runs on one tile and one
+    priority, each run as many stagings as it holds copies of the whole tile (every 16-byte piece of
+    the tile's rows, once per staging)."""
+    vocab, rank = w2.shape
+    tile_bytes, row_pieces = MARKOV_TILE * rank * w2.element_size(), rank * w2.element_size() // 16
+    staged: list[tuple[int, bool]] = []
+    run_key, run = (-1, False), 0
+    for offset, first in (*zip(traced.offsets, traced.evict_first), (-1, False)):
+        key = (offset // tile_bytes if offset >= 0 else -1, first)
+        if key == run_key:
+            run += 1
+            continue
+        if run:
+            pieces = min(MARKOV_TILE, vocab - run_key[0] * MARKOV_TILE) * row_pieces
+            if run % pieces:
+                raise AssertionError(f"tile {run_key}: {run} copies, not whole stagings of {pieces}")
+            staged += [run_key] * (run // pieces)
+        run_key, run = key, 1
+    return staged
+
+
+def markov_staged_tiles(
     module: ModuleType, case: dict, first_positions: tuple[int, ...] = ()
-) -> dict[int, list[list[int]]]:
-    """The W2 tile each block of each markov_block position launch stages (the lowest W2 offset its
-    cp.async copies read, in 16-bit 256-wide tiles), per launch in launch order, by block index:
-    under key 0 for the whole block of ``case`` (``markov.sample_block`` inputs, seed 7, offset 3),
-    under key k for its position k drafted alone with ``first_position=k``. Runs inside
-    ``emulated(module)``."""
+) -> dict[int, list[dict[int, list[tuple[int, bool]]]]]:
+    """The W2 tiles each block of each markov_block launch stages (staged_w2_tiles), per launch in
+    launch order, by block index: under key 0 for the whole block of ``case`` (``markov.sample_block``
+    inputs, seed 7, offset 3), under key k for its position k drafted alone with ``first_position=k``.
+    Runs inside ``emulated(module)``."""
     from dspark_sgl import markov
 
-    tile_bytes = 256 * case["w2"].shape[1] * case["w2"].element_size()
     head = markov.VanillaMarkovHead(case["w1"], case["w2"])
     calls = {0: lambda: markov.sample_block(**case, seed=7, offset=3, keep_logits=True)}
     for k in first_positions:
@@ -115,14 +142,33 @@ def markov_tile_orders(
             offset=3,
             first_position=k,
         )
-    orders = {}
+    staged = {}
     for k, call in calls.items():
         with copy_trace(module, case["w2"]) as traced:
             call()
-        launches: dict[int, dict[int, int]] = {}
+        launches: dict[int, dict[int, list[tuple[int, bool]]]] = {}
         for t in traced:
-            launches.setdefault(t.launch, {})[t.block] = t.first_offset // tile_bytes
-        orders[k] = [[tiles[b] for b in sorted(tiles)] for _, tiles in sorted(launches.items())]
+            launches.setdefault(t.launch, {})[t.block] = staged_w2_tiles(t, case["w2"])
+        staged[k] = [blocks for _, blocks in sorted(launches.items())]
+    return staged
+
+
+def markov_tile_orders(
+    module: ModuleType, case: dict, first_positions: tuple[int, ...] = ()
+) -> dict[int, list[list[int]]]:
+    """One launch per position (``DSPARK_SGL_MARKOV_PERSISTENT=0``): the W2 tile each block of each
+    position launch stages, per launch in launch order, by block index (markov_staged_tiles, one tile
+    a block)."""
+    from dspark_sgl import markov
+
+    with _dispatch.environ_setting(markov.PERSISTENT_ENV, "0"):
+        staged = markov_staged_tiles(module, case, first_positions)
+    orders = {}
+    for k, launches in staged.items():
+        for blocks in launches:
+            if any(len(tiles) != 1 or tiles[0][1] for tiles in blocks.values()):
+                raise AssertionError(f"a position launch's block staged other than one normal tile: {blocks}")
+        orders[k] = [[blocks[b][0][0] for b in sorted(blocks)] for blocks in launches]
     return orders
 
 

@@ -90,6 +90,55 @@ MUTANTS = [
         SCHEDULES,
     ),
     Mutant(
+        "markov_persistent_launch_not_cooperative",
+        "include/dspark_sgl/cooperative_launch.cuh",
+        "attribute[0].val.cooperative = 1;",
+        "attribute[0].val.cooperative = 0;",
+        "the one-launch block without the cooperative attribute: its CTAs wait for merges that CTAs not"
+        " yet resident must feed (a deadlock once the grid has more CTAs than fit at once)",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_persistent_skips_the_merge_wait",
+        "markov_block.cu",
+        "        if (threadIdx.x == 0) wait_for_count(ws.merged, k * chunks);\n",
+        "",
+        "position k of the one-launch block reads the previous tokens (and reuses the partial slots)"
+        " before position k - 1 is merged",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_persistent_walks_one_order",
+        "markov_block.cu",
+        "const bool forward = (args.first_position + k) % 2 == 0;",
+        "const bool forward = true;",
+        "every position of the one-launch block walks a CTA's tiles forward: the tile kept in shared"
+        " memory is not the one each position starts on",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_persistent_last_tile_read_normally",
+        "markov_block.cu",
+        "j == owned - 1 ? L2Priority::kEvictFirst : L2Priority::kNormal",
+        "L2Priority::kNormal",
+        "the tile kept in shared memory for the next position is read with L2's normal priority: its lines"
+        " take the L2 room of the tiles the next position reads from L2",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
+        "markov_persistent_first_tile_never_staged",
+        "markov_block.cu",
+        "      if (k == 0 || j > 0)\n",
+        "      if (j > 0)\n",
+        "position 0 of the one-launch block computes its first tile from shared memory never staged",
+        ("markov",),
+        SCHEDULES,
+    ),
+    Mutant(
         "markov_missing_syncthreads",
         "markov_block.cu",
         "(w2s, es, bias_s, layout, chunk_rows);\n      __syncthreads();",
@@ -232,8 +281,8 @@ MUTANTS = [
     Mutant(
         "markov_merge_before_the_last_cta",
         "markov_block.cu",
-        "== gridDim.x - 1;",
-        "== gridDim.x - 2;",
+        "1u) == tiles - 1;",
+        "1u) == tiles - 2;",
         "the second-to-last CTA merges the chunk: one tile's partial is not written yet",
         ("markov",),
         SCHEDULES,
@@ -503,6 +552,15 @@ def _check_schedule() -> list[str]:
 
 
 def _check_markov() -> list[str]:
+    """The Markov block's cases on one worker thread: a launch whose blocks wait for each other
+    deadlocks there unless it is cooperative (every block at once)."""
+    from dspark_sgl import _dispatch
+
+    with _dispatch.environ_setting("CUEMU_WORKERS", "1"):
+        return _markov_cases() + _markov_tile_order() + _markov_persistent_staging()
+
+
+def _markov_cases() -> list[str]:
     from test_gpu_kernels import assert_blocks_match, draft, markov_case
 
     from dspark_sgl import _dispatch, markov
@@ -547,7 +605,10 @@ def _check_markov() -> list[str]:
     case = markov_case(torch.device("cpu"), 4, 1, 1100, 64)
     case["temperature"] = torch.full((4,), 1e-36)
     compare(case, "T = 1e-36")
-    failures += _markov_tile_order()
+    # One launch per position: the same kernel body behind programmatic dependent launches.
+    with _dispatch.environ_setting(markov.PERSISTENT_ENV, "0"):
+        case = markov_case(torch.device("cpu"), 40, 3, 1100, 64, hidden=32)
+        compare(case, "one launch per position, R=40")
     return failures
 
 
@@ -567,6 +628,29 @@ def _markov_tile_order() -> list[str]:
         for k in expected
         if seen[k] != expected[k]
     ]
+
+
+def _markov_persistent_staging() -> list[str]:
+    """One cooperative launch on 2 multiprocessors (r = 256, one CTA each, 5 tiles): the tiles each CTA
+    stages (each position's first tile only at position 0), and the outputs."""
+    from test_gpu_kernels import assert_blocks_match, draft, markov_case
+
+    from dspark_sgl import _dispatch
+
+    with _dispatch.environ_setting("CUEMU_SMS", "2"):
+        case = markov_case(torch.device("cpu"), 3, 3, 1100, 256)
+        staged = harness.markov_staged_tiles(_dispatch._extension, case)[0]
+        ours = draft(case, keep_logits=True)
+    n, f = False, True  # normal, evict first
+    expected = [{0: [(0, n), (2, n), (4, f), (2, n), (0, f), (2, n), (4, f)], 1: [(1, n), (3, f), (1, f), (3, f)]}]
+    failures = [f"one-launch staging {staged}, not {expected}"] if staged != expected else []
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    try:
+        assert_blocks_match(ours, ref, case["temperature"])
+    except (AssertionError, IndexError) as exc:
+        failures.append(f"one launch on 2 SMs: {_first_line(exc)}")
+    return failures
 
 
 def _check_markov_int8() -> list[str]:

@@ -195,17 +195,20 @@ __global__ void async_copy_neighbour(const int4* in, int* out, int sync) {
   out[t] = slots[(t + 1) % n].x;
 }
 
-// The copy trace: thread t of block b copies in[(gridDim.x - 1 - b) * stride + t] and other[t], and
-// zero-fills a slot naming in[0] as its source (src_bytes 0 reads nothing).
-__global__ void async_copy_traced(const int4* in, const int4* other, int stride) {
+// The copy trace: thread t of block b copies in[(gridDim.x - 1 - b) * stride + t] (with L2's evict-first
+// priority where evict_first is set) and other[t], and zero-fills a slot naming in[0] as its source
+// (src_bytes 0 reads nothing); out[b * n + t] is the copy of in.
+__global__ void async_copy_traced(const int4* in, const int4* other, int stride, int evict_first, int4* out) {
   using namespace dspark_sgl;
   extern __shared__ __align__(16) int4 slots[];
   const int t = threadIdx.x, n = blockDim.x;
-  cp_async_16(&slots[t], &in[(gridDim.x - 1 - blockIdx.x) * stride + t], 16);
+  cp_async_16(&slots[t], &in[(gridDim.x - 1 - blockIdx.x) * stride + t], 16,
+              l2_policy(evict_first ? L2Priority::kEvictFirst : L2Priority::kNormal));
   cp_async_16(&slots[n + t], &other[t], 16);
   cp_async_16(&slots[2 * n + t], &in[0], 0);
   cp_async_commit();
   cp_async_wait<0>();
+  out[blockIdx.x * n + t] = slots[t];
 }
 
 // One rule broken per `kind` (0: none, with a static __shared__ destination): 1 a misaligned
@@ -272,6 +275,17 @@ __global__ void pdl_relay(const int* in, int* out, int* seen, int value) {
 // tagged 1: each writer also adds 1 << 16 (a second count in the high half), the readers wait on
 // the low half (mask 0xFFFF) and store the high half of the word that ended the wait in
 // tags[item - n1]; tagged 2: the same without the mask (a bug: the first writer ends the wait).
+// Every block counts itself in, then waits until all gridDim.x have (a grid-wide rendezvous: only a
+// grid whose blocks are all resident at once, a cooperative launch, can finish it); seen[block] is the
+// count its wait saw.
+__global__ void grid_rendezvous(int32_t* arrived, int32_t* seen) {
+  if (threadIdx.x == 0) {
+    atomicAdd(arrived, 1);
+    seen[blockIdx.x] = dspark_sgl::wait_for_count(arrived, static_cast<int32_t>(gridDim.x));
+  }
+  __syncthreads();
+}
+
 __global__ void work_items(int32_t* counter, int32_t* done, int* data, unsigned long long* out, int n1, int target,
                            int wait, int misuse, int tagged, int* tags) {
   __shared__ int item;
@@ -406,8 +420,8 @@ CUEMU_EXPORT const char* st_async_copy_neighbour(const int4* in, int* out, int t
   return ret(result());
 }
 CUEMU_EXPORT const char* st_async_copy_traced(const int4* in, const int4* other, int blocks, int threads,
-                                              int stride) {
-  async_copy_traced<<<blocks, threads, 3 * threads * sizeof(int4)>>>(in, other, stride);
+                                              int stride, int evict_first, int4* out) {
+  async_copy_traced<<<blocks, threads, 3 * threads * sizeof(int4)>>>(in, other, stride, evict_first, out);
   return ret(result());
 }
 CUEMU_EXPORT const char* st_async_copy_misuse(const int4* in, int4* global_out, int kind) {
@@ -440,11 +454,10 @@ CUEMU_EXPORT const char* st_dependent_chain(int* cell, int* seen) {
   return ret(result());
 }
 // The launch errors cudaLaunchKernelEx returns: 0 a block of 2048 threads, 1 an attribute the
-// emulator does not model (cooperative launch).
+// emulator does not model (a cluster dimension).
 CUEMU_EXPORT const char* st_dependent_launch_error(int* cell, int kind) {
   cudaLaunchAttribute attribute[1] = {};
-  attribute[0].id = cudaLaunchAttributeCooperative;
-  attribute[0].val.cooperative = 1;
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(1);
   config.blockDim = dim3(kind == 0 ? 2048 : 32);
@@ -465,6 +478,30 @@ CUEMU_EXPORT const char* st_mma_tile(const uint16_t* a, const uint16_t* b, const
                                                     reinterpret_cast<const __nv_bfloat16*>(b), c, slot_a, slot_b,
                                                     d, a_regs, misuse);
   return ret(result());
+}
+// grid_rendezvous on `blocks` blocks of 64 threads, cooperative (cudaLaunchAttributeCooperative) or not.
+CUEMU_EXPORT const char* st_grid_rendezvous(int32_t* arrived, int32_t* seen, int blocks, int cooperative) {
+  cudaLaunchAttribute attribute[1] = {};
+  attribute[0].id = cudaLaunchAttributeCooperative;
+  attribute[0].val.cooperative = cooperative;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(64);
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  const cudaError_t e = cudaLaunchKernelEx(&config, grid_rendezvous, arrived, seen);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return ret(std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e));
+  }
+  return ret(result());
+}
+// cudaOccupancyMaxActiveBlocksPerMultiprocessor of grid_rendezvous at `threads` and `smem` bytes.
+CUEMU_EXPORT int st_occupancy(int threads, size_t smem) {
+  int blocks = -1;
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, grid_rendezvous, threads, smem) == cudaSuccess
+             ? blocks
+             : -1;
 }
 // work_items on n1 + n2 blocks of 64 threads.
 CUEMU_EXPORT const char* st_work_items(int32_t* counter, int32_t* done, int* data, unsigned long long* out, int n1,

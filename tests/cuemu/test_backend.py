@@ -3,6 +3,7 @@ inside the test, and the emulated extension is the one built from this checkout'
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cuemu import harness
@@ -85,12 +86,19 @@ def test_chain_verify_splits_where_the_recompute_tile_would_cost_pass_1_occupanc
     assert harness.last_fault(emulated_extension) == ""
 
 
-def test_markov_block_positions_run_as_dependents_of_the_position_before(emulated_extension):
-    """Positions 1..g-1 and the confidence launch are programmatic dependents whose blocks run up
-    to their wait before the launch they depend on (the emulator's adversarial order): g early
-    dependents per block, the outputs still the reference's, nothing left queued."""
+@pytest.mark.parametrize(("persistent", "dependents"), [("0", 4), ("1", 1)], ids=["per-position", "persistent"])
+def test_markov_block_positions_run_as_dependents_of_the_position_before(
+    emulated_extension, monkeypatch, persistent, dependents
+):
+    """One launch per position: positions 1..g-1 and the confidence launch are programmatic
+    dependents whose blocks run up to their wait before the launch they depend on (the emulator's
+    adversarial order), g early dependents per block. One cooperative launch: the confidence launch
+    is its one dependent. The outputs are the reference's, nothing is left queued."""
     from test_gpu_kernels import assert_blocks_match, draft, markov_case
 
+    from dspark_sgl import markov
+
+    monkeypatch.setenv(markov.PERSISTENT_ENV, persistent)
     runtime = emulated_extension._cuemu
     gamma = 4
     case = markov_case(torch.device("cpu"), 5, gamma, 700, 64, hidden=16)
@@ -99,8 +107,43 @@ def test_markov_block_positions_run_as_dependents_of_the_position_before(emulate
     with harness.emulated(emulated_extension):
         before = runtime.cuemu_early_dependent_launches()
         ours = draft(case, keep_logits=True)
-        assert runtime.cuemu_early_dependent_launches() - before == gamma
+        assert runtime.cuemu_early_dependent_launches() - before == dependents
         assert runtime.cuemu_queued_launches() == 0
+    assert_blocks_match(ours, ref, case["temperature"])
+    assert harness.last_fault(emulated_extension) == ""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_markov_block_in_one_launch_keeps_each_ctas_last_tile_for_the_next_position(
+    emulated_extension, monkeypatch, workers
+):
+    """One cooperative launch on 2 multiprocessors (r = 256: one CTA each): CTA b owns tiles b, b + 2,
+    ... of the 5, walks them forward at even Philox positions and backward at odd ones, and stages
+    each position's first tile only at position 0 (it is the tile the position before ended on); the
+    tile it ends a position on is read evict-first (F), the others normally; drafted one position per
+    call (first_position = k), position k alone stages all its tiles. Any number of workers runs the
+    grid (every block at once); the outputs stay the reference's."""
+    from test_gpu_kernels import assert_blocks_match, draft, markov_case
+
+    monkeypatch.setenv("CUEMU_SMS", "2")
+    monkeypatch.setenv("CUEMU_WORKERS", workers)
+    case = markov_case(torch.device("cpu"), 5, 3, 1100, 256, hidden=16)
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    with harness.emulated(emulated_extension):
+        staged = harness.markov_staged_tiles(emulated_extension, case, first_positions=(1, 2))
+        ours = draft(case, keep_logits=True)
+    normal, first = False, True
+    assert staged == {
+        0: [
+            {
+                0: [(0, normal), (2, normal), (4, first), (2, normal), (0, first), (2, normal), (4, first)],
+                1: [(1, normal), (3, first), (1, first), (3, first)],
+            }
+        ],
+        1: [{0: [(4, normal), (2, normal), (0, first)], 1: [(3, normal), (1, first)]}],
+        2: [{0: [(0, normal), (2, normal), (4, first)], 1: [(1, normal), (3, first)]}],
+    }
     assert_blocks_match(ours, ref, case["temperature"])
     assert harness.last_fault(emulated_extension) == ""
 

@@ -40,6 +40,7 @@ ENTRY_POINTS = (
     "st_dependent_chain",
     "st_dependent_launch_error",
     "st_work_items",
+    "st_grid_rendezvous",
     "st_async_copy_traced",
     "st_device_attribute",
 )
@@ -51,6 +52,7 @@ def selftest():
     lib = c_api.declare(ctypes.CDLL(str(build_standalone(HERE / "selftest.cu"))))
     for name in ENTRY_POINTS:
         getattr(lib, name).restype = ctypes.c_char_p
+    lib.st_occupancy.argtypes = [ctypes.c_int, ctypes.c_size_t]
     return lib
 
 
@@ -374,25 +376,41 @@ def test_async_copy_into_static_shared_memory(runtime):
     assert torch.equal(out, src)
 
 
-def test_the_copy_trace_records_each_blocks_first_source_in_the_traced_range(runtime):
+@pytest.mark.parametrize("evict_first", [0, 1])
+def test_the_copy_trace_records_each_blocks_first_source_in_the_traced_range(runtime, evict_first):
     """Per launch (numbered in stream order) and block: the lowest offset into the traced range that
-    its cp.async copies read and how many did; copies from elsewhere and zero-fills are not counted,
-    and nothing is recorded once the trace stops."""
+    its cp.async copies read, how many did, each one's offset and L2 priority (an evict-first policy
+    copies the same bytes); copies from elsewhere and zero-fills are not counted, and nothing is
+    recorded once the trace stops."""
     blocks, threads, stride = 3, 4, 8
     src, other = _random_words(blocks * stride, 4), _random_words(threads, 5)
+    out = torch.zeros(blocks * threads, 4, dtype=torch.int32)
     runtime.cuemu_trace_copies(_ptr(src), src.numel() * 4)
     for _ in range(2):
-        assert runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride) == b""
+        assert (
+            runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride, evict_first, _ptr(out))
+            == b""
+        )
     entries = c_api.copy_trace_entries(runtime)
     assert runtime.cuemu_trace_entry(len(entries), (ctypes.c_uint64 * 4)()) == 0
     first = entries[0][0]
-    assert entries == [
-        (first + launch, b, (blocks - 1 - b) * stride * 16, threads)
+    assert [(*e[:4], tuple(sorted(e[4])), e[5]) for e in entries] == [
+        (
+            first + launch,
+            b,
+            (blocks - 1 - b) * stride * 16,
+            threads,
+            tuple((blocks - 1 - b) * stride * 16 + 16 * t for t in range(threads)),
+            (bool(evict_first),) * threads,
+        )
         for launch in range(2)
         for b in range(blocks)
     ]
+    for b in range(blocks):
+        row = (blocks - 1 - b) * stride
+        assert torch.equal(out[b * threads : (b + 1) * threads], src[row : row + threads])
     runtime.cuemu_trace_copies(None, 0)
-    assert runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride) == b""
+    assert runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride, 0, _ptr(out)) == b""
     assert runtime.cuemu_trace_size() == 0
 
 
@@ -465,7 +483,7 @@ def test_a_chain_of_dependents_sees_each_primary_only_after_its_wait(runtime):
     ("kind", "message"),
     [
         (0, b"cudaErrorInvalidConfiguration: invalid launch configuration"),
-        (1, b"attribute 2 is not emulated"),
+        (1, b"attribute 4 is not emulated"),
     ],
 )
 def test_dependent_launch_errors_are_returned_by_the_launch(runtime, kind, message):
@@ -593,3 +611,44 @@ def test_the_sm_count_is_cuemu_sms(runtime, monkeypatch):
     assert runtime.st_device_attribute(ctypes.byref(value), 16) == b""
     assert value.value == 7
     assert runtime.st_device_attribute(ctypes.byref(value), 1) == b"cudaErrorInvalidValue"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_cooperative_grid_runs_every_block_at_once(runtime, monkeypatch, workers):
+    """Blocks that wait until every block of the grid has counted itself in finish when the launch
+    is cooperative, on any number of workers; the same launch without the attribute deadlocks
+    (faults) once the grid has more blocks than workers."""
+    monkeypatch.setenv("CUEMU_WORKERS", workers)
+    monkeypatch.setenv("CUEMU_SMS", "4")
+    blocks = 4
+    arrived, seen = torch.zeros(1, dtype=torch.int32), torch.full((blocks,), -1, dtype=torch.int32)
+    assert runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), blocks, 1) == b""
+    assert int(arrived) == blocks and seen.tolist() == [blocks] * blocks
+    arrived.zero_()
+    msg = runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), blocks, 0)
+    assert b"wait_for_count: deadlock" in msg, msg
+
+
+def test_a_cooperative_grid_larger_than_the_resident_blocks_is_refused(runtime, monkeypatch):
+    """At 64 threads and no shared memory 32 blocks fit a multiprocessor: 2 x 32 blocks launch
+    cooperatively on CUEMU_SMS = 2, 65 are refused with cudaErrorCooperativeLaunchTooLarge."""
+    monkeypatch.setenv("CUEMU_SMS", "2")
+    blocks = 2 * runtime.st_occupancy(64, 0)
+    arrived, seen = torch.zeros(1, dtype=torch.int32), torch.full((blocks + 1,), -1, dtype=torch.int32)
+    assert runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), blocks, 1) == b""
+    msg = runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), blocks + 1, 1)
+    assert msg.startswith(b"cudaErrorCooperativeLaunchTooLarge: cooperative launch of 65 blocks"), msg
+
+
+@pytest.mark.parametrize(
+    ("threads", "smem", "blocks"),
+    [(64, 0, 32), (256, 0, 8), (1024, 0, 2), (256, 170_000, 1), (128, 100_000, 2), (32, 232_448, 1)],
+)
+def test_the_occupancy_is_sm_90s_thread_block_and_shared_memory_limits(runtime, threads, smem, blocks):
+    assert runtime.st_occupancy(threads, smem) == blocks
+
+
+def test_cooperative_launch_support_is_reported(runtime):
+    value = ctypes.c_int(0)
+    assert runtime.st_device_attribute(ctypes.byref(value), 95) == b""  # cudaDevAttrCooperativeLaunch
+    assert value.value == 1

@@ -70,6 +70,7 @@ struct MarkovBlockArgs {
   int logits_dtype;
   float* conf_logits;
   float* confidence;
+  int persistent;  // 1: every position in one cooperative launch where the device can hold its grid
 };
 
 int markov_block_tile_vocab(int64_t rows, int weight_bytes);

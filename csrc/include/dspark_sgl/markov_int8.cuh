@@ -63,18 +63,20 @@ struct Int8W2Layout {
 // every thread. With rank a multiple of 16 (ld8 = rank) the tile's rows are the same contiguous run
 // of bytes in W2 and in the tile: its 16-byte piece p is at 16 p in both (W2 rows of a
 // _dispatch.aligned tensor are then 16-byte aligned), one cp.async each, all in one group; other
-// ranks copy byte by byte.
+// ranks copy byte by byte. priority: the L2 eviction priority of the copied W2 lines.
 template <int kTileV, int kThreads>
 __device__ __forceinline__ void stage_int8_tile(int8_t* w2s, float* scale_s, const Int8W2Layout<kTileV>& layout,
-                                                const int8_t* w2, const float* scale, int64_t v0, int64_t vocab) {
+                                                const int8_t* w2, const float* scale, int64_t v0, int64_t vocab,
+                                                L2Priority priority = L2Priority::kNormal) {
   const int rows = static_cast<int>(min(int64_t(kTileV), vocab - v0));
   const int8_t* src = w2 + v0 * layout.rank;
   if (layout.rank % 16 == 0) {
     const int copied = rows * (layout.rank / 16), pieces = kTileV * (layout.rank / 16);
     const int8_t* from = src + 16 * threadIdx.x;
     int8_t* to = w2s + 16 * threadIdx.x;
+    const L2Policy policy = l2_policy(priority);
     for (int p = threadIdx.x; p < copied; p += kThreads, from += 16 * kThreads, to += 16 * kThreads)
-      cp_async_16(to, from, 16);  // int8 W2 pieces
+      cp_async_16(to, from, 16, policy);  // int8 W2 pieces
     for (int p = copied + threadIdx.x; p < pieces; p += kThreads) cp_async_16(w2s + 16 * p, nullptr, 0);
     cp_async_commit();
     for (int i = threadIdx.x; i < kTileV; i += kThreads) scale_s[i] = i < rows ? scale[v0 + i] : 0.0f;

@@ -149,16 +149,19 @@ __device__ __noinline__ void stage_rows_by_element(WT* dst, const WT* const* sou
 }
 
 // The same as stage_rows with row i at dst + row_at(i) (16-byte aligned for the 16-byte copies):
-// a tile whose rows are not evenly spaced (MmaTileLayout's W2 rows).
+// a tile whose rows are not evenly spaced (MmaTileLayout's W2 rows). priority: the L2 eviction
+// priority of the lines the 16-byte copies read.
 template <typename WT, typename RowAt, typename SrcFn>
 __device__ __forceinline__ void stage_rows_at(WT* dst, int count, int rank, int k_padded, RowAt row_at,
-                                              const StagePlan<WT>& plan, SrcFn row_source) {
+                                              const StagePlan<WT>& plan, SrcFn row_source,
+                                              L2Priority priority = L2Priority::kNormal) {
   __shared__ const WT* sources[kMaxStagedRows];
   for (int i = threadIdx.x; i < count; i += blockDim.x) sources[i] = row_source(i);
   __syncthreads();
   constexpr int kVec = 16 / sizeof(WT);
   const bool vectorized = sizeof(WT) == 2 && rank % kVec == 0;
   if (vectorized) {
+    const L2Policy policy = l2_policy(priority);
     // Piece c of row i for idx = i * per_row + c; (i, c) advance by blockDim.x without a divide.
     const int per_row = plan.per_row, step_rows = plan.step_rows, step_pieces = plan.step_pieces;
     if (step_pieces == 0) {
@@ -170,7 +173,7 @@ __device__ __forceinline__ void stage_rows_at(WT* dst, int count, int rank, int 
       for (int i = plan.first_row; i < count; i += step_rows) {
         const WT* s = sources[i];
         const bool copy = in_rank && s != nullptr;  // else a zero fill: nothing is read (s may be null)
-        cp_async_16(dst + row_at(i) + k, s + (copy ? k : 0), copy ? 16 : 0);
+        cp_async_16(dst + row_at(i) + k, s + (copy ? k : 0), copy ? 16 : 0, policy);
       }
     } else {
       int i = plan.first_row, c = plan.first_piece;
@@ -178,7 +181,7 @@ __device__ __forceinline__ void stage_rows_at(WT* dst, int count, int rank, int 
         const WT* s = sources[i];
         const int k = c * kVec;
         const bool copy = s != nullptr && k < rank;  // else a zero fill: nothing is read
-        cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0);
+        cp_async_16(dst + row_at(i) + k, copy ? s + k : nullptr, copy ? 16 : 0, policy);
         i += step_rows;
         c += step_pieces;
         if (c >= per_row) {

@@ -242,9 +242,12 @@ void park(GridRun& L) {
 }
 
 // The copy trace (cuemu_trace_copies): per launch and block, the lowest offset into the traced range
-// that one of the block's cp.async copies read, and how many copies read it.
+// that one of the block's cp.async copies read, how many copies read it, and each copy's offset and
+// L2 priority (1: evict first) in the order the block issued them.
 struct CopyTrace {
   uint64_t launch, block, first_offset, copies;
+  std::vector<uint64_t> offsets;
+  std::vector<uint8_t> evict_first;
 };
 std::mutex g_trace_mutex;
 const unsigned char* g_trace_begin = nullptr;
@@ -252,16 +255,18 @@ size_t g_trace_bytes = 0;
 std::map<std::pair<uint64_t, uint64_t>, CopyTrace> g_trace;
 std::atomic<uint64_t> g_launch_serial{0};
 
-void trace_copy(const void* src) {
+void trace_copy(const void* src, int l2_priority) {
   std::lock_guard<std::mutex> lock(g_trace_mutex);
   const auto* p = static_cast<const unsigned char*>(src);
   if (g_trace_bytes == 0 || p < g_trace_begin || p >= g_trace_begin + g_trace_bytes) return;
   const BlockInfo& b = *tl_block;
   const uint64_t block = b.idx.x + uint64_t(b.grid.x) * (b.idx.y + uint64_t(b.grid.y) * b.idx.z);
   const uint64_t launch = tl_worker->launch->serial, offset = static_cast<uint64_t>(p - g_trace_begin);
-  CopyTrace& t = g_trace.try_emplace({launch, block}, CopyTrace{launch, block, offset, 0}).first->second;
+  CopyTrace& t = g_trace.try_emplace({launch, block}, CopyTrace{launch, block, offset, 0, {}, {}}).first->second;
   t.first_offset = std::min(t.first_offset, offset);
   ++t.copies;
+  t.offsets.push_back(offset);
+  t.evict_first.push_back(static_cast<uint8_t>(l2_priority));
 }
 
 std::mutex g_error_mutex;
@@ -743,6 +748,7 @@ const char* error_name(cudaError_t e) {
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
   }
   return "cudaErrorUnknown";
 }
@@ -893,8 +899,9 @@ bool in_dynamic_shared(const void* p, size_t n) {
 bool in_shared(const void* p, size_t n) { return in_dynamic_shared(p, n) || in_static_shared(p, n); }
 }  // namespace
 
-void async_copy_16(void* dst, const void* src, int src_bytes) {
+void async_copy_16(void* dst, const void* src, int src_bytes, int l2_priority) {
   if (src_bytes != 0 && src_bytes != 16) fault("cp_async_16: src_bytes %d is neither 0 nor 16", src_bytes);
+  if (l2_priority != 0 && l2_priority != 1) fault("cp_async_16: L2 priority %d is not a policy", l2_priority);
   if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) fault("cp_async_16: destination %p is not 16-byte aligned", dst);
   if (reinterpret_cast<uintptr_t>(src) % 16 != 0) fault("cp_async_16: source %p is not 16-byte aligned", src);
   if (!in_shared(dst, 16))
@@ -902,7 +909,7 @@ void async_copy_16(void* dst, const void* src, int src_bytes) {
           static_cast<void*>(tl_worker->smem), tl_worker->smem_size);
   if (src_bytes != 0 && in_shared(src, 16))
     fault("cp_async_16: source %p is in shared memory (cp.async reads global memory)", src);
-  if (src_bytes != 0) trace_copy(src);
+  if (src_bytes != 0) trace_copy(src, l2_priority);
   Fiber& f = *tl_worker->current;
   f.async_copies.push_back(AsyncCopy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src),
                                      src_bytes, f.async_groups});
@@ -957,6 +964,14 @@ void set_func_attribute(const void* func, int attr, int value, cudaError_t* err)
   }
 }
 
+int sm_count() { return std::max(1, env_int("CUEMU_SMS", 4)); }
+
+int blocks_per_sm(unsigned threads, size_t dynamic_smem) {
+  constexpr size_t kSmemPerSm = 233472, kReservedPerBlock = 1024;  // sm_90: 228 KiB, 1 KiB a block
+  const size_t by_smem = kSmemPerSm / (dynamic_smem + kReservedPerBlock);
+  return static_cast<int>(std::min<size_t>({2048 / std::max(1u, threads), 32, by_smem}));
+}
+
 size_t max_dynamic_shared(const void* func) {
   std::lock_guard<std::mutex> lock(g_attr_mutex);
   auto it = g_max_dynamic_smem.find(func);
@@ -978,15 +993,21 @@ void run_blocks(GridRun& L) {
     auto& pool = workers();
     const dim3 g = L.shape.grid, b = L.shape.block;
     const uint64_t blocks = L.blocks();
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(worker_count(), blocks));
-    while (pool.size() < n) pool.emplace_back();
+    // A cooperative launch: a worker per block, all of them at once (co-resident, as the GPU keeps them);
+    // the ones past the pool's size live for this launch only (each maps a fiber stack per thread).
+    const size_t n = static_cast<size_t>(L.shape.cooperative ? blocks : std::min<uint64_t>(worker_count(), blocks));
+    const size_t pooled = std::min(n, std::max(pool.size(), worker_count()));
+    while (pool.size() < pooled) pool.emplace_back();
+    std::vector<std::unique_ptr<Worker>> extra;
+    for (size_t i = pooled; i < n; ++i) extra.push_back(std::make_unique<Worker>());
+    auto worker = [&](size_t i) -> Worker& { return i < pooled ? pool[i] : *extra[i - pooled]; };
     if (verbose())
       std::fprintf(stderr, "cuemu: launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu on %zu worker(s)\n", g.x, g.y,
                    g.z, b.x, b.y, b.z, L.shape.smem, n);
     L.active.fetch_add(static_cast<int>(n));
     std::vector<std::thread> helpers;
-    for (size_t i = 1; i < n; ++i) helpers.emplace_back([&, i] { worker_loop(pool[i], L); });
-    worker_loop(pool[0], L);
+    for (size_t i = 1; i < n; ++i) helpers.emplace_back([&, i] { worker_loop(worker(i), L); });
+    worker_loop(worker(0), L);
     for (auto& t : helpers) t.join();
   }
   // Every thread that could park an item has ended: no helper starts after this.
@@ -1095,6 +1116,15 @@ cudaError_t enqueue_grid(const LaunchShape& shape, BodyFn body, void* arg, void 
                                               " bytes of dynamic shared memory above the kernel's limit " +
                                               std::to_string(max_dynamic_shared(shape.func)));
     return cudaErrorInvalidValue;
+  }
+  if (shape.cooperative) {
+    const uint64_t resident = uint64_t(blocks_per_sm(static_cast<unsigned>(threads), shape.smem)) * sm_count();
+    if (uint64_t(g.x) * g.y * g.z > resident) {
+      set_last_error(cudaErrorCooperativeLaunchTooLarge,
+                     "cooperative launch of " + std::to_string(uint64_t(g.x) * g.y * g.z) + " blocks above the " +
+                         std::to_string(resident) + " that can be resident at once (CUEMU_SMS x occupancy)");
+      return cudaErrorCooperativeLaunchTooLarge;
+    }
   }
   q->run = std::make_unique<GridRun>();
   q->run->shape = shape;
@@ -1223,13 +1253,17 @@ const char* cudaGetErrorString(cudaError_t e) {
 }
 
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (attr == cudaDevAttrCooperativeLaunch && device == 0) {
+    *value = 1;
+    return cudaSuccess;
+  }
   if (attr != cudaDevAttrMultiProcessorCount || device != 0) {
     cuemu::set_last_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: attribute " +
                                                      std::to_string(static_cast<int>(attr)) + " of device " +
                                                      std::to_string(device) + " is not emulated");
     return cudaErrorInvalidValue;
   }
-  *value = std::max(1, cuemu::env_int("CUEMU_SMS", 4));
+  *value = cuemu::sm_count();
   return cudaSuccess;
 }
 
@@ -1298,4 +1332,15 @@ extern "C" __attribute__((visibility("default"))) int cuemu_trace_entry(size_t i
   const cuemu::CopyTrace& t = std::next(cuemu::g_trace.begin(), static_cast<std::ptrdiff_t>(i))->second;
   out[0] = t.launch, out[1] = t.block, out[2] = t.first_offset, out[3] = t.copies;
   return 1;
+}
+// The offsets of entry i's copies in issue order, and whether each asked L2 to evict its lines first:
+// writes the first `max` of each to offsets and evict_first, returns how many there are.
+extern "C" __attribute__((visibility("default"))) size_t cuemu_trace_offsets(size_t i, uint64_t* offsets,
+                                                                             uint8_t* evict_first, size_t max) {
+  std::lock_guard<std::mutex> lock(cuemu::g_trace_mutex);
+  if (i >= cuemu::g_trace.size()) return 0;
+  const cuemu::CopyTrace& t = std::next(cuemu::g_trace.begin(), static_cast<std::ptrdiff_t>(i))->second;
+  std::copy_n(t.offsets.begin(), std::min(max, t.offsets.size()), offsets);
+  std::copy_n(t.evict_first.begin(), std::min(max, t.evict_first.size()), evict_first);
+  return t.offsets.size();
 }

@@ -123,12 +123,13 @@ enum cudaError_t : int {
   cudaErrorLaunchOutOfResources = 701,
   cudaErrorIllegalAddress = 700,
   cudaErrorLaunchFailure = 719,
+  cudaErrorCooperativeLaunchTooLarge = 720,
 };
 using cudaError = cudaError_t;
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 // cudaLaunchKernelEx's configuration (driver_types.h layout; the emulator implements the
-// programmatic stream serialization attribute only and rejects the others).
+// programmatic stream serialization and cooperative attributes and rejects the others).
 enum cudaLaunchAttributeID : int {
   cudaLaunchAttributeIgnore = 0,
   cudaLaunchAttributeCooperative = 2,
@@ -150,9 +151,11 @@ enum cudaFuncAttribute : int {
   cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
   cudaFuncAttributePreferredSharedMemoryCarveout = 9,
 };
-// cudaDeviceGetAttribute emulates the SM count only (CUEMU_SMS, default 4: persistent loops loop).
+// cudaDeviceGetAttribute emulates the SM count (CUEMU_SMS, default 4: persistent loops loop) and
+// cooperative launch support (always 1).
 enum cudaDeviceAttr : int {
   cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrCooperativeLaunch = 95,
 };
 enum cudaMemcpyKind : int {
   cudaMemcpyHostToHost = 0,
@@ -211,8 +214,10 @@ bool is_shared_address(const void* p, size_t n);
 size_t dynamic_shared_size();
 unsigned exited_lanes_mask();  // lanes of the caller's warp that have exited
 // cp.async of the calling thread (see the header comment): queue a 16-byte copy (src_bytes 16)
-// or zero fill (0); close the queued copies into a group; land every group but the newest n.
-void async_copy_16(void* dst, const void* src, int src_bytes);
+// or zero fill (0), with an L2 eviction priority (0 normal, 1 evict first: a hint the copy trace
+// records, the bytes copied are the same); close the queued copies into a group; land every group but
+// the newest n.
+void async_copy_16(void* dst, const void* src, int src_bytes, int l2_priority = 0);
 void async_commit_group();
 void async_wait_group(int n);
 // Programmatic dependent launch, in kernel code (see the header comment).
@@ -298,6 +303,9 @@ struct LaunchShape {
   dim3 grid, block;
   size_t smem;
   const void* func;
+  // cudaLaunchAttributeCooperative: every block runs at once (its own OS thread); the grid must fit
+  // in CUEMU_SMS x the occupancy that cudaOccupancyMaxActiveBlocksPerMultiprocessor reports.
+  bool cooperative = false;
 };
 using BodyFn = void (*)(const void* launch);
 // Queues a launch (runs the one queued before it); `arg` is owned by the launch (freed with
@@ -555,11 +563,13 @@ struct cudaLaunchConfig_t {
 // The variadic cudaLaunchKernelEx of cuda_runtime.h (the arguments coerced to the kernel's types).
 template <typename... P, typename... A>
 inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...), A&&... args) {
-  bool dependent = false;
+  bool dependent = false, cooperative = false;
   for (unsigned i = 0; i < config->numAttrs; ++i) {
     const cudaLaunchAttribute& a = config->attrs[i];
     if (a.id == cudaLaunchAttributeProgrammaticStreamSerialization) {
       dependent = a.val.programmaticStreamSerializationAllowed != 0;
+    } else if (a.id == cudaLaunchAttributeCooperative) {
+      cooperative = a.val.cooperative != 0;
     } else if (a.id != cudaLaunchAttributeIgnore) {
       ::cuemu::set_last_error(cudaErrorInvalidValue, "cudaLaunchKernelEx: launch attribute " +
                                                          std::to_string(static_cast<int>(a.id)) +
@@ -570,7 +580,7 @@ inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*k
   const ::cuemu::Launch<P...> launch{
       kernel,
       ::cuemu::LaunchShape{config->gridDim, config->blockDim, config->dynamicSmemBytes,
-                           reinterpret_cast<const void*>(kernel)},
+                           reinterpret_cast<const void*>(kernel), cooperative},
       dependent};
   return launch(std::forward<A>(args)...);
 }
@@ -602,6 +612,17 @@ inline cudaError_t cudaFree(void* p) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+namespace cuemu {
+int blocks_per_sm(unsigned threads, size_t dynamic_smem);
+}
+// sm_90's limits: 2048 threads, 32 blocks and 228 KiB of shared memory a multiprocessor, 1 KiB of it
+// reserved per block (static shared memory and registers are not known to the emulator: not counted).
+template <typename F>
+inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, F*, int block_size, size_t dynamic_smem) {
+  if (block_size < 1 || block_size > 1024) return cudaErrorInvalidValue;
+  *blocks = ::cuemu::blocks_per_sm(static_cast<unsigned>(block_size), dynamic_smem);
+  return cudaSuccess;
+}
 inline cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
