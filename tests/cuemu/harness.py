@@ -107,7 +107,7 @@ def staged_w2_tiles(traced: TracedCopies, w2: torch.Tensor) -> list[tuple[int, b
     tile_bytes, row_pieces = MARKOV_TILE * rank * w2.element_size(), rank * w2.element_size() // 16
     staged: list[tuple[int, bool]] = []
     run_key, run = (-1, False), 0
-    for offset, first in (*zip(traced.offsets, traced.evict_first), (-1, False)):
+    for offset, first in (*zip(traced.offsets, traced.evict_first, strict=True), (-1, False)):
         key = (offset // tile_bytes if offset >= 0 else -1, first)
         if key == run_key:
             run += 1

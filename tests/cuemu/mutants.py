@@ -642,7 +642,9 @@ def _markov_persistent_staging() -> list[str]:
         staged = harness.markov_staged_tiles(_dispatch._extension, case)[0]
         ours = draft(case, keep_logits=True)
     n, f = False, True  # normal, evict first
-    expected = [{0: [(0, n), (2, n), (4, f), (2, n), (0, f), (2, n), (4, f)], 1: [(1, n), (3, f), (1, f), (3, f)]}]
+    expected = [
+        {0: [(0, n), (2, n), (4, f), (2, n), (0, f), (2, n), (4, f)], 1: [(1, n), (3, f), (1, f), (3, f)]}
+    ]
     failures = [f"one-launch staging {staged}, not {expected}"] if staged != expected else []
     with _dispatch.forced_reference():
         ref = draft(case, keep_logits=True)

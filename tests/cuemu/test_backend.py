@@ -86,7 +86,9 @@ def test_chain_verify_splits_where_the_recompute_tile_would_cost_pass_1_occupanc
     assert harness.last_fault(emulated_extension) == ""
 
 
-@pytest.mark.parametrize(("persistent", "dependents"), [("0", 4), ("1", 1)], ids=["per-position", "persistent"])
+@pytest.mark.parametrize(
+    ("persistent", "dependents"), [("0", 4), ("1", 1)], ids=["per-position", "persistent"]
+)
 def test_markov_block_positions_run_as_dependents_of_the_position_before(
     emulated_extension, monkeypatch, persistent, dependents
 ):

@@ -387,10 +387,10 @@ def test_the_copy_trace_records_each_blocks_first_source_in_the_traced_range(run
     out = torch.zeros(blocks * threads, 4, dtype=torch.int32)
     runtime.cuemu_trace_copies(_ptr(src), src.numel() * 4)
     for _ in range(2):
-        assert (
-            runtime.st_async_copy_traced(_ptr(src), _ptr(other), blocks, threads, stride, evict_first, _ptr(out))
-            == b""
+        msg = runtime.st_async_copy_traced(
+            _ptr(src), _ptr(other), blocks, threads, stride, evict_first, _ptr(out)
         )
+        assert msg == b""
     entries = c_api.copy_trace_entries(runtime)
     assert runtime.cuemu_trace_entry(len(entries), (ctypes.c_uint64 * 4)()) == 0
     first = entries[0][0]
