@@ -742,7 +742,7 @@ def markov_block(
         rows * geo["partials"] * 20
     )  # MarkovPartial: 5 x 4 bytes, written by every CTA, read by the merge
     outputs = rows * (8 + 4 * 4)  # token, logit, score, max, sum
-    counters = geo["chunks"] * 4  # a ticket per row chunk
+    counters = (geo["chunks"] + 1) * 4  # a ticket per row chunk, the merged-chunk count
     # Per chunk: E rows and warp pairs (each 16 rows x 256 columns: the MMA and the epilogue of two
     # warps) in whole 16-row blocks holding a row; the MMA's first k16 step is in the chunk loop.
     chunk_rows = [min(geo["chunk"], rows - r0) for r0 in range(0, rows, geo["chunk"])]

@@ -180,15 +180,22 @@ def bench_markov(timer, baseline, device, vocab, rows, gamma, bandwidth) -> Row:
     if _dispatch.kernel_path("markov_block", device)[0]:
         time_into(row, "ours", timer, run, nb)
         if gamma > 1 and row.ours is not None:
-            # Positions 1..g-1 read W2 in the reverse of the tile order before them (markov_block.cu),
-            # so L2 serves part of it; position 0 alone has nothing to reuse. Their time per position
-            # over a block of one position's: under 1 by what L2 saves (the cost model's L2_RETAINED), and
-            # by the boundaries (position 0 follows a memset and a full one, the later ones are PDL).
+            # Positions 1..g-1 find each CTA's first tile still staged and read the rest of W2 in the
+            # reverse of the tile order before them (markov_block.cu), so L2 serves part of it; position
+            # 0 alone has nothing to reuse. Their time per position over a block of one position's:
+            # under 1 by what staging and L2 save (the cost model's L2_RETAINED) and by the boundaries
+            # (position 0 follows a memset and a full one, the later ones are in-kernel handoffs).
             first = Row("markov_block", vocab, rows, 1)
             time_into(first, "ours", timer, lambda i: run(i, 1), nb)
             if first.ours is not None:
                 later = (row.ours - first.ours) / (gamma - 1)
                 row.notes.append(f"later/first position {later / first.ours:.2f}")
+            # The same block as one launch per position (programmatic dependents): one-launch/per-position.
+            per_position = Row("markov_block", vocab, rows, gamma)
+            with _dispatch.environ_setting(markov.PERSISTENT_ENV, "0"):
+                time_into(per_position, "ours", timer, run, nb)
+            if per_position.ours is not None:
+                row.notes.append(f"one launch/per-position {row.ours / per_position.ours:.2f}")
     with _dispatch.forced_reference():
         time_into(row, "ref", timer, run, nb, reps=5)
     if not isinstance(baseline, str):

@@ -34,21 +34,23 @@ def test_markov_block_bytes_and_launches_by_hand():
     # tile, one 64-row chunk), g = 5, bf16.
     path = cost_model.markov_block(129280, 8, 5, ZERO)
     w2 = 129280 * 256 * 2  # 66,191,360
-    counters = 1 * 4  # a ticket per chunk
+    counters = 2 * 4  # a ticket per chunk, the merged-chunk count
     tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 2 * 8 * 1010 * 20 + 8 * 24 + counters
-    assert tile == 68_587_428
-    assert [launch.bytes for launch in path.ours] == [counters] + [tile] * 5
-    assert len(path.ours) == 6  # the memset, then one launch per position (the reduction is fused)
-    # position 0 behind the memset a full boundary, every later position a programmatic dependent
-    assert [launch.dependent for launch in path.ours] == [False, False, True, True, True, True]
+    assert tile == 68_587_432
+    # positions 1..4: the 132 tiles still staged (one CTA a multiprocessor) move no W2 bytes
+    staged = 132 * 256 * 256 * 2
+    assert [launch.bytes for launch in path.ours] == [counters, tile] + [tile - staged] * 4
+    assert len(path.ours) == 6  # the memset, then one launch: position 0 and 4 in-kernel handoffs
+    assert [launch.handoff for launch in path.ours] == [False, False, True, True, True, True]
+    assert not any(launch.dependent for launch in path.ours)
     h100 = cost_model.H100
     assert path.time(h100) == pytest.approx(
-        sum(max(lc.terms(h100)) for lc in path.ours) + 2 * h100.launch_cost + 4 * h100.dependent_launch_cost
+        sum(max(lc.terms(h100)) for lc in path.ours) + 2 * h100.launch_cost + 4 * h100.handoff_cost
     )
     assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
-    # R = 256: four 64-row chunks, a ticket each.
+    # R = 256: four 64-row chunks, a ticket each, and the merged count.
     wide = cost_model.markov_block(129280, 256, 5, ZERO)
-    assert wide.ours[0].bytes == 4 * 4
+    assert wide.ours[0].bytes == 5 * 4
     assert "256" in wide.ours[1].kernel
 
 
@@ -535,9 +537,10 @@ def test_markov_block_with_an_int8_w2_by_hand():
     path = cost_model.markov_block(129280, 8, 5, ZERO, int8_w2=True)
     assert path.op == "markov_block_int8" and "Int8W2" in path.ours[1].kernel
     w2 = 129280 * 256 + 129280 * 4
-    counters = 4  # one ticket
+    counters = 8  # one ticket, the merged count
     tile = w2 + 8 * 129280 * 2 + 8 * 256 * 2 + 8 * 12 + 2 * 8 * 1010 * 20 + 8 * 24 + counters
-    assert [launch.bytes for launch in path.ours] == [counters] + [tile] * 5
+    staged = 132 * 256 * (256 + 4)  # positions 1..4: the tiles still staged, int8 rows and their scales
+    assert [launch.bytes for launch in path.ours] == pytest.approx([counters, tile] + [tile - staged] * 4)
     assert path.floor_bytes == 5 * (w2 + 8 * 129280 * 2)
     bf16 = cost_model.markov_block(129280, 8, 5, ZERO)
     assert [lc.bytes for lc in path.sglang] == [lc.bytes for lc in bf16.sglang]
@@ -548,6 +551,8 @@ def test_markov_block_with_an_int8_w2_by_hand():
         )
 
     assert only("markov_int8.w2_stage.256", 8) == 505 * 256 * 256  # every W2 element of every tile
+    later = cost_model.markov_block(129280, 8, 2, {**ZERO, "markov_int8.widen.256": 1.0}, int8_w2=True)
+    assert later.ours[2].instructions == (505 - 132) * 256 * 256  # the staged tiles are not widened again
     assert only("markov_int8.widen.256", 8) == 505 * 256 * 256  # widened once per CTA
     assert only("markov_int8.widen.256", 256) == 505 * 256 * 256  # whatever the chunks
     assert only("markov_int8.mma.256", 8) == 505 * 1 * 2 * 15 * 32  # two warps: 15 k16 steps each
