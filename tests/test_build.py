@@ -59,7 +59,7 @@ _MARKOV_KEYS = (
     "base_logits anchor w1 w2 temperature rows gamma vocab vocab_start vocab_total first_position rank "
     "softcap seed_value seed_ptr offset_value token_scores w2_scale "
     "offset_ptr hidden hidden_size conf_weight conf_uses_markov conf_bias conf_bias_value conf_dtype "
-    "sts_temperatures "
+    "sts_temperatures persistent "
     "tokens token_logits stat_max stat_sum logits_out logits_dtype conf_logits confidence base_dtype "
     "weight_dtype hidden_dtype workspace cuda_stream"
 ).split()
