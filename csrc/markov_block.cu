@@ -871,8 +871,11 @@ cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaSt
     int ctas = 0;
     if (err == cudaSuccess) err = resident_grid_limit(persistent, kThreads, smem, &ctas);
     if (err != cudaSuccess) return err;
-    if (ctas > 0)
-      return launch_cooperative(persistent, dim3(std::min(tiles, ctas)), dim3(kThreads), smem, stream, args, ws);
+    if (ctas > 0) {
+      err = launch_cooperative(persistent, dim3(std::min(tiles, ctas)), dim3(kThreads), smem, stream, args, ws);
+      // Fewer CTAs resident than the occupancy says (a device shared under MPS): one launch per position.
+      if (err != cudaErrorCooperativeLaunchTooLarge) return err;
+    }
   }
   // Position 0 behind the tickets' memset (a full boundary: not a kernel), every later one a
   // programmatic dependent of the position before it.

@@ -115,6 +115,30 @@ def test_markov_block_positions_run_as_dependents_of_the_position_before(
     assert harness.last_fault(emulated_extension) == ""
 
 
+def test_markov_block_takes_one_launch_per_position_where_its_grid_cannot_be_resident(
+    emulated_extension, monkeypatch
+):
+    """Fewer blocks resident at once than the occupancy promises (CUEMU_RESIDENT_BLOCKS, as on a
+    device shared under MPS): the cooperative launch is refused and the block runs one launch per
+    position (g - 1 dependents and the confidence launch), with the reference's outputs."""
+    from test_gpu_kernels import assert_blocks_match, draft, markov_case
+
+    monkeypatch.setenv("CUEMU_RESIDENT_BLOCKS", "1")
+    runtime = emulated_extension._cuemu
+    gamma = 3
+    case = markov_case(torch.device("cpu"), 5, gamma, 1100, 64, hidden=16)
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    with harness.emulated(emulated_extension):
+        before = runtime.cuemu_early_dependent_launches()
+        ours = draft(case, keep_logits=True)
+        assert runtime.cuemu_early_dependent_launches() - before == gamma
+    assert_blocks_match(ours, ref, case["temperature"])
+    # the refusal the launcher handled (cudaGetLastError cleared it; the message stays until a reset)
+    assert "cooperative launch of 5 blocks above the 1" in harness.last_fault(emulated_extension)
+    harness.reset(emulated_extension)
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_markov_block_in_one_launch_keeps_each_ctas_last_tile_for_the_next_position(
     emulated_extension, monkeypatch, workers

@@ -631,13 +631,19 @@ def test_a_cooperative_grid_runs_every_block_at_once(runtime, monkeypatch, worke
 
 def test_a_cooperative_grid_larger_than_the_resident_blocks_is_refused(runtime, monkeypatch):
     """At 64 threads and no shared memory 32 blocks fit a multiprocessor: 2 x 32 blocks launch
-    cooperatively on CUEMU_SMS = 2, 65 are refused with cudaErrorCooperativeLaunchTooLarge."""
+    cooperatively on CUEMU_SMS = 2, 65 are refused with cudaErrorCooperativeLaunchTooLarge; with
+    CUEMU_RESIDENT_BLOCKS = 3, 3 launch and 4 are refused."""
     monkeypatch.setenv("CUEMU_SMS", "2")
     blocks = 2 * runtime.st_occupancy(64, 0)
     arrived, seen = torch.zeros(1, dtype=torch.int32), torch.full((blocks + 1,), -1, dtype=torch.int32)
     assert runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), blocks, 1) == b""
     msg = runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), blocks + 1, 1)
     assert msg.startswith(b"cudaErrorCooperativeLaunchTooLarge: cooperative launch of 65 blocks"), msg
+    monkeypatch.setenv("CUEMU_RESIDENT_BLOCKS", "3")  # a shared device: fewer resident than the occupancy
+    arrived.zero_()
+    assert runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), 3, 1) == b""
+    msg = runtime.st_grid_rendezvous(_ptr(arrived), _ptr(seen), 4, 1)
+    assert msg.startswith(b"cudaErrorCooperativeLaunchTooLarge: cooperative launch of 4 blocks above the 3")
 
 
 @pytest.mark.parametrize(

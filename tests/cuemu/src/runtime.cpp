@@ -28,6 +28,8 @@
 //   CUEMU_WAIT_TIMEOUT_S=n a wait_for_count that no detected deadlock ends faults after n s
 //                          (default 60)
 //   CUEMU_SMS=n            cudaDeviceGetAttribute(cudaDevAttrMultiProcessorCount) (default 4)
+//   CUEMU_RESIDENT_BLOCKS=n the most blocks a cooperative launch may have (default CUEMU_SMS x the
+//                          occupancy; fewer: a device whose multiprocessors are shared, e.g. MPS)
 //   CUEMU_STACK_KB=n       fiber stack size (default 256)
 //   CUEMU_VERBOSE=1        print every launch and fault to stderr
 #include <link.h>
@@ -1118,11 +1120,14 @@ cudaError_t enqueue_grid(const LaunchShape& shape, BodyFn body, void* arg, void 
     return cudaErrorInvalidValue;
   }
   if (shape.cooperative) {
-    const uint64_t resident = uint64_t(blocks_per_sm(static_cast<unsigned>(threads), shape.smem)) * sm_count();
+    const int limit = env_int("CUEMU_RESIDENT_BLOCKS", -1);
+    const uint64_t resident = limit >= 0 ? uint64_t(limit)
+                                         : uint64_t(blocks_per_sm(static_cast<unsigned>(threads), shape.smem)) * sm_count();
     if (uint64_t(g.x) * g.y * g.z > resident) {
       set_last_error(cudaErrorCooperativeLaunchTooLarge,
                      "cooperative launch of " + std::to_string(uint64_t(g.x) * g.y * g.z) + " blocks above the " +
-                         std::to_string(resident) + " that can be resident at once (CUEMU_SMS x occupancy)");
+                         std::to_string(resident) + " that can be resident at once (CUEMU_SMS x occupancy, or "
+                         "CUEMU_RESIDENT_BLOCKS)");
       return cudaErrorCooperativeLaunchTooLarge;
     }
   }
