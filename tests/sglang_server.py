@@ -103,6 +103,13 @@ class ServerError(RuntimeError):
     """The server did not start, died, or answered a request with an error."""
 
 
+class _PortTakenError(Exception):
+    """The server's HTTP port was taken when it bound it (uvicorn's bind error in its log)."""
+
+
+_BIND_FAILED = "error while attempting to bind on address"
+
+
 class CpuServer:
     """One SGLang server process group; use :meth:`start` and :meth:`stop` (or ``with``)."""
 
@@ -120,11 +127,7 @@ class CpuServer:
         self.name = name
         self.port = free_port()
         self.log_path = Path(log_dir) / f"{name}.log"
-        self.command = [
-            sys.executable, "-m", "sglang.launch_server", "--model-path", str(MODELS / "target"),
-            "--host", "127.0.0.1", "--port", str(self.port), *CPU_FLAGS,
-            *(DSPARK_FLAGS if speculative else ()), *extra_args,
-        ]  # fmt: skip
+        self.speculative, self.extra_args = speculative, extra_args
         self.env = server_env(plugins, extra_env)
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
@@ -149,8 +152,29 @@ class CpuServer:
         where = f"server {self.name} (port {self.port})"
         return ServerError(f"{where}: {what}; log {self.log_path}:\n{self.log_tail()}")
 
-    def start(self) -> CpuServer:
-        """Launch and wait for ``/health``; raises :class:`ServerError` (after stopping it)."""
+    @property
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "sglang.launch_server", "--model-path", str(MODELS / "target"),
+            "--host", "127.0.0.1", "--port", str(self.port), *CPU_FLAGS,
+            *(DSPARK_FLAGS if self.speculative else ()), *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, attempts: int = 3) -> CpuServer:
+        """Launch and wait for ``/health``; raises :class:`ServerError` (after stopping it). A port
+        taken between :func:`free_port` and the server's bind (SGLang picks its internal ports at
+        start-up too) is not the server's fault: it starts again on another port, ``attempts`` times
+        in all."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except _PortTakenError:
+                if attempt == attempts - 1:
+                    raise self._fail(f"port taken at bind, {attempts} ports tried") from None
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> CpuServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -167,6 +191,9 @@ class CpuServer:
                 code = self.process.returncode
                 self.stop()
                 raise self._fail(f"exited with status {code} during start-up")
+            if _BIND_FAILED in self.log_text():
+                self.stop()
+                raise _PortTakenError
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=5) as reply:
                     if reply.status == 200:
