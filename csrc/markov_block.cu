@@ -865,7 +865,10 @@ cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaSt
   if (err != cudaSuccess) return err;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
   constexpr int kThreads = BlockShape<WT, kTileV>::kThreads;
-  if (args.persistent) {  // every position in one cooperative launch, where the device can hold its grid
+  // Every position in one cooperative launch, where the device can hold its grid (and the merged-chunk
+  // count, g x chunks, fits its int32 word).
+  const int64_t merges = args.gamma * ceil_div(args.rows, int64_t(BlockShape<WT, kTileV>::kChunkRows));
+  if (args.persistent && merges < INT32_MAX) {
     const auto persistent = markov_persistent_kernel<BT, WS, kTileV, kPlain>;
     err = cudaFuncSetAttribute(persistent, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     int ctas = 0;
