@@ -92,8 +92,8 @@ MUTANTS = [
     Mutant(
         "markov_persistent_launch_not_cooperative",
         "include/dspark_sgl/cooperative_launch.cuh",
-        "attribute[0].val.cooperative = 1;",
-        "attribute[0].val.cooperative = 0;",
+        "attribute.val.cooperative = 1;",
+        "attribute.val.cooperative = 0;",
         "the one-launch block without the cooperative attribute: its CTAs wait for merges that CTAs not"
         " yet resident must feed (a deadlock once the grid has more CTAs than fit at once)",
         ("markov",),

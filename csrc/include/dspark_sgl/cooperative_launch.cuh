@@ -15,6 +15,8 @@
 
 #include <utility>
 
+#include "dspark_sgl/dependent_launch.cuh"
+
 namespace dspark_sgl {
 
 template <typename... Params>
@@ -32,24 +34,15 @@ cudaError_t resident_grid_limit(void (*kernel)(Params...), int threads, size_t s
   return cudaSuccess;
 }
 
-// Launches kernel<<<grid, block, smem, stream>>>(args...) cooperatively. Returns cudaLaunchKernelEx's
-// error (and clears it: it is reported here, not left for an unrelated later check).
+// Launches kernel<<<grid, block, smem, stream>>>(args...) cooperatively; returns its error
+// (launch_with_attribute, dependent_launch.cuh).
 template <typename... Params, typename... Args>
 cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                                Args&&... args) {
-  cudaLaunchAttribute attribute[1] = {};
-  attribute[0].id = cudaLaunchAttributeCooperative;
-  attribute[0].val.cooperative = 1;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-  if (err != cudaSuccess) cudaGetLastError();
-  return err;
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeCooperative;
+  attribute.val.cooperative = 1;
+  return launch_with_attribute(attribute, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace dspark_sgl

@@ -56,25 +56,33 @@ __device__ __forceinline__ void wait_for_primary_grid() {
 
 #endif  // __CUDACC__
 
-// Launches kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the
-// previous kernel launched into `stream`. Returns cudaLaunchKernelEx's error (a bad configuration
-// is reported here, as cudaGetLastError would after a <<<>>> launch).
+// Launches kernel<<<grid, block, smem, stream>>>(args...) with one launch attribute (cudaLaunchKernelEx).
+// Returns its error (a bad configuration is reported here, as cudaGetLastError would after a <<<>>>
+// launch, and cleared: not left for an unrelated later check).
 template <typename... Params, typename... Args>
-cudaError_t launch_programmatic_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                                          cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attribute[1] = {};
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+cudaError_t launch_with_attribute(cudaLaunchAttribute attribute, void (*kernel)(Params...), dim3 grid, dim3 block,
+                                  size_t smem, cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream;
-  config.attrs = attribute;
+  config.attrs = &attribute;
   config.numAttrs = 1;
   const cudaError_t err = cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-  if (err != cudaSuccess) cudaGetLastError();  // returned here: not left for an unrelated later check
+  if (err != cudaSuccess) cudaGetLastError();
   return err;
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent of the
+// previous kernel launched into `stream`; returns its error (launch_with_attribute).
+template <typename... Params, typename... Args>
+cudaError_t launch_programmatic_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                          cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  return launch_with_attribute(attribute, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace dspark_sgl
