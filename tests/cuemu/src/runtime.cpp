@@ -243,11 +243,11 @@ void park(GridRun& L) {
   L.released.wait(lock, [&] { return L.dependency_gen != 0 && L.turn == tl_early_index; });
 }
 
-// The copy trace (cuemu_trace_copies): per launch and block, the lowest offset into the traced range
-// that one of the block's cp.async copies read, how many copies read it, and each copy's offset and
-// L2 priority (1: evict first) in the order the block issued them.
+// The copy trace (cuemu_trace_copies): per launch and block, each of the block's cp.async copies that
+// read the traced range, in the order the block issued them: its offset into the range and its L2
+// priority (1: evict first).
 struct CopyTrace {
-  uint64_t launch, block, first_offset, copies;
+  uint64_t launch, block;
   std::vector<uint64_t> offsets;
   std::vector<uint8_t> evict_first;
 };
@@ -264,9 +264,7 @@ void trace_copy(const void* src, int l2_priority) {
   const BlockInfo& b = *tl_block;
   const uint64_t block = b.idx.x + uint64_t(b.grid.x) * (b.idx.y + uint64_t(b.grid.y) * b.idx.z);
   const uint64_t launch = tl_worker->launch->serial, offset = static_cast<uint64_t>(p - g_trace_begin);
-  CopyTrace& t = g_trace.try_emplace({launch, block}, CopyTrace{launch, block, offset, 0, {}, {}}).first->second;
-  t.first_offset = std::min(t.first_offset, offset);
-  ++t.copies;
+  CopyTrace& t = g_trace.try_emplace({launch, block}, CopyTrace{launch, block, {}, {}}).first->second;
   t.offsets.push_back(offset);
   t.evict_first.push_back(static_cast<uint8_t>(l2_priority));
 }
@@ -1335,7 +1333,9 @@ extern "C" __attribute__((visibility("default"))) int cuemu_trace_entry(size_t i
   std::lock_guard<std::mutex> lock(cuemu::g_trace_mutex);
   if (i >= cuemu::g_trace.size()) return 0;
   const cuemu::CopyTrace& t = std::next(cuemu::g_trace.begin(), static_cast<std::ptrdiff_t>(i))->second;
-  out[0] = t.launch, out[1] = t.block, out[2] = t.first_offset, out[3] = t.copies;
+  out[0] = t.launch, out[1] = t.block;
+  out[2] = *std::min_element(t.offsets.begin(), t.offsets.end());  // an entry holds at least one copy
+  out[3] = t.offsets.size();
   return 1;
 }
 // The offsets of entry i's copies in issue order, and whether each asked L2 to evict its lines first:
