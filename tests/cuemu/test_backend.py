@@ -86,6 +86,25 @@ def test_chain_verify_splits_where_the_recompute_tile_would_cost_pass_1_occupanc
     assert harness.last_fault(emulated_extension) == ""
 
 
+def _markov_early_dependents(module, gamma: int, vocab: int) -> int:
+    """Drafts a block of 5 rows (r = 64, a confidence head) on the emulator, checks it against the
+    reference (nothing left queued), and returns how many of its launches ran as programmatic
+    dependents whose blocks started before their primary."""
+    from test_gpu_kernels import assert_blocks_match, draft, markov_case
+
+    runtime = module._cuemu
+    case = markov_case(torch.device("cpu"), 5, gamma, vocab, 64, hidden=16)
+    with _dispatch.forced_reference():
+        ref = draft(case, keep_logits=True)
+    with harness.emulated(module):
+        before = runtime.cuemu_early_dependent_launches()
+        ours = draft(case, keep_logits=True)
+        dependents = runtime.cuemu_early_dependent_launches() - before
+        assert runtime.cuemu_queued_launches() == 0
+    assert_blocks_match(ours, ref, case["temperature"])
+    return dependents
+
+
 @pytest.mark.parametrize(
     ("persistent", "dependents"), [("0", 4), ("1", 1)], ids=["per-position", "persistent"]
 )
@@ -96,22 +115,10 @@ def test_markov_block_positions_run_as_dependents_of_the_position_before(
     dependents whose blocks run up to their wait before the launch they depend on (the emulator's
     adversarial order), g early dependents per block. One cooperative launch: the confidence launch
     is its one dependent. The outputs are the reference's, nothing is left queued."""
-    from test_gpu_kernels import assert_blocks_match, draft, markov_case
-
     from dspark_sgl import markov
 
     monkeypatch.setenv(markov.PERSISTENT_ENV, persistent)
-    runtime = emulated_extension._cuemu
-    gamma = 4
-    case = markov_case(torch.device("cpu"), 5, gamma, 700, 64, hidden=16)
-    with _dispatch.forced_reference():
-        ref = draft(case, keep_logits=True)
-    with harness.emulated(emulated_extension):
-        before = runtime.cuemu_early_dependent_launches()
-        ours = draft(case, keep_logits=True)
-        assert runtime.cuemu_early_dependent_launches() - before == dependents
-        assert runtime.cuemu_queued_launches() == 0
-    assert_blocks_match(ours, ref, case["temperature"])
+    assert _markov_early_dependents(emulated_extension, gamma=4, vocab=700) == dependents
     assert harness.last_fault(emulated_extension) == ""
 
 
@@ -121,19 +128,8 @@ def test_markov_block_takes_one_launch_per_position_where_its_grid_cannot_be_res
     """Fewer blocks resident at once than the occupancy promises (CUEMU_RESIDENT_BLOCKS, as on a
     device shared under MPS): the cooperative launch is refused and the block runs one launch per
     position (g - 1 dependents and the confidence launch), with the reference's outputs."""
-    from test_gpu_kernels import assert_blocks_match, draft, markov_case
-
     monkeypatch.setenv("CUEMU_RESIDENT_BLOCKS", "1")
-    runtime = emulated_extension._cuemu
-    gamma = 3
-    case = markov_case(torch.device("cpu"), 5, gamma, 1100, 64, hidden=16)
-    with _dispatch.forced_reference():
-        ref = draft(case, keep_logits=True)
-    with harness.emulated(emulated_extension):
-        before = runtime.cuemu_early_dependent_launches()
-        ours = draft(case, keep_logits=True)
-        assert runtime.cuemu_early_dependent_launches() - before == gamma
-    assert_blocks_match(ours, ref, case["temperature"])
+    assert _markov_early_dependents(emulated_extension, gamma=3, vocab=1100) == 3
     # the refusal the launcher handled (cudaGetLastError cleared it; the message stays until a reset)
     assert "cooperative launch of 5 blocks above the 1" in harness.last_fault(emulated_extension)
     harness.reset(emulated_extension)
