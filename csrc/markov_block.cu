@@ -859,10 +859,7 @@ template <typename BT, typename WS, int kTileV, bool kPlain>
 cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaStream_t stream) {
   using WT = typename WeightStorage<WS>::type;
   const size_t smem = tile_dynamic_bytes<WT, kTileV>(static_cast<int>(args.rank), WeightStorage<WS>::kInt8);
-  cudaError_t err = cudaFuncSetAttribute(markov_tile_kernel<BT, WS, kTileV, kPlain>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
+  cudaError_t err = cudaSuccess;
   const int tiles = static_cast<int>(ceil_div(args.vocab, kTileV));
   constexpr int kThreads = BlockShape<WT, kTileV>::kThreads;
   // Every position in one cooperative launch, where the device can hold its grid (and the merged-chunk
@@ -880,6 +877,9 @@ cudaError_t launch_tiles(const MarkovBlockArgs& args, MarkovWorkspace ws, cudaSt
       if (err != cudaErrorCooperativeLaunchTooLarge) return err;
     }
   }
+  err = cudaFuncSetAttribute(markov_tile_kernel<BT, WS, kTileV, kPlain>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
   // Position 0 behind the tickets' memset (a full boundary: not a kernel), every later one a
   // programmatic dependent of the position before it.
   markov_tile_kernel<BT, WS, kTileV, kPlain><<<tiles, BlockShape<WT, kTileV>::kThreads, smem, stream>>>(args, 0, ws);
