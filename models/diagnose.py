@@ -42,16 +42,21 @@ _spec.loader.exec_module(build)
 MAX_PROMPT_TOKENS = 380
 
 
-def held_out_prompts(per_dataset: int) -> list[str]:
-    """The first ``per_dataset`` first turns of every eval-prompt dataset (sorted by name)."""
+def held_out_prompts(tokenizer, per_dataset: int) -> list[list[int]]:
+    """The first ``per_dataset`` first turns of every eval-prompt dataset (sorted by name),
+    chat-templated token ids, the last :data:`MAX_PROMPT_TOKENS` of each."""
     if not 1 <= per_dataset <= build.HELD_OUT:
         raise ValueError(f"--prompts-per-dataset must be in [1, {build.HELD_OUT}] (the held-out prompts)")
-    return [t for texts in load_prompts([build.PROMPTS]).values() for t in texts[:per_dataset]]
+    texts = [t for texts in load_prompts([build.PROMPTS]).values() for t in texts[:per_dataset]]
+    return [encode_prompt(tokenizer, t, True)[-MAX_PROMPT_TOKENS:] for t in texts]
 
 
-def _distribution(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[..., V] probabilities at ``temperature`` (0: the untempered softmax), float32."""
-    return torch.softmax(logits.float() / (temperature if temperature > 0 else 1.0), dim=-1)
+def _distribution(logits: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """[..., V] float32 probabilities at ``temperature`` (a float, or [...] per row; 0: the
+    untempered softmax)."""
+    t = torch.as_tensor(temperature, dtype=torch.float32, device=logits.device)
+    t = torch.where(t > 0, t, torch.ones_like(t))
+    return torch.softmax(logits.float() / t[..., None], dim=-1)
 
 
 @torch.no_grad()
@@ -84,7 +89,8 @@ def target_entropy(
 @contextlib.contextmanager
 def first_draft_scores() -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
     """While active, every verifying ``chain_verify`` call of the engine appends
-    (expected acceptance [R], accepted [R] bool) of each row's first draft token."""
+    (expected acceptance [R], accepted [R] bool) of each row's first draft token, each row
+    at its own temperature."""
     scores: list[tuple[torch.Tensor, torch.Tensor]] = []
     original = engine_module.chain_verify
 
@@ -93,13 +99,10 @@ def first_draft_scores() -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
             target_logits, draft_logits, draft_tokens, verify_lens, temperature, **kwargs
         )
         if draft_tokens.shape[1] > 0:
-            t = float(temperature[0])
-            if t > 0:
-                p = _distribution(target_logits[:, 0], t)
-                q = _distribution(draft_logits[:, 0], t)
-                expected = torch.minimum(p, q).sum(-1)
-            else:
-                expected = (target_logits[:, 0].argmax(-1) == draft_logits[:, 0].argmax(-1)).float()
+            p = _distribution(target_logits[:, 0], temperature)
+            q = _distribution(draft_logits[:, 0], temperature)
+            agree = (target_logits[:, 0].argmax(-1) == draft_logits[:, 0].argmax(-1)).float()
+            expected = torch.where(temperature > 0, torch.minimum(p, q).sum(-1), agree)
             scores.append((expected, accept_lens >= 1))
         return accept_lens, tokens
 
@@ -141,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(not t >= 0 for t in temperatures):
         raise SystemExit("--temperatures: every value must be >= 0")
     tokenizer, target, draft = load_pair(args.target, args.draft, "cpu", "float32")
-    texts = held_out_prompts(args.prompts_per_dataset)
-    prompts = [encode_prompt(tokenizer, t, True)[-MAX_PROMPT_TOKENS:] for t in texts]
+    prompts = held_out_prompts(tokenizer, args.prompts_per_dataset)
     print(f"{len(prompts)} held-out prompts, {args.max_new_tokens} new tokens each")
     print("| T | target entropy (nats) | target p_top | draft acc@1 expected | measured | rounds |")
     print("| --- | --- | --- | --- | --- | --- |")

@@ -28,8 +28,7 @@ def diagnose():
 def pair(diagnose):
     paths = str(MODELS / "target"), str(MODELS / "dspark")
     tokenizer, target, draft = diagnose.load_pair(*paths, "cpu", "float32")
-    texts = diagnose.held_out_prompts(2)
-    prompts = [diagnose.encode_prompt(tokenizer, t, True)[-diagnose.MAX_PROMPT_TOKENS :] for t in texts]
+    prompts = diagnose.held_out_prompts(tokenizer, 2)
     return tokenizer, target, draft, prompts
 
 
@@ -60,6 +59,6 @@ def test_target_entropy_is_lower_when_sampling_colder(diagnose, pair):
 
 def test_bad_options_are_refused(diagnose):
     with pytest.raises(ValueError, match="prompts-per-dataset"):
-        diagnose.held_out_prompts(0)
+        diagnose.held_out_prompts(None, 0)
     with pytest.raises(SystemExit, match="temperatures"):
         diagnose.main(["--temperatures", "1,-0.5"])
